@@ -1,0 +1,307 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {UnderbidBase} from "./core/UnderbidBase.sol";
+import {UnorderedNonces} from "./core/UnorderedNonces.sol";
+import {Leases} from "./core/Leases.sol";
+import {OrderLib} from "./libraries/OrderLib.sol";
+import {BidLib} from "./libraries/BidLib.sol";
+import {SignatureVerification} from "./libraries/SignatureVerification.sol";
+import {UnderbidToken} from "./tokens/UnderbidToken.sol";
+import {UnderbidCredit} from "./tokens/UnderbidCredit.sol";
+
+/// @title The Underbid core: buyer escrow, provider stake, leases and batch settlement.
+/// @dev A matcher clears a sealed reverse auction off-chain and submits the result here. This
+/// contract trusts nothing in it: it checks every signature, nonce, deadline, market, price,
+/// fill, duration, stake and escrow balance before any credit moves.
+contract UnderbidSettlement is EIP712, UnorderedNonces, Leases {
+    using OrderLib for OrderLib.Order;
+    using BidLib for BidLib.Bid;
+
+    bytes32 public constant MATCHER_ROLE = keccak256("MATCHER_ROLE");
+
+    /// @dev `units` of `orders[orderIndex]` served by `bids[bidIndex]` at the market's clearing price.
+    struct Match {
+        uint32 orderIndex;
+        uint32 bidIndex;
+        uint32 units;
+    }
+
+    /// @dev The uniform clearing price of one market in the round being settled.
+    struct MarketPrice {
+        bytes32 market;
+        uint64 price;
+    }
+
+    /// @dev Which part of a round a `settle` call carries. A round too large for one block is
+    /// split into batches 0, 1, ... sent in order; the one marked final closes the round.
+    struct BatchHeader {
+        uint64 round;
+        uint32 batch;
+        bool finalBatch;
+    }
+
+    /// @dev Per-batch working state: each message's digest and the units it can still fill.
+    struct Book {
+        bytes32[] orderDigests;
+        uint256[] orderLeft;
+        bytes32[] bidDigests;
+        uint256[] bidLeft;
+    }
+
+    struct Round {
+        address matcher;
+        uint32 batches;
+        /// Zero while the round is open; the settlement time once its final batch landed.
+        uint40 settledAt;
+    }
+
+    mapping(uint64 => Round) public rounds;
+    /// @dev round => market => uniform clearing price (credit base units per unit-hour).
+    mapping(uint64 => mapping(bytes32 => uint256)) public clearingPrice;
+    /// @dev Units filled so far of a partly filled order or bid, by EIP-712 digest. A message
+    /// filled completely consumes its nonce instead, which costs far less gas than this slot.
+    mapping(bytes32 => uint256) public partialFills;
+
+    /// @param admin Receives the admin role (parameters, matcher roles).
+    /// @param ubt_ The UBT token (stake, slashing).
+    /// @param credit_ The credit token (escrow); it must bind this contract as its escrow.
+    /// @param stakePerUnit_ UBT (wei) of collateral locked per leased unit.
+    /// @param params_ The tunable parameters.
+    constructor(
+        address admin,
+        UnderbidToken ubt_,
+        UnderbidCredit credit_,
+        uint256 stakePerUnit_,
+        Params memory params_
+    ) EIP712("Underbid", "1") UnderbidBase(admin, ubt_, credit_, stakePerUnit_, params_) {}
+
+    /// @dev The EIP-712 digest a buyer signs for `order`.
+    function hashOrder(OrderLib.Order calldata order) public view returns (bytes32) {
+        return _hashTypedDataV4(order.hash());
+    }
+
+    /// @dev The EIP-712 digest a provider signs for `bid`.
+    function hashBid(BidLib.Bid calldata bid) public view returns (bytes32) {
+        return _hashTypedDataV4(bid.hash());
+    }
+
+    /// @dev The EIP-712 type hashes, so clients can check their own definitions against them.
+    function typeHashes() external pure returns (bytes32 order, bytes32 bid) {
+        return (OrderLib.TYPEHASH, BidLib.TYPEHASH);
+    }
+
+    /// @dev The domain separator: name "Underbid", version "1", this chain and this contract.
+    function domainSeparator() external view returns (bytes32) {
+        return _domainSeparatorV4();
+    }
+
+    /// @dev The id of the lease that `settle` opens for this (round, order, bid) triple.
+    function leaseIdOf(uint64 round, bytes32 orderDigest, bytes32 bidDigest) public pure returns (bytes32) {
+        return keccak256(abi.encode(round, orderDigest, bidDigest));
+    }
+
+    /// @dev Units of a message still fillable, or zero if its nonce is consumed or cancelled.
+    /// @param digest The message's EIP-712 digest.
+    /// @param signer The buyer or provider.
+    /// @param nonce The message's nonce.
+    /// @param total The order's `units` or the bid's `capacity`.
+    function remainingOf(bytes32 digest, address signer, uint256 nonce, uint256 total) public view returns (uint256) {
+        if (isNonceUsed(signer, nonce)) return 0;
+        uint256 done = partialFills[digest];
+        return done >= total ? 0 : total - done;
+    }
+
+    /// @dev Settles one batch of a round: verifies every message, then opens a lease per match.
+    /// @param header The round, the batch number (0, 1, ... in order) and whether it is the last.
+    /// @param orders Signed orders referenced by `matches`; each is verified once however often used.
+    /// @param orderSigs 65-byte signatures, one per order.
+    /// @param bids Signed bids referenced by `matches`.
+    /// @param bidSigs 65-byte signatures, one per bid.
+    /// @param matches (order index, bid index, units) triples; one per (order, bid) pair.
+    /// @param prices The uniform clearing price of every market the batch's matches trade in.
+    ///
+    /// Invariants this function enforces (each failure reverts the whole batch with a named error):
+    /// - every order and bid signature is valid for its signer on this chain and contract,
+    ///   its deadline has not passed and its nonce is neither consumed nor cancelled;
+    /// - one price per market per round: a price given again in a later batch must be equal;
+    /// - for each match: equal markets, `bid.price <= clearingPrice <= order.maxPrice`,
+    ///   `order.duration <= bid.maxDuration`, and the fills of every order and bid, across all
+    ///   rounds, stay within its `units` or `capacity`;
+    /// - the provider's free stake covers `units * stakePerUnit` and the buyer's free escrow
+    ///   covers `units * price * duration / 3600`; both are locked for the lease's lifetime.
+    /// - a round cannot be settled again once its final batch landed, and batches land in order.
+    function settle(
+        BatchHeader calldata header,
+        OrderLib.Order[] calldata orders,
+        bytes[] calldata orderSigs,
+        BidLib.Bid[] calldata bids,
+        bytes[] calldata bidSigs,
+        Match[] calldata matches,
+        MarketPrice[] calldata prices
+    ) external nonReentrant onlyRole(MATCHER_ROLE) {
+        if (orders.length != orderSigs.length || bids.length != bidSigs.length) revert SignatureCountMismatch();
+        _openBatch(header);
+        _storePrices(header.round, prices);
+
+        Book memory book;
+        (book.orderDigests, book.orderLeft) = _verifyOrders(orders, orderSigs);
+        (book.bidDigests, book.bidLeft) = _verifyBids(bids, bidSigs);
+
+        for (uint256 i; i < matches.length; ++i) {
+            Match calldata m = matches[i];
+            if (m.orderIndex >= orders.length || m.bidIndex >= bids.length) revert MatchIndexOutOfRange(i);
+            if (m.units == 0) revert ZeroUnits(i);
+            _applyMatch(header.round, orders[m.orderIndex], bids[m.bidIndex], m, book);
+        }
+
+        for (uint256 i; i < orders.length; ++i) {
+            _recordFill(book.orderDigests[i], orders[i].buyer, orders[i].nonce, orders[i].units, book.orderLeft[i]);
+        }
+        for (uint256 i; i < bids.length; ++i) {
+            _recordFill(book.bidDigests[i], bids[i].provider, bids[i].nonce, bids[i].capacity, book.bidLeft[i]);
+        }
+        emit BatchSettled(header.round, msg.sender, header.batch, matches.length, header.finalBatch);
+    }
+
+    /// @dev Checks one match against its order and bid, consumes their units in `book`, locks
+    /// collateral and escrow, and opens the lease.
+    /// Reverts with the errors of `_checkTerms`, `OrderOverfilled`, `BidOverfilled`,
+    /// `InsufficientFreeStake`, `InsufficientEscrow` and `DuplicateLease`.
+    function _applyMatch(
+        uint64 round,
+        OrderLib.Order calldata order,
+        BidLib.Bid calldata bid,
+        Match calldata m,
+        Book memory book
+    ) private {
+        uint256 price = _checkTerms(round, order, bid, m);
+        uint256 units = m.units;
+        if (book.orderLeft[m.orderIndex] < units) revert OrderOverfilled(m.orderIndex);
+        book.orderLeft[m.orderIndex] -= units;
+        if (book.bidLeft[m.bidIndex] < units) revert BidOverfilled(m.bidIndex);
+        book.bidLeft[m.bidIndex] -= units;
+
+        _lockStake(bid.provider, units * stakePerUnit);
+        _lockEscrow(order.buyer, _leaseCost(units, price, order.duration));
+        bytes32 orderDigest = book.orderDigests[m.orderIndex];
+        bytes32 bidDigest = book.bidDigests[m.bidIndex];
+        bytes32 leaseId = leaseIdOf(round, orderDigest, bidDigest);
+        _openLease(leaseId, order.buyer, bid.provider, units, price, order.duration);
+        emit LeaseOpened(
+            leaseId,
+            round,
+            order.buyer,
+            bid.provider,
+            order.market,
+            orderDigest,
+            bidDigest,
+            units,
+            price,
+            block.timestamp,
+            block.timestamp + order.duration
+        );
+    }
+
+    /// @dev Checks the round is open, the batch is the next one and the caller owns the round.
+    /// Reverts with `RoundAlreadySettled`, `RoundOwnedByOtherMatcher` and `BatchOutOfOrder`.
+    function _openBatch(BatchHeader calldata header) private {
+        Round storage round = rounds[header.round];
+        if (round.settledAt != 0) revert RoundAlreadySettled(header.round);
+        uint32 expected = round.batches;
+        if (expected == 0) round.matcher = msg.sender;
+        else if (round.matcher != msg.sender) revert RoundOwnedByOtherMatcher(header.round, round.matcher);
+        if (header.batch != expected) revert BatchOutOfOrder(header.round, expected, header.batch);
+        round.batches = expected + 1;
+        if (header.finalBatch) round.settledAt = uint40(block.timestamp);
+    }
+
+    /// @dev Records each market's uniform price for the round.
+    /// Reverts with `ZeroClearingPrice` and `ConflictingClearingPrice`.
+    function _storePrices(uint64 round, MarketPrice[] calldata prices) private {
+        for (uint256 i; i < prices.length; ++i) {
+            bytes32 market = prices[i].market;
+            uint256 price = prices[i].price;
+            if (price == 0) revert ZeroClearingPrice(market);
+            uint256 stored = clearingPrice[round][market];
+            if (stored == 0) {
+                clearingPrice[round][market] = price;
+                emit ClearingPrice(round, market, price);
+            } else if (stored != price) {
+                revert ConflictingClearingPrice(market, stored, price);
+            }
+        }
+    }
+
+    /// @dev Checks a match's market, price and duration terms and returns its clearing price.
+    /// Reverts with `MarketMismatch`, `MarketNotPriced`, `BidAboveClearingPrice`,
+    /// `ClearingPriceAboveMaxPrice` and `DurationTooLong`.
+    function _checkTerms(uint64 round, OrderLib.Order calldata order, BidLib.Bid calldata bid, Match calldata m)
+        private
+        view
+        returns (uint256 price)
+    {
+        if (order.market != bid.market) revert MarketMismatch(m.orderIndex, m.bidIndex);
+        price = clearingPrice[round][order.market];
+        if (price == 0) revert MarketNotPriced(order.market);
+        if (bid.price > price) revert BidAboveClearingPrice(m.bidIndex, bid.price, price);
+        if (price > order.maxPrice) revert ClearingPriceAboveMaxPrice(m.orderIndex, order.maxPrice, price);
+        if (order.duration > bid.maxDuration) revert DurationTooLong(m.orderIndex, m.bidIndex);
+    }
+
+    /// @dev Verifies every order; returns their digests and the units each can still fill.
+    /// Reverts with `OrderExpired` and the errors of `_verifySigned`.
+    function _verifyOrders(OrderLib.Order[] calldata orders, bytes[] calldata sigs)
+        private
+        view
+        returns (bytes32[] memory digests, uint256[] memory left)
+    {
+        digests = new bytes32[](orders.length);
+        left = new uint256[](orders.length);
+        for (uint256 i; i < orders.length; ++i) {
+            OrderLib.Order calldata order = orders[i];
+            if (order.deadline < block.timestamp) revert OrderExpired(i);
+            digests[i] = hashOrder(order);
+            left[i] = _verifySigned(digests[i], sigs[i], order.buyer, order.nonce, order.units);
+        }
+    }
+
+    /// @dev Verifies every bid; returns their digests and the units each can still fill.
+    /// Reverts with `BidExpired` and the errors of `_verifySigned`.
+    function _verifyBids(BidLib.Bid[] calldata bids, bytes[] calldata sigs)
+        private
+        view
+        returns (bytes32[] memory digests, uint256[] memory left)
+    {
+        digests = new bytes32[](bids.length);
+        left = new uint256[](bids.length);
+        for (uint256 i; i < bids.length; ++i) {
+            BidLib.Bid calldata bid = bids[i];
+            if (bid.deadline < block.timestamp) revert BidExpired(i);
+            digests[i] = hashBid(bid);
+            left[i] = _verifySigned(digests[i], sigs[i], bid.provider, bid.nonce, bid.capacity);
+        }
+    }
+
+    /// @dev The checks shared by orders and bids: signature and nonce. Returns the units left.
+    /// Reverts with `InvalidSignature`, `SignerMismatch` and `NonceUsed`.
+    function _verifySigned(bytes32 digest, bytes calldata signature, address signer, uint256 nonce, uint256 total)
+        private
+        view
+        returns (uint256)
+    {
+        SignatureVerification.verify(digest, signature, signer);
+        _requireNonceFree(signer, nonce);
+        return total - partialFills[digest];
+    }
+
+    /// @dev Persists a message's fill: a completed message consumes its nonce; a partly filled
+    /// one records its fill by digest. Untouched messages write nothing.
+    function _recordFill(bytes32 digest, address signer, uint256 nonce, uint256 total, uint256 left) private {
+        uint256 filledNow = total - left;
+        if (filledNow == partialFills[digest]) return;
+        if (left == 0) _consumeNonce(signer, nonce);
+        else partialFills[digest] = filledNow;
+    }
+}

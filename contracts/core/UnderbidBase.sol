@@ -1,0 +1,64 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {IUnderbidErrors} from "../interfaces/IUnderbidErrors.sol";
+import {IUnderbidEvents} from "../interfaces/IUnderbidEvents.sol";
+import {UnderbidToken} from "../tokens/UnderbidToken.sol";
+import {UnderbidCredit} from "../tokens/UnderbidCredit.sol";
+
+/// @title Shared state of the Underbid core: its tokens, roles and tunable parameters.
+/// @dev The core (escrow, stake, leases, settlement) is one deployed contract built from abstract
+/// parts, one concept per file, so that `settle` touches escrow and stake without external calls.
+abstract contract UnderbidBase is AccessControl, ReentrancyGuardTransient, IUnderbidErrors, IUnderbidEvents {
+    uint256 internal constant BPS = 10_000;
+
+    /// @dev Parameters an admin may tune. Packed into one storage word.
+    struct Params {
+        /// Seconds between `requestUnstake` and `withdrawUnbonded`.
+        uint32 unbondingPeriod;
+        /// A provider must heartbeat each lease at least this often (seconds).
+        uint32 heartbeatInterval;
+        /// Extra seconds after a missed interval before a fault can be reported.
+        uint32 heartbeatGrace;
+        /// Share of a faulty lease's collateral that is slashed.
+        uint16 slashBps;
+        /// Shares of the slashed amount paid to the buyer and to the reporter; the rest is burned.
+        uint16 slashBuyerBps;
+        uint16 slashReporterBps;
+    }
+
+    UnderbidToken public immutable ubt;
+    UnderbidCredit public immutable credit;
+    /// @dev UBT (wei) of provider stake locked per leased unit while the lease runs.
+    /// NOTE: immutable, so a lease's collateral is always `units * stakePerUnit` and need not be stored.
+    uint256 public immutable stakePerUnit;
+
+    Params public params;
+
+    constructor(address admin, UnderbidToken ubt_, UnderbidCredit credit_, uint256 stakePerUnit_, Params memory params_) {
+        if (stakePerUnit_ == 0) revert InvalidParameter("stakePerUnit");
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+        ubt = ubt_;
+        credit = credit_;
+        stakePerUnit = stakePerUnit_;
+        _setParams(params_);
+    }
+
+    /// @dev Replaces the tunable parameters. Leases already open follow the new values.
+    /// Reverts with `InvalidParameter` for a zero interval or bps shares above 10_000.
+    function setParams(Params calldata newParams) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        _setParams(newParams);
+    }
+
+    function _setParams(Params memory p) private {
+        if (p.heartbeatInterval == 0) revert InvalidParameter("heartbeatInterval");
+        if (p.slashBps > BPS) revert InvalidParameter("slashBps");
+        if (uint256(p.slashBuyerBps) + p.slashReporterBps > BPS) revert InvalidParameter("slashSplit");
+        params = p;
+        emit ParamsUpdated(
+            p.unbondingPeriod, p.heartbeatInterval, p.heartbeatGrace, p.slashBps, p.slashBuyerBps, p.slashReporterBps
+        );
+    }
+}

@@ -1,0 +1,55 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+/// @title Every event of the Underbid core (escrow, stake, leases, settlement).
+/// @dev One event per state change, so an indexer can rebuild every balance from logs alone.
+interface IUnderbidEvents {
+    event ParamsUpdated(
+        uint32 unbondingPeriod,
+        uint32 heartbeatInterval,
+        uint32 heartbeatGrace,
+        uint16 slashBps,
+        uint16 slashBuyerBps,
+        uint16 slashReporterBps
+    );
+
+    event Deposited(address indexed buyer, uint256 amount);
+    event Withdrawn(address indexed buyer, uint256 amount);
+
+    event ProviderRegistered(address indexed provider, string metadataURI);
+    event MetadataUpdated(address indexed provider, string metadataURI);
+    event Staked(address indexed provider, uint256 amount);
+    event UnstakeRequested(address indexed provider, uint256 amount, uint256 unlocksAt);
+    event UnbondedWithdrawn(address indexed provider, uint256 amount);
+
+    event NonceCancelled(address indexed signer, uint256 indexed wordPos, uint256 mask);
+
+    event LeaseOpened(
+        bytes32 indexed leaseId,
+        uint64 indexed round,
+        address indexed buyer,
+        address provider,
+        bytes32 market,
+        bytes32 orderDigest,
+        bytes32 bidDigest,
+        uint256 units,
+        uint256 price,
+        uint256 start,
+        uint256 end
+    );
+    event Heartbeat(bytes32 indexed leaseId, uint256 at);
+    event LeasePaid(bytes32 indexed leaseId, address indexed provider, uint256 amount, uint256 paidUntil);
+    /// @dev `refund` went back to the buyer's free escrow; `collateral` was unlocked from stake.
+    event LeaseClosed(bytes32 indexed leaseId, uint256 refund, uint256 collateral);
+    event FaultReported(
+        bytes32 indexed leaseId,
+        address indexed reporter,
+        uint256 slashed,
+        uint256 toBuyer,
+        uint256 toReporter,
+        uint256 burned
+    );
+
+    event ClearingPrice(uint64 indexed round, bytes32 indexed market, uint256 price);
+    event BatchSettled(uint64 indexed round, address indexed matcher, uint256 batch, uint256 matches, bool finalBatch);
+}

@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+import {ERC20} from "@openzeppelin/contracts/token/ERC20/ERC20.sol";
+import {IUnderbidErrors} from "../interfaces/IUnderbidErrors.sol";
+
+/// @title UBC, the compute credit: 6 decimals, 1 UBC = 1 USD of compute.
+/// @dev Minted only by burning UBT and burned only by redeeming it (both through the bound
+/// burn-mint equilibrium contract). It never moves from one user to another: every transfer has
+/// a protocol contract (the BME or the settlement escrow) on one side.
+contract UnderbidCredit is ERC20, IUnderbidErrors {
+    address private immutable _deployer;
+    /// @dev The burn-mint equilibrium contract: the only minter and burner.
+    address public bme;
+    /// @dev The settlement contract that holds buyer escrow.
+    address public escrow;
+
+    event ProtocolBound(address indexed bme, address indexed escrow);
+
+    constructor() ERC20("Underbid Credit", "UBC") {
+        _deployer = msg.sender;
+    }
+
+    /// @dev 1 UBC = 1_000_000 base units, like USD stablecoins and Akash's ACT.
+    function decimals() public pure override returns (uint8) {
+        return 6;
+    }
+
+    /// @dev Binds the protocol contracts. Callable once, by the deployer.
+    /// @param bme_ The burn-mint equilibrium contract.
+    /// @param escrow_ The settlement contract holding buyer escrow.
+    /// Reverts with `UnauthorizedCaller` for anyone but the deployer and `AlreadyBound` the second time.
+    function bindProtocol(address bme_, address escrow_) external {
+        if (msg.sender != _deployer) revert UnauthorizedCaller(msg.sender);
+        if (bme != address(0)) revert AlreadyBound();
+        if (bme_ == address(0) || escrow_ == address(0)) revert InvalidParameter("protocol");
+        bme = bme_;
+        escrow = escrow_;
+        emit ProtocolBound(bme_, escrow_);
+    }
+
+    /// @dev True for the contracts credits may move to or from.
+    function isProtocol(address account) public view returns (bool) {
+        return account == escrow || account == bme;
+    }
+
+    /// @dev Mints credits. Reverts with `UnauthorizedCaller` unless called by the BME.
+    function mint(address to, uint256 amount) external {
+        if (msg.sender != bme) revert UnauthorizedCaller(msg.sender);
+        _mint(to, amount);
+    }
+
+    /// @dev Burns credits held by `from`. Reverts with `UnauthorizedCaller` unless called by the BME.
+    function burn(address from, uint256 amount) external {
+        if (msg.sender != bme) revert UnauthorizedCaller(msg.sender);
+        _burn(from, amount);
+    }
+
+    /// @dev Reverts with `CreditNonTransferable` for a transfer with no protocol contract on either side.
+    function _update(address from, address to, uint256 value) internal override {
+        if (from != address(0) && to != address(0) && !isProtocol(from) && !isProtocol(to)) {
+            revert CreditNonTransferable(from, to);
+        }
+        super._update(from, to, value);
+    }
+
+    /// @dev IMPORTANT: the escrow pulls a buyer's deposit without an allowance. Credits can go
+    /// nowhere but a protocol contract, so an approval step would add a transaction and no safety.
+    function _spendAllowance(address owner, address spender, uint256 value) internal override {
+        if (spender == escrow) return;
+        super._spendAllowance(owner, spender, value);
+    }
+}
