@@ -336,6 +336,10 @@ _ORDER_SORT_KEY = attrgetter("key")
 _BID_SORT_KEY = attrgetter("price", "key")
 
 
+def _is_int(x: object) -> bool:
+    return type(x) is int  # not bool, not numpy: what the store hands us
+
+
 def _check_order(o: OrderLot) -> None:
     if not isinstance(o, OrderLot):
         raise TypeError(f"expected OrderLot, got {type(o).__name__}")
@@ -438,8 +442,6 @@ def _prune(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> list[int]:
     dem = [0] * k
     for o in orders:
         dem[bisect_left(durs, o.duration)] += o.units
-    for s in range(1, k):
-        dem[s] += dem[s - 1]
     max_price = max(o.max_price for o in orders)
     cap = [0] * k
     closed = [False] * k

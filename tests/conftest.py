@@ -1,0 +1,172 @@
+"""Shared fixtures: a real anvil (ape-foundry), the real compiled contracts, real signatures.
+
+Ape reverts the chain to a snapshot after every test, so each test starts from the deployment
+plus whatever the session fixtures set up.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import pytest
+
+from underbid.deploy import DeployParams, deploy_protocol
+from underbid.eip712 import Bid, Domain, Order
+from underbid.markets import market_id
+
+UBT = 10**18
+UBC = 10**6
+HOUR = 3600
+H100 = market_id("gpu=nvidia-h100;vram=80;gpus=8;region=us-east")
+A100 = market_id("gpu=nvidia-a100;vram=80;gpus=8;region=eu-west")
+
+
+@pytest.fixture(scope="session")
+def params() -> DeployParams:
+    return DeployParams()
+
+
+@pytest.fixture(scope="session")
+def deployer(accounts):
+    return accounts[0]
+
+
+@pytest.fixture(scope="session")
+def matcher(accounts):
+    return accounts[1]
+
+
+@pytest.fixture(scope="session")
+def buyers(accounts):
+    return [accounts[2], accounts[3], accounts[4]]
+
+
+@pytest.fixture(scope="session")
+def providers(accounts):
+    return [accounts[5], accounts[6], accounts[7], accounts[8]]
+
+
+@pytest.fixture(scope="session")
+def outsider(accounts):
+    return accounts[9]
+
+
+@pytest.fixture(scope="session")
+def protocol(deployer, matcher, params):
+    return deploy_protocol(deployer, [matcher], params)
+
+
+@pytest.fixture(scope="session")
+def ubt(protocol):
+    return protocol.ubt
+
+
+@pytest.fixture(scope="session")
+def credit(protocol):
+    return protocol.credit
+
+
+@pytest.fixture(scope="session")
+def oracle(protocol):
+    return protocol.oracle
+
+
+@pytest.fixture(scope="session")
+def bme(protocol):
+    return protocol.bme
+
+
+@pytest.fixture(scope="session")
+def settlement(protocol):
+    return protocol.settlement
+
+
+@pytest.fixture(scope="session")
+def domain(chain, settlement) -> Domain:
+    return Domain(chain_id=chain.chain_id, verifying_contract=str(settlement.address))
+
+
+_nonces = itertools.count(1)
+
+
+@dataclass
+class Market:
+    """Helpers that act as buyers, providers and the matcher against the deployed contracts."""
+
+    chain: object
+    deployer: object
+    matcher: object
+    ubt: object
+    credit: object
+    bme: object
+    settlement: object
+    domain: Domain
+    params: DeployParams
+
+    def give_ubt(self, account, amount: int) -> None:
+        self.ubt.transfer(account, amount, sender=self.deployer)
+
+    def mint_credits(self, account, credits: int) -> int:
+        """Mints at least `credits` credit base units for `account` by burning UBT."""
+        price = self.params.ubt_price
+        spread = self.params.mint_spread_bps
+        ubt_in = -(-credits * 10**20 * 10_000 // (price * (10_000 - spread)))  # ceil
+        self.give_ubt(account, ubt_in)
+        self.ubt.approve(self.bme, ubt_in, sender=account)
+        receipt = self.bme.mintCredits(ubt_in, credits, sender=account)
+        return receipt.return_value
+
+    def fund_buyer(self, buyer, credits: int) -> None:
+        self.mint_credits(buyer, credits)
+        self.settlement.deposit(credits, sender=buyer)
+
+    def stake_provider(self, provider, units: int) -> None:
+        amount = units * self.params.stake_per_unit
+        self.give_ubt(provider, amount)
+        if not self.settlement.providers(provider).registered:
+            self.settlement.register(f"https://{str(provider.address)[:10].lower()}.example/meta.json", sender=provider)
+        self.ubt.approve(self.settlement, amount, sender=provider)
+        self.settlement.stake(amount, sender=provider)
+
+    def now(self) -> int:
+        return self.chain.pending_timestamp
+
+    def order(self, buyer, **fields) -> tuple[Order, bytes]:
+        values = dict(
+            buyer=str(buyer.address), market=H100, units=2, duration=2 * HOUR, max_price=3 * UBC,
+            deadline=self.now() + HOUR, nonce=next(_nonces),
+        )
+        values.update(fields)
+        order = Order(**values)
+        return order, order.sign(buyer.private_key, self.domain)
+
+    def bid(self, provider, **fields) -> tuple[Bid, bytes]:
+        values = dict(
+            provider=str(provider.address), market=H100, capacity=4, price=2 * UBC, max_duration=24 * HOUR,
+            deadline=self.now() + HOUR, nonce=next(_nonces),
+        )
+        values.update(fields)
+        bid = Bid(**values)
+        return bid, bid.sign(provider.private_key, self.domain)
+
+    def settle(self, orders, bids, matches, prices, *, round_id: int = 1, batch: int = 0, final: bool = True, sender=None):
+        """Calls `settle`. `orders`/`bids` are (message, signature) pairs; `prices` maps market to price."""
+        return self.settlement.settle(
+            (round_id, batch, final),
+            [o.as_call_tuple() for o, _ in orders],
+            [s for _, s in orders],
+            [b.as_call_tuple() for b, _ in bids],
+            [s for _, s in bids],
+            list(matches),
+            [(m, p) for m, p in prices.items()],
+            sender=sender or self.matcher,
+        )
+
+    def lease_ids(self, receipt) -> list[bytes]:
+        return [log.leaseId for log in receipt.decode_logs(self.settlement.LeaseOpened)]
+
+
+@pytest.fixture(scope="session")
+def market(chain, deployer, matcher, ubt, credit, bme, settlement, domain, params) -> Market:
+    return Market(chain, deployer, matcher, ubt, credit, bme, settlement, domain, params)

@@ -1,0 +1,40 @@
+"""The Python package's single EIP-712 definition agrees with the contract and with eth-account."""
+
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_utils import keccak
+
+from underbid.eip712 import Bid, Order, recover_signer
+
+
+def test_type_hashes_match_contract(settlement):
+    order_hash, bid_hash = settlement.typeHashes()
+    assert bytes(order_hash) == Order.type_hash()
+    assert bytes(bid_hash) == Bid.type_hash()
+
+
+def test_domain_separator_matches_contract(settlement, domain):
+    assert bytes(settlement.domainSeparator()) == domain.separator
+
+
+def test_order_digest_matches_contract_and_eth_account(market, settlement, domain, buyers):
+    order, _ = market.order(buyers[0], units=7, duration=12345, max_price=2**63, nonce=2**200 + 5)
+    expected = encode_typed_data(full_message=order.typed_data(domain))
+    eth_account_digest = keccak(b"\x19" + expected.version + expected.header + expected.body)
+    assert order.digest(domain) == eth_account_digest
+    assert bytes(settlement.hashOrder(order.as_call_tuple())) == order.digest(domain)
+
+
+def test_bid_digest_matches_contract_and_eth_account(market, settlement, domain, providers):
+    bid, _ = market.bid(providers[0], capacity=2**32 - 1, price=1, max_duration=7, nonce=0)
+    expected = encode_typed_data(full_message=bid.typed_data(domain))
+    eth_account_digest = keccak(b"\x19" + expected.version + expected.header + expected.body)
+    assert bid.digest(domain) == eth_account_digest
+    assert bytes(settlement.hashBid(bid.as_call_tuple())) == bid.digest(domain)
+
+
+def test_recover_signer_matches_eth_account(market, domain, buyers):
+    order, signature = market.order(buyers[1])
+    assert recover_signer(order.digest(domain), signature) == buyers[1].address
+    signable = encode_typed_data(full_message=order.typed_data(domain))
+    assert Account.recover_message(signable, signature=signature) == buyers[1].address

@@ -1,0 +1,683 @@
+"""Tests of underbid.clearing: constraints, exactness, pricing rule and accountability.
+
+The accountability property is what a provider can prove on chain to slash the
+matcher, so it is checked here independently of the module's own helper, on
+random instances built to produce ties (small price range) and duration
+conflicts (few duration tiers, some bids too short).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from functools import lru_cache
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from underbid import clearing
+from underbid.clearing import (
+    BidLot,
+    Clearing,
+    Match,
+    OrderLot,
+    accountability_violations,
+    clear,
+    gains_from_trade,
+    max_gain_allocation,
+)
+
+MARKETS = ("0x" + "aa" * 32, "0x" + "bb" * 32, "0x" + "cc" * 32)
+M = MARKETS[0]
+DURATIONS = (1, 2, 4)
+MAX_DURATIONS = (0, 1, 2, 4, 8)  # 0: a bid too short for any order
+
+FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+MEDIUM = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# --------------------------------------------------------------------------
+# Instance generation
+# --------------------------------------------------------------------------
+
+
+@st.composite
+def instances(
+    draw: st.DrawFn,
+    max_orders: int = 8,
+    max_bids: int = 8,
+    max_units: int = 5,
+    max_capacity: int = 5,
+    n_markets: int = 2,
+    max_price: int = 6,
+) -> tuple[list[OrderLot], list[BidLot]]:
+    markets = MARKETS[:n_markets]
+    n_o = draw(st.integers(0, max_orders))
+    n_b = draw(st.integers(0, max_bids))
+    # Random keys (not index order) so that key tie-breaks are exercised.
+    keys = draw(st.lists(st.integers(0, 2**32), min_size=n_o + n_b, max_size=n_o + n_b,
+                         unique=True))
+    orders = [
+        OrderLot(
+            key=f"0x{keys[i]:010x}",
+            market=draw(st.sampled_from(markets)),
+            units=draw(st.integers(1, max_units)),
+            duration=draw(st.sampled_from(DURATIONS)),
+            max_price=draw(st.integers(0, max_price)),
+        )
+        for i in range(n_o)
+    ]
+    bids = [
+        BidLot(
+            key=f"0x{keys[n_o + j]:010x}",
+            market=draw(st.sampled_from(markets)),
+            provider=f"0x{draw(st.integers(0, 3)):040x}",
+            capacity=draw(st.integers(1, max_capacity)),
+            price=draw(st.integers(0, max_price)),
+            max_duration=draw(st.sampled_from(MAX_DURATIONS)),
+        )
+        for j in range(n_b)
+    ]
+    return orders, bids
+
+
+small = instances()
+tiny = instances(max_orders=4, max_bids=4, max_units=3, max_capacity=3)
+medium = instances(max_orders=30, max_bids=60, max_units=16, max_capacity=8, n_markets=3,
+                   max_price=10)
+
+
+# --------------------------------------------------------------------------
+# Independent oracles
+# --------------------------------------------------------------------------
+
+
+def compatible(o: OrderLot, b: BidLot) -> bool:
+    return o.market == b.market and o.duration <= b.max_duration
+
+
+def gain(o: OrderLot, b: BidLot) -> int:
+    return o.duration * (o.max_price - b.price)
+
+
+def brute_force_gains(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> int:
+    """Exact optimum by exhaustive enumeration of each order's split over bids.
+
+    Memoized on (order index, remaining capacities); meant for <= 4 x 4 x 3.
+    """
+    total = 0
+    for market in {o.market for o in orders}:
+        mo = [o for o in orders if o.market == market]
+        mb = [b for b in bids if b.market == market]
+
+        @lru_cache(maxsize=None)
+        def best(i: int, caps: tuple[int, ...], mo: tuple[OrderLot, ...] = tuple(mo),
+                 mb: tuple[BidLot, ...] = tuple(mb)) -> int:
+            if i == len(mo):
+                return 0
+            o = mo[i]
+            ranges = [range(min(c, o.units) + 1) if compatible(o, b) else range(1)
+                      for b, c in zip(mb, caps)]
+            result = 0
+            for xs in itertools.product(*ranges):
+                if sum(xs) > o.units:
+                    continue
+                here = sum(x * gain(o, b) for x, b in zip(xs, mb))
+                rest = best(i + 1, tuple(c - x for c, x in zip(caps, xs)))
+                result = max(result, here + rest)
+            return result
+
+        total += best(0, tuple(b.capacity for b in mb))
+    return total
+
+
+def fills(matches: Sequence[Match]) -> tuple[dict[str, int], dict[str, int]]:
+    fo: dict[str, int] = defaultdict(int)
+    fb: dict[str, int] = defaultdict(int)
+    for m in matches:
+        fo[m.order_key] += m.units
+        fb[m.bid_key] += m.units
+    return fo, fb
+
+
+def check_feasible(matches: Sequence[Match], orders: Sequence[OrderLot],
+                   bids: Sequence[BidLot]) -> None:
+    """Every hard constraint of an allocation, checked from scratch."""
+    ob = {o.key: o for o in orders}
+    bb = {b.key: b for b in bids}
+    pairs = [(m.order_key, m.bid_key) for m in matches]
+    assert len(pairs) == len(set(pairs)), "one match per (order, bid) pair"
+    for m in matches:
+        o, b = ob[m.order_key], bb[m.bid_key]
+        assert m.units > 0
+        assert o.market == b.market
+        assert o.duration <= b.max_duration
+        assert b.price < o.max_price, "zero- or negative-gain pairs are never matched"
+    fo, fb = fills(matches)
+    for k, u in fo.items():
+        assert u <= ob[k].units
+    for k, u in fb.items():
+        assert u <= bb[k].capacity
+
+
+def brute_accountability(matches: Sequence[Match], orders: Sequence[OrderLot],
+                         bids: Sequence[BidLot]) -> list[tuple[str, str]]:
+    """The slashing condition, by direct quadratic search (independent of the module)."""
+    ob = {o.key: o for o in orders}
+    bb = {b.key: b for b in bids}
+    _, fb = fills(matches)
+    served_durations: dict[str, set[int]] = defaultdict(set)
+    for m in matches:
+        served_durations[m.bid_key].add(ob[m.order_key].duration)
+    bad = []
+    for wk, durs in served_durations.items():
+        w = bb[wk]
+        for b in bids:
+            if (b.market == w.market and b.price < w.price and fb.get(b.key, 0) < b.capacity
+                    and any(b.max_duration >= d for d in durs)):
+                bad.append((b.key, wk))
+    return bad
+
+
+def improving_moves(matches: Sequence[Match], orders: Sequence[OrderLot],
+                    bids: Sequence[BidLot]) -> list[str]:
+    """Single-unit additions and swaps that would raise gains (must be none)."""
+    fo, fb = fills(matches)
+    served = [(m.order_key, m.bid_key) for m in matches]
+    ob = {o.key: o for o in orders}
+    bb = {b.key: b for b in bids}
+    spare_o = [o for o in orders if fo.get(o.key, 0) < o.units]
+    spare_b = [b for b in bids if fb.get(b.key, 0) < b.capacity]
+    moves = []
+    for o in spare_o:  # add a unit
+        for b in spare_b:
+            if compatible(o, b) and gain(o, b) > 0:
+                moves.append(f"add {o.key}->{b.key}")
+    for ok, wk in served:
+        o, w = ob[ok], bb[wk]
+        for b in spare_b:  # move a unit to a cheaper bid
+            if compatible(o, b) and b.price < w.price:
+                moves.append(f"rebid {ok}: {wk}->{b.key}")
+        for o2 in spare_o:  # give the unit to an order that gains more
+            if compatible(o2, w) and gain(o2, w) > max(gain(o, w), 0):
+                moves.append(f"reorder {wk}: {ok}->{o2.key}")
+    for (o1k, b1k), (o2k, b2k) in itertools.combinations(served, 2):  # exchange partners
+        o1, b1, o2, b2 = ob[o1k], bb[b1k], ob[o2k], bb[b2k]
+        if (compatible(o1, b2) and compatible(o2, b1) and gain(o1, b2) > 0 and gain(o2, b1) > 0
+                and gain(o1, b2) + gain(o2, b1) > gain(o1, b1) + gain(o2, b2)):
+            moves.append(f"exchange {o1k},{o2k}")
+    return moves
+
+
+def by_key(orders: Sequence[OrderLot], bids: Sequence[BidLot]
+           ) -> tuple[dict[str, OrderLot], dict[str, BidLot]]:
+    return {o.key: o for o in orders}, {b.key: b for b in bids}
+
+
+def total_gains(matches: Sequence[Match], orders: Sequence[OrderLot],
+                bids: Sequence[BidLot]) -> int:
+    return gains_from_trade(matches, *by_key(orders, bids))
+
+
+# --------------------------------------------------------------------------
+# Properties of clear()
+# --------------------------------------------------------------------------
+
+
+def check_clearing(c: Clearing, orders: list[OrderLot], bids: list[BidLot]) -> None:
+    """Everything a clearing must satisfy, per market."""
+    ob, bb = by_key(orders, bids)
+    assert [mc.market for mc in c.markets] == sorted({mc.market for mc in c.markets})
+    assert c.matches == tuple(m for mc in c.markets for m in mc.matches)
+    assert c.prices == {mc.market: mc.price for mc in c.markets}
+    check_feasible(c.matches, orders, bids)
+    for mc in c.markets:
+        assert mc.matches, "only markets with at least one match are listed"
+        assert list(mc.matches) == sorted(mc.matches, key=lambda m: (m.order_key, m.bid_key))
+        assert list(mc.dropped_orders) == sorted(mc.dropped_orders)
+        for m in mc.matches:
+            assert ob[m.order_key].market == mc.market
+            assert bb[m.bid_key].price <= mc.price <= ob[m.order_key].max_price
+        served = {m.order_key for m in mc.matches}
+        assert not served & set(mc.dropped_orders)
+        for k in mc.dropped_orders:
+            assert ob[k].market == mc.market
+        # The pricing rule, recomputed from the output.
+        lo = max(bb[m.bid_key].price for m in mc.matches)
+        hi = min(ob[m.order_key].max_price for m in mc.matches)
+        used = {m.bid_key for m in mc.matches}
+        unused = [b.price for b in bids if b.market == mc.market and b.key not in used]
+        expected = min(max(min(unused), lo), hi) if unused else hi
+        assert mc.price == expected
+        # What remains after the drop loop is an exact optimum of the remaining orders.
+        rest = [o for o in orders if o.market == mc.market and o.key not in mc.dropped_orders]
+        mb = [b for b in bids if b.market == mc.market]
+        opt = max_gain_allocation(rest, mb, prune=False, solver="python")
+        assert total_gains(mc.matches, orders, bids) == total_gains(opt, orders, bids)
+    # Markets left out really have nothing to trade.
+    listed = {mc.market for mc in c.markets}
+    for o in orders:
+        if o.market not in listed:
+            assert not any(compatible(o, b) and gain(o, b) > 0 for b in bids)
+
+
+@FAST
+@given(small)
+def test_clear_satisfies_every_constraint(inst: tuple[list[OrderLot], list[BidLot]]) -> None:
+    orders, bids = inst
+    check_clearing(clear(orders, bids), orders, bids)
+
+
+@MEDIUM
+@given(medium)
+def test_clear_satisfies_every_constraint_medium(inst: tuple[list[OrderLot], list[BidLot]]) -> None:
+    orders, bids = inst
+    check_clearing(clear(orders, bids), orders, bids)
+
+
+@FAST
+@given(small, st.data())
+def test_clear_is_deterministic_under_permutation(
+    inst: tuple[list[OrderLot], list[BidLot]], data: st.DataObject
+) -> None:
+    orders, bids = inst
+    shuffled_o = data.draw(st.permutations(orders))
+    shuffled_b = data.draw(st.permutations(bids))
+    assert clear(shuffled_o, shuffled_b) == clear(orders, bids)
+    # Generators are accepted as well as lists.
+    assert clear(iter(shuffled_o), iter(shuffled_b)) == clear(orders, bids)
+
+
+@FAST
+@given(small)
+def test_accountability_property(inst: tuple[list[OrderLot], list[BidLot]]) -> None:
+    orders, bids = inst
+    c = clear(orders, bids)
+    assert brute_accountability(c.matches, orders, bids) == []
+    assert accountability_violations(c.matches, orders, bids) == []
+
+
+@MEDIUM
+@given(medium)
+def test_accountability_property_medium(inst: tuple[list[OrderLot], list[BidLot]]) -> None:
+    orders, bids = inst
+    c = clear(orders, bids)
+    assert brute_accountability(c.matches, orders, bids) == []
+    assert accountability_violations(c.matches, orders, bids) == []
+    # Also before pricing, with and without pruning.
+    for prune in (True, False):
+        a = max_gain_allocation(orders, bids, prune=prune)
+        assert brute_accountability(a, orders, bids) == []
+
+
+@FAST
+@given(small)
+def test_no_add_or_swap_raises_gains(inst: tuple[list[OrderLot], list[BidLot]]) -> None:
+    orders, bids = inst
+    assert improving_moves(max_gain_allocation(orders, bids), orders, bids) == []
+    # After the drop loop: local optimality among the orders still in play.
+    c = clear(orders, bids)
+    dropped = {k for mc in c.markets for k in mc.dropped_orders}
+    rest = [o for o in orders if o.key not in dropped]
+    assert improving_moves(c.matches, rest, bids) == []
+
+
+# --------------------------------------------------------------------------
+# Exactness: brute force, pruning, solver cross-checks
+# --------------------------------------------------------------------------
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tiny)
+def test_max_gain_equals_brute_force(inst: tuple[list[OrderLot], list[BidLot]]) -> None:
+    orders, bids = inst
+    expected = brute_force_gains(orders, bids)
+    for prune, solver in [(True, "ortools"), (False, "ortools"), (True, "python"),
+                          (False, "python"), (True, "auto")]:
+        a = max_gain_allocation(orders, bids, prune=prune, solver=solver)
+        check_feasible(a, orders, bids)
+        assert total_gains(a, orders, bids) == expected, (prune, solver)
+
+
+@MEDIUM
+@given(medium)
+def test_pruned_equals_unpruned_and_solvers_agree(inst: tuple[list[OrderLot], list[BidLot]]) -> None:
+    orders, bids = inst
+    pruned = max_gain_allocation(orders, bids, prune=True, solver="ortools")
+    unpruned = max_gain_allocation(orders, bids, prune=False, solver="ortools")
+    reference = max_gain_allocation(orders, bids, prune=False, solver="python")
+    check_feasible(pruned, orders, bids)
+    g = total_gains(reference, orders, bids)
+    assert total_gains(pruned, orders, bids) == g
+    assert total_gains(unpruned, orders, bids) == g
+
+
+@st.composite
+def many_bids(draw: st.DrawFn) -> tuple[list[OrderLot], list[BidLot]]:
+    """Supply far above demand, so pruning removes most bids, across duration tiers."""
+    orders, _ = draw(instances(max_orders=6, max_bids=0, max_units=6, n_markets=1,
+                               max_price=20))
+    n = draw(st.integers(20, 80))
+    bids = [
+        BidLot(f"0xb{j:04d}", M, "0x01", draw(st.integers(1, 4)), draw(st.integers(0, 20)),
+               draw(st.sampled_from(MAX_DURATIONS)))
+        for j in range(n)
+    ]
+    return orders, bids
+
+
+@MEDIUM
+@given(many_bids())
+def test_pruning_keeps_the_optimum_when_it_bites(inst: tuple[list[OrderLot], list[BidLot]]) -> None:
+    orders, bids = inst
+    pruned = max_gain_allocation(orders, bids, prune=True, solver="ortools")
+    reference = max_gain_allocation(orders, bids, prune=False, solver="python")
+    assert total_gains(pruned, orders, bids) == total_gains(reference, orders, bids)
+    assert brute_accountability(clear(orders, bids).matches, orders, bids) == []
+
+
+def test_pruning_removes_bids() -> None:
+    """Demand 3 in each of two tiers: the pruned set is small and exactly the needed one."""
+    orders = [OrderLot("0xo1", M, 3, 1, 100), OrderLot("0xo2", M, 3, 4, 100)]
+    bids = [BidLot(f"0xb{j:02d}", M, "0x01", 1, 10 + j, (1, 4)[j % 2]) for j in range(40)]
+    mo = sorted(orders, key=lambda o: o.key)
+    mb = sorted(bids, key=lambda b: (b.price, b.key))
+    keep = clearing._prune(mo, mb)
+    assert len(keep) < 15
+    assert total_gains(max_gain_allocation(orders, bids), orders, bids) == \
+        total_gains(max_gain_allocation(orders, bids, prune=False, solver="python"), orders, bids)
+
+
+def test_realistic_magnitudes_agree_with_reference() -> None:
+    """Seconds and 6-decimal prices: exercises the gcd scaling of costs."""
+    import random
+
+    rng = random.Random(7)
+    durs = (3600, 6 * 3600, 86400, 7 * 86400)
+    orders = [OrderLot(f"0xo{i:03d}", M, rng.randint(1, 16), rng.choice(durs),
+                       rng.randrange(800_000, 1_500_000, 10_000)) for i in range(25)]
+    bids = [BidLot(f"0xb{j:03d}", M, "0x01", rng.randint(1, 8),
+                   rng.randrange(600_000, 1_400_000, 10_000), rng.choice(durs))
+            for j in range(120)]
+    a = max_gain_allocation(orders, bids, solver="ortools")
+    ref = max_gain_allocation(orders, bids, prune=False, solver="python")
+    assert total_gains(a, orders, bids) == total_gains(ref, orders, bids) > 0
+    check_clearing(clear(orders, bids), orders, bids)
+
+
+# --------------------------------------------------------------------------
+# Overflow guard
+# --------------------------------------------------------------------------
+
+
+def test_huge_values_fall_back_to_exact_python() -> None:
+    """Prices far beyond int64: same decisions as the scaled-down market, no overflow."""
+    scale = 10**30
+    orders = [OrderLot("0xo1", M, 3, 2, 10), OrderLot("0xo2", M, 2, 1, 7)]
+    bids = [BidLot("0xb1", M, "0x01", 2, 3, 2), BidLot("0xb2", M, "0x02", 2, 5, 1),
+            BidLot("0xb3", M, "0x03", 5, 8, 4)]
+    big_o = [OrderLot(o.key, o.market, o.units, o.duration, o.max_price * scale) for o in orders]
+    big_b = [BidLot(b.key, b.market, b.provider, b.capacity, b.price * scale, b.max_duration)
+             for b in bids]
+    assert clearing._solve_ortools(sorted(big_o, key=lambda o: o.key),
+                                   sorted(big_b, key=lambda b: (b.price, b.key))) is None
+    with pytest.raises(ValueError, match="int64"):
+        max_gain_allocation(big_o, big_b, solver="ortools")
+    small_c, big_c = clear(orders, bids), clear(big_o, big_b)
+    assert big_c.matches == small_c.matches
+    assert big_c.prices == {k: v * scale for k, v in small_c.prices.items()}
+    assert total_gains(big_c.matches, big_o, big_b) == \
+        total_gains(small_c.matches, orders, bids) * scale
+
+
+def test_huge_units_fall_back_to_exact_python() -> None:
+    orders = [OrderLot("0xo1", M, 2**70, 1, 10)]
+    bids = [BidLot("0xb1", M, "0x01", 2**69, 3, 1), BidLot("0xb2", M, "0x02", 2**71, 4, 1)]
+    c = clear(orders, bids)
+    assert c.matches == (Match("0xo1", "0xb1", 2**69), Match("0xo1", "0xb2", 2**69))
+    assert c.prices == {M: 10}  # every bid is used: p = hi
+
+
+def test_solver_failure_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-OPTIMAL OR-Tools status (e.g. BAD_COST_RANGE) hands over to the Python solver."""
+    orders = [OrderLot("0xo1", M, 3, 1, 10)]
+    bids = [BidLot("0xb1", M, "0x01", 2, 3, 1), BidLot("0xb2", M, "0x02", 5, 6, 1)]
+    expected = clear(orders, bids)
+
+    class Broken(clearing.min_cost_flow.SimpleMinCostFlow):  # type: ignore[misc]
+        def solve(self) -> object:
+            return self.BAD_COST_RANGE
+
+    monkeypatch.setattr(clearing.min_cost_flow, "SimpleMinCostFlow", Broken)
+    assert clearing._solve_ortools(orders, sorted(bids, key=lambda b: (b.price, b.key))) is None
+    assert clear(orders, bids) == expected
+
+
+# --------------------------------------------------------------------------
+# Edge cases and the pricing rule by hand
+# --------------------------------------------------------------------------
+
+
+def test_empty_inputs() -> None:
+    assert clear([], []) == Clearing(markets=())
+    assert clear([OrderLot("0xo1", M, 1, 1, 5)], []).markets == ()
+    assert clear([], [BidLot("0xb1", M, "0x01", 1, 1, 1)]).markets == ()
+    assert max_gain_allocation([], []) == ()
+    assert Clearing(markets=()).matches == () and Clearing(markets=()).prices == {}
+
+
+def test_different_markets_never_match() -> None:
+    c = clear([OrderLot("0xo1", MARKETS[0], 1, 1, 5)],
+              [BidLot("0xb1", MARKETS[1], "0x01", 1, 1, 1)])
+    assert c.markets == ()
+
+
+def test_duration_incompatibility() -> None:
+    orders = [OrderLot("0xo1", M, 2, 10, 50)]
+    bids = [BidLot("0xshort", M, "0x01", 5, 1, 9), BidLot("0xlong", M, "0x02", 5, 20, 10)]
+    c = clear(orders, bids)
+    assert c.matches == (Match("0xo1", "0xlong", 2),)
+    # The cheap short bid is unused: it sets no price above the winner, so p = lo.
+    assert c.prices == {M: 20}
+    assert brute_accountability(c.matches, orders, bids) == []
+
+
+def test_no_compatible_pairs() -> None:
+    orders = [OrderLot("0xo1", M, 2, 10, 50)]
+    bids = [BidLot("0xb1", M, "0x01", 5, 1, 5), BidLot("0xb2", M, "0x02", 5, 1, 0)]
+    assert clear(orders, bids).markets == ()
+
+
+def test_all_bids_too_expensive() -> None:
+    orders = [OrderLot("0xo1", M, 2, 1, 50), OrderLot("0xo2", M, 2, 1, 40)]
+    bids = [BidLot("0xb1", M, "0x01", 5, 51, 5), BidLot("0xb2", M, "0x02", 5, 60, 5)]
+    assert clear(orders, bids).markets == ()
+
+
+def test_zero_gain_pairs_are_not_matched() -> None:
+    orders = [OrderLot("0xo1", M, 2, 1, 50)]
+    bids = [BidLot("0xb1", M, "0x01", 5, 50, 5)]
+    assert clear(orders, bids).markets == ()
+    assert max_gain_allocation(orders, bids, solver="python") == ()
+
+
+def test_zero_gain_at_the_margin_is_avoided_by_pairing() -> None:
+    """Max price 5 meets price 5 at the margin; pairing A with Y and B with X gives
+    two positive-gain matches with the same total gains, so neither is zero-gain."""
+    orders = [OrderLot("0xA", M, 1, 1, 10), OrderLot("0xB", M, 1, 1, 5)]
+    bids = [BidLot("0xX", M, "0x01", 1, 1, 1), BidLot("0xY", M, "0x02", 1, 5, 1)]
+    c = clear(orders, bids)
+    check_clearing(c, orders, bids)
+    assert total_gains(c.matches, orders, bids) == 9
+
+
+def test_uniform_price_is_cheapest_unused_bid() -> None:
+    orders = [OrderLot("0xo1", M, 3, 1, 100)]
+    bids = [BidLot("0xb1", M, "0x01", 1, 10, 1), BidLot("0xb2", M, "0x02", 2, 20, 1),
+            BidLot("0xb3", M, "0x03", 1, 30, 1), BidLot("0xb4", M, "0x04", 1, 40, 1)]
+    c = clear(orders, bids)
+    assert c.matches == (Match("0xo1", "0xb1", 1), Match("0xo1", "0xb2", 2))
+    assert c.prices == {M: 30}
+
+
+def test_price_clamped_to_lowest_served_max_price() -> None:
+    orders = [OrderLot("0xo1", M, 1, 1, 25)]
+    bids = [BidLot("0xb1", M, "0x01", 1, 10, 1), BidLot("0xb2", M, "0x02", 1, 30, 1)]
+    assert clear(orders, bids).prices == {M: 25}
+
+
+def test_price_is_hi_when_every_bid_is_used() -> None:
+    orders = [OrderLot("0xo1", M, 2, 1, 25), OrderLot("0xo2", M, 2, 1, 40)]
+    bids = [BidLot("0xb1", M, "0x01", 2, 10, 1), BidLot("0xb2", M, "0x02", 2, 12, 1)]
+    c = clear(orders, bids)
+    assert {m.bid_key for m in c.matches} == {"0xb1", "0xb2"}
+    assert c.prices == {M: 25}
+
+
+def test_drop_loop() -> None:
+    """The long order o2 gains most from the cheap bid A, pushing o1 onto W at 7 > o2's 5.
+
+    Optimum: o2-A (gain 10*(5-1)=40) + o1-W (gain 1*(10-7)=3) = 43 > o1-A alone (9).
+    lo = 7 > hi = 5, so o2 is dropped; the re-solve gives o1-A, lo 1, hi 10, and the
+    cheapest unused bid W sets the price 7.
+    """
+    orders = [OrderLot("0xo1", M, 1, 1, 10), OrderLot("0xo2", M, 1, 10, 5)]
+    bids = [BidLot("0xA", M, "0x01", 1, 1, 10), BidLot("0xW", M, "0x02", 1, 7, 10)]
+    alloc = max_gain_allocation(orders, bids)
+    assert set(alloc) == {Match("0xo2", "0xA", 1), Match("0xo1", "0xW", 1)}
+    c = clear(orders, bids)
+    (mc,) = c.markets
+    assert mc.dropped_orders == ("0xo2",)
+    assert mc.matches == (Match("0xo1", "0xA", 1),)
+    assert mc.price == 7
+    check_clearing(c, orders, bids)
+
+
+def test_drop_loop_drops_several_orders_at_once() -> None:
+    """o2 and o3 (long, low max price) take A and B; o1 goes to W at 20: lo 20 > hi 5.
+
+    Both leave in one round (max price < 20); o1 then takes A and the unused B sets 2.
+    """
+    orders = [OrderLot("0xo1", M, 1, 1, 100), OrderLot("0xo2", M, 1, 10, 5),
+              OrderLot("0xo3", M, 1, 10, 6)]
+    bids = [BidLot("0xA", M, "0x01", 1, 1, 10), BidLot("0xB", M, "0x02", 1, 2, 10),
+            BidLot("0xW", M, "0x03", 1, 20, 10)]
+    c = clear(orders, bids)
+    (mc,) = c.markets
+    assert mc.dropped_orders == ("0xo2", "0xo3")
+    assert mc.matches == (Match("0xo1", "0xA", 1),)
+    assert mc.price == 2
+    check_clearing(c, orders, bids)
+
+
+def test_drop_loop_two_rounds() -> None:
+    """Round 1: o2 (only b1 lasts 10 s) on b1 at 13, o1 on b0; lo 13 > hi 8: drop o1.
+    Round 2: o0 moves onto b0; lo 13 > hi 9: drop o0.  Round 3: o2 alone, price 13
+    (the unused b0 at 4 is clamped up to lo)."""
+    orders = [OrderLot("0xo0", M, 1, 1, 9), OrderLot("0xo1", M, 2, 2, 8),
+              OrderLot("0xo2", M, 1, 10, 16)]
+    bids = [BidLot("0xb0", M, "0x01", 2, 4, 4), BidLot("0xb1", M, "0x01", 1, 13, 10)]
+    first = max_gain_allocation(orders, bids)
+    assert set(first) == {Match("0xo1", "0xb0", 2), Match("0xo2", "0xb1", 1)}
+    second = max_gain_allocation([orders[0], orders[2]], bids)
+    assert set(second) == {Match("0xo0", "0xb0", 1), Match("0xo2", "0xb1", 1)}
+    c = clear(orders, bids)
+    (mc,) = c.markets
+    assert mc.dropped_orders == ("0xo0", "0xo1")
+    assert mc.matches == (Match("0xo2", "0xb1", 1),)
+    assert mc.price == 13
+    check_clearing(c, orders, bids)
+
+
+def test_marginal_bid_may_be_partly_filled_below_the_price() -> None:
+    """Documents a consequence of the pricing rule for the on-chain challenge.
+
+    Demand runs out inside bid b2, so b2 (price 2) is only partly filled while the
+    price is set by the unused b3 at 5.  No cheaper-than-a-winner bid is left idle,
+    so the accountability property holds; but a challenge rule of the form "every
+    bid priced below the clearing price is filled completely" would wrongly fire.
+    """
+    orders = [OrderLot("0xo1", M, 5, 1, 10)]
+    bids = [BidLot("0xb1", M, "0x01", 1, 1, 1), BidLot("0xb2", M, "0x02", 10, 2, 1),
+            BidLot("0xb3", M, "0x03", 1, 5, 1)]
+    c = clear(orders, bids)
+    assert c.matches == (Match("0xo1", "0xb1", 1), Match("0xo1", "0xb2", 4))
+    assert c.prices == {M: 5}
+    assert accountability_violations(c.matches, orders, bids) == []
+
+
+def test_accountability_helper_detects_a_violation() -> None:
+    orders = [OrderLot("0xo1", M, 1, 2, 10)]
+    bids = [BidLot("0xcheap", M, "0x01", 1, 1, 2), BidLot("0xdear", M, "0x02", 1, 5, 2),
+            BidLot("0xshort", M, "0x03", 1, 0, 1)]
+    bad = [Match("0xo1", "0xdear", 1)]
+    assert accountability_violations(bad, orders, bids) == [("0xcheap", "0xdear")]
+    assert brute_accountability(bad, orders, bids) == [("0xcheap", "0xdear")]
+    assert accountability_violations([Match("0xo1", "0xcheap", 1)], orders, bids) == []
+
+
+def test_multiple_markets_sorted_with_own_prices() -> None:
+    orders = [OrderLot("0xo1", MARKETS[1], 1, 1, 10), OrderLot("0xo2", MARKETS[0], 1, 1, 20)]
+    bids = [BidLot("0xb1", MARKETS[1], "0x01", 1, 3, 1), BidLot("0xb2", MARKETS[0], "0x01", 1, 4, 1),
+            BidLot("0xb3", MARKETS[0], "0x01", 1, 9, 1)]
+    c = clear(orders, bids)
+    assert [mc.market for mc in c.markets] == [MARKETS[0], MARKETS[1]]
+    assert c.prices == {MARKETS[0]: 9, MARKETS[1]: 10}
+
+
+def test_gains_from_trade() -> None:
+    orders = [OrderLot("0xo1", M, 3, 2, 10)]
+    bids = [BidLot("0xb1", M, "0x01", 3, 4, 2)]
+    assert gains_from_trade([Match("0xo1", "0xb1", 3)], *by_key(orders, bids)) == 3 * 2 * 6
+
+
+@pytest.mark.parametrize(
+    ("orders", "bids", "exc"),
+    [
+        ([OrderLot("0xo1", M, 0, 1, 5)], [], ValueError),
+        ([OrderLot("0xo1", M, 1, 0, 5)], [], ValueError),
+        ([OrderLot("0xo1", M, 1, 1, -1)], [], ValueError),
+        ([OrderLot("0xo1", M, 1, 1, 5), OrderLot("0xo1", M, 2, 1, 5)], [], ValueError),
+        ([OrderLot("0xo1", M, True, 1, 5)], [], TypeError),
+        ([OrderLot("0xo1", M, 1.0, 1, 5)], [], TypeError),  # type: ignore[arg-type]
+        ([], [BidLot("0xb1", M, "0x01", 0, 1, 1)], ValueError),
+        ([], [BidLot("0xb1", M, "0x01", 1, -1, 1)], ValueError),
+        ([], [BidLot("0xb1", M, "0x01", 1, 1, -1)], ValueError),
+        ([], [BidLot("0xb1", M, "0x01", 1, 1, 1), BidLot("0xb1", M, "0x02", 1, 1, 1)], ValueError),
+        ([("0xo1", M, 1, 1, 5)], [], TypeError),
+    ],
+)
+def test_invalid_input_is_rejected(orders: list, bids: list, exc: type[Exception]) -> None:
+    with pytest.raises(exc):
+        clear(orders, bids)
+
+
+@settings(max_examples=20, deadline=None)
+@given(medium)
+def test_executor_gives_the_same_result(inst: tuple[list[OrderLot], list[BidLot]]) -> None:
+    orders, bids = inst
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        assert clear(orders, bids, executor=pool) == clear(orders, bids)
+
+
+def test_process_pool_gives_the_same_result() -> None:
+    from underbid.bench import instance
+
+    orders, bids = instance(300, 3000, seed=3)
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        assert clear(orders, bids, executor=pool) == clear(orders, bids)
+
+
+def test_bench_instance_end_to_end() -> None:
+    """The benchmark instance clears with no accountability violation and the exact optimum."""
+    from underbid.bench import instance
+
+    orders, bids = instance(1_000, 10_000, seed=11)
+    c = clear(orders, bids)
+    assert accountability_violations(c.matches, orders, bids) == []
+    check_feasible(c.matches, orders, bids)
+    assert total_gains(max_gain_allocation(orders, bids), orders, bids) == total_gains(
+        max_gain_allocation(orders, bids, prune=False, solver="python"), orders, bids)
