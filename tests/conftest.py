@@ -170,3 +170,15 @@ class Market:
 @pytest.fixture(scope="session")
 def market(chain, deployer, matcher, ubt, credit, bme, settlement, domain, params) -> Market:
     return Market(chain, deployer, matcher, ubt, credit, bme, settlement, domain, params)
+
+
+# ----- the gas report: lines printed at the end of the run and compared with gas-snapshots/ -----
+
+GAS_LINES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if GAS_LINES:
+        terminalreporter.section("gas report")
+        for line in GAS_LINES:
+            terminalreporter.write_line(line)
