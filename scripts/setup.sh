@@ -16,7 +16,9 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
 
 echo "setup: installing anvil, solc and OpenZeppelin Contracts from npm..."
-npm ci --no-audit --no-fund --loglevel=error
+# `npm ci` refuses this lock file (anvil lists optional per-platform packages that npm does not
+# record), so install by the exact versions pinned in package.json and the lock file.
+npm install --no-audit --no-fund --loglevel=error
 
 node_modules/.bin/anvil --version | head -1
 tools/solc/solc-v0.8.28 --version | tail -1

@@ -76,8 +76,9 @@ class SignedMessage(BaseModel):
         """(python name, EIP-712 name, Solidity type) for each field, in struct order."""
         fields = []
         for name, info in cls.model_fields.items():
-            sol = next(m for m in info.metadata if isinstance(m, Sol))
-            fields.append((name, info.alias or name, sol.type))
+            sol = next((m for m in info.metadata if isinstance(m, Sol)), None)
+            if sol is not None:  # request models add unsigned fields (signature, spec)
+                fields.append((name, info.alias or name, sol.type))
         return tuple(fields)
 
     @classmethod

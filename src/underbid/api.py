@@ -1,0 +1,189 @@
+"""The matcher's HTTP JSON API (FastAPI; the OpenAPI schema is served at /openapi.json).
+
+Every 4xx answer has the same body, naming the field at fault and the reason:
+`{"detail": [{"field": "deadline", "reason": "expired: ..."}]}`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from underbid.eip712 import Bid, Order
+from underbid.matcher import Matcher
+from underbid.store import MessageKind, StoredMessage
+from underbid.validation import Rejection
+
+log = logging.getLogger("underbid.api")
+
+Digest = Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{64}$", description="EIP-712 digest, 0x + 64 hex digits")]
+
+
+class _Signed(BaseModel):
+    signature: str = Field(description="65-byte (r, s, v) signature, 0x-hex", examples=["0x" + "ab" * 65])
+    spec: str | None = Field(
+        default=None, description="Optional market spec string; if given it must hash to `market`."
+    )
+
+
+class OrderSubmission(Order, _Signed):
+    """An order's EIP-712 fields plus its signature."""
+
+
+class BidSubmission(Bid, _Signed):
+    """A bid's EIP-712 fields plus its signature."""
+
+
+class Acknowledgement(BaseModel):
+    digest: str
+    status: str
+
+
+class FieldError(BaseModel):
+    field: str
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    detail: list[FieldError]
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 503)
+}
+
+
+def _error(status: int, field: str, reason: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": [{"field": field, "reason": reason}]})
+
+
+def _message_view(stored: StoredMessage) -> dict[str, Any]:
+    return {
+        "kind": stored.kind.value,
+        "digest": stored.digest,
+        "message": stored.message.model_dump(by_alias=True),
+        "signature": "0x" + stored.signature.hex(),
+        "filled": stored.filled,
+        "remaining": stored.remaining,
+        "status": stored.status,
+        "reason": stored.reason,
+        "receipt": stored.receipt,
+    }
+
+
+def create_app(matcher: Matcher, admin_token: str | None = None) -> FastAPI:
+    """The API over `matcher`. `POST /rounds/close` needs `Authorization: Bearer <admin_token>`."""
+    app = FastAPI(
+        title="Underbid matcher",
+        version="0.1.0",
+        description="Collects EIP-712 signed GPU orders and bids, clears reverse auctions, settles on chain.",
+    )
+
+    @app.exception_handler(Rejection)
+    async def _rejection(_: Request, exc: Rejection) -> JSONResponse:
+        return _error(exc.status, exc.field, exc.reason)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "path", "query", "header")]
+            details.append({"field": ".".join(loc) or "body", "reason": err.get("msg", "invalid")})
+        return JSONResponse(status_code=422, content={"detail": details})
+
+    @app.exception_handler(ConnectionError)
+    async def _chain_down(_: Request, exc: ConnectionError) -> JSONResponse:
+        return _error(503, "chain", f"the chain RPC is unreachable: {exc}")
+
+    def _submit(kind: MessageKind, body: _Signed) -> Acknowledgement:
+        model = Order if kind is MessageKind.ORDER else Bid
+        message = model.model_validate(body.model_dump(include=set(model.model_fields)))
+        accepted = matcher.accept(kind, message, body.signature, body.spec)
+        return Acknowledgement(digest=accepted.digest, status="open")
+
+    @app.post("/orders", status_code=201, response_model=Acknowledgement, responses=_ERRORS)
+    def post_order(body: OrderSubmission) -> Acknowledgement:
+        """Accepts a signed order; answers only after it is committed to the store."""
+        return _submit(MessageKind.ORDER, body)
+
+    @app.post("/bids", status_code=201, response_model=Acknowledgement, responses=_ERRORS)
+    def post_bid(body: BidSubmission) -> Acknowledgement:
+        """Accepts a signed bid; answers only after it is committed to the store."""
+        return _submit(MessageKind.BID, body)
+
+    def _get(kind: MessageKind, digest: str) -> Any:
+        stored = matcher.store.get_message(digest.lower(), kind)
+        if stored is None:
+            return _error(404, "digest", f"no {kind.value} with digest {digest}")
+        return _message_view(stored)
+
+    @app.get("/orders/{digest}", responses=_ERRORS)
+    def get_order(digest: Digest) -> Any:
+        return _get(MessageKind.ORDER, digest)
+
+    @app.get("/bids/{digest}", responses=_ERRORS)
+    def get_bid(digest: Digest) -> Any:
+        return _get(MessageKind.BID, digest)
+
+    @app.get("/markets")
+    def get_markets() -> list[dict[str, Any]]:
+        """Markets with open orders or bids, and each market's last clearing price."""
+        now = matcher.chain.block_time()
+        prices = matcher.store.last_prices()
+        rows = matcher.store.market_summary(now)
+        for row in rows:
+            last = prices.get(row["market"])
+            row["last_round"], row["last_price"] = (last if last else (None, None))
+        return rows
+
+    @app.get("/rounds/{round_id}", responses=_ERRORS)
+    def get_round(round_id: Annotated[int, Path(ge=0, lt=2**64)]) -> Any:
+        stored = matcher.round(round_id)
+        if stored is None:
+            return _error(404, "round_id", f"no round {round_id}")
+        return {
+            "id": stored.id,
+            "state": stored.state.value,
+            "opened_at": stored.opened_at,
+            "cleared_at": stored.cleared_at,
+            "confirmed_at": stored.confirmed_at,
+            "clearing": stored.clearing,
+            "error": stored.error,
+            "batches": [
+                {"batch": b.batch, "state": b.state, "tx_hash": b.tx_hash, "gas_used": b.gas_used,
+                 "matches": len(b.payload["matches"])}
+                for b in stored.batches
+            ],
+        }
+
+    @app.post("/rounds/close", responses=_ERRORS)
+    def close_round(authorization: Annotated[str | None, Header()] = None) -> Any:
+        """Closes the open round now (admin only): clears it and settles it on chain."""
+        if not admin_token:
+            return _error(403, "authorization", "closing rounds on demand is disabled (no admin token set)")
+        supplied = (authorization or "").removeprefix("Bearer ").strip()
+        if not supplied:
+            return _error(401, "authorization", "missing 'Authorization: Bearer <admin token>' header")
+        if not hmac.compare_digest(supplied, admin_token):
+            return _error(403, "authorization", "wrong admin token")
+        return matcher.close_round().__dict__
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        block = matcher.chain.w3.eth.block_number
+        return {
+            "status": "ok",
+            "chain_id": matcher.chain.book.chain_id,
+            "block": block,
+            "settlement": matcher.chain.book.address("UnderbidSettlement"),
+            "matcher": matcher.account.address,
+            "open_round": matcher.store.open_round(),
+        }
+
+    return app

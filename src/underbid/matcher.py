@@ -1,0 +1,230 @@
+"""The matcher service: accepts signed messages and runs rounds.
+
+Pipeline: api -> validation -> store -> clearing -> submission. This module only wires the
+stages together and owns the round lifecycle; each stage lives in its own module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from eth_account.signers.local import LocalAccount
+
+from underbid import failpoints
+from underbid.chain import ChainView
+from underbid.clearing import BidLot, Clearing, OrderLot, clear
+from underbid.store import MessageKind, RoundState, Store, StoredMessage, StoredRound
+from underbid.submission import SubmissionError, Submitter, retry_rpc, split_batches
+from underbid.validation import Accepted, Validator, order_cost
+
+log = logging.getLogger("underbid.matcher")
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What one call to `close_round` did, for logs and the API."""
+
+    round_id: int | None
+    state: str
+    orders: int = 0
+    bids: int = 0
+    matches: int = 0
+    dropped: int = 0
+    prices: dict[str, int] | None = None
+    gas_used: int = 0
+    seconds: dict[str, float] | None = None
+
+
+class Matcher:
+    def __init__(self, chain: ChainView, store: Store, account: LocalAccount):
+        self.chain = chain
+        self.store = store
+        self.account = account
+        self.validator = Validator(chain.book.domain, chain, store)
+        self.submitter = Submitter(chain, store, account)
+        self._round_lock = threading.Lock()
+
+    # ----- intake -----
+
+    def accept(self, kind: MessageKind, message, signature_hex: str, spec: str | None = None) -> Accepted:
+        """Validates and commits a message. Returns only after the commit; raises Rejection."""
+        now = retry_rpc(self.chain.block_time)
+        accepted = self.validator.check(kind, message, signature_hex, spec, now)
+        self.store.add_message(kind, accepted.digest, message, accepted.signature)
+        if spec is not None:
+            from underbid.markets import canonical_spec
+
+            self.store.name_market(message.market, canonical_spec(spec))
+        return accepted
+
+    # ----- rounds -----
+
+    def reconcile(self) -> list[int]:
+        """Finishes rounds a crash interrupted, and makes new round ids skip ids used on chain."""
+        with self._round_lock:
+            done = self.submitter.reconcile()
+            round_id = self.store.open_round()
+            matcher, landed, _ = retry_rpc(lambda: self.chain.round_state(round_id))
+            while landed:
+                log.warning("round id %s is already used on chain by %s; skipping it", round_id, matcher)
+                self.store.fail_round(round_id, f"round id used on chain by {matcher}")
+                round_id = self.store.open_round()
+                matcher, landed, _ = retry_rpc(lambda: self.chain.round_state(round_id))
+            return done
+
+    def close_round(self) -> RoundReport:
+        """Clears the open round on a snapshot of the store and settles it on chain.
+
+        A round with nothing to match stays open (no transaction is sent for it).
+        """
+        with self._round_lock:
+            started = time.perf_counter()
+            if self.store.rounds_in(RoundState.CLEARED, RoundState.SUBMITTED):
+                self.submitter.reconcile()  # an earlier round's submission failed: finish it first
+            round_id = self.store.open_round()
+            now = retry_rpc(self.chain.block_time)
+            orders = self.store.open_messages(MessageKind.ORDER, now)
+            bids = self.store.open_messages(MessageKind.BID, now)
+            t_snapshot = time.perf_counter()
+
+            clearing, dropped = self._clear_fundable(orders, bids)
+            t_clear = time.perf_counter()
+            if not clearing.matches:
+                return RoundReport(round_id, RoundState.OPEN.value, len(orders), len(bids), dropped=dropped)
+
+            matches = [
+                {"order": m.order_key, "bid": m.bid_key, "units": m.units, "market": mc.market}
+                for mc in clearing.markets
+                for m in mc.matches
+            ]
+            prices = dict(clearing.prices)
+            block_gas_limit = retry_rpc(lambda: self.chain.w3.eth.get_block("latest")["gasLimit"])
+            batches = split_batches(matches, prices, block_gas_limit)
+            record = {
+                "prices": {k: str(v) for k, v in prices.items()},
+                "matches": matches,
+                "priced_out_orders": [d for mc in clearing.markets for d in mc.dropped_orders],
+            }
+            self.store.record_clearing(round_id, record, batches)
+            failpoints.hit("after_clearing")
+            try:
+                settled = self.submitter.settle_round(self.store.get_round(round_id))
+            except SubmissionError as exc:
+                # The round stays submitted; the next close_round reconciles it before clearing.
+                log.error("round %s: submission failed: %s", round_id, exc)
+                return RoundReport(round_id, RoundState.SUBMITTED.value, len(orders), len(bids), dropped=dropped)
+            t_settle = time.perf_counter()
+
+            report = RoundReport(
+                round_id=round_id,
+                state=RoundState.CONFIRMED.value,
+                orders=len(orders),
+                bids=len(bids),
+                matches=sum(b.matches for b in settled),
+                dropped=dropped,
+                prices=prices,
+                gas_used=sum(b.gas_used for b in settled),
+                seconds={
+                    "snapshot": round(t_snapshot - started, 4),
+                    "clear": round(t_clear - t_snapshot, 4),
+                    "settle": round(t_settle - t_clear, 4),
+                },
+            )
+            log.info("round %s", json.dumps(report.__dict__, default=str))
+            return report
+
+    def _clear_fundable(self, orders: list[StoredMessage], bids: list[StoredMessage]) -> tuple[Clearing, int]:
+        """Clears, then drops matched messages the chain can no longer honour and clears again.
+
+        Checked with fresh (uncached) reads: each matched message's remaining units and nonce,
+        each buyer's free escrow against its matched cost, each provider's free stake against
+        its matched collateral. Returns the final clearing and how many messages were dropped.
+        """
+        by_digest = {s.digest: s for s in orders + bids}
+        dropped = 0
+        while True:
+            clearing = clear(
+                [_order_lot(s) for s in orders if s.digest in by_digest],
+                [_bid_lot(s) for s in bids if s.digest in by_digest],
+            )
+            culprit, reason = self._first_unfundable(clearing, by_digest)
+            if culprit is None:
+                return clearing, dropped
+            log.warning("dropping %s: %s", culprit, reason)
+            self.store.drop(culprit, reason)
+            del by_digest[culprit]
+            dropped += 1
+
+    def _first_unfundable(self, clearing: Clearing, by_digest: dict[str, StoredMessage]) -> tuple[str | None, str]:
+        self.chain.cache.invalidate()
+        cost: dict[str, int] = {}
+        units: dict[str, int] = {}
+        used: dict[str, int] = {}
+        for mc in clearing.markets:
+            for m in mc.matches:
+                order = by_digest[m.order_key].message
+                cost[order.buyer] = cost.get(order.buyer, 0) + order_cost(m.units, mc.price, order.duration)
+                bid = by_digest[m.bid_key].message
+                units[bid.provider] = units.get(bid.provider, 0) + m.units
+                used[m.order_key] = used.get(m.order_key, 0) + m.units
+                used[m.bid_key] = used.get(m.bid_key, 0) + m.units
+        for digest, n in used.items():
+            stored = by_digest[digest]
+            on_chain = self.chain.remaining(bytes.fromhex(digest[2:]), stored.message.signer, stored.message.nonce, stored.total)
+            if on_chain < n:
+                return digest, f"only {on_chain} units left on chain (cancelled, or filled elsewhere)"
+        newest = lambda signer: max(  # noqa: E731 - the newest matched message of a signer overdrew it
+            (d for d in used if by_digest[d].message.signer == signer), key=lambda d: by_digest[d].received_at
+        )
+        for buyer, need in cost.items():
+            free = self.chain.free_escrow(buyer)
+            if free < need:
+                return newest(buyer), f"buyer's free escrow {free} is below the round's cost {need}"
+        for provider, n in units.items():
+            free = self.chain.free_stake(provider)
+            if free < n * self.chain.stake_per_unit:
+                return newest(provider), f"provider's free stake {free} does not cover {n} units"
+        return None, ""
+
+    def round(self, round_id: int) -> StoredRound | None:
+        return self.store.get_round(round_id)
+
+
+def _order_lot(s: StoredMessage) -> OrderLot:
+    o = s.message
+    return OrderLot(key=s.digest, market=o.market, units=s.remaining, duration=o.duration, max_price=o.max_price)
+
+
+def _bid_lot(s: StoredMessage) -> BidLot:
+    b = s.message
+    return BidLot(
+        key=s.digest, market=b.market, provider=b.provider, capacity=s.remaining, price=b.price, max_duration=b.max_duration
+    )
+
+
+class RoundTimer:
+    """Closes a round every `seconds` in a background thread until stopped."""
+
+    def __init__(self, matcher: Matcher, seconds: float):
+        self.matcher = matcher
+        self.seconds = seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="round-timer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.seconds + 5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.seconds):
+            try:
+                self.matcher.close_round()
+            except Exception:  # noqa: BLE001 - a failed round is logged; the next one still runs
+                log.exception("round failed")

@@ -1,0 +1,381 @@
+"""The matcher's store: SQLite in WAL mode.
+
+Every accepted order and bid is committed before the API answers, so an acknowledged message is
+never lost. Rounds move through the states open -> cleared -> submitted -> confirmed (or failed);
+the transaction hash of each batch is committed *before* the transaction is broadcast, so that
+after a crash the matcher can reconcile every submitted round against the chain before it sends
+anything new.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from underbid.eip712 import Bid, Order, SignedMessage
+
+_INT64_MAX = 2**63 - 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    digest      TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL CHECK (kind IN ('order', 'bid')),
+    signer      TEXT NOT NULL,
+    market      TEXT NOT NULL,
+    total       INTEGER NOT NULL,
+    filled      INTEGER NOT NULL DEFAULT 0,
+    deadline    INTEGER NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'filled', 'dropped')),
+    reason      TEXT,
+    body        TEXT NOT NULL,
+    signature   BLOB NOT NULL,
+    receipt     TEXT,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_open ON messages (status, kind, market);
+CREATE INDEX IF NOT EXISTS messages_signer ON messages (signer, status);
+CREATE TABLE IF NOT EXISTS markets (
+    market TEXT PRIMARY KEY,
+    spec   TEXT
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    id           INTEGER PRIMARY KEY,
+    state        TEXT NOT NULL CHECK (state IN ('open', 'cleared', 'submitted', 'confirmed', 'failed')),
+    opened_at    REAL NOT NULL,
+    cleared_at   REAL,
+    confirmed_at REAL,
+    clearing     TEXT,
+    error        TEXT
+);
+CREATE TABLE IF NOT EXISTS batches (
+    round_id  INTEGER NOT NULL REFERENCES rounds (id),
+    batch     INTEGER NOT NULL,
+    payload   TEXT NOT NULL,
+    tx_hash   TEXT,
+    gas_used  INTEGER,
+    state     TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'confirmed')),
+    PRIMARY KEY (round_id, batch)
+);
+"""
+
+
+class MessageKind(StrEnum):
+    ORDER = "order"
+    BID = "bid"
+
+    @property
+    def model(self) -> type[SignedMessage]:
+        return Order if self is MessageKind.ORDER else Bid
+
+
+class RoundState(StrEnum):
+    OPEN = "open"
+    CLEARED = "cleared"
+    SUBMITTED = "submitted"
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+
+
+class DuplicateMessage(Exception):
+    """The message (by digest) is already in the store."""
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    kind: MessageKind
+    digest: str
+    message: SignedMessage
+    signature: bytes
+    filled: int
+    status: str
+    reason: str | None
+    receipt: dict[str, Any] | None
+    received_at: float
+
+    @property
+    def total(self) -> int:
+        return self.message.units if self.kind is MessageKind.ORDER else self.message.capacity
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.filled
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    round_id: int
+    batch: int
+    payload: dict[str, Any]
+    tx_hash: str | None
+    gas_used: int | None
+    state: str
+
+
+@dataclass(frozen=True)
+class StoredRound:
+    id: int
+    state: RoundState
+    opened_at: float
+    cleared_at: float | None
+    confirmed_at: float | None
+    clearing: dict[str, Any] | None
+    error: str | None
+    batches: tuple[StoredBatch, ...]
+
+
+class Store:
+    """A SQLite database shared by the API threads and the round worker.
+
+    One connection, serialized by a lock: SQLite allows one writer at a time anyway, and every
+    statement here is short. `synchronous=FULL` makes each commit durable before it returns.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # ----- messages -----
+
+    def add_messages(self, items: Iterable[tuple[MessageKind, str, SignedMessage, bytes, dict | None]]) -> None:
+        """Commits messages in one transaction. Raises DuplicateMessage (and commits none) if any
+        digest is already stored."""
+        now = time.time()
+        rows = [
+            (
+                digest,
+                kind.value,
+                message.signer,
+                message.market,
+                message.units if kind is MessageKind.ORDER else message.capacity,
+                min(message.deadline, _INT64_MAX),
+                message.model_dump_json(by_alias=True),
+                signature,
+                json.dumps(receipt) if receipt is not None else None,
+                now,
+            )
+            for kind, digest, message, signature, receipt in items
+        ]
+        try:
+            with self._tx() as db:
+                db.executemany(
+                    "INSERT INTO messages (digest, kind, signer, market, total, deadline, body, signature, receipt,"
+                    " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateMessage(str(exc)) from None
+
+    def add_message(
+        self, kind: MessageKind, digest: str, message: SignedMessage, signature: bytes, receipt: dict | None = None
+    ) -> None:
+        self.add_messages([(kind, digest, message, signature, receipt)])
+
+    def get_message(self, digest: str, kind: MessageKind | None = None) -> StoredMessage | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM messages WHERE digest = ?", (digest.lower(),)).fetchone()
+        if row is None or (kind is not None and row["kind"] != kind.value):
+            return None
+        return _message(row)
+
+    def open_messages(self, kind: MessageKind, now: int, market: str | None = None) -> list[StoredMessage]:
+        """Open messages of `kind` whose deadline has not passed, oldest first."""
+        query = "SELECT * FROM messages WHERE status = 'open' AND kind = ? AND deadline >= ?"
+        args: list[Any] = [kind.value, now]
+        if market is not None:
+            query += " AND market = ?"
+            args.append(market)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY received_at, digest", args).fetchall()
+        return [_message(r) for r in rows]
+
+    def messages_of(self, signer: str, kind: MessageKind | None = None) -> list[StoredMessage]:
+        query, args = "SELECT * FROM messages WHERE signer = ?", [signer]
+        if kind is not None:
+            query += " AND kind = ?"
+            args.append(kind.value)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY received_at", args).fetchall()
+        return [_message(r) for r in rows]
+
+    def live_bid_capacity(self, provider: str, now: int) -> int:
+        """Units the provider's open, unexpired bids can still fill: the stake they reserve."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(total - filled), 0) FROM messages"
+                " WHERE kind = 'bid' AND status = 'open' AND signer = ? AND deadline >= ?",
+                (provider, now),
+            ).fetchone()
+        return int(row[0])
+
+    def drop(self, digest: str, reason: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE messages SET status = 'dropped', reason = ? WHERE digest = ?", (reason, digest))
+
+    # ----- markets -----
+
+    def name_market(self, market: str, spec: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO markets (market, spec) VALUES (?, ?)", (market, spec))
+
+    def market_summary(self, now: int) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT m.market, k.spec,"
+                " SUM(m.kind = 'order' AND m.status = 'open' AND m.deadline >= ?) AS open_orders,"
+                " SUM(m.kind = 'bid' AND m.status = 'open' AND m.deadline >= ?) AS open_bids"
+                " FROM messages m LEFT JOIN markets k ON k.market = m.market GROUP BY m.market ORDER BY m.market",
+                (now, now),
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    # ----- rounds -----
+
+    def open_round(self) -> int:
+        """The id of the open round, creating one if none is open."""
+        with self._tx() as db:
+            row = db.execute("SELECT id FROM rounds WHERE state = 'open' ORDER BY id LIMIT 1").fetchone()
+            if row is not None:
+                return int(row["id"])
+            cursor = db.execute("INSERT INTO rounds (state, opened_at) VALUES ('open', ?)", (time.time(),))
+            return int(cursor.lastrowid)
+
+    def skip_round_ids(self, below: int) -> None:
+        """Makes new round ids start at `below` or later (ids already used on chain are skipped)."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO rounds (id, state, opened_at, error) VALUES (?, 'failed', ?, ?)",
+                       (below - 1, time.time(), "placeholder: round ids below this were used on chain"))
+
+    def record_clearing(self, round_id: int, clearing: dict[str, Any], batches: list[dict[str, Any]]) -> None:
+        """Stores a round's clearing result and its batches; the round becomes `cleared`."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE rounds SET state = 'cleared', cleared_at = ?, clearing = ? WHERE id = ? AND state = 'open'",
+                (time.time(), json.dumps(clearing), round_id),
+            )
+            db.executemany(
+                "INSERT INTO batches (round_id, batch, payload, state) VALUES (?, ?, ?, 'pending')",
+                [(round_id, i, json.dumps(b)) for i, b in enumerate(batches)],
+            )
+
+    def replace_batch_payload(self, round_id: int, batch: int, payload: dict[str, Any]) -> None:
+        """Rewrites a batch that has not been sent (a dropped message's matches left it)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE batches SET payload = ? WHERE round_id = ? AND batch = ? AND state = 'pending'",
+                (json.dumps(payload), round_id, batch),
+            )
+
+    def record_sent(self, round_id: int, batch: int, tx_hash: str) -> None:
+        """Called before the transaction is broadcast: the hash is the crash-recovery handle."""
+        with self._tx() as db:
+            db.execute("UPDATE rounds SET state = 'submitted' WHERE id = ? AND state IN ('cleared', 'submitted')",
+                       (round_id,))
+            db.execute("UPDATE batches SET tx_hash = ?, state = 'sent' WHERE round_id = ? AND batch = ?",
+                       (tx_hash, round_id, batch))
+
+    def record_batch_confirmed(self, round_id: int, batch: int, gas_used: int | None, tx_hash: str | None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE batches SET state = 'confirmed', gas_used = ?, tx_hash = COALESCE(?, tx_hash)"
+                " WHERE round_id = ? AND batch = ?",
+                (gas_used, tx_hash, round_id, batch),
+            )
+
+    def confirm_round(self, round_id: int, fills: dict[str, int]) -> None:
+        """Marks the round confirmed and adds its fills to the messages, in one transaction."""
+        with self._tx() as db:
+            state = db.execute("SELECT state FROM rounds WHERE id = ?", (round_id,)).fetchone()["state"]
+            if state == RoundState.CONFIRMED:
+                return  # idempotent: fills are applied once
+            for digest, units in fills.items():
+                db.execute(
+                    "UPDATE messages SET filled = filled + ?,"
+                    " status = CASE WHEN filled + ? >= total THEN 'filled' ELSE status END WHERE digest = ?",
+                    (units, units, digest),
+                )
+            db.execute("UPDATE rounds SET state = 'confirmed', confirmed_at = ? WHERE id = ?", (time.time(), round_id))
+
+    def fail_round(self, round_id: int, error: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE rounds SET state = 'failed', error = ? WHERE id = ?", (error, round_id))
+
+    def rounds_in(self, *states: RoundState) -> list[StoredRound]:
+        marks = ",".join("?" * len(states))
+        with self._lock:
+            ids = [r[0] for r in self._db.execute(f"SELECT id FROM rounds WHERE state IN ({marks}) ORDER BY id",
+                                                  [s.value for s in states])]
+        return [r for r in (self.get_round(i) for i in ids) if r is not None]
+
+    def get_round(self, round_id: int) -> StoredRound | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM rounds WHERE id = ?", (round_id,)).fetchone()
+            batches = self._db.execute("SELECT * FROM batches WHERE round_id = ? ORDER BY batch", (round_id,)).fetchall()
+        if row is None:
+            return None
+        return StoredRound(
+            id=row["id"],
+            state=RoundState(row["state"]),
+            opened_at=row["opened_at"],
+            cleared_at=row["cleared_at"],
+            confirmed_at=row["confirmed_at"],
+            clearing=json.loads(row["clearing"]) if row["clearing"] else None,
+            error=row["error"],
+            batches=tuple(
+                StoredBatch(b["round_id"], b["batch"], json.loads(b["payload"]), b["tx_hash"], b["gas_used"], b["state"])
+                for b in batches
+            ),
+        )
+
+    def last_prices(self) -> dict[str, tuple[int, int]]:
+        """market -> (round id, clearing price) of the latest confirmed round that traded in it."""
+        prices: dict[str, tuple[int, int]] = {}
+        for stored in self.rounds_in(RoundState.CONFIRMED):
+            for market, price in (stored.clearing or {}).get("prices", {}).items():
+                prices[market] = (stored.id, int(price))
+        return prices
+
+
+def _message(row: sqlite3.Row) -> StoredMessage:
+    kind = MessageKind(row["kind"])
+    return StoredMessage(
+        kind=kind,
+        digest=row["digest"],
+        message=kind.model.model_validate_json(row["body"]),
+        signature=bytes(row["signature"]),
+        filled=row["filled"],
+        status=row["status"],
+        reason=row["reason"],
+        receipt=json.loads(row["receipt"]) if row["receipt"] else None,
+        received_at=row["received_at"],
+    )

@@ -1,0 +1,96 @@
+"""A real matcher process (real HTTP, real SQLite) against the test anvil and contracts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from underbid.deploy import address_book
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MatcherProcess:
+    """`underbid matcher run` in a subprocess; can be killed with SIGKILL and started again."""
+
+    def __init__(self, rpc: str, book: Path, db: Path, log: Path):
+        self.rpc, self.book, self.db, self.log = rpc, book, db, log
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, failpoint: str | None = None, timeout: float = 60.0) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "UNDERBID_FAILPOINT"}
+        if failpoint:
+            env["UNDERBID_FAILPOINT"] = failpoint
+        cmd = [
+            sys.executable, "-m", "underbid.cli", "matcher", "run", "--dev",
+            "--rpc", self.rpc, "--deployment", str(self.book), "--db", str(self.db),
+            "--port", str(self.port), "--round-seconds", "0", "--admin-token", ADMIN_TOKEN,
+        ]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"matcher exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"matcher did not answer within {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def wait_dead(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=120)
+
+    def close_round(self) -> httpx.Response:
+        return httpx.post(self.url + "/rounds/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=300)
+
+
+@pytest.fixture
+def book_path(tmp_path, protocol, deployer, params) -> Path:
+    return address_book(protocol, "local", deployer, params).save(tmp_path / "local.json")
+
+
+@pytest.fixture
+def matcher_process(tmp_path, book_path, chain):
+    process = MatcherProcess(chain.provider.uri, book_path, tmp_path / "matcher.db", tmp_path / "matcher.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+def order_body(order, signature: bytes, **extra) -> dict:
+    return {**order.model_dump(by_alias=True), "signature": "0x" + signature.hex(), **extra}
