@@ -18,6 +18,8 @@ import {PriceOracle} from "./PriceOracle.sol";
 /// The rolling window is a leaky bucket: `netMinted` rises by the UBT each redemption mints,
 /// falls by the UBT each mint burns, never goes below zero, and drains linearly at
 /// `redeemCap / window` per second. It needs two storage words instead of a ring of buckets.
+/// NOTE: a leaky bucket admits a full `redeemCap` burst and then refills, so any span of one
+/// `window` can see up to about twice `redeemCap` redeemed; set the cap with that in mind.
 contract BurnMintEquilibrium is AccessControl, ReentrancyGuardTransient, IUnderbidErrors {
     uint256 private constant BPS = 10_000;
     /// @dev UBT has 18 decimals, credits 6, the oracle 8: credits = ubt * price / 10^(18 + 8 - 6).
@@ -98,12 +100,13 @@ contract BurnMintEquilibrium is AccessControl, ReentrancyGuardTransient, IUnderb
     /// @param creditsIn Credits to redeem, in base units.
     /// @param minUbtOut The least UBT the caller accepts (slippage bound).
     /// @return ubtOut UBT minted to the caller, in wei.
-    /// Reverts with `ZeroAmount`, `PriceNotSet`/`StalePrice`, `SlippageExceeded` and, when the
-    /// breaker trips, `RedemptionHalted`.
+    /// Reverts with `ZeroAmount` (also when the output would round to zero),
+    /// `PriceNotSet`/`StalePrice`, `SlippageExceeded` and, when the breaker trips, `RedemptionHalted`.
     function redeem(uint256 creditsIn, uint256 minUbtOut) external nonReentrant returns (uint256 ubtOut) {
         if (creditsIn == 0) revert ZeroAmount();
         (uint256 price,) = oracle.latestPrice();
         ubtOut = quoteRedeemAt(creditsIn, price);
+        if (ubtOut == 0) revert ZeroAmount();
         if (ubtOut < minUbtOut) revert SlippageExceeded(ubtOut, minUbtOut);
 
         uint256 net = netMintedInWindow();
@@ -167,6 +170,7 @@ contract BurnMintEquilibrium is AccessControl, ReentrancyGuardTransient, IUnderb
     function _setParams(uint16 mintSpreadBps_, uint64 minMintCredits_, uint128 redeemCap_, uint32 window_) private {
         if (mintSpreadBps_ >= BPS) revert InvalidParameter("mintSpreadBps");
         if (window_ == 0) revert InvalidParameter("window");
+        if (minMintCredits_ == 0) revert InvalidParameter("minMintCredits");
         mintSpreadBps = mintSpreadBps_;
         minMintCredits = minMintCredits_;
         redeemCap = redeemCap_;

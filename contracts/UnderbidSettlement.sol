@@ -2,11 +2,14 @@
 pragma solidity 0.8.28;
 
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {UnderbidBase} from "./core/UnderbidBase.sol";
 import {UnorderedNonces} from "./core/UnorderedNonces.sol";
 import {Leases} from "./core/Leases.sol";
+import {MatcherBonds} from "./core/MatcherBonds.sol";
 import {OrderLib} from "./libraries/OrderLib.sol";
 import {BidLib} from "./libraries/BidLib.sol";
+import {ReceiptLib} from "./libraries/ReceiptLib.sol";
 import {SignatureVerification} from "./libraries/SignatureVerification.sol";
 import {UnderbidToken} from "./tokens/UnderbidToken.sol";
 import {UnderbidCredit} from "./tokens/UnderbidCredit.sol";
@@ -14,12 +17,13 @@ import {UnderbidCredit} from "./tokens/UnderbidCredit.sol";
 /// @title The Underbid core: buyer escrow, provider stake, leases and batch settlement.
 /// @dev A matcher clears a sealed reverse auction off-chain and submits the result here. This
 /// contract trusts nothing in it: it checks every signature, nonce, deadline, market, price,
-/// fill, duration, stake and escrow balance before any credit moves.
-contract UnderbidSettlement is EIP712, UnorderedNonces, Leases {
+/// fill, duration, stake and escrow balance before any credit moves. Matchers post a bond, and a
+/// provider holding a matcher's receipt can prove on chain that a round passed over its bid.
+contract UnderbidSettlement is EIP712, UnorderedNonces, Leases, MatcherBonds {
+    using SafeERC20 for *;
     using OrderLib for OrderLib.Order;
     using BidLib for BidLib.Bid;
-
-    bytes32 public constant MATCHER_ROLE = keccak256("MATCHER_ROLE");
+    using ReceiptLib for ReceiptLib.Receipt;
 
     /// @dev `units` of `orders[orderIndex]` served by `bids[bidIndex]` at the market's clearing price.
     struct Match {
@@ -50,6 +54,13 @@ contract UnderbidSettlement is EIP712, UnorderedNonces, Leases {
         uint256[] bidLeft;
     }
 
+    /// @dev A lease of the challenged round that shows the allocation was wrong: its bid is priced
+    /// above the challenger's, in the same market, for a duration the challenger's bid accepts.
+    struct Witness {
+        bytes32 orderDigest;
+        BidLib.Bid bid;
+    }
+
     struct Round {
         address matcher;
         uint32 batches;
@@ -63,19 +74,23 @@ contract UnderbidSettlement is EIP712, UnorderedNonces, Leases {
     /// @dev Units filled so far of a partly filled order or bid, by EIP-712 digest. A message
     /// filled completely consumes its nonce instead, which costs far less gas than this slot.
     mapping(bytes32 => uint256) public partialFills;
+    /// @dev keccak256(round, bid digest) => true once a challenge with that pair succeeded.
+    mapping(bytes32 => bool) public challenged;
 
     /// @param admin Receives the admin role (parameters, matcher roles).
     /// @param ubt_ The UBT token (stake, slashing).
     /// @param credit_ The credit token (escrow); it must bind this contract as its escrow.
     /// @param stakePerUnit_ UBT (wei) of collateral locked per leased unit.
+    /// @param minMatcherBond_ The least UBT bond with which a matcher may settle.
     /// @param params_ The tunable parameters.
     constructor(
         address admin,
         UnderbidToken ubt_,
         UnderbidCredit credit_,
         uint256 stakePerUnit_,
+        uint256 minMatcherBond_,
         Params memory params_
-    ) EIP712("Underbid", "1") UnderbidBase(admin, ubt_, credit_, stakePerUnit_, params_) {}
+    ) EIP712("Underbid", "1") UnderbidBase(admin, ubt_, credit_, stakePerUnit_, minMatcherBond_, params_) {}
 
     /// @dev The EIP-712 digest a buyer signs for `order`.
     function hashOrder(OrderLib.Order calldata order) public view returns (bytes32) {
@@ -87,9 +102,14 @@ contract UnderbidSettlement is EIP712, UnorderedNonces, Leases {
         return _hashTypedDataV4(bid.hash());
     }
 
+    /// @dev The EIP-712 digest a matcher signs for `receipt`.
+    function hashReceipt(ReceiptLib.Receipt calldata receipt) public view returns (bytes32) {
+        return _hashTypedDataV4(receipt.hash());
+    }
+
     /// @dev The EIP-712 type hashes, so clients can check their own definitions against them.
-    function typeHashes() external pure returns (bytes32 order, bytes32 bid) {
-        return (OrderLib.TYPEHASH, BidLib.TYPEHASH);
+    function typeHashes() external pure returns (bytes32 order, bytes32 bid, bytes32 receipt) {
+        return (OrderLib.TYPEHASH, BidLib.TYPEHASH, ReceiptLib.TYPEHASH);
     }
 
     /// @dev The domain separator: name "Underbid", version "1", this chain and this contract.
@@ -131,7 +151,8 @@ contract UnderbidSettlement is EIP712, UnorderedNonces, Leases {
     ///   rounds, stay within its `units` or `capacity`;
     /// - the provider's free stake covers `units * stakePerUnit` and the buyer's free escrow
     ///   covers `units * price * duration / 3600`; both are locked for the lease's lifetime.
-    /// - a round cannot be settled again once its final batch landed, and batches land in order.
+    /// - a round cannot be settled again once its final batch landed, and batches land in order;
+    /// - only a bonded matcher that has not asked to leave may settle (`MatcherNotBonded`).
     function settle(
         BatchHeader calldata header,
         OrderLib.Order[] calldata orders,
@@ -140,7 +161,8 @@ contract UnderbidSettlement is EIP712, UnorderedNonces, Leases {
         bytes[] calldata bidSigs,
         Match[] calldata matches,
         MarketPrice[] calldata prices
-    ) external nonReentrant onlyRole(MATCHER_ROLE) {
+    ) external nonReentrant {
+        _requireBondedMatcher(msg.sender);
         if (orders.length != orderSigs.length || bids.length != bidSigs.length) revert SignatureCountMismatch();
         _openBatch(header);
         _storePrices(header.round, prices);
@@ -163,6 +185,103 @@ contract UnderbidSettlement is EIP712, UnorderedNonces, Leases {
             _recordFill(book.bidDigests[i], bids[i].provider, bids[i].nonce, bids[i].capacity, book.bidLeft[i]);
         }
         emit BatchSettled(header.round, msg.sender, header.batch, matches.length, header.finalBatch);
+    }
+
+    /// @dev Proves that the allocation of `round` was wrong and slashes its matcher's bond.
+    ///
+    /// Under a uniform price an exact allocation never leaves a valid bid partly unfilled while a
+    /// pricier bid wins a lease the cheaper one could have served: moving one unit from the
+    /// pricier bid to the cheaper one would raise gains from trade. The caller proves exactly that:
+    /// - `receipt` shows the round's matcher accepted `bid` into `round`;
+    /// - `bid` is validly signed, its deadline was after the round settled, its nonce was not
+    ///   cancelled, it is not completely filled, and its provider's stake did not go down after
+    ///   the receipt was issued, so the matcher had no reason to leave it out;
+    /// - `witness` is a lease of `round` in the same market whose bid is priced strictly above
+    ///   `bid` and whose duration `bid` accepts.
+    /// On success `matcherSlashBps` of the matcher's bond is slashed, `challengerShareBps` of that
+    /// goes to the caller (who must be the bid's provider) and the rest is burned; the same
+    /// (round, bid) cannot be challenged twice. Anything else reverts with a named error
+    /// (see `verifyChallenge`).
+    /// @param round The challenged round.
+    /// @param receipt The matcher's receipt for `bid`.
+    /// @param receiptSig The matcher's signature over the receipt.
+    /// @param bid The challenger's bid.
+    /// @param bidSig The provider's signature over `bid`.
+    /// @param witness The witness lease's order digest and bid.
+    function challenge(
+        uint64 round,
+        ReceiptLib.Receipt calldata receipt,
+        bytes calldata receiptSig,
+        BidLib.Bid calldata bid,
+        bytes calldata bidSig,
+        Witness calldata witness
+    ) external nonReentrant {
+        (address matcher, bytes32 bidDigest) = verifyChallenge(round, receipt, receiptSig, bid, bidSig, witness);
+        if (msg.sender != bid.provider) revert NotBidProvider(msg.sender, bid.provider);
+        challenged[keccak256(abi.encode(round, bidDigest))] = true;
+        uint256 slashed = _slashMatcher(matcher);
+        uint256 toChallenger = slashed * params.challengerShareBps / BPS;
+        uint256 burned = slashed - toChallenger;
+        totalSlashedBurned += burned;
+        if (toChallenger != 0) ubt.safeTransfer(msg.sender, toChallenger);
+        if (burned != 0) ubt.burn(burned);
+        emit MatcherSlashed(matcher, round, bidDigest, msg.sender, slashed, toChallenger, burned);
+    }
+
+    /// @dev Runs every check of `challenge` without changing state.
+    /// @return matcher The round's matcher, who would be slashed.
+    /// @return bidDigest The challenger's bid digest.
+    /// Reverts with `RoundNotSettled`, `ChallengeWindowClosed`, `ReceiptRoundMismatch`,
+    /// `ReceiptBidMismatch`, `AlreadyChallenged`, `InvalidSignature`/`SignerMismatch` (forged
+    /// receipt, receipt from another matcher, bad bid signature), `BidExpiredBeforeRound`,
+    /// `BidCancelled`, `BidFullyFilled`, `StakeDecreasedAfterReceipt`, `WitnessNotInRound`,
+    /// `WitnessMarketMismatch`, `WitnessNotPricier` and `WitnessDurationTooLong`.
+    function verifyChallenge(
+        uint64 round,
+        ReceiptLib.Receipt calldata receipt,
+        bytes calldata receiptSig,
+        BidLib.Bid calldata bid,
+        bytes calldata bidSig,
+        Witness calldata witness
+    ) public view returns (address matcher, bytes32 bidDigest) {
+        Round storage settled = rounds[round];
+        uint256 settledAt = settled.settledAt;
+        if (settledAt == 0) revert RoundNotSettled(round);
+        if (block.timestamp > settledAt + params.challengeWindow) {
+            revert ChallengeWindowClosed(round, settledAt + params.challengeWindow);
+        }
+        if (receipt.round != round) revert ReceiptRoundMismatch(receipt.round, round);
+        bidDigest = hashBid(bid);
+        if (receipt.bidHash != bidDigest) revert ReceiptBidMismatch(receipt.bidHash, bidDigest);
+        if (challenged[keccak256(abi.encode(round, bidDigest))]) revert AlreadyChallenged(round, bidDigest);
+        matcher = settled.matcher;
+        SignatureVerification.verify(hashReceipt(receipt), receiptSig, matcher);
+        SignatureVerification.verify(bidDigest, bidSig, bid.provider);
+        _checkChallengerBid(bid, bidDigest, settledAt, receipt.issuedAt);
+        _checkWitness(round, bid, witness);
+    }
+
+    /// @dev The challenger's bid was fillable in the round and still is not completely filled.
+    function _checkChallengerBid(BidLib.Bid calldata bid, bytes32 bidDigest, uint256 settledAt, uint256 issuedAt)
+        private
+        view
+    {
+        if (bid.deadline < settledAt) revert BidExpiredBeforeRound(bid.deadline, settledAt);
+        if (isNonceCancelled(bid.provider, bid.nonce)) revert BidCancelled(bid.provider, bid.nonce);
+        if (remainingOf(bidDigest, bid.provider, bid.nonce, bid.capacity) == 0) revert BidFullyFilled(bidDigest);
+        uint256 decreasedAt = providers[bid.provider].stakeDecreasedAt;
+        if (decreasedAt >= issuedAt) revert StakeDecreasedAfterReceipt(decreasedAt, issuedAt);
+    }
+
+    /// @dev The witness is a lease of `round`, same market, pricier bid, duration `bid` accepts.
+    function _checkWitness(uint64 round, BidLib.Bid calldata bid, Witness calldata witness) private view {
+        bytes32 leaseId = leaseIdOf(round, witness.orderDigest, hashBid(witness.bid));
+        Lease storage lease = _leases[leaseId];
+        if (lease.buyer == address(0)) revert WitnessNotInRound(leaseId);
+        if (witness.bid.market != bid.market) revert WitnessMarketMismatch(witness.bid.market, bid.market);
+        if (witness.bid.price <= bid.price) revert WitnessNotPricier(witness.bid.price, bid.price);
+        uint256 duration = uint256(lease.end) - lease.start;
+        if (duration > bid.maxDuration) revert WitnessDurationTooLong(duration, bid.maxDuration);
     }
 
     /// @dev Checks one match against its order and bid, consumes their units in `book`, locks

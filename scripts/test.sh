@@ -4,5 +4,5 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$UNDERBID_ROOT/scripts/setup.sh"
 cd "$UNDERBID_ROOT"
-ape compile
+compile_contracts
 exec ape test "$@"

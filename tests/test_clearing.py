@@ -35,8 +35,8 @@ M = MARKETS[0]
 DURATIONS = (1, 2, 4)
 MAX_DURATIONS = (0, 1, 2, 4, 8)  # 0: a bid too short for any order
 
-FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-MEDIUM = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+MEDIUM = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # --------------------------------------------------------------------------
@@ -330,7 +330,7 @@ def test_no_add_or_swap_raises_gains(inst: tuple[list[OrderLot], list[BidLot]]) 
 # --------------------------------------------------------------------------
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(tiny)
 def test_max_gain_equals_brute_force(inst: tuple[list[OrderLot], list[BidLot]]) -> None:
     orders, bids = inst

@@ -74,13 +74,14 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
     /// its end is also closed: uncovered time is refunded to the buyer and the collateral unlocked.
     /// @param leaseIds Leases served by the caller; closed ones revert.
     /// @return total Credits sent to the caller.
-    /// Reverts with `UnknownLease`, `NotLeaseProvider` and `LeaseClosed`.
+    /// Reverts with `UnknownLease`, `NotLeaseProvider`, `LeaseAlreadyClosed` and `FaultPending`.
     function claim(bytes32[] calldata leaseIds) external nonReentrant returns (uint256 total) {
         for (uint256 i; i < leaseIds.length; ++i) {
             bytes32 leaseId = leaseIds[i];
             Lease storage lease = _existingLease(leaseId);
             if (lease.provider != msg.sender) revert NotLeaseProvider(leaseId, msg.sender);
             if (lease.closed) revert LeaseAlreadyClosed(leaseId);
+            _requireNoFault(leaseId);
             total += block.timestamp >= lease.end
                 ? _settleAndClose(leaseId, lease, block.timestamp)
                 : _payUpTo(leaseId, lease, block.timestamp);
@@ -91,11 +92,12 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
     /// @dev Closes a lease. Before its end only the buyer may: the provider is paid what accrued
     /// and the buyer is refunded the rest into free escrow. After its end anyone may, to pay the
     /// provider and release the collateral.
-    /// Reverts with `UnknownLease`, `LeaseAlreadyClosed` and `NotLeaseBuyer`.
+    /// Reverts with `UnknownLease`, `LeaseAlreadyClosed`, `NotLeaseBuyer` and `FaultPending`.
     function close(bytes32 leaseId) external nonReentrant {
         Lease storage lease = _existingLease(leaseId);
         if (lease.closed) revert LeaseAlreadyClosed(leaseId);
         if (block.timestamp < lease.end && msg.sender != lease.buyer) revert NotLeaseBuyer(leaseId, msg.sender);
+        _requireNoFault(leaseId);
         uint256 paid = _settleAndClose(leaseId, lease, block.timestamp);
         if (paid != 0) credit.safeTransfer(lease.provider, paid);
     }
@@ -129,9 +131,6 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
         emit FaultReported(leaseId, msg.sender, slashed, toBuyer, toReporter, burned);
     }
 
-    /// @dev UBT burned by slashing so far (for the UBT conservation check).
-    uint256 public totalSlashedBurned;
-
     /// @dev The first time a fault on `leaseId` can be reported, or `type(uint256).max` when the
     /// provider's heartbeats already cover the lease to its end.
     function faultReportableAt(bytes32 leaseId) public view returns (uint256) {
@@ -139,6 +138,12 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
         uint256 stopAt = uint256(_lastHeartbeat(lease)) + params.heartbeatInterval;
         if (stopAt >= lease.end) return type(uint256).max;
         return stopAt + params.heartbeatGrace + 1;
+    }
+
+    /// @dev Reverts with `FaultPending` once a fault is reportable: such a lease ends only through
+    /// `reportFault`, so neither a claim nor a close after the end can dodge the slash.
+    function _requireNoFault(bytes32 leaseId) private view {
+        if (block.timestamp >= faultReportableAt(leaseId)) revert FaultPending(leaseId);
     }
 
     /// @dev Pays the provider up to `until`, refunds the buyer the rest, closes the lease.

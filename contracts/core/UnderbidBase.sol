@@ -27,6 +27,14 @@ abstract contract UnderbidBase is AccessControl, ReentrancyGuardTransient, IUnde
         /// Shares of the slashed amount paid to the buyer and to the reporter; the rest is burned.
         uint16 slashBuyerBps;
         uint16 slashReporterBps;
+        /// Seconds after a round settles during which its matcher can be challenged.
+        uint32 challengeWindow;
+        /// Seconds between a matcher asking to leave and withdrawing its bond; > challengeWindow.
+        uint32 matcherExitDelay;
+        /// Share of a matcher's bond slashed by one successful challenge.
+        uint16 matcherSlashBps;
+        /// Share of that slash paid to the challenger; the rest is burned.
+        uint16 challengerShareBps;
     }
 
     UnderbidToken public immutable ubt;
@@ -35,19 +43,35 @@ abstract contract UnderbidBase is AccessControl, ReentrancyGuardTransient, IUnde
     /// NOTE: immutable, so a lease's collateral is always `units * stakePerUnit` and need not be stored.
     uint256 public immutable stakePerUnit;
 
+    /// @dev The least UBT bond with which a matcher may settle.
+    uint256 public immutable minMatcherBond;
+
     Params public params;
 
-    constructor(address admin, UnderbidToken ubt_, UnderbidCredit credit_, uint256 stakePerUnit_, Params memory params_) {
+    /// @dev UBT burned by slashing (providers and matchers) so far, for the UBT conservation check.
+    uint256 public totalSlashedBurned;
+
+    constructor(
+        address admin,
+        UnderbidToken ubt_,
+        UnderbidCredit credit_,
+        uint256 stakePerUnit_,
+        uint256 minMatcherBond_,
+        Params memory params_
+    ) {
         if (stakePerUnit_ == 0) revert InvalidParameter("stakePerUnit");
+        if (minMatcherBond_ == 0) revert InvalidParameter("minMatcherBond");
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         ubt = ubt_;
         credit = credit_;
         stakePerUnit = stakePerUnit_;
+        minMatcherBond = minMatcherBond_;
         _setParams(params_);
     }
 
     /// @dev Replaces the tunable parameters. Leases already open follow the new values.
-    /// Reverts with `InvalidParameter` for a zero interval or bps shares above 10_000.
+    /// Reverts with `InvalidParameter` for a zero interval or window, bps shares above 10_000, or
+    /// a matcher exit delay not longer than the challenge window.
     function setParams(Params calldata newParams) external onlyRole(DEFAULT_ADMIN_ROLE) {
         _setParams(newParams);
     }
@@ -56,9 +80,22 @@ abstract contract UnderbidBase is AccessControl, ReentrancyGuardTransient, IUnde
         if (p.heartbeatInterval == 0) revert InvalidParameter("heartbeatInterval");
         if (p.slashBps > BPS) revert InvalidParameter("slashBps");
         if (uint256(p.slashBuyerBps) + p.slashReporterBps > BPS) revert InvalidParameter("slashSplit");
+        if (p.challengeWindow == 0) revert InvalidParameter("challengeWindow");
+        if (p.matcherExitDelay <= p.challengeWindow) revert InvalidParameter("matcherExitDelay");
+        if (p.matcherSlashBps > BPS) revert InvalidParameter("matcherSlashBps");
+        if (p.challengerShareBps > BPS) revert InvalidParameter("challengerShareBps");
         params = p;
         emit ParamsUpdated(
-            p.unbondingPeriod, p.heartbeatInterval, p.heartbeatGrace, p.slashBps, p.slashBuyerBps, p.slashReporterBps
+            p.unbondingPeriod,
+            p.heartbeatInterval,
+            p.heartbeatGrace,
+            p.slashBps,
+            p.slashBuyerBps,
+            p.slashReporterBps,
+            p.challengeWindow,
+            p.matcherExitDelay,
+            p.matcherSlashBps,
+            p.challengerShareBps
         );
     }
 }

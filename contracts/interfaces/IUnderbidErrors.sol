@@ -80,12 +80,43 @@ interface IUnderbidErrors {
     /// @dev The same (round, order, bid) pair appears twice; merge the units into one match.
     error DuplicateLease(bytes32 leaseId);
 
+    // ----- matcher bonds and challenges -----
+    /// @dev The caller has no bond at or above the minimum, or has asked to leave.
+    error MatcherNotBonded(address matcher);
+    error MatcherExiting(address matcher);
+    error ExitNotRequested(address matcher);
+    error ExitDelayNotOver(uint256 exitAt);
+    error RoundNotSettled(uint64 round);
+    error ChallengeWindowClosed(uint64 round, uint256 closedAt);
+    /// @dev This (round, bid) pair was already challenged successfully.
+    error AlreadyChallenged(uint64 round, bytes32 bidDigest);
+    error NotBidProvider(address caller, address provider);
+    /// @dev The receipt is for another round than the one challenged.
+    error ReceiptRoundMismatch(uint64 receiptRound, uint64 round);
+    /// @dev The receipt is for another bid than the one supplied.
+    error ReceiptBidMismatch(bytes32 receiptBidHash, bytes32 bidDigest);
+    /// @dev The bid's deadline passed before the round settled, so the round could not include it.
+    error BidExpiredBeforeRound(uint256 deadline, uint256 settledAt);
+    error BidCancelled(address provider, uint256 nonce);
+    error BidFullyFilled(bytes32 bidDigest);
+    /// @dev The provider's stake went down (unstake request or slash) after the receipt was issued.
+    error StakeDecreasedAfterReceipt(uint256 decreasedAt, uint256 issuedAt);
+    /// @dev No lease of the challenged round matches the witness order and bid.
+    error WitnessNotInRound(bytes32 leaseId);
+    error WitnessMarketMismatch(bytes32 witnessMarket, bytes32 market);
+    /// @dev The witness bid is not priced strictly above the challenger's bid.
+    error WitnessNotPricier(uint256 witnessPrice, uint256 bidPrice);
+    /// @dev The witness lease is longer than the challenger's bid accepts.
+    error WitnessDurationTooLong(uint256 duration, uint256 maxDuration);
+
     // ----- leases -----
     error UnknownLease(bytes32 leaseId);
     error LeaseAlreadyClosed(bytes32 leaseId);
     error NotLeaseBuyer(bytes32 leaseId, address caller);
     error NotLeaseProvider(bytes32 leaseId, address caller);
     error LeaseEnded(bytes32 leaseId);
+    /// @dev A fault is reportable on this lease: it can only end through `reportFault` now.
+    error FaultPending(bytes32 leaseId);
     /// @dev The heartbeat came after a fault became reportable; the lease can only be reported now.
     error HeartbeatMissed(bytes32 leaseId);
     /// @dev The provider's heartbeats are not late yet: a fault can be reported from `reportableAt`.

@@ -10,7 +10,24 @@ interface IUnderbidEvents {
         uint32 heartbeatGrace,
         uint16 slashBps,
         uint16 slashBuyerBps,
-        uint16 slashReporterBps
+        uint16 slashReporterBps,
+        uint32 challengeWindow,
+        uint32 matcherExitDelay,
+        uint16 matcherSlashBps,
+        uint16 challengerShareBps
+    );
+
+    event MatcherBonded(address indexed matcher, uint256 amount, uint256 bond);
+    event MatcherExitRequested(address indexed matcher, uint256 exitAt);
+    event MatcherBondWithdrawn(address indexed matcher, uint256 amount);
+    event MatcherSlashed(
+        address indexed matcher,
+        uint64 indexed round,
+        bytes32 indexed bidDigest,
+        address challenger,
+        uint256 slashed,
+        uint256 toChallenger,
+        uint256 burned
     );
 
     event Deposited(address indexed buyer, uint256 amount);

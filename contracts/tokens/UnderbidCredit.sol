@@ -6,8 +6,9 @@ import {IUnderbidErrors} from "../interfaces/IUnderbidErrors.sol";
 
 /// @title UBC, the compute credit: 6 decimals, 1 UBC = 1 USD of compute.
 /// @dev Minted only by burning UBT and burned only by redeeming it (both through the bound
-/// burn-mint equilibrium contract). It never moves from one user to another: every transfer has
-/// a protocol contract (the BME or the settlement escrow) on one side.
+/// burn-mint equilibrium contract). It never moves from one user to another: the only transfers
+/// are the ones the settlement escrow makes, into itself (deposits) or out of it (withdrawals,
+/// lease payments). A user cannot push credits into a contract where no account records them.
 contract UnderbidCredit is ERC20, IUnderbidErrors {
     address private immutable _deployer;
     /// @dev The burn-mint equilibrium contract: the only minter and burner.
@@ -39,10 +40,6 @@ contract UnderbidCredit is ERC20, IUnderbidErrors {
         emit ProtocolBound(bme_, escrow_);
     }
 
-    /// @dev True for the contracts credits may move to or from.
-    function isProtocol(address account) public view returns (bool) {
-        return account == escrow || account == bme;
-    }
 
     /// @dev Mints credits. Reverts with `UnauthorizedCaller` unless called by the BME.
     function mint(address to, uint256 amount) external {
@@ -56,9 +53,10 @@ contract UnderbidCredit is ERC20, IUnderbidErrors {
         _burn(from, amount);
     }
 
-    /// @dev Reverts with `CreditNonTransferable` for a transfer with no protocol contract on either side.
+    /// @dev Reverts with `CreditNonTransferable` for any transfer other than the escrow moving
+    /// credits into or out of itself. Mints and burns (from or to the zero address) come from the BME.
     function _update(address from, address to, uint256 value) internal override {
-        if (from != address(0) && to != address(0) && !isProtocol(from) && !isProtocol(to)) {
+        if (from != address(0) && to != address(0) && (msg.sender != escrow || (from != escrow && to != escrow))) {
             revert CreditNonTransferable(from, to);
         }
         super._update(from, to, value);

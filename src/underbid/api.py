@@ -14,6 +14,7 @@ from fastapi import FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from underbid.eip712 import Bid, Order
 from underbid.matcher import Matcher
@@ -40,9 +41,19 @@ class BidSubmission(Bid, _Signed):
     """A bid's EIP-712 fields plus its signature."""
 
 
+class SignedReceipt(BaseModel):
+    """The matcher's EIP-712 receipt for a bid: the provider's proof that it was submitted."""
+
+    bidHash: str
+    round: int
+    issuedAt: int
+    signature: str
+
+
 class Acknowledgement(BaseModel):
     digest: str
     status: str
+    receipt: SignedReceipt | None = None
 
 
 class FieldError(BaseModel):
@@ -93,9 +104,22 @@ def create_app(matcher: Matcher, admin_token: str | None = None) -> FastAPI:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         details = []
         for err in exc.errors():
+            if err.get("type") == "json_invalid":
+                details.append({"field": "body", "reason": f"not valid JSON: {err.get('ctx', {}).get('error', '')}"})
+                continue
             loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "path", "query", "header")]
             details.append({"field": ".".join(loc) or "body", "reason": err.get("msg", "invalid")})
         return JSONResponse(status_code=422, content={"detail": details})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return _error(404, "path", f"no endpoint {request.url.path}")
+        if exc.status_code == 405:
+            return _error(405, "method", f"{request.method} is not allowed on {request.url.path}")
+        if exc.status_code == 400:  # the body could not be read or decoded at all
+            return _error(422, "body", str(exc.detail))
+        return _error(exc.status_code, "request", str(exc.detail))
 
     @app.exception_handler(ConnectionError)
     async def _chain_down(_: Request, exc: ConnectionError) -> JSONResponse:
@@ -105,7 +129,7 @@ def create_app(matcher: Matcher, admin_token: str | None = None) -> FastAPI:
         model = Order if kind is MessageKind.ORDER else Bid
         message = model.model_validate(body.model_dump(include=set(model.model_fields)))
         accepted = matcher.accept(kind, message, body.signature, body.spec)
-        return Acknowledgement(digest=accepted.digest, status="open")
+        return Acknowledgement(digest=accepted.digest, status="open", receipt=accepted.receipt)
 
     @app.post("/orders", status_code=201, response_model=Acknowledgement, responses=_ERRORS)
     def post_order(body: OrderSubmission) -> Acknowledgement:
@@ -114,7 +138,8 @@ def create_app(matcher: Matcher, admin_token: str | None = None) -> FastAPI:
 
     @app.post("/bids", status_code=201, response_model=Acknowledgement, responses=_ERRORS)
     def post_bid(body: BidSubmission) -> Acknowledgement:
-        """Accepts a signed bid; answers only after it is committed to the store."""
+        """Accepts a signed bid; answers only after it is committed to the store, with the
+        matcher's signed receipt naming the round the bid will be cleared in."""
         return _submit(MessageKind.BID, body)
 
     def _get(kind: MessageKind, digest: str) -> Any:
@@ -170,7 +195,7 @@ def create_app(matcher: Matcher, admin_token: str | None = None) -> FastAPI:
         supplied = (authorization or "").removeprefix("Bearer ").strip()
         if not supplied:
             return _error(401, "authorization", "missing 'Authorization: Bearer <admin token>' header")
-        if not hmac.compare_digest(supplied, admin_token):
+        if not hmac.compare_digest(supplied.encode("utf-8", "replace"), admin_token.encode("utf-8")):
             return _error(403, "authorization", "wrong admin token")
         return matcher.close_round().__dict__
 

@@ -30,6 +30,11 @@ class DeployParams:
     slash_bps: int = 5_000  # of a faulty lease's collateral
     slash_buyer_bps: int = 5_000  # of the slashed amount, to the buyer
     slash_reporter_bps: int = 1_000  # of the slashed amount, to the reporter; the rest is burned
+    min_matcher_bond: int = 10_000 * 10**18  # UBT a matcher must bond to settle
+    challenge_window: int = 3_600  # seconds after a round settles during which it can be challenged
+    matcher_exit_delay: int = 7_200  # must exceed the challenge window
+    matcher_slash_bps: int = 5_000  # of the matcher's bond, per successful challenge
+    challenger_share_bps: int = 5_000  # of that slash, to the challenger; the rest is burned
 
     def core_params(self) -> tuple[int, ...]:
         return (
@@ -39,6 +44,10 @@ class DeployParams:
             self.slash_bps,
             self.slash_buyer_bps,
             self.slash_reporter_bps,
+            self.challenge_window,
+            self.matcher_exit_delay,
+            self.matcher_slash_bps,
+            self.challenger_share_bps,
         )
 
 
@@ -58,11 +67,12 @@ class Deployed:
 
 
 def deploy_protocol(deployer: Any, matchers: list[Any], params: DeployParams = DeployParams(), *, seed_price: bool = True) -> Deployed:
-    """Deploys every contract from `deployer`, binds the tokens and grants the matcher role.
+    """Deploys every contract from `deployer`, binds the tokens and bonds the matchers.
 
     Args:
         deployer: an ape account; it becomes admin, oracle updater and genesis holder.
-        matchers: ape accounts (or addresses) allowed to call `settle`.
+        matchers: ape accounts that will settle; each gets the minimum bond in UBT from the
+            deployer and posts it (the deployer itself may be one of them).
         params: deployment parameters.
         seed_price: post `params.ubt_price` to the oracle (local chains; elsewhere the updater does).
     """
@@ -84,13 +94,15 @@ def deploy_protocol(deployer: Any, matchers: list[Any], params: DeployParams = D
         sender=deployer,
     )
     settlement = project.UnderbidSettlement.deploy(
-        deployer, ubt, credit, params.stake_per_unit, params.core_params(), sender=deployer
+        deployer, ubt, credit, params.stake_per_unit, params.min_matcher_bond, params.core_params(), sender=deployer
     )
     ubt.bindMinter(bme, sender=deployer)
     credit.bindProtocol(bme, settlement, sender=deployer)
-    matcher_role = settlement.MATCHER_ROLE()
     for matcher in matchers:
-        settlement.grantRole(matcher_role, matcher, sender=deployer)
+        if matcher.address != deployer.address:
+            ubt.transfer(matcher, params.min_matcher_bond, sender=deployer)
+        ubt.approve(settlement, params.min_matcher_bond, sender=matcher)
+        settlement.bondMatcher(params.min_matcher_bond, sender=matcher)
     if seed_price:
         oracle.setPrice(params.ubt_price, sender=deployer)
     return Deployed(ubt=ubt, credit=credit, oracle=oracle, bme=bme, settlement=settlement, block=block)

@@ -61,14 +61,12 @@ Uint64 = Annotated[int, Field(ge=0, lt=2**64), Sol("uint64")]
 Uint256 = Annotated[int, Field(ge=0, lt=2**256), Sol("uint256")]
 
 
-class SignedMessage(BaseModel):
+class TypedMessage(BaseModel):
     """Base of every EIP-712 message. Subclasses declare fields in the Solidity struct's order."""
 
     model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
     TYPE_NAME: ClassVar[str]
-    #: The field holding the signer's address.
-    SIGNER_FIELD: ClassVar[str]
 
     @classmethod
     @cache
@@ -91,10 +89,6 @@ class SignedMessage(BaseModel):
     @cache
     def type_hash(cls) -> bytes:
         return keccak(text=cls.type_string())
-
-    @property
-    def signer(self) -> str:
-        return getattr(self, self.SIGNER_FIELD)
 
     def struct_hash(self) -> bytes:
         words = [self.type_hash()]
@@ -134,6 +128,17 @@ class SignedMessage(BaseModel):
         return tuple(getattr(self, name) for name, _, _ in self.solidity_fields())
 
 
+class SignedMessage(TypedMessage):
+    """An order or a bid: a message whose signer is one of its own fields."""
+
+    #: The field holding the signer's address.
+    SIGNER_FIELD: ClassVar[str]
+
+    @property
+    def signer(self) -> str:
+        return getattr(self, self.SIGNER_FIELD)
+
+
 class Order(SignedMessage):
     """A buyer's order: `units` GPU units for `duration` seconds, at most `max_price` per unit-hour."""
 
@@ -162,6 +167,16 @@ class Bid(SignedMessage):
     max_duration: Uint32
     deadline: Uint64
     nonce: Uint256
+
+
+class Receipt(TypedMessage):
+    """A matcher's receipt: it accepted bid `bid_hash` into round `round` at chain time `issued_at`."""
+
+    TYPE_NAME: ClassVar[str] = "Receipt"
+
+    bid_hash: Bytes32
+    round: Uint64
+    issued_at: Uint64
 
 
 _DOMAIN_TYPES = (

@@ -10,16 +10,18 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from eth_account.signers.local import LocalAccount
 
 from underbid import failpoints
 from underbid.chain import ChainView
 from underbid.clearing import BidLot, Clearing, OrderLot, clear
-from underbid.store import MessageKind, RoundState, Store, StoredMessage, StoredRound
+from underbid.eip712 import Receipt
+from underbid.markets import canonical_spec
+from underbid.store import DuplicateMessage, MessageKind, RoundState, Store, StoredMessage, StoredRound
 from underbid.submission import SubmissionError, Submitter, retry_rpc, split_batches
-from underbid.validation import Accepted, Validator, order_cost
+from underbid.validation import Accepted, Rejection, Validator, order_cost
 
 log = logging.getLogger("underbid.matcher")
 
@@ -47,19 +49,32 @@ class Matcher:
         self.validator = Validator(chain.book.domain, chain, store)
         self.submitter = Submitter(chain, store, account)
         self._round_lock = threading.Lock()
+        self._intake_lock = threading.Lock()
 
     # ----- intake -----
 
     def accept(self, kind: MessageKind, message, signature_hex: str, spec: str | None = None) -> Accepted:
-        """Validates and commits a message. Returns only after the commit; raises Rejection."""
+        """Validates and commits a message. Returns only after the commit; raises Rejection.
+
+        A bid gets a receipt for the round that is open *while the bid is committed*: intake and
+        the round snapshot share a lock, so a receipted bid is always in its round's snapshot.
+        """
         now = retry_rpc(self.chain.block_time)
         accepted = self.validator.check(kind, message, signature_hex, spec, now)
-        self.store.add_message(kind, accepted.digest, message, accepted.signature)
+        with self._intake_lock:
+            receipt = self._receipt(accepted.digest, now) if kind is MessageKind.BID else None
+            try:
+                self.store.add_message(kind, accepted.digest, message, accepted.signature, receipt)
+            except DuplicateMessage:  # the same message raced in twice; the first one won
+                raise Rejection(409, "signature", f"duplicate: {kind.value} {accepted.digest} was already accepted") from None
         if spec is not None:
-            from underbid.markets import canonical_spec
-
             self.store.name_market(message.market, canonical_spec(spec))
-        return accepted
+        return replace(accepted, receipt=receipt)
+
+    def _receipt(self, bid_digest: str, now: int) -> dict:
+        receipt = Receipt(bid_hash=bid_digest, round=self.store.open_round(), issued_at=now)
+        signature = receipt.sign(self.account.key, self.chain.book.domain)
+        return {**receipt.model_dump(by_alias=True), "signature": "0x" + signature.hex()}
 
     # ----- rounds -----
 
@@ -67,6 +82,10 @@ class Matcher:
         """Finishes rounds a crash interrupted, and makes new round ids skip ids used on chain."""
         with self._round_lock:
             done = self.submitter.reconcile()
+            for round_id in self.store.closed_uncleared_rounds():
+                # The crash came between snapshot and clearing: nothing was sent, so the round is
+                # abandoned and its messages (still open in the store) go to the next round.
+                self.store.fail_round(round_id, "matcher stopped between snapshot and clearing")
             round_id = self.store.open_round()
             matcher, landed, _ = retry_rpc(lambda: self.chain.round_state(round_id))
             while landed:
@@ -85,15 +104,18 @@ class Matcher:
             started = time.perf_counter()
             if self.store.rounds_in(RoundState.CLEARED, RoundState.SUBMITTED):
                 self.submitter.reconcile()  # an earlier round's submission failed: finish it first
-            round_id = self.store.open_round()
             now = retry_rpc(self.chain.block_time)
-            orders = self.store.open_messages(MessageKind.ORDER, now)
-            bids = self.store.open_messages(MessageKind.BID, now)
+            with self._intake_lock:
+                round_id = self.store.open_round()
+                orders = self.store.open_messages(MessageKind.ORDER, now)
+                bids = self.store.open_messages(MessageKind.BID, now)
+                self.store.close_intake(round_id)
             t_snapshot = time.perf_counter()
 
             clearing, dropped = self._clear_fundable(orders, bids)
             t_clear = time.perf_counter()
             if not clearing.matches:
+                self.store.reopen_intake(round_id)
                 return RoundReport(round_id, RoundState.OPEN.value, len(orders), len(bids), dropped=dropped)
 
             matches = [
@@ -138,28 +160,36 @@ class Matcher:
             return report
 
     def _clear_fundable(self, orders: list[StoredMessage], bids: list[StoredMessage]) -> tuple[Clearing, int]:
-        """Clears, then drops matched messages the chain can no longer honour and clears again.
+        """Clears, then corrects for what the chain can no longer honour, and clears again.
 
-        Checked with fresh (uncached) reads: each matched message's remaining units and nonce,
-        each buyer's free escrow against its matched cost, each provider's free stake against
-        its matched collateral. Returns the final clearing and how many messages were dropped.
+        Checked with fresh (uncached) reads: each matched message's remaining units on chain
+        (a message partly filled elsewhere is capped to what is left, so it is still used up to
+        its real capacity; a cancelled or used-up one is dropped), each buyer's free escrow against
+        its matched cost, and each provider's free stake against its matched collateral. Returns
+        the final clearing and how many messages were dropped.
         """
         by_digest = {s.digest: s for s in orders + bids}
+        caps: dict[str, int] = {}
         dropped = 0
         while True:
             clearing = clear(
-                [_order_lot(s) for s in orders if s.digest in by_digest],
-                [_bid_lot(s) for s in bids if s.digest in by_digest],
+                [_order_lot(s, caps) for s in orders if s.digest in by_digest],
+                [_bid_lot(s, caps) for s in bids if s.digest in by_digest],
             )
-            culprit, reason = self._first_unfundable(clearing, by_digest)
+            culprit, left, reason = self._first_unfundable(clearing, by_digest)
             if culprit is None:
                 return clearing, dropped
+            if left > 0:
+                log.warning("capping %s to %s units: %s", culprit, left, reason)
+                caps[culprit] = left
+                continue
             log.warning("dropping %s: %s", culprit, reason)
             self.store.drop(culprit, reason)
             del by_digest[culprit]
             dropped += 1
 
-    def _first_unfundable(self, clearing: Clearing, by_digest: dict[str, StoredMessage]) -> tuple[str | None, str]:
+    def _first_unfundable(self, clearing: Clearing, by_digest: dict[str, StoredMessage]) -> tuple[str | None, int, str]:
+        """The first matched message the chain cannot honour: (digest, units it can still fill, why)."""
         self.chain.cache.invalidate()
         cost: dict[str, int] = {}
         units: dict[str, int] = {}
@@ -176,33 +206,36 @@ class Matcher:
             stored = by_digest[digest]
             on_chain = self.chain.remaining(bytes.fromhex(digest[2:]), stored.message.signer, stored.message.nonce, stored.total)
             if on_chain < n:
-                return digest, f"only {on_chain} units left on chain (cancelled, or filled elsewhere)"
-        newest = lambda signer: max(  # noqa: E731 - the newest matched message of a signer overdrew it
-            (d for d in used if by_digest[d].message.signer == signer), key=lambda d: by_digest[d].received_at
-        )
+                return digest, on_chain, f"only {on_chain} units left on chain (cancelled, or filled elsewhere)"
+
+        def newest(signer: str) -> str:  # the newest matched message of a signer is the one that overdrew it
+            return max((d for d in used if by_digest[d].message.signer == signer), key=lambda d: by_digest[d].received_at)
+
         for buyer, need in cost.items():
             free = self.chain.free_escrow(buyer)
             if free < need:
-                return newest(buyer), f"buyer's free escrow {free} is below the round's cost {need}"
+                return newest(buyer), 0, f"buyer's free escrow {free} is below the round's cost {need}"
         for provider, n in units.items():
             free = self.chain.free_stake(provider)
             if free < n * self.chain.stake_per_unit:
-                return newest(provider), f"provider's free stake {free} does not cover {n} units"
-        return None, ""
+                return newest(provider), 0, f"provider's free stake {free} does not cover {n} units"
+        return None, 0, ""
 
     def round(self, round_id: int) -> StoredRound | None:
         return self.store.get_round(round_id)
 
 
-def _order_lot(s: StoredMessage) -> OrderLot:
+def _order_lot(s: StoredMessage, caps: dict[str, int]) -> OrderLot:
     o = s.message
-    return OrderLot(key=s.digest, market=o.market, units=s.remaining, duration=o.duration, max_price=o.max_price)
+    units = min(s.remaining, caps.get(s.digest, s.remaining))
+    return OrderLot(key=s.digest, market=o.market, units=units, duration=o.duration, max_price=o.max_price)
 
 
-def _bid_lot(s: StoredMessage) -> BidLot:
+def _bid_lot(s: StoredMessage, caps: dict[str, int]) -> BidLot:
     b = s.message
+    capacity = min(s.remaining, caps.get(s.digest, s.remaining))
     return BidLot(
-        key=s.digest, market=b.market, provider=b.provider, capacity=s.remaining, price=b.price, max_duration=b.max_duration
+        key=s.digest, market=b.market, provider=b.provider, capacity=capacity, price=b.price, max_duration=b.max_duration
     )
 
 

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     id           INTEGER PRIMARY KEY,
     state        TEXT NOT NULL CHECK (state IN ('open', 'cleared', 'submitted', 'confirmed', 'failed')),
     opened_at    REAL NOT NULL,
+    closed_at    REAL,
     cleared_at   REAL,
     confirmed_at REAL,
     clearing     TEXT,
@@ -262,19 +263,31 @@ class Store:
     # ----- rounds -----
 
     def open_round(self) -> int:
-        """The id of the open round, creating one if none is open."""
+        """The id of the round taking new messages, creating one if none is."""
         with self._tx() as db:
-            row = db.execute("SELECT id FROM rounds WHERE state = 'open' ORDER BY id LIMIT 1").fetchone()
+            row = db.execute(
+                "SELECT id FROM rounds WHERE state = 'open' AND closed_at IS NULL ORDER BY id LIMIT 1"
+            ).fetchone()
             if row is not None:
                 return int(row["id"])
             cursor = db.execute("INSERT INTO rounds (state, opened_at) VALUES ('open', ?)", (time.time(),))
             return int(cursor.lastrowid)
 
-    def skip_round_ids(self, below: int) -> None:
-        """Makes new round ids start at `below` or later (ids already used on chain are skipped)."""
+    def close_intake(self, round_id: int) -> None:
+        """Stops `round_id` taking messages; the next `open_round` creates a new round."""
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO rounds (id, state, opened_at, error) VALUES (?, 'failed', ?, ?)",
-                       (below - 1, time.time(), "placeholder: round ids below this were used on chain"))
+            db.execute("UPDATE rounds SET closed_at = ? WHERE id = ? AND state = 'open'", (time.time(), round_id))
+
+    def reopen_intake(self, round_id: int) -> None:
+        """Lets a round that found nothing to match take messages again, keeping its id."""
+        with self._tx() as db:
+            db.execute("UPDATE rounds SET closed_at = NULL WHERE id = ? AND state = 'open'", (round_id,))
+
+    def closed_uncleared_rounds(self) -> list[int]:
+        """Rounds whose intake closed but whose clearing was never recorded (a crash in between)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM rounds WHERE state = 'open' AND closed_at IS NOT NULL").fetchall()
+        return [r[0] for r in rows]
 
     def record_clearing(self, round_id: int, clearing: dict[str, Any], batches: list[dict[str, Any]]) -> None:
         """Stores a round's clearing result and its batches; the round becomes `cleared`."""
@@ -338,6 +351,8 @@ class Store:
         return [r for r in (self.get_round(i) for i in ids) if r is not None]
 
     def get_round(self, round_id: int) -> StoredRound | None:
+        if not 0 <= round_id < 2**63:  # SQLite integers are signed 64-bit
+            return None
         with self._lock:
             row = self._db.execute("SELECT * FROM rounds WHERE id = ?", (round_id,)).fetchone()
             batches = self._db.execute("SELECT * FROM batches WHERE round_id = ? ORDER BY batch", (round_id,)).fetchall()

@@ -39,6 +39,8 @@ class Accepted:
     digest: str
     message: SignedMessage
     signature: bytes
+    #: For bids: the matcher's signed receipt (bidHash, round, issuedAt, signature).
+    receipt: dict | None = None
 
 
 class Validator:

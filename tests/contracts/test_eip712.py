@@ -4,13 +4,23 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak
 
-from underbid.eip712 import Bid, Order, recover_signer
+from underbid.eip712 import Bid, Order, Receipt, recover_signer
 
 
 def test_type_hashes_match_contract(settlement):
-    order_hash, bid_hash = settlement.typeHashes()
+    order_hash, bid_hash, receipt_hash = settlement.typeHashes()
     assert bytes(order_hash) == Order.type_hash()
     assert bytes(bid_hash) == Bid.type_hash()
+    assert bytes(receipt_hash) == Receipt.type_hash()
+
+
+def test_receipt_digest_matches_contract_and_eth_account(settlement, domain, matcher):
+    receipt = Receipt(bid_hash="0x" + "ab" * 32, round=2**40 + 3, issued_at=1_700_000_000)
+    expected = encode_typed_data(full_message=receipt.typed_data(domain))
+    assert receipt.digest(domain) == keccak(b"\x19" + expected.version + expected.header + expected.body)
+    assert bytes(settlement.hashReceipt(receipt.as_call_tuple())) == receipt.digest(domain)
+    signature = receipt.sign(matcher.private_key, domain)
+    assert recover_signer(receipt.digest(domain), signature) == matcher.address
 
 
 def test_domain_separator_matches_contract(settlement, domain):

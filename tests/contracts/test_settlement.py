@@ -124,15 +124,31 @@ def test_two_prices_in_one_batch(funded, settlement, buyers, providers):
         )
 
 
-def test_only_matcher_settles(funded, settlement, buyers, providers, outsider):
+def test_only_bonded_matcher_settles(funded, settlement, buyers, providers, outsider):
     m = funded
-    with ape.reverts():
+    with ape.reverts(settlement.MatcherNotBonded):
         m.settle([m.order(buyers[0])], [m.bid(providers[0])], [(0, 0, 1)], {H100: 2 * UBC}, sender=outsider)
 
 
-def test_another_matcher_cannot_take_over_a_round(funded, settlement, deployer, buyers, providers, outsider):
+def _bond(m, account, amount):
+    m.give_ubt(account, amount)
+    m.ubt.approve(m.settlement, amount, sender=account)
+    m.settlement.bondMatcher(amount, sender=account)
+
+
+def test_bond_below_minimum_cannot_settle(funded, settlement, buyers, providers, outsider, params):
     m = funded
-    settlement.grantRole(settlement.MATCHER_ROLE(), outsider, sender=deployer)
+    _bond(m, outsider, params.min_matcher_bond - 1)
+    assert not settlement.isBondedMatcher(outsider)
+    with ape.reverts(settlement.MatcherNotBonded):
+        m.settle([m.order(buyers[0])], [m.bid(providers[0])], [(0, 0, 1)], {H100: 2 * UBC}, sender=outsider)
+    _bond(m, outsider, 1)
+    m.settle([m.order(buyers[0])], [m.bid(providers[0])], [(0, 0, 1)], {H100: 2 * UBC}, sender=outsider)
+
+
+def test_another_matcher_cannot_take_over_a_round(funded, settlement, buyers, providers, outsider, params):
+    m = funded
+    _bond(m, outsider, params.min_matcher_bond)
     m.settle([m.order(buyers[0])], [m.bid(providers[0])], [(0, 0, 1)], {H100: 2 * UBC}, round_id=5, final=False)
     with ape.reverts(settlement.RoundOwnedByOtherMatcher):
         m.settle([m.order(buyers[1])], [m.bid(providers[1])], [(0, 0, 1)], {H100: 2 * UBC}, round_id=5, batch=1, sender=outsider)

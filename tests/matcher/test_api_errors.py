@@ -1,0 +1,465 @@
+"""The matcher's HTTP API refuses every bad request with a 4xx naming the field, and never a 500.
+
+Each test runs a real matcher process (real HTTP, real SQLite) against the test anvil. Every
+response goes through `Api`, which checks that nothing reaches a 5xx, that every error body has
+the shape `{"detail": [{"field": ..., "reason": ...}]}`, and at the end of the test that no refused
+message is in the store while every accepted one still is.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from underbid.devnet import MATCHER, dev_account
+from underbid.eip712 import Order, Receipt, recover_signer
+
+from ..conftest import A100, H100, HOUR, UBC
+from .conftest import ADMIN_TOKEN, order_body
+
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+H100_SPEC = "gpu=nvidia-h100;vram=80;gpus=8;region=us-east"
+A100_SPEC = "gpu=nvidia-a100;vram=80;gpus=8;region=eu-west"
+
+
+def malleate(signature: bytes) -> bytes:
+    """The high-s twin of a signature: it recovers the same signer, and EIP-2 / OpenZeppelin refuse it."""
+    r, s, v = signature[:32], int.from_bytes(signature[32:64], "big"), signature[64]
+    assert s <= SECP256K1_N // 2, "eth-account signs with low s"
+    return r + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - v])
+
+
+class Api:
+    """An HTTP client over the matcher that checks every answer and remembers what was accepted."""
+
+    def __init__(self, process, domain):
+        self.domain = domain
+        self.responses: list[httpx.Response] = []
+        self.http = httpx.Client(
+            base_url=process.url, timeout=120, event_hooks={"response": [self.responses.append]}
+        )
+        self.accepted: dict[str, tuple[str, object]] = {}  # digest -> (kind, message)
+        self.refused: dict[str, str] = {}  # digest -> kind, of messages that must not be stored
+
+    def close(self) -> None:
+        self.http.close()
+
+    def digest(self, message) -> str:
+        return "0x" + message.digest(self.domain).hex()
+
+    @staticmethod
+    def path(kind: str) -> str:
+        return "/orders" if kind == "order" else "/bids"
+
+    @staticmethod
+    def kind_of(message) -> str:
+        return "order" if isinstance(message, Order) else "bid"
+
+    # ----- requests -----
+
+    def request(self, method: str, url: str, **kwargs) -> httpx.Response:
+        r = self.http.request(method, url, **kwargs)
+        assert r.status_code < 500, f"{method} {url} -> {r.status_code}: {r.text}"
+        return r
+
+    def post(self, message, signature: bytes | str, **extra) -> httpx.Response:
+        sig = signature if isinstance(signature, str) else "0x" + signature.hex()
+        body = {**message.model_dump(by_alias=True), "signature": sig, **extra}
+        return self.request("POST", self.path(self.kind_of(message)), json=body)
+
+    def accept(self, message, signature: bytes, **extra) -> str:
+        r = self.post(message, signature, **extra)
+        assert r.status_code == 201, r.text
+        digest = self.digest(message)
+        body = r.json()
+        assert (body["digest"], body["status"]) == (digest, "open")
+        if self.kind_of(message) == "bid":
+            # The receipt names this bid and is signed by the matcher, in the same EIP-712 domain.
+            rc = body["receipt"]
+            receipt = Receipt(bid_hash=rc["bidHash"], round=rc["round"], issued_at=rc["issuedAt"])
+            assert rc["bidHash"] == digest and rc["round"] >= 1
+            assert recover_signer(receipt.digest(self.domain), bytes.fromhex(rc["signature"][2:])) == dev_account(MATCHER).address
+        else:
+            assert body["receipt"] is None
+        self.accepted[digest] = (self.kind_of(message), message)
+        return digest
+
+    def refuse(self, message, signature: bytes | str, status: int, field: str, *, track: bool = True, **extra) -> str:
+        """Posts a signed message that must be refused; returns the reason given."""
+        reason = expect_error(self.post(message, signature, **extra), status, field)
+        if track:
+            self.refused[self.digest(message)] = self.kind_of(message)
+        return reason
+
+    def refuse_body(self, kind: str, status: int, field: str, **kwargs) -> str:
+        """Posts a raw body (json=... or content=...) that must be refused; returns the reason."""
+        return expect_error(self.request("POST", self.path(kind), **kwargs), status, field)
+
+    # ----- the final check -----
+
+    def verify_store(self) -> None:
+        """No refused message is stored; every accepted one is, with its own fields and signature."""
+        assert self.accepted, "a test must leave at least one accepted message to look up"
+        for digest, kind in self.refused.items():
+            assert digest not in self.accepted
+            expect_error(self.request("GET", f"{self.path(kind)}/{digest}"), 404, "digest")
+        for digest, (kind, message) in self.accepted.items():
+            r = self.request("GET", f"{self.path(kind)}/{digest}")
+            assert r.status_code == 200, r.text
+            view = r.json()
+            assert view["kind"] == kind and view["digest"] == digest and view["status"] == "open"
+            assert view["message"] == message.model_dump(by_alias=True)
+            # The stored signature is the one that was accepted: a low-s signature by the signer.
+            stored = bytes.fromhex(view["signature"][2:])
+            assert len(stored) == 65 and int.from_bytes(stored[32:64], "big") <= SECP256K1_N // 2
+        # Nothing that was refused (even a body without a computable digest) counts as open.
+        counts: dict[str, list[int]] = {}
+        for kind, message in self.accepted.values():
+            counts.setdefault(message.market, [0, 0])[0 if kind == "order" else 1] += 1
+        r = self.request("GET", "/markets")
+        assert r.status_code == 200, r.text
+        assert {row["market"]: [row["open_orders"], row["open_bids"]] for row in r.json()} == counts
+        assert self.responses and all(resp.status_code < 500 for resp in self.responses)
+
+
+def expect_error(r: httpx.Response, status: int, field: str) -> str:
+    """Asserts a 4xx error of the documented shape naming `field`; returns its reason."""
+    assert r.status_code < 500, r.text
+    assert r.status_code == status, f"expected {status} naming {field!r}, got {r.status_code}: {r.text}"
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert set(body) == {"detail"} and isinstance(body["detail"], list) and body["detail"], body
+    for item in body["detail"]:
+        assert set(item) == {"field", "reason"}, item
+        assert isinstance(item["field"], str) and item["field"], item
+        assert isinstance(item["reason"], str) and item["reason"].strip(), item
+    reasons = [item["reason"] for item in body["detail"] if item["field"] == field]
+    assert reasons, f"no error names {field!r}: {body}"
+    return reasons[0]
+
+
+@pytest.fixture
+def api(matcher_process, domain):
+    client = Api(matcher_process, domain)
+    yield client
+    client.close()
+
+
+# ----- signatures -----
+
+
+def test_bad_signatures_are_refused(market, buyers, providers, api):
+    m = market
+    buyer, other_buyer = buyers[0], buyers[1]
+    provider, other_provider = providers[0], providers[1]
+    m.fund_buyer(buyer, 1_000 * UBC)
+    m.stake_provider(provider, 8)
+
+    # `order` and `bid` are only ever posted with bad signatures; `good_*` are accepted at the end.
+    order, sig = m.order(buyer)
+    r, s = sig[:32], sig[32:64]
+
+    # Not hex, odd-length hex, empty: refused before any recovery.
+    for garbage in ("0xzz" + "ab" * 64, "not a signature", "0x" + "ab" * 64 + "a", "", "0x"):
+        api.refuse(order, garbage, 400, "signature")
+    # Wrong length: 64 bytes (the EIP-2098 compact length) and 66 bytes.
+    assert "65 bytes" in api.refuse(order, sig[:64], 400, "signature")
+    assert "65 bytes" in api.refuse(order, sig + b"\x00", 400, "signature")
+    # A bad v (0/1 instead of 27/28, or 29), and r = s = 0: cannot be recovered.
+    for bad in (r + s + bytes([sig[64] - 27]), r + s + b"\x1d", bytes(64) + b"\x1b"):
+        api.refuse(order, bad, 400, "signature")
+    # High s: the malleated twin of a valid signature recovers the same buyer but is refused.
+    assert "malleated" in api.refuse(order, malleate(sig), 400, "signature")
+
+    # A signature by another key: the signer is not the order's buyer.
+    order2, _ = m.order(buyer)
+    reason = api.refuse(order2, order2.sign(other_buyer.private_key, m.domain), 400, "signature")
+    assert str(other_buyer.address) in reason and str(buyer.address) in reason and "buyer" in reason
+    # A valid signature over other fields: the body was tampered with after signing.
+    order3, sig3 = m.order(buyer, units=2)
+    api.refuse(order3.model_copy(update={"units": 3}), sig3, 400, "signature")
+    api.refuse(order3.model_copy(update={"buyer": str(other_buyer.address)}), sig3, 400, "signature")
+
+    # The same for bids: another provider's key, a malleated signature, a bad length.
+    bid, bid_sig = m.bid(provider)
+    bid2, _ = m.bid(provider)
+    reason = api.refuse(bid2, bid2.sign(other_provider.private_key, m.domain), 400, "signature")
+    assert str(other_provider.address) in reason and "provider" in reason
+    assert "malleated" in api.refuse(bid, malleate(bid_sig), 400, "signature")
+    api.refuse(bid, bid_sig[1:], 400, "signature")
+
+    # Genuine signatures are accepted; a malleated copy of an accepted message is still a
+    # signature error (not a duplicate), and does not replace the stored signature.
+    good_order, good_sig = m.order(buyer)
+    good_bid, good_bid_sig = m.bid(provider)
+    api.accept(good_order, good_sig)
+    api.accept(good_bid, good_bid_sig)
+    assert "malleated" in api.refuse(good_order, malleate(good_sig), 400, "signature", track=False)
+    api.refuse(good_bid, malleate(good_bid_sig), 400, "signature", track=False)
+    view = api.request("GET", f"/orders/{api.digest(good_order)}").json()
+    assert view["signature"] == "0x" + good_sig.hex()
+    api.verify_store()
+
+
+# ----- deadline, nonce, market and spec -----
+
+
+def test_deadline_nonce_and_spec_are_checked(market, chain, settlement, buyers, providers, api):
+    m = market
+    buyer, provider = buyers[0], providers[0]
+    m.fund_buyer(buyer, 1_000 * UBC)
+    m.stake_provider(provider, 8)
+
+    # Expired: the deadline is judged by block time.
+    head = chain.blocks.head.timestamp
+    assert "expired" in api.refuse(*m.order(buyer, deadline=head - 1), 400, "deadline")
+    api.refuse(*m.bid(provider, deadline=head - 1), 400, "deadline")
+    api.refuse(*m.order(buyer, deadline=0), 400, "deadline")
+
+    # Nonces cancelled on chain by their signers.
+    cancelled_order, cancelled_order_sig = m.order(buyer, nonce=(7 << 8) | 3)
+    cancelled_bid, cancelled_bid_sig = m.bid(provider, nonce=2**255 + 77)
+    for msg, who in ((cancelled_order, buyer), (cancelled_bid, provider)):
+        settlement.cancelNonces(msg.nonce >> 8, 1 << (msg.nonce & 0xFF), sender=who)
+        assert settlement.isNonceUsed(who, msg.nonce)
+    assert "cancelled" in api.refuse(cancelled_order, cancelled_order_sig, 400, "nonce")
+    api.refuse(cancelled_bid, cancelled_bid_sig, 400, "nonce")
+    # Nonces consumed on chain: an order and a bid completely filled by a settlement.
+    filled_order = m.order(buyer, units=2)
+    filled_bid = m.bid(provider, capacity=2)
+    m.settle([filled_order], [filled_bid], [(0, 0, 2)], {H100: 2 * UBC}, round_id=4242)
+    assert settlement.isNonceUsed(buyer, filled_order[0].nonce)
+    api.refuse(*filled_order, 400, "nonce")
+    api.refuse(*filled_bid, 400, "nonce")
+    # Another nonce in the same bitmap word as the cancelled one is still free.
+    neighbour = m.order(buyer, nonce=(7 << 8) | 4)
+    api.accept(*neighbour)
+
+    # Malformed market ids are schema errors naming `market`.
+    order, sig = m.order(buyer)
+    body = order_body(order, sig)
+    for bad in ("0x1234", "0x" + "zz" * 32, H100[2:], H100 + "00", "0x" + "0" * 63, "", 12345, None):
+        api.refuse_body("order", 422, "market", json={**body, "market": bad})
+        api.refuse_body("bid", 422, "market", json={**order_body(*m.bid(provider)), "market": bad})
+
+    # A spec that does not hash to the market, or that cannot be parsed.
+    assert A100 in api.refuse(*m.order(buyer, market=H100), 400, "spec", spec=A100_SPEC)
+    api.refuse(*m.bid(provider, market=A100), 400, "spec", spec=H100_SPEC)
+    for bad_spec in ("gpu=nvidia-h100", "not a spec", "", "gpu=nvidia-h100;vram=80;gpus=8;color=red",
+                     "gpu=nvidia-h100;vram=eighty;gpus=8", "gpu=NVIDIA H100;vram=80;gpus=8",
+                     "gpu=nvidia-h100;gpu=nvidia-h100;vram=80;gpus=8", ";;;="):
+        api.refuse(*m.order(buyer), 400, "spec", spec=bad_spec)
+    api.refuse_body("order", 422, "spec", json={**order_body(*m.order(buyer)), "spec": 42})
+    # A spec that normalizes to the market is accepted, and names the market.
+    api.accept(*m.order(buyer), spec="Region=us-east; GPU=NVIDIA-H100; gpus=08; vram=80")
+    markets = {row["market"]: row for row in api.request("GET", "/markets").json()}
+    assert markets[H100]["spec"] == H100_SPEC
+    api.verify_store()
+
+
+# ----- on-chain facts: stake and escrow; zero amounts; duplicates -----
+
+
+def test_stake_escrow_zero_amounts_and_duplicates(market, accounts, buyers, providers, api):
+    m = market
+    rich, exact, short, unfunded = buyers[0], buyers[1], buyers[2], accounts[11]
+    staked, unstaked = providers[0], providers[1]
+    cost = 2 * 3 * UBC * 2  # units=2, max_price=3 UBC, duration=2 h: the helper's default order
+    m.fund_buyer(rich, 1_000 * UBC)
+    m.fund_buyer(exact, cost)
+    m.fund_buyer(short, cost - 1)
+    m.stake_provider(staked, 4)
+
+    # Escrow: the buyer's free escrow must cover the order at its max price.
+    assert "deposit" in api.refuse(*m.order(unfunded), 400, "buyer")
+    api.refuse(*m.order(short, units=2, duration=2 * HOUR, max_price=3 * UBC), 400, "buyer")
+    api.refuse(*m.order(rich, units=2**32 - 1, duration=2**32 - 1, max_price=2**64 - 1), 400, "buyer")
+    api.accept(*m.order(exact, units=2, duration=2 * HOUR, max_price=3 * UBC))
+
+    # Stake: a provider's free stake must cover the capacity of all its live bids.
+    api.refuse(*m.bid(unstaked, capacity=1), 400, "capacity")
+    api.refuse(*m.bid(staked, capacity=5), 400, "capacity")
+    api.refuse(*m.bid(staked, capacity=2**32 - 1), 400, "capacity")
+    api.accept(*m.bid(staked, capacity=3))
+    reason = api.refuse(*m.bid(staked, capacity=2), 400, "capacity")  # 3 + 2 > 4
+    assert "reserve 3" in reason and "at most 1" in reason
+    api.accept(*m.bid(staked, capacity=1, market=A100))  # the reservation spans markets
+    api.refuse(*m.bid(staked, capacity=1), 400, "capacity")  # 3 + 1 + 1 > 4
+
+    # Zero amounts are refused, naming the field.
+    api.refuse(*m.order(rich, units=0), 400, "units")
+    api.refuse(*m.order(rich, duration=0), 400, "duration")
+    api.refuse(*m.order(rich, max_price=0), 400, "maxPrice")
+    m.stake_provider(providers[2], 4)
+    api.refuse(*m.bid(providers[2], capacity=0), 400, "capacity")
+    api.refuse(*m.bid(providers[2], max_duration=0), 400, "maxDuration")
+
+    # Duplicates: the same signed message twice is a conflict, not a second row.
+    order = m.order(rich)
+    bid = m.bid(providers[2], capacity=2)
+    api.accept(*order)
+    api.accept(*bid)
+    assert api.digest(order[0]) in api.refuse(*order, 409, "signature", track=False)
+    api.refuse(*bid, 409, "signature", track=False)
+    api.refuse(*order, 409, "signature", track=False, spec=H100_SPEC)  # extras do not make it new
+    # A duplicate bid does not count twice against the stake: 2 more units still fit in 4.
+    api.accept(*m.bid(providers[2], capacity=2))
+    api.verify_store()
+
+
+# ----- schema errors -----
+
+
+def test_schema_errors_name_the_field(market, buyers, providers, api):
+    m = market
+    buyer, provider = buyers[0], providers[0]
+    m.fund_buyer(buyer, 1_000 * UBC)
+    m.stake_provider(provider, 8)
+    order = order_body(*m.order(buyer))
+    bid = order_body(*m.bid(provider))
+
+    def without(body: dict, key: str) -> dict:
+        return {k: v for k, v in body.items() if k != key}
+
+    # Missing fields, each named (by its camelCase name).
+    for key in ("buyer", "market", "units", "duration", "maxPrice", "deadline", "nonce", "signature"):
+        assert "required" in api.refuse_body("order", 422, key, json=without(order, key)).lower()
+    for key in ("provider", "capacity", "price", "maxDuration", "deadline", "nonce", "signature"):
+        api.refuse_body("bid", 422, key, json=without(bid, key))
+    # Every missing field is named at once.
+    r = api.request("POST", "/orders", json={"signature": order["signature"]})
+    expect_error(r, 422, "buyer")
+    assert {d["field"] for d in r.json()["detail"]} >= {"buyer", "market", "units", "maxPrice", "nonce"}
+
+    # Out of range for the Solidity type: negative, or above uint32 / uint64 / uint256.
+    for key, bad in (("units", -1), ("units", 2**32), ("duration", -5), ("duration", 2**32),
+                     ("maxPrice", -1), ("maxPrice", 2**64), ("deadline", 2**64), ("nonce", -1),
+                     ("nonce", 2**256), ("units", 1.5), ("units", "two"), ("units", None), ("units", [2])):
+        api.refuse_body("order", 422, key, json={**order, key: bad})
+    for key, bad in (("capacity", -1), ("capacity", 2**32), ("price", 2**64), ("maxDuration", -1)):
+        api.refuse_body("bid", 422, key, json={**bid, key: bad})
+    # Malformed addresses and a non-string signature.
+    for bad in ("0x" + "zz" * 20, "0x1234", "ab" * 20, "", 7):
+        api.refuse_body("order", 422, "buyer", json={**order, "buyer": bad})
+        api.refuse_body("bid", 422, "provider", json={**bid, "provider": bad})
+    api.refuse_body("order", 422, "signature", json={**order, "signature": 1234})
+    # Unknown fields are refused, not ignored; so is a bid field on an order.
+    api.refuse_body("order", 422, "priority", json={**order, "priority": "high"})
+    api.refuse_body("order", 422, "capacity", json={**order, "capacity": 4})
+    api.refuse_body("bid", 422, "units", json={**bid, "units": 4})
+    # Not a JSON object at all.
+    api.refuse_body("order", 422, "body", json=[order])
+    api.refuse_body("order", 422, "body", json=None)
+    api.refuse_body("order", 422, "body", json="an order")
+    api.refuse_body("order", 422, "body", content=b"buyer=0x12&units=2")  # no JSON content type
+    api.refuse_body("order", 422, "body", content=b"")
+    # Malformed JSON: a 422 of the documented shape (see test_malformed_json_is_a_422_naming_the_body).
+    for raw in (b"not json", b'{"buyer": ', b"{'buyer': 1}"):
+        r = api.request("POST", "/orders", content=raw, headers={"content-type": "application/json"})
+        expect_error(r, 422, r.json()["detail"][0]["field"])
+
+    # The untouched bodies are valid, and are accepted.
+    api.accept(*m.order(buyer))
+    api.accept(*m.bid(provider))
+    api.verify_store()
+
+
+# ----- lookups and the admin endpoint -----
+
+
+def test_lookups_and_round_close_auth(market, buyers, providers, api, matcher_process):
+    m = market
+    m.fund_buyer(buyers[0], 1_000 * UBC)
+    m.stake_provider(providers[0], 8)
+    order, bid = m.order(buyers[0]), m.bid(providers[0])
+    order_digest, bid_digest = api.accept(*order), api.accept(*bid)
+
+    # Unknown digests, and a digest of the other kind.
+    expect_error(api.request("GET", "/orders/0x" + "ab" * 32), 404, "digest")
+    expect_error(api.request("GET", "/bids/0x" + "ab" * 32), 404, "digest")
+    expect_error(api.request("GET", f"/orders/{bid_digest}"), 404, "digest")
+    expect_error(api.request("GET", f"/bids/{order_digest}"), 404, "digest")
+    # A digest in upper case is the same digest.
+    assert api.request("GET", "/orders/0x" + order_digest[2:].upper()).status_code == 200
+    # Not a digest at all.
+    for bad in ("not-a-hash", "0x1234", order_digest[2:], order_digest + "00", "0x" + "zz" * 32):
+        expect_error(api.request("GET", f"/orders/{bad}"), 422, "digest")
+        expect_error(api.request("GET", f"/bids/{bad}"), 422, "digest")
+
+    # Rounds: unknown ids are 404, ids that are not uint64 are 422.
+    expect_error(api.request("GET", "/rounds/999999"), 404, "round_id")
+    for bad in ("-1", str(2**64), "abc", "1.5"):
+        expect_error(api.request("GET", f"/rounds/{bad}"), 422, "round_id")
+
+    # Closing a round needs the admin token.
+    expect_error(api.request("POST", "/rounds/close"), 401, "authorization")
+    expect_error(api.request("POST", "/rounds/close", headers={"Authorization": ""}), 401, "authorization")
+    expect_error(api.request("POST", "/rounds/close", headers={"Authorization": "Bearer wrong"}), 403, "authorization")
+    expect_error(api.request("POST", "/rounds/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}x"}),
+                 403, "authorization")
+    expect_error(api.request("POST", "/rounds/close", headers={"Authorization": f"Basic {ADMIN_TOKEN}"}),
+                 403, "authorization")
+    # Refused closes did nothing: the order and bid are still open. The right token works (the
+    # bid's 2 UBC is under the order's 3 UBC max price, so the round clears and settles).
+    api.verify_store()
+    r = api.request("POST", "/rounds/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "confirmed" and r.json()["matches"] == 1
+    round_view = api.request("GET", f"/rounds/{r.json()['round_id']}")
+    assert round_view.status_code == 200 and round_view.json()["state"] == "confirmed"
+    assert api.request("GET", f"/orders/{order_digest}").json()["status"] == "filled"
+
+
+# ----- regressions: bugs found while writing these tests, now fixed.
+
+
+def test_malformed_json_is_a_422_naming_the_body(api):
+    for raw in (b"not json", b'{"buyer": ', b"\xff\xfe\x00", b"\xff"):
+        r = api.request("POST", "/orders", content=raw, headers={"content-type": "application/json"})
+        expect_error(r, 422, "body")
+
+
+def test_unknown_paths_and_methods_use_the_error_shape(api):
+    expect_error(api.request("GET", "/no-such-endpoint"), 404, "path")
+    expect_error(api.request("DELETE", "/orders"), 405, "method")
+
+
+def test_round_ids_beyond_sqlite_range_are_not_a_500(api):
+    for round_id in (2**63 - 1, 2**63, 2**64 - 1):
+        r = api.http.get(f"/rounds/{round_id}")
+        assert r.status_code < 500, f"/rounds/{round_id} -> {r.status_code}: {r.text}"
+        expect_error(r, 404, "round_id")
+
+
+def test_non_ascii_admin_token_is_a_403(api):
+    r = api.http.post("/rounds/close", headers={"Authorization": b"Bearer t\xe9st"})
+    assert r.status_code < 500, r.text
+    expect_error(r, 403, "authorization")
+
+
+def test_concurrent_duplicates_are_409(market, buyers, api):
+    m = market
+    m.fund_buyer(buyers[0], 1_000 * UBC)
+    orders = [m.order(buyers[0]) for _ in range(8)]
+    copies = 8
+
+    def race(order) -> list[int]:
+        barrier = threading.Barrier(copies)
+        body = order_body(*order)
+
+        def one(_):
+            with httpx.Client(base_url=api.http.base_url, timeout=120) as http:
+                barrier.wait()
+                return http.post("/orders", json=body).status_code
+
+        with ThreadPoolExecutor(copies) as pool:
+            return sorted(pool.map(one, range(copies)))
+
+    statuses = [race(order) for order in orders]
+    # Exactly one copy of each message is accepted; every other copy is a 409, none a 500.
+    assert all(s == [201] + [409] * (copies - 1) for s in statuses), statuses
+    for order, _ in orders:
+        assert api.request("GET", f"/orders/{api.digest(order)}").status_code == 200
