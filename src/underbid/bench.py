@@ -118,10 +118,173 @@ def clear_10k_100k_2proc(runs: int) -> Iterator[tuple[str, float, str]]:
     yield "clear_10k_100k_2proc", bench_clear(10_000, 100_000, runs, workers=2), "s"
 
 
+# ----- benchmarks on a real anvil (started and deployed through ape, as in the tests) -----
+
+
+class _Devnet:
+    """A fresh anvil with the protocol deployed; setup is never timed."""
+
+    def __init__(self) -> None:
+        from ape import accounts, networks
+
+        from underbid.deploy import DeployParams, address_book, deploy_protocol
+
+        self._context = networks.parse_network_choice("ethereum:local:foundry")
+        self.provider = self._context.__enter__()
+        self.accounts = accounts.test_accounts
+        self.deployer, self.matcher = self.accounts[0], self.accounts[1]
+        self.params = DeployParams()
+        self.deployed = deploy_protocol(self.deployer, [self.matcher], self.params)
+        self.book = address_book(self.deployed, "local", self.deployer, self.params)
+        self.rpc = self.provider.uri
+
+    def close(self) -> None:
+        self._context.__exit__(None, None, None)
+
+    def stake(self, provider, units: int) -> None:
+        amount = units * self.params.stake_per_unit
+        ubt, settlement = self.deployed.ubt, self.deployed.settlement
+        ubt.transfer(provider, amount, sender=self.deployer)
+        if not settlement.providers(provider).registered:
+            settlement.register("bench", sender=provider)
+        ubt.approve(settlement, amount, sender=provider)
+        settlement.stake(amount, sender=provider)
+
+    def fund(self, buyer, credits: int) -> None:
+        ubt_in = -(-credits * 10**20 * 10_000 // (self.params.ubt_price * (10_000 - self.params.mint_spread_bps)))
+        ubt, bme, settlement = self.deployed.ubt, self.deployed.bme, self.deployed.settlement
+        ubt.transfer(buyer, ubt_in, sender=self.deployer)
+        ubt.approve(bme, ubt_in, sender=buyer)
+        bme.mintCredits(ubt_in, credits, sender=buyer)
+        settlement.deposit(credits, sender=buyer)
+
+
+def _signed_bids(devnet: _Devnet, providers, n: int, seed: int = 7):
+    from underbid.eip712 import Bid
+
+    rng = random.Random(seed)
+    deadline = devnet.provider.web3.eth.get_block("latest")["timestamp"] + 24 * 3600
+    market_ids = [m for m, _ in markets()[:10]]
+    out = []
+    for i in range(n):
+        p = providers[i % len(providers)]
+        bid = Bid(provider=str(p.address), market=rng.choice(market_ids), capacity=1, price=rng.randint(1, 4) * CREDIT,
+                  max_duration=7 * 24 * 3600, deadline=deadline, nonce=i)
+        out.append((bid, "0x" + bid.sign(p.private_key, devnet.book.domain).hex()))
+    return out
+
+
+def ingest(runs: int) -> Iterator[tuple[str, float, str]]:
+    """Signed bids through validation + the SQLite store (no HTTP), as the API's worker threads
+    would send them: 32 threads (uvicorn's thread pool is 40), each bid its own request, commits
+    grouped (synchronous=FULL: each commit is on disk before its request is answered)."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from underbid.chain import ChainView, connect
+    from underbid.devnet import MATCHER, dev_account
+    from underbid.matcher import Matcher
+    from underbid.store import MessageKind, Store
+
+    devnet = _Devnet()
+    try:
+        providers = list(devnet.accounts[2:12])
+        n = 6_000
+        for p in providers:
+            devnet.stake(p, n // len(providers))
+        signed = _signed_bids(devnet, providers, n)
+        with tempfile.TemporaryDirectory() as tmp:
+            matcher = Matcher(ChainView(connect(devnet.rpc), devnet.book), Store(f"{tmp}/bench.db"), dev_account(MATCHER))
+            for bid, sig in signed[:20]:  # warm the chain-fact cache
+                matcher.accept(MessageKind.BID, bid, sig)
+            work = signed[20:]
+            started = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=32) as pool:
+                list(pool.map(lambda item: matcher.accept(MessageKind.BID, *item), work))
+            elapsed = time.perf_counter() - started
+            matcher.store.close()
+        yield "ingest_bids", len(work) / elapsed, "msg/s"
+    finally:
+        devnet.close()
+
+
+def round_e2e(runs: int) -> Iterator[tuple[str, float, str]]:
+    """100 orders + 1,000 bids posted over HTTP to a real matcher process, then one round closed
+    and settled on anvil: seconds from the first POST to the confirmed settlement."""
+    import subprocess
+    import tempfile
+
+    import httpx
+
+    from underbid.eip712 import Order
+
+    devnet = _Devnet()
+    try:
+        buyers, providers = list(devnet.accounts[2:12]), list(devnet.accounts[12:32])
+        for b in buyers:
+            devnet.fund(b, 5_000 * CREDIT)
+        for p in providers:
+            devnet.stake(p, 60)
+        bids = _signed_bids(devnet, providers, 1_000)
+        rng = random.Random(11)
+        deadline = devnet.provider.web3.eth.get_block("latest")["timestamp"] + 24 * 3600
+        market_ids = [m for m, _ in markets()[:10]]
+        orders = []
+        for i in range(100):
+            b = buyers[i % len(buyers)]
+            order = Order(buyer=str(b.address), market=rng.choice(market_ids), units=rng.randint(1, 4), duration=3600,
+                          max_price=5 * CREDIT, deadline=deadline, nonce=10_000 + i)
+            orders.append((order, "0x" + order.sign(b.private_key, devnet.book.domain).hex()))
+        with tempfile.TemporaryDirectory() as tmp:
+            book_path = devnet.book.save(f"{tmp}/local.json")
+            port = 8791
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "underbid.cli", "matcher", "run", "--dev", "--rpc", devnet.rpc,
+                 "--deployment", str(book_path), "--db", f"{tmp}/m.db", "--port", str(port),
+                 "--round-seconds", "0", "--admin-token", "bench"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            url = f"http://127.0.0.1:{port}"
+            try:
+                for _ in range(300):
+                    try:
+                        if httpx.get(url + "/health", timeout=1).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        time.sleep(0.1)
+                from concurrent.futures import ThreadPoolExecutor
+
+                with httpx.Client(base_url=url, timeout=60) as http, ThreadPoolExecutor(max_workers=8) as pool:
+                    def post(item, path):
+                        message, sig = item
+                        r = http.post(path, json={**message.model_dump(by_alias=True), "signature": sig})
+                        assert r.status_code == 201, r.text
+
+                    started = time.perf_counter()
+                    list(pool.map(lambda it: post(it, "/bids"), bids))
+                    list(pool.map(lambda it: post(it, "/orders"), orders))
+                    posted = time.perf_counter()
+                    report = http.post("/rounds/close", headers={"Authorization": "Bearer bench"}, timeout=300).json()
+                    done = time.perf_counter()
+                assert report["state"] == "confirmed", report
+            finally:
+                proc.terminate()
+                proc.wait(timeout=10)
+        yield "round_e2e_100x1000", done - started, "s"
+        yield "round_e2e_post_1100", posted - started, "s"
+        yield "round_e2e_close_and_settle", done - posted, "s"
+        yield "round_e2e_matches", report["matches"], "matches"
+        yield "round_e2e_gas", report["gas_used"], "gas"
+    finally:
+        devnet.close()
+
+
 BENCHMARKS: dict[str, Callable[[int], Iterator[tuple[str, float, str]]]] = {
     "clear_1k_10k": clear_1k_10k,
     "clear_10k_100k": clear_10k_100k,
     "clear_10k_100k_2proc": clear_10k_100k_2proc,
+    "ingest": ingest,
+    "round_e2e": round_e2e,
 }
 
 

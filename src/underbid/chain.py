@@ -129,9 +129,12 @@ class ChainView:
         return self.cache.get(("escrow", buyer), lambda: self.settlement.functions.escrowOf(buyer).call()[0])
 
     def nonce_used(self, signer: str, nonce: int) -> bool:
-        return self.cache.get(
-            ("nonce", signer, nonce), lambda: self.settlement.functions.isNonceUsed(signer, nonce).call()
+        # One read per 256-nonce bitmap word: a signer's consecutive nonces share it.
+        word = nonce >> 8
+        bitmap = self.cache.get(
+            ("nonces", signer, word), lambda: self.settlement.functions.nonceBitmap(signer, word).call()
         )
+        return bool(bitmap >> (nonce & 0xFF) & 1)
 
     def remaining(self, digest: bytes, signer: str, nonce: int, total: int) -> int:
         """Units a message can still fill on chain (uncached: used right before settlement)."""
@@ -143,4 +146,5 @@ class ChainView:
         return matcher, batches, settled_at
 
     def block_time(self) -> int:
-        return self.w3.eth.get_block("latest")["timestamp"]
+        """The latest block's timestamp (cached like the other facts: deadlines are coarse)."""
+        return self.cache.get("block_time", lambda: self.w3.eth.get_block("latest")["timestamp"])

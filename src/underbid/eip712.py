@@ -6,21 +6,20 @@ definition, and the test suite checks the result against the contract's `typeHas
 `hashOrder` and `hashBid`.
 
 The verifier hashes with a precomputed type hash and fixed 32-byte words (about 10x cheaper than
-eth-account's generic `encode_typed_data`), and recovers signers through eth-keys' coincurve
-backend (about 40x faster than its pure-Python backend).
+eth-account's generic `encode_typed_data`), and recovers signers with coincurve (libsecp256k1):
+~0.1 ms a signature here, against ~0.25 ms through eth-keys' coincurve backend and ~9 ms through
+its pure-Python one. The test suite checks it against eth-account's recovery.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Annotated, Any, ClassVar
 
 from eth_account import Account
 from eth_account.messages import encode_typed_data
-from eth_keys import KeyAPI
-from eth_keys.backends import CoinCurveECCBackend
-from eth_keys.exceptions import BadSignature
+import coincurve
 from eth_utils import keccak, to_checksum_address
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -28,7 +27,6 @@ from pydantic.alias_generators import to_camel
 DOMAIN_NAME = "Underbid"
 DOMAIN_VERSION = "1"
 
-_keys = KeyAPI(backend=CoinCurveECCBackend())
 # secp256k1 group order; signatures with s above half of it are malleated copies (EIP-2).
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
@@ -48,10 +46,16 @@ def _bytes32_hex(value: str) -> str:
     return text
 
 
+@lru_cache(maxsize=65_536)
+def checksum(address: str | bytes) -> str:
+    """EIP-55 checksummed address, cached: the same few thousand accounts recur constantly."""
+    return to_checksum_address(address)
+
+
 def _address(value: str) -> str:
     if not isinstance(value, str) or not value.startswith("0x") or len(value) != 42:
         raise ValueError("must be a 0x-prefixed 20-byte address")
-    return to_checksum_address(value)
+    return checksum(value)
 
 
 Address = Annotated[str, AfterValidator(_address), Sol("address")]
@@ -122,6 +126,14 @@ class TypedMessage(BaseModel):
         """Signs through eth-account's standard typed-data path, as a wallet would."""
         signed = Account.sign_message(encode_typed_data(full_message=self.typed_data(domain)), private_key)
         return bytes(signed.signature)
+
+    def sign_fast(self, private_key: coincurve.PrivateKey, domain: Domain) -> bytes:
+        """The same signature as `sign` (RFC 6979, low s), made over our own digest by libsecp256k1.
+
+        For the matcher's hot path (a receipt per accepted bid); the tests check it equals `sign`.
+        """
+        raw = private_key.sign_recoverable(self.digest(domain), hasher=None)
+        return raw[:64] + bytes([raw[64] + 27])
 
     def as_call_tuple(self) -> tuple:
         """The message as a tuple for a contract call (struct argument)."""
@@ -238,8 +250,10 @@ def recover_signer(digest: bytes, signature: bytes) -> str:
         raise SignatureError(f"signature v must be 27 or 28, got {v}")
     if s > _SECP256K1_N // 2:
         raise SignatureError("signature s is in the upper half of the curve order (malleated)")
+    if not (0 < r < _SECP256K1_N and 0 < s):
+        raise SignatureError("signature r or s is out of range")
     try:
-        public_key = _keys.Signature(vrs=(v - 27, r, s)).recover_public_key_from_msg_hash(digest)
-    except (BadSignature, ValueError) as exc:
+        public_key = coincurve.PublicKey.from_signature_and_message(signature[:64] + bytes([v - 27]), digest, hasher=None)
+    except ValueError as exc:
         raise SignatureError(f"signature cannot be recovered: {exc}") from exc
-    return public_key.to_checksum_address()
+    return checksum(keccak(public_key.format(compressed=False)[1:])[-20:])

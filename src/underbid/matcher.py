@@ -10,8 +10,11 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
+import coincurve
 from eth_account.signers.local import LocalAccount
 
 from underbid import failpoints
@@ -49,7 +52,12 @@ class Matcher:
         self.validator = Validator(chain.book.domain, chain, store)
         self.submitter = Submitter(chain, store, account)
         self._round_lock = threading.Lock()
-        self._intake_lock = threading.Lock()
+        # Intake holds it shared (many requests commit at once, their commits grouped); the round
+        # snapshot holds it exclusive, so a receipted bid is always in its round's snapshot.
+        self._intake_lock = SharedExclusiveLock()
+        self._signing_key = coincurve.PrivateKey(bytes(account.key))
+        #: The round taking messages; changes only under the exclusive intake lock.
+        self._intake_round = store.open_round()
 
     # ----- intake -----
 
@@ -61,7 +69,7 @@ class Matcher:
         """
         now = retry_rpc(self.chain.block_time)
         accepted = self.validator.check(kind, message, signature_hex, spec, now)
-        with self._intake_lock:
+        with self._intake_lock.shared():
             receipt = self._receipt(accepted.digest, now) if kind is MessageKind.BID else None
             try:
                 self.store.add_message(kind, accepted.digest, message, accepted.signature, receipt)
@@ -72,8 +80,8 @@ class Matcher:
         return replace(accepted, receipt=receipt)
 
     def _receipt(self, bid_digest: str, now: int) -> dict:
-        receipt = Receipt(bid_hash=bid_digest, round=self.store.open_round(), issued_at=now)
-        signature = receipt.sign(self.account.key, self.chain.book.domain)
+        receipt = Receipt(bid_hash=bid_digest, round=self._intake_round, issued_at=now)
+        signature = receipt.sign_fast(self._signing_key, self.chain.book.domain)
         return {**receipt.model_dump(by_alias=True), "signature": "0x" + signature.hex()}
 
     # ----- rounds -----
@@ -86,13 +94,15 @@ class Matcher:
                 # The crash came between snapshot and clearing: nothing was sent, so the round is
                 # abandoned and its messages (still open in the store) go to the next round.
                 self.store.fail_round(round_id, "matcher stopped between snapshot and clearing")
-            round_id = self.store.open_round()
-            matcher, landed, _ = retry_rpc(lambda: self.chain.round_state(round_id))
-            while landed:
-                log.warning("round id %s is already used on chain by %s; skipping it", round_id, matcher)
-                self.store.fail_round(round_id, f"round id used on chain by {matcher}")
+            with self._intake_lock.exclusive():
                 round_id = self.store.open_round()
                 matcher, landed, _ = retry_rpc(lambda: self.chain.round_state(round_id))
+                while landed:
+                    log.warning("round id %s is already used on chain by %s; skipping it", round_id, matcher)
+                    self.store.fail_round(round_id, f"round id used on chain by {matcher}")
+                    round_id = self.store.open_round()
+                    matcher, landed, _ = retry_rpc(lambda: self.chain.round_state(round_id))
+                self._intake_round = round_id
             return done
 
     def close_round(self) -> RoundReport:
@@ -104,18 +114,22 @@ class Matcher:
             started = time.perf_counter()
             if self.store.rounds_in(RoundState.CLEARED, RoundState.SUBMITTED):
                 self.submitter.reconcile()  # an earlier round's submission failed: finish it first
+            self.chain.cache.invalidate()  # the round judges deadlines and funds by fresh chain state
             now = retry_rpc(self.chain.block_time)
-            with self._intake_lock:
+            with self._intake_lock.exclusive():
                 round_id = self.store.open_round()
                 orders = self.store.open_messages(MessageKind.ORDER, now)
                 bids = self.store.open_messages(MessageKind.BID, now)
                 self.store.close_intake(round_id)
+                self._intake_round = self.store.open_round()
             t_snapshot = time.perf_counter()
 
             clearing, dropped = self._clear_fundable(orders, bids)
             t_clear = time.perf_counter()
             if not clearing.matches:
-                self.store.reopen_intake(round_id)
+                with self._intake_lock.exclusive():
+                    self.store.reopen_intake(round_id)
+                    self._intake_round = self.store.open_round()
                 return RoundReport(round_id, RoundState.OPEN.value, len(orders), len(bids), dropped=dropped)
 
             matches = [
@@ -237,6 +251,46 @@ def _bid_lot(s: StoredMessage, caps: dict[str, int]) -> BidLot:
     return BidLot(
         key=s.digest, market=b.market, provider=b.provider, capacity=capacity, price=b.price, max_duration=b.max_duration
     )
+
+
+class SharedExclusiveLock:
+    """A readers-writer lock: any number of shared holders, or one exclusive holder.
+
+    A waiting exclusive holder blocks new shared holders, so a round close is not starved by
+    a steady stream of submissions.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting_exclusive = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive and not self._waiting_exclusive)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_exclusive += 1
+            self._cond.wait_for(lambda: not self._exclusive and self._shared == 0)
+            self._waiting_exclusive -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
 
 
 class RoundTimer:

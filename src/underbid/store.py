@@ -132,6 +132,13 @@ class StoredRound:
     batches: tuple[StoredBatch, ...]
 
 
+@dataclass
+class _PendingWrite:
+    rows: list[tuple]
+    done: bool = False
+    error: Exception | None = None
+
+
 class Store:
     """A SQLite database shared by the API threads and the round worker.
 
@@ -146,6 +153,9 @@ class Store:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
+        self._pending_lock = threading.Lock()
+        self._pending: list[_PendingWrite] = []
+        self._readers = threading.local()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -154,6 +164,21 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection for reads. In WAL mode readers never wait for the writer, so each thread
+        reads through its own connection instead of queueing behind a commit's fsync."""
+        if self.path == ":memory:":
+            with self._lock:
+                yield self._db
+            return
+        db = getattr(self._readers, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            self._readers.db = db
+        yield db
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -169,8 +194,14 @@ class Store:
     # ----- messages -----
 
     def add_messages(self, items: Iterable[tuple[MessageKind, str, SignedMessage, bytes, dict | None]]) -> None:
-        """Commits messages in one transaction. Raises DuplicateMessage (and commits none) if any
-        digest is already stored."""
+        """Commits messages durably. Raises DuplicateMessage (and commits none of `items`) if any
+        digest is already stored.
+
+        Group commit: concurrent callers queue their rows and whichever holds the commit lock
+        writes every queued request in one transaction, one savepoint each, so a burst of
+        requests shares one fsync instead of paying one each. Each caller returns only after
+        the transaction holding its rows has committed.
+        """
         now = time.time()
         rows = [
             (
@@ -187,15 +218,42 @@ class Store:
             )
             for kind, digest, message, signature, receipt in items
         ]
+        request = _PendingWrite(rows)
+        with self._pending_lock:
+            self._pending.append(request)
+        with self._lock:
+            if not request.done:
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._commit_group(batch)
+        if request.error is not None:
+            raise request.error
+
+    def _commit_group(self, batch: list[_PendingWrite]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
         try:
-            with self._tx() as db:
-                db.executemany(
-                    "INSERT INTO messages (digest, kind, signer, market, total, deadline, body, signature, receipt,"
-                    " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-        except sqlite3.IntegrityError as exc:
-            raise DuplicateMessage(str(exc)) from None
+            for i, request in enumerate(batch):
+                db.execute(f"SAVEPOINT w{i}")
+                try:
+                    db.executemany(
+                        "INSERT INTO messages (digest, kind, signer, market, total, deadline, body, signature,"
+                        " receipt, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        request.rows,
+                    )
+                except sqlite3.IntegrityError as exc:
+                    db.execute(f"ROLLBACK TO w{i}")
+                    request.error = DuplicateMessage(str(exc))
+                db.execute(f"RELEASE w{i}")
+            db.execute("COMMIT")
+        except BaseException as exc:
+            db.execute("ROLLBACK")
+            for request in batch:
+                request.error = request.error or exc
+            raise
+        finally:
+            for request in batch:
+                request.done = True
 
     def add_message(
         self, kind: MessageKind, digest: str, message: SignedMessage, signature: bytes, receipt: dict | None = None
@@ -203,8 +261,8 @@ class Store:
         self.add_messages([(kind, digest, message, signature, receipt)])
 
     def get_message(self, digest: str, kind: MessageKind | None = None) -> StoredMessage | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM messages WHERE digest = ?", (digest.lower(),)).fetchone()
+        with self._reading() as db:
+            row = db.execute("SELECT * FROM messages WHERE digest = ?", (digest.lower(),)).fetchone()
         if row is None or (kind is not None and row["kind"] != kind.value):
             return None
         return _message(row)
@@ -216,8 +274,8 @@ class Store:
         if market is not None:
             query += " AND market = ?"
             args.append(market)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY received_at, digest", args).fetchall()
+        with self._reading() as db:
+            rows = db.execute(query + " ORDER BY received_at, digest", args).fetchall()
         return [_message(r) for r in rows]
 
     def messages_of(self, signer: str, kind: MessageKind | None = None) -> list[StoredMessage]:
@@ -225,14 +283,14 @@ class Store:
         if kind is not None:
             query += " AND kind = ?"
             args.append(kind.value)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY received_at", args).fetchall()
+        with self._reading() as db:
+            rows = db.execute(query + " ORDER BY received_at", args).fetchall()
         return [_message(r) for r in rows]
 
     def live_bid_capacity(self, provider: str, now: int) -> int:
         """Units the provider's open, unexpired bids can still fill: the stake they reserve."""
-        with self._lock:
-            row = self._db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT COALESCE(SUM(total - filled), 0) FROM messages"
                 " WHERE kind = 'bid' AND status = 'open' AND signer = ? AND deadline >= ?",
                 (provider, now),
@@ -250,8 +308,8 @@ class Store:
             db.execute("INSERT OR IGNORE INTO markets (market, spec) VALUES (?, ?)", (market, spec))
 
     def market_summary(self, now: int) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT m.market, k.spec,"
                 " SUM(m.kind = 'order' AND m.status = 'open' AND m.deadline >= ?) AS open_orders,"
                 " SUM(m.kind = 'bid' AND m.status = 'open' AND m.deadline >= ?) AS open_bids"
@@ -345,17 +403,17 @@ class Store:
 
     def rounds_in(self, *states: RoundState) -> list[StoredRound]:
         marks = ",".join("?" * len(states))
-        with self._lock:
-            ids = [r[0] for r in self._db.execute(f"SELECT id FROM rounds WHERE state IN ({marks}) ORDER BY id",
+        with self._reading() as db:
+            ids = [r[0] for r in db.execute(f"SELECT id FROM rounds WHERE state IN ({marks}) ORDER BY id",
                                                   [s.value for s in states])]
         return [r for r in (self.get_round(i) for i in ids) if r is not None]
 
     def get_round(self, round_id: int) -> StoredRound | None:
         if not 0 <= round_id < 2**63:  # SQLite integers are signed 64-bit
             return None
-        with self._lock:
-            row = self._db.execute("SELECT * FROM rounds WHERE id = ?", (round_id,)).fetchone()
-            batches = self._db.execute("SELECT * FROM batches WHERE round_id = ? ORDER BY batch", (round_id,)).fetchall()
+        with self._reading() as db:
+            row = db.execute("SELECT * FROM rounds WHERE id = ?", (round_id,)).fetchone()
+            batches = db.execute("SELECT * FROM batches WHERE round_id = ? ORDER BY batch", (round_id,)).fetchall()
         if row is None:
             return None
         return StoredRound(

@@ -48,3 +48,11 @@ def test_recover_signer_matches_eth_account(market, domain, buyers):
     assert recover_signer(order.digest(domain), signature) == buyers[1].address
     signable = encode_typed_data(full_message=order.typed_data(domain))
     assert Account.recover_message(signable, signature=signature) == buyers[1].address
+
+
+def test_fast_signing_equals_eth_account_signing(domain, matcher):
+    import coincurve
+
+    receipt = Receipt(bid_hash="0x" + "cd" * 32, round=9, issued_at=1_700_000_123)
+    fast = receipt.sign_fast(coincurve.PrivateKey(bytes.fromhex(matcher.private_key.removeprefix("0x"))), domain)
+    assert fast == receipt.sign(matcher.private_key, domain)
