@@ -125,10 +125,30 @@ class _Devnet:
     """A fresh anvil with the protocol deployed; setup is never timed."""
 
     def __init__(self) -> None:
+        import os
+        import socket
+        import subprocess
+
         from ape import accounts, networks
 
         from underbid.deploy import DeployParams, address_book, deploy_protocol
 
+        # anvil is started here rather than by ape, because ape-foundry always adds
+        # --steps-tracing, which slows big settlements several-fold; a devnet does not trace.
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self._anvil = subprocess.Popen(
+            ["anvil", "--port", str(port), "--accounts", "32", "--balance", "1000000", "--silent"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        os.environ["APE_FOUNDRY_HOST"] = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
         self._context = networks.parse_network_choice("ethereum:local:foundry")
         self.provider = self._context.__enter__()
         self.accounts = accounts.test_accounts
@@ -136,10 +156,12 @@ class _Devnet:
         self.params = DeployParams()
         self.deployed = deploy_protocol(self.deployer, [self.matcher], self.params)
         self.book = address_book(self.deployed, "local", self.deployer, self.params)
-        self.rpc = self.provider.uri
+        self.rpc = f"http://127.0.0.1:{port}"
 
     def close(self) -> None:
         self._context.__exit__(None, None, None)
+        self._anvil.terminate()
+        self._anvil.wait(timeout=10)
 
     def stake(self, provider, units: int) -> None:
         amount = units * self.params.stake_per_unit
@@ -273,6 +295,8 @@ def round_e2e(runs: int) -> Iterator[tuple[str, float, str]]:
         yield "round_e2e_100x1000", done - started, "s"
         yield "round_e2e_post_1100", posted - started, "s"
         yield "round_e2e_close_and_settle", done - posted, "s"
+        for stage, seconds in (report.get("seconds") or {}).items():
+            yield f"round_e2e_stage_{stage}", seconds, "s"
         yield "round_e2e_matches", report["matches"], "matches"
         yield "round_e2e_gas", report["gas_used"], "gas"
     finally:

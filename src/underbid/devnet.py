@@ -1,8 +1,25 @@
-"""Local devnet facts: the well-known test mnemonic that anvil and ape both use."""
+"""Local devnet: the well-known test keys, and `underbid devnet up|down|status|fund|advance`.
+
+`up` starts anvil (from the npm package), deploys with `ape run deploy` against that anvil, funds
+the demo accounts with UBT, starts a matcher in the background, and records pids, URLs and the
+matcher's admin token in `.underbid/devnet.json`. `down` stops both processes by their recorded ids.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from functools import cache
+from pathlib import Path
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -10,11 +27,342 @@ from eth_account.signers.local import LocalAccount
 #: anvil's and ape's default test mnemonic. These keys are public: devnet use only.
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 DEV_RPC = "http://127.0.0.1:8545"
+DEV_MATCHER_URL = "http://127.0.0.1:8700"
+DEV_CHAIN_ID = 31337
 #: Account roles on the devnet, by index (ape's test accounts follow the same order).
 DEPLOYER, MATCHER = 0, 1
+PROVIDERS = (2, 3, 4, 5, 6)
+BUYERS = (7, 8, 9)
+REPORTER = 10
+#: Demo accounts `devnet up` gives UBT to, and how much each.
+FUNDED = (*PROVIDERS, *BUYERS, REPORTER)
+FUND_UBT = 5_000 * 10**18
+ANVIL_ACCOUNTS = 20
 
 
 @cache
 def dev_account(index: int) -> LocalAccount:
     Account.enable_unaudited_hdwallet_features()
     return Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+
+
+class DevnetError(Exception):
+    """A one-line devnet error."""
+
+
+# ----- where things are -----
+
+
+def project_root() -> Path | None:
+    """The Underbid checkout (it holds ape-config.yaml and contracts/), from the cwd or this package."""
+    candidates = [Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parents[2]]
+    for base in candidates:
+        if (base / "ape-config.yaml").is_file() and (base / "contracts").is_dir():
+            return base
+    return None
+
+
+def devnet_dir() -> Path:
+    env = os.environ.get("UNDERBID_DEVNET_DIR")
+    if env:
+        return Path(env).resolve()
+    root = project_root()
+    return (root or Path.cwd()) / ".underbid"
+
+
+def state_path(directory: Path | None = None) -> Path:
+    return (directory or devnet_dir()) / "devnet.json"
+
+
+@dataclass
+class DevnetState:
+    rpc: str
+    port: int
+    chain_id: int
+    deployment: str
+    matcher_url: str
+    admin_token: str
+    anvil_pid: int
+    matcher_pid: int
+    logs: dict[str, str] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the admin token
+        with os.fdopen(fd, "w") as out:
+            json.dump(asdict(self), out, indent=2)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> DevnetState | None:
+        path = path or state_path()
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def alive(self) -> dict[str, bool]:
+        return {"anvil": _alive(self.anvil_pid, "anvil"), "matcher": _alive(self.matcher_pid, "underbid")}
+
+
+# ----- processes -----
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _alive(pid: int, needle: str) -> bool:
+    """True if `pid` runs and its command line mentions `needle` (a reused pid is not ours)."""
+    if pid <= 0:
+        return False
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)  # reap it if it is our own exited child
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    cmdline = _cmdline(pid)
+    return needle in cmdline if cmdline else True
+
+
+def stop_process(pid: int, needle: str, timeout: float = 15.0) -> bool:
+    """Stops the process group led by `pid` (started by `up` in its own session). True if it was running."""
+    if not _alive(pid, needle):
+        return False
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _alive(pid, needle):
+                return True
+            time.sleep(0.1)
+    return True
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_anvil() -> str:
+    root = project_root()
+    if root and (root / "node_modules/.bin/anvil").exists():
+        return str(root / "node_modules/.bin/anvil")
+    found = shutil.which("anvil")
+    if not found:
+        raise DevnetError("anvil not found: run `bash scripts/setup.sh` (it installs anvil from npm)")
+    return found
+
+
+def find_ape() -> str:
+    local = Path(sys.executable).parent / "ape"
+    if local.exists():
+        return str(local)
+    found = shutil.which("ape")
+    if not found:
+        raise DevnetError("ape not found: run `bash scripts/setup.sh`")
+    return found
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _wait(check: Callable[[], bool], proc: subprocess.Popen, what: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DevnetError(f"{what} exited with code {proc.returncode}; see {log}:\n{_tail(log)}")
+        if check():
+            return
+        time.sleep(0.2)
+    raise DevnetError(f"{what} did not come up within {timeout:.0f} s; see {log}")
+
+
+def _rpc_answers(url: str) -> bool:
+    import httpx
+
+    try:
+        r = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}, timeout=1)
+        return r.status_code == 200 and "result" in r.json()
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+def _health(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url + "/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_anvil(port: int, log: Path) -> subprocess.Popen:
+    cmd = [find_anvil(), "--host", "127.0.0.1", "--port", str(port), "--mnemonic", DEV_MNEMONIC,
+           "--accounts", str(ANVIL_ACCOUNTS), "--balance", "10000", "--chain-id", str(DEV_CHAIN_ID)]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    _wait(lambda: _rpc_answers(f"http://127.0.0.1:{port}"), proc, "anvil", log, 30)
+    return proc
+
+
+def deploy(rpc: str, out: Path, log: Path) -> None:
+    """`ape run deploy` against the running anvil at `rpc` (APE_FOUNDRY_HOST makes ape connect to it)."""
+    root = project_root()
+    if root is None:
+        raise DevnetError("cannot find the Underbid project (ape-config.yaml, contracts/) to deploy from")
+    env = {**os.environ, "APE_FOUNDRY_HOST": rpc}
+    cmd = [find_ape(), "run", "deploy", "--network", "ethereum:local:foundry", "--out", str(out)]
+    with log.open("wb") as out_log:
+        done = subprocess.run(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out_log,
+                              stderr=subprocess.STDOUT, timeout=600)
+    if done.returncode != 0 or not out.exists():
+        raise DevnetError(f"deployment failed (exit {done.returncode}); see {log}:\n{_tail(log)}")
+
+
+def start_matcher(rpc: str, deployment: Path, db: Path, port: int, token: str, log: Path,
+                  round_seconds: float = 0) -> subprocess.Popen:
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)  # a fresh chain needs a fresh store
+    cmd = [sys.executable, "-m", "underbid.cli", "matcher", "run", "--dev", "--rpc", rpc,
+           "--deployment", str(deployment), "--db", str(db), "--port", str(port),
+           "--round-seconds", str(round_seconds), "--admin-token", token]
+    env = {k: v for k, v in os.environ.items() if k not in ("UNDERBID_MATCHER_KEY", "UNDERBID_FAILPOINT")}
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+    _wait(lambda: _health(f"http://127.0.0.1:{port}"), proc, "the matcher", log, 60)
+    return proc
+
+
+def fund_ubt(rpc: str, deployment: Path, indexes: tuple[int, ...] = FUNDED, amount: int = FUND_UBT) -> None:
+    """Sends `amount` UBT from the deployer to each dev account in `indexes`."""
+    from underbid.client import Client
+
+    client = Client(rpc, deployment, dev_account(DEPLOYER))
+    for index in indexes:
+        client.transact(client.ubt.functions.transfer(dev_account(index).address, amount), f"fund dev:{index}")
+
+
+def up(*, port: int = 8545, matcher_port: int = 8700, directory: Path | None = None, round_seconds: float = 0,
+       progress: Callable[[str], None] = lambda _: None) -> DevnetState:
+    """Starts anvil, deploys, funds the demo accounts and starts the matcher. Returns the saved state."""
+    explicit = directory is not None or bool(os.environ.get("UNDERBID_DEVNET_DIR"))
+    directory = (directory or devnet_dir()).resolve()
+    path = state_path(directory)
+    existing = DevnetState.load(path)
+    if existing and any(existing.alive().values()):
+        raise DevnetError(f"a devnet is already up at {existing.rpc} (state {path}): `underbid devnet down` first")
+    for p, what in ((port, "anvil"), (matcher_port, "the matcher")):
+        if port_in_use(p):
+            raise DevnetError(f"port {p} for {what} is in use: stop what runs there or pick another (--port/--matcher-port)")
+    root = project_root()
+    # The project's address book (what `ape run deploy` writes), unless the devnet lives elsewhere.
+    deployment = directory / "local.json" if explicit or root is None else root / "deployments/local.json"
+    logs = {"anvil": directory / "anvil.log", "deploy": directory / "deploy.log", "matcher": directory / "matcher.log"}
+    rpc = f"http://127.0.0.1:{port}"
+    token = secrets.token_urlsafe(24)
+    progress(f"starting anvil on port {port}")
+    anvil = start_anvil(port, logs["anvil"])
+    matcher = None
+    try:
+        progress("deploying the contracts (ape run deploy)")
+        deploy(rpc, deployment, logs["deploy"])
+        progress("funding the demo accounts with UBT")
+        fund_ubt(rpc, deployment)
+        progress(f"starting the matcher on port {matcher_port}")
+        matcher = start_matcher(rpc, deployment, directory / "devnet-matcher.db", matcher_port, token,
+                                logs["matcher"], round_seconds)
+    except BaseException:
+        if matcher is not None:
+            stop_process(matcher.pid, "underbid")
+        stop_process(anvil.pid, "anvil")
+        raise
+    state = DevnetState(rpc=rpc, port=port, chain_id=DEV_CHAIN_ID, deployment=str(deployment.resolve()),
+                        matcher_url=f"http://127.0.0.1:{matcher_port}", admin_token=token,
+                        anvil_pid=anvil.pid, matcher_pid=matcher.pid, logs={k: str(v) for k, v in logs.items()})
+    state.save(path)
+    return state
+
+
+def down(directory: Path | None = None) -> dict[str, bool] | None:
+    """Stops the recorded matcher and anvil. Returns which were running, or None if no devnet is recorded."""
+    path = state_path(directory)
+    state = DevnetState.load(path)
+    if state is None:
+        return None
+    stopped = {"matcher": stop_process(state.matcher_pid, "underbid"), "anvil": stop_process(state.anvil_pid, "anvil")}
+    path.unlink(missing_ok=True)
+    return stopped
+
+
+# ----- time travel and faucet (local chains only) -----
+
+
+def advance(client, seconds: int, *, repost_price: bool = True) -> int:
+    """Moves the chain's clock forward `seconds` and mines a block; re-posts the oracle price (the
+    deployer is the devnet's updater) so minting and redeeming keep working. Returns the new time."""
+    w3 = client.w3
+    if client.chain_id != DEV_CHAIN_ID:
+        raise DevnetError(f"time travel works only on a local devnet (chain {DEV_CHAIN_ID}), not chain {client.chain_id}")
+    if seconds > 0:
+        w3.provider.make_request("evm_increaseTime", [int(seconds)])
+    w3.provider.make_request("evm_mine", [])
+    if repost_price:
+        repost_oracle_price(client)
+    return int(w3.eth.get_block("latest")["timestamp"])
+
+
+def repost_oracle_price(client) -> None:
+    price, _ = client.oracle.functions.lastPosted().call()
+    if not price:
+        return
+    updater = client.with_account(dev_account(DEPLOYER))
+    updater.transact(updater.oracle.functions.setPrice(price), "re-post the oracle price")
+
+
+def fund(client, address: str, *, eth: int = 0, ubt: int = 0) -> None:
+    """Devnet faucet: sets ETH with anvil_setBalance (adds `eth`) and sends UBT from the deployer."""
+    if client.chain_id != DEV_CHAIN_ID:
+        raise DevnetError(f"the faucet works only on a local devnet (chain {DEV_CHAIN_ID}), not chain {client.chain_id}")
+    if eth:
+        balance = client.w3.eth.get_balance(address)
+        client.w3.provider.make_request("anvil_setBalance", [address, hex(balance + eth)])
+    if ubt:
+        deployer = client.with_account(dev_account(DEPLOYER))
+        have = deployer.ubt_balance(deployer.address)
+        if have < ubt:
+            raise DevnetError("the deployer holds too little UBT to fund that")
+        deployer.transact(deployer.ubt.functions.transfer(address, ubt), "send UBT from the deployer")

@@ -1,4 +1,4 @@
-"""The `underbid` command. Thin: it parses, calls the library and prints."""
+"""`underbid matcher run | close-round | round`."""
 
 from __future__ import annotations
 
@@ -9,20 +9,13 @@ from pathlib import Path
 
 import click
 
+from underbid.cli._common import DEFAULT_DEPLOYMENT, Env, common_options, kv_table
 from underbid.devnet import DEV_RPC, MATCHER, dev_account
-
-DEFAULT_DEPLOYMENT = Path("deployments/local.json")
 
 
 @click.group()
-@click.version_option(package_name="underbid")
-def main() -> None:
-    """Underbid: a settlement protocol for decentralized GPU compute."""
-
-
-@main.group()
 def matcher() -> None:
-    """Run the off-chain matcher."""
+    """Run the off-chain matcher, or close a round on one."""
 
 
 def _matcher_account(key_env: str, dev: bool):
@@ -68,5 +61,50 @@ def matcher_run(rpc, deployment, db, host, port, round_seconds, admin_token, key
     serve(service, host, port, round_seconds, admin_token)
 
 
-if __name__ == "__main__":
-    main()
+@matcher.command("close-round")
+@click.option("--admin-token", envvar="UNDERBID_ADMIN_TOKEN", default=None,
+              help="The matcher's admin token [$UNDERBID_ADMIN_TOKEN; default: the running devnet's].")
+@common_options
+def matcher_close_round(env: Env, admin_token: str | None) -> None:
+    """Close the matcher's open round now: clear it and settle it on chain (admin)."""
+    token = admin_token or (env.devnet.admin_token if env.devnet else None)
+    if not token:
+        raise click.UsageError("pass --admin-token (or set $UNDERBID_ADMIN_TOKEN); a devnet's token is used by default")
+    with env.progress("closing the round"):
+        report = env.matcher().close_round(token)
+
+    def render(console):
+        prices = report.get("prices") or {}
+        rows = [("round", report.get("round_id")), ("state", report.get("state")), ("orders", report.get("orders")),
+                ("bids", report.get("bids")), ("matches", report.get("matches")), ("dropped", report.get("dropped")),
+                ("gas used", report.get("gas_used"))]
+        from underbid.units import format_credits
+
+        rows += [(f"price {m[:10]}…", f"{format_credits(int(p))} UBC/unit-hour") for m, p in prices.items()]
+        console.print(kv_table("round closed" if report.get("matches") else "nothing to match: round stays open", rows))
+
+    env.emit(report, render)
+
+
+@matcher.command("round")
+@click.argument("round_id", type=click.IntRange(0, 2**64 - 1))
+@common_options
+def matcher_round(env: Env, round_id: int) -> None:
+    """Show a round as the matcher recorded it: state, clearing prices, matches, batches."""
+    data = env.matcher().round(round_id)
+
+    def render(console):
+        from underbid.units import format_credits
+
+        clearing = data.get("clearing") or {}
+        rows = [("round", data["id"]), ("state", data["state"])]
+        rows += [(f"price {m[:10]}…", f"{format_credits(int(p))} UBC/unit-hour") for m, p in clearing.get("prices", {}).items()]
+        rows.append(("matches", len(clearing.get("matches", []))))
+        for b in data.get("batches", []):
+            rows.append((f"batch {b['batch']}", f"{b['state']} tx {b['tx_hash']} gas {b['gas_used']}"))
+        console.print(kv_table(None, rows))
+
+    env.emit(data, render)
+
+
+COMMANDS = [matcher]

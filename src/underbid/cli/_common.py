@@ -1,0 +1,365 @@
+"""What every `underbid` command shares: error handling, the common options, parameter types, output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from underbid.devnet import DEV_MATCHER_URL, DEV_RPC, DevnetError, DevnetState
+from underbid.units import AmountError, CREDIT_DECIMALS, UBT_DECIMALS, format_credits, format_ubt, parse_amount
+
+DEFAULT_DEPLOYMENT = Path("deployments/local.json")
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def print_error(message: str) -> None:
+    click.echo(f"error: {_one_line(message)}", err=True)
+
+
+def _runtime_errors() -> tuple[type[BaseException], ...]:
+    from underbid.client import UnderbidError
+    from underbid.markets import MarketSpecError
+    from underbid.sdl import SdlError
+    from underbid.wallet import WalletError
+
+    return UnderbidError, WalletError, SdlError, DevnetError, AmountError, MarketSpecError
+
+
+def make_console(stderr: bool = False) -> Console:
+    """Rich output; when not on a terminal (pipes, logs, tests), wide enough for 0x addresses."""
+    stream = sys.stderr if stderr else sys.stdout
+    wide = None if stream.isatty() else int(os.environ.get("COLUMNS") or 140)
+    return Console(highlight=False, width=wide, stderr=stderr)
+
+
+class UnderbidGroup(click.Group):
+    """The root group: every error ends as one `error: ...` line on stderr, never a traceback.
+
+    Exit codes: 0 success, 1 runtime error (chain, matcher, wallet), 2 usage error (bad option).
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D401
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            message = exc.format_message()
+            hint = ""
+            if exc.ctx is not None and not isinstance(exc, click.BadParameter):
+                hint = f" (see `{exc.ctx.command_path} --help`)"
+            print_error(message[:1].lower() + message[1:] + hint)
+            sys.exit(2)
+        except click.ClickException as exc:
+            print_error(exc.format_message())
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            print_error("aborted")
+            sys.exit(1)
+        except KeyboardInterrupt:
+            print_error("interrupted")
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - the one place that turns anything left into one line
+            if isinstance(exc, _runtime_errors()):
+                print_error(str(exc))
+                sys.exit(1)
+            if os.environ.get("UNDERBID_DEBUG"):
+                raise
+            print_error(f"unexpected {type(exc).__name__}: {exc} (set UNDERBID_DEBUG=1 for the traceback)")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+# ----- parameter types -----
+
+
+class AmountType(click.ParamType):
+    """A human amount in a token's units (`1.25`), parsed as Decimal into base units."""
+
+    def __init__(self, decimals: int, unit: str, *, allow_zero: bool = False):
+        self.decimals, self.unit, self.allow_zero = decimals, unit, allow_zero
+        self.name = unit
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_amount(value, self.decimals, allow_zero=self.allow_zero, what=f"{self.unit} amount")
+        except AmountError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+CREDITS = AmountType(CREDIT_DECIMALS, "UBC")
+UBT = AmountType(UBT_DECIMALS, "UBT")
+PRICE = AmountType(CREDIT_DECIMALS, "UBC/unit-hour")
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class DurationType(click.ParamType):
+    """A duration: `90s`, `30m`, `2h`, `1.5d`; a bare number is in `default_unit`."""
+
+    name = "duration"
+
+    def __init__(self, default_unit: str = "h", *, maximum: int = 2**32 - 1):
+        self.default_unit, self.maximum = default_unit, maximum
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        unit = text[-1] if text and text[-1] in _UNITS else self.default_unit
+        number = text[:-1] if text and text[-1] in _UNITS else text
+        try:
+            amount = Decimal(number)
+        except InvalidOperation:
+            self.fail(f"{value!r} is not a duration such as 90s, 30m, 2h or 1.5d", param, ctx)
+        if not amount.is_finite() or amount <= 0:
+            self.fail(f"duration must be greater than zero, got {value}", param, ctx)
+        seconds = amount * _UNITS[unit]
+        if seconds != seconds.to_integral_value():
+            self.fail(f"duration {value} is not a whole number of seconds", param, ctx)
+        if seconds > self.maximum:
+            self.fail(f"duration {value} is too long", param, ctx)
+        return int(seconds)
+
+
+class MarketSpecType(click.ParamType):
+    """A market spec string (`gpu=nvidia-h100;vram=80;gpus=8;region=us-east`), normalized."""
+
+    name = "spec"
+
+    def convert(self, value, param, ctx):
+        from underbid.markets import MarketSpecError, canonical_spec
+
+        try:
+            return canonical_spec(value)
+        except MarketSpecError as exc:
+            self.fail(f"unknown market {value!r}: {exc}", param, ctx)
+
+
+# ----- the common options and the per-command environment -----
+
+
+def _devnet_defaults() -> DevnetState | None:
+    state = DevnetState.load()
+    return state if state and state.alive().get("anvil") else None
+
+
+@dataclass
+class Env:
+    """What a command runs against, from --account/--rpc/--matcher/--deployment/--json."""
+
+    account_name: str | None
+    rpc_option: str | None
+    matcher_option: str | None
+    deployment_option: Path | None
+    json: bool
+    password_file: Path | None
+    console: Console = field(default_factory=lambda: make_console())
+    _client: Any = None
+    _devnet: Any = False
+
+    # defaults: an explicit option, then $UNDERBID_*, then the running devnet, then the devnet's fixed ports
+
+    @property
+    def devnet(self) -> DevnetState | None:
+        if self._devnet is False:
+            self._devnet = _devnet_defaults()
+        return self._devnet
+
+    @property
+    def rpc(self) -> str:
+        return self.rpc_option or (self.devnet.rpc if self.devnet else DEV_RPC)
+
+    @property
+    def matcher_url(self) -> str:
+        return self.matcher_option or (self.devnet.matcher_url if self.devnet else DEV_MATCHER_URL)
+
+    @property
+    def deployment(self) -> Path:
+        if self.deployment_option:
+            return self.deployment_option
+        if self.devnet:
+            return Path(self.devnet.deployment)
+        from underbid.devnet import project_root
+
+        root = project_root()
+        return root / DEFAULT_DEPLOYMENT if root and not DEFAULT_DEPLOYMENT.exists() else DEFAULT_DEPLOYMENT
+
+    def account_entry(self):
+        from underbid.wallet import find_account
+
+        if not self.account_name:
+            raise click.UsageError("this command needs an account: pass --account <name> (or set $UNDERBID_ACCOUNT)")
+        return find_account(self.account_name)
+
+    def password(self, alias: str) -> str:
+        from underbid.wallet import PASSWORD_ENV, read_password_file
+
+        if self.password_file:
+            return read_password_file(self.password_file)
+        if os.environ.get(PASSWORD_ENV) is not None:
+            return os.environ[PASSWORD_ENV]
+        from underbid.wallet import WalletError
+
+        try:
+            # default="": an empty answer (or end of input) ends the prompt instead of asking forever
+            typed = click.prompt(f"password for {alias}", hide_input=True, err=True, default="", show_default=False)
+        except click.Abort:
+            typed = ""
+        if not typed:
+            raise WalletError(f"account {alias!r} needs its password: type it at the prompt, pass --password-file,"
+                              f" or set ${PASSWORD_ENV}")
+        return typed
+
+    def client(self, *, account: bool = True):
+        """The chain client; with `account`, the account is found and unlocked first (before any RPC)."""
+        from underbid.client import Client, UnderbidError
+        from underbid.wallet import DEV_CHAIN_ID, unlock
+
+        if self._client is not None and (not account or self._client.account is not None):
+            return self._client
+        entry = self.account_entry() if account else None
+        client = self._client or Client(self.rpc, self.deployment)
+        if entry is not None:
+            if entry.is_dev and client.chain_id != DEV_CHAIN_ID:
+                raise UnderbidError(f"{entry.alias} accounts exist only on a local devnet (chain {DEV_CHAIN_ID})")
+            signer = unlock(entry, None if entry.is_dev else self.password(entry.alias))
+            client = client.with_account(signer)
+        self._client = client
+        return client
+
+    def matcher(self):
+        from underbid.client import MatcherClient
+
+        return MatcherClient(self.matcher_url)
+
+    def journal(self):
+        from underbid.client import Journal
+        from underbid.wallet import underbid_home
+
+        return Journal(underbid_home() / "messages.jsonl")
+
+    # ----- output -----
+
+    def emit(self, data: Any, render: Callable[[Console], None] | None = None) -> None:
+        """JSON on stdout with --json, else the human rendering (a rich table or lines)."""
+        if self.json:
+            click.echo(json.dumps(data, indent=2, default=_json_default))
+        elif render is not None:
+            render(self.console)
+
+    @contextmanager
+    def progress(self, message: str) -> Iterator[Callable[[str], None]]:
+        """A spinner on stderr while something slow runs; the yielded function updates its text."""
+        if self.json:
+            yield lambda _: None
+            return
+        err = Console(stderr=True)
+        with err.status(message) as status:
+            def update(text: str) -> None:
+                status.update(f"{message}: {text}")
+
+            if self._client is not None:
+                self._client.on_tx = update
+            try:
+                yield update
+            finally:
+                if self._client is not None:
+                    self._client.on_tx = None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, (Decimal, Path)):
+        return str(value)
+    if hasattr(value, "hex") and callable(value.hex):
+        return value.hex()
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def common_options(f: Callable) -> Callable:
+    """Adds --account, --password-file, --rpc, --matcher, --deployment and --json; passes `env`."""
+
+    @click.option("--account", "-a", "account_name", envvar="UNDERBID_ACCOUNT", default=None, metavar="NAME",
+                  help="Keystore account (alias or address; `dev:<n>` for devnet test keys). [$UNDERBID_ACCOUNT]")
+    @click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                  help="Read the account password from this file (else $UNDERBID_PASSWORD, else a prompt).")
+    @click.option("--rpc", envvar="UNDERBID_RPC", default=None, metavar="URL",
+                  help=f"Ethereum JSON-RPC URL. [$UNDERBID_RPC; default: the running devnet, else {DEV_RPC}]")
+    @click.option("--matcher", "matcher_option", envvar="UNDERBID_MATCHER", default=None, metavar="URL",
+                  help=f"Matcher API URL. [$UNDERBID_MATCHER; default: the devnet's, else {DEV_MATCHER_URL}]")
+    @click.option("--deployment", type=click.Path(path_type=Path, dir_okay=False), envvar="UNDERBID_DEPLOYMENT",
+                  default=None, help=f"Address book. [$UNDERBID_DEPLOYMENT; default: {DEFAULT_DEPLOYMENT}]")
+    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+    @functools.wraps(f)
+    def wrapper(account_name, password_file, rpc, matcher_option, deployment, as_json, **kwargs):
+        env = Env(account_name, rpc, matcher_option, deployment, as_json, password_file)
+        return f(env, **kwargs)
+
+    return wrapper
+
+
+# ----- formatting -----
+
+
+def ubc(amount: int) -> str:
+    return format_credits(amount)
+
+
+def ubt(amount: int) -> str:
+    return format_ubt(amount)
+
+
+def ubt_short(amount: int, places: int = 4) -> str:
+    value = Decimal(amount).scaleb(-UBT_DECIMALS)
+    text = f"{value:,.{places}f}".rstrip("0").rstrip(".")
+    return text
+
+
+def short(hex_id: str, n: int = 10) -> str:
+    return hex_id[: n + 2] + "…" if len(hex_id) > n + 2 else hex_id
+
+
+def hours(seconds: int) -> str:
+    h = Decimal(seconds) / 3600
+    return f"{h.normalize():f}h" if h == h.to_integral_value() or seconds % 36 == 0 else f"{seconds}s"
+
+
+def ago(seconds: int) -> str:
+    seconds = int(seconds)
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    if seconds >= 86400:
+        return f"{sign}{seconds // 86400}d{(seconds % 86400) // 3600}h"
+    if seconds >= 3600:
+        return f"{sign}{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    if seconds >= 60:
+        return f"{sign}{seconds // 60}m{seconds % 60:02d}s"
+    return f"{sign}{seconds}s"
+
+
+def kv_table(title: str | None, rows: list[tuple[str, Any]]) -> Table:
+    table = Table(title=title, show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, str(value))
+    return table

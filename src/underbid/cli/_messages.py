@@ -1,0 +1,158 @@
+"""Signed orders and bids, shared by `order` and `bid`: market resolution, posting, listing, cancelling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from underbid.cli._common import Env, hours, short, ubc
+
+
+def resolve_market(market: str | None, sdl: Path | None, service: str | None) -> tuple[str, int | None]:
+    """(canonical spec, units the SDL asks for or None) from --market or --sdl."""
+    if market and sdl:
+        raise click.UsageError("give --market or --sdl, not both")
+    if not market and not sdl:
+        raise click.UsageError("give the market: --market <spec> (e.g. gpu=nvidia-h100;vram=80;gpus=8;region=us-east) or --sdl <file>")
+    if market:
+        if service:
+            raise click.UsageError("--service goes with --sdl")
+        return market, None
+    from underbid.sdl import SdlError, load_sdl
+
+    try:
+        found = load_sdl(sdl, service=service)
+    except SdlError as exc:
+        raise click.BadParameter(f"cannot map the SDL to a market: {exc}", param_hint="--sdl") from None
+    return found.spec, found.units
+
+
+def post(env: Env, kind: str, message, spec: str) -> dict[str, Any]:
+    """Signs `message`, posts it to the matcher and journals it. Returns the matcher's answer + extras."""
+    from underbid.client import JournalEntry
+
+    client = env.client()
+    matcher = env.matcher()
+    signature = client.sign(message)
+    ack = matcher.post_order(message, signature, spec) if kind == "order" else matcher.post_bid(message, signature, spec)
+    receipt = ack.get("receipt")
+    if kind == "bid" and receipt is None:  # older matchers: the stored bid may still carry one
+        receipt = (matcher.get_message(kind, ack["digest"]) or {}).get("receipt")
+    env.journal().add(JournalEntry(
+        kind=kind, deployment=client.deployment_key(), digest=ack["digest"], signer=client.address,
+        nonce=message.nonce, message=message.model_dump(by_alias=True), signature="0x" + signature.hex(), spec=spec,
+        matcher=matcher.url, receipt=receipt,
+    ))
+    open_round = receipt.get("round") if receipt else None
+    if open_round is None:
+        try:
+            open_round = matcher.health().get("open_round")
+        except Exception:  # noqa: BLE001 - the round number is decoration; the message is already accepted
+            open_round = None
+    return {"digest": ack["digest"], "status": ack["status"], "round": open_round, "receipt": receipt,
+            "signature": "0x" + signature.hex()}
+
+
+def message_rows(env: Env, kind: str, *, only_open: bool) -> list[dict[str, Any]]:
+    """This account's journalled orders or bids with their state from the matcher and the chain."""
+    from underbid.client import MatcherError
+
+    client = env.client()
+    entries = env.journal().entries(client.deployment_key(), signer=client.address, kind=kind)
+    matcher = env.matcher()
+    now = client.block_time()
+    reachable = True
+    rows = []
+    for entry in entries:
+        message = entry.model()
+        stored = None
+        if reachable:
+            try:
+                stored = matcher.get_message(kind, entry.digest)
+            except MatcherError:
+                reachable = False
+        nonce = client.nonce_state(client.address, entry.nonce)
+        total = message.units if kind == "order" else message.capacity
+        remaining = client.settlement.functions.remainingOf(
+            bytes.fromhex(entry.digest[2:]), client.address, entry.nonce, total).call()
+        if nonce == "cancelled":
+            status = "cancelled"
+        elif remaining == 0:
+            status = "filled"
+        elif stored and stored.get("status") == "dropped":
+            status = "dropped"
+        elif message.deadline < now:
+            status = "expired"
+        else:
+            status = "open" if remaining == total else "partly filled"
+        if only_open and status not in ("open", "partly filled"):
+            continue
+        rows.append({
+            "digest": entry.digest, "nonce": entry.nonce, "market": message.market, "spec": entry.spec,
+            "units": total, "filled": total - remaining, "status": status,
+            "price": message.max_price if kind == "order" else message.price,
+            "duration": message.duration if kind == "order" else message.max_duration,
+            "deadline": message.deadline, "expires_in": message.deadline - now,
+            "matcher_status": stored.get("status") if stored else None,
+            "matcher_reason": stored.get("reason") if stored else None,
+            "receipt": stored.get("receipt") if stored else None,
+        })
+    if not reachable and not env.json:
+        click.echo(f"note: the matcher at {matcher.url} is unreachable; showing chain state only", err=True)
+    return rows
+
+
+def render_rows(env: Env, kind: str, rows: list[dict[str, Any]]) -> None:
+    def render(console):
+        if not rows:
+            console.print(f"no {kind}s signed by this account on this deployment")
+            return
+        price_col = "max price" if kind == "order" else "price"
+        duration_col = "duration" if kind == "order" else "max duration"
+        table = Table("digest", "market", "units" if kind == "order" else "capacity", "filled", price_col,
+                      duration_col, "status", title=f"{kind}s")
+        for r in rows:
+            table.add_row(short(r["digest"]), r["spec"] or short(r["market"]), str(r["units"]), str(r["filled"]),
+                          ubc(r["price"]), hours(r["duration"]), r["status"])
+        console.print(table)
+
+    env.emit(rows, render)
+
+
+def find_entry(env: Env, kind: str, prefix: str):
+    client = env.client()
+    text = prefix.lower().removeprefix("0x")
+    entries = [e for e in env.journal().entries(client.deployment_key(), signer=client.address, kind=kind)
+               if e.digest[2:].startswith(text)]
+    if not text or not entries:
+        from underbid.client import UnderbidError
+
+        raise UnderbidError(f"no {kind} of yours has a digest starting with {prefix!r} (`underbid {kind} list`)"
+                            f"; to cancel by nonce use --nonce")
+    if len(entries) > 1:
+        from underbid.client import UnderbidError
+
+        raise UnderbidError(f"digest prefix {prefix!r} matches {len(entries)} {kind}s: give more digits")
+    return entries[0]
+
+
+def cancel(env: Env, kind: str, prefix: str | None, nonce: int | None) -> None:
+    if (prefix is None) == (nonce is None):
+        raise click.UsageError(f"give the {kind}'s digest (or a unique prefix) or --nonce, not both")
+    client = env.client()
+    digest = None
+    if prefix is not None:
+        entry = find_entry(env, kind, prefix)
+        nonce, digest = entry.nonce, entry.digest
+    with env.progress(f"cancelling the {kind}"):
+        result = client.cancel_nonce(nonce)
+    result["digest"] = digest
+
+    def render(console):
+        what = f"{kind} {short(digest)}" if digest else f"nonce {nonce}"
+        console.print(f"cancelled {what} on chain (nonce {nonce}); the matcher will not fill it")
+
+    env.emit(result, render)

@@ -1,0 +1,128 @@
+"""Read-only commands: `status`, `market list | id`, `bme`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from underbid.cli._common import Env, ago, common_options, kv_table, short, ubc, ubt_short
+
+
+def bme_rows(state: dict) -> list[tuple[str, str]]:
+    fresh = "fresh" if state["price_fresh"] else "[red]stale[/]"
+    age = ago(state["price_age"]) if state["price_age"] is not None else "never posted"
+    net = state["net_ubt_burned"]
+    return [
+        ("UBT price", f"{state['price_usd']} USD ({fresh}, posted {age} ago, max age {ago(state['price_max_age'])})"),
+        ("mint spread", f"{state['mint_spread_bps']} bps, minimum mint {ubc(state['min_mint_credits'])} UBC"),
+        ("UBT burned for credits", f"{ubt_short(state['total_ubt_burned'])} UBT"),
+        ("UBT minted by redemptions", f"{ubt_short(state['total_ubt_minted'])} UBT"),
+        ("net UBT burned (BME health)", f"{'-' if net < 0 else ''}{ubt_short(abs(net))} UBT"),
+        ("credits minted / burned", f"{ubc(state['total_credits_minted'])} / {ubc(state['total_credits_burned'])} UBC"),
+        ("credit supply", f"{ubc(state['credit_supply'])} UBC"),
+        ("UBT supply", f"{ubt_short(state['ubt_supply'])} UBT (slashed and burned: {ubt_short(state['total_slashed_burned'])})"),
+        ("breaker", ("[red]redemptions halted[/]" if state["redemption_halted"] else "open")
+         + f": {ubt_short(state['net_minted_in_window'])} of {ubt_short(state['redeem_cap'])} UBT net minted"
+           f" per {ago(state['redeem_window'])}, {ubt_short(state['redeemable_ubt'])} UBT redeemable now"),
+    ]
+
+
+@click.command("bme")
+@common_options
+def bme(env: Env) -> None:
+    """The burn-mint equilibrium: oracle price, burned/minted totals, circuit breaker."""
+    state = env.client(account=False).bme_state()
+    env.emit(state, lambda c: c.print(kv_table("burn-mint equilibrium", bme_rows(state))))
+
+
+@click.group()
+def market() -> None:
+    """Markets: standardized units of GPU compute."""
+
+
+@market.command("list")
+@common_options
+def market_list(env: Env) -> None:
+    """Markets the matcher knows, with open orders/bids and the last clearing price."""
+    rows = env.matcher().markets()
+
+    def render(console):
+        if not rows:
+            console.print("the matcher has no markets yet: post an order or a bid")
+            return
+        table = Table("market", "spec", "open orders", "open bids", "last price", "round", title="markets")
+        for r in rows:
+            price = f"{ubc(int(r['last_price']))} UBC" if r.get("last_price") is not None else "-"
+            table.add_row(short(r["market"]), r.get("spec") or "?", str(r.get("open_orders") or 0),
+                          str(r.get("open_bids") or 0), price, str(r.get("last_round") or "-"))
+        console.print(table)
+
+    env.emit(rows, render)
+
+
+@market.command("id")
+@click.argument("spec", required=False)
+@click.option("--sdl", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Derive it from an Akash SDL file.")
+@click.option("--service", default=None, help="With --sdl: the service to use when several need GPUs.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def market_id_cmd(spec: str | None, sdl: Path | None, service: str | None, as_json: bool) -> None:
+    """Print the canonical spec and market id of SPEC (or of an SDL file's GPU profile)."""
+    from underbid.cli._common import MarketSpecType
+    from underbid.cli._messages import resolve_market
+    from underbid.markets import market_id
+
+    canonical = MarketSpecType().convert(spec, None, click.get_current_context()) if spec else None
+    canonical, units = resolve_market(canonical, sdl, service)
+    data = {"spec": canonical, "market": market_id(canonical), "units": units}
+    env = Env(None, None, None, None, as_json, None)
+    env.emit(data, lambda c: c.print(kv_table(None, [("spec", canonical), ("market", data["market"])]
+                                              + ([("units (SDL count)", units)] if units else []))))
+
+
+@click.command("status")
+@common_options
+def status(env: Env) -> None:
+    """Your balances, escrow, stake, open orders and bids, leases with accrued cost, and BME totals."""
+    from underbid.cli import _messages
+    from underbid.cli.leases import _specs, lease_table
+
+    client = env.client()
+    me = client.address
+    free, locked = client.escrow(me)
+    info = client.provider(me)
+    leases = client.leases(buyer=me, provider=me, include_closed=False)
+    orders = _messages.message_rows(env, "order", only_open=True)
+    bids = _messages.message_rows(env, "bid", only_open=True)
+    state = client.bme_state()
+    data = {
+        "address": me, "eth": client.eth_balance(me), "ubt": client.ubt_balance(me), "credits": client.credit_balance(me),
+        "escrow_free": free, "escrow_locked": locked,
+        "provider": {"registered": info.registered, "staked": info.staked, "locked": info.locked,
+                     "unbonding": info.unbonding, "unbonding_end": info.unbonding_end},
+        "orders": orders, "bids": bids, "leases": [v.as_json() for v in leases], "bme": state,
+    }
+
+    def render(console):
+        rows = [("account", me), ("ETH", ubt_short(data["eth"])), ("UBT", ubt_short(data["ubt"])),
+                ("credits", f"{ubc(data['credits'])} UBC"), ("escrow", f"{ubc(free)} UBC free, {ubc(locked)} UBC locked")]
+        if info.registered:
+            rows.append(("stake", f"{ubt_short(info.staked)} UBT ({ubt_short(info.locked)} locked)"
+                         + (f", {ubt_short(info.unbonding)} unbonding" if info.unbonding else "")))
+        console.print(kv_table("balances", rows))
+        if orders or bids:
+            table = Table("kind", "digest", "market", "units", "filled", "price", "status", title="open orders and bids")
+            for kind, rows_ in (("order", orders), ("bid", bids)):
+                for r in rows_:
+                    table.add_row(kind, short(r["digest"]), r["spec"] or short(r["market"]), str(r["units"]),
+                                  str(r["filled"]), ubc(r["price"]), r["status"])
+            console.print(table)
+        if leases:
+            console.print(lease_table(leases, me, _specs(env, client), title="open leases"))
+        console.print(kv_table("BME", bme_rows(state)[:5]))
+
+    env.emit(data, render)
+
+
+COMMANDS = [status, market, bme]

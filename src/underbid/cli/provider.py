@@ -1,0 +1,179 @@
+"""Provider commands: `provider register | stake | unstake | withdraw | show`, `bid create | list | cancel`."""
+
+from __future__ import annotations
+
+import click
+
+from underbid.cli import _messages
+from underbid.cli._common import PRICE, UBT, DurationType, Env, ago, common_options, hours, kv_table, ubc, ubt_short
+from underbid.cli.buyer import MARKET, SDL, SERVICE
+
+
+@click.group()
+def provider() -> None:
+    """Providers: register, stake UBT as collateral, unbond and withdraw it."""
+
+
+def _stake_rows(client, info) -> list[tuple[str, str]]:
+    now = client.block_time()
+    rows = [("registered", "yes" if info.registered else "no")]
+    if info.metadata:
+        rows.append(("metadata", info.metadata))
+    rows += [
+        ("staked", f"{ubt_short(info.staked)} UBT"),
+        ("locked as collateral", f"{ubt_short(info.locked)} UBT"),
+        ("free", f"{ubt_short(info.free)} UBT ({info.free // client.stake_per_unit} units)"),
+    ]
+    if info.unbonding:
+        left = info.unbonding_end - now
+        rows.append(("unbonding", f"{ubt_short(info.unbonding)} UBT, "
+                     + (f"withdrawable in {ago(left)}" if left > 0 else "withdrawable now")))
+    return rows
+
+
+def _provider_data(client) -> dict:
+    info = client.provider(client.address)
+    now = client.block_time()
+    return {"address": client.address, "registered": info.registered, "metadata": info.metadata,
+            "staked": info.staked, "locked": info.locked, "free": info.free, "unbonding": info.unbonding,
+            "unbonding_end": info.unbonding_end, "unbonding_left": max(info.unbonding_end - now, 0) if info.unbonding else 0,
+            "stake_per_unit": client.stake_per_unit}
+
+
+@provider.command("register")
+@click.option("--metadata", required=True, help="URI describing you: hardware, region, contact.")
+@common_options
+def provider_register(env: Env, metadata: str) -> None:
+    """Register this account as a provider."""
+    client = env.client()
+    with env.progress("registering"):
+        result = client.register(metadata)
+    env.emit(result, lambda c: c.print(f"registered {client.address} as a provider ({metadata})"))
+
+
+@provider.command("stake")
+@click.option("--amount", type=UBT, required=True, help="UBT to stake, e.g. 400 (collateral per unit: see `provider show`).")
+@common_options
+def provider_stake(env: Env, amount: int) -> None:
+    """Stake UBT (approves the settlement contract for it first)."""
+    client = env.client()
+    with env.progress("staking"):
+        result = client.stake(amount)
+    result.update(_provider_data(client))
+    env.emit(result, lambda c: c.print(kv_table(f"staked {ubt_short(amount)} UBT", _stake_rows(client, client.provider(client.address)))))
+
+
+@provider.command("unstake")
+@click.option("--amount", type=UBT, required=True, help="Free stake to start unbonding.")
+@common_options
+def provider_unstake(env: Env, amount: int) -> None:
+    """Start unbonding free stake (it can be withdrawn after the unbonding period)."""
+    client = env.client()
+    with env.progress("requesting unstake"):
+        result = client.request_unstake(amount)
+    left = result["unlocks_at"] - client.block_time()
+    result["unbonding_left"] = max(left, 0)
+    env.emit(result, lambda c: c.print(
+        f"unbonding {ubt_short(amount)} UBT: withdraw it with `underbid provider withdraw` in {ago(left)}"))
+
+
+@provider.command("withdraw")
+@common_options
+def provider_withdraw(env: Env) -> None:
+    """Withdraw unbonded stake (shows the time left while still unbonding)."""
+    from underbid.client import UnderbidError
+
+    client = env.client()
+    info = client.provider(client.address)
+    if not info.unbonding:
+        raise UnderbidError("NothingUnbonding: nothing is unbonding: start with `underbid provider unstake --amount ...`")
+    left = info.unbonding_end - client.block_time()
+    if left > 0:
+        raise UnderbidError(
+            f"UnbondingNotFinished: {ubt_short(info.unbonding)} UBT is still unbonding: {ago(left)} left")
+    with env.progress("withdrawing unbonded stake"):
+        result = client.withdraw_unbonded()
+    env.emit(result, lambda c: c.print(f"withdrew {ubt_short(result['withdrawn'])} UBT of unbonded stake"))
+
+
+@provider.command("show")
+@common_options
+def provider_show(env: Env) -> None:
+    """Show your provider registration and stake."""
+    client = env.client()
+    data = _provider_data(client)
+    env.emit(data, lambda c: c.print(kv_table(None, _stake_rows(client, client.provider(client.address)))))
+
+
+@click.group()
+def bid() -> None:
+    """Bids: signed offers of GPU capacity, posted to the matcher."""
+
+
+@bid.command("create")
+@MARKET
+@SDL
+@SERVICE
+@click.option("--capacity", type=click.IntRange(1, 2**32 - 1), required=True, help="Units you offer.")
+@click.option("--price", type=PRICE, required=True, help="Your price per unit-hour, in credits (e.g. 1.50).")
+@click.option("--max-hours", "max_duration", type=DurationType("h"), default="24h", show_default=True,
+              help="Longest lease you accept.")
+@click.option("--valid", type=DurationType("h"), default="1h", show_default=True,
+              help="How long the bid stays open for matching (e.g. 2h).")
+@common_options
+def bid_create(env: Env, market, sdl, service, capacity, price, max_duration, valid) -> None:
+    """Sign an EIP-712 bid, post it to the matcher and show its receipt."""
+    from underbid.client import UnderbidError
+    from underbid.eip712 import Bid
+    from underbid.markets import market_id
+
+    spec, _ = _messages.resolve_market(market, sdl, service)
+    client = env.client()
+    info = client.provider(client.address)
+    if not info.registered:
+        raise UnderbidError(f"NotRegistered(provider={client.address}): register first"
+                            " (`underbid provider register --metadata <uri>`) and stake")
+    if info.free < capacity * client.stake_per_unit:
+        raise UnderbidError(
+            f"InsufficientFreeStake(provider={client.address}, required={ubt_short(capacity * client.stake_per_unit)} UBT,"
+            f" free={ubt_short(info.free)} UBT): stake more (`underbid provider stake`) or bid fewer units")
+    message = Bid(provider=client.address, market=market_id(spec), capacity=capacity, price=price,
+                  max_duration=max_duration, deadline=client.block_time() + valid,
+                  nonce=client.next_nonce(env.journal(), client.deployment_key()))
+    with env.progress("posting the bid"):
+        result = _messages.post(env, "bid", message, spec)
+    result.update(market=message.market, spec=spec, capacity=capacity, price=price, max_duration=max_duration,
+                  deadline=message.deadline, nonce=message.nonce)
+
+    def render(console):
+        receipt = result.get("receipt")
+        console.print(kv_table("bid accepted by the matcher", [
+            ("digest", result["digest"]), ("market", spec), ("capacity", capacity),
+            ("price", f"{ubc(price)} UBC/unit-hour"), ("max duration", hours(max_duration)),
+            ("valid for", hours(valid)), ("nonce", message.nonce), ("round", result["round"]),
+            ("status", result["status"]),
+            ("receipt", f"round {receipt['round']}, issued at {receipt['issuedAt']}, signed {receipt['signature'][:18]}…"
+             if receipt else "none (this matcher signs no receipts)"),
+        ]))
+
+    env.emit(result, render)
+
+
+@bid.command("list")
+@click.option("--open", "only_open", is_flag=True, help="Only bids that can still fill.")
+@common_options
+def bid_list(env: Env, only_open: bool) -> None:
+    """Your bids (signed on this machine) with fills and status."""
+    _messages.render_rows(env, "bid", _messages.message_rows(env, "bid", only_open=only_open))
+
+
+@bid.command("cancel")
+@click.argument("digest", required=False)
+@click.option("--nonce", type=click.IntRange(0, 2**256 - 1), default=None, help="Cancel by nonce instead.")
+@common_options
+def bid_cancel(env: Env, digest: str | None, nonce: int | None) -> None:
+    """Cancel a bid on chain (its nonce), by DIGEST (or a unique prefix) or --nonce."""
+    _messages.cancel(env, "bid", digest, nonce)
+
+
+COMMANDS = [provider, bid]

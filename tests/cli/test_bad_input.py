@@ -1,0 +1,152 @@
+"""Bad input: each mistake gives one `error: ...` line, exit code 1 (runtime) or 2 (usage), no
+traceback, and nothing changes on chain (no block is mined) or in the matcher."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from underbid.deploy import address_book
+
+from .conftest import DATA, H100_8, Matcher, free_port, make_cli
+
+PW = {"UNDERBID_PASSWORD": "pw"}
+ORDER = ("order", "create", "--market", H100_8, "--units", "1", "--hours", "2", "--max-price", "2.5")
+
+
+# One matcher and one funded buyer for the whole module: ape reverts the chain to this state after each test.
+
+@pytest.fixture(scope="module")
+def bad_workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("bad-input")
+
+
+@pytest.fixture(scope="module")
+def bad_matcher(bad_workdir, protocol, deployer, params, chain):
+    book = address_book(protocol, "local", deployer, params).save(bad_workdir / "local.json")
+    process = Matcher(chain.provider.uri, book, bad_workdir)
+    yield process, book
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def bad_cli(bad_workdir, bad_matcher, chain):
+    matcher, book = bad_matcher
+    return make_cli(bad_workdir, chain.provider.uri, book, matcher.url)
+
+
+@pytest.fixture(scope="module")
+def alice(bad_cli) -> str:
+    """A keystore account with 75 UBT, 39.875 UBC in escrow and 10 UBC in her wallet."""
+    cli = bad_cli
+    address = cli("account", "new", "alice", env=PW)["address"]
+    cli("devnet", "fund", "alice", "--ubt", "100")
+    cli("credits", "mint", "--ubt", "25", "--account", "alice", env=PW)
+    cli("escrow", "deposit", "--amount", "39.875", "--account", "alice", env=PW)
+    return address
+
+
+CASES = [
+    # (id, argv, exit code, text the one error line must contain)
+    ("unknown-account", ("escrow", "deposit", "--amount", "5", "--account", "nobody"), 1, "unknown account 'nobody'"),
+    ("wrong-password", ("escrow", "deposit", "--amount", "5", "--account", "alice"), 1,
+     "wrong password for account 'alice'"),
+    ("too-many-decimals", ("escrow", "deposit", "--amount", "1.0000001", "--account", "alice"), 2,
+     "more than 6 decimals"),
+    ("negative", ("escrow", "deposit", "--amount", "-5", "--account", "alice"), 2, "must not be negative"),
+    ("zero", ("escrow", "withdraw", "--amount", "0", "--account", "alice"), 2, "greater than zero"),
+    ("not-a-number", ("credits", "mint", "--ubt", "ten", "--account", "alice"), 2, "is not a number"),
+    ("ubt-decimals", ("credits", "mint", "--ubt", "1.0000000000000000001", "--account", "alice"), 2,
+     "more than 18 decimals"),
+    ("price-decimals", ("order", "create", "--market", H100_8, "--hours", "2", "--max-price", "2.1234567",
+                        "--account", "alice"), 2, "more than 6 decimals"),
+    ("zero-duration", ("order", "create", "--market", H100_8, "--hours", "0", "--max-price", "2",
+                       "--account", "alice"), 2, "greater than zero"),
+    ("unknown-market-field", ("order", "create", "--market", "gpu=nvidia-h100;vram=80;flavour=x", "--hours", "2",
+                              "--max-price", "2", "--account", "alice"), 2, "unknown market"),
+    ("market-missing-fields", ("bid", "create", "--market", "gpu=nvidia-h100", "--capacity", "1", "--price", "1",
+                               "--account", "alice"), 2, "missing vram, gpus"),
+    ("sdl-two-models", ("order", "create", "--sdl", DATA / "two-models.yaml", "--hours", "2", "--max-price", "2",
+                        "--account", "alice"), 2, "lists 2 models (a100, h100)"),
+    ("sdl-missing-file", ("order", "create", "--sdl", DATA / "nope.yaml", "--hours", "2", "--max-price", "2",
+                          "--account", "alice"), 2, "cannot read SDL file"),
+    ("market-and-sdl", ("order", "create", "--sdl", DATA / "h100.yaml", "--market", H100_8, "--hours", "2",
+                        "--max-price", "2", "--account", "alice"), 2, "not both"),
+    ("insufficient-escrow-order", ("order", "create", "--market", H100_8, "--units", "4", "--hours", "24",
+                                   "--max-price", "2", "--account", "alice"), 1, "InsufficientEscrow(buyer="),
+    ("insufficient-escrow-withdraw", ("escrow", "withdraw", "--amount", "1000", "--account", "alice"), 1,
+     "InsufficientEscrow(buyer="),
+    ("deposit-more-than-held", ("escrow", "deposit", "--amount", "500", "--account", "alice"), 1,
+     "ERC20InsufficientBalance("),
+    ("mint-below-minimum", ("credits", "mint", "--ubt", "1", "--account", "alice"), 1, "MintBelowMinimum("),
+    ("not-registered", ("provider", "stake", "--amount", "1", "--account", "alice"), 1, "NotRegistered("),
+    ("no-such-lease", ("lease", "close", "0xdead", "--account", "alice"), 1, "no lease id starts with"),
+    ("lease-not-hex", ("report", "--lease", "xyz", "--account", "alice"), 1, "is not hex"),
+    ("missing-option", ("escrow", "deposit", "--account", "alice"), 2, "missing option '--amount'"),
+    ("no-account", ("escrow", "deposit", "--amount", "1"), 2, "needs an account"),
+    ("dev-key-name", ("status", "--account", "dev:x"), 1, "use dev:<n>"),
+]
+
+
+@pytest.mark.parametrize("argv,code,match", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_changes_nothing(bad_cli, alice, chain, settlement, ubt, argv, code, match):
+    block = chain.blocks.height
+    before = (settlement.escrowOf(alice), ubt.balanceOf(alice))
+    env = {"UNDERBID_PASSWORD": "wrong"} if "wrong password" in match else PW
+    bad_cli.fails(*argv, code=code, match=match, env=env)
+    assert chain.blocks.height == block, "a transaction was mined"
+    assert (settlement.escrowOf(alice), ubt.balanceOf(alice)) == before
+    assert httpx.get(bad_cli.env["UNDERBID_MATCHER"] + "/markets").json() == []
+
+
+def test_matcher_unreachable(bad_cli, alice, chain):
+    block = chain.blocks.height
+    dead = f"http://127.0.0.1:{free_port()}"
+    bad_cli.fails(*ORDER, "--account", "alice", "--matcher", dead, code=1,
+                  match=f"the matcher at {dead} is unreachable", env=PW)
+    bad_cli.fails("market", "list", "--matcher", dead, code=1, match="unreachable")
+    assert chain.blocks.height == block
+    assert bad_cli("order", "list", "--account", "alice", env=PW) == []  # nothing was journalled
+
+
+def test_chain_unreachable(bad_cli):
+    dead = f"http://127.0.0.1:{free_port()}"
+    bad_cli.fails("bme", "--rpc", dead, code=1, match=f"no Ethereum node answers at {dead}")
+    bad_cli.fails("status", "--account", "dev:3", "--rpc", dead, code=1, match="no Ethereum node answers")
+
+
+def test_matcher_refusal_is_one_line(bad_cli, chain):
+    """A refusal that only the matcher can judge (open bids already reserve the stake) is one line too."""
+    cli = bad_cli
+    cli("devnet", "fund", "dev:9", "--ubt", "100")
+    cli("provider", "register", "--metadata", "https://p.example", "--account", "dev:9")
+    cli("provider", "stake", "--amount", "100", "--account", "dev:9")  # covers one unit
+    cli("bid", "create", "--market", H100_8, "--capacity", "1", "--price", "1", "--account", "dev:9")
+    block = chain.blocks.height
+    cli.fails("bid", "create", "--market", H100_8, "--capacity", "1", "--price", "1.1", "--account", "dev:9",
+              code=1, match="the matcher refused the bid: capacity: provider's free stake covers 1 units")
+    assert chain.blocks.height == block
+    assert [b["price"] for b in cli("bid", "list", "--account", "dev:9")] == [1_000_000]
+
+
+def test_exact_decimals_are_accepted(bad_cli, alice, settlement):
+    """The boundary of the decimals rule: exactly 6 decimals is fine."""
+    bad_cli("escrow", "withdraw", "--amount", "0.000001", "--account", "alice", env=PW)
+    assert settlement.escrowOf(alice)[0] == 39_875_000 - 1
+
+
+def test_password_prompt(bad_cli, alice, chain):
+    """Keys and passwords can be typed at hidden prompts; no password at all is a one-line error."""
+    made = bad_cli("account", "import", "typed", input="0x" + "07" * 32 + "\n" + "pw2\npw2\n")
+    assert made["source"] == "underbid"
+    shown = bad_cli("escrow", "show", "--account", "typed", input="pw2\n")
+    assert shown["address"] == made["address"] and shown["free"] == 0
+    block = chain.blocks.height
+    result = bad_cli.run("escrow", "deposit", "--amount", "1", "--account", "alice")  # no input at the prompt
+    assert result.exit_code == 1
+    prompt, error = result.stderr.split("error: ")
+    assert prompt == "password for alice:" and error.startswith("account 'alice' needs its password")
+    result = bad_cli.run("account", "import", "bad", input="0x1234\n")
+    assert result.exit_code == 1 and result.stderr.strip().endswith("that is not a private key: expected 32 bytes as 64 hex digits")
+    bad_cli.fails("account", "new", "alice", code=1, match="already exists", env=PW)
+    assert chain.blocks.height == block

@@ -1,0 +1,188 @@
+"""A complete buyer journey and a complete provider journey, through the real CLI, against a live
+anvil and a real matcher process."""
+
+from __future__ import annotations
+
+from ..conftest import UBC, UBT
+from .conftest import DATA, H100_8
+
+PW = {"UNDERBID_PASSWORD": "correct horse"}
+
+
+def test_buyer_journey(cli, settlement, credit, ubt):
+    # A new encrypted account, funded from the devnet faucet.
+    made = cli("account", "new", "alice", env=PW)
+    alice = made["address"]
+    assert made["source"] == "underbid" and made["keystore"].endswith("alice.json")
+    assert [a["alias"] for a in cli("account", "list")] == ["alice"]
+    cli("devnet", "fund", "alice", "--ubt", "500")
+    me = ["--account", "alice"]
+
+    # Burn UBT for credits (the command approves the BME itself), deposit them.
+    minted = cli("credits", "mint", "--ubt", "100", *me, env=PW)
+    assert minted["credits_minted"] == 199_500_000  # 100 UBT at 2 USD minus 25 bps
+    assert ubt.balanceOf(alice) == 400 * UBT
+    cli("escrow", "deposit", "--amount", "150", *me, env=PW)
+    assert settlement.escrowOf(alice) == (150 * UBC, 0)
+
+    # A provider (a devnet key) stakes and bids; the buyer orders from an Akash SDL file.
+    cli("devnet", "fund", "dev:5", "--ubt", "1000")
+    cli("provider", "register", "--metadata", "https://gpu.example/p1.json", "--account", "dev:5")
+    cli("provider", "stake", "--amount", "400", "--account", "dev:5")
+    bid = cli("bid", "create", "--market", H100_8, "--capacity", "4", "--price", "1.50", "--valid", "2h",
+              "--account", "dev:5")
+    assert bid["status"] == "open" and bid["spec"] == H100_8
+    order = cli("order", "create", "--sdl", DATA / "h100.yaml", "--hours", "24", "--max-price", "2.10", *me, env=PW)
+    assert order["spec"] == H100_8 and order["units"] == 2  # the SDL's count
+    assert order["max_cost"] == 2 * 2_100_000 * 24
+    listed = cli("order", "list", *me, env=PW)
+    assert [(o["digest"], o["status"]) for o in listed] == [(order["digest"], "open")]
+    markets = cli("market", "list")
+    assert markets[0]["spec"] == H100_8 and markets[0]["open_orders"] == 1 and markets[0]["open_bids"] == 1
+
+    # The matcher closes the round: one lease, at one uniform price.
+    report = cli("matcher", "close-round")
+    assert report["state"] == "confirmed" and report["matches"] == 1
+    price = int(next(iter(report["prices"].values())))
+    assert 1_500_000 <= price <= 2_100_000
+    [lease] = cli("lease", "list", *me, env=PW)
+    cost = 2 * price * 24
+    assert (lease["buyer"], lease["units"], lease["price"], lease["cost"], lease["status"]) == (alice, 2, price, cost, "running")
+    assert settlement.escrowOf(alice) == (150 * UBC - cost, cost)
+    assert cli("order", "list", *me, env=PW)[0]["status"] == "filled"
+
+    # Time passes (the provider heartbeats), then the buyer closes early and gets the rest back.
+    for _ in range(3):
+        assert cli("lease", "heartbeat", "--account", "dev:5")["leases"] == [lease["id"]]
+        cli("devnet", "advance", "50s", "--no-price")
+    status = cli("status", *me, env=PW)
+    assert status["escrow_locked"] == cost and status["leases"][0]["accrued"] > 0
+    closed = cli("lease", "close", lease["id"][:12], *me, env=PW)
+    assert closed["paid_to_provider"] + closed["refunded"] == cost
+    assert closed["paid_to_provider"] > 0
+    assert settlement.escrowOf(alice) == (150 * UBC - closed["paid_to_provider"], 0)
+    assert cli("lease", "list", *me, env=PW) == []
+    assert cli("lease", "list", "--all", *me, env=PW)[0]["status"] == "closed"
+
+    # A second order is cancelled on chain by its nonce.
+    second = cli("order", "create", "--market", H100_8, "--units", "1", "--hours", "1", "--max-price", "3", *me, env=PW)
+    cancelled = cli("order", "cancel", second["digest"][:10], *me, env=PW)
+    assert cancelled["nonce"] == second["nonce"]
+    assert settlement.isNonceCancelled(alice, second["nonce"])
+    assert {o["digest"]: o["status"] for o in cli("order", "list", *me, env=PW)}[second["digest"]] == "cancelled"
+
+    # Everything back out: withdraw the free escrow, redeem the credits (oracle price re-posted first).
+    cli("devnet", "advance", "1s")
+    cli("escrow", "withdraw", *me, env=PW)
+    assert settlement.escrowOf(alice) == (0, 0)
+    held = credit.balanceOf(alice)
+    redeemed = cli("credits", "redeem", "--credits", str(held / UBC), *me, env=PW)
+    assert redeemed["credits_burned"] == held and credit.balanceOf(alice) == 0
+    bme = cli("bme")
+    assert bme["total_ubt_burned"] == 100 * UBT and bme["total_ubt_minted"] == redeemed["ubt_minted"]
+
+
+def test_provider_journey(cli, settlement, ubt, tmp_path, chain):
+    # Import a key from a file, with the password from a file.
+    key_file, pw_file = tmp_path / "key.txt", tmp_path / "pw.txt"
+    key_file.write_text("0x" + "42" * 32 + "\n")
+    pw_file.write_text("s3cret\n")
+    pw = ["--password-file", pw_file]
+    bob = cli("account", "import", "bob", "--key-file", key_file, *pw)["address"]
+    me = ["--account", "bob", *pw]
+    cli("devnet", "fund", bob, "--ubt", "1000")
+
+    cli("provider", "register", "--metadata", "https://bob.example/meta.json", *me)
+    staked = cli("provider", "stake", "--amount", "500", *me)
+    assert staked["staked"] == 500 * UBT and staked["free"] == 500 * UBT
+    bid = cli("bid", "create", "--market", H100_8, "--capacity", "3", "--price", "1.25", "--max-hours", "12", *me)
+    assert bid["capacity"] == 3 and bid["price"] == 1_250_000 and bid["max_duration"] == 12 * 3600
+    assert bid["digest"].startswith("0x") and bid["round"] >= 1
+
+    # A devnet buyer orders 2 of the 3 units; the round settles.
+    buyer = ["--account", "dev:8"]
+    cli("devnet", "fund", "dev:8", "--ubt", "100")
+    cli("credits", "mint", "--ubt", "50", *buyer)
+    cli("escrow", "deposit", "--amount", "60", *buyer)
+    cli("order", "create", "--market", H100_8, "--units", "2", "--hours", "6", "--max-price", "2", *buyer)
+    assert cli("matcher", "close-round")["matches"] == 1
+    assert cli("bid", "list", *me)[0]["status"] == "partly filled"
+    [lease] = cli("lease", "list", "--role", "provider", *me)
+    assert lease["provider"] == bob and lease["collateral"] == 2 * 100 * UBT
+    assert cli("provider", "show", *me)["locked"] == 200 * UBT
+
+    # Heartbeats keep the lease paid; claim collects what accrued.
+    beat = cli("lease", "heartbeat", *me)
+    assert beat["leases"] == [lease["id"]]
+    cli("devnet", "advance", "50s", "--no-price")
+    result = cli.run("heartbeat", "--every", "1", "--count", "2", *me)
+    assert result.exit_code == 0 and result.stdout.count("heartbeat for 1 lease") == 2
+    claim = cli("lease", "claim", *me)
+    assert claim["claimed"] > 0 and claim["closed"] == []
+    assert settlement.getLease(bytes.fromhex(lease["id"][2:])).paidUntil > 0
+
+    # Bob goes silent: after interval + grace anyone can report him and is paid for it.
+    cli("devnet", "advance", "200s", "--no-price")
+    reportable = cli("report")
+    assert [v["id"] for v in reportable] == [lease["id"]]
+    reporter = "0x976EA74026E726554dB657fA54763abd0C3a0aa9"  # dev:6
+    before = ubt.balanceOf(reporter)
+    reported = cli("report", "--lease", lease["id"][:14], "--account", "dev:6")
+    assert reported["slashed"] == 100 * UBT  # 50% of the 200 UBT collateral
+    assert ubt.balanceOf(reporter) - before == reported["to_reporter"] == 10 * UBT
+    shown = cli("provider", "show", *me)
+    assert shown["staked"] == 400 * UBT and shown["locked"] == 0
+
+    # The rest of the bid is cancelled; the stake unbonds and is withdrawn after the unbonding period.
+    cli("bid", "cancel", bid["digest"], *me)
+    assert cli("bid", "list", *me)[0]["status"] == "cancelled"
+    unstake = cli("provider", "unstake", "--amount", "400", *me)
+    assert unstake["unbonding_left"] == 600
+    cli.fails("provider", "withdraw", *me, code=1, match="still unbonding")
+    cli("devnet", "advance", "10m", "--no-price")
+    before = ubt.balanceOf(bob)
+    assert cli("provider", "withdraw", *me)["withdrawn"] == 400 * UBT
+    assert ubt.balanceOf(bob) - before == 400 * UBT
+
+
+def test_ape_accounts_are_read(cli, tmp_path):
+    """Accounts in ape's folder (same keystore format) work; `--ape` writes there."""
+    ape_dir = {"APE_DATA_FOLDER": str(tmp_path / "ape"), **PW}
+    made = cli("account", "new", "carol", "--ape", env=ape_dir)
+    assert made["source"] == "ape" and made["keystore"] == str(tmp_path / "ape" / "accounts" / "carol.json")
+    listed = cli("account", "list", env=ape_dir)
+    assert [(a["alias"], a["source"]) for a in listed] == [("carol", "ape")]
+    shown = cli("account", "show", "carol", env=ape_dir)
+    assert shown["address"] == made["address"] and shown["eth"] == 0
+    # The file is plain Web3 Secret Storage: eth-account decrypts it.
+    import json
+
+    from eth_account import Account
+
+    keyfile = json.loads((tmp_path / "ape" / "accounts" / "carol.json").read_text())
+    assert Account.from_key(Account.decrypt(keyfile, PW["UNDERBID_PASSWORD"])).address == made["address"]
+
+
+def test_challenge_of_a_correct_round_is_refused(cli, chain):
+    """A provider's challenge goes through its matcher receipt and a witness lease found on chain; when
+    the round was cleared correctly the contract's named error comes back as one line, nothing sent."""
+    for dev in ("dev:5", "dev:6"):
+        cli("devnet", "fund", dev, "--ubt", "300")
+        cli("provider", "register", "--metadata", f"https://{dev[4:]}.example", "--account", dev)
+        cli("provider", "stake", "--amount", "200", "--account", dev)
+    cheap = cli("bid", "create", "--market", H100_8, "--capacity", "2", "--price", "1.25", "--account", "dev:5")
+    assert cheap["receipt"]["bidHash"] == cheap["digest"] and cheap["receipt"]["round"] == cheap["round"]
+    cli("bid", "create", "--market", H100_8, "--capacity", "2", "--price", "1.40", "--account", "dev:6")
+    cli("devnet", "fund", "dev:8", "--ubt", "100")
+    cli("credits", "mint", "--ubt", "50", "--account", "dev:8")
+    cli("escrow", "deposit", "--amount", "60", "--account", "dev:8")
+    cli("order", "create", "--market", H100_8, "--units", "3", "--hours", "2", "--max-price", "2", "--account", "dev:8")
+    assert cli("matcher", "close-round")["matches"] == 2
+
+    block = chain.blocks.height
+    # The cheap bid was filled completely, so a pricier winner proves nothing.
+    cli.fails("challenge", "--bid", cheap["digest"][:12], "--account", "dev:5", code=1, match="BidFullyFilled(bidDigest=")
+    # The pricier bid has no pricier witness in its round.
+    pricey = cli("bid", "list", "--account", "dev:6")[0]
+    cli.fails("challenge", "--bid", pricey["digest"], "--account", "dev:6", code=1, match="nothing to challenge")
+    assert chain.blocks.height == block
