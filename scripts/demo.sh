@@ -7,7 +7,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$UNDERBID_ROOT/scripts/setup.sh"
 cd "$UNDERBID_ROOT"
-ape compile
+compile_contracts
 
 underbid devnet up --port "${UNDERBID_DEVNET_PORT:-8545}" --matcher-port "${UNDERBID_MATCHER_PORT:-8700}"
 # Only a devnet this script started is taken down.
