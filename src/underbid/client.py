@@ -615,6 +615,67 @@ class Client:
         return {**{k: ("0x" + v.hex() if isinstance(v, bytes) else v) for k, v in data.items()},
                 "tx": receipt["transactionHash"].hex()}
 
+    # ----- matcher bonds -----
+
+    def matcher_bond(self, who: str) -> dict[str, Any]:
+        """`who`'s matcher bond and the rules around it: the minimum, whether it may settle, its exit.
+
+        Keys: address, bond, min_bond, meets_minimum, bonded (may settle now), exiting, exit_at (0 while
+        active), exit_left (seconds until the bond can be withdrawn), withdrawable, challenge_window,
+        exit_delay, chain_time.
+        """
+        who = Web3.to_checksum_address(who)
+        s = self.settlement.functions
+        bond, exit_at = s.matchers(who).call()
+        minimum = s.minMatcherBond().call()
+        params = self.params()
+        now = self.block_time()
+        return {
+            "address": who,
+            "bond": bond,
+            "min_bond": minimum,
+            "meets_minimum": bond >= minimum and bond != 0,
+            "bonded": s.isBondedMatcher(who).call(),
+            "exiting": exit_at != 0,
+            "exit_at": exit_at,
+            "exit_left": max(exit_at - now, 0) if exit_at else 0,
+            "withdrawable": exit_at != 0 and now >= exit_at,
+            "challenge_window": params["challengeWindow"],
+            "exit_delay": params["matcherExitDelay"],
+            "chain_time": now,
+        }
+
+    def bond_matcher(self, amount: int) -> dict[str, Any]:
+        """Adds `amount` UBT to this account's matcher bond (approving the settlement contract first)."""
+        _, exit_at = self.settlement.functions.matchers(self.address).call()
+        if exit_at:
+            raise UnderbidError(
+                f"MatcherExiting(matcher={self.address}): this matcher asked to leave, so it cannot add to its bond:"
+                " withdraw it after the exit delay (`underbid matcher withdraw`), then bond again"
+            )
+        balance = self.ubt_balance(self.address)
+        if balance < amount:
+            raise UnderbidError(
+                f"ERC20InsufficientBalance(account={self.address}, balance={format_ubt(balance)} UBT,"
+                f" needed={format_ubt(amount)} UBT): get more UBT first"
+            )
+        self._ensure_allowance(self.ubt, self.book.address("UnderbidSettlement"), amount, "UBT for the matcher bond")
+        receipt = self.transact(self.settlement.functions.bondMatcher(amount), "bond UBT as a matcher")
+        event = self.settlement.events.MatcherBonded().process_receipt(receipt, errors=DISCARD)[0]["args"]
+        return {"bonded": event["amount"], "bond": event["bond"], "tx": receipt["transactionHash"].hex()}
+
+    def request_matcher_exit(self) -> dict[str, Any]:
+        """Stops this matcher settling and starts its exit delay."""
+        receipt = self.transact(self.settlement.functions.requestMatcherExit(), "request matcher exit")
+        event = self.settlement.events.MatcherExitRequested().process_receipt(receipt, errors=DISCARD)[0]["args"]
+        return {"exit_at": event["exitAt"], "tx": receipt["transactionHash"].hex()}
+
+    def withdraw_matcher_bond(self) -> dict[str, Any]:
+        """Sends this matcher's remaining bond back once its exit delay is over."""
+        receipt = self.transact(self.settlement.functions.withdrawMatcherBond(), "withdraw the matcher bond")
+        event = self.settlement.events.MatcherBondWithdrawn().process_receipt(receipt, errors=DISCARD)[0]["args"]
+        return {"withdrawn": event["amount"], "tx": receipt["transactionHash"].hex()}
+
     # ----- signed messages -----
 
     def cancel_nonce(self, nonce: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`underbid matcher run | close-round | round`."""
+"""`underbid matcher run | close-round | round | bond | unbond | withdraw | status`."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 
 import click
 
-from underbid.cli._common import DEFAULT_DEPLOYMENT, Env, common_options, kv_table
+from underbid.cli._common import DEFAULT_DEPLOYMENT, UBT, Env, ago, common_options, kv_table, ubt_short
 from underbid.devnet import DEV_RPC, MATCHER, dev_account
 
 
 @click.group()
 def matcher() -> None:
-    """Run the off-chain matcher, or close a round on one."""
+    """Run the off-chain matcher, close a round on one, or manage a matcher's UBT bond."""
 
 
 def _matcher_account(key_env: str, dev: bool):
@@ -105,6 +105,149 @@ def matcher_round(env: Env, round_id: int) -> None:
         console.print(kv_table(None, rows))
 
     env.emit(data, render)
+
+
+# ----- the matcher's bond -----
+
+
+def _when(ts: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _address(ctx, param, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from eth_utils import is_hex_address, to_checksum_address
+
+    if not is_hex_address(value):
+        raise click.BadParameter(f"{value!r} is not an address (0x and 40 hex digits)", ctx=ctx, param=param)
+    return to_checksum_address(value)
+
+
+def _exit_text(info: dict) -> str:
+    if not info["exiting"]:
+        return "no"
+    if info["withdrawable"]:
+        return f"yes: the bond is withdrawable now (since {_when(info['exit_at'])})"
+    return f"yes: the bond is withdrawable at {_when(info['exit_at'])} (in {ago(info['exit_left'])})"
+
+
+def _bond_rows(info: dict) -> list[tuple[str, str]]:
+    if info["bonded"]:
+        settles = "yes"
+    elif info["exiting"]:
+        settles = "no: it asked to leave"
+    elif info["bond"] == 0:
+        settles = "no: no bond"
+    else:
+        settles = f"no: {ubt_short(info['min_bond'] - info['bond'])} UBT below the minimum"
+    return [
+        ("matcher", info["address"]),
+        ("bond", f"{ubt_short(info['bond'])} UBT"),
+        ("minimum bond", f"{ubt_short(info['min_bond'])} UBT"
+         + (" (met)" if info["meets_minimum"] else " (not met)")),
+        ("bonded (may settle)", settles),
+        ("exiting", _exit_text(info)),
+        ("challenge window", ago(info["challenge_window"])),
+        ("exit delay", ago(info["exit_delay"])),
+    ]
+
+
+@matcher.command("bond")
+@click.option("--amount", type=UBT, required=True,
+              help="UBT to add to your matcher bond, e.g. 10000 (the minimum: see `matcher status`).")
+@common_options
+def matcher_bond(env: Env, amount: int) -> None:
+    """Bond UBT as a matcher (approves the settlement contract for it first)."""
+    client = env.client()
+    with env.progress("bonding"):
+        result = client.bond_matcher(amount)
+    info = client.matcher_bond(client.address)
+    data = {**info, **result}
+
+    def render(console):
+        if info["meets_minimum"]:
+            verdict = "it meets the minimum: this matcher may settle rounds"
+        else:
+            verdict = (f"below the minimum of {ubt_short(info['min_bond'])} UBT: bond"
+                       f" {ubt_short(info['min_bond'] - info['bond'])} UBT more before this matcher can settle")
+        console.print(f"bonded {ubt_short(amount)} UBT: the bond is now {ubt_short(info['bond'])} UBT; {verdict}")
+
+    env.emit(data, render)
+
+
+@matcher.command("unbond")
+@common_options
+def matcher_unbond(env: Env) -> None:
+    """Ask to leave: stop settling now; the bond can be withdrawn after the exit delay."""
+    from underbid.client import UnderbidError
+
+    client = env.client()
+    info = client.matcher_bond(client.address)
+    if info["exiting"]:
+        left = "withdraw it now" if info["withdrawable"] else f"it can be withdrawn in {ago(info['exit_left'])}"
+        raise UnderbidError(f"MatcherExiting(matcher={client.address}): this matcher already asked to leave:"
+                            f" {left} (`underbid matcher withdraw`)")
+    if info["bond"] == 0:
+        raise UnderbidError(f"MatcherNotBonded(matcher={client.address}): this account has no matcher bond to unbond")
+    with env.progress("requesting the matcher exit"):
+        result = client.request_matcher_exit()
+    info = client.matcher_bond(client.address)
+    data = {**info, **result}
+
+    def render(console):
+        console.print(
+            f"exit requested: this matcher can no longer settle rounds, from now on. Its bond of"
+            f" {ubt_short(info['bond'])} UBT can be withdrawn at {_when(info['exit_at'])}"
+            f" (in {ago(info['exit_left'])}) with `underbid matcher withdraw`.")
+        console.print(
+            f"Why the wait: the exit delay ({ago(info['exit_delay'])}) is longer than the challenge window"
+            f" ({ago(info['challenge_window'])}), so every round this matcher settled can still be challenged,"
+            " and its bond slashed, until that round's window has closed.")
+
+    env.emit(data, render)
+
+
+@matcher.command("withdraw")
+@common_options
+def matcher_withdraw(env: Env) -> None:
+    """Withdraw the matcher bond once the exit delay is over (shows the time left before)."""
+    from underbid.client import UnderbidError
+
+    client = env.client()
+    info = client.matcher_bond(client.address)
+    if not info["exiting"]:
+        raise UnderbidError(f"ExitNotRequested(matcher={client.address}): ask to leave first"
+                            " (`underbid matcher unbond`); the bond can be withdrawn after the exit delay")
+    if not info["withdrawable"]:
+        raise UnderbidError(
+            f"ExitDelayNotOver(exitAt={_when(info['exit_at'])}): the matcher bond of {ubt_short(info['bond'])} UBT"
+            f" can be withdrawn in {ago(info['exit_left'])}")
+    with env.progress("withdrawing the matcher bond"):
+        result = client.withdraw_matcher_bond()
+    data = {**result, "address": client.address, "ubt": client.ubt_balance(client.address)}
+    env.emit(data, lambda c: c.print(
+        f"withdrew {ubt_short(result['withdrawn'])} UBT of matcher bond; {client.address} now holds"
+        f" {ubt_short(data['ubt'])} UBT"))
+
+
+@matcher.command("status")
+@click.option("--address", callback=_address, default=None, metavar="0x...",
+              help="The matcher to show (default: --account's address).")
+@common_options
+def matcher_status(env: Env, address: str | None) -> None:
+    """A matcher's bond: amount, minimum, whether it may settle, its exit, the challenge window."""
+    if address is None:
+        if not env.account_name:
+            raise click.UsageError("say which matcher: pass --address <0x...> or --account <name>")
+        client = env.client()
+        address = client.address
+    else:
+        client = env.client(account=False)
+    info = client.matcher_bond(address)
+    env.emit(info, lambda c: c.print(kv_table("matcher bond", _bond_rows(info))))
 
 
 COMMANDS = [matcher]

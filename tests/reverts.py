@@ -1,0 +1,56 @@
+"""A strict `ape.reverts`: the test suite's one way to expect a custom error.
+
+NOTE: `ape.reverts(contract.Error)` accepts ANY revert it could not decode (an error raised in a
+nested contract and seen through `eth_call`, a constructor revert) and silently ignores input
+names the error does not have. `reverts` below also checks the 4-byte selector of undecoded revert
+data and refuses unknown input names.
+"""
+
+import re
+from contextlib import contextmanager
+
+import ape
+from ape.exceptions import CustomError
+from eth_abi import decode
+from eth_utils import keccak
+
+
+@contextmanager
+def reverts(error, **inputs):
+    """`ape.reverts(error, **inputs)`, but strict.
+
+    `ape.reverts` accepts ANY revert it could not decode (a nested error seen through `eth_call`, a
+    constructor revert) and silently ignores input names the error does not have. This checks the
+    selector of undecoded revert data too, and rejects unknown input names.
+    """
+    abi = error.abi
+    names = [i.name for i in abi.inputs]
+    assert set(inputs) <= set(names), f"{abi.name} has no input(s) {set(inputs) - set(names)}"
+    with ape.reverts() as info:
+        yield info
+    exc = info.value
+    if isinstance(exc, CustomError):
+        assert type(exc).__name__ == abi.name, f"expected {abi.name}, reverted with {type(exc).__name__}"
+        actual = dict(exc.inputs)
+    else:
+        text = str(exc.revert_message or exc)
+        if m := re.fullmatch(r"custom error 0x([0-9a-fA-F]{8})(?::\s*([0-9a-fA-F]*))?", text):
+            data = bytes.fromhex(m[1] + (m[2] or ""))
+        elif m := re.fullmatch(r"0x([0-9a-fA-F]{8,})", text):
+            data = bytes.fromhex(m[1])
+        else:
+            raise AssertionError(f"expected {abi.name}, reverted with {text!r}")
+        assert data[:4] == keccak(text=abi.selector)[:4], f"expected {abi.name}, reverted with {text!r}"
+        actual = dict(zip(names, decode([i.type for i in abi.inputs], data[4:]), strict=True))
+    for name, expected in inputs.items():
+        assert _norm(actual[name]) == _norm(expected), f"{abi.name}.{name}: {actual[name]!r} != {expected!r}"
+
+
+def _norm(value):
+    if hasattr(value, "address"):
+        value = value.address
+    if isinstance(value, str) and value.startswith("0x"):
+        return value.lower()
+    if isinstance(value, bytes):
+        return bytes(value)
+    return value
