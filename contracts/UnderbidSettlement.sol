@@ -144,7 +144,8 @@ contract UnderbidSettlement is EIP712, UnorderedNonces, Leases, MatcherBonds {
     ///
     /// Invariants this function enforces (each failure reverts the whole batch with a named error):
     /// - every order and bid signature is valid for its signer on this chain and contract,
-    ///   its deadline has not passed and its nonce is neither consumed nor cancelled;
+    ///   its deadline has not passed and its nonce is neither consumed nor cancelled, and it is
+    ///   listed once (`DuplicateMessage`);
     /// - one price per market per round: a price given again in a later batch must be equal;
     /// - for each match: equal markets, `bid.price <= clearingPrice <= order.maxPrice`,
     ///   `order.duration <= bid.maxDuration`, and the fills of every order and bid, across all
@@ -184,6 +185,8 @@ contract UnderbidSettlement is EIP712, UnorderedNonces, Leases, MatcherBonds {
         for (uint256 i; i < bids.length; ++i) {
             _recordFill(book.bidDigests[i], bids[i].provider, bids[i].nonce, bids[i].capacity, book.bidLeft[i]);
         }
+        _clearMarks(book.orderDigests);
+        _clearMarks(book.bidDigests);
         emit BatchSettled(header.round, msg.sender, header.batch, matches.length, header.finalBatch);
     }
 
@@ -194,8 +197,9 @@ contract UnderbidSettlement is EIP712, UnorderedNonces, Leases, MatcherBonds {
     /// pricier bid to the cheaper one would raise gains from trade. The caller proves exactly that:
     /// - `receipt` shows the round's matcher accepted `bid` into `round`;
     /// - `bid` is validly signed, its deadline was after the round settled, its nonce was not
-    ///   cancelled, it is not completely filled, and its provider's stake did not go down after
-    ///   the receipt was issued, so the matcher had no reason to leave it out;
+    ///   cancelled, it is not completely filled, its provider's stake did not go down after the
+    ///   receipt was issued, and no other matcher locked that stake since, so the matcher had no
+    ///   reason to leave it out;
     /// - `witness` is a lease of `round` in the same market whose bid is priced strictly above
     ///   `bid` and whose duration `bid` accepts.
     /// On success `matcherSlashBps` of the matcher's bond is slashed, `challengerShareBps` of that
@@ -234,7 +238,8 @@ contract UnderbidSettlement is EIP712, UnorderedNonces, Leases, MatcherBonds {
     /// Reverts with `RoundNotSettled`, `ChallengeWindowClosed`, `ReceiptRoundMismatch`,
     /// `ReceiptBidMismatch`, `AlreadyChallenged`, `InvalidSignature`/`SignerMismatch` (forged
     /// receipt, receipt from another matcher, bad bid signature), `BidExpiredBeforeRound`,
-    /// `BidCancelled`, `BidFullyFilled`, `StakeDecreasedAfterReceipt`, `WitnessNotInRound`,
+    /// `BidCancelled`, `BidFullyFilled`, `StakeDecreasedAfterReceipt`, `StakeLockedByOtherMatcher`,
+    /// `WitnessNotInRound`,
     /// `WitnessMarketMismatch`, `WitnessNotPricier` and `WitnessDurationTooLong`.
     function verifyChallenge(
         uint64 round,
@@ -258,6 +263,9 @@ contract UnderbidSettlement is EIP712, UnorderedNonces, Leases, MatcherBonds {
         SignatureVerification.verify(hashReceipt(receipt), receiptSig, matcher);
         SignatureVerification.verify(bidDigest, bidSig, bid.provider);
         _checkChallengerBid(bid, bidDigest, settledAt, receipt.issuedAt);
+        if (_lockedByOtherSince(bid.provider, matcher, receipt.issuedAt)) {
+            revert StakeLockedByOtherMatcher(bid.provider, receipt.issuedAt);
+        }
         _checkWitness(round, bid, witness);
     }
 
@@ -302,7 +310,7 @@ contract UnderbidSettlement is EIP712, UnorderedNonces, Leases, MatcherBonds {
         if (book.bidLeft[m.bidIndex] < units) revert BidOverfilled(m.bidIndex);
         book.bidLeft[m.bidIndex] -= units;
 
-        _lockStake(bid.provider, units * stakePerUnit);
+        _lockStake(bid.provider, units * stakePerUnit, msg.sender);
         _lockEscrow(order.buyer, _leaseCost(units, price, order.duration));
         bytes32 orderDigest = book.orderDigests[m.orderIndex];
         bytes32 bidDigest = book.bidDigests[m.bidIndex];
@@ -373,7 +381,6 @@ contract UnderbidSettlement is EIP712, UnorderedNonces, Leases, MatcherBonds {
     /// Reverts with `OrderExpired` and the errors of `_verifySigned`.
     function _verifyOrders(OrderLib.Order[] calldata orders, bytes[] calldata sigs)
         private
-        view
         returns (bytes32[] memory digests, uint256[] memory left)
     {
         digests = new bytes32[](orders.length);
@@ -390,7 +397,6 @@ contract UnderbidSettlement is EIP712, UnorderedNonces, Leases, MatcherBonds {
     /// Reverts with `BidExpired` and the errors of `_verifySigned`.
     function _verifyBids(BidLib.Bid[] calldata bids, bytes[] calldata sigs)
         private
-        view
         returns (bytes32[] memory digests, uint256[] memory left)
     {
         digests = new bytes32[](bids.length);
@@ -403,16 +409,38 @@ contract UnderbidSettlement is EIP712, UnorderedNonces, Leases, MatcherBonds {
         }
     }
 
-    /// @dev The checks shared by orders and bids: signature and nonce. Returns the units left.
-    /// Reverts with `InvalidSignature`, `SignerMismatch` and `NonceUsed`.
+    /// @dev The checks shared by orders and bids: listed once, signature, nonce. Returns the units left.
+    /// Reverts with `DuplicateMessage`, `InvalidSignature`, `SignerMismatch` and `NonceUsed`.
     function _verifySigned(bytes32 digest, bytes calldata signature, address signer, uint256 nonce, uint256 total)
         private
-        view
         returns (uint256)
     {
+        _markOnce(digest);
         SignatureVerification.verify(digest, signature, signer);
         _requireNonceFree(signer, nonce);
         return total - partialFills[digest];
+    }
+
+    /// @dev Reverts with `DuplicateMessage` if `digest` was already listed in this batch: fills are
+    /// tracked per array entry during a batch, so one message listed twice could overfill.
+    /// The marks live in transient storage (EIP-1153) and are cleared by `_clearMarks`.
+    function _markOnce(bytes32 digest) private {
+        bool seen;
+        assembly ("memory-safe") {
+            seen := tload(digest)
+            tstore(digest, 1)
+        }
+        if (seen) revert DuplicateMessage(digest);
+    }
+
+    /// @dev Clears the batch's transient marks, so a second `settle` in the same transaction starts clean.
+    function _clearMarks(bytes32[] memory digests) private {
+        for (uint256 i; i < digests.length; ++i) {
+            bytes32 digest = digests[i];
+            assembly ("memory-safe") {
+                tstore(digest, 0)
+            }
+        }
     }
 
     /// @dev Persists a message's fill: a completed message consumes its nonce; a partly filled

@@ -22,7 +22,18 @@ abstract contract ProviderStaking is UnderbidBase {
         bool registered;
     }
 
+    /// @dev Which matcher last locked a provider's stake, and when. A matcher's receipt promises
+    /// the provider's stake was free for the bid; a lock by *another* matcher after the receipt
+    /// breaks that promise without any stake decrease, so challenges read this record.
+    struct StakeLocks {
+        address lastLocker;
+        uint40 lastLockAt;
+        /// Last time a lock came from a different matcher than the one before it.
+        uint40 lockerChangedAt;
+    }
+
     mapping(address => ProviderAccount) public providers;
+    mapping(address => StakeLocks) public stakeLocks;
     mapping(address => string) public metadataURI;
 
     /// @dev Registers the caller as a provider. Reverts with `AlreadyRegistered`.
@@ -87,13 +98,29 @@ abstract contract ProviderStaking is UnderbidBase {
         return account.staked - account.locked;
     }
 
-    /// @dev Locks `amount` of free stake as collateral. Reverts with `InsufficientFreeStake`.
-    function _lockStake(address provider, uint256 amount) internal {
+    /// @dev Locks `amount` of free stake as collateral for a lease settled by `matcher`.
+    /// Reverts with `InsufficientFreeStake`.
+    function _lockStake(address provider, uint256 amount, address matcher) internal {
         ProviderAccount storage account = providers[provider];
         uint256 staked = account.staked;
         uint256 locked = account.locked;
         if (staked - locked < amount) revert InsufficientFreeStake(provider, amount, staked - locked);
         account.locked = uint128(locked + amount);
+
+        StakeLocks storage locks = stakeLocks[provider];
+        // Written once per provider and block: later matches of the same batch find it current.
+        if (locks.lastLockAt != block.timestamp || locks.lastLocker != matcher) {
+            address previous = locks.lastLocker;
+            if (previous != matcher && previous != address(0)) locks.lockerChangedAt = uint40(block.timestamp);
+            locks.lastLocker = matcher;
+            locks.lastLockAt = uint40(block.timestamp);
+        }
+    }
+
+    /// @dev True if a matcher other than `matcher` may have locked `provider`'s stake at or after `since`.
+    function _lockedByOtherSince(address provider, address matcher, uint256 since) internal view returns (bool) {
+        StakeLocks storage locks = stakeLocks[provider];
+        return locks.lockerChangedAt >= since || (locks.lastLocker != matcher && locks.lastLockAt >= since);
     }
 
     /// @dev Unlocks `amount` of collateral.

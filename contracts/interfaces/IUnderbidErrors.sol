@@ -79,6 +79,8 @@ interface IUnderbidErrors {
     error BidOverfilled(uint256 bidIndex);
     /// @dev The same (round, order, bid) pair appears twice; merge the units into one match.
     error DuplicateLease(bytes32 leaseId);
+    /// @dev The same signed order or bid is listed twice in one batch; list it once.
+    error DuplicateMessage(bytes32 digest);
 
     // ----- matcher bonds and challenges -----
     /// @dev The caller has no bond at or above the minimum, or has asked to leave.
@@ -101,6 +103,9 @@ interface IUnderbidErrors {
     error BidFullyFilled(bytes32 bidDigest);
     /// @dev The provider's stake went down (unstake request or slash) after the receipt was issued.
     error StakeDecreasedAfterReceipt(uint256 decreasedAt, uint256 issuedAt);
+    /// @dev Another matcher locked the provider's stake after the receipt: the round's matcher
+    /// may have found the bid unfundable, so the receipt proves nothing.
+    error StakeLockedByOtherMatcher(address provider, uint256 issuedAt);
     /// @dev No lease of the challenged round matches the witness order and bid.
     error WitnessNotInRound(bytes32 leaseId);
     error WitnessMarketMismatch(bytes32 witnessMarket, bytes32 market);

@@ -7,7 +7,6 @@ needs the compiler or ape at run time.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
 import coincurve
@@ -23,7 +23,7 @@ from underbid.clearing import BidLot, Clearing, OrderLot, clear
 from underbid.eip712 import Receipt
 from underbid.markets import canonical_spec
 from underbid.store import DuplicateMessage, MessageKind, RoundState, Store, StoredMessage, StoredRound
-from underbid.submission import SubmissionError, Submitter, retry_rpc, split_batches
+from underbid.submission import NeedsReclear, SubmissionError, Submitter, retry_rpc, split_batches
 from underbid.validation import Accepted, Rejection, Validator, order_cost
 
 log = logging.getLogger("underbid.matcher")
@@ -50,14 +50,28 @@ class Matcher:
         self.store = store
         self.account = account
         self.validator = Validator(chain.book.domain, chain, store)
-        self.submitter = Submitter(chain, store, account)
         self._round_lock = threading.Lock()
         # Intake holds it shared (many requests commit at once, their commits grouped); the round
-        # snapshot holds it exclusive, so a receipted bid is always in its round's snapshot.
+        # snapshot and the application of a round's fills hold it exclusive, so a receipted bid
+        # is always in its round's snapshot and validation never mixes stake read before a
+        # settlement with reservations counted after it.
         self._intake_lock = SharedExclusiveLock()
+        self._provider_locks: dict[str, threading.Lock] = {}
+        self._provider_locks_guard = threading.Lock()
+        self.submitter = Submitter(chain, store, account, confirm_guard=self._applying_fills)
         self._signing_key = coincurve.PrivateKey(bytes(account.key))
         #: The round taking messages; changes only under the exclusive intake lock.
         self._intake_round = store.open_round()
+
+    @contextmanager
+    def _applying_fills(self) -> Iterator[None]:
+        with self._intake_lock.exclusive():
+            yield
+            self.chain.cache.invalidate()  # stake and escrow read before the settlement are stale now
+
+    def _provider_lock(self, provider: str) -> threading.Lock:
+        with self._provider_locks_guard:
+            return self._provider_locks.setdefault(provider, threading.Lock())
 
     # ----- intake -----
 
@@ -66,10 +80,13 @@ class Matcher:
 
         A bid gets a receipt for the round that is open *while the bid is committed*: intake and
         the round snapshot share a lock, so a receipted bid is always in its round's snapshot.
+        A provider's bids are checked and committed one at a time, so concurrent bids cannot
+        together reserve more stake than the provider has.
         """
         now = retry_rpc(self.chain.block_time)
-        accepted = self.validator.check(kind, message, signature_hex, spec, now)
-        with self._intake_lock.shared():
+        serial = self._provider_lock(message.provider) if kind is MessageKind.BID else nullcontext()
+        with self._intake_lock.shared(), serial:
+            accepted = self.validator.check(kind, message, signature_hex, spec, now)
             receipt = self._receipt(accepted.digest, now) if kind is MessageKind.BID else None
             try:
                 self.store.add_message(kind, accepted.digest, message, accepted.signature, receipt)
@@ -89,11 +106,7 @@ class Matcher:
     def reconcile(self) -> list[int]:
         """Finishes rounds a crash interrupted, and makes new round ids skip ids used on chain."""
         with self._round_lock:
-            done = self.submitter.reconcile()
-            for round_id in self.store.closed_uncleared_rounds():
-                # The crash came between snapshot and clearing: nothing was sent, so the round is
-                # abandoned and its messages (still open in the store) go to the next round.
-                self.store.fail_round(round_id, "matcher stopped between snapshot and clearing")
+            done = self._finish_unfinished()
             with self._intake_lock.exclusive():
                 round_id = self.store.open_round()
                 matcher, landed, _ = retry_rpc(lambda: self.chain.round_state(round_id))
@@ -105,6 +118,48 @@ class Matcher:
                 self._intake_round = round_id
             return done
 
+    def _finish_unfinished(self) -> list[int]:
+        """Every round cleared or submitted but not confirmed is settled from where it stopped;
+        one whose batches never landed is cleared again from its snapshot (the messages received
+        by its close, still open), since its allocation may no longer be sendable as it is."""
+        done = []
+        for stored in self.store.rounds_in(RoundState.CLEARED, RoundState.SUBMITTED):
+            for batch in stored.batches:
+                if batch.state == "sent" and batch.tx_hash:
+                    self.submitter.await_sent(batch.tx_hash)
+            _, landed, _ = retry_rpc(lambda: self.chain.round_state(stored.id))
+            try:
+                if landed:
+                    self.submitter.settle_round(self.store.get_round(stored.id))
+                else:
+                    self.store.reset_clearing(stored.id)
+                    self._settle_snapshot_or_abandon(stored.id)
+                done.append(stored.id)
+            except SubmissionError as exc:
+                log.error("round %s could not be reconciled: %s", stored.id, exc)
+                self.store.fail_round(stored.id, str(exc))
+        for round_id in self.store.closed_uncleared_rounds():
+            # Stopped between snapshot and clearing: nothing was sent; clear it now.
+            self._settle_snapshot_or_abandon(round_id)
+            done.append(round_id)
+        return done
+
+    def _settle_snapshot_or_abandon(self, round_id: int) -> None:
+        report = self._settle_snapshot(round_id, *self._snapshot_of(round_id))
+        if report.state == RoundState.OPEN.value:
+            # Nothing is left to match: the round never settles, so none of its receipts can
+            # be used in a challenge, and its open messages go to the next round.
+            self.store.fail_round(round_id, "nothing left to match when the round was finished")
+
+    def _snapshot_of(self, round_id: int) -> tuple[list[StoredMessage], list[StoredMessage]]:
+        self.chain.cache.invalidate()
+        now = retry_rpc(self.chain.block_time)
+        cutoff = self.store.closed_at(round_id)
+        return (
+            self.store.open_messages(MessageKind.ORDER, now, received_by=cutoff),
+            self.store.open_messages(MessageKind.BID, now, received_by=cutoff),
+        )
+
     def close_round(self) -> RoundReport:
         """Clears the open round on a snapshot of the store and settles it on chain.
 
@@ -112,8 +167,8 @@ class Matcher:
         """
         with self._round_lock:
             started = time.perf_counter()
-            if self.store.rounds_in(RoundState.CLEARED, RoundState.SUBMITTED):
-                self.submitter.reconcile()  # an earlier round's submission failed: finish it first
+            if self.store.rounds_in(RoundState.CLEARED, RoundState.SUBMITTED) or self.store.closed_uncleared_rounds():
+                self._finish_unfinished()  # an earlier round's submission failed: finish it first
             self.chain.cache.invalidate()  # the round judges deadlines and funds by fresh chain state
             now = retry_rpc(self.chain.block_time)
             with self._intake_lock.exclusive():
@@ -122,15 +177,30 @@ class Matcher:
                 bids = self.store.open_messages(MessageKind.BID, now)
                 self.store.close_intake(round_id)
                 self._intake_round = self.store.open_round()
-            t_snapshot = time.perf_counter()
-
-            clearing, dropped = self._clear_fundable(orders, bids)
-            t_clear = time.perf_counter()
-            if not clearing.matches:
+            report = self._settle_snapshot(round_id, orders, bids, started)
+            if report.state == RoundState.OPEN.value:
                 with self._intake_lock.exclusive():
                     self.store.reopen_intake(round_id)
                     self._intake_round = self.store.open_round()
-                return RoundReport(round_id, RoundState.OPEN.value, len(orders), len(bids), dropped=dropped)
+            return report
+
+    def _settle_snapshot(
+        self, round_id: int, orders: list[StoredMessage], bids: list[StoredMessage], started: float | None = None
+    ) -> RoundReport:
+        """Clears a round's snapshot and settles it. While nothing of the round has landed, any
+        message the chain refuses is dropped and the round cleared again from the rest."""
+        started = time.perf_counter() if started is None else started
+        t_snapshot = time.perf_counter()
+        dropped_total = 0
+        for _ in range(len(orders) + len(bids) + 1):
+            clearing, dropped = self._clear_fundable(orders, bids)
+            dropped_total += dropped
+            live = {s.digest for s in orders + bids if (m := self.store.get_message(s.digest)) and m.status == "open"}
+            orders = [s for s in orders if s.digest in live]
+            bids = [s for s in bids if s.digest in live]
+            t_clear = time.perf_counter()
+            if not clearing.matches:
+                return RoundReport(round_id, RoundState.OPEN.value, len(orders), len(bids), dropped=dropped_total)
 
             matches = [
                 {"order": m.order_key, "bid": m.bid_key, "units": m.units, "market": mc.market}
@@ -149,19 +219,25 @@ class Matcher:
             failpoints.hit("after_clearing")
             try:
                 settled = self.submitter.settle_round(self.store.get_round(round_id))
+            except NeedsReclear as exc:
+                log.warning("round %s: clearing again: %s", round_id, exc.reason)
+                if exc.culprit is not None:
+                    self.store.drop(exc.culprit, f"dropped from round {round_id}: {exc.reason}")
+                    dropped_total += 1
+                self.store.reset_clearing(round_id)
+                continue
             except SubmissionError as exc:
                 # The round stays submitted; the next close_round reconciles it before clearing.
                 log.error("round %s: submission failed: %s", round_id, exc)
-                return RoundReport(round_id, RoundState.SUBMITTED.value, len(orders), len(bids), dropped=dropped)
+                return RoundReport(round_id, RoundState.SUBMITTED.value, len(orders), len(bids), dropped=dropped_total)
             t_settle = time.perf_counter()
-
             report = RoundReport(
                 round_id=round_id,
                 state=RoundState.CONFIRMED.value,
                 orders=len(orders),
                 bids=len(bids),
                 matches=sum(b.matches for b in settled),
-                dropped=dropped,
+                dropped=dropped_total,
                 prices=prices,
                 gas_used=sum(b.gas_used for b in settled),
                 seconds={
@@ -172,6 +248,7 @@ class Matcher:
             )
             log.info("round %s", json.dumps(report.__dict__, default=str))
             return report
+        raise SubmissionError(f"round {round_id}: no settleable allocation after dropping every refused message")
 
     def _clear_fundable(self, orders: list[StoredMessage], bids: list[StoredMessage]) -> tuple[Clearing, int]:
         """Clears, then corrects for what the chain can no longer honour, and clears again.

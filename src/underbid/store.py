@@ -267,10 +267,16 @@ class Store:
             return None
         return _message(row)
 
-    def open_messages(self, kind: MessageKind, now: int, market: str | None = None) -> list[StoredMessage]:
-        """Open messages of `kind` whose deadline has not passed, oldest first."""
+    def open_messages(
+        self, kind: MessageKind, now: int, market: str | None = None, received_by: float | None = None
+    ) -> list[StoredMessage]:
+        """Open messages of `kind` whose deadline has not passed, oldest first; with `received_by`,
+        only those received by then (a round's snapshot, rebuilt after a crash)."""
         query = "SELECT * FROM messages WHERE status = 'open' AND kind = ? AND deadline >= ?"
         args: list[Any] = [kind.value, now]
+        if received_by is not None:
+            query += " AND received_at <= ?"
+            args.append(received_by)
         if market is not None:
             query += " AND market = ?"
             args.append(market)
@@ -360,12 +366,27 @@ class Store:
             )
 
     def replace_batch_payload(self, round_id: int, batch: int, payload: dict[str, Any]) -> None:
-        """Rewrites a batch that has not been sent (a dropped message's matches left it)."""
+        """Rewrites a batch that has not landed (a dropped message's matches left it)."""
         with self._tx() as db:
             db.execute(
-                "UPDATE batches SET payload = ? WHERE round_id = ? AND batch = ? AND state = 'pending'",
+                "UPDATE batches SET payload = ? WHERE round_id = ? AND batch = ? AND state != 'confirmed'",
                 (json.dumps(payload), round_id, batch),
             )
+
+    def reset_clearing(self, round_id: int) -> None:
+        """Forgets a round's clearing and batches, none of which landed, so it can be cleared again."""
+        with self._tx() as db:
+            db.execute("DELETE FROM batches WHERE round_id = ?", (round_id,))
+            db.execute(
+                "UPDATE rounds SET state = 'open', clearing = NULL, cleared_at = NULL WHERE id = ?"
+                " AND state IN ('cleared', 'submitted')",
+                (round_id,),
+            )
+
+    def closed_at(self, round_id: int) -> float | None:
+        with self._reading() as db:
+            row = db.execute("SELECT closed_at FROM rounds WHERE id = ?", (round_id,)).fetchone()
+        return row[0] if row else None
 
     def record_sent(self, round_id: int, batch: int, tx_hash: str) -> None:
         """Called before the transaction is broadcast: the hash is the crash-recovery handle."""

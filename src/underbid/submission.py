@@ -2,8 +2,11 @@
 
 - Batches: a round is split so each transaction stays well inside the block gas limit.
 - Simulation first: each batch is estimated (an `eth_estimateGas` dry run) before it is signed. A
-  revert names the message at fault with a custom error; that message is dropped, its matches
-  leave the batch, and the rest goes ahead: one stale order never sinks a whole round.
+  revert names the message at fault with a custom error. While no batch of the round has landed,
+  the matcher drops that message and clears the round again (`NeedsReclear`): removing matches
+  from an optimal allocation could leave a cheaper receipted bid idle while a dearer one wins,
+  which a provider could prove on chain. Once a batch has landed the round's prices are fixed, so
+  later batches drop the message's matches and go ahead.
 - Crash safety: the signed transaction's hash is committed to the store before it is broadcast.
   The contract accepts batches only in order and never settles a finished round twice, so
   resending after a crash is safe, and `reconcile` reads the round's on-chain state first.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,7 +28,7 @@ from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhaust
 
 from underbid import failpoints
 from underbid.chain import ChainView, DecodedError
-from underbid.store import MessageKind, RoundState, Store, StoredMessage, StoredRound
+from underbid.store import MessageKind, Store, StoredMessage, StoredRound
 
 log = logging.getLogger("underbid.submission")
 T = TypeVar("T")
@@ -39,6 +43,15 @@ BLOCK_SHARE = 0.5
 
 class SubmissionError(Exception):
     """A batch could not be settled (other than by a message the matcher could drop)."""
+
+
+class NeedsReclear(Exception):
+    """Nothing of the round has landed and its allocation can no longer be sent as it is."""
+
+    def __init__(self, culprit: str | None, reason: str):
+        super().__init__(reason)
+        self.culprit = culprit
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -78,12 +91,21 @@ def retry_rpc(call: Callable[[], T], attempts: int = 5, base_delay: float = 0.2)
 
 
 class Submitter:
-    def __init__(self, chain: ChainView, store: Store, account: LocalAccount, receipt_timeout: float = 120.0):
+    def __init__(
+        self,
+        chain: ChainView,
+        store: Store,
+        account: LocalAccount,
+        receipt_timeout: float = 120.0,
+        confirm_guard: Callable[[], AbstractContextManager[object]] = nullcontext,
+    ):
         self.chain = chain
         self.w3 = chain.w3
         self.store = store
         self.account = account
         self.receipt_timeout = receipt_timeout
+        #: Held while a round's fills are applied (the matcher pauses intake meanwhile).
+        self.confirm_guard = confirm_guard
 
     # ----- building calls -----
 
@@ -156,26 +178,36 @@ class Submitter:
         self._confirm(stored.id)
         return results
 
+    def simulate(self, round_id: int, index: int, final: bool, payload: dict[str, Any]) -> tuple[int, None] | tuple[None, tuple[str | None, str]]:
+        """Dry-runs a batch. Returns (gas, None), or (None, (culprit digest or None, reason))."""
+        args, _ = self._call_args(round_id, index, final, payload)
+        call = self.chain.settlement.functions.settle(*args)
+        try:
+            return retry_rpc(lambda: call.estimate_gas({"from": self.account.address})), None
+        except (ContractCustomError, ContractLogicError) as exc:
+            error = self.chain.errors.from_exception(exc)
+            culprit = self._culprit(error, payload) if error else None
+            return None, (culprit, f"round {round_id} batch {index} reverts: {error or exc}")
+
     def _send_batch(self, stored: StoredRound, index: int, payload: dict[str, Any]) -> SettledBatch:
         final = index == len(stored.batches) - 1
         for _ in range(len(payload["matches"]) + 1):
-            args, _ = self._call_args(stored.id, index, final, payload)
-            call = self.chain.settlement.functions.settle(*args)
-            try:
-                gas = retry_rpc(lambda: call.estimate_gas({"from": self.account.address}))
+            gas, failure = self.simulate(stored.id, index, final, payload)
+            if failure is None:
                 break
-            except (ContractCustomError, ContractLogicError) as exc:
-                error = self.chain.errors.from_exception(exc)
-                culprit = self._culprit(error, payload) if error else None
-                if culprit is None:
-                    raise SubmissionError(f"round {stored.id} batch {index} reverts: {error or exc}") from exc
-                reason = f"dropped from round {stored.id}: {error}"
-                log.warning("round %s: %s %s", stored.id, culprit, reason)
-                self.store.drop(culprit, reason)
-                payload = _without(payload, culprit)
-                self.store.replace_batch_payload(stored.id, index, payload)
+            culprit, reason = failure
+            if index == 0:
+                raise NeedsReclear(culprit, reason)
+            if culprit is None:
+                raise SubmissionError(reason)
+            log.warning("round %s: dropping %s: %s", stored.id, culprit, reason)
+            self.store.drop(culprit, f"dropped from round {stored.id}: {reason}")
+            payload = _without(payload, culprit)
+            self.store.replace_batch_payload(stored.id, index, payload)
         else:
             raise SubmissionError(f"round {stored.id} batch {index}: could not find a settleable batch")
+        args, _ = self._call_args(stored.id, index, final, payload)
+        call = self.chain.settlement.functions.settle(*args)
 
         tx = call.build_transaction(
             {
@@ -192,7 +224,10 @@ class Submitter:
         failpoints.hit("after_broadcast")
         receipt = retry_rpc(lambda: self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout))
         if receipt["status"] != 1:
-            raise SubmissionError(f"round {stored.id} batch {index}: transaction {tx_hash} reverted")
+            reason = f"round {stored.id} batch {index}: transaction {tx_hash} reverted"
+            if index == 0:  # state moved between the dry run and the block: clear again
+                raise NeedsReclear(None, reason)
+            raise SubmissionError(reason)
         self.store.record_batch_confirmed(stored.id, index, receipt["gasUsed"], tx_hash)
         return SettledBatch(index, tx_hash, receipt["gasUsed"], len(payload["matches"]))
 
@@ -222,24 +257,10 @@ class Submitter:
             for m in batch.payload["matches"]:
                 fills[m["order"]] = fills.get(m["order"], 0) + m["units"]
                 fills[m["bid"]] = fills.get(m["bid"], 0) + m["units"]
-        self.store.confirm_round(round_id, fills)
+        with self.confirm_guard():
+            self.store.confirm_round(round_id, fills)
 
-    def reconcile(self) -> list[int]:
-        """Finishes every round that was cleared or submitted before a crash. Returns their ids."""
-        done = []
-        for stored in self.store.rounds_in(RoundState.CLEARED, RoundState.SUBMITTED):
-            for batch in stored.batches:
-                if batch.state == "sent" and batch.tx_hash:
-                    self._await_sent(batch.tx_hash)
-            try:
-                self.settle_round(self.store.get_round(stored.id))
-                done.append(stored.id)
-            except SubmissionError as exc:
-                log.error("round %s could not be reconciled: %s", stored.id, exc)
-                self.store.fail_round(stored.id, str(exc))
-        return done
-
-    def _await_sent(self, tx_hash: str) -> None:
+    def await_sent(self, tx_hash: str) -> None:
         """Gives a transaction broadcast before a crash a moment to be mined."""
         try:
             self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=5)
