@@ -172,6 +172,7 @@ def test_challenge_of_a_correct_round_is_refused(cli, chain):
         cli("provider", "stake", "--amount", "200", "--account", dev)
     cheap = cli("bid", "create", "--market", H100_8, "--capacity", "2", "--price", "1.25", "--account", "dev:5")
     assert cheap["receipt"]["bidHash"] == cheap["digest"] and cheap["receipt"]["round"] == cheap["round"]
+    assert cheap["receipt_valid"] is True  # signed by the bonded matcher, for this bid
     cli("bid", "create", "--market", H100_8, "--capacity", "2", "--price", "1.40", "--account", "dev:6")
     cli("devnet", "fund", "dev:8", "--ubt", "100")
     cli("credits", "mint", "--ubt", "50", "--account", "dev:8")

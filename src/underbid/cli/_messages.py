@@ -41,6 +41,9 @@ def post(env: Env, kind: str, message, spec: str) -> dict[str, Any]:
     receipt = ack.get("receipt")
     if kind == "bid" and receipt is None:  # older matchers: the stored bid may still carry one
         receipt = (matcher.get_message(kind, ack["digest"]) or {}).get("receipt")
+    receipt_problem = check_receipt(client, message, receipt) if kind == "bid" else None
+    if receipt_problem:
+        click.echo(f"warning: the matcher's receipt cannot back a challenge: {receipt_problem}", err=True)
     env.journal().add(JournalEntry(
         kind=kind, deployment=client.deployment_key(), digest=ack["digest"], signer=client.address,
         nonce=message.nonce, message=message.model_dump(by_alias=True), signature="0x" + signature.hex(), spec=spec,
@@ -53,7 +56,29 @@ def post(env: Env, kind: str, message, spec: str) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - the round number is decoration; the message is already accepted
             open_round = None
     return {"digest": ack["digest"], "status": ack["status"], "round": open_round, "receipt": receipt,
+            "receipt_valid": None if kind != "bid" else receipt_problem is None,
             "signature": "0x" + signature.hex()}
+
+
+def check_receipt(client, bid, receipt: dict[str, Any] | None) -> str | None:
+    """Why `receipt` could not back a challenge, or None if it can: it must name this bid, carry a
+    plausible time and round, and be signed by a bonded matcher."""
+    from underbid.eip712 import Receipt, SignatureError, recover_signer
+
+    if not receipt:
+        return "the matcher returned no receipt"
+    try:
+        parsed = Receipt(bid_hash=receipt["bidHash"], round=receipt["round"], issued_at=receipt["issuedAt"])
+        signer = recover_signer(parsed.digest(client.domain), bytes.fromhex(receipt["signature"].removeprefix("0x")))
+    except (KeyError, ValueError, SignatureError) as exc:
+        return f"malformed receipt ({exc})"
+    if parsed.bid_hash != "0x" + bid.digest(client.domain).hex():
+        return "it names another bid"
+    if parsed.round == 0 or parsed.issued_at == 0 or parsed.issued_at > client.block_time() + 300:
+        return f"implausible round {parsed.round} or time {parsed.issued_at}"
+    if not client.settlement.functions.isBondedMatcher(signer).call():
+        return f"it is signed by {signer}, which is not a bonded matcher"
+    return None
 
 
 def message_rows(env: Env, kind: str, *, only_open: bool) -> list[dict[str, Any]]:
