@@ -172,6 +172,20 @@ def market(chain, deployer, matcher, ubt, credit, bme, settlement, domain, param
     return Market(chain, deployer, matcher, ubt, credit, bme, settlement, domain, params)
 
 
+@pytest.fixture
+def funded(market, buyers, providers) -> Market:
+    """Every buyer holds 1,000 UBC of free escrow and every provider 8 units of stake.
+
+    NOTE: function-scoped on purpose: ape does not roll back module-scoped fixture state when the
+    module ends, so a module-scoped version leaks stake into the next test files.
+    """
+    for buyer in buyers:
+        market.fund_buyer(buyer, 1_000 * UBC)
+    for provider in providers:
+        market.stake_provider(provider, 8)
+    return market
+
+
 # ----- the gas report: lines printed at the end of the run and compared with gas-snapshots/ -----
 
 GAS_LINES: list[str] = []

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import ape
 import pytest
-from ape.exceptions import ContractLogicError, CustomError
+from ape.exceptions import CustomError
 from eth_abi import encode
 from eth_utils import keccak
 
@@ -143,15 +143,6 @@ def pass_over(
     settled_at = m.settlement.rounds(round_id).settledAt
     assert settled_at > 0
     return Scene(m, round_id, provider, b, receipt, o, w, settled_at)
-
-
-@pytest.fixture
-def funded(market, buyers, providers):
-    for buyer in buyers:
-        market.fund_buyer(buyer, 1_000 * UBC)
-    for provider in providers:
-        market.stake_provider(provider, 8)
-    return market
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import ape
 import pytest
 
-from ..conftest import A100, H100, HOUR, UBC
+from ..conftest import A100, H100, HOUR
 
 MAX_UINT = 2**256 - 1
 BPS = 10_000
@@ -51,19 +51,6 @@ def args(log):
 
 def at(chain, t: int) -> None:
     chain.pending_timestamp = t
-
-
-@pytest.fixture
-def funded(market, buyers, providers):
-    """Every buyer holds 1,000 UBC of free escrow, every provider 8 units of stake.
-
-    NOTE: function-scoped on purpose: ape does not roll back module-scoped fixture state when the
-    module ends, so a module-scoped version leaked stake into the next test files."""
-    for buyer in buyers:
-        market.fund_buyer(buyer, 1_000 * UBC)
-    for provider in providers:
-        market.stake_provider(provider, 8)
-    return market
 
 
 def open_lease(m, buyer, provider, *, units=3, duration=2 * HOUR, price=P1, round_id=1, market=H100) -> Lease:

@@ -11,15 +11,6 @@ from ..conftest import A100, H100, HOUR, UBC
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
-@pytest.fixture
-def funded(market, buyers, providers):
-    for buyer in buyers:
-        market.fund_buyer(buyer, 1_000 * UBC)
-    for provider in providers:
-        market.stake_provider(provider, 8)
-    return market
-
-
 def test_settle_opens_lease_and_locks_escrow_and_stake(funded, settlement, buyers, providers, params):
     m = funded
     order = m.order(buyers[0], units=2, duration=2 * HOUR, max_price=3 * UBC)

@@ -4,7 +4,7 @@ accepted message is still there and each round is settled on chain exactly once.
 import httpx
 import pytest
 
-from ..conftest import H100, HOUR, UBC
+from ..conftest import HOUR, UBC
 from .conftest import order_body
 
 
