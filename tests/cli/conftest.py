@@ -8,65 +8,27 @@ $UNDERBID_MATCHER and $UNDERBID_DEPLOYMENT; keystores live in a temporary $UNDER
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from click.testing import CliRunner, Result
 
 from underbid.cli import main
 from underbid.deploy import address_book
 
+from ..matcher.conftest import ADMIN_TOKEN, MatcherProcess, free_port  # noqa: F401 - re-exported to the CLI tests
+
 DATA = Path(__file__).parent / "data"
-ADMIN_TOKEN = "cli-test-admin-token"
 H100_8 = "gpu=nvidia-h100;vram=80;gpus=8;region=us-east"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Matcher:
-    """`underbid matcher run` in a subprocess, on a free port, with a fresh store."""
-
-    def __init__(self, rpc: str, book: Path, workdir: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "matcher.log"
-        cmd = [sys.executable, "-m", "underbid.cli", "matcher", "run", "--dev", "--rpc", rpc,
-               "--deployment", str(book), "--db", str(workdir / "matcher.db"), "--port", str(self.port),
-               "--round-seconds", "0", "--admin-token", ADMIN_TOKEN]
-        env = {k: v for k, v in os.environ.items() if k not in ("UNDERBID_MATCHER_KEY", "UNDERBID_FAILPOINT")}
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"matcher exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("matcher did not come up")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+def Matcher(rpc: str, book: Path, workdir: Path) -> MatcherProcess:  # noqa: N802 - reads as the process it starts
+    """`underbid matcher run` in a subprocess, on a free port, with a fresh store (started)."""
+    process = MatcherProcess(rpc, book, workdir / "matcher.db", workdir / "matcher.log")
+    process.start()
+    return process
 
 
 @dataclass

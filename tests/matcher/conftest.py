@@ -18,7 +18,7 @@ from underbid.deploy import address_book
 ADMIN_TOKEN = "test-admin-token"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -29,12 +29,12 @@ class MatcherProcess:
 
     def __init__(self, rpc: str, book: Path, db: Path, log: Path):
         self.rpc, self.book, self.db, self.log = rpc, book, db, log
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def start(self, failpoint: str | None = None, timeout: float = 60.0) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "UNDERBID_FAILPOINT"}
+        env = {k: v for k, v in os.environ.items() if k not in ("UNDERBID_FAILPOINT", "UNDERBID_MATCHER_KEY")}
         if failpoint:
             env["UNDERBID_FAILPOINT"] = failpoint
         cmd = [
