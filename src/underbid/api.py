@@ -10,6 +10,7 @@ import hmac
 import logging
 from typing import Annotated, Any
 
+import requests
 from fastapi import FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -19,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from underbid.eip712 import Bid, Order
 from underbid.matcher import Matcher
 from underbid.store import MessageKind, StoredMessage
-from underbid.validation import Rejection
+from underbid.validation import Accepted, Rejection, Rejections, Submission
 
 log = logging.getLogger("underbid.api")
 
@@ -41,6 +42,22 @@ class BidSubmission(Bid, _Signed):
     """A bid's EIP-712 fields plus its signature."""
 
 
+#: Most messages one batch request may carry; a price ladder is a handful, a fleet a few hundred.
+MAX_BATCH = 1_000
+
+
+class OrderBatch(BaseModel):
+    """Signed orders accepted together or not at all."""
+
+    orders: list[OrderSubmission] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BidBatch(BaseModel):
+    """Signed bids accepted together or not at all: a provider's price ladder, or a fleet's bids."""
+
+    bids: list[BidSubmission] = Field(min_length=1, max_length=MAX_BATCH)
+
+
 class SignedReceipt(BaseModel):
     """The matcher's EIP-712 receipt for a bid: the provider's proof that it was submitted."""
 
@@ -54,6 +71,10 @@ class Acknowledgement(BaseModel):
     digest: str
     status: str
     receipt: SignedReceipt | None = None
+
+
+class BatchAcknowledgement(BaseModel):
+    accepted: list[Acknowledgement]
 
 
 class FieldError(BaseModel):
@@ -122,14 +143,35 @@ def create_app(matcher: Matcher, admin_token: str | None = None) -> FastAPI:
         return _error(exc.status_code, "request", str(exc.detail))
 
     @app.exception_handler(ConnectionError)
-    async def _chain_down(_: Request, exc: ConnectionError) -> JSONResponse:
-        return _error(503, "chain", f"the chain RPC is unreachable: {exc}")
+    @app.exception_handler(requests.RequestException)  # what web3's HTTP provider raises
+    async def _chain_down(_: Request, exc: Exception) -> JSONResponse:
+        return _error(503, "chain", f"the chain RPC is unreachable ({type(exc).__name__}): try again shortly")
+
+    def _submissions(kind: MessageKind, bodies: list[_Signed]) -> list[Submission]:
+        model = Order if kind is MessageKind.ORDER else Bid
+        fields = set(model.model_fields)
+        return [
+            Submission(model.model_validate(body.model_dump(include=fields)), body.signature, body.spec)
+            for body in bodies
+        ]
+
+    def _acknowledgement(accepted: Accepted) -> Acknowledgement:
+        return Acknowledgement(digest=accepted.digest, status="open", receipt=accepted.receipt)
 
     def _submit(kind: MessageKind, body: _Signed) -> Acknowledgement:
-        model = Order if kind is MessageKind.ORDER else Bid
-        message = model.model_validate(body.model_dump(include=set(model.model_fields)))
-        accepted = matcher.accept(kind, message, body.signature, body.spec)
-        return Acknowledgement(digest=accepted.digest, status="open", receipt=accepted.receipt)
+        (submission,) = _submissions(kind, [body])
+        return _acknowledgement(matcher.accept(kind, submission.message, submission.signature, submission.spec))
+
+    def _submit_batch(kind: MessageKind, bodies: list[_Signed]) -> BatchAcknowledgement | JSONResponse:
+        try:
+            accepted = matcher.accept_batch(kind, _submissions(kind, bodies))
+        except Rejections as refused:
+            # Field paths as for schema errors: "bids.3.nonce" is the nonce of the fourth bid.
+            return JSONResponse(status_code=refused.status, content={"detail": [
+                {"field": f"{kind.value}s.{i}.{rejection.field}", "reason": rejection.reason}
+                for i, rejection in refused.items
+            ]})
+        return BatchAcknowledgement(accepted=[_acknowledgement(a) for a in accepted])
 
     @app.post("/orders", status_code=201, response_model=Acknowledgement, responses=_ERRORS)
     def post_order(body: OrderSubmission) -> Acknowledgement:
@@ -141,6 +183,18 @@ def create_app(matcher: Matcher, admin_token: str | None = None) -> FastAPI:
         """Accepts a signed bid; answers only after it is committed to the store, with the
         matcher's signed receipt naming the round the bid will be cleared in."""
         return _submit(MessageKind.BID, body)
+
+    @app.post("/orders/batch", status_code=201, response_model=BatchAcknowledgement, responses=_ERRORS)
+    def post_orders(body: OrderBatch) -> Any:
+        """Accepts up to 1,000 signed orders at once, all or none, in one durable commit.
+        A refusal names every refused order by its position: `orders.<i>.<field>`."""
+        return _submit_batch(MessageKind.ORDER, body.orders)
+
+    @app.post("/bids/batch", status_code=201, response_model=BatchAcknowledgement, responses=_ERRORS)
+    def post_bids(body: BidBatch) -> Any:
+        """Accepts up to 1,000 signed bids at once (a price ladder), all or none, in one durable
+        commit, each with its receipt. A refusal names every refused bid: `bids.<i>.<field>`."""
+        return _submit_batch(MessageKind.BID, body.bids)
 
     def _get(kind: MessageKind, digest: str) -> Any:
         stored = matcher.store.get_message(digest.lower(), kind)

@@ -6,13 +6,15 @@ need ape or the compiler at run time.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from eth_abi import decode as abi_decode
+from eth_abi import encode as abi_encode
 from eth_utils import function_signature_to_4byte_selector
 from web3 import HTTPProvider, Web3
 from web3.exceptions import ContractCustomError, ContractLogicError
@@ -21,10 +23,14 @@ from underbid.deployment import AddressBook
 
 T = TypeVar("T")
 
+log = logging.getLogger("underbid.chain")
+
 
 def connect(rpc_url: str, timeout: float = 30.0) -> Web3:
     """A web3 connection to `rpc_url`. Raises ConnectionError when nothing answers there."""
-    w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+    # cache_allowed_requests keeps eth_chainId, which web3's validation middleware would
+    # otherwise ask for before every eth_call, tripling the round trips of a fact read.
+    w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}, cache_allowed_requests=True))
     if not w3.is_connected():
         raise ConnectionError(f"no Ethereum node answers at {rpc_url}")
     return w3
@@ -102,13 +108,56 @@ class TTLCache:
             if hit is not None and now - hit[0] < self.ttl:
                 return hit[1]
         value = load()
-        with self._lock:
-            self._entries[key] = (now, value)
+        self.put(key, value, now)
         return value
+
+    def missing(self, keys: Iterable[Hashable]) -> list[Hashable]:
+        """Those of `keys` with no fresh entry, each once, in first-seen order."""
+        now = time.monotonic()
+        with self._lock:
+            return [
+                key for key in dict.fromkeys(keys)
+                if (hit := self._entries.get(key)) is None or now - hit[0] >= self.ttl
+            ]
+
+    def put(self, key: Hashable, value: Any, loaded_at: float) -> None:
+        """Stores a value read at `loaded_at` (monotonic): its age counts from before the read."""
+        with self._lock:
+            self._entries[key] = (loaded_at, value)
 
     def invalidate(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+class ChainReadError(RuntimeError):
+    """A view call the node answered with an error."""
+
+
+@dataclass(frozen=True)
+class _ViewCall:
+    """A settlement view function, encoded and decoded with eth-abi directly: web3's contract
+    function objects spend ~5 ms a call looking up the ABI, twice the RPC round trip itself."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    keep: int = 0  # which output the cache keeps
+
+    def request(self, to: str, args: tuple) -> dict[str, Any]:
+        selector = function_signature_to_4byte_selector(f"{self.name}({','.join(self.inputs)})")
+        return {"to": to, "data": "0x" + (selector + abi_encode(self.inputs, args)).hex()}
+
+    def decode(self, data: bytes) -> Any:
+        return abi_decode(self.outputs, bytes(data))[self.keep]
+
+
+#: The cached facts, by key kind; a key is (kind, *arguments of the view call).
+_FACTS: dict[str, _ViewCall] = {
+    "stake": _ViewCall("freeStake", ("address",), ("uint256",)),
+    "escrow": _ViewCall("escrowOf", ("address",), ("uint128", "uint128")),
+    "nonces": _ViewCall("nonceBitmap", ("address", "uint256"), ("uint256",)),
+}
 
 
 class ChainView:
@@ -122,19 +171,62 @@ class ChainView:
         self.cache = TTLCache(ttl)
         self.stake_per_unit: int = self.settlement.functions.stakePerUnit().call()
 
+    def _fact(self, key: tuple) -> Any:
+        return self.cache.get(key, lambda: self._read_facts([key])[0])
+
+    def _read_facts(self, keys: list[tuple]) -> list[Any]:
+        """Reads facts straight through the provider, in one JSON-RPC request (a batch when there
+        are several): they are plain view calls, and web3's middleware and result formatters
+        would cost more Python time than the round trip."""
+        calls = [("eth_call", [_FACTS[key[0]].request(self.settlement.address, key[1:]), "latest"]) for key in keys]
+        provider = self.w3.provider
+        responses = [provider.make_request(*calls[0])] if len(calls) == 1 else provider.make_batch_request(calls)
+        if not isinstance(responses, list) or len(responses) != len(keys):
+            raise ChainReadError(f"the node refused a batch of {len(keys)} reads: {responses}")
+        values = []
+        for key, response in zip(keys, responses, strict=True):
+            if "error" in response:
+                raise ChainReadError(f"{_FACTS[key[0]].name}{key[1:]} failed: {response['error']}")
+            values.append(_FACTS[key[0]].decode(bytes.fromhex(response["result"][2:])))
+        return values
+
     def free_stake(self, provider: str) -> int:
-        return self.cache.get(("stake", provider), lambda: self.settlement.functions.freeStake(provider).call())
+        return self._fact(("stake", provider))
 
     def free_escrow(self, buyer: str) -> int:
-        return self.cache.get(("escrow", buyer), lambda: self.settlement.functions.escrowOf(buyer).call()[0])
+        return self._fact(("escrow", buyer))
 
     def nonce_used(self, signer: str, nonce: int) -> bool:
         # One read per 256-nonce bitmap word: a signer's consecutive nonces share it.
-        word = nonce >> 8
-        bitmap = self.cache.get(
-            ("nonces", signer, word), lambda: self.settlement.functions.nonceBitmap(signer, word).call()
+        return bool(self._fact(("nonces", signer, nonce >> 8)) >> (nonce & 0xFF) & 1)
+
+    def prefetch(
+        self, *, nonces: Iterable[tuple[str, int]] = (), stakes: Iterable[str] = (), escrows: Iterable[str] = ()
+    ) -> None:
+        """Loads the facts a batch of messages will need (nonce state of (signer, nonce), free
+        stake of providers, free escrow of buyers) that the cache lacks, in one JSON-RPC batch
+        instead of a round trip each. Best effort: on any failure the facts are read one by one
+        later, where an error surfaces as usual."""
+        keys = [("nonces", signer, nonce >> 8) for signer, nonce in nonces]
+        keys += [("stake", provider) for provider in stakes]
+        keys += [("escrow", buyer) for buyer in escrows]
+        wanted = self.cache.missing(keys)
+        if not wanted:
+            return
+        # Signers number their messages consecutively, so the next bitmap word is read too while
+        # a request is being made anyway: the next batch then usually needs no round trip.
+        wanted += self.cache.missing(
+            ("nonces", key[1], key[2] + 1) for key in wanted if key[0] == "nonces"
         )
-        return bool(bitmap >> (nonce & 0xFF) & 1)
+        wanted = list(dict.fromkeys(wanted))
+        loaded_at = time.monotonic()
+        try:
+            values = self._read_facts(wanted)
+        except Exception as exc:  # noqa: BLE001 - an optimisation only; the single reads report errors
+            log.debug("batched fact read failed (%s); reading one by one", exc)
+            return
+        for key, value in zip(wanted, values, strict=True):
+            self.cache.put(key, value, loaded_at)
 
     def remaining(self, digest: bytes, signer: str, nonce: int, total: int) -> int:
         """Units a message can still fill on chain (uncached: used right before settlement)."""

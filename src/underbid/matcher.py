@@ -10,9 +10,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 
 import coincurve
 from eth_account.signers.local import LocalAccount
@@ -20,11 +20,11 @@ from eth_account.signers.local import LocalAccount
 from underbid import failpoints
 from underbid.chain import ChainView
 from underbid.clearing import BidLot, Clearing, OrderLot, clear
-from underbid.eip712 import Receipt
+from underbid.eip712 import Receipt, sign_digest
 from underbid.markets import canonical_spec
 from underbid.store import DuplicateMessage, MessageKind, RoundState, Store, StoredMessage, StoredRound
 from underbid.submission import NeedsReclear, SubmissionError, Submitter, retry_rpc, split_batches
-from underbid.validation import Accepted, Rejection, Validator, order_cost
+from underbid.validation import Accepted, Rejection, Rejections, Submission, Validator, order_cost
 
 log = logging.getLogger("underbid.matcher")
 
@@ -49,7 +49,8 @@ class Matcher:
         self.chain = chain
         self.store = store
         self.account = account
-        self.validator = Validator(chain.book.domain, chain, store)
+        self.domain = chain.book.domain
+        self.validator = Validator(self.domain, chain, store)
         self._round_lock = threading.Lock()
         # Intake holds it shared (many requests commit at once, their commits grouped); the round
         # snapshot and the application of a round's fills hold it exclusive, so a receipted bid
@@ -76,30 +77,50 @@ class Matcher:
     # ----- intake -----
 
     def accept(self, kind: MessageKind, message, signature_hex: str, spec: str | None = None) -> Accepted:
-        """Validates and commits a message. Returns only after the commit; raises Rejection.
+        """Validates and commits one message; raises its Rejection. See `accept_batch`."""
+        try:
+            return self.accept_batch(kind, [Submission(message, signature_hex, spec)])[0]
+        except Rejections as refused:
+            raise refused.items[0][1] from None
+
+    def accept_batch(self, kind: MessageKind, submissions: Sequence[Submission]) -> list[Accepted]:
+        """Validates and commits messages of one kind, all or none (a provider's price ladder, say).
+        Returns only after the commit; raises Rejections naming every refused message.
 
         A bid gets a receipt for the round that is open *while the bid is committed*: intake and
         the round snapshot share a lock, so a receipted bid is always in its round's snapshot.
-        A provider's bids are checked and committed one at a time, so concurrent bids cannot
-        together reserve more stake than the provider has.
+        A provider's bids are checked and committed under the provider's lock, so concurrent
+        requests cannot together reserve more stake than the provider has.
         """
+        if not submissions:
+            return []
         now = retry_rpc(self.chain.block_time)
-        serial = self._provider_lock(message.provider) if kind is MessageKind.BID else nullcontext()
-        with self._intake_lock.shared(), serial:
-            accepted = self.validator.check(kind, message, signature_hex, spec, now)
-            receipt = self._receipt(accepted.digest, now) if kind is MessageKind.BID else None
+        providers = sorted({s.message.provider for s in submissions}) if kind is MessageKind.BID else []
+        with self._intake_lock.shared(), ExitStack() as held:
+            for provider in providers:  # in sorted order, so two batches cannot deadlock
+                held.enter_context(self._provider_lock(provider))
+            accepted = self.validator.check(kind, submissions, now)
+            if kind is MessageKind.BID:
+                round_id = self._intake_round
+                for a in accepted:
+                    a.receipt = self._receipt(a.digest, round_id, now)
             try:
-                self.store.add_message(kind, accepted.digest, message, accepted.signature, receipt)
-            except DuplicateMessage:  # the same message raced in twice; the first one won
-                raise Rejection(409, "signature", f"duplicate: {kind.value} {accepted.digest} was already accepted") from None
-        if spec is not None:
-            self.store.name_market(message.market, canonical_spec(spec))
-        return replace(accepted, receipt=receipt)
+                self.store.add_messages([(kind, a.digest, a.message, a.signature, a.receipt) for a in accepted])
+            except DuplicateMessage:  # the same message raced in through another request; it won
+                raced = self.store.stored_digests([a.digest for a in accepted])
+                raise Rejections(tuple(
+                    (i, Rejection(409, "signature", f"duplicate: {kind.value} {a.digest} was already accepted"))
+                    for i, a in enumerate(accepted) if a.digest in raced or not raced
+                )) from None
+        named = {s.message.market: canonical_spec(s.spec) for s in submissions if s.spec is not None}
+        if named:
+            self.store.name_markets(named)
+        return accepted
 
-    def _receipt(self, bid_digest: str, now: int) -> dict:
-        receipt = Receipt(bid_hash=bid_digest, round=self._intake_round, issued_at=now)
-        signature = receipt.sign_fast(self._signing_key, self.chain.book.domain)
-        return {**receipt.model_dump(by_alias=True), "signature": "0x" + signature.hex()}
+    def _receipt(self, bid_digest: str, round_id: int, now: int) -> dict:
+        values = {"bid_hash": bid_digest, "round": round_id, "issued_at": now}
+        signature = sign_digest(self._signing_key, Receipt.digest_of(self.domain, values))
+        return {"bidHash": bid_digest, "round": round_id, "issuedAt": now, "signature": "0x" + signature.hex()}
 
     # ----- rounds -----
 

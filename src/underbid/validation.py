@@ -7,6 +7,7 @@ again, on chain, at settlement.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from underbid.chain import ChainView
@@ -33,7 +34,32 @@ def order_cost(units: int, price: int, duration: int) -> int:
     return units * price * duration // 3600
 
 
+@dataclass
+class Rejections(Exception):
+    """Messages of one batch request refused, as (position in the batch, Rejection), in order.
+    A batch is accepted whole or not at all."""
+
+    items: tuple[tuple[int, Rejection], ...]
+
+    @property
+    def status(self) -> int:
+        # A request that must be fixed (400) outranks one that merely repeats itself (409).
+        return min(rejection.status for _, rejection in self.items)
+
+    def __str__(self) -> str:
+        return "; ".join(f"[{i}] {rejection}" for i, rejection in self.items)
+
+
 @dataclass(frozen=True)
+class Submission:
+    """A schema-valid message as received: the message, its signature (hex) and optional spec."""
+
+    message: SignedMessage
+    signature: str
+    spec: str | None = None
+
+
+@dataclass
 class Accepted:
     kind: MessageKind
     digest: str
@@ -51,47 +77,76 @@ class Validator:
         self.chain = chain
         self.store = store
 
-    def check(self, kind: MessageKind, message: SignedMessage, signature_hex: str, spec: str | None, now: int) -> Accepted:
-        """Returns the accepted message, or raises Rejection.
+    def check(self, kind: MessageKind, submissions: Sequence[Submission], now: int) -> list[Accepted]:
+        """Returns every submission accepted, in order, or raises Rejections naming each refused one.
 
-        `now` is the chain's time, not the wall clock: deadlines are judged by block time.
+        `now` is the chain's time, not the wall clock: deadlines are judged by block time. The
+        checks are ordered cheapest-first and the store is asked once for the whole batch, so a
+        batch costs little more per message than its signature recovery.
         """
-        signature = _parse_signature(signature_hex)
+        refused: dict[int, Rejection] = {}
+        accepted: dict[int, Accepted] = {}
+        for i, submission in enumerate(submissions):
+            try:
+                accepted[i] = self._check_alone(kind, submission, now)
+            except Rejection as rejection:
+                refused[i] = rejection
+        signers = [a.message.signer for a in accepted.values()]
+        self.chain.prefetch(
+            nonces=[(a.message.signer, a.message.nonce) for a in accepted.values()],
+            **{"stakes" if kind is MessageKind.BID else "escrows": signers},
+        )
+        stored = self.store.stored_digests([a.digest for a in accepted.values()])
+        first_of: dict[str, int] = {}
+        for i, item in list(accepted.items()):
+            try:
+                if item.digest in stored:
+                    raise Rejection(409, "signature", f"duplicate: {kind.value} {item.digest} was already accepted")
+                if item.digest in first_of:
+                    raise Rejection(409, "signature", f"duplicate of message {first_of[item.digest]} of this request")
+                first_of[item.digest] = i
+                message = item.message
+                if self.chain.nonce_used(message.signer, message.nonce):
+                    raise Rejection(
+                        400, "nonce", f"nonce {message.nonce} of {message.signer} is used or cancelled on chain"
+                    )
+                if kind is MessageKind.ORDER:
+                    self._check_escrow(message)
+            except Rejection as rejection:
+                refused[i] = rejection
+                del accepted[i]
+        if kind is MessageKind.BID:
+            refused.update(self._check_stake([(i, a.message) for i, a in accepted.items()], now))
+        if refused:
+            raise Rejections(tuple(sorted(refused.items())))
+        return [accepted[i] for i in range(len(submissions))]
+
+    def _check_alone(self, kind: MessageKind, submission: Submission, now: int) -> Accepted:
+        """The checks that need nothing but the message itself and the clock."""
+        message = submission.message
+        signature = _parse_signature(submission.signature)
         digest_bytes = message.digest(self.domain)
         try:
             signer = recover_signer(digest_bytes, signature)
         except SignatureError as exc:
             raise Rejection(400, "signature", str(exc)) from None
-        signer_field = "buyer" if kind is MessageKind.ORDER else "provider"
         if signer != message.signer:
+            signer_field = "buyer" if kind is MessageKind.ORDER else "provider"
             raise Rejection(400, "signature", f"signed by {signer}, not by the {signer_field} {message.signer}")
         if message.deadline < now:
             raise Rejection(400, "deadline", f"expired: deadline {message.deadline} is before chain time {now}")
-        if spec is not None:
+        if submission.spec is not None:
             try:
-                derived = market_id(spec)
+                derived = market_id(submission.spec)
             except MarketSpecError as exc:
                 raise Rejection(400, "spec", str(exc)) from None
             if derived != message.market:
                 raise Rejection(400, "spec", f"spec hashes to {derived}, not to market {message.market}")
-        digest = "0x" + digest_bytes.hex()
-        if self.store.get_message(digest) is not None:
-            raise Rejection(409, "signature", f"duplicate: {kind.value} {digest} was already accepted")
-        if self.chain.nonce_used(message.signer, message.nonce):
-            raise Rejection(400, "nonce", f"nonce {message.nonce} of {message.signer} is used or cancelled on chain")
-        if kind is MessageKind.ORDER:
-            self._check_order(message)
-        else:
-            self._check_bid(message, now)
-        return Accepted(kind, digest, message, signature)
+        for field, reason in _zero_fields(kind, message):
+            raise Rejection(400, field, reason)
+        return Accepted(kind, "0x" + digest_bytes.hex(), message, signature)
 
-    def _check_order(self, order: SignedMessage) -> None:
-        if order.units == 0:
-            raise Rejection(400, "units", "must be at least 1")
-        if order.duration == 0:
-            raise Rejection(400, "duration", "must be at least 1 second")
-        if order.max_price == 0:
-            raise Rejection(400, "maxPrice", "must be positive")
+    def _check_escrow(self, order: SignedMessage) -> None:
         cost = order_cost(order.units, order.max_price, order.duration)
         free = self.chain.free_escrow(order.buyer)
         if free < cost:
@@ -102,21 +157,41 @@ class Validator:
                 f" {format_credits(cost)} UBC: deposit more credits first",
             )
 
-    def _check_bid(self, bid: SignedMessage, now: int) -> None:
-        if bid.capacity == 0:
-            raise Rejection(400, "capacity", "must be at least 1")
-        if bid.max_duration == 0:
-            raise Rejection(400, "maxDuration", "must be at least 1 second")
-        # Receipted bids must stay fillable: the provider's free stake covers all its live capacity.
-        stakeable = self.chain.free_stake(bid.provider) // self.chain.stake_per_unit
-        reserved = self.store.live_bid_capacity(bid.provider, now)
-        if reserved + bid.capacity > stakeable:
-            raise Rejection(
-                400,
-                "capacity",
-                f"provider's free stake covers {stakeable} units and its open bids already reserve {reserved}:"
-                f" stake more or bid at most {max(stakeable - reserved, 0)} units",
-            )
+    def _check_stake(self, bids: list[tuple[int, SignedMessage]], now: int) -> dict[int, Rejection]:
+        """Receipted bids must stay fillable: each provider's free stake covers all its live
+        capacity, counting the open bids already stored and the earlier bids of this batch."""
+        refused: dict[int, Rejection] = {}
+        reserved: dict[str, int] = {}
+        for i, bid in bids:
+            provider = bid.provider
+            if provider not in reserved:
+                reserved[provider] = self.store.live_bid_capacity(provider, now)
+            stakeable = self.chain.free_stake(provider) // self.chain.stake_per_unit
+            if reserved[provider] + bid.capacity > stakeable:
+                refused[i] = Rejection(
+                    400,
+                    "capacity",
+                    f"provider's free stake covers {stakeable} units and its open bids already reserve"
+                    f" {reserved[provider]}: stake more or bid at most {max(stakeable - reserved[provider], 0)} units",
+                )
+            else:
+                reserved[provider] += bid.capacity
+        return refused
+
+
+def _zero_fields(kind: MessageKind, message: SignedMessage) -> Iterator[tuple[str, str]]:
+    if kind is MessageKind.ORDER:
+        if message.units == 0:
+            yield "units", "must be at least 1"
+        if message.duration == 0:
+            yield "duration", "must be at least 1 second"
+        if message.max_price == 0:
+            yield "maxPrice", "must be positive"
+    else:
+        if message.capacity == 0:
+            yield "capacity", "must be at least 1"
+        if message.max_duration == 0:
+            yield "maxDuration", "must be at least 1 second"
 
 
 def _parse_signature(text: str) -> bytes:

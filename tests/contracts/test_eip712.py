@@ -56,3 +56,8 @@ def test_fast_signing_equals_eth_account_signing(domain, matcher):
     receipt = Receipt(bid_hash="0x" + "cd" * 32, round=9, issued_at=1_700_000_123)
     fast = receipt.sign_fast(coincurve.PrivateKey(bytes.fromhex(matcher.private_key.removeprefix("0x"))), domain)
     assert fast == receipt.sign(matcher.private_key, domain)
+
+
+def test_digest_of_values_equals_the_models_digest(domain):
+    values = {"bid_hash": "0x" + "ef" * 32, "round": 2**33 + 1, "issued_at": 1_700_000_456}
+    assert Receipt.digest_of(domain, values) == Receipt(**values).digest(domain)

@@ -463,3 +463,105 @@ def test_concurrent_duplicates_are_409(market, buyers, api):
     assert all(s == [201] + [409] * (copies - 1) for s in statuses), statuses
     for order, _ in orders:
         assert api.request("GET", f"/orders/{api.digest(order)}").status_code == 200
+
+
+# ----- batches -----
+
+
+def batch_body(kind: str, signed: list[tuple[object, bytes | str]]) -> dict:
+    return {f"{kind}s": [order_body(message, signature) for message, signature in signed]}
+
+
+def test_a_price_ladder_is_accepted_in_one_request(market, buyers, providers, api):
+    m = market
+    m.stake_provider(providers[0], 6)
+    m.fund_buyer(buyers[0], 1_000 * UBC)
+    ladder = [m.bid(providers[0], capacity=2, price=p * UBC) for p in (1, 2, 3)]
+    r = api.request("POST", "/bids/batch", json=batch_body("bid", ladder))
+    assert r.status_code == 201, r.text
+    acks = r.json()["accepted"]
+    # One acknowledgement per bid, in the request's order, each with its own signed receipt.
+    assert [a["digest"] for a in acks] == [api.digest(bid) for bid, _ in ladder]
+    for ack, (bid, _) in zip(acks, ladder, strict=True):
+        rc = ack["receipt"]
+        receipt = Receipt(bid_hash=rc["bidHash"], round=rc["round"], issued_at=rc["issuedAt"])
+        assert rc["bidHash"] == ack["digest"] and ack["status"] == "open"
+        assert recover_signer(receipt.digest(api.domain), bytes.fromhex(rc["signature"][2:])) == dev_account(MATCHER).address
+        api.accepted[ack["digest"]] = ("bid", bid)
+    # The ladder reserved all 6 staked units: one more unit, alone or in a batch, does not fit.
+    reason = api.refuse(*m.bid(providers[0], capacity=1), 400, "capacity")
+    assert "reserve 6" in reason
+
+    orders = [m.order(buyers[0], units=u) for u in (1, 2)]
+    r = api.request("POST", "/orders/batch", json=batch_body("order", orders))
+    assert r.status_code == 201, r.text
+    assert [(a["digest"], a["receipt"]) for a in r.json()["accepted"]] == [(api.digest(o), None) for o, _ in orders]
+    for order, _ in orders:
+        api.accepted[api.digest(order)] = ("order", order)
+    api.verify_store()
+
+
+def test_a_batch_with_a_bad_message_is_refused_whole(market, buyers, providers, api):
+    m = market
+    m.stake_provider(providers[0], 4)
+    m.stake_provider(providers[1], 4)
+    good, also_good = m.bid(providers[0], capacity=1), m.bid(providers[1], capacity=1)
+    forged_bid, _ = m.bid(providers[0], capacity=1)
+    forged = (forged_bid, forged_bid.sign(providers[1].private_key, m.domain))
+    expired = m.bid(providers[1], capacity=1, deadline=m.now() - 1)
+
+    # Every refused message is named by its position; the good ones are not stored either.
+    r = api.request("POST", "/bids/batch", json=batch_body("bid", [good, forged, also_good, expired, good]))
+    expect_error(r, 400, "bids.1.signature")
+    fields = {item["field"] for item in r.json()["detail"]}
+    assert fields == {"bids.1.signature", "bids.3.deadline", "bids.4.signature"}, r.json()
+    assert "duplicate of message 0" in next(i["reason"] for i in r.json()["detail"] if i["field"] == "bids.4.signature")
+    for message, _ in (good, forged, also_good, expired):
+        api.refused[api.digest(message)] = "bid"
+
+    # Each bid fits the provider's stake alone, but together they reserve more than it covers.
+    over = [m.bid(providers[0], capacity=2) for _ in range(3)]
+    r = api.request("POST", "/bids/batch", json=batch_body("bid", over))
+    assert expect_error(r, 400, "bids.2.capacity").endswith("at most 0 units")
+    assert {item["field"] for item in r.json()["detail"]} == {"bids.2.capacity"}
+    for bid, _ in over:
+        api.refused[api.digest(bid)] = "bid"
+
+    # A batch repeating an accepted message is a conflict (409) and stores nothing new.
+    accepted = m.bid(providers[1], capacity=1)
+    api.accept(*accepted)
+    fresh = m.bid(providers[1], capacity=1)
+    expect_error(api.request("POST", "/bids/batch", json=batch_body("bid", [fresh, accepted])), 409, "bids.1.signature")
+    api.refused[api.digest(fresh[0])] = "bid"
+
+    # Schema errors name the message too; an empty or oversized batch is refused.
+    body = batch_body("bid", [m.bid(providers[1], capacity=1)])
+    body["bids"][0]["capacity"] = -1
+    expect_error(api.request("POST", "/bids/batch", json=body), 422, "bids.0.capacity")
+    expect_error(api.request("POST", "/bids/batch", json={"bids": []}), 422, "bids")
+    expect_error(api.request("POST", "/orders/batch", json={"orders": [{}] * 1001}), 422, "orders")
+    expect_error(api.request("POST", "/orders/batch", json=[]), 422, "body")
+    api.verify_store()
+
+
+def test_an_unreachable_chain_is_a_503_not_a_500(market, providers, chain, book_path, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from underbid.api import create_app
+    from underbid.service import build_matcher
+
+    from .conftest import free_port
+
+    market.stake_provider(providers[0], 4)
+    matcher = build_matcher(chain.provider.uri, book_path, tmp_path / "m.db", dev_account(MATCHER))
+    bid = order_body(*market.bid(providers[0], capacity=1))
+    # The node goes away after start-up: nothing listens at the RPC address any more.
+    matcher.chain.w3.provider.endpoint_uri = f"http://127.0.0.1:{free_port()}"
+    matcher.chain.cache.invalidate()
+    with TestClient(create_app(matcher)) as http:
+        r = http.post("/bids", json=bid)
+        assert r.status_code == 503, r.text
+        (detail,) = r.json()["detail"]
+        assert detail["field"] == "chain" and "unreachable" in detail["reason"]
+        assert http.get(f"/bids/{'0x' + 'ab' * 32}").status_code == 404  # the store still answers
+    matcher.store.close()
