@@ -20,6 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import to_json
+
 from underbid.eip712 import Bid, Order, SignedMessage
 
 _INT64_MAX = 2**63 - 1
@@ -190,6 +192,8 @@ class Store:
         if db is None:
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.row_factory = sqlite3.Row
+            # Each batch looks up its digests at random places in the index: keep it in memory.
+            db.execute("PRAGMA cache_size=-16384")
             self._readers.db = db
         yield db
 
@@ -226,7 +230,7 @@ class Store:
                 min(message.deadline, _INT64_MAX),
                 message.model_dump_json(by_alias=True),
                 signature,
-                json.dumps(receipt) if receipt is not None else None,
+                to_json(receipt).decode() if receipt is not None else None,
                 now,
             )
             for kind, digest, message, signature, receipt in items
