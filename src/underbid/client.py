@@ -743,6 +743,12 @@ class MatcherClient:
         body = {**bid.model_dump(by_alias=True), "signature": "0x" + signature.hex(), "spec": spec}
         return self._request("POST", "/bids", "the bid", json=body)
 
+    def post_bids(self, signed: list[tuple[Bid, bytes]], spec: str | None = None) -> list[dict[str, Any]]:
+        """Posts bids in one request, accepted whole or not at all; one acknowledgement each."""
+        body = {"bids": [{**bid.model_dump(by_alias=True), "signature": "0x" + sig.hex(), "spec": spec}
+                         for bid, sig in signed]}
+        return self._request("POST", "/bids/batch", f"the {len(signed)} bids", json=body)["accepted"]
+
     def get_message(self, kind: str, digest: str) -> dict[str, Any] | None:
         return self._request("GET", f"/{kind}s/{digest}", f"the {kind} lookup", missing_ok=True)
 

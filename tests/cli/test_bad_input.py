@@ -150,3 +150,17 @@ def test_password_prompt(bad_cli, alice, chain):
     assert result.exit_code == 1 and result.stderr.strip().endswith("that is not a private key: expected 32 bytes as 64 hex digits")
     bad_cli.fails("account", "new", "alice", code=1, match="already exists", env=PW)
     assert chain.blocks.height == block
+
+
+def test_ladder_refusals_are_one_line_and_post_nothing(bad_cli, chain):
+    cli = bad_cli
+    cli("devnet", "fund", "dev:12", "--ubt", "300")
+    cli("provider", "register", "--metadata", "https://p12.example", "--account", "dev:12")
+    cli("provider", "stake", "--amount", "200", "--account", "dev:12")  # covers two units
+    ladder = ("bid", "ladder", "--market", H100_8, "--capacity", "1", "--account", "dev:12")
+    cli.fails(*ladder, "--price", "1", "--price", "1", code=2, match="each rung needs its own price")
+    cli.fails(*ladder, "--price", "1", "--price", "2", "--price", "3", code=1, match="InsufficientFreeStake")
+    cli("bid", "create", "--market", H100_8, "--capacity", "1", "--price", "1", "--account", "dev:12")
+    # Two rungs fit the stake alone, not beside the open bid: the matcher refuses the whole ladder.
+    cli.fails(*ladder, "--price", "2", "--price", "3", code=1, match="bids.1.capacity")
+    assert [b["price"] for b in cli("bid", "list", "--account", "dev:12")] == [1_000_000]

@@ -187,3 +187,29 @@ def test_challenge_of_a_correct_round_is_refused(cli, chain):
     pricey = cli("bid", "list", "--account", "dev:6")[0]
     cli.fails("challenge", "--bid", pricey["digest"], "--account", "dev:6", code=1, match="nothing to challenge")
     assert chain.blocks.height == block
+
+
+def test_price_ladder(cli):
+    """A provider offers a unit at each of three prices in one request; the cheapest rungs fill."""
+    provider = ["--account", "dev:10"]
+    cli("devnet", "fund", "dev:10", "--ubt", "1000")
+    cli("provider", "register", "--metadata", "https://ladder.example/p.json", *provider)
+    cli("provider", "stake", "--amount", "300", *provider)  # covers three units
+    rungs = cli("bid", "ladder", "--market", H100_8, "--capacity", "1", "--price", "1.90", "--price", "1.20",
+                "--price", "1.50", *provider)
+    # One bid per rung, cheapest first, consecutive nonces, each with a receipt that can back a challenge.
+    assert [r["price"] for r in rungs] == [1_200_000, 1_500_000, 1_900_000]
+    assert [r["nonce"] - rungs[0]["nonce"] for r in rungs] == [0, 1, 2]
+    assert all(r["status"] == "open" and r["receipt_valid"] and r["round"] >= 1 for r in rungs)
+    assert sorted(b["digest"] for b in cli("bid", "list", *provider)) == sorted(r["digest"] for r in rungs)
+
+    # A buyer needs two units: the two cheapest rungs fill, at the uniform price of the unused one.
+    buyer = ["--account", "dev:11"]
+    cli("devnet", "fund", "dev:11", "--ubt", "100")
+    cli("credits", "mint", "--ubt", "50", *buyer)
+    cli("escrow", "deposit", "--amount", "60", *buyer)
+    cli("order", "create", "--market", H100_8, "--units", "2", "--hours", "6", "--max-price", "2", *buyer)
+    report = cli("matcher", "close-round")
+    assert report["matches"] == 2 and int(next(iter(report["prices"].values()))) == 1_900_000
+    status = {b["digest"]: b["status"] for b in cli("bid", "list", *provider)}
+    assert [status[r["digest"]] for r in rungs] == ["filled", "filled", "open"]

@@ -32,32 +32,48 @@ def resolve_market(market: str | None, sdl: Path | None, service: str | None) ->
 
 def post(env: Env, kind: str, message, spec: str) -> dict[str, Any]:
     """Signs `message`, posts it to the matcher and journals it. Returns the matcher's answer + extras."""
+    return post_many(env, kind, [message], spec)[0]
+
+
+def post_many(env: Env, kind: str, messages: list, spec: str) -> list[dict[str, Any]]:
+    """Signs and posts messages of one kind (several bids go in one all-or-none request) and
+    journals each. Returns the matcher's answers + extras, in order."""
     from underbid.client import JournalEntry
 
     client = env.client()
     matcher = env.matcher()
-    signature = client.sign(message)
-    ack = matcher.post_order(message, signature, spec) if kind == "order" else matcher.post_bid(message, signature, spec)
-    receipt = ack.get("receipt")
-    if kind == "bid" and receipt is None:  # older matchers: the stored bid may still carry one
-        receipt = (matcher.get_message(kind, ack["digest"]) or {}).get("receipt")
-    receipt_problem = check_receipt(client, message, receipt) if kind == "bid" else None
-    if receipt_problem:
-        click.echo(f"warning: the matcher's receipt cannot back a challenge: {receipt_problem}", err=True)
-    env.journal().add(JournalEntry(
-        kind=kind, deployment=client.deployment_key(), digest=ack["digest"], signer=client.address,
-        nonce=message.nonce, message=message.model_dump(by_alias=True), signature="0x" + signature.hex(), spec=spec,
-        matcher=matcher.url, receipt=receipt,
-    ))
-    open_round = receipt.get("round") if receipt else None
-    if open_round is None:
+    signed = [(message, client.sign(message)) for message in messages]
+    if len(signed) > 1:
+        acks = matcher.post_bids(signed, spec)
+    else:
+        ((message, signature),) = signed
+        post_one = matcher.post_order if kind == "order" else matcher.post_bid
+        acks = [post_one(message, signature, spec)]
+    results = []
+    for (message, signature), ack in zip(signed, acks, strict=True):
+        receipt = ack.get("receipt")
+        if kind == "bid" and receipt is None:  # older matchers: the stored bid may still carry one
+            receipt = (matcher.get_message(kind, ack["digest"]) or {}).get("receipt")
+        receipt_problem = check_receipt(client, message, receipt) if kind == "bid" else None
+        if receipt_problem:
+            click.echo(f"warning: the matcher's receipt cannot back a challenge: {receipt_problem}", err=True)
+        env.journal().add(JournalEntry(
+            kind=kind, deployment=client.deployment_key(), digest=ack["digest"], signer=client.address,
+            nonce=message.nonce, message=message.model_dump(by_alias=True), signature="0x" + signature.hex(),
+            spec=spec, matcher=matcher.url, receipt=receipt,
+        ))
+        results.append({"digest": ack["digest"], "status": ack["status"], "receipt": receipt,
+                        "round": receipt.get("round") if receipt else None,
+                        "receipt_valid": None if kind != "bid" else receipt_problem is None,
+                        "signature": "0x" + signature.hex()})
+    if any(result["round"] is None for result in results):
         try:
             open_round = matcher.health().get("open_round")
-        except Exception:  # noqa: BLE001 - the round number is decoration; the message is already accepted
+        except Exception:  # noqa: BLE001 - the round number is decoration; the messages are already accepted
             open_round = None
-    return {"digest": ack["digest"], "status": ack["status"], "round": open_round, "receipt": receipt,
-            "receipt_valid": None if kind != "bid" else receipt_problem is None,
-            "signature": "0x" + signature.hex()}
+        for result in results:
+            result["round"] = result["round"] if result["round"] is not None else open_round
+    return results
 
 
 def check_receipt(client, bid, receipt: dict[str, Any] | None) -> str | None:

@@ -1,8 +1,9 @@
-"""Provider commands: `provider register | stake | unstake | withdraw | show`, `bid create | list | cancel`."""
+"""Provider commands: `provider register | stake | unstake | withdraw | show`, `bid create | ladder | list | cancel`."""
 
 from __future__ import annotations
 
 import click
+from rich.table import Table
 
 from underbid.cli import _messages
 from underbid.cli._common import PRICE, UBT, DurationType, Env, ago, common_options, hours, kv_table, ubc, ubt_short
@@ -123,20 +124,12 @@ def bid() -> None:
 @common_options
 def bid_create(env: Env, market, sdl, service, capacity, price, max_duration, valid) -> None:
     """Sign an EIP-712 bid, post it to the matcher and show its receipt."""
-    from underbid.client import UnderbidError
     from underbid.eip712 import Bid
     from underbid.markets import market_id
 
     spec, _ = _messages.resolve_market(market, sdl, service)
     client = env.client()
-    info = client.provider(client.address)
-    if not info.registered:
-        raise UnderbidError(f"NotRegistered(provider={client.address}): register first"
-                            " (`underbid provider register --metadata <uri>`) and stake")
-    if info.free < capacity * client.stake_per_unit:
-        raise UnderbidError(
-            f"InsufficientFreeStake(provider={client.address}, required={ubt_short(capacity * client.stake_per_unit)} UBT,"
-            f" free={ubt_short(info.free)} UBT): stake more (`underbid provider stake`) or bid fewer units")
+    _require_free_stake(client, capacity)
     message = Bid(provider=client.address, market=market_id(spec), capacity=capacity, price=price,
                   max_duration=max_duration, deadline=client.block_time() + valid,
                   nonce=client.next_nonce(env.journal(), client.deployment_key()))
@@ -157,6 +150,69 @@ def bid_create(env: Env, market, sdl, service, capacity, price, max_duration, va
         ]))
 
     env.emit(result, render)
+
+
+def _require_free_stake(client, units: int) -> None:
+    """Refuses early, with the remedy, what the matcher would refuse: bids need registration and
+    free stake for their units."""
+    from underbid.client import UnderbidError
+
+    info = client.provider(client.address)
+    if not info.registered:
+        raise UnderbidError(f"NotRegistered(provider={client.address}): register first"
+                            " (`underbid provider register --metadata <uri>`) and stake")
+    if info.free < units * client.stake_per_unit:
+        raise UnderbidError(
+            f"InsufficientFreeStake(provider={client.address}, required={ubt_short(units * client.stake_per_unit)} UBT,"
+            f" free={ubt_short(info.free)} UBT): stake more (`underbid provider stake`) or bid fewer units")
+
+
+@bid.command("ladder")
+@MARKET
+@SDL
+@SERVICE
+@click.option("--capacity", type=click.IntRange(1, 2**32 - 1), required=True, help="Units offered at each price.")
+@click.option("--price", "prices", type=PRICE, multiple=True, required=True,
+              help="A price per unit-hour, in credits; repeat for each rung (e.g. --price 1.50 --price 1.80).")
+@click.option("--max-hours", "max_duration", type=DurationType("h"), default="24h", show_default=True,
+              help="Longest lease you accept.")
+@click.option("--valid", type=DurationType("h"), default="1h", show_default=True,
+              help="How long the bids stay open for matching (e.g. 2h).")
+@common_options
+def bid_ladder(env: Env, market, sdl, service, capacity, prices, max_duration, valid) -> None:
+    """Offer --capacity units at each --price: one signed bid per rung, posted in one request that
+    the matcher accepts whole or not at all. The cheapest rungs fill first."""
+    from underbid.eip712 import Bid
+    from underbid.markets import market_id
+
+    if len(set(prices)) != len(prices):
+        raise click.BadParameter("each rung needs its own price", param_hint="--price")
+    if len(prices) > 1_000:
+        raise click.BadParameter("at most 1,000 rungs in one ladder", param_hint="--price")
+    spec, _ = _messages.resolve_market(market, sdl, service)
+    client = env.client()
+    _require_free_stake(client, capacity * len(prices))
+    first = client.next_nonce(env.journal(), client.deployment_key())
+    deadline = client.block_time() + valid
+    messages = [Bid(provider=client.address, market=market_id(spec), capacity=capacity, price=price,
+                    max_duration=max_duration, deadline=deadline, nonce=first + i)
+                for i, price in enumerate(sorted(prices))]
+    with env.progress(f"posting {len(messages)} bids"):
+        results = _messages.post_many(env, "bid", messages, spec)
+    for result, message in zip(results, messages, strict=True):
+        result.update(market=message.market, spec=spec, capacity=capacity, price=message.price,
+                      max_duration=max_duration, deadline=message.deadline, nonce=message.nonce)
+
+    def render(console):
+        table = Table(title=f"{len(results)} bids accepted by the matcher: {spec}")
+        for column in ("price (UBC/unit-hour)", "capacity", "nonce", "digest", "round", "receipt"):
+            table.add_column(column)
+        for r in results:
+            table.add_row(ubc(r["price"]), str(capacity), str(r["nonce"]), r["digest"][:18] + "…", str(r["round"]),
+                          "signed" if r["receipt_valid"] else "NOT usable for a challenge")
+        console.print(table)
+
+    env.emit(results, render)
 
 
 @bid.command("list")
