@@ -34,16 +34,29 @@ def reverts(error, **inputs):
         actual = dict(exc.inputs)
     else:
         text = str(exc.revert_message or exc)
-        if m := re.fullmatch(r"custom error 0x([0-9a-fA-F]{8})(?::\s*([0-9a-fA-F]*))?", text):
-            data = bytes.fromhex(m[1] + (m[2] or ""))
-        elif m := re.fullmatch(r"0x([0-9a-fA-F]{8,})", text):
-            data = bytes.fromhex(m[1])
-        else:
-            raise AssertionError(f"expected {abi.name}, reverted with {text!r}")
+        data = revert_data(text)
+        assert data is not None, f"expected {abi.name}, reverted with {text!r}"
         assert data[:4] == keccak(text=abi.selector)[:4], f"expected {abi.name}, reverted with {text!r}"
         actual = dict(zip(names, decode([i.type for i in abi.inputs], data[4:]), strict=True))
     for name, expected in inputs.items():
         assert _norm(actual[name]) == _norm(expected), f"{abi.name}.{name}: {actual[name]!r} != {expected!r}"
+
+
+def revert_data(text: str) -> bytes | None:
+    """The revert data in a message the node could not decode, or None if it carries none.
+
+    NOTE: anvil writes a custom error as `custom error 0x<selector>: <arguments>`, the arguments
+    in hex, except when their bytes happen to be valid UTF-8: then it writes them as text
+    (`custom error 0x2af737bf: \x00...k\x02\u0321` for a timestamp ending 0xcca1). Both forms are read.
+    """
+    if m := re.fullmatch(r"custom error 0x([0-9a-fA-F]{8})(?:: (.*))?", text, re.DOTALL):
+        arguments = m[2] or ""
+        if re.fullmatch(r"(?:[0-9a-fA-F]{2})*", arguments):
+            return bytes.fromhex(m[1] + arguments)
+        return bytes.fromhex(m[1]) + arguments.encode("utf-8")
+    if m := re.fullmatch(r"0x((?:[0-9a-fA-F]{2}){4,})", text):
+        return bytes.fromhex(m[1])
+    return None
 
 
 def _norm(value):
