@@ -157,7 +157,10 @@ _FACTS: dict[str, _ViewCall] = {
     "stake": _ViewCall("freeStake", ("address",), ("uint256",)),
     "escrow": _ViewCall("escrowOf", ("address",), ("uint128", "uint128")),
     "nonces": _ViewCall("nonceBitmap", ("address", "uint256"), ("uint256",)),
+    "remaining": _ViewCall("remainingOf", ("bytes32", "address", "uint256", "uint256"), ("uint256",)),
 }
+#: Reads per JSON-RPC batch; nodes cap batch sizes (geth's default is 1,000).
+_MAX_BATCH_READS = 500
 
 
 class ChainView:
@@ -175,9 +178,15 @@ class ChainView:
         return self.cache.get(key, lambda: self._read_facts([key])[0])
 
     def _read_facts(self, keys: list[tuple]) -> list[Any]:
-        """Reads facts straight through the provider, in one JSON-RPC request (a batch when there
-        are several): they are plain view calls, and web3's middleware and result formatters
+        """Reads facts straight through the provider, in one JSON-RPC request per 500 (a batch when
+        there are several): they are plain view calls, and web3's middleware and result formatters
         would cost more Python time than the round trip."""
+        values = []
+        for start in range(0, len(keys), _MAX_BATCH_READS):
+            values += self._read_batch(keys[start:start + _MAX_BATCH_READS])
+        return values
+
+    def _read_batch(self, keys: list[tuple]) -> list[Any]:
         calls = [("eth_call", [_FACTS[key[0]].request(self.settlement.address, key[1:]), "latest"]) for key in keys]
         provider = self.w3.provider
         responses = [provider.make_request(*calls[0])] if len(calls) == 1 else provider.make_batch_request(calls)
@@ -228,9 +237,10 @@ class ChainView:
         for key, value in zip(wanted, values, strict=True):
             self.cache.put(key, value, loaded_at)
 
-    def remaining(self, digest: bytes, signer: str, nonce: int, total: int) -> int:
-        """Units a message can still fill on chain (uncached: used right before settlement)."""
-        return self.settlement.functions.remainingOf(digest, signer, nonce, total).call()
+    def remaining(self, messages: list[tuple[bytes, str, int, int]]) -> list[int]:
+        """Units each (digest, signer, nonce, total) can still fill on chain, read fresh (uncached:
+        used right before settlement) in one JSON-RPC batch."""
+        return self._read_facts([("remaining", *m) for m in messages])
 
     def round_state(self, round_id: int) -> tuple[str, int, int]:
         """(matcher, batches landed, settledAt) of a round on chain (uncached)."""

@@ -216,7 +216,7 @@ class Matcher:
         for _ in range(len(orders) + len(bids) + 1):
             clearing, dropped = self._clear_fundable(orders, bids)
             dropped_total += dropped
-            live = {s.digest for s in orders + bids if (m := self.store.get_message(s.digest)) and m.status == "open"}
+            live = self.store.stored_digests([s.digest for s in orders + bids], only_open=True)
             orders = [s for s in orders if s.digest in live]
             bids = [s for s in bids if s.digest in live]
             t_clear = time.perf_counter()
@@ -314,11 +314,14 @@ class Matcher:
                 units[bid.provider] = units.get(bid.provider, 0) + m.units
                 used[m.order_key] = used.get(m.order_key, 0) + m.units
                 used[m.bid_key] = used.get(m.bid_key, 0) + m.units
-        for digest, n in used.items():
-            stored = by_digest[digest]
-            on_chain = self.chain.remaining(bytes.fromhex(digest[2:]), stored.message.signer, stored.message.nonce, stored.total)
+        left_on_chain = retry_rpc(lambda: self.chain.remaining([
+            (bytes.fromhex(d[2:]), by_digest[d].message.signer, by_digest[d].message.nonce, by_digest[d].total)
+            for d in used
+        ]))
+        for (digest, n), on_chain in zip(used.items(), left_on_chain, strict=True):
             if on_chain < n:
                 return digest, on_chain, f"only {on_chain} units left on chain (cancelled, or filled elsewhere)"
+        self.chain.prefetch(escrows=cost, stakes=units)  # one round trip for every signer's funds
 
         def newest(signer: str) -> str:  # the newest matched message of a signer is the one that overdrew it
             return max((d for d in used if by_digest[d].message.signer == signer), key=lambda d: by_digest[d].received_at)

@@ -290,14 +290,15 @@ class Store:
             return None
         return _message(row)
 
-    def stored_digests(self, digests: Sequence[str]) -> set[str]:
-        """Those of `digests` already stored, whatever their status: one query for a whole batch."""
+    def stored_digests(self, digests: Sequence[str], *, only_open: bool = False) -> set[str]:
+        """Those of `digests` stored (with `only_open`, still open): one query per 900 digests."""
         found: set[str] = set()
+        status = " AND status = 'open'" if only_open else ""
         with self._reading() as db:
             for start in range(0, len(digests), _SQL_VARIABLES):
                 chunk = [d.lower() for d in digests[start:start + _SQL_VARIABLES]]
                 rows = db.execute(
-                    f"SELECT digest FROM messages WHERE digest IN ({','.join('?' * len(chunk))})", chunk
+                    f"SELECT digest FROM messages WHERE digest IN ({','.join('?' * len(chunk))}){status}", chunk
                 ).fetchall()
                 found.update(row[0] for row in rows)
         return found
