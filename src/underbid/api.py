@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import requests
-from fastapi import FastAPI, Header, Path, Request
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from underbid.eip712 import Bid, Order
+from underbid.eip712 import Bid, Order, checksum
 from underbid.matcher import Matcher
 from underbid.store import MessageKind, StoredMessage
 from underbid.validation import Accepted, Rejection, Rejections, Submission
@@ -25,6 +25,10 @@ from underbid.validation import Accepted, Rejection, Rejections, Submission
 log = logging.getLogger("underbid.api")
 
 Digest = Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{64}$", description="EIP-712 digest, 0x + 64 hex digits")]
+Signer = Annotated[str, Query(pattern=r"^0x[0-9a-fA-F]{40}$", description="the buyer's or provider's address")]
+Status = Annotated[Literal["open", "filled", "dropped"] | None, Query(description="only messages in this state")]
+Limit = Annotated[int, Query(ge=1, le=1000, description="at most this many messages")]
+Offset = Annotated[int, Query(ge=0, lt=2**63, description="skip this many (the oldest first)")]
 
 
 class _Signed(BaseModel):
@@ -201,6 +205,20 @@ def create_app(matcher: Matcher, admin_token: str | None = None) -> FastAPI:
         if stored is None:
             return _error(404, "digest", f"no {kind.value} with digest {digest}")
         return _message_view(stored)
+
+    def _list(kind: MessageKind, signer: str, status: str | None, limit: int, offset: int) -> Any:
+        stored = matcher.store.messages_of(checksum(signer), kind, status=status, limit=limit, offset=offset)
+        return [_message_view(s) for s in stored]
+
+    @app.get("/orders", responses=_ERRORS)
+    def list_orders(signer: Signer, status: Status = None, limit: Limit = 100, offset: Offset = 0) -> Any:
+        """A buyer's orders, oldest first, a page at a time: what any machine can look up."""
+        return _list(MessageKind.ORDER, signer, status, limit, offset)
+
+    @app.get("/bids", responses=_ERRORS)
+    def list_bids(signer: Signer, status: Status = None, limit: Limit = 100, offset: Offset = 0) -> Any:
+        """A provider's bids (with their receipts), oldest first, a page at a time."""
+        return _list(MessageKind.BID, signer, status, limit, offset)
 
     @app.get("/orders/{digest}", responses=_ERRORS)
     def get_order(digest: Digest) -> Any:

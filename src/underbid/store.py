@@ -320,13 +320,20 @@ class Store:
             rows = db.execute(query + " ORDER BY received_at, digest", args).fetchall()
         return [_message(r) for r in rows]
 
-    def messages_of(self, signer: str, kind: MessageKind | None = None) -> list[StoredMessage]:
+    def messages_of(
+        self, signer: str, kind: MessageKind | None = None, *, status: str | None = None,
+        limit: int = -1, offset: int = 0,
+    ) -> list[StoredMessage]:
+        """A signer's messages, oldest first; optionally of one kind and status, one page of them."""
         query, args = "SELECT * FROM messages WHERE signer = ?", [signer]
         if kind is not None:
             query += " AND kind = ?"
             args.append(kind.value)
+        if status is not None:
+            query += " AND status = ?"
+            args.append(status)
         with self._reading() as db:
-            rows = db.execute(query + " ORDER BY received_at", args).fetchall()
+            rows = db.execute(query + " ORDER BY received_at, rowid LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
         return [_message(r) for r in rows]
 
     def live_bid_capacity(self, provider: str, now: int) -> int:

@@ -498,6 +498,21 @@ def test_a_price_ladder_is_accepted_in_one_request(market, buyers, providers, ap
     assert [(a["digest"], a["receipt"]) for a in r.json()["accepted"]] == [(api.digest(o), None) for o, _ in orders]
     for order, _ in orders:
         api.accepted[api.digest(order)] = ("order", order)
+
+    # Any machine can list a signer's messages, oldest first, a page at a time.
+    listed = api.request("GET", "/bids", params={"signer": str(providers[0].address).lower()}).json()
+    assert [b["digest"] for b in listed] == [a["digest"] for a in acks]
+    assert [b["receipt"] for b in listed] == [a["receipt"] for a in acks]
+    page = api.request("GET", "/bids", params={"signer": providers[0].address, "limit": 2, "offset": 1}).json()
+    assert [b["digest"] for b in page] == [a["digest"] for a in acks[1:3]]
+    open_orders = api.request("GET", "/orders", params={"signer": buyers[0].address, "status": "open"}).json()
+    assert [o["digest"] for o in open_orders] == [api.digest(o) for o, _ in orders]
+    assert api.request("GET", "/orders", params={"signer": buyers[0].address, "status": "filled"}).json() == []
+    assert api.request("GET", "/bids", params={"signer": buyers[0].address}).json() == []
+    expect_error(api.request("GET", "/bids", params={"signer": "0x1234"}), 422, "signer")
+    expect_error(api.request("GET", "/bids"), 422, "signer")
+    expect_error(api.request("GET", "/orders", params={"signer": buyers[0].address, "status": "gone"}), 422, "status")
+    expect_error(api.request("GET", "/orders", params={"signer": buyers[0].address, "limit": 0}), 422, "limit")
     api.verify_store()
 
 
