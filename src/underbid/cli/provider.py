@@ -111,16 +111,24 @@ def bid() -> None:
     """Bids: signed offers of GPU capacity, posted to the matcher."""
 
 
+def _bid_terms(command):
+    """The options every bid command shares: its market (--market, or --sdl with --service), the
+    longest lease it accepts and how long it stays open."""
+    for option in reversed((
+        MARKET, SDL, SERVICE,
+        click.option("--max-hours", "max_duration", type=DurationType("h"), default="24h", show_default=True,
+                     help="Longest lease you accept."),
+        click.option("--valid", type=DurationType("h"), default="1h", show_default=True,
+                     help="How long the bid stays open for matching (e.g. 2h)."),
+    )):
+        command = option(command)
+    return command
+
+
 @bid.command("create")
-@MARKET
-@SDL
-@SERVICE
+@_bid_terms
 @click.option("--capacity", type=click.IntRange(1, 2**32 - 1), required=True, help="Units you offer.")
 @click.option("--price", type=PRICE, required=True, help="Your price per unit-hour, in credits (e.g. 1.50).")
-@click.option("--max-hours", "max_duration", type=DurationType("h"), default="24h", show_default=True,
-              help="Longest lease you accept.")
-@click.option("--valid", type=DurationType("h"), default="1h", show_default=True,
-              help="How long the bid stays open for matching (e.g. 2h).")
 @common_options
 def bid_create(env: Env, market, sdl, service, capacity, price, max_duration, valid) -> None:
     """Sign an EIP-712 bid, post it to the matcher and show its receipt."""
@@ -168,16 +176,10 @@ def _require_free_stake(client, units: int) -> None:
 
 
 @bid.command("ladder")
-@MARKET
-@SDL
-@SERVICE
+@_bid_terms
 @click.option("--capacity", type=click.IntRange(1, 2**32 - 1), required=True, help="Units offered at each price.")
 @click.option("--price", "prices", type=PRICE, multiple=True, required=True,
               help="A price per unit-hour, in credits; repeat for each rung (e.g. --price 1.50 --price 1.80).")
-@click.option("--max-hours", "max_duration", type=DurationType("h"), default="24h", show_default=True,
-              help="Longest lease you accept.")
-@click.option("--valid", type=DurationType("h"), default="1h", show_default=True,
-              help="How long the bids stay open for matching (e.g. 2h).")
 @common_options
 def bid_ladder(env: Env, market, sdl, service, capacity, prices, max_duration, valid) -> None:
     """Offer --capacity units at each --price: one signed bid per rung, posted in one request that
