@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from underbid.chain import ChainReadError
 from underbid.eip712 import Bid, Order, checksum
 from underbid.matcher import Matcher
 from underbid.store import MessageKind, StoredMessage
@@ -150,6 +151,10 @@ def create_app(matcher: Matcher, admin_token: str | None = None) -> FastAPI:
     @app.exception_handler(requests.RequestException)  # what web3's HTTP provider raises
     async def _chain_down(_: Request, exc: Exception) -> JSONResponse:
         return _error(503, "chain", f"the chain RPC is unreachable ({type(exc).__name__}): try again shortly")
+
+    @app.exception_handler(ChainReadError)
+    async def _chain_refused(_: Request, exc: ChainReadError) -> JSONResponse:
+        return _error(503, "chain", f"the chain RPC refused a read ({exc}): try again shortly")
 
     def _submissions(kind: MessageKind, bodies: list[_Signed]) -> list[Submission]:
         model = Order if kind is MessageKind.ORDER else Bid

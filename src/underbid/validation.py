@@ -94,7 +94,8 @@ class Validator:
         signers = [a.message.signer for a in accepted.values()]
         self.chain.prefetch(
             nonces=[(a.message.signer, a.message.nonce) for a in accepted.values()],
-            **{"stakes" if kind is MessageKind.BID else "escrows": signers},
+            stakes=signers if kind is MessageKind.BID else (),
+            escrows=signers if kind is MessageKind.ORDER else (),
         )
         stored = self.store.stored_digests([a.digest for a in accepted.values()])
         first_of: dict[str, int] = {}
