@@ -59,6 +59,20 @@ def revert_data(text: str) -> bytes | None:
     return None
 
 
+def error_name(contract, exc) -> str:
+    """The name of the custom error of `contract` that `exc` (a revert) carries, decoded by its
+    selector when ape could not name it."""
+    if isinstance(exc, CustomError):
+        return type(exc).__name__
+    text = str(exc.revert_message or exc)
+    data = revert_data(text)
+    if data is None and (m := re.search(r"0x([0-9a-fA-F]{8})", text)):
+        data = bytes.fromhex(m[1])
+    assert data is not None, f"not a custom error: {text!r}"
+    names = {keccak(text=e.selector)[:4]: e.name for e in contract.contract_type.errors}
+    return names.get(data[:4], f"unknown selector 0x{data[:4].hex()}")
+
+
 def _norm(value):
     if hasattr(value, "address"):
         value = value.address

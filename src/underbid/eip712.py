@@ -142,14 +142,11 @@ class TypedMessage(BaseModel):
         IMPORTANT: the values are not validated. Only for values the caller made itself (the
         matcher's receipts, in its hot path); anything received goes through the model.
         """
-        return _keccak256(domain.prefix + _keccak256(cls._encoder()(values)).digest()).digest()
-
-    def struct_hash(self) -> bytes:
-        return self.struct_hash_of(self.__dict__)  # pydantic keeps the field values there
+        return _keccak256(domain.prefix + cls.struct_hash_of(values)).digest()
 
     def digest(self, domain: Domain) -> bytes:
         """The EIP-712 digest the signer signs and the contract's `hashOrder`/`hashBid` returns."""
-        return self.digest_of(domain, self.__dict__)
+        return self.digest_of(domain, self.__dict__)  # pydantic keeps the field values there
 
     def typed_data(self, domain: Domain) -> dict[str, Any]:
         """The message as eth-account / wallet typed data (`eth_signTypedData_v4`)."""

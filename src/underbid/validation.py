@@ -143,8 +143,8 @@ class Validator:
                 raise Rejection(400, "spec", str(exc)) from None
             if derived != message.market:
                 raise Rejection(400, "spec", f"spec hashes to {derived}, not to market {message.market}")
-        for field, reason in _zero_fields(kind, message):
-            raise Rejection(400, field, reason)
+        if (zero := next(_zero_fields(kind, message), None)) is not None:
+            raise Rejection(400, *zero)
         return Accepted(kind, "0x" + digest_bytes.hex(), message, signature)
 
     def _check_escrow(self, order: SignedMessage) -> None:

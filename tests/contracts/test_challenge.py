@@ -10,18 +10,17 @@ checked by name (and by selector when ape cannot decode it) through the strict `
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import ape
 import pytest
-from ape.exceptions import CustomError
 from eth_abi import encode
 from eth_utils import keccak
 
 from underbid.eip712 import Bid, Order, Receipt
 
 from ..conftest import A100, H100, HOUR, UBC, UBT
+from ..reverts import error_name as revert_error_name
 from ..reverts import reverts
 
 # ----------------------------------------------------------------------------------------------
@@ -33,14 +32,7 @@ def error_name(contract, call) -> str:
     """The name of the custom error `call()` reverts with (decoded by selector if ape cannot)."""
     with ape.reverts() as info:
         call()
-    exc = info.value
-    if isinstance(exc, CustomError):
-        return type(exc).__name__
-    text = str(exc.revert_message or exc)
-    m = re.search(r"0x([0-9a-fA-F]{8})", text)
-    assert m, f"not a custom error: {text!r}"
-    names = {keccak(text=e.selector)[:4]: e.name for e in contract.contract_type.errors}
-    return names[bytes.fromhex(m[1])]
+    return revert_error_name(contract, info.value)
 
 
 # ----------------------------------------------------------------------------------------------

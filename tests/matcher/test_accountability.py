@@ -20,21 +20,20 @@ at 1 and examples do not see each other's messages.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
-from ape.exceptions import ContractLogicError, CustomError
-from eth_utils import keccak
+from ape.exceptions import ContractLogicError
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from underbid.eip712 import Bid, Receipt, recover_signer
 
 from ..conftest import A100, H100, HOUR, UBC
+from ..reverts import error_name
 from .conftest import MatcherProcess, order_body
 
 #: Reasons an honest round gives for refusing a challenge.
@@ -64,13 +63,7 @@ def outcome(contract, call) -> str:
     try:
         call()
     except ContractLogicError as exc:
-        if isinstance(exc, CustomError):
-            return type(exc).__name__
-        text = str(exc.revert_message or exc)
-        m = re.search(r"0x([0-9a-fA-F]{8})", text)
-        assert m, f"not a custom error: {text!r}"
-        names = {keccak(text=e.selector)[:4]: e.name for e in contract.contract_type.errors}
-        return names.get(bytes.fromhex(m[1]), f"unknown selector 0x{m[1]}")
+        return error_name(contract, exc)
     return "SUCCEEDS"
 
 
