@@ -7,7 +7,9 @@ import {UnderbidBase} from "./UnderbidBase.sol";
 
 /// @title Buyer escrow: credits deposited to pay for leases.
 /// @dev `free` can be withdrawn or committed to new leases; `locked` backs open leases and only
-/// leaves as lease payments to providers or refunds back to `free`.
+/// leaves as lease payments to providers or refunds back to `free`. A withdrawal is announced
+/// `noticePeriod` ahead: until then the credits stay free for settlement, so no withdrawal can
+/// land between a matcher's simulation and its batch and make the batch revert.
 abstract contract BuyerEscrow is UnderbidBase {
     using SafeERC20 for *;
 
@@ -16,7 +18,14 @@ abstract contract BuyerEscrow is UnderbidBase {
         uint128 locked;
     }
 
+    /// @dev An announced withdrawal: up to `amount` from `readyAt` on.
+    struct Withdrawal {
+        uint128 amount;
+        uint40 readyAt;
+    }
+
     mapping(address => EscrowAccount) public escrowOf;
+    mapping(address => Withdrawal) public pendingWithdrawal;
 
     /// @dev Moves `amount` credits from the caller into free escrow. Needs no approval: the
     /// credit token lets the escrow pull (see UnderbidCredit._spendAllowance).
@@ -28,15 +37,36 @@ abstract contract BuyerEscrow is UnderbidBase {
         emit Deposited(msg.sender, amount);
     }
 
-    /// @dev Sends `amount` of the caller's free escrow back to the caller.
-    /// Reverts with `ZeroAmount` and `InsufficientEscrow`.
-    function withdraw(uint256 amount) external nonReentrant {
+    /// @dev Announces a withdrawal of up to `amount` free credits, possible from
+    /// `block.timestamp + noticePeriod`. Replaces any earlier announcement (and restarts the notice).
+    /// Reverts with `ZeroAmount`.
+    function requestWithdrawal(uint256 amount) external {
         if (amount == 0) revert ZeroAmount();
+        uint256 readyAt = block.timestamp + noticePeriod;
+        pendingWithdrawal[msg.sender] = Withdrawal(SafeCast.toUint128(amount), uint40(readyAt));
+        emit WithdrawalRequested(msg.sender, amount, readyAt);
+    }
+
+    /// @dev Sends the announced amount, or the free escrow if that is less now, to the caller.
+    /// @return amount Credits sent.
+    /// Reverts with `NothingToWithdraw` and `NoticeNotOver`.
+    function withdraw() external nonReentrant returns (uint256 amount) {
+        Withdrawal memory request = pendingWithdrawal[msg.sender];
+        if (request.amount == 0) revert NothingToWithdraw(msg.sender);
+        if (block.timestamp < request.readyAt) revert NoticeNotOver(request.readyAt);
+        delete pendingWithdrawal[msg.sender];
         EscrowAccount storage account = escrowOf[msg.sender];
-        if (account.free < amount) revert InsufficientEscrow(msg.sender, amount, account.free);
+        amount = request.amount < account.free ? request.amount : account.free;
         account.free -= uint128(amount);
-        credit.safeTransfer(msg.sender, amount);
+        if (amount != 0) credit.safeTransfer(msg.sender, amount);
         emit Withdrawn(msg.sender, amount);
+    }
+
+    /// @dev Free escrow a matcher may commit to new leases: free minus any announced withdrawal.
+    function availableEscrow(address buyer) public view returns (uint256) {
+        uint256 free = escrowOf[buyer].free;
+        uint256 leaving = pendingWithdrawal[buyer].amount;
+        return free > leaving ? free - leaving : 0;
     }
 
     /// @dev Moves `amount` from free to locked. Reverts with `InsufficientEscrow`.

@@ -16,9 +16,11 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
     /// @dev Two words at opening; the third (`paidUntil`, `lastHeartbeat`) is written on first touch.
     struct Lease {
         address buyer;
-        uint40 start;
-        uint40 end;
+        uint32 start;
+        uint32 end;
         bool closed;
+        /// The parameters version (`paramsAt`) this lease opened under and keeps to its end.
+        uint24 paramsVersion;
         address provider;
         uint32 units;
         uint64 price;
@@ -47,7 +49,7 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
         Lease storage lease = _existingLease(leaseId);
         if (lease.closed) return (0, 0, 0);
         uint256 paid = _accrued(lease, _paidUntil(lease));
-        uint256 covered = uint256(_lastHeartbeat(lease)) + params.heartbeatInterval;
+        uint256 covered = uint256(_lastHeartbeat(lease)) + _termsOf(lease).heartbeatInterval;
         uint256 payable_ = _accrued(lease, block.timestamp < covered ? block.timestamp : covered);
         accruedUnpaid = payable_ > paid ? payable_ - paid : 0;
         remaining = _accrued(lease, lease.end) - paid - accruedUnpaid;
@@ -55,33 +57,49 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
     }
 
     /// @dev Records a heartbeat for each of the caller's running leases.
+    /// A lease that is closed (its buyer may close it at any time), has ended, or has a reportable
+    /// fault is skipped with a `LeaseSkipped` event instead of reverting the whole batch, so no
+    /// buyer or reporter can make a provider's batch fail. A heartbeat never erases a reportable
+    /// fault: that gap must not be paid for.
     /// @param leaseIds Leases to heartbeat, all served by the caller.
-    /// Reverts with `UnknownLease`, `NotLeaseProvider`, `LeaseAlreadyClosed` and `LeaseEnded`.
-    function heartbeat(bytes32[] calldata leaseIds) external {
+    /// @return skipped How many leases were skipped.
+    /// Reverts with `UnknownLease` and `NotLeaseProvider` (the caller's own mistakes).
+    function heartbeat(bytes32[] calldata leaseIds) external returns (uint256 skipped) {
         for (uint256 i; i < leaseIds.length; ++i) {
-            Lease storage lease = _existingLease(leaseIds[i]);
-            if (lease.provider != msg.sender) revert NotLeaseProvider(leaseIds[i], msg.sender);
-            if (lease.closed) revert LeaseAlreadyClosed(leaseIds[i]);
-            if (block.timestamp >= lease.end) revert LeaseEnded(leaseIds[i]);
-            // A heartbeat cannot erase a reportable fault: the gap must not be paid for.
-            if (block.timestamp >= faultReportableAt(leaseIds[i])) revert HeartbeatMissed(leaseIds[i]);
-            lease.lastHeartbeat = uint40(block.timestamp);
-            emit Heartbeat(leaseIds[i], block.timestamp);
+            bytes32 leaseId = leaseIds[i];
+            Lease storage lease = _existingLease(leaseId);
+            if (lease.provider != msg.sender) revert NotLeaseProvider(leaseId, msg.sender);
+            SkipReason reason;
+            if (lease.closed) reason = SkipReason.Closed;
+            else if (block.timestamp >= lease.end) reason = SkipReason.Ended;
+            else if (block.timestamp >= faultReportableAt(leaseId)) reason = SkipReason.FaultPending;
+            else {
+                lease.lastHeartbeat = uint40(block.timestamp);
+                emit Heartbeat(leaseId, block.timestamp);
+                continue;
+            }
+            ++skipped;
+            emit LeaseSkipped(leaseId, reason);
         }
     }
 
     /// @dev Pays the caller what its leases have accrued while covered by heartbeats. A lease past
     /// its end is also closed: uncovered time is refunded to the buyer and the collateral unlocked.
-    /// @param leaseIds Leases served by the caller; closed ones revert.
+    /// A closed lease, or one with a reportable fault, is skipped with a `LeaseSkipped` event.
+    /// @param leaseIds Leases served by the caller.
     /// @return total Credits sent to the caller.
-    /// Reverts with `UnknownLease`, `NotLeaseProvider`, `LeaseAlreadyClosed` and `FaultPending`.
-    function claim(bytes32[] calldata leaseIds) external nonReentrant returns (uint256 total) {
+    /// @return skipped How many leases were skipped.
+    /// Reverts with `UnknownLease` and `NotLeaseProvider`.
+    function claim(bytes32[] calldata leaseIds) external nonReentrant returns (uint256 total, uint256 skipped) {
         for (uint256 i; i < leaseIds.length; ++i) {
             bytes32 leaseId = leaseIds[i];
             Lease storage lease = _existingLease(leaseId);
             if (lease.provider != msg.sender) revert NotLeaseProvider(leaseId, msg.sender);
-            if (lease.closed) revert LeaseAlreadyClosed(leaseId);
-            _requireNoFault(leaseId);
+            if (lease.closed || block.timestamp >= faultReportableAt(leaseId)) {
+                ++skipped;
+                emit LeaseSkipped(leaseId, lease.closed ? SkipReason.Closed : SkipReason.FaultPending);
+                continue;
+            }
             total += block.timestamp >= lease.end
                 ? _settleAndClose(leaseId, lease, block.timestamp)
                 : _payUpTo(leaseId, lease, block.timestamp);
@@ -112,16 +130,17 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
         uint256 reportableAt = faultReportableAt(leaseId);
         if (block.timestamp < reportableAt) revert HeartbeatNotMissed(leaseId, reportableAt);
 
-        uint256 stopAt = uint256(_lastHeartbeat(lease)) + params.heartbeatInterval;
+        Params memory terms = _termsOf(lease);
+        uint256 stopAt = uint256(_lastHeartbeat(lease)) + terms.heartbeatInterval;
         address provider = lease.provider;
         address buyer = lease.buyer;
         uint256 collateral = lease.units * stakePerUnit;
         uint256 paid = _settleAndClose(leaseId, lease, stopAt);
         if (paid != 0) credit.safeTransfer(provider, paid);
 
-        uint256 slashed = collateral * params.slashBps / BPS;
-        uint256 toBuyer = slashed * params.slashBuyerBps / BPS;
-        uint256 toReporter = slashed * params.slashReporterBps / BPS;
+        uint256 slashed = collateral * terms.slashBps / BPS;
+        uint256 toBuyer = slashed * terms.slashBuyerBps / BPS;
+        uint256 toReporter = slashed * terms.slashReporterBps / BPS;
         uint256 burned = slashed - toBuyer - toReporter;
         _slash(provider, slashed);
         totalSlashedBurned += burned;
@@ -135,9 +154,10 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
     /// provider's heartbeats already cover the lease to its end.
     function faultReportableAt(bytes32 leaseId) public view returns (uint256) {
         Lease storage lease = _existingLease(leaseId);
-        uint256 stopAt = uint256(_lastHeartbeat(lease)) + params.heartbeatInterval;
+        Params memory terms = _termsOf(lease);
+        uint256 stopAt = uint256(_lastHeartbeat(lease)) + terms.heartbeatInterval;
         if (stopAt >= lease.end) return type(uint256).max;
-        return stopAt + params.heartbeatGrace + 1;
+        return stopAt + terms.heartbeatGrace + 1;
     }
 
     /// @dev Reverts with `FaultPending` once a fault is reportable: such a lease ends only through
@@ -158,7 +178,7 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
     /// @return amount Credits owed to the provider; the caller transfers them.
     function _payUpTo(bytes32 leaseId, Lease storage lease, uint256 until) private returns (uint256 amount) {
         // Only time covered by heartbeats is paid for.
-        uint256 covered = uint256(_lastHeartbeat(lease)) + params.heartbeatInterval;
+        uint256 covered = uint256(_lastHeartbeat(lease)) + _termsOf(lease).heartbeatInterval;
         if (until > covered) until = covered;
         if (until > lease.end) until = lease.end;
         uint256 paidUntil = _paidUntil(lease);
@@ -194,8 +214,9 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
         Lease storage lease = _leases[leaseId];
         if (lease.buyer != address(0)) revert DuplicateLease(leaseId);
         lease.buyer = buyer;
-        lease.start = uint40(block.timestamp);
-        lease.end = uint40(block.timestamp + duration);
+        lease.start = uint32(block.timestamp);
+        lease.end = uint32(block.timestamp + duration);
+        lease.paramsVersion = paramsVersion;
         lease.provider = provider;
         lease.units = uint32(units);
         lease.price = uint64(price);
@@ -215,13 +236,18 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
         return units * price * duration / 3600;
     }
 
+    /// @dev The parameters `lease` opened under.
+    function _termsOf(Lease storage lease) internal view returns (Params memory) {
+        return paramsAt[lease.paramsVersion];
+    }
+
     function _paidUntil(Lease storage lease) private view returns (uint256) {
         uint256 paidUntil = lease.paidUntil;
         return paidUntil == 0 ? lease.start : paidUntil;
     }
 
-    function _lastHeartbeat(Lease storage lease) private view returns (uint40) {
-        uint40 last = lease.lastHeartbeat;
+    function _lastHeartbeat(Lease storage lease) private view returns (uint256) {
+        uint256 last = lease.lastHeartbeat;
         return last == 0 ? lease.start : last;
     }
 

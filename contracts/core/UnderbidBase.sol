@@ -37,16 +37,43 @@ abstract contract UnderbidBase is AccessControl, ReentrancyGuardTransient, IUnde
         uint16 challengerShareBps;
     }
 
+    /// @dev Fixed at deployment: what the soundness argument of `settle` and `challenge` leans on.
+    struct Limits {
+        /// UBT (wei) of provider stake locked per leased unit while the lease runs.
+        uint256 stakePerUnit;
+        /// The least UBT bond with which a matcher may settle.
+        uint256 minMatcherBond;
+        /// Seconds between announcing and doing anything that could make a matcher's batch
+        /// revert: withdrawing escrow, unstaking, cancelling a nonce, moving to another matcher.
+        uint32 noticePeriod;
+        /// Seconds after a round's first batch during which its later batches may land.
+        uint32 maxRoundSpan;
+        /// The shortest lease `settle` opens, in seconds.
+        uint32 minLeaseDuration;
+    }
+
     UnderbidToken public immutable ubt;
     UnderbidCredit public immutable credit;
     /// @dev UBT (wei) of provider stake locked per leased unit while the lease runs.
     /// NOTE: immutable, so a lease's collateral is always `units * stakePerUnit` and need not be stored.
     uint256 public immutable stakePerUnit;
-
     /// @dev The least UBT bond with which a matcher may settle.
     uint256 public immutable minMatcherBond;
+    /// @dev See `Limits.noticePeriod`.
+    /// IMPORTANT: a matcher's batch deadline must be less than `noticePeriod` after the chain
+    /// state it simulated against; then nothing announced after that state can take effect
+    /// before the batch lands or expires.
+    uint256 public immutable noticePeriod;
+    /// @dev See `Limits.maxRoundSpan`.
+    uint256 public immutable maxRoundSpan;
+    /// @dev See `Limits.minLeaseDuration`.
+    uint256 public immutable minLeaseDuration;
 
+    /// @dev The parameters for leases opened from now on (`paramsAt[paramsVersion]`).
     Params public params;
+    /// @dev Every version of the parameters; a lease keeps the version it opened under.
+    mapping(uint24 => Params) public paramsAt;
+    uint24 public paramsVersion;
 
     /// @dev UBT burned by slashing (providers and matchers) so far, for the UBT conservation check.
     uint256 public totalSlashedBurned;
@@ -55,23 +82,31 @@ abstract contract UnderbidBase is AccessControl, ReentrancyGuardTransient, IUnde
         address admin,
         UnderbidToken ubt_,
         UnderbidCredit credit_,
-        uint256 stakePerUnit_,
-        uint256 minMatcherBond_,
+        Limits memory limits,
         Params memory params_
     ) {
-        if (stakePerUnit_ == 0) revert InvalidParameter("stakePerUnit");
-        if (minMatcherBond_ == 0) revert InvalidParameter("minMatcherBond");
+        if (limits.stakePerUnit == 0) revert InvalidParameter("stakePerUnit");
+        if (limits.minMatcherBond == 0) revert InvalidParameter("minMatcherBond");
+        if (limits.noticePeriod == 0) revert InvalidParameter("noticePeriod");
+        if (limits.maxRoundSpan == 0) revert InvalidParameter("maxRoundSpan");
+        if (limits.minLeaseDuration == 0) revert InvalidParameter("minLeaseDuration");
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         ubt = ubt_;
         credit = credit_;
-        stakePerUnit = stakePerUnit_;
-        minMatcherBond = minMatcherBond_;
+        stakePerUnit = limits.stakePerUnit;
+        minMatcherBond = limits.minMatcherBond;
+        noticePeriod = limits.noticePeriod;
+        maxRoundSpan = limits.maxRoundSpan;
+        minLeaseDuration = limits.minLeaseDuration;
         _setParams(params_);
     }
 
-    /// @dev Replaces the tunable parameters. Leases already open follow the new values.
+    /// @dev Adds a new version of the tunable parameters, for leases opened from now on; open
+    /// leases keep the version they opened under.
+    /// IMPORTANT: deployments give `DEFAULT_ADMIN_ROLE` to an OpenZeppelin `TimelockController`,
+    /// so a change is public for the timelock's delay before it applies.
     /// Reverts with `InvalidParameter` for a zero interval or window, bps shares above 10_000, or
-    /// a matcher exit delay not longer than the challenge window.
+    /// a matcher exit delay not longer than the round span plus the challenge window.
     function setParams(Params calldata newParams) external onlyRole(DEFAULT_ADMIN_ROLE) {
         _setParams(newParams);
     }
@@ -81,11 +116,15 @@ abstract contract UnderbidBase is AccessControl, ReentrancyGuardTransient, IUnde
         if (p.slashBps > BPS) revert InvalidParameter("slashBps");
         if (uint256(p.slashBuyerBps) + p.slashReporterBps > BPS) revert InvalidParameter("slashSplit");
         if (p.challengeWindow == 0) revert InvalidParameter("challengeWindow");
-        if (p.matcherExitDelay <= p.challengeWindow) revert InvalidParameter("matcherExitDelay");
+        if (p.matcherExitDelay <= uint256(p.challengeWindow) + maxRoundSpan) revert InvalidParameter("matcherExitDelay");
         if (p.matcherSlashBps > BPS) revert InvalidParameter("matcherSlashBps");
         if (p.challengerShareBps > BPS) revert InvalidParameter("challengerShareBps");
+        uint24 version = paramsVersion + 1;
+        paramsVersion = version;
+        paramsAt[version] = p;
         params = p;
         emit ParamsUpdated(
+            version,
             p.unbondingPeriod,
             p.heartbeatInterval,
             p.heartbeatGrace,

@@ -3,43 +3,116 @@ pragma solidity 0.8.28;
 
 import {UnderbidBase} from "./UnderbidBase.sol";
 
-/// @title Unordered nonces: a bitmap of 256 nonces per storage word, as in Permit2.
-/// @dev A nonce is consumed when its message is completely filled, or when its signer cancels
-/// it. Partial fills are tracked by digest elsewhere and do not consume the nonce, so one signed
-/// order or bid can fill across rounds. Cancellations are also recorded in a second bitmap that
-/// `settle` never reads, so a consumed nonce can be told apart from a cancelled one afterwards.
+/// @title Unordered nonces with fill records: a nonce names one message, the first one filled.
+/// @dev Two bits per nonce, 128 nonces per storage word (as Permit2's bitmap, with a second bit):
+/// - *claimed*: a message with this nonce has been (at least partly) filled;
+/// - *void*: nothing more can fill with this nonce (its message was completely filled, or the
+///   nonce was cancelled).
+/// A message can fill while its nonce is unclaimed, or while it is the message that claimed it
+/// (its fill record is non-zero) and the nonce is not void. So any set of messages sharing a
+/// (signer, nonce) fills at most the units of one of them. Partial fills are recorded by digest in
+/// `fills`; bids always record their fill and the last round that filled them, which a challenge
+/// reads; an order filled completely in one go writes only its two bits.
+///
+/// Cancelling is announced: `requestCancel` marks the nonce at once (an honest matcher drops the
+/// message, and the provider can no longer use it in a challenge), and `cancelNonces` voids it
+/// `noticePeriod` later, so a cancellation cannot land between a matcher's simulation and its batch.
 abstract contract UnorderedNonces is UnderbidBase {
-    /// @dev signer => word position => bitmap of consumed nonces.
+    /// @dev What a message has filled so far, across rounds.
+    struct Fill {
+        uint32 filled;
+        /// For bids: the last round (of the bid's matcher) that filled it.
+        uint64 lastRound;
+    }
+
+    /// @dev signer => word position (`nonce >> 7`) => two bits per nonce (claimed, void).
     mapping(address => mapping(uint256 => uint256)) public nonceBitmap;
-    /// @dev signer => word position => bitmap of cancelled nonces (a subset of `nonceBitmap`).
-    mapping(address => mapping(uint256 => uint256)) public cancelledBitmap;
+    /// @dev message digest => fill record.
+    mapping(bytes32 => Fill) public fills;
+    /// @dev signer => nonce => when its cancellation was requested (zero: never).
+    mapping(address => mapping(uint256 => uint256)) public cancelRequestedAt;
 
-    /// @dev Cancels every nonce whose bit is set in `mask`, in word `wordPos` of the caller's bitmap.
-    /// @param wordPos The nonce's high 248 bits (`nonce >> 8`).
-    /// @param mask Bits to cancel (bit `nonce & 0xff`).
-    function cancelNonces(uint256 wordPos, uint256 mask) external {
-        nonceBitmap[msg.sender][wordPos] |= mask;
-        cancelledBitmap[msg.sender][wordPos] |= mask;
-        emit NonceCancelled(msg.sender, wordPos, mask);
+    /// @dev Announces the cancellation of the caller's `nonces`; `cancelNonces` can void them
+    /// `noticePeriod` later. A nonce already announced keeps its first announcement time.
+    function requestCancel(uint256[] calldata nonces) external {
+        uint256 effectiveAt = block.timestamp + noticePeriod;
+        for (uint256 i; i < nonces.length; ++i) {
+            if (cancelRequestedAt[msg.sender][nonces[i]] != 0) continue;
+            cancelRequestedAt[msg.sender][nonces[i]] = block.timestamp;
+            emit CancelRequested(msg.sender, nonces[i], effectiveAt);
+        }
     }
 
-    /// @dev True if `nonce` of `signer` was consumed or cancelled.
+    /// @dev Voids the caller's `nonces` whose cancellation was announced at least `noticePeriod` ago.
+    /// Reverts with `CancelNotRequested` (not announced) and `NoticeNotOver`.
+    function cancelNonces(uint256[] calldata nonces) external {
+        for (uint256 i; i < nonces.length; ++i) {
+            uint256 nonce = nonces[i];
+            uint256 requestedAt = cancelRequestedAt[msg.sender][nonce];
+            if (requestedAt == 0) revert CancelNotRequested(msg.sender, nonce);
+            if (block.timestamp < requestedAt + noticePeriod) revert NoticeNotOver(requestedAt + noticePeriod);
+            nonceBitmap[msg.sender][nonce >> 7] |= 2 << ((nonce & 0x7f) << 1);
+            emit NonceCancelled(msg.sender, nonce);
+        }
+    }
+
+    /// @dev Whether `nonce` of `signer` was claimed by a fill, and whether it is void.
+    function nonceState(address signer, uint256 nonce) public view returns (bool claimed, bool voided) {
+        uint256 bits = nonceBitmap[signer][nonce >> 7] >> ((nonce & 0x7f) << 1);
+        return (bits & 1 != 0, bits & 2 != 0);
+    }
+
+    /// @dev True if nothing can fill with `nonce` of `signer` any more.
     function isNonceUsed(address signer, uint256 nonce) public view returns (bool) {
-        return nonceBitmap[signer][nonce >> 8] & (1 << (nonce & 0xff)) != 0;
+        (, bool voided) = nonceState(signer, nonce);
+        return voided;
     }
 
-    /// @dev True if `nonce` of `signer` was cancelled by its signer.
+    /// @dev True if `signer` announced the cancellation of `nonce`.
     function isNonceCancelled(address signer, uint256 nonce) public view returns (bool) {
-        return cancelledBitmap[signer][nonce >> 8] & (1 << (nonce & 0xff)) != 0;
+        return cancelRequestedAt[signer][nonce] != 0;
     }
 
-    /// @dev Reverts with `NonceUsed` if `nonce` of `signer` is consumed or cancelled.
-    function _requireNonceFree(address signer, uint256 nonce) internal view {
-        if (isNonceUsed(signer, nonce)) revert NonceUsed(signer, nonce);
+    /// @dev Units of a message still fillable: zero if its nonce is void or was claimed by
+    /// another message.
+    /// @param digest The message's EIP-712 digest.
+    /// @param signer The buyer or provider.
+    /// @param nonce The message's nonce.
+    /// @param total The order's `units` or the bid's `capacity`.
+    function remainingOf(bytes32 digest, address signer, uint256 nonce, uint256 total) public view returns (uint256) {
+        (bool claimed, bool voided) = nonceState(signer, nonce);
+        if (voided) return 0;
+        uint256 filled = fills[digest].filled;
+        if (claimed && filled == 0) return 0;
+        return filled >= total ? 0 : total - filled;
     }
 
-    /// @dev Marks `nonce` of `signer` consumed.
-    function _consumeNonce(address signer, uint256 nonce) internal {
-        nonceBitmap[signer][nonce >> 8] |= 1 << (nonce & 0xff);
+    /// @dev Reverts with `NonceUsed` unless a message with `digest` may still fill with `nonce`.
+    /// @return filled Units the message has filled so far.
+    function _requireFillable(bytes32 digest, address signer, uint256 nonce) internal view returns (uint256 filled) {
+        (bool claimed, bool voided) = nonceState(signer, nonce);
+        filled = fills[digest].filled;
+        if (voided || (claimed && filled == 0)) revert NonceUsed(signer, nonce);
+    }
+
+    /// @dev Records that a message now has `total - left` filled units: claims
+    /// its nonce on the first fill, voids it once nothing is left, and keeps the fill record
+    /// (always for a bid, with `round`; for an order only while it is partly filled).
+    function _recordFill(
+        bytes32 digest,
+        address signer,
+        uint256 nonce,
+        uint256 total,
+        uint256 left,
+        uint64 round,
+        bool isBid
+    ) internal {
+        uint256 filledNow = total - left;
+        uint256 before = fills[digest].filled;
+        if (filledNow == before) return;
+        uint256 bits = (before == 0 ? 1 : 0) | (left == 0 ? 2 : 0);
+        if (bits != 0) nonceBitmap[signer][nonce >> 7] |= bits << ((nonce & 0x7f) << 1);
+        if (isBid) fills[digest] = Fill(uint32(filledNow), round);
+        else if (left != 0) fills[digest].filled = uint32(filledNow);
     }
 }

@@ -44,12 +44,25 @@ interface IUnderbidErrors {
     error NothingUnbonding(address provider);
     error UnbondingNotFinished(uint256 unlocksAt);
 
+    // ----- notices and matcher binding -----
+    /// @dev The action was announced, but its notice period ends at `readyAt`.
+    error NoticeNotOver(uint256 readyAt);
+    /// @dev No withdrawal was requested.
+    error NothingToWithdraw(address buyer);
+    /// @dev Only the matcher an account is bound to may settle its messages.
+    error AccountNotBound(address account, address matcher);
+    /// @dev The message names another matcher than the one settling it.
+    error MessageForOtherMatcher(bytes32 digest, address matcher);
+    /// @dev The nonce's cancellation was not requested, or not `noticePeriod` ago.
+    error CancelNotRequested(address signer, uint256 nonce);
+
     // ----- buyer escrow -----
     /// @dev Free escrow does not cover the request.
     error InsufficientEscrow(address buyer, uint256 required, uint256 free);
 
     // ----- nonces -----
-    /// @dev The nonce was already consumed: its message was completely filled, or it was cancelled.
+    /// @dev The nonce is used up: its message was completely filled, it was cancelled, or another
+    /// message with the same nonce was filled first (a nonce names one message: the first filled).
     error NonceUsed(address signer, uint256 nonce);
 
     // ----- signatures -----
@@ -60,9 +73,15 @@ interface IUnderbidErrors {
 
     // ----- settlement -----
     error SignatureCountMismatch();
+    /// @dev The batch's own deadline passed before it was included.
+    error BatchExpired(uint256 deadline);
     error RoundAlreadySettled(uint64 round);
     error BatchOutOfOrder(uint64 round, uint256 expected, uint256 given);
-    error RoundOwnedByOtherMatcher(uint64 round, address matcher);
+    /// @dev A new round's id must be above every round id the matcher used before.
+    error RoundIdNotIncreasing(uint64 round, uint64 lastRound);
+    /// @dev The round can take no more batches: the matcher opened a later round, or its
+    /// `maxRoundSpan` since the first batch is over.
+    error RoundClosed(uint64 round);
     error ZeroClearingPrice(bytes32 market);
     /// @dev The batch names a second, different price for a market in this round.
     error ConflictingClearingPrice(bytes32 market, uint256 stored, uint256 given);
@@ -75,12 +94,16 @@ interface IUnderbidErrors {
     error BidAboveClearingPrice(uint256 bidIndex, uint256 bidPrice, uint256 clearingPrice);
     error ClearingPriceAboveMaxPrice(uint256 orderIndex, uint256 maxPrice, uint256 clearingPrice);
     error DurationTooLong(uint256 orderIndex, uint256 bidIndex);
+    /// @dev The order is shorter than the protocol's minimum lease.
+    error DurationTooShort(uint256 orderIndex, uint256 minimum);
+    /// @dev The lease would cost its buyer nothing (units x price x duration rounds to zero).
+    error ZeroCostLease(uint256 matchIndex);
     error OrderOverfilled(uint256 orderIndex);
     error BidOverfilled(uint256 bidIndex);
     /// @dev The same (round, order, bid) pair appears twice; merge the units into one match.
     error DuplicateLease(bytes32 leaseId);
-    /// @dev The same signed order or bid is listed twice in one batch; list it once.
-    error DuplicateMessage(bytes32 digest);
+    /// @dev Two messages (or one listed twice) with the same signer and nonce in one batch.
+    error DuplicateNonce(address signer, uint256 nonce);
 
     // ----- matcher bonds and challenges -----
     /// @dev The caller has no bond at or above the minimum, or has asked to leave.
@@ -88,24 +111,32 @@ interface IUnderbidErrors {
     error MatcherExiting(address matcher);
     error ExitNotRequested(address matcher);
     error ExitDelayNotOver(uint256 exitAt);
-    error RoundNotSettled(uint64 round);
+    /// @dev A matcher's receipt signer is fixed while it is bonded.
+    error ReceiptSignerFixed(address signer);
+    /// @dev The round can still take batches; challenge once it is final.
+    error RoundNotFinal(uint64 round);
     error ChallengeWindowClosed(uint64 round, uint256 closedAt);
     /// @dev This (round, bid) pair was already challenged successfully.
     error AlreadyChallenged(uint64 round, bytes32 bidDigest);
     error NotBidProvider(address caller, address provider);
-    /// @dev The receipt is for another round than the one challenged.
-    error ReceiptRoundMismatch(uint64 receiptRound, uint64 round);
+    /// @dev The witness round is before the round the receipt admitted the bid to.
+    error WitnessBeforeReceipt(uint64 receiptRound, uint64 round);
+    /// @dev The receipt or the bid names another matcher than the one challenged.
+    error ReceiptMatcherMismatch(address named, address matcher);
     /// @dev The receipt is for another bid than the one supplied.
     error ReceiptBidMismatch(bytes32 receiptBidHash, bytes32 bidDigest);
-    /// @dev The bid's deadline passed before the round settled, so the round could not include it.
-    error BidExpiredBeforeRound(uint256 deadline, uint256 settledAt);
+    /// @dev The bid's deadline passed before the witness lease's batch landed.
+    error BidExpiredBeforeWitness(uint256 deadline, uint256 witnessStart);
+    /// @dev The provider asked to cancel the bid's nonce.
     error BidCancelled(address provider, uint256 nonce);
+    /// @dev The bid had no unit left at the end of the witness round (filled in or before it).
     error BidFullyFilled(bytes32 bidDigest);
+    /// @dev Another message with the bid's nonce was filled: the bid was never fillable after it.
+    error BidNonceTaken(address provider, uint256 nonce);
+    /// @dev The provider changed its matcher binding after the receipt, or is no longer bound.
+    error ProviderLeftMatcher(address provider, address matcher);
     /// @dev The provider's stake went down (unstake request or slash) after the receipt was issued.
     error StakeDecreasedAfterReceipt(uint256 decreasedAt, uint256 issuedAt);
-    /// @dev Another matcher locked the provider's stake after the receipt: the round's matcher
-    /// may have found the bid unfundable, so the receipt proves nothing.
-    error StakeLockedByOtherMatcher(address provider, uint256 issuedAt);
     /// @dev No lease of the challenged round matches the witness order and bid.
     error WitnessNotInRound(bytes32 leaseId);
     error WitnessMarketMismatch(bytes32 witnessMarket, bytes32 market);
@@ -113,6 +144,8 @@ interface IUnderbidErrors {
     error WitnessNotPricier(uint256 witnessPrice, uint256 bidPrice);
     /// @dev The witness lease is longer than the challenger's bid accepts.
     error WitnessDurationTooLong(uint256 duration, uint256 maxDuration);
+    /// @dev The challenger's own lease in the witness round is not shorter than the witness lease.
+    error SwapNotShorter(uint256 ownDuration, uint256 witnessDuration);
 
     // ----- leases -----
     error UnknownLease(bytes32 leaseId);

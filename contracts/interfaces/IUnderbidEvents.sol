@@ -4,7 +4,16 @@ pragma solidity 0.8.28;
 /// @title Every event of the Underbid core (escrow, stake, leases, settlement).
 /// @dev One event per state change, so an indexer can rebuild every balance from logs alone.
 interface IUnderbidEvents {
+    /// @dev Why a batched `heartbeat` or `claim` passed over a lease instead of reverting.
+    enum SkipReason {
+        Closed,
+        Ended,
+        FaultPending
+    }
+
+    /// @dev Version `version` of the parameters applies to leases opened from now on.
     event ParamsUpdated(
+        uint24 indexed version,
         uint32 unbondingPeriod,
         uint32 heartbeatInterval,
         uint32 heartbeatGrace,
@@ -17,7 +26,7 @@ interface IUnderbidEvents {
         uint16 challengerShareBps
     );
 
-    event MatcherBonded(address indexed matcher, uint256 amount, uint256 bond);
+    event MatcherBonded(address indexed matcher, uint256 amount, uint256 bond, address receiptSigner);
     event MatcherExitRequested(address indexed matcher, uint256 exitAt);
     event MatcherBondWithdrawn(address indexed matcher, uint256 amount);
     event MatcherSlashed(
@@ -31,7 +40,11 @@ interface IUnderbidEvents {
     );
 
     event Deposited(address indexed buyer, uint256 amount);
+    event WithdrawalRequested(address indexed buyer, uint256 amount, uint256 readyAt);
     event Withdrawn(address indexed buyer, uint256 amount);
+
+    /// @dev From `effectiveAt` only `matcher` may settle `account`'s messages.
+    event MatcherBound(address indexed account, address indexed matcher, uint256 effectiveAt);
 
     event ProviderRegistered(address indexed provider, string metadataURI);
     event MetadataUpdated(address indexed provider, string metadataURI);
@@ -39,12 +52,14 @@ interface IUnderbidEvents {
     event UnstakeRequested(address indexed provider, uint256 amount, uint256 unlocksAt);
     event UnbondedWithdrawn(address indexed provider, uint256 amount);
 
-    event NonceCancelled(address indexed signer, uint256 indexed wordPos, uint256 mask);
+    event CancelRequested(address indexed signer, uint256 nonce, uint256 effectiveAt);
+    event NonceCancelled(address indexed signer, uint256 nonce);
 
     event LeaseOpened(
         bytes32 indexed leaseId,
         uint64 indexed round,
         address indexed buyer,
+        address matcher,
         address provider,
         bytes32 market,
         bytes32 orderDigest,
@@ -55,6 +70,8 @@ interface IUnderbidEvents {
         uint256 end
     );
     event Heartbeat(bytes32 indexed leaseId, uint256 at);
+    /// @dev A batched heartbeat or claim left this lease alone, for `reason`.
+    event LeaseSkipped(bytes32 indexed leaseId, SkipReason reason);
     event LeasePaid(bytes32 indexed leaseId, address indexed provider, uint256 amount, uint256 paidUntil);
     /// @dev `refund` went back to the buyer's free escrow; `collateral` was unlocked from stake.
     event LeaseClosed(bytes32 indexed leaseId, uint256 refund, uint256 collateral);
@@ -67,6 +84,6 @@ interface IUnderbidEvents {
         uint256 burned
     );
 
-    event ClearingPrice(uint64 indexed round, bytes32 indexed market, uint256 price);
+    event ClearingPrice(address indexed matcher, uint64 indexed round, bytes32 indexed market, uint256 price);
     event BatchSettled(uint64 indexed round, address indexed matcher, uint256 batch, uint256 matches, bool finalBatch);
 }

@@ -6,6 +6,8 @@ pragma solidity 0.8.28;
 library BidLib {
     struct Bid {
         address provider;
+        /// The only matcher that may settle this bid, and the one its receipts come from.
+        address matcher;
         bytes32 market;
         uint32 capacity;
         uint64 price;
@@ -16,7 +18,7 @@ library BidLib {
 
     /// @dev The EIP-712 type hash, checked against the Python definition by the test suite.
     bytes32 internal constant TYPEHASH = keccak256(
-        "Bid(address provider,bytes32 market,uint32 capacity,uint64 price,uint32 maxDuration,uint64 deadline,uint256 nonce)"
+        "Bid(address provider,address matcher,bytes32 market,uint32 capacity,uint64 price,uint32 maxDuration,uint64 deadline,uint256 nonce)"
     );
 
     /// @dev The EIP-712 struct hash of `bid`.
@@ -25,7 +27,15 @@ library BidLib {
     function hash(Bid calldata bid) internal pure returns (bytes32) {
         return keccak256(
             abi.encode(
-                TYPEHASH, bid.provider, bid.market, bid.capacity, bid.price, bid.maxDuration, bid.deadline, bid.nonce
+                TYPEHASH,
+                bid.provider,
+                bid.matcher,
+                bid.market,
+                bid.capacity,
+                bid.price,
+                bid.maxDuration,
+                bid.deadline,
+                bid.nonce
             )
         );
     }

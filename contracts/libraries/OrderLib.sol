@@ -6,6 +6,8 @@ pragma solidity 0.8.28;
 library OrderLib {
     struct Order {
         address buyer;
+        /// The only matcher that may settle this order.
+        address matcher;
         bytes32 market;
         uint32 units;
         uint32 duration;
@@ -17,7 +19,7 @@ library OrderLib {
     /// @dev The EIP-712 type hash. The Python package derives the same string from its single
     /// definition and the test suite checks both against each other.
     bytes32 internal constant TYPEHASH = keccak256(
-        "Order(address buyer,bytes32 market,uint32 units,uint32 duration,uint64 maxPrice,uint64 deadline,uint256 nonce)"
+        "Order(address buyer,address matcher,bytes32 market,uint32 units,uint32 duration,uint64 maxPrice,uint64 deadline,uint256 nonce)"
     );
 
     /// @dev The EIP-712 struct hash of `order`.
@@ -28,6 +30,7 @@ library OrderLib {
             abi.encode(
                 TYPEHASH,
                 order.buyer,
+                order.matcher,
                 order.market,
                 order.units,
                 order.duration,

@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+import {UnderbidBase} from "./UnderbidBase.sol";
+
+/// @title Matcher binding: each account trades through one matcher at a time.
+/// @dev Only the matcher an account is bound to may settle its orders and bids, and so lock its
+/// escrow or stake. Another matcher therefore cannot make a batch revert by spending the same
+/// funds, nonces or stake first. Binding an unbound account takes effect at once (no matcher can
+/// be relying on it); any later change takes effect after `noticePeriod`, so a matcher's batches
+/// in flight always land while the binding they were simulated against still holds.
+abstract contract MatcherBinding is UnderbidBase {
+    struct Binding {
+        /// The matcher bound until `changeAt` (or for good while `changeAt` is zero).
+        address matcher;
+        /// When `next` takes over; zero when no change is pending.
+        uint40 changeAt;
+        /// The matcher bound from `changeAt` on (zero: unbound).
+        address next;
+        /// When the account last asked to change its matcher; challenges read it.
+        uint40 requestedAt;
+    }
+
+    mapping(address => Binding) internal _bindings;
+
+    /// @dev Binds the caller to `matcher`: at once if the caller is unbound with nothing pending,
+    /// otherwise after `noticePeriod`. A new request replaces a pending one; `address(0)` unbinds.
+    /// NOTE: while a change is pending an honest matcher takes no new messages from the account.
+    function bindMatcher(address matcher) external {
+        Binding storage binding = _bindings[msg.sender];
+        address current = boundMatcherOf(msg.sender);
+        bool pending = binding.changeAt != 0 && block.timestamp < binding.changeAt;
+        uint256 effectiveAt = block.timestamp;
+        if (current == address(0) && !pending) {
+            binding.matcher = matcher;
+            binding.changeAt = 0;
+            binding.next = address(0);
+        } else {
+            effectiveAt = block.timestamp + noticePeriod;
+            binding.matcher = current;
+            binding.changeAt = uint40(effectiveAt);
+            binding.next = matcher;
+            binding.requestedAt = uint40(block.timestamp);
+        }
+        emit MatcherBound(msg.sender, matcher, effectiveAt);
+    }
+
+    /// @dev The matcher that may settle `account`'s messages now (zero: none).
+    function boundMatcherOf(address account) public view returns (address) {
+        Binding storage binding = _bindings[account];
+        uint256 changeAt = binding.changeAt;
+        if (changeAt != 0 && block.timestamp >= changeAt) return binding.next;
+        return binding.matcher;
+    }
+
+    /// @dev The whole binding record: current matcher, pending change and when it was asked for.
+    function bindingOf(address account) external view returns (Binding memory) {
+        return _bindings[account];
+    }
+
+    /// @dev Reverts with `AccountNotBound` unless `account` is bound to `matcher` now.
+    function _requireBound(address account, address matcher) internal view {
+        if (boundMatcherOf(account) != matcher) revert AccountNotBound(account, matcher);
+    }
+
+    /// @dev True if `account` is bound to `matcher` now and has not asked to change since `since`.
+    function _boundSince(address account, address matcher, uint256 since) internal view returns (bool) {
+        return boundMatcherOf(account) == matcher && _bindings[account].requestedAt < since;
+    }
+}
