@@ -117,9 +117,16 @@ class Market:
         receipt = self.bme.mintCredits(ubt_in, credits, sender=account)
         return receipt.return_value
 
+    def bind(self, account, matcher=None) -> None:
+        """Binds an unbound `account` to `matcher` (default: the test matcher) at once."""
+        matcher = matcher or self.matcher
+        if self.settlement.boundMatcherOf(account) != matcher.address:
+            self.settlement.bindMatcher(matcher, sender=account)
+
     def fund_buyer(self, buyer, credits: int) -> None:
         self.mint_credits(buyer, credits)
         self.settlement.deposit(credits, sender=buyer)
+        self.bind(buyer)
 
     def stake_provider(self, provider, units: int) -> None:
         amount = units * self.params.stake_per_unit
@@ -128,14 +135,15 @@ class Market:
             self.settlement.register(f"https://{str(provider.address)[:10].lower()}.example/meta.json", sender=provider)
         self.ubt.approve(self.settlement, amount, sender=provider)
         self.settlement.stake(amount, sender=provider)
+        self.bind(provider)
 
     def now(self) -> int:
         return self.chain.pending_timestamp
 
     def order(self, buyer, **fields) -> tuple[Order, bytes]:
         values = dict(
-            buyer=str(buyer.address), market=H100, units=2, duration=2 * HOUR, max_price=3 * UBC,
-            deadline=self.now() + HOUR, nonce=next(_nonces),
+            buyer=str(buyer.address), matcher=str(self.matcher.address), market=H100, units=2, duration=2 * HOUR,
+            max_price=3 * UBC, deadline=self.now() + HOUR, nonce=next(_nonces),
         )
         values.update(fields)
         order = Order(**values)
@@ -143,24 +151,40 @@ class Market:
 
     def bid(self, provider, **fields) -> tuple[Bid, bytes]:
         values = dict(
-            provider=str(provider.address), market=H100, capacity=4, price=2 * UBC, max_duration=24 * HOUR,
-            deadline=self.now() + HOUR, nonce=next(_nonces),
+            provider=str(provider.address), matcher=str(self.matcher.address), market=H100, capacity=4,
+            price=2 * UBC, max_duration=24 * HOUR, deadline=self.now() + HOUR, nonce=next(_nonces),
         )
         values.update(fields)
         bid = Bid(**values)
         return bid, bid.sign(provider.private_key, self.domain)
 
-    def settle(self, orders, bids, matches, prices, *, round_id: int = 1, batch: int = 0, final: bool = True, sender=None):
-        """Calls `settle`. `orders`/`bids` are (message, signature) pairs; `prices` maps market to price."""
+    def next_round(self, matcher=None) -> int:
+        """A round id above every round the matcher used so far."""
+        return self.settlement.lastRound(matcher or self.matcher) + 1
+
+    def settle(
+        self, orders, bids, matches, prices, *, round_id: int | None = None, batch: int = 0, final: bool = True,
+        deadline: int | None = None, sender=None,
+    ):
+        """Calls `settle`. `orders`/`bids` are (message, signature) pairs; `prices` maps market to price.
+
+        By default it opens the matcher's next round in one final batch, with a deadline half a
+        notice period ahead.
+        """
+        sender = sender or self.matcher
+        if round_id is None:
+            round_id = self.next_round(sender) if batch == 0 else self.settlement.lastRound(sender)
+        if deadline is None:
+            deadline = self.now() + self.params.notice_period // 2
         return self.settlement.settle(
-            (round_id, batch, final),
+            (round_id, batch, final, deadline),
             [o.as_call_tuple() for o, _ in orders],
             [s for _, s in orders],
             [b.as_call_tuple() for b, _ in bids],
             [s for _, s in bids],
             list(matches),
             [(m, p) for m, p in prices.items()],
-            sender=sender or self.matcher,
+            sender=sender,
         )
 
     def lease_ids(self, receipt) -> list[bytes]:

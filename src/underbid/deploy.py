@@ -24,6 +24,11 @@ class DeployParams:
     redeem_cap: int = 1_000_000 * 10**18  # UBT that redemptions may mint, net, per window
     redeem_window: int = 86_400
     stake_per_unit: int = 100 * 10**18  # UBT collateral per leased GPU unit
+    # Fixed for good (the core's `Limits`): what the soundness argument leans on.
+    notice_period: int = 30  # seconds between announcing and doing a withdrawal, unstake, cancel or matcher change
+    max_round_span: int = 20  # seconds a round's later batches may land after its first
+    min_lease_duration: int = 60  # the shortest lease settle opens, in seconds
+    admin_delay: int = 3_600  # the timelock's minimum delay before a parameter change applies
     unbonding_period: int = 600
     heartbeat_interval: int = 60
     heartbeat_grace: int = 30
@@ -31,10 +36,19 @@ class DeployParams:
     slash_buyer_bps: int = 5_000  # of the slashed amount, to the buyer
     slash_reporter_bps: int = 1_000  # of the slashed amount, to the reporter; the rest is burned
     min_matcher_bond: int = 10_000 * 10**18  # UBT a matcher must bond to settle
-    challenge_window: int = 3_600  # seconds after a round settles during which it can be challenged
-    matcher_exit_delay: int = 7_200  # must exceed the challenge window
+    challenge_window: int = 3_600  # seconds after a witness lease's round span during which it can be challenged
+    matcher_exit_delay: int = 7_200  # must exceed the round span plus the challenge window
     matcher_slash_bps: int = 5_000  # of the matcher's bond, per successful challenge
     challenger_share_bps: int = 5_000  # of that slash, to the challenger; the rest is burned
+
+    def core_limits(self) -> tuple[int, ...]:
+        return (
+            self.stake_per_unit,
+            self.min_matcher_bond,
+            self.notice_period,
+            self.max_round_span,
+            self.min_lease_duration,
+        )
 
     def core_params(self) -> tuple[int, ...]:
         return (
@@ -60,17 +74,24 @@ class Deployed:
     oracle: Any
     bme: Any
     settlement: Any
+    timelock: Any
     block: int
 
     def by_name(self) -> dict[str, Any]:
-        return dict(zip(CONTRACT_NAMES, (self.ubt, self.credit, self.oracle, self.bme, self.settlement), strict=True))
+        contracts = (self.ubt, self.credit, self.oracle, self.bme, self.settlement, self.timelock)
+        return dict(zip(CONTRACT_NAMES, contracts, strict=True))
 
 
 def deploy_protocol(deployer: Any, matchers: list[Any], params: DeployParams = DeployParams(), *, seed_price: bool = True) -> Deployed:
     """Deploys every contract from `deployer`, binds the tokens and bonds the matchers.
 
+    The core's admin is an OpenZeppelin timelock (`UnderbidTimelock`, `params.admin_delay`)
+    whose only proposer and executor is the deployer, so a parameter change is public for the
+    delay before it applies.
+
     Args:
-        deployer: an ape account; it becomes admin, oracle updater and genesis holder.
+        deployer: an ape account; it becomes timelock proposer, BME and oracle admin, oracle
+            updater and genesis holder.
         matchers: ape accounts that will settle; each gets the minimum bond in UBT from the
             deployer and posts it (the deployer itself may be one of them).
         params: deployment parameters.
@@ -93,8 +114,11 @@ def deploy_protocol(deployer: Any, matchers: list[Any], params: DeployParams = D
         params.redeem_window,
         sender=deployer,
     )
+    timelock = project.UnderbidTimelock.deploy(
+        params.admin_delay, [deployer], [deployer], "0x0000000000000000000000000000000000000000", sender=deployer
+    )
     settlement = project.UnderbidSettlement.deploy(
-        deployer, ubt, credit, params.stake_per_unit, params.min_matcher_bond, params.core_params(), sender=deployer
+        timelock, ubt, credit, params.core_limits(), params.core_params(), sender=deployer
     )
     ubt.bindMinter(bme, sender=deployer)
     credit.bindProtocol(bme, settlement, sender=deployer)
@@ -102,10 +126,10 @@ def deploy_protocol(deployer: Any, matchers: list[Any], params: DeployParams = D
         if matcher.address != deployer.address:
             ubt.transfer(matcher, params.min_matcher_bond, sender=deployer)
         ubt.approve(settlement, params.min_matcher_bond, sender=matcher)
-        settlement.bondMatcher(params.min_matcher_bond, sender=matcher)
+        settlement.bondMatcher(params.min_matcher_bond, matcher.address, sender=matcher)
     if seed_price:
         oracle.setPrice(params.ubt_price, sender=deployer)
-    return Deployed(ubt=ubt, credit=credit, oracle=oracle, bme=bme, settlement=settlement, block=block)
+    return Deployed(ubt=ubt, credit=credit, oracle=oracle, bme=bme, settlement=settlement, timelock=timelock, block=block)
 
 
 def address_book(deployed: Deployed, network: str, deployer: Any, params: DeployParams) -> AddressBook:

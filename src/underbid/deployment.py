@@ -17,7 +17,14 @@ from web3.contract import Contract
 from underbid.eip712 import Domain
 
 #: Contract names in the address book, as compiled.
-CONTRACT_NAMES = ("UnderbidToken", "UnderbidCredit", "PriceOracle", "BurnMintEquilibrium", "UnderbidSettlement")
+CONTRACT_NAMES = (
+    "UnderbidToken",
+    "UnderbidCredit",
+    "PriceOracle",
+    "BurnMintEquilibrium",
+    "UnderbidSettlement",
+    "UnderbidTimelock",
+)
 
 
 class DeployedContract(BaseModel):

@@ -195,6 +195,8 @@ class Order(SignedMessage):
     SIGNER_FIELD: ClassVar[str] = "buyer"
 
     buyer: Address
+    #: The only matcher that may settle the order.
+    matcher: Address
     market: Bytes32
     units: Uint32
     duration: Uint32
@@ -210,6 +212,8 @@ class Bid(SignedMessage):
     SIGNER_FIELD: ClassVar[str] = "provider"
 
     provider: Address
+    #: The only matcher that may settle the bid, and the one whose receipts cover it.
+    matcher: Address
     market: Bytes32
     capacity: Uint32
     price: Uint64
@@ -219,10 +223,12 @@ class Bid(SignedMessage):
 
 
 class Receipt(TypedMessage):
-    """A matcher's receipt: it accepted bid `bid_hash` into round `round` at chain time `issued_at`."""
+    """A matcher's receipt: `matcher` admitted bid `bid_hash` to its rounds from `round` on,
+    having checked the provider's stake at chain time `issued_at`."""
 
     TYPE_NAME: ClassVar[str] = "Receipt"
 
+    matcher: Address
     bid_hash: Bytes32
     round: Uint64
     issued_at: Uint64
