@@ -15,12 +15,14 @@ import {ReceiptLib} from "./libraries/ReceiptLib.sol";
 import {SignatureVerification} from "./libraries/SignatureVerification.sol";
 import {UnderbidToken} from "./tokens/UnderbidToken.sol";
 import {UnderbidCredit} from "./tokens/UnderbidCredit.sol";
+import {MatcherCourt} from "./MatcherCourt.sol";
 
 /// @title The Underbid core: buyer escrow, provider stake, leases and batch settlement.
 /// @dev A matcher clears a sealed reverse auction off-chain and submits the result here. This
 /// contract trusts nothing in it: it checks every signature, nonce, deadline, market, price,
 /// fill, duration, stake and escrow balance before any credit moves. Matchers post a bond, and a
-/// provider holding a matcher's receipt can prove on chain that a round passed over its bid.
+/// provider holding a matcher's receipt can prove to the `MatcherCourt` this contract deploys
+/// that a round passed over its bid; the court then has the bond slashed here.
 contract UnderbidSettlement is
     EIP712,
     UnorderedNonces,
@@ -59,15 +61,8 @@ contract UnderbidSettlement is
         uint256[] bidLeft;
     }
 
-    /// @dev A lease of round `round` (of the challenged matcher), named by its order digest and bid.
-    struct Witness {
-        uint64 round;
-        bytes32 orderDigest;
-        BidLib.Bid bid;
-    }
-
-    /// @dev keccak256(matcher, round, bid digest) => true once a challenge with them succeeded.
-    mapping(bytes32 => bool) public challenged;
+    /// @dev The court that verifies challenges; the only caller of `slashMatcher`.
+    MatcherCourt public immutable court;
 
     /// @param admin Receives the admin role (parameters); deployments hand it to a timelock.
     /// @param ubt_ The UBT token (stake, slashing).
@@ -80,7 +75,9 @@ contract UnderbidSettlement is
         UnderbidCredit credit_,
         Limits memory limits,
         Params memory params_
-    ) EIP712("Underbid", "1") UnderbidBase(admin, ubt_, credit_, limits, params_) {}
+    ) EIP712("Underbid", "1") UnderbidBase(admin, ubt_, credit_, limits, params_) {
+        court = new MatcherCourt(this);
+    }
 
     /// @dev The EIP-712 digest a buyer signs for `order`.
     function hashOrder(OrderLib.Order calldata order) public view returns (bytes32) {
@@ -184,139 +181,39 @@ contract UnderbidSettlement is
         emit BatchSettled(header.round, msg.sender, header.batch, matches.length, header.finalBatch);
     }
 
-    /// @dev Proves that a round of `receipt.matcher` was allocated wrongly and slashes the matcher's bond.
-    ///
-    /// An exact (maximum gains from trade) allocation never lets a pricier bid W win a lease that a
-    /// cheaper bid B of the same market could have served while B had a unit to spare, nor gives B
-    /// a strictly shorter lease than W in the same round when B accepts W's duration: moving one
-    /// unit from W to B (or swapping their leases) raises gains from trade by
-    /// `duration x (W.price - B.price)` or `(W.duration - B.duration) x (W.price - B.price)`.
-    /// The caller proves one of the two:
-    /// - always: `witness` is a lease of a final round `witness.round >= receipt.round` of the
-    ///   matcher, in `bid`'s market, whose bid is priced strictly above `bid` and whose duration
-    ///   `bid` accepts; the call comes within `maxRoundSpan + challengeWindow` (the lease's
-    ///   parameters) of the witness lease's start;
-    /// - swap (`ownOrderDigest != 0`): `bid` has its own lease in the witness round, with order
-    ///   `ownOrderDigest`, strictly shorter than the witness lease;
-    /// - spare unit (`ownOrderDigest == 0`): `receipt`, signed by the matcher's receipt signer,
-    ///   admitted `bid` to the matcher's rounds from `receipt.round` on; `bid` was still valid when
-    ///   the witness lease's batch landed, its provider did not announce a cancellation of its nonce,
-    ///   no other message took its nonce, it had a unit left at the end of the witness round, and
-    ///   since the receipt its provider neither announced an unstake nor was slashed nor changed
-    ///   its matcher binding.
-    /// On success `matcherSlashBps` of the matcher's bond is slashed, `challengerShareBps` of that
-    /// goes to the caller (who must be the bid's provider) and the rest is burned; the same
-    /// (matcher, round, bid) cannot be challenged twice. Anything else reverts with a named error
-    /// (see `verifyChallenge`).
-    /// @param receipt The matcher's receipt for `bid`.
-    /// @param receiptSig The receipt signer's signature over the receipt.
-    /// @param bid The challenger's bid.
-    /// @param bidSig The provider's signature over `bid`.
-    /// @param witness The witness lease's round, order digest and bid.
-    /// @param ownOrderDigest Zero for the spare-unit proof; else the order of `bid`'s own, shorter
-    /// lease in the witness round.
-    function challenge(
-        ReceiptLib.Receipt calldata receipt,
-        bytes calldata receiptSig,
-        BidLib.Bid calldata bid,
-        bytes calldata bidSig,
-        Witness calldata witness,
-        bytes32 ownOrderDigest
-    ) external nonReentrant {
-        (address matcher, bytes32 bidDigest) =
-            verifyChallenge(receipt, receiptSig, bid, bidSig, witness, ownOrderDigest);
-        if (msg.sender != bid.provider) revert NotBidProvider(msg.sender, bid.provider);
-        challenged[keccak256(abi.encode(matcher, witness.round, bidDigest))] = true;
-        uint256 slashed = _slashMatcher(matcher);
-        uint256 toChallenger = slashed * params.challengerShareBps / BPS;
-        uint256 burned = slashed - toChallenger;
-        totalSlashedBurned += burned;
-        if (toChallenger != 0) ubt.safeTransfer(msg.sender, toChallenger);
-        if (burned != 0) ubt.burn(burned);
-        emit MatcherSlashed(matcher, witness.round, bidDigest, msg.sender, slashed, toChallenger, burned);
-    }
-
-    /// @dev Runs every check of `challenge` without changing state.
-    /// @return matcher The matcher that would be slashed.
-    /// @return bidDigest The challenger's bid digest.
-    /// Reverts with `ReceiptBidMismatch`, `ReceiptMatcherMismatch`, `WitnessBeforeReceipt`,
-    /// `RoundNotFinal`, `AlreadyChallenged`, `InvalidSignature`/`SignerMismatch` (forged receipt,
-    /// receipt from another key, bad bid signature), `WitnessNotInRound`, `ChallengeWindowClosed`,
-    /// `WitnessMarketMismatch`, `WitnessNotPricier`, `WitnessDurationTooLong`, `SwapNotShorter`
-    /// (swap proof), and `BidExpiredBeforeWitness`, `BidCancelled`, `BidNonceTaken`,
-    /// `BidFullyFilled`, `StakeDecreasedAfterReceipt`, `ProviderLeftMatcher` (spare-unit proof).
-    function verifyChallenge(
-        ReceiptLib.Receipt calldata receipt,
-        bytes calldata receiptSig,
-        BidLib.Bid calldata bid,
-        bytes calldata bidSig,
-        Witness calldata witness,
-        bytes32 ownOrderDigest
-    ) public view returns (address matcher, bytes32 bidDigest) {
-        matcher = receipt.matcher;
-        bidDigest = hashBid(bid);
-        if (receipt.bidHash != bidDigest) revert ReceiptBidMismatch(receipt.bidHash, bidDigest);
-        if (bid.matcher != matcher) revert ReceiptMatcherMismatch(bid.matcher, matcher);
-        if (witness.round < receipt.round) revert WitnessBeforeReceipt(receipt.round, witness.round);
-        if (!isRoundFinal(matcher, witness.round)) revert RoundNotFinal(witness.round);
-        if (challenged[keccak256(abi.encode(matcher, witness.round, bidDigest))]) {
-            revert AlreadyChallenged(witness.round, bidDigest);
-        }
-        SignatureVerification.verify(hashReceipt(receipt), receiptSig, matchers[matcher].receiptSigner);
-        SignatureVerification.verify(bidDigest, bidSig, bid.provider);
-        (uint256 witnessStart, uint256 witnessDuration) = _checkWitness(matcher, bid, witness);
-        if (ownOrderDigest != bytes32(0)) {
-            Lease storage own = _existingWitness(leaseIdOf(matcher, witness.round, ownOrderDigest, bidDigest));
-            uint256 ownDuration = uint256(own.end) - own.start;
-            if (ownDuration >= witnessDuration) revert SwapNotShorter(ownDuration, witnessDuration);
-        } else {
-            _checkSpareUnit(matcher, bid, bidDigest, witness.round, witnessStart, receipt.issuedAt);
-        }
-    }
-
-    /// @dev The witness is a lease of the matcher's round, open for challenge now, in `bid`'s
-    /// market, with a pricier bid and a duration `bid` accepts. Returns its start and duration.
-    function _checkWitness(address matcher, BidLib.Bid calldata bid, Witness calldata witness)
-        private
-        view
-        returns (uint256 start, uint256 duration)
+    /// @dev Slashes `matcher`'s bond for a challenge the court has verified: `challengerShareBps`
+    /// of the slash goes to `challenger`, the rest is burned.
+    /// Reverts with `UnauthorizedCaller` unless called by the court.
+    /// @return slashed UBT taken from the bond.
+    /// @return toChallenger UBT sent to the challenger.
+    /// @return burned UBT burned.
+    function slashMatcher(address matcher, address challenger)
+        external
+        nonReentrant
+        returns (uint256 slashed, uint256 toChallenger, uint256 burned)
     {
-        Lease storage lease = _existingWitness(leaseIdOf(matcher, witness.round, witness.orderDigest, hashBid(witness.bid)));
+        if (msg.sender != address(court)) revert UnauthorizedCaller(msg.sender);
+        slashed = _slashMatcher(matcher);
+        toChallenger = slashed * params.challengerShareBps / BPS;
+        burned = slashed - toChallenger;
+        totalSlashedBurned += burned;
+        if (toChallenger != 0) ubt.safeTransfer(challenger, toChallenger);
+        if (burned != 0) ubt.burn(burned);
+    }
+
+    /// @dev When a challenge naming lease `leaseId` as witness can be made until, and the lease's
+    /// start and end (all zero for an unknown lease).
+    function challengeTermsOf(bytes32 leaseId) external view returns (uint256 closesAt, uint256 start, uint256 end) {
+        Lease storage lease = _leases[leaseId];
+        if (lease.buyer == address(0)) return (0, 0, 0);
         start = lease.start;
-        uint256 closesAt = start + maxRoundSpan + _termsOf(lease).challengeWindow;
-        if (block.timestamp > closesAt) revert ChallengeWindowClosed(witness.round, closesAt);
-        if (witness.bid.market != bid.market) revert WitnessMarketMismatch(witness.bid.market, bid.market);
-        if (witness.bid.price <= bid.price) revert WitnessNotPricier(witness.bid.price, bid.price);
-        duration = uint256(lease.end) - start;
-        if (duration > bid.maxDuration) revert WitnessDurationTooLong(duration, bid.maxDuration);
+        end = lease.end;
+        closesAt = start + maxRoundSpan + _termsOf(lease).challengeWindow;
     }
 
-    /// @dev The challenger's bid could have taken one more unit when the witness lease was opened,
-    /// and nothing its provider did since the receipt excuses leaving it out.
-    function _checkSpareUnit(
-        address matcher,
-        BidLib.Bid calldata bid,
-        bytes32 bidDigest,
-        uint64 witnessRound,
-        uint256 witnessStart,
-        uint256 issuedAt
-    ) private view {
-        if (bid.deadline < witnessStart) revert BidExpiredBeforeWitness(bid.deadline, witnessStart);
-        if (isNonceCancelled(bid.provider, bid.nonce)) revert BidCancelled(bid.provider, bid.nonce);
-        (bool claimed,) = nonceState(bid.provider, bid.nonce);
-        Fill memory fill = fills[bidDigest];
-        if (claimed && fill.filled == 0) revert BidNonceTaken(bid.provider, bid.nonce);
-        // Fills only grow: a bid filled in a later round had a unit left when the witness round ended.
-        if (fill.lastRound <= witnessRound && fill.filled >= bid.capacity) revert BidFullyFilled(bidDigest);
-        uint256 decreasedAt = providers[bid.provider].stakeDecreasedAt;
-        if (decreasedAt >= issuedAt) revert StakeDecreasedAfterReceipt(decreasedAt, issuedAt);
-        if (!_boundSince(bid.provider, matcher, issuedAt)) revert ProviderLeftMatcher(bid.provider, matcher);
-    }
-
-    /// @dev The lease `leaseId`; reverts with `WitnessNotInRound` if no such lease was opened.
-    function _existingWitness(bytes32 leaseId) private view returns (Lease storage lease) {
-        lease = _leases[leaseId];
-        if (lease.buyer == address(0)) revert WitnessNotInRound(leaseId);
+    /// @dev True if `account` is bound to `matcher` now and has not asked to change since `since`.
+    function boundSince(address account, address matcher, uint256 since) external view returns (bool) {
+        return _boundSince(account, matcher, since);
     }
 
     /// @dev Checks one match against its order and bid, consumes their units in `book`, locks

@@ -83,6 +83,16 @@ def settlement(protocol):
 
 
 @pytest.fixture(scope="session")
+def court(protocol):
+    return protocol.court
+
+
+@pytest.fixture(scope="session")
+def timelock(protocol):
+    return protocol.timelock
+
+
+@pytest.fixture(scope="session")
 def domain(chain, settlement) -> Domain:
     return Domain(chain_id=chain.chain_id, verifying_contract=str(settlement.address))
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.28;
 
-import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {IUnderbidErrors} from "../interfaces/IUnderbidErrors.sol";
 import {IUnderbidEvents} from "../interfaces/IUnderbidEvents.sol";
@@ -11,7 +11,7 @@ import {UnderbidCredit} from "../tokens/UnderbidCredit.sol";
 /// @title Shared state of the Underbid core: its tokens, roles and tunable parameters.
 /// @dev The core (escrow, stake, leases, settlement) is one deployed contract built from abstract
 /// parts, one concept per file, so that `settle` touches escrow and stake without external calls.
-abstract contract UnderbidBase is AccessControl, ReentrancyGuardTransient, IUnderbidErrors, IUnderbidEvents {
+abstract contract UnderbidBase is Ownable, ReentrancyGuardTransient, IUnderbidErrors, IUnderbidEvents {
     uint256 internal constant BPS = 10_000;
 
     /// @dev Parameters an admin may tune. Packed into one storage word.
@@ -72,7 +72,7 @@ abstract contract UnderbidBase is AccessControl, ReentrancyGuardTransient, IUnde
     /// @dev The parameters for leases opened from now on (`paramsAt[paramsVersion]`).
     Params public params;
     /// @dev Every version of the parameters; a lease keeps the version it opened under.
-    mapping(uint24 => Params) public paramsAt;
+    mapping(uint24 => Params) internal paramsAt;
     uint24 public paramsVersion;
 
     /// @dev UBT burned by slashing (providers and matchers) so far, for the UBT conservation check.
@@ -84,13 +84,12 @@ abstract contract UnderbidBase is AccessControl, ReentrancyGuardTransient, IUnde
         UnderbidCredit credit_,
         Limits memory limits,
         Params memory params_
-    ) {
+    ) Ownable(admin) {
         if (limits.stakePerUnit == 0) revert InvalidParameter("stakePerUnit");
         if (limits.minMatcherBond == 0) revert InvalidParameter("minMatcherBond");
         if (limits.noticePeriod == 0) revert InvalidParameter("noticePeriod");
         if (limits.maxRoundSpan == 0) revert InvalidParameter("maxRoundSpan");
         if (limits.minLeaseDuration == 0) revert InvalidParameter("minLeaseDuration");
-        _grantRole(DEFAULT_ADMIN_ROLE, admin);
         ubt = ubt_;
         credit = credit_;
         stakePerUnit = limits.stakePerUnit;
@@ -103,11 +102,11 @@ abstract contract UnderbidBase is AccessControl, ReentrancyGuardTransient, IUnde
 
     /// @dev Adds a new version of the tunable parameters, for leases opened from now on; open
     /// leases keep the version they opened under.
-    /// IMPORTANT: deployments give `DEFAULT_ADMIN_ROLE` to an OpenZeppelin `TimelockController`,
-    /// so a change is public for the timelock's delay before it applies.
+    /// IMPORTANT: deployments make an OpenZeppelin `TimelockController` the owner, so a change
+    /// is public for the timelock's delay before it applies.
     /// Reverts with `InvalidParameter` for a zero interval or window, bps shares above 10_000, or
     /// a matcher exit delay not longer than the round span plus the challenge window.
-    function setParams(Params calldata newParams) external onlyRole(DEFAULT_ADMIN_ROLE) {
+    function setParams(Params calldata newParams) external onlyOwner {
         _setParams(newParams);
     }
 

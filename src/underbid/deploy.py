@@ -75,10 +75,11 @@ class Deployed:
     bme: Any
     settlement: Any
     timelock: Any
+    court: Any
     block: int
 
     def by_name(self) -> dict[str, Any]:
-        contracts = (self.ubt, self.credit, self.oracle, self.bme, self.settlement, self.timelock)
+        contracts = (self.ubt, self.credit, self.oracle, self.bme, self.settlement, self.timelock, self.court)
         return dict(zip(CONTRACT_NAMES, contracts, strict=True))
 
 
@@ -129,7 +130,11 @@ def deploy_protocol(deployer: Any, matchers: list[Any], params: DeployParams = D
         settlement.bondMatcher(params.min_matcher_bond, matcher.address, sender=matcher)
     if seed_price:
         oracle.setPrice(params.ubt_price, sender=deployer)
-    return Deployed(ubt=ubt, credit=credit, oracle=oracle, bme=bme, settlement=settlement, timelock=timelock, block=block)
+    court = project.MatcherCourt.at(settlement.court())
+    return Deployed(
+        ubt=ubt, credit=credit, oracle=oracle, bme=bme, settlement=settlement, timelock=timelock, court=court,
+        block=block,
+    )
 
 
 def address_book(deployed: Deployed, network: str, deployer: Any, params: DeployParams) -> AddressBook:

@@ -24,6 +24,7 @@ CONTRACT_NAMES = (
     "BurnMintEquilibrium",
     "UnderbidSettlement",
     "UnderbidTimelock",
+    "MatcherCourt",
 )
 
 
