@@ -15,7 +15,7 @@ def test_type_hashes_match_contract(settlement):
 
 
 def test_receipt_digest_matches_contract_and_eth_account(settlement, domain, matcher):
-    receipt = Receipt(bid_hash="0x" + "ab" * 32, round=2**40 + 3, issued_at=1_700_000_000)
+    receipt = Receipt(matcher=str(matcher.address), bid_hash="0x" + "ab" * 32, round=2**40 + 3, issued_at=1_700_000_000)
     expected = encode_typed_data(full_message=receipt.typed_data(domain))
     assert receipt.digest(domain) == keccak(b"\x19" + expected.version + expected.header + expected.body)
     assert bytes(settlement.hashReceipt(receipt.as_call_tuple())) == receipt.digest(domain)
@@ -53,11 +53,33 @@ def test_recover_signer_matches_eth_account(market, domain, buyers):
 def test_fast_signing_equals_eth_account_signing(domain, matcher):
     import coincurve
 
-    receipt = Receipt(bid_hash="0x" + "cd" * 32, round=9, issued_at=1_700_000_123)
+    receipt = Receipt(matcher=str(matcher.address), bid_hash="0x" + "cd" * 32, round=9, issued_at=1_700_000_123)
     fast = receipt.sign_fast(coincurve.PrivateKey(bytes.fromhex(matcher.private_key.removeprefix("0x"))), domain)
     assert fast == receipt.sign(matcher.private_key, domain)
 
 
-def test_digest_of_values_equals_the_models_digest(domain):
-    values = {"bid_hash": "0x" + "ef" * 32, "round": 2**33 + 1, "issued_at": 1_700_000_456}
+def test_digest_of_values_equals_the_models_digest(domain, matcher):
+    values = {"matcher": str(matcher.address), "bid_hash": "0x" + "ef" * 32, "round": 2**33 + 1, "issued_at": 1_700_000_456}
     assert Receipt.digest_of(domain, values) == Receipt(**values).digest(domain)
+
+
+def test_messages_sign_the_matcher(market, settlement, domain, buyers, providers, outsider):
+    """The matcher is part of what is signed: naming another matcher changes every digest."""
+    order, _ = market.order(buyers[0], nonce=77)
+    other_order = order.model_copy(update={"matcher": str(outsider.address)})
+    assert bytes(settlement.hashOrder(other_order.as_call_tuple())) == other_order.digest(domain)
+    assert other_order.digest(domain) != order.digest(domain)
+    bid, _ = market.bid(providers[0], nonce=78)
+    other_bid = bid.model_copy(update={"matcher": str(outsider.address)})
+    assert bytes(settlement.hashBid(other_bid.as_call_tuple())) == other_bid.digest(domain)
+    assert other_bid.digest(domain) != bid.digest(domain)
+    receipt = Receipt(matcher=str(market.matcher.address), bid_hash="0x" + bid.digest(domain).hex(), round=1, issued_at=5)
+    other_receipt = receipt.model_copy(update={"matcher": str(outsider.address)})
+    assert bytes(settlement.hashReceipt(other_receipt.as_call_tuple())) == other_receipt.digest(domain)
+    assert other_receipt.digest(domain) != receipt.digest(domain)
+
+
+def test_type_strings_name_the_matcher_second():
+    assert Order.type_string().startswith("Order(address buyer,address matcher,")
+    assert Bid.type_string().startswith("Bid(address provider,address matcher,")
+    assert Receipt.type_string() == "Receipt(address matcher,bytes32 bidHash,uint64 round,uint64 issuedAt)"
