@@ -60,7 +60,13 @@ _UBT_ARGS = {
     "InsufficientFreeStake": ("required", "free"),
     "RedemptionHalted": ("netMinted", "requested", "cap"),
 }
-_TIME_ARGS = {"UnbondingNotFinished": ("unlocksAt",), "HeartbeatNotMissed": ("reportableAt",)}
+_TIME_ARGS = {
+    "UnbondingNotFinished": ("unlocksAt",), "HeartbeatNotMissed": ("reportableAt",), "NoticeNotOver": ("readyAt",),
+    "ChallengeWindowClosed": ("closedAt",), "ExitDelayNotOver": ("exitAt",),
+    "BidExpiredBeforeWitness": ("deadline", "witnessStart"), "StakeDecreasedAfterReceipt": ("decreasedAt", "issuedAt"),
+}
+#: `LeaseSkipped` reasons (the contract's SkipReason enum), as printed.
+SKIP_REASONS = {0: "closed", 1: "ended", 2: "fault pending"}
 
 _HINTS: dict[str, str] = {
     "InsufficientEscrow": "deposit more credits (`underbid escrow deposit`); only free escrow can be used or withdrawn",
@@ -74,6 +80,13 @@ _HINTS: dict[str, str] = {
     "SlippageExceeded": "the price moved: retry, or allow more slippage with --slippage",
     "RedemptionHalted": "the circuit breaker paused redemptions: redeem less or later (`underbid bme`)",
     "NothingUnbonding": "request an unstake first (`underbid provider unstake`)",
+    "NoticeNotOver": "the notice period is not over yet: run the command again after it",
+    "NothingToWithdraw": "announce a withdrawal first (`underbid escrow withdraw --amount <credits>`)",
+    "AccountNotBound": "bind the account to this matcher first (`underbid account bind`)",
+    "MessageForOtherMatcher": "the message names another matcher",
+    "CancelNotRequested": "request the cancellation first (`underbid order cancel` / `underbid bid cancel`)",
+    "DurationTooShort": "leases must last at least the protocol's minimum lease duration",
+    "ReceiptSignerFixed": "this matcher's receipt signer is fixed while it is bonded",
     "UnbondingNotFinished": "wait until the unbonding period is over",
     "UnknownLease": "no lease has this id (`underbid lease list`)",
     "LeaseAlreadyClosed": "the lease is already closed",
@@ -85,16 +98,24 @@ _HINTS: dict[str, str] = {
     "FaultPending": "a heartbeat was missed, so the lease can now end only through a fault report"
                     " (`underbid report --lease <id>`), which refunds the buyer and slashes the provider",
     "MatcherNotBonded": "this matcher has no bond: it cannot settle",
-    "ChallengeWindowClosed": "the round's challenge window is over",
+    "ChallengeWindowClosed": "the witness lease's challenge window is over",
     "AlreadyChallenged": "this bid already won a challenge for this round",
     "NotBidProvider": "only the bid's provider may challenge with it",
     "BidFullyFilled": "your bid was filled completely: the allocation did not pass over it",
-    "BidCancelled": "you cancelled this bid, so the round could leave it out",
-    "BidExpiredBeforeRound": "the bid expired before the round settled, so the round could leave it out",
+    "BidCancelled": "you requested the cancellation of this bid, so the round could leave it out",
+    "BidNonceTaken": "another message of yours took this bid's nonce",
+    "BidExpiredBeforeWitness": "the bid expired before the witness lease opened, so the round could leave it out",
     "StakeDecreasedAfterReceipt": "your stake went down after the receipt, so the matcher could leave the bid out",
+    "ProviderLeftMatcher": "you changed your matcher binding after the receipt, so the matcher could leave the bid out",
     "WitnessNotPricier": "the witness lease's bid is not priced above yours",
     "WitnessDurationTooLong": "the witness lease is longer than your bid accepts",
-    "RoundNotSettled": "that round is not settled on chain",
+    "WitnessNotInRound": "no such lease was opened in that round",
+    "WitnessBeforeReceipt": "the witness round is before the round your receipt names",
+    "WitnessMarketMismatch": "the witness lease is in another market",
+    "SwapNotShorter": "your own lease in that round is not shorter than the witness lease",
+    "ReceiptMatcherMismatch": "the receipt's matcher is not the matcher your bid names",
+    "ReceiptBidMismatch": "the receipt names another bid",
+    "RoundNotFinal": "that round is not final on chain yet",
     "NonceUsed": "this nonce is already used or cancelled",
     "CreditNonTransferable": "credits move only to and from the protocol (escrow, BME)",
     "ERC20InsufficientBalance": "the account holds too few tokens",
@@ -146,13 +167,20 @@ class ProviderInfo:
 
     @property
     def free(self) -> int:
+        """Stake not locked as collateral (it may still be announced to leave)."""
         return self.staked - self.locked
+
+    @property
+    def available(self) -> int:
+        """Stake a matcher may commit to new leases: free stake minus any announced unstake."""
+        return max(self.staked - self.locked - self.unbonding, 0)
 
 
 @dataclass(frozen=True)
 class LeaseView:
     id: str
     round: int
+    matcher: str
     buyer: str
     provider: str
     market: str
@@ -248,8 +276,10 @@ class Client:
         self.oracle = self.book.contract(self.w3, "PriceOracle")
         self.bme = self.book.contract(self.w3, "BurnMintEquilibrium")
         self.settlement = self.book.contract(self.w3, "UnderbidSettlement")
+        self.court = self.book.contract(self.w3, "MatcherCourt") if "MatcherCourt" in self.book.contracts else None
         self.errors = ErrorDecoder([c.abi for c in self.book.contracts.values()])
         self._stake_per_unit: int | None = None
+        self._limits: dict[str, int] = {}
         self._block_gas_limit: int | None = None
         #: called with a short description before each transaction is sent (progress displays)
         self.on_tx: Callable[[str], None] | None = None
@@ -347,6 +377,21 @@ class Client:
             self._stake_per_unit = self.settlement.functions.stakePerUnit().call()
         return self._stake_per_unit
 
+    def _limit(self, name: str) -> int:
+        if name not in self._limits:
+            self._limits[name] = int(getattr(self.settlement.functions, name)().call())
+        return self._limits[name]
+
+    @property
+    def notice_period(self) -> int:
+        """Seconds between announcing a withdrawal, unstake, cancellation or matcher change and doing it."""
+        return self._limit("noticePeriod")
+
+    @property
+    def min_lease_duration(self) -> int:
+        """The shortest lease (order duration) settlement opens, in seconds."""
+        return self._limit("minLeaseDuration")
+
     def eth_balance(self, who: str) -> int:
         return self.w3.eth.get_balance(Web3.to_checksum_address(who))
 
@@ -359,6 +404,15 @@ class Client:
     def escrow(self, who: str) -> tuple[int, int]:
         free, locked = self.settlement.functions.escrowOf(who).call()
         return free, locked
+
+    def pending_withdrawal(self, who: str) -> tuple[int, int]:
+        """(amount, readyAt) of `who`'s announced escrow withdrawal; (0, 0) when none."""
+        amount, ready_at = self.settlement.functions.pendingWithdrawal(who).call()
+        return int(amount), int(ready_at)
+
+    def available_escrow(self, who: str) -> int:
+        """Free escrow minus any announced withdrawal: what new orders can use."""
+        return int(self.settlement.functions.availableEscrow(who).call())
 
     def provider(self, who: str) -> ProviderInfo:
         staked, locked, unbonding, unbonding_end, _, registered = self.settlement.functions.providers(who).call()
@@ -437,7 +491,7 @@ class Client:
     def lease(self, lease_id: bytes, event: dict[str, Any] | None = None, *, now: int | None = None,
               faulted: set[str] | None = None) -> LeaseView:
         s = self.settlement.functions
-        buyer, start, end, closed, provider, units, price, paid_until, last_hb = self.call(s.getLease(lease_id))
+        buyer, start, end, closed, _version, provider, units, price, paid_until, last_hb = self.call(s.getLease(lease_id))
         claimable, remaining, collateral = s.leaseBalances(lease_id).call()
         reportable = None if closed else s.faultReportableAt(lease_id).call()
         if reportable is not None and reportable >= 2**255:
@@ -447,7 +501,7 @@ class Client:
             found = [e for e in self.lease_events(buyer=buyer) if bytes(e["leaseId"]) == lease_id]
             event = found[0] if found else {"round": 0, "market": b"\0" * 32}
         return LeaseView(
-            id=lid, round=int(event["round"]), buyer=buyer, provider=provider, market="0x" + bytes(event["market"]).hex(),
+            id=lid, round=int(event["round"]), matcher=event.get("matcher") or "", buyer=buyer, provider=provider, market="0x" + bytes(event["market"]).hex(),
             units=units, price=price, start=start, end=end, closed=closed, paid_until=paid_until or start,
             last_heartbeat=last_hb or start, claimable=claimable, remaining=remaining, collateral=collateral,
             reportable_at=reportable, faulted=lid in (faulted if faulted is not None else self.faulted_leases()),
@@ -526,9 +580,92 @@ class Client:
         receipt = self.transact(self.settlement.functions.deposit(amount), "deposit credits")
         return {"deposited": amount, "tx": receipt["transactionHash"].hex()}
 
-    def withdraw(self, amount: int) -> dict[str, Any]:
-        receipt = self.transact(self.settlement.functions.withdraw(amount), "withdraw credits")
-        return {"withdrawn": amount, "tx": receipt["transactionHash"].hex()}
+    def request_withdrawal(self, amount: int) -> dict[str, Any]:
+        """Announces a withdrawal of up to `amount` free credits (replacing any earlier one); it can be
+        completed with `complete_withdrawal` from `ready_at`. Checks the free escrow first."""
+        free, _ = self.escrow(self.address)
+        if free < amount:
+            raise UnderbidError(
+                f"InsufficientEscrow(buyer={self.address}, required={format_credits(amount)} UBC,"
+                f" free={format_credits(free)} UBC): only free escrow can be withdrawn"
+            )
+        receipt = self.transact(self.settlement.functions.requestWithdrawal(amount), "announce a withdrawal")
+        event = self.settlement.events.WithdrawalRequested().process_receipt(receipt, errors=DISCARD)[0]["args"]
+        return {"requested": int(event["amount"]), "ready_at": int(event["readyAt"]),
+                "tx": receipt["transactionHash"].hex()}
+
+    def complete_withdrawal(self) -> dict[str, Any]:
+        """Completes the announced withdrawal (after its notice): sends min(announced, free escrow)."""
+        amount, ready_at = self.pending_withdrawal(self.address)
+        if amount == 0:
+            raise UnderbidError(f"NothingToWithdraw(buyer={self.address}): {_HINTS['NothingToWithdraw']}")
+        left = ready_at - self.block_time()
+        if left > 0:
+            raise UnderbidError(
+                f"NoticeNotOver(readyAt={_when(ready_at)}): the withdrawal of {format_credits(amount)} UBC is"
+                f" announced; the notice is not over (ready in {left} s)"
+            )
+        receipt = self.transact(self.settlement.functions.withdraw(), "withdraw credits")
+        event = self.settlement.events.Withdrawn().process_receipt(receipt, errors=DISCARD)[0]["args"]
+        return {"withdrawn": int(event["amount"]), "requested": amount, "tx": receipt["transactionHash"].hex()}
+
+    # ----- matcher binding -----
+
+    def binding(self, who: str) -> dict[str, Any]:
+        """`who`'s matcher binding: `matcher` (bound now, or None), and a pending change (`next`, `change_at`)."""
+        s = self.settlement.functions
+        current = s.boundMatcherOf(who).call()
+        matcher, change_at, nxt, requested_at = s.bindingOf(who).call()
+        now = self.block_time()
+        pending = bool(change_at) and now < change_at
+        return {
+            "account": who,
+            "matcher": None if int(current, 16) == 0 else current,
+            "pending": pending,
+            "next": (None if int(nxt, 16) == 0 else nxt) if pending else None,
+            "change_at": int(change_at) if pending else 0,
+            "change_left": max(int(change_at) - now, 0) if pending else 0,
+            "requested_at": int(requested_at),
+        }
+
+    def bind_matcher(self, matcher: str) -> dict[str, Any]:
+        """Binds this account to `matcher` (at once when unbound; otherwise after the notice period)."""
+        matcher = Web3.to_checksum_address(matcher)
+        receipt = self.transact(self.settlement.functions.bindMatcher(matcher), "bind to the matcher")
+        event = self.settlement.events.MatcherBound().process_receipt(receipt, errors=DISCARD)[0]["args"]
+        effective = int(event["effectiveAt"])
+        at = int(self.w3.eth.get_block(receipt["blockNumber"])["timestamp"])
+        return {"account": self.address, "matcher": matcher, "effective_at": effective, "immediate": effective <= at,
+                "tx": receipt["transactionHash"].hex()}
+
+    def ensure_bound(self, matcher: str) -> dict[str, Any] | None:
+        """Binds this account to `matcher` if it is unbound with no change pending (one transaction).
+
+        Returns the binding result when a transaction was sent, else None. Raises UnderbidError when the
+        account is bound to another matcher or a change is pending: those take the notice period.
+        """
+        matcher = Web3.to_checksum_address(matcher)
+        state = self.binding(self.address)
+        if state["pending"]:
+            raise UnderbidError(
+                f"the account {self.address} has a pending matcher change to {state['next'] or 'none'}"
+                f" (effective in {state['change_left']} s): a matcher takes no messages from it until then"
+            )
+        if state["matcher"] == matcher:
+            return None
+        if state["matcher"] is not None:
+            raise UnderbidError(
+                f"AccountNotBound(account={self.address}, matcher={matcher}): the account is bound to"
+                f" {state['matcher']}; move it with `underbid account bind {matcher}` (takes effect after the"
+                f" {self.notice_period} s notice)"
+            )
+        return self.bind_matcher(matcher)
+
+    def bonded_matchers(self) -> list[str]:
+        """Matchers that bonded on this deployment and may settle now."""
+        logs = self.settlement.events.MatcherBonded.get_logs(from_block=self.book.block)
+        seen = list(dict.fromkeys(log["args"]["matcher"] for log in logs))
+        return [m for m in seen if self.settlement.functions.isBondedMatcher(m).call()]
 
     # ----- provider actions -----
 
@@ -551,30 +688,51 @@ class Client:
         return {"staked": amount, "tx": receipt["transactionHash"].hex()}
 
     def request_unstake(self, amount: int) -> dict[str, Any]:
+        """Announces that `amount` of stake leaves after the unbonding period; it stays lockable until then."""
+        info = self.provider(self.address)
+        if amount > info.available:
+            raise UnderbidError(
+                f"InsufficientFreeStake(provider={self.address}, required={format_ubt(amount)} UBT,"
+                f" free={format_ubt(info.available)} UBT): only stake neither locked nor already unbonding can be unstaked"
+            )
         receipt = self.transact(self.settlement.functions.requestUnstake(amount), "request unstake")
         event = self.settlement.events.UnstakeRequested().process_receipt(receipt, errors=DISCARD)[0]["args"]
         return {"unbonding": amount, "unlocks_at": event["unlocksAt"], "tx": receipt["transactionHash"].hex()}
 
     def withdraw_unbonded(self) -> dict[str, Any]:
+        """Sends the unbonded stake: min(announced, free stake) once the unbonding period is over."""
+        announced = self.provider(self.address).unbonding
         receipt = self.transact(self.settlement.functions.withdrawUnbonded(), "withdraw unbonded stake")
         event = self.settlement.events.UnbondedWithdrawn().process_receipt(receipt, errors=DISCARD)[0]["args"]
-        return {"withdrawn": event["amount"], "tx": receipt["transactionHash"].hex()}
+        return {"withdrawn": event["amount"], "announced": announced, "tx": receipt["transactionHash"].hex()}
 
     # ----- leases -----
 
+    def _skipped(self, receipt) -> list[dict[str, str]]:
+        """The `LeaseSkipped` events of a heartbeat or claim transaction: [{lease, reason}]."""
+        return [{"lease": "0x" + bytes(e["args"]["leaseId"]).hex(),
+                 "reason": SKIP_REASONS.get(int(e["args"]["reason"]), str(e["args"]["reason"]))}
+                for e in self.settlement.events.LeaseSkipped().process_receipt(receipt, errors=DISCARD)]
+
     def heartbeat(self, lease_ids: list[str]) -> dict[str, Any]:
+        """Heartbeats `lease_ids` in one transaction; closed, ended and fault-pending leases are skipped
+        by the contract (listed in `skipped` with the reason), the rest in `leases`."""
         receipt = self.transact(self.settlement.functions.heartbeat([bytes.fromhex(i[2:]) for i in lease_ids]),
                                 f"heartbeat {len(lease_ids)} lease(s)")
-        return {"leases": lease_ids, "at": self.w3.eth.get_block(receipt["blockNumber"])["timestamp"],
-                "tx": receipt["transactionHash"].hex()}
+        skipped = self._skipped(receipt)
+        gone = {s["lease"] for s in skipped}
+        return {"leases": [i for i in lease_ids if i.lower() not in gone], "skipped": skipped,
+                "at": self.w3.eth.get_block(receipt["blockNumber"])["timestamp"], "tx": receipt["transactionHash"].hex()}
 
     def claim(self, lease_ids: list[str]) -> dict[str, Any]:
+        """Claims what `lease_ids` accrued; closed and fault-pending leases are skipped (in `skipped`)."""
         receipt = self.transact(self.settlement.functions.claim([bytes.fromhex(i[2:]) for i in lease_ids]),
                                 f"claim {len(lease_ids)} lease(s)")
         paid = sum(e["args"]["amount"] for e in self.settlement.events.LeasePaid().process_receipt(receipt, errors=DISCARD))
         closed = ["0x" + bytes(e["args"]["leaseId"]).hex()
                   for e in self.settlement.events.LeaseClosed().process_receipt(receipt, errors=DISCARD)]
-        return {"leases": lease_ids, "claimed": paid, "closed": closed, "tx": receipt["transactionHash"].hex()}
+        return {"leases": lease_ids, "claimed": paid, "closed": closed, "skipped": self._skipped(receipt),
+                "tx": receipt["transactionHash"].hex()}
 
     def close(self, lease_id: str) -> dict[str, Any]:
         receipt = self.transact(self.settlement.functions.close(bytes.fromhex(lease_id[2:])), "close lease")
@@ -596,21 +754,42 @@ class Client:
     def has_function(self, name: str) -> bool:
         return any(e.get("type") == "function" and e.get("name") == name for e in self.settlement.abi)
 
-    def challenge_args(self, round_id: int, receipt: dict[str, Any], bid: Bid, bid_sig: bytes,
-                       witness_order: str, witness_bid: Bid) -> tuple:
-        """The arguments of `challenge` / `verifyChallenge`."""
-        r = (bytes.fromhex(receipt["bidHash"][2:]), int(receipt["round"]), int(receipt["issuedAt"]))
-        return (round_id, r, bytes.fromhex(receipt["signature"][2:]), bid.as_call_tuple(), bid_sig,
-                (bytes.fromhex(witness_order[2:]), witness_bid.as_call_tuple()))
+    def _court(self):
+        if self.court is None:
+            raise UnderbidError("this address book lists no MatcherCourt: challenges go to the court"
+                                " (`settlement.court()`); redeploy or update the address book")
+        return self.court
+
+    def lease_id_of(self, matcher: str, round_id: int, order_digest: str, bid_digest: str) -> str:
+        """The lease id of (matcher, round, order, bid): keccak256(abi.encode(...)), as `leaseIdOf`."""
+        from eth_abi import encode
+
+        data = encode(["address", "uint64", "bytes32", "bytes32"],
+                      [Web3.to_checksum_address(matcher), round_id, bytes.fromhex(order_digest[2:]),
+                       bytes.fromhex(bid_digest[2:])])
+        return "0x" + Web3.keccak(data).hex().removeprefix("0x")
+
+    @staticmethod
+    def challenge_args(receipt: dict[str, Any], bid: Bid, bid_sig: bytes, witness_round: int, witness_order: str,
+                       witness_bid: Bid, own_order: str | None = None) -> tuple:
+        """The arguments of the court's `challenge` / `verifyChallenge`; `own_order` (the order of the
+        bid's own shorter lease in the witness round) selects the swap proof, None the spare-unit proof."""
+        r = (Web3.to_checksum_address(receipt["matcher"]), bytes.fromhex(receipt["bidHash"][2:]),
+             int(receipt["round"]), int(receipt["issuedAt"]))
+        own = bytes.fromhex(own_order[2:]) if own_order else bytes(32)
+        return (r, bytes.fromhex(receipt["signature"][2:]), bid.as_call_tuple(), bid_sig,
+                (int(witness_round), bytes.fromhex(witness_order[2:]), witness_bid.as_call_tuple()), own)
 
     def verify_challenge(self, args: tuple) -> str:
-        """Runs every check of `challenge` as a call; returns the matcher who would be slashed."""
-        matcher, _ = self.call(self.settlement.functions.verifyChallenge(*args))
+        """Runs every check of the court's `challenge` as a call; returns the matcher who would be slashed."""
+        matcher, _ = self.call(self._court().functions.verifyChallenge(*args))
         return matcher
 
     def challenge(self, args: tuple) -> dict[str, Any]:
-        receipt = self.transact(self.settlement.functions.challenge(*args), "challenge the round")
-        events = self.settlement.events.MatcherSlashed().process_receipt(receipt, errors=DISCARD)
+        """Sends the challenge to the MatcherCourt; returns its `MatcherSlashed` figures."""
+        court = self._court()
+        receipt = self.transact(court.functions.challenge(*args), "challenge the round")
+        events = court.events.MatcherSlashed().process_receipt(receipt, errors=DISCARD)
         data = dict(events[0]["args"]) if events else {}
         return {**{k: ("0x" + v.hex() if isinstance(v, bytes) else v) for k, v in data.items()},
                 "tx": receipt["transactionHash"].hex()}
@@ -626,28 +805,42 @@ class Client:
         """
         who = Web3.to_checksum_address(who)
         s = self.settlement.functions
-        bond, exit_at = s.matchers(who).call()
+        bond, exit_at, slashable_until, receipt_signer = s.matchers(who).call()
         minimum = s.minMatcherBond().call()
         params = self.params()
         now = self.block_time()
+        # The bond leaves once the exit delay and the challenge window of its last lease are both over.
+        leaves_at = max(exit_at, slashable_until) if exit_at else 0
         return {
             "address": who,
             "bond": bond,
             "min_bond": minimum,
             "meets_minimum": bond >= minimum and bond != 0,
             "bonded": s.isBondedMatcher(who).call(),
+            "receipt_signer": None if int(receipt_signer, 16) == 0 else receipt_signer,
+            "slashable_until": slashable_until,
             "exiting": exit_at != 0,
             "exit_at": exit_at,
-            "exit_left": max(exit_at - now, 0) if exit_at else 0,
-            "withdrawable": exit_at != 0 and now >= exit_at,
+            "withdrawable_at": leaves_at,
+            "exit_left": max(leaves_at - now, 0) if exit_at else 0,
+            "withdrawable": exit_at != 0 and now >= leaves_at,
             "challenge_window": params["challengeWindow"],
             "exit_delay": params["matcherExitDelay"],
             "chain_time": now,
         }
 
-    def bond_matcher(self, amount: int) -> dict[str, Any]:
-        """Adds `amount` UBT to this account's matcher bond (approving the settlement contract first)."""
-        _, exit_at = self.settlement.functions.matchers(self.address).call()
+    def bond_matcher(self, amount: int, receipt_signer: str | None = None) -> dict[str, Any]:
+        """Adds `amount` UBT to this account's matcher bond (approving the settlement contract first).
+
+        `receipt_signer` is the key whose signatures are this matcher's receipts: by default the one
+        already fixed by an earlier bond, else this account itself.
+        """
+        _, exit_at, _, fixed = self.settlement.functions.matchers(self.address).call()
+        fixed = None if int(fixed, 16) == 0 else fixed
+        signer = Web3.to_checksum_address(receipt_signer) if receipt_signer else (fixed or self.address)
+        if fixed and signer != fixed:
+            raise UnderbidError(f"ReceiptSignerFixed(signer={fixed}): this matcher's receipt signer is fixed while"
+                                " it is bonded")
         if exit_at:
             raise UnderbidError(
                 f"MatcherExiting(matcher={self.address}): this matcher asked to leave, so it cannot add to its bond:"
@@ -660,9 +853,10 @@ class Client:
                 f" needed={format_ubt(amount)} UBT): get more UBT first"
             )
         self._ensure_allowance(self.ubt, self.book.address("UnderbidSettlement"), amount, "UBT for the matcher bond")
-        receipt = self.transact(self.settlement.functions.bondMatcher(amount), "bond UBT as a matcher")
+        receipt = self.transact(self.settlement.functions.bondMatcher(amount, signer), "bond UBT as a matcher")
         event = self.settlement.events.MatcherBonded().process_receipt(receipt, errors=DISCARD)[0]["args"]
-        return {"bonded": event["amount"], "bond": event["bond"], "tx": receipt["transactionHash"].hex()}
+        return {"bonded": event["amount"], "bond": event["bond"], "receipt_signer": event["receiptSigner"],
+                "tx": receipt["transactionHash"].hex()}
 
     def request_matcher_exit(self) -> dict[str, Any]:
         """Stops this matcher settling and starts its exit delay."""
@@ -679,23 +873,57 @@ class Client:
     # ----- signed messages -----
 
     def cancel_nonce(self, nonce: int) -> dict[str, Any]:
-        if self.settlement.functions.isNonceUsed(self.address, nonce).call():
-            cancelled = self.settlement.functions.isNonceCancelled(self.address, nonce).call()
-            raise UnderbidError(f"nonce {nonce} is already {'cancelled' if cancelled else 'used (filled)'}")
-        receipt = self.transact(self.settlement.functions.cancelNonces(nonce >> 8, 1 << (nonce & 255)), "cancel nonce")
-        return {"nonce": nonce, "cancelled": True, "tx": receipt["transactionHash"].hex()}
+        """Cancels `nonce` in two steps: the first call announces it (`requestCancel`: the matcher drops
+        the message at once); a call after the notice period voids it (`cancelNonces`).
+
+        Returns {nonce, step: "requested" | "cancelled", ready_at, tx}. Raises UnderbidError for a
+        void nonce, or while the notice is not over.
+        """
+        s = self.settlement.functions
+        claimed, voided = s.nonceState(self.address, nonce).call()
+        requested_at = int(s.cancelRequestedAt(self.address, nonce).call())
+        if voided:
+            raise UnderbidError(f"nonce {nonce} is already {'cancelled' if requested_at else 'used (filled)'}")
+        notice = self.notice_period
+        if requested_at == 0:
+            receipt = self.transact(s.requestCancel([nonce]), "request the cancellation")
+            at = int(self.w3.eth.get_block(receipt["blockNumber"])["timestamp"])
+            return {"nonce": nonce, "step": "requested", "cancelled": False, "claimed": claimed,
+                    "ready_at": at + notice, "tx": receipt["transactionHash"].hex()}
+        ready_at = requested_at + notice
+        left = ready_at - self.block_time()
+        if left > 0:
+            raise UnderbidError(
+                f"NoticeNotOver(readyAt={_when(ready_at)}): the cancellation of nonce {nonce} is requested"
+                f" (the matcher no longer fills it); the notice is not over (ready in {left} s)"
+            )
+        receipt = self.transact(s.cancelNonces([nonce]), "cancel nonce")
+        return {"nonce": nonce, "step": "cancelled", "cancelled": True, "claimed": claimed, "ready_at": ready_at,
+                "tx": receipt["transactionHash"].hex()}
 
     def nonce_state(self, signer: str, nonce: int) -> str:
+        """free, claimed (a message with it filled in part), cancelling (cancel requested),
+        cancelled (voided after a request) or used (voided by a complete fill)."""
         s = self.settlement.functions
-        if not s.isNonceUsed(signer, nonce).call():
-            return "free"
-        return "cancelled" if s.isNonceCancelled(signer, nonce).call() else "used"
+        claimed, voided = s.nonceState(signer, nonce).call()
+        requested = s.cancelRequestedAt(signer, nonce).call() != 0
+        if voided:
+            return "cancelled" if requested else "used"
+        if requested:
+            return "cancelling"
+        return "claimed" if claimed else "free"
+
+    def nonce_is_fresh(self, signer: str, nonce: int) -> bool:
+        """True if no message claimed `nonce`, it is not void and no cancellation was requested."""
+        s = self.settlement.functions
+        claimed, voided = s.nonceState(signer, nonce).call()
+        return not claimed and not voided and s.cancelRequestedAt(signer, nonce).call() == 0
 
     def next_nonce(self, journal: Journal, key: str) -> int:
         """A fresh nonce: after this signer's last journalled one (sharing its bitmap word), else random."""
         used = [e.nonce for e in journal.entries(key, signer=self.address)]
-        nonce = max(used) + 1 if used else secrets.randbits(40) << 8
-        while self.settlement.functions.isNonceUsed(self.address, nonce).call():
+        nonce = max(used) + 1 if used else secrets.randbits(40) << 7
+        while not self.nonce_is_fresh(self.address, nonce):
             nonce += 1
         return nonce
 
@@ -788,7 +1016,7 @@ class JournalEntry:
     spec: str | None
     matcher: str
     created_at: float = field(default_factory=time.time)
-    #: the matcher's signed receipt for a bid ({bidHash, round, issuedAt, signature}), when it gave one
+    #: the matcher's signed receipt for a bid ({matcher, bidHash, round, issuedAt, signature}), when it gave one
     receipt: dict[str, Any] | None = None
 
     def model(self) -> Order | Bid:
@@ -829,5 +1057,5 @@ class Journal:
 
 __all__ = [
     "ChainError", "Client", "Journal", "JournalEntry", "LeaseView", "MatcherClient",
-    "MatcherError", "ProviderInfo", "UnderbidError", "describe_error",
+    "MatcherError", "ProviderInfo", "SKIP_REASONS", "UnderbidError", "describe_error",
 ]

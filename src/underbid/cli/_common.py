@@ -174,6 +174,7 @@ class Env:
     console: Console = field(default_factory=lambda: make_console())
     _client: Any = None
     _devnet: Any = False
+    _matcher_address: str | None = None
 
     # defaults: an explicit option, then $UNDERBID_*, then the running devnet, then the devnet's fixed ports
 
@@ -249,6 +250,40 @@ class Env:
         from underbid.client import MatcherClient
 
         return MatcherClient(self.matcher_url)
+
+    def matcher_address(self, *, required: bool = True) -> str | None:
+        """The address of the matcher this command trades through, which signed orders and bids name.
+
+        Asked from the matcher at --matcher (`GET /health`, field `matcher`) and checked against the
+        deployment. If that matcher cannot be reached: the only bonded matcher on chain, if there is
+        exactly one. Raises UnderbidError when neither works and `required`, else returns None.
+        """
+        from underbid.client import MatcherError, UnderbidError
+
+        if self._matcher_address is not None:
+            return self._matcher_address
+        client = self.client(account=False)
+        try:
+            health = self.matcher().health()
+        except MatcherError as exc:
+            bonded = client.bonded_matchers()
+            if len(bonded) == 1:
+                self._matcher_address = bonded[0]
+                return bonded[0]
+            if not required:
+                return None
+            raise UnderbidError(f"{exc} (needed for the matcher's address)") from None
+        settlement = health.get("settlement")
+        if settlement and settlement.lower() != client.book.address("UnderbidSettlement").lower():
+            raise UnderbidError(f"the matcher at {self.matcher_url} serves another deployment (settlement {settlement}):"
+                                " pass the matcher of this one with --matcher")
+        address = health.get("matcher")
+        if not address:
+            raise UnderbidError(f"the matcher at {self.matcher_url} does not report its address (GET /health)")
+        from eth_utils import to_checksum_address
+
+        self._matcher_address = to_checksum_address(address)
+        return self._matcher_address
 
     def journal(self):
         from underbid.client import Journal

@@ -30,6 +30,50 @@ def resolve_market(market: str | None, sdl: Path | None, service: str | None) ->
     return found.spec, found.units
 
 
+def require_bound(env: Env) -> str:
+    """The matcher's address, once this account is bound to it with no change pending (what the
+    matcher and settlement require). Raises UnderbidError with the remedy otherwise; sends nothing."""
+    from underbid.client import UnderbidError
+
+    client = env.client()
+    matcher = env.matcher_address()
+    state = client.binding(client.address)
+    if state["pending"]:
+        raise UnderbidError(
+            f"the account {client.address} has a pending matcher change to {state['next'] or 'none'}"
+            f" (effective in {state['change_left']} s): the matcher takes no messages from it until then")
+    if state["matcher"] != matcher:
+        where = f"bound to {state['matcher']}" if state["matcher"] else "not bound to any matcher"
+        raise UnderbidError(
+            f"AccountNotBound(account={client.address}, matcher={matcher}): the account is {where};"
+            f" bind it first (`underbid account bind`)")
+    return matcher
+
+
+def auto_bind(env: Env) -> dict[str, Any] | None:
+    """Binds the account to the matcher when it is unbound (one transaction, announced as a line on
+    stderr). Returns the binding result, or None when nothing was sent. A binding to another matcher
+    or a pending change is reported as a note and left alone."""
+    from underbid.client import UnderbidError
+
+    client = env.client()
+    matcher = env.matcher_address(required=False)
+    if matcher is None:
+        if not env.json:
+            click.echo("note: the matcher cannot be reached: the account was not bound to it"
+                       " (`underbid account bind` later)", err=True)
+        return None
+    try:
+        result = client.ensure_bound(matcher)
+    except UnderbidError as exc:
+        if not env.json:
+            click.echo(f"note: {exc}", err=True)
+        return None
+    if result is not None and not env.json:
+        click.echo(f"bound {client.address} to matcher {matcher}: only it may settle your orders and bids", err=True)
+    return result
+
+
 def post(env: Env, kind: str, message, spec: str) -> dict[str, Any]:
     """Signs `message`, posts it to the matcher and journals it. Returns the matcher's answer + extras."""
     return post_many(env, kind, [message], spec)[0]
@@ -77,24 +121,35 @@ def post_many(env: Env, kind: str, messages: list, spec: str) -> list[dict[str, 
 
 
 def check_receipt(client, bid, receipt: dict[str, Any] | None) -> str | None:
-    """Why `receipt` could not back a challenge, or None if it can: it must name this bid, carry a
-    plausible time and round, and be signed by a bonded matcher."""
+    """Why `receipt` could not back a challenge, or None if it can: it must name this bid and the
+    bid's matcher, carry a plausible time and round, and be signed by that matcher's receipt signer
+    (`matchers(matcher).receiptSigner`), the matcher being bonded."""
     from underbid.eip712 import Receipt, SignatureError, recover_signer
 
     if not receipt:
         return "the matcher returned no receipt"
     try:
-        parsed = Receipt(bid_hash=receipt["bidHash"], round=receipt["round"], issued_at=receipt["issuedAt"])
+        parsed = Receipt(matcher=receipt["matcher"], bid_hash=receipt["bidHash"], round=receipt["round"],
+                         issued_at=receipt["issuedAt"])
         signer = recover_signer(parsed.digest(client.domain), bytes.fromhex(receipt["signature"].removeprefix("0x")))
     except (KeyError, ValueError, SignatureError) as exc:
-        return f"malformed receipt ({exc})"
+        return f"malformed receipt ({_one(exc)})"
     if parsed.bid_hash != "0x" + bid.digest(client.domain).hex():
         return "it names another bid"
+    if parsed.matcher != bid.matcher:
+        return f"it names matcher {parsed.matcher}, but the bid names {bid.matcher}"
     if parsed.round == 0 or parsed.issued_at == 0 or parsed.issued_at > client.block_time() + 300:
         return f"implausible round {parsed.round} or time {parsed.issued_at}"
-    if not client.settlement.functions.isBondedMatcher(signer).call():
-        return f"it is signed by {signer}, which is not a bonded matcher"
+    _, _, _, receipt_signer = client.settlement.functions.matchers(parsed.matcher).call()
+    if signer != receipt_signer:
+        return f"it is signed by {signer}, not by the matcher's receipt signer {receipt_signer}"
+    if not client.settlement.functions.isBondedMatcher(parsed.matcher).call():
+        return f"matcher {parsed.matcher} is not bonded"
     return None
+
+
+def _one(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
 
 
 def message_rows(env: Env, kind: str, *, only_open: bool) -> list[dict[str, Any]]:
@@ -121,6 +176,8 @@ def message_rows(env: Env, kind: str, *, only_open: bool) -> list[dict[str, Any]
             bytes.fromhex(entry.digest[2:]), client.address, entry.nonce, total).call()
         if nonce == "cancelled":
             status = "cancelled"
+        elif nonce == "cancelling" and remaining:
+            status = "cancel requested"
         elif remaining == 0:
             status = "filled"
         elif stored and stored.get("status") == "dropped":
@@ -191,9 +248,15 @@ def cancel(env: Env, kind: str, prefix: str | None, nonce: int | None) -> None:
     with env.progress(f"cancelling the {kind}"):
         result = client.cancel_nonce(nonce)
     result["digest"] = digest
+    result["ready_in"] = max(result["ready_at"] - client.block_time(), 0)
 
     def render(console):
         what = f"{kind} {short(digest)}" if digest else f"nonce {nonce}"
-        console.print(f"cancelled {what} on chain (nonce {nonce}); the matcher will not fill it")
+        if result["step"] == "requested":
+            again = f"`underbid {kind} cancel {short(digest, 12).rstrip('…')}`" if digest else f"`underbid {kind} cancel --nonce {nonce}`"
+            console.print(f"cancellation of {what} requested (nonce {nonce}): the matcher no longer fills it;"
+                          f" void it on chain with {again} again in {result['ready_in']} s")
+        else:
+            console.print(f"cancelled {what} on chain (nonce {nonce} is void): it can never fill")
 
     env.emit(result, render)

@@ -1,4 +1,4 @@
-"""`underbid account new | import | list | show`: encrypted keystore accounts."""
+"""`underbid account new | import | list | show | bind`: encrypted keystore accounts and their matcher binding."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from underbid.cli._common import Env, common_options, kv_table, ubc, ubt_short
+from underbid.cli._common import Env, ago, common_options, kv_table, ubc, ubt_short
 
 
 @click.group()
@@ -119,7 +119,8 @@ def account_show(env: Env, name: str | None) -> None:
         client = env.client(account=False)
         free, locked = client.escrow(entry.address)
         data.update(eth=client.eth_balance(entry.address), ubt=client.ubt_balance(entry.address),
-                    credits=client.credit_balance(entry.address), escrow_free=free, escrow_locked=locked)
+                    credits=client.credit_balance(entry.address), escrow_free=free, escrow_locked=locked,
+                    binding=client.binding(entry.address))
     except UnderbidError as exc:
         data["chain"] = str(exc)
 
@@ -129,10 +130,68 @@ def account_show(env: Env, name: str | None) -> None:
             rows.append(("keystore", entry.path))
         if "ubt" in data:
             rows += [("ETH", ubt_short(data["eth"])), ("UBT", ubt_short(data["ubt"])), ("credits", f"{ubc(data['credits'])} UBC"),
-                     ("escrow", f"{ubc(data['escrow_free'])} free, {ubc(data['escrow_locked'])} locked")]
+                     ("escrow", f"{ubc(data['escrow_free'])} free, {ubc(data['escrow_locked'])} locked"),
+                     ("matcher", binding_text(data["binding"]))]
         else:
             rows.append(("chain", data["chain"]))
         console.print(kv_table(None, rows))
+
+    env.emit(data, render)
+
+
+def binding_text(state: dict) -> str:
+    """One line for a matcher binding: the matcher bound now and any pending change."""
+    now = state["matcher"] or "none (unbound: `underbid account bind`)"
+    if state["pending"]:
+        return f"{now}; changing to {state['next'] or 'none'} in {ago(state['change_left'])}"
+    return now
+
+
+def _address_arg(ctx, param, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from eth_utils import is_hex_address, to_checksum_address
+
+    if not is_hex_address(value):
+        raise click.BadParameter(f"{value!r} is not an address (0x and 40 hex digits)", ctx=ctx, param=param)
+    return to_checksum_address(value)
+
+
+@account.command("bind")
+@click.argument("matcher_address", required=False, callback=_address_arg, metavar="[MATCHER_ADDRESS]")
+@common_options
+def account_bind(env: Env, matcher_address: str | None) -> None:
+    """Bind this account to a matcher (default: the one at --matcher, by its address).
+
+    Only the matcher an account is bound to may settle its orders and bids. Binding an unbound
+    account takes effect at once; moving to another matcher takes effect after the notice period,
+    and no matcher takes the account's messages while the change is pending.
+    """
+    client = env.client()
+    target = matcher_address or env.matcher_address()
+    state = client.binding(client.address)
+    if state["matcher"] == target and not state["pending"]:
+        data = {**state, "changed": False}
+        env.emit(data, lambda c: c.print(f"{client.address} is already bound to matcher {target}"))
+        return
+    if state["pending"] and state["next"] == target:
+        data = {**state, "changed": False}
+        env.emit(data, lambda c: c.print(
+            f"{client.address} is already moving to matcher {target}: effective in {ago(state['change_left'])}"))
+        return
+    if not client.settlement.functions.isBondedMatcher(target).call() and not env.json:
+        click.echo(f"warning: {target} is not a bonded matcher now: it cannot settle", err=True)
+    with env.progress("binding"):
+        result = client.bind_matcher(target)
+    after = client.binding(client.address)
+    data = {**after, **result, "changed": True}
+
+    def render(console):
+        if result["immediate"]:
+            console.print(f"bound {client.address} to matcher {target}: only it may settle your orders and bids")
+        else:
+            console.print(f"requested a move of {client.address} from matcher {state['matcher']} to {target}: effective in"
+                          f" {ago(after['change_left'])}; until then no matcher takes your new orders or bids")
 
     env.emit(data, render)
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from underbid.cli import _messages
-from underbid.cli._common import CREDITS, PRICE, UBT, DurationType, Env, MarketSpecType, common_options, hours, kv_table, ubc, ubt_short
+from underbid.cli._common import (CREDITS, PRICE, UBT, DurationType, Env, MarketSpecType, ago, common_options, hours,
+                                  kv_table, ubc, ubt_short)
 
 SLIPPAGE = click.option("--slippage", type=click.IntRange(0, 10_000), default=50, show_default=True, metavar="BPS",
                         help="Accept at most this much less than the quote (basis points).")
@@ -53,48 +54,90 @@ def escrow() -> None:
 
 def _escrow_line(client, result: dict) -> dict:
     free, locked = client.escrow(client.address)
-    result.update(free=free, locked=locked)
+    amount, ready_at = client.pending_withdrawal(client.address)
+    result.update(free=free, locked=locked, pending_withdrawal=amount, pending_ready_at=ready_at)
     return result
 
 
 @escrow.command("deposit")
 @click.option("--amount", type=CREDITS, required=True, help="Credits to deposit, e.g. 250.")
+@click.option("--no-bind", is_flag=True, help="Do not bind an unbound account to the matcher (--matcher) first.")
 @common_options
-def escrow_deposit(env: Env, amount: int) -> None:
-    """Deposit credits into escrow (no approval needed)."""
+def escrow_deposit(env: Env, amount: int, no_bind: bool) -> None:
+    """Deposit credits into escrow (no approval needed).
+
+    An account not yet bound to any matcher is bound to the matcher (--matcher) first, in one
+    transaction: orders are settled only by the matcher their buyer is bound to.
+    """
     client = env.client()
     with env.progress("depositing"):
-        result = _escrow_line(client, client.deposit(amount))
+        result = client.deposit(amount)
+        result["bound"] = None if no_bind else _messages.auto_bind(env)
+        _escrow_line(client, result)
     env.emit(result, lambda c: c.print(
         f"deposited {ubc(amount)} UBC; escrow now {ubc(result['free'])} free, {ubc(result['locked'])} locked"))
 
 
 @escrow.command("withdraw")
-@click.option("--amount", type=CREDITS, default=None, help="Credits to withdraw (default: all free escrow).")
+@click.option("--amount", type=CREDITS, default=None,
+              help="Credits to announce for withdrawal (default: all free escrow). Leave it out, or give the"
+                   " announced amount, to complete an announced withdrawal after its notice.")
+@click.option("--complete", is_flag=True, help="Only complete the announced withdrawal (never announce a new one).")
 @common_options
-def escrow_withdraw(env: Env, amount: int | None) -> None:
-    """Withdraw free escrow back to your wallet."""
+def escrow_withdraw(env: Env, amount: int | None, complete: bool) -> None:
+    """Withdraw free escrow to your wallet, in two steps with a notice.
+
+    The first run announces the withdrawal (the credits stay free for matching during the notice
+    period); running it again after the notice (or with --complete) sends min(announced, free escrow).
+    """
+    from underbid.client import UnderbidError
+
     client = env.client()
+    pending, ready_at = client.pending_withdrawal(client.address)
+    finish = complete or (pending and (amount is None or amount == pending))
+    if finish:
+        if complete and amount is not None and pending and amount != pending:
+            raise click.BadParameter(f"the announced withdrawal is {ubc(pending)} UBC: --complete sends that amount",
+                                     param_hint="--amount")
+        with env.progress("withdrawing"):
+            result = _escrow_line(client, client.complete_withdrawal())
+        result["step"] = "withdrawn"
+        partial = result["withdrawn"] < result["requested"]
+        env.emit(result, lambda c: c.print(
+            f"withdrew {ubc(result['withdrawn'])} UBC"
+            + (f" of the {ubc(result['requested'])} announced (only that much was free)" if partial else "")
+            + f"; escrow now {ubc(result['free'])} free, {ubc(result['locked'])} locked"))
+        return
     if amount is None:
         amount = client.escrow(client.address)[0]
         if amount == 0:
-            from underbid.client import UnderbidError
-
             raise UnderbidError("your free escrow is empty: nothing to withdraw")
-    with env.progress("withdrawing"):
-        result = _escrow_line(client, client.withdraw(amount))
+    with env.progress("announcing the withdrawal"):
+        result = _escrow_line(client, client.request_withdrawal(amount))
+    result["step"] = "requested"
+    result["replaced"] = pending or 0
+    result["ready_in"] = max(result["ready_at"] - client.block_time(), 0)
     env.emit(result, lambda c: c.print(
-        f"withdrew {ubc(amount)} UBC; escrow now {ubc(result['free'])} free, {ubc(result['locked'])} locked"))
+        f"announced a withdrawal of {ubc(amount)} UBC"
+        + (f" (replacing the one of {ubc(pending)} UBC)" if pending else "")
+        + f": complete it with `underbid escrow withdraw` in {ago(result['ready_in'])}"
+          " (until then the credits stay free for matching)"))
 
 
 @escrow.command("show")
 @common_options
 def escrow_show(env: Env) -> None:
-    """Show your escrow: free and locked credits."""
+    """Show your escrow: free and locked credits, and any announced withdrawal."""
     client = env.client()
     free, locked = client.escrow(client.address)
-    data = {"address": client.address, "free": free, "locked": locked}
-    env.emit(data, lambda c: c.print(kv_table(None, [("free", f"{ubc(free)} UBC"), ("locked", f"{ubc(locked)} UBC")])))
+    pending, ready_at = client.pending_withdrawal(client.address)
+    left = max(ready_at - client.block_time(), 0)
+    data = {"address": client.address, "free": free, "locked": locked, "available": client.available_escrow(client.address),
+            "pending_withdrawal": pending, "pending_ready_at": ready_at, "pending_ready_in": left}
+    rows = [("free", f"{ubc(free)} UBC"), ("locked", f"{ubc(locked)} UBC")]
+    if pending:
+        rows.append(("announced withdrawal", f"{ubc(pending)} UBC, " + (f"ready in {ago(left)}" if left else "ready now")))
+    env.emit(data, lambda c: c.print(kv_table(None, rows)))
 
 
 @click.group()
@@ -126,19 +169,23 @@ def order_create(env: Env, market, sdl, service, units, duration, max_price, val
     from underbid.client import UnderbidError
     from underbid.eip712 import Order
     from underbid.markets import market_id
-    from underbid.validation import order_cost
 
     spec, sdl_units = _messages.resolve_market(market, sdl, service)
     units = units or sdl_units or 1
     client = env.client()
-    cost = order_cost(units, max_price, duration)
-    free, _ = client.escrow(client.address)
+    if duration < client.min_lease_duration:
+        raise UnderbidError(f"DurationTooShort(minimum={client.min_lease_duration} s): leases last at least"
+                            f" {client.min_lease_duration} s; order a longer --hours")
+    cost = units * max_price * duration // 3600  # the contract's lease cost at the max price
+    free = client.available_escrow(client.address)
     if free < cost:
         raise UnderbidError(
             f"InsufficientEscrow(buyer={client.address}, required={ubc(cost)} UBC, free={ubc(free)} UBC):"
             " deposit more credits (`underbid escrow deposit`) to cover the order at its max price"
+            " (credits announced for withdrawal do not count)"
         )
-    message = Order(buyer=client.address, market=market_id(spec), units=units, duration=duration,
+    matcher = _messages.require_bound(env)
+    message = Order(buyer=client.address, matcher=matcher, market=market_id(spec), units=units, duration=duration,
                     max_price=max_price, deadline=client.block_time() + valid,
                     nonce=client.next_nonce(env.journal(), client.deployment_key()))
     with env.progress("posting the order"):
@@ -170,7 +217,11 @@ def order_list(env: Env, only_open: bool) -> None:
 @click.option("--nonce", type=click.IntRange(0, 2**256 - 1), default=None, help="Cancel by nonce instead.")
 @common_options
 def order_cancel(env: Env, digest: str | None, nonce: int | None) -> None:
-    """Cancel an order on chain (its nonce), by DIGEST (or a unique prefix) or --nonce."""
+    """Cancel an order on chain (its nonce), by DIGEST (or a unique prefix) or --nonce.
+
+    Two steps: the first run requests the cancellation (the matcher stops filling it at once); running
+    it again after the notice period voids the nonce for good.
+    """
     _messages.cancel(env, "order", digest, nonce)
 
 

@@ -86,11 +86,15 @@ def market_id_cmd(spec: str | None, sdl: Path | None, service: str | None, as_js
 def status(env: Env) -> None:
     """Your balances, escrow, stake, open orders and bids, leases with accrued cost, and BME totals."""
     from underbid.cli import _messages
+    from underbid.cli.account import binding_text
     from underbid.cli.leases import _specs, lease_table
 
     client = env.client()
     me = client.address
     free, locked = client.escrow(me)
+    pending, ready_at = client.pending_withdrawal(me)
+    binding = client.binding(me)
+    now = client.block_time()
     info = client.provider(me)
     leases = client.leases(buyer=me, provider=me, include_closed=False)
     orders = _messages.message_rows(env, "order", only_open=True)
@@ -98,7 +102,8 @@ def status(env: Env) -> None:
     state = client.bme_state()
     data = {
         "address": me, "eth": client.eth_balance(me), "ubt": client.ubt_balance(me), "credits": client.credit_balance(me),
-        "escrow_free": free, "escrow_locked": locked,
+        "escrow_free": free, "escrow_locked": locked, "binding": binding,
+        "pending_withdrawal": pending, "pending_ready_at": ready_at,
         "provider": {"registered": info.registered, "staked": info.staked, "locked": info.locked,
                      "unbonding": info.unbonding, "unbonding_end": info.unbonding_end},
         "orders": orders, "bids": bids, "leases": [v.as_json() for v in leases], "bme": state,
@@ -106,10 +111,14 @@ def status(env: Env) -> None:
 
     def render(console):
         rows = [("account", me), ("ETH", ubt_short(data["eth"])), ("UBT", ubt_short(data["ubt"])),
-                ("credits", f"{ubc(data['credits'])} UBC"), ("escrow", f"{ubc(free)} UBC free, {ubc(locked)} UBC locked")]
+                ("credits", f"{ubc(data['credits'])} UBC"), ("escrow", f"{ubc(free)} UBC free, {ubc(locked)} UBC locked"
+                 + (f"; {ubc(pending)} UBC announced for withdrawal, "
+                    + (f"ready in {ago(ready_at - now)}" if ready_at > now else "ready now") if pending else "")),
+                ("matcher", binding_text(binding))]
         if info.registered:
             rows.append(("stake", f"{ubt_short(info.staked)} UBT ({ubt_short(info.locked)} locked)"
-                         + (f", {ubt_short(info.unbonding)} unbonding" if info.unbonding else "")))
+                         + (f", {ubt_short(info.unbonding)} unbonding (ready in {ago(max(info.unbonding_end - now, 0))})"
+                            if info.unbonding else "")))
         console.print(kv_table("balances", rows))
         if orders or bids:
             table = Table("kind", "digest", "market", "units", "filled", "price", "status", title="open orders and bids")

@@ -83,9 +83,35 @@ def lease_claim(env: Env, lease_ids: tuple[str, ...]) -> None:
                             " a lease with a missed heartbeat can only be reported)")
     with env.progress(f"claiming {len(leases)} lease(s)"):
         result = client.claim([v.id for v in leases])
-    env.emit(result, lambda c: c.print(
-        f"claimed [bold]{ubc(result['claimed'])} UBC[/bold] from {len(leases)} lease(s)"
-        + (f"; closed {len(result['closed'])} ended lease(s)" if result["closed"] else "")))
+
+    def render(console):
+        claimed_from = len(leases) - len(result["skipped"])
+        console.print(f"claimed [bold]{ubc(result['claimed'])} UBC[/bold] from {claimed_from} lease(s)"
+                      + (f"; closed {len(result['closed'])} ended lease(s)" if result["closed"] else ""))
+        _print_skipped(console, result["skipped"])
+
+    env.emit(result, render)
+
+
+_SKIP_TEXT = {
+    "closed": "it is closed (by its buyer, a claim or a report)",
+    "ended": "it is past its end: claim it (`underbid lease claim`)",
+    "fault pending": "a heartbeat was missed: it can end only through a fault report",
+}
+
+
+def _print_skipped(console, skipped: list[dict]) -> None:
+    """One line per lease the contract skipped, with the reason."""
+    for s in skipped:
+        console.print(f"skipped lease {short(s['lease'])}: {_SKIP_TEXT.get(s['reason'], s['reason'])}")
+
+
+def _heartbeat_line(result: dict) -> str:
+    text = f"heartbeat for {len(result['leases'])} lease(s) at chain time {result['at']}"
+    if result["skipped"]:
+        text += f"; skipped {len(result['skipped'])}: " + ", ".join(
+            f"{short(s['lease'])} ({s['reason']})" for s in result["skipped"])
+    return text
 
 
 @lease.command("close")
@@ -115,13 +141,17 @@ def _heartbeat_once(env: Env, lease_ids: tuple[str, ...]) -> dict | None:
 @click.argument("lease_ids", nargs=-1)
 @common_options
 def lease_heartbeat(env: Env, lease_ids: tuple[str, ...]) -> None:
-    """Send one heartbeat for your running leases (default: all of them, in one transaction)."""
+    """Send one heartbeat for your running leases (default: all of them, in one transaction).
+
+    Leases that are closed, past their end or have a reportable fault are skipped by the contract
+    (the rest still get their heartbeat); each skipped lease is printed with the reason.
+    """
     with env.progress("sending heartbeats"):
         result = _heartbeat_once(env, lease_ids)
     if result is None:
-        env.emit({"leases": [], "at": None}, lambda c: c.print("no running leases to heartbeat"))
+        env.emit({"leases": [], "skipped": [], "at": None}, lambda c: c.print("no running leases to heartbeat"))
         return
-    env.emit(result, lambda c: c.print(f"heartbeat for {len(result['leases'])} lease(s) at chain time {result['at']}"))
+    env.emit(result, lambda c: (c.print(_heartbeat_line(result)), _print_skipped(c, result["skipped"])))
 
 
 @click.command("heartbeat")
@@ -136,19 +166,26 @@ def heartbeat_loop(env: Env, every: float, count: int | None) -> None:
     if every >= interval and not env.json:
         click.echo(f"warning: --every {every:g} is not below the heartbeat interval ({interval} s); leases may be reported",
                    err=True)
+    from underbid.client import ChainError
+
     sent = 0
     try:
         while count is None or sent < count:
-            result = _heartbeat_once(env, ())
+            try:
+                result = _heartbeat_once(env, ())
+                problem = None
+            except ChainError as exc:  # one failed round (a node hiccup) must not stop the loop
+                result, problem = None, str(exc)
             sent += 1
-            line = ({"round": sent, "leases": result["leases"], "at": result["at"]} if result
-                    else {"round": sent, "leases": [], "at": None})
+            line = ({"round": sent, "leases": result["leases"], "skipped": result["skipped"], "at": result["at"]}
+                    if result else {"round": sent, "leases": [], "skipped": [], "at": None, "error": problem})
             if env.json:
                 click.echo(__import__("json").dumps(line))
+            elif problem:
+                click.echo(f"[{time.strftime('%H:%M:%S')}] warning: this round's heartbeat failed: {problem}", err=True)
             else:
-                env.console.print(f"[{time.strftime('%H:%M:%S')}] " + (
-                    f"heartbeat for {len(result['leases'])} lease(s) at chain time {result['at']}" if result
-                    else "no running leases"))
+                env.console.print(f"[{time.strftime('%H:%M:%S')}] " + (_heartbeat_line(result) if result
+                                                                       else "no running leases"))
             if count is not None and sent >= count:
                 break
             time.sleep(every)
@@ -189,67 +226,106 @@ def report(env: Env, lease_id: str | None) -> None:
 
 @click.command("challenge")
 @click.option("--bid", "bid_digest", required=True, help="Digest (or a unique prefix) of your bid the matcher receipted.")
-@click.option("--round", "round_id", type=click.IntRange(0, 2**64 - 1), default=None,
-              help="The round to challenge (default: the round named in the bid's receipt).")
+@click.option("--round", "round_id", type=click.IntRange(1, 2**64 - 1), default=None,
+              help="Only look for a witness lease in this round of the matcher (default: every round from the"
+                   " receipt's on).")
 @click.option("--check", is_flag=True, help="Only check the challenge (a call); send nothing.")
 @common_options
 def challenge(env: Env, bid_digest: str, round_id: int | None, check: bool) -> None:
     """Prove a wrong allocation with your bid's matcher receipt and slash the matcher's bond.
 
-    Under a uniform price, a valid bid left partly unfilled while a pricier bid in the same market
-    won a lease of that round proves the allocation wrong. The witness lease is found on chain.
+    Goes to the MatcherCourt. A witness is a lease the matcher opened in a round from your receipt's
+    on, in your bid's market, from a bid priced above yours, with a duration your bid accepts. It
+    proves the allocation wrong if your bid had a unit to spare (spare-unit proof), or if your bid
+    had a strictly shorter lease in the same round (swap proof). Witnesses are found on chain, their
+    bids at the matcher; every candidate is checked with the court's `verifyChallenge` first.
     """
     from underbid.cli._messages import find_entry
-    from underbid.client import UnderbidError
+    from underbid.client import ChainError, UnderbidError
 
     client = env.client()
-    if not client.has_function("challenge"):
-        raise UnderbidError("this deployment has no `challenge` function (matcher bonds are not deployed there)")
     entry = find_entry(env, "bid", bid_digest)
     bid = entry.model()
     receipt = entry.receipt or (env.matcher().get_message("bid", entry.digest) or {}).get("receipt")
     if not receipt:
         raise UnderbidError(f"no matcher receipt for bid {short(entry.digest)}: a challenge needs the matcher's signed receipt")
-    if round_id is None:
-        round_id = int(receipt["round"])
-    witness = _find_witness(env, client, round_id, bid)
-    if witness is None:
+    if "matcher" not in receipt:
+        raise UnderbidError(f"the receipt for bid {short(entry.digest)} names no matcher: it predates this protocol version")
+    candidates = _witnesses(env, client, bid, entry.digest, int(receipt["round"]), round_id)
+    if not candidates:
+        where = f"round {round_id}" if round_id is not None else f"the matcher's rounds from {receipt['round']} on"
         raise UnderbidError(
-            f"round {round_id} has no lease in this market from a bid priced above yours ({ubc(bid.price)} UBC)"
+            f"{where} have no lease in this market from a bid priced above yours ({ubc(bid.price)} UBC)"
             " with a duration your bid accepts: the allocation passed over nothing, there is nothing to challenge")
-    order_digest, witness_bid, lease_id = witness
-    args = client.challenge_args(round_id, receipt, bid, bytes.fromhex(entry.signature[2:]), order_digest, witness_bid)
-    matcher = client.verify_challenge(args)
+    bid_sig = bytes.fromhex(entry.signature[2:])
+    first_error: ChainError | None = None
+    chosen = None
+    for witness in candidates:
+        for own in (None, *witness["own_orders"]):
+            args = client.challenge_args(receipt, bid, bid_sig, witness["round"], witness["order"], witness["bid"], own)
+            try:
+                matcher = client.verify_challenge(args)
+            except ChainError as exc:
+                first_error = first_error or exc
+                continue
+            chosen = (witness, own, args, matcher)
+            break
+        if chosen:
+            break
+    if chosen is None:
+        raise first_error  # the court's named error for the most direct proof of the nearest witness
+    witness, own, args, matcher = chosen
+    proof = "swap" if own else "spare unit"
     if check:
-        env.emit({"valid": True, "matcher": matcher, "round": round_id, "witness": lease_id}, lambda c: c.print(
-            f"the challenge holds: matcher {matcher} would be slashed (witness lease {short(lease_id)})"))
+        env.emit({"valid": True, "matcher": matcher, "round": witness["round"], "witness": witness["lease"], "proof": proof},
+                 lambda c: c.print(f"the challenge holds ({proof} proof): matcher {matcher} would be slashed"
+                                   f" (witness lease {short(witness['lease'])}, round {witness['round']})"))
         return
     with env.progress("challenging"):
         result = client.challenge(args)
-    result.update(round=round_id, witness=lease_id)
+    result.update(round=witness["round"], witness=witness["lease"], proof=proof)
     env.emit(result, lambda c: c.print(
-        f"challenge succeeded: matcher {matcher} slashed {ubt_short(result.get('slashed', 0))} UBT,"
+        f"challenge succeeded ({proof} proof): matcher {matcher} slashed {ubt_short(result.get('slashed', 0))} UBT,"
         f" {ubt_short(result.get('toChallenger', 0))} UBT to you"))
 
 
-def _find_witness(env: Env, client, round_id: int, bid) -> tuple[str, object, str] | None:
-    """A lease of `round_id` in `bid`'s market whose bid is pricier and whose duration `bid` accepts."""
+def _witnesses(env: Env, client, bid, bid_digest: str, receipt_round: int, only_round: int | None) -> list[dict]:
+    """Candidate witness leases for `bid`, nearest round first: leases of the bid's matcher in rounds
+    >= `receipt_round` (or only `only_round`), in its market, whose bid (from the matcher) is pricier
+    and whose duration the bid accepts. Each lists `own_orders`: orders of the bid's own strictly
+    shorter leases in that round (for the swap proof)."""
     from underbid.eip712 import Bid
 
-    logs = client.settlement.events.LeaseOpened.get_logs(from_block=client.book.block,
-                                                         argument_filters={"round": round_id})
-    matcher = env.matcher()
+    logs = client.settlement.events.LeaseOpened.get_logs(from_block=client.book.block)
+    matcher_api = env.matcher()
+    mine: dict[int, list[tuple[str, int]]] = {}
+    found = []
     for log in logs:
         a = log["args"]
-        if "0x" + bytes(a["market"]).hex() != bid.market.lower() or a["end"] - a["start"] > bid.max_duration:
+        if a["matcher"].lower() != bid.matcher.lower() or "0x" + bytes(a["market"]).hex() != bid.market.lower():
             continue
-        stored = matcher.get_message("bid", "0x" + bytes(a["bidDigest"]).hex())
+        r = int(a["round"])
+        if r < receipt_round or (only_round is not None and r != only_round):
+            continue
+        duration = int(a["end"]) - int(a["start"])
+        bid_d = "0x" + bytes(a["bidDigest"]).hex()
+        if bid_d == bid_digest.lower():
+            mine.setdefault(r, []).append(("0x" + bytes(a["orderDigest"]).hex(), duration))
+            continue
+        if duration > bid.max_duration:
+            continue
+        found.append((r, duration, bid_d, "0x" + bytes(a["orderDigest"]).hex(), "0x" + bytes(a["leaseId"]).hex()))
+    candidates = []
+    for r, duration, bid_d, order_d, lease_id in sorted(found):
+        stored = matcher_api.get_message("bid", bid_d)
         if not stored:
             continue
         other = Bid.model_validate(stored["message"])
-        if other.price > bid.price:
-            return "0x" + bytes(a["orderDigest"]).hex(), other, "0x" + bytes(a["leaseId"]).hex()
-    return None
+        if other.price <= bid.price:
+            continue
+        candidates.append({"round": r, "order": order_d, "bid": other, "lease": lease_id,
+                           "own_orders": [o for o, d in mine.get(r, []) if d < duration]})
+    return candidates
 
 
 COMMANDS = [lease, heartbeat_loop, report, challenge]

@@ -130,8 +130,8 @@ def _exit_text(info: dict) -> str:
     if not info["exiting"]:
         return "no"
     if info["withdrawable"]:
-        return f"yes: the bond is withdrawable now (since {_when(info['exit_at'])})"
-    return f"yes: the bond is withdrawable at {_when(info['exit_at'])} (in {ago(info['exit_left'])})"
+        return f"yes: the bond is withdrawable now (since {_when(info['withdrawable_at'])})"
+    return f"yes: the bond is withdrawable at {_when(info['withdrawable_at'])} (in {ago(info['exit_left'])})"
 
 
 def _bond_rows(info: dict) -> list[tuple[str, str]]:
@@ -149,6 +149,7 @@ def _bond_rows(info: dict) -> list[tuple[str, str]]:
         ("minimum bond", f"{ubt_short(info['min_bond'])} UBT"
          + (" (met)" if info["meets_minimum"] else " (not met)")),
         ("bonded (may settle)", settles),
+        ("receipt signer", info.get("receipt_signer") or "none yet (fixed by the first bond)"),
         ("exiting", _exit_text(info)),
         ("challenge window", ago(info["challenge_window"])),
         ("exit delay", ago(info["exit_delay"])),
@@ -158,12 +159,15 @@ def _bond_rows(info: dict) -> list[tuple[str, str]]:
 @matcher.command("bond")
 @click.option("--amount", type=UBT, required=True,
               help="UBT to add to your matcher bond, e.g. 10000 (the minimum: see `matcher status`).")
+@click.option("--receipt-signer", callback=_address, default=None, metavar="0x...",
+              help="The key that signs this matcher's receipts (default: the one fixed by an earlier bond, else"
+                   " this account). Fixed while the matcher is bonded.")
 @common_options
-def matcher_bond(env: Env, amount: int) -> None:
+def matcher_bond(env: Env, amount: int, receipt_signer: str | None) -> None:
     """Bond UBT as a matcher (approves the settlement contract for it first)."""
     client = env.client()
     with env.progress("bonding"):
-        result = client.bond_matcher(amount)
+        result = client.bond_matcher(amount, receipt_signer)
     info = client.matcher_bond(client.address)
     data = {**info, **result}
 
@@ -200,7 +204,7 @@ def matcher_unbond(env: Env) -> None:
     def render(console):
         console.print(
             f"exit requested: this matcher can no longer settle rounds, from now on. Its bond of"
-            f" {ubt_short(info['bond'])} UBT can be withdrawn at {_when(info['exit_at'])}"
+            f" {ubt_short(info['bond'])} UBT can be withdrawn at {_when(info['withdrawable_at'])}"
             f" (in {ago(info['exit_left'])}) with `underbid matcher withdraw`.")
         console.print(
             f"Why the wait: the exit delay ({ago(info['exit_delay'])}) is longer than the challenge window"
@@ -223,7 +227,7 @@ def matcher_withdraw(env: Env) -> None:
                             " (`underbid matcher unbond`); the bond can be withdrawn after the exit delay")
     if not info["withdrawable"]:
         raise UnderbidError(
-            f"ExitDelayNotOver(exitAt={_when(info['exit_at'])}): the matcher bond of {ubt_short(info['bond'])} UBT"
+            f"ExitDelayNotOver(exitAt={_when(info['withdrawable_at'])}): the matcher bond of {ubt_short(info['bond'])} UBT"
             f" can be withdrawn in {ago(info['exit_left'])}")
     with env.progress("withdrawing the matcher bond"):
         result = client.withdraw_matcher_bond()

@@ -23,11 +23,11 @@ def _stake_rows(client, info) -> list[tuple[str, str]]:
     rows += [
         ("staked", f"{ubt_short(info.staked)} UBT"),
         ("locked as collateral", f"{ubt_short(info.locked)} UBT"),
-        ("free", f"{ubt_short(info.free)} UBT ({info.free // client.stake_per_unit} units)"),
+        ("available for bids", f"{ubt_short(info.available)} UBT ({info.available // client.stake_per_unit} units)"),
     ]
     if info.unbonding:
         left = info.unbonding_end - now
-        rows.append(("unbonding", f"{ubt_short(info.unbonding)} UBT, "
+        rows.append(("unbonding", f"{ubt_short(info.unbonding)} UBT (still staked and lockable until then), "
                      + (f"withdrawable in {ago(left)}" if left > 0 else "withdrawable now")))
     return rows
 
@@ -36,7 +36,8 @@ def _provider_data(client) -> dict:
     info = client.provider(client.address)
     now = client.block_time()
     return {"address": client.address, "registered": info.registered, "metadata": info.metadata,
-            "staked": info.staked, "locked": info.locked, "free": info.free, "unbonding": info.unbonding,
+            "staked": info.staked, "locked": info.locked, "free": info.free, "available": info.available,
+            "unbonding": info.unbonding,
             "unbonding_end": info.unbonding_end, "unbonding_left": max(info.unbonding_end - now, 0) if info.unbonding else 0,
             "stake_per_unit": client.stake_per_unit}
 
@@ -54,28 +55,36 @@ def provider_register(env: Env, metadata: str) -> None:
 
 @provider.command("stake")
 @click.option("--amount", type=UBT, required=True, help="UBT to stake, e.g. 400 (collateral per unit: see `provider show`).")
+@click.option("--no-bind", is_flag=True, help="Do not bind an unbound account to the matcher (--matcher) first.")
 @common_options
-def provider_stake(env: Env, amount: int) -> None:
-    """Stake UBT (approves the settlement contract for it first)."""
+def provider_stake(env: Env, amount: int, no_bind: bool) -> None:
+    """Stake UBT (approves the settlement contract for it first).
+
+    An account not yet bound to any matcher is bound to the matcher (--matcher) too, in one
+    transaction: bids are settled only by the matcher their provider is bound to.
+    """
     client = env.client()
     with env.progress("staking"):
         result = client.stake(amount)
+        result["bound"] = None if no_bind else _messages.auto_bind(env)
     result.update(_provider_data(client))
     env.emit(result, lambda c: c.print(kv_table(f"staked {ubt_short(amount)} UBT", _stake_rows(client, client.provider(client.address)))))
 
 
 @provider.command("unstake")
-@click.option("--amount", type=UBT, required=True, help="Free stake to start unbonding.")
+@click.option("--amount", type=UBT, required=True, help="Stake to announce for unbonding (free and not already unbonding).")
 @common_options
 def provider_unstake(env: Env, amount: int) -> None:
-    """Start unbonding free stake (it can be withdrawn after the unbonding period)."""
+    """Announce an unstake: the amount stays staked, and can still be locked by leases settled in the
+    meantime, until the unbonding period ends; then `provider withdraw` sends what is free of it."""
     client = env.client()
     with env.progress("requesting unstake"):
         result = client.request_unstake(amount)
     left = result["unlocks_at"] - client.block_time()
     result["unbonding_left"] = max(left, 0)
     env.emit(result, lambda c: c.print(
-        f"unbonding {ubt_short(amount)} UBT: withdraw it with `underbid provider withdraw` in {ago(left)}"))
+        f"unbonding {ubt_short(amount)} UBT: withdraw it with `underbid provider withdraw` in {ago(left)}"
+        " (until then it stays staked and lockable)"))
 
 
 @provider.command("withdraw")
@@ -91,10 +100,14 @@ def provider_withdraw(env: Env) -> None:
     left = info.unbonding_end - client.block_time()
     if left > 0:
         raise UnderbidError(
-            f"UnbondingNotFinished: {ubt_short(info.unbonding)} UBT is still unbonding: {ago(left)} left")
+            f"UnbondingNotFinished: {ubt_short(info.unbonding)} UBT is still unbonding: ready in {ago(left)}")
     with env.progress("withdrawing unbonded stake"):
         result = client.withdraw_unbonded()
-    env.emit(result, lambda c: c.print(f"withdrew {ubt_short(result['withdrawn'])} UBT of unbonded stake"))
+    short_by = result["announced"] - result["withdrawn"]
+    env.emit(result, lambda c: c.print(
+        f"withdrew {ubt_short(result['withdrawn'])} UBT of unbonded stake"
+        + (f" ({ubt_short(short_by)} UBT of the {ubt_short(result['announced'])} announced is locked as collateral"
+           " and stays staked)" if short_by else "")))
 
 
 @provider.command("show")
@@ -138,7 +151,8 @@ def bid_create(env: Env, market, sdl, service, capacity, price, max_duration, va
     spec, _ = _messages.resolve_market(market, sdl, service)
     client = env.client()
     _require_free_stake(client, capacity)
-    message = Bid(provider=client.address, market=market_id(spec), capacity=capacity, price=price,
+    matcher = _messages.require_bound(env)
+    message = Bid(provider=client.address, matcher=matcher, market=market_id(spec), capacity=capacity, price=price,
                   max_duration=max_duration, deadline=client.block_time() + valid,
                   nonce=client.next_nonce(env.journal(), client.deployment_key()))
     with env.progress("posting the bid"):
@@ -153,7 +167,8 @@ def bid_create(env: Env, market, sdl, service, capacity, price, max_duration, va
             ("price", f"{ubc(price)} UBC/unit-hour"), ("max duration", hours(max_duration)),
             ("valid for", hours(valid)), ("nonce", message.nonce), ("round", result["round"]),
             ("status", result["status"]),
-            ("receipt", f"round {receipt['round']}, issued at {receipt['issuedAt']}, signed {receipt['signature'][:18]}…"
+            ("receipt", (f"round {receipt['round']}, issued at {receipt['issuedAt']}, signed {receipt['signature'][:18]}…"
+                         + ("" if result["receipt_valid"] else " (NOT usable for a challenge)"))
              if receipt else "none (this matcher signs no receipts)"),
         ]))
 
@@ -169,10 +184,11 @@ def _require_free_stake(client, units: int) -> None:
     if not info.registered:
         raise UnderbidError(f"NotRegistered(provider={client.address}): register first"
                             " (`underbid provider register --metadata <uri>`) and stake")
-    if info.free < units * client.stake_per_unit:
+    if info.available < units * client.stake_per_unit:
         raise UnderbidError(
             f"InsufficientFreeStake(provider={client.address}, required={ubt_short(units * client.stake_per_unit)} UBT,"
-            f" free={ubt_short(info.free)} UBT): stake more (`underbid provider stake`) or bid fewer units")
+            f" free={ubt_short(info.available)} UBT): stake more (`underbid provider stake`) or bid fewer units"
+            " (stake announced to unbond does not count)")
 
 
 @bid.command("ladder")
@@ -194,9 +210,12 @@ def bid_ladder(env: Env, market, sdl, service, capacity, prices, max_duration, v
     spec, _ = _messages.resolve_market(market, sdl, service)
     client = env.client()
     _require_free_stake(client, capacity * len(prices))
+    matcher = _messages.require_bound(env)
     first = client.next_nonce(env.journal(), client.deployment_key())
+    while not all(client.nonce_is_fresh(client.address, first + i) for i in range(len(prices))):
+        first += 1
     deadline = client.block_time() + valid
-    messages = [Bid(provider=client.address, market=market_id(spec), capacity=capacity, price=price,
+    messages = [Bid(provider=client.address, matcher=matcher, market=market_id(spec), capacity=capacity, price=price,
                     max_duration=max_duration, deadline=deadline, nonce=first + i)
                 for i, price in enumerate(sorted(prices))]
     with env.progress(f"posting {len(messages)} bids"):
@@ -230,7 +249,11 @@ def bid_list(env: Env, only_open: bool) -> None:
 @click.option("--nonce", type=click.IntRange(0, 2**256 - 1), default=None, help="Cancel by nonce instead.")
 @common_options
 def bid_cancel(env: Env, digest: str | None, nonce: int | None) -> None:
-    """Cancel a bid on chain (its nonce), by DIGEST (or a unique prefix) or --nonce."""
+    """Cancel a bid on chain (its nonce), by DIGEST (or a unique prefix) or --nonce.
+
+    Two steps: the first run requests the cancellation (the matcher stops filling it at once); running
+    it again after the notice period voids the nonce for good.
+    """
     _messages.cancel(env, "bid", digest, nonce)
 
 
