@@ -1,11 +1,12 @@
-"""BuyerEscrow: deposit (no approval), withdraw of free balance only, and the free/locked views."""
+"""BuyerEscrow: deposit (no approval), withdrawal of free balance only after a notice, and the free/locked views."""
 
 import ape
 
 from ..conftest import H100, HOUR, UBC
+from ..reverts import reverts
 
 
-def open_lease(market, buyer, provider, *, units=2, duration=2 * HOUR, price=2 * UBC, round_id=1):
+def open_lease(market, buyer, provider, *, units=2, duration=2 * HOUR, price=2 * UBC, round_id=None):
     order = market.order(buyer, units=units, duration=duration, max_price=price)
     bid = market.bid(provider, capacity=units, price=price, max_duration=duration)
     receipt = market.settle([order], [bid], [(0, 0, units)], {H100: price}, round_id=round_id)
@@ -39,12 +40,21 @@ def test_deposits_add_up_per_buyer(market, settlement, buyers):
     assert tuple(settlement.escrowOf(buyers[1])) == (0, 0)
 
 
+def withdraw(settlement, chain, buyer, amount, notice):
+    """Announces a withdrawal of `amount`, waits the notice period out, withdraws; returns the receipt."""
+    settlement.requestWithdrawal(amount, sender=buyer)
+    chain.pending_timestamp = chain.pending_timestamp + notice
+    return settlement.withdraw(sender=buyer)
+
+
 def test_deposit_and_withdraw_zero_are_refused(market, settlement, buyers):
     market.fund_buyer(buyers[0], 20 * UBC)
-    with ape.reverts(settlement.ZeroAmount):
+    with reverts(settlement.ZeroAmount):
         settlement.deposit(0, sender=buyers[0])
-    with ape.reverts(settlement.ZeroAmount):
-        settlement.withdraw(0, sender=buyers[0])
+    with reverts(settlement.ZeroAmount):
+        settlement.requestWithdrawal(0, sender=buyers[0])
+    with reverts(settlement.NothingToWithdraw, buyer=buyers[0].address):
+        settlement.withdraw(sender=buyers[0])
     assert tuple(settlement.escrowOf(buyers[0])) == (20 * UBC, 0)
 
 
@@ -57,32 +67,88 @@ def test_deposit_beyond_balance_reverts(market, settlement, credit, buyers):
     assert credit.balanceOf(buyer) == minted
 
 
-def test_withdraw_free_balance(market, settlement, credit, buyers):
+def test_withdraw_free_balance(market, settlement, credit, buyers, chain, params):
     buyer = buyers[1]
     market.fund_buyer(buyer, 100 * UBC)
     wallet_before = credit.balanceOf(buyer)
 
-    receipt = settlement.withdraw(30 * UBC, sender=buyer)
+    receipt = withdraw(settlement, chain, buyer, 30 * UBC, params.notice_period)
 
     [log] = receipt.decode_logs(settlement.Withdrawn)
     assert log.buyer == buyer.address and log.amount == 30 * UBC
+    assert receipt.return_value == 30 * UBC
     assert credit.balanceOf(buyer) == wallet_before + 30 * UBC
     assert tuple(settlement.escrowOf(buyer)) == (70 * UBC, 0)
-    with ape.reverts(settlement.InsufficientEscrow, buyer=buyer.address, required=70 * UBC + 1, free=70 * UBC):
-        settlement.withdraw(70 * UBC + 1, sender=buyer)
-    settlement.withdraw(70 * UBC, sender=buyer)
+    assert tuple(settlement.pendingWithdrawal(buyer)) == (0, 0)
+    # Asking for more than is free sends what is free.
+    receipt = withdraw(settlement, chain, buyer, 70 * UBC + 1, params.notice_period)
+    assert receipt.return_value == 70 * UBC
     assert tuple(settlement.escrowOf(buyer)) == (0, 0)
     assert credit.balanceOf(buyer) == wallet_before + 100 * UBC
 
 
-def test_one_buyer_cannot_withdraw_anothers_escrow(market, settlement, buyers):
+def test_withdrawal_waits_for_the_notice(market, settlement, credit, buyers, chain, params):
+    buyer = buyers[0]
+    market.fund_buyer(buyer, 100 * UBC)
+    receipt = settlement.requestWithdrawal(40 * UBC, sender=buyer)
+    requested_at = chain.blocks.head.timestamp
+    ready_at = requested_at + params.notice_period
+    [log] = receipt.decode_logs(settlement.WithdrawalRequested)
+    assert (log.buyer, log.amount, log.readyAt) == (buyer.address, 40 * UBC, ready_at)
+    assert tuple(settlement.pendingWithdrawal(buyer)) == (40 * UBC, ready_at)
+    # Until the notice is over the credits stay free escrow that a matcher can still lock, but
+    # an honest matcher counts only what is not announced to leave.
+    assert tuple(settlement.escrowOf(buyer)) == (100 * UBC, 0)
+    assert settlement.availableEscrow(buyer) == 60 * UBC
+
+    chain.pending_timestamp = ready_at - 1
+    with reverts(settlement.NoticeNotOver, readyAt=ready_at):
+        settlement.withdraw(sender=buyer)
+    chain.pending_timestamp = ready_at
+    wallet_before = credit.balanceOf(buyer)
+    settlement.withdraw(sender=buyer)
+    assert credit.balanceOf(buyer) == wallet_before + 40 * UBC
+    assert settlement.availableEscrow(buyer) == 60 * UBC
+    # The request is used up.
+    with reverts(settlement.NothingToWithdraw, buyer=buyer.address):
+        settlement.withdraw(sender=buyer)
+
+
+def test_a_new_request_replaces_the_old_and_restarts_the_notice(market, settlement, buyers, chain, params):
+    buyer = buyers[0]
+    market.fund_buyer(buyer, 100 * UBC)
+    settlement.requestWithdrawal(10 * UBC, sender=buyer)
+    chain.pending_timestamp = chain.pending_timestamp + params.notice_period - 5
+    settlement.requestWithdrawal(25 * UBC, sender=buyer)
+    ready_at = chain.blocks.head.timestamp + params.notice_period
+    assert tuple(settlement.pendingWithdrawal(buyer)) == (25 * UBC, ready_at)
+    assert settlement.availableEscrow(buyer) == 75 * UBC
+    chain.pending_timestamp = ready_at - 1
+    with reverts(settlement.NoticeNotOver, readyAt=ready_at):
+        settlement.withdraw(sender=buyer)
+    chain.pending_timestamp = ready_at
+    assert settlement.withdraw(sender=buyer).return_value == 25 * UBC
+
+
+def test_available_escrow_is_never_negative(market, settlement, buyers):
+    buyer = buyers[0]
+    market.fund_buyer(buyer, 10 * UBC)
+    settlement.requestWithdrawal(50 * UBC, sender=buyer)
+    assert settlement.availableEscrow(buyer) == 0
+    assert settlement.availableEscrow(buyers[1]) == 0
+
+
+def test_one_buyer_cannot_withdraw_anothers_escrow(market, settlement, credit, buyers, chain, params):
     market.fund_buyer(buyers[0], 50 * UBC)
-    with ape.reverts(settlement.InsufficientEscrow, buyer=buyers[1].address, required=UBC, free=0):
-        settlement.withdraw(UBC, sender=buyers[1])
+    with reverts(settlement.NothingToWithdraw, buyer=buyers[1].address):
+        settlement.withdraw(sender=buyers[1])
+    receipt = withdraw(settlement, chain, buyers[1], UBC, params.notice_period)
+    assert receipt.return_value == 0
+    assert credit.balanceOf(buyers[1]) == 0
     assert tuple(settlement.escrowOf(buyers[0])) == (50 * UBC, 0)
 
 
-def test_locked_escrow_cannot_be_withdrawn(market, settlement, credit, buyers, providers, chain):
+def test_locked_escrow_cannot_be_withdrawn(market, settlement, credit, buyers, providers, chain, params):
     buyer, provider = buyers[0], providers[0]
     market.fund_buyer(buyer, 100 * UBC)
     market.stake_provider(provider, 4)
@@ -90,25 +156,45 @@ def test_locked_escrow_cannot_be_withdrawn(market, settlement, credit, buyers, p
     cost = 2 * 2 * UBC * 2
     assert tuple(settlement.escrowOf(buyer)) == (100 * UBC - cost, cost)
 
-    with ape.reverts(settlement.InsufficientEscrow, required=100 * UBC - cost + 1, free=100 * UBC - cost):
-        settlement.withdraw(100 * UBC - cost + 1, sender=buyer)
-    with ape.reverts(settlement.InsufficientEscrow, required=100 * UBC, free=100 * UBC - cost):
-        settlement.withdraw(100 * UBC, sender=buyer)
-    settlement.withdraw(100 * UBC - cost, sender=buyer)
+    # A request for everything sends only the free part; the locked part stays.
+    wallet_before = credit.balanceOf(buyer)
+    receipt = withdraw(settlement, chain, buyer, 100 * UBC, params.notice_period)
+    assert receipt.return_value == 100 * UBC - cost
+    assert credit.balanceOf(buyer) == wallet_before + 100 * UBC - cost
     assert tuple(settlement.escrowOf(buyer)) == (0, cost)
-    with ape.reverts(settlement.InsufficientEscrow, required=1, free=0):
-        settlement.withdraw(1, sender=buyer)
+    assert withdraw(settlement, chain, buyer, 1, params.notice_period).return_value == 0
+    assert tuple(settlement.escrowOf(buyer)) == (0, cost)
 
     # Closing early moves the unaccrued part back to free escrow, which can then leave.
     start = settlement.getLease(lease_id).start
-    chain.pending_timestamp = start + 36  # no heartbeat yet: covered up to start + interval
+    settlement.heartbeat([lease_id], sender=provider)  # the notices above took longer than one interval
+    assert settlement.getLease(lease_id).lastHeartbeat > 0
+    settlement.requestWithdrawal(cost, sender=buyer)
+    chain.pending_timestamp = chain.pending_timestamp + params.notice_period
     settlement.close(lease_id, sender=buyer)
-    paid = 2 * 2 * UBC * 36 // HOUR
+    elapsed = settlement.getLease(lease_id).paidUntil - start
+    paid = 2 * 2 * UBC * elapsed // HOUR
     assert tuple(settlement.escrowOf(buyer)) == (cost - paid, 0)
     wallet_before = credit.balanceOf(buyer)
-    settlement.withdraw(cost - paid, sender=buyer)
+    assert settlement.withdraw(sender=buyer).return_value == cost - paid
     assert credit.balanceOf(buyer) == wallet_before + cost - paid
     assert tuple(settlement.escrowOf(buyer)) == (0, 0)
+
+
+def test_a_withdrawal_in_notice_does_not_stop_settlement(market, settlement, credit, buyers, providers, chain, params):
+    """Announced credits stay lockable until the notice is over, and then only the free rest leaves."""
+    buyer, provider = buyers[0], providers[0]
+    market.fund_buyer(buyer, 100 * UBC)
+    market.stake_provider(provider, 4)
+    settlement.requestWithdrawal(100 * UBC, sender=buyer)
+    assert settlement.availableEscrow(buyer) == 0
+    open_lease(market, buyer, provider, units=2, duration=2 * HOUR, price=2 * UBC)
+    cost = 2 * 2 * UBC * 2
+    chain.pending_timestamp = chain.pending_timestamp + params.notice_period
+    wallet_before = credit.balanceOf(buyer)
+    assert settlement.withdraw(sender=buyer).return_value == 100 * UBC - cost
+    assert credit.balanceOf(buyer) == wallet_before + 100 * UBC - cost
+    assert tuple(settlement.escrowOf(buyer)) == (0, cost)
 
 
 def test_escrow_views_free_versus_locked(market, settlement, credit, buyers, providers, chain):
