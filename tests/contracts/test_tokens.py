@@ -260,7 +260,9 @@ def test_ubc_user_to_user_transfer_reverts(market, credit, buyers, outsider):
     assert credit.allowance(a, b) == 10 * UBC
 
 
-def test_ubc_deposit_and_withdraw_move_credits_through_escrow_without_approval(market, credit, settlement, buyers):
+def test_ubc_deposit_and_withdraw_move_credits_through_escrow_without_approval(
+    market, credit, settlement, buyers, chain, params
+):
     buyer = buyers[0]
     market.mint_credits(buyer, 100 * UBC)
     held = credit.balanceOf(buyer)
@@ -276,7 +278,11 @@ def test_ubc_deposit_and_withdraw_move_credits_through_escrow_without_approval(m
     [transfer] = receipt.decode_logs(credit.Transfer)
     assert (transfer["from"], transfer.to, transfer.value) == (buyer.address, settlement.address, 60 * UBC)
 
-    settlement.withdraw(25 * UBC, sender=buyer)
+    settlement.requestWithdrawal(25 * UBC, sender=buyer)
+    chain.pending_timestamp = chain.pending_timestamp + params.notice_period
+    receipt = settlement.withdraw(sender=buyer)
+    [transfer] = receipt.decode_logs(credit.Transfer)
+    assert (transfer["from"], transfer.to, transfer.value) == (settlement.address, buyer.address, 25 * UBC)
     assert credit.balanceOf(buyer) == held - 35 * UBC
     assert credit.balanceOf(settlement) == escrow_before + 35 * UBC
     assert settlement.escrowOf(buyer).free == 35 * UBC
