@@ -1,9 +1,10 @@
 """`underbid demo`: a whole market on a devnet, narrated.
 
-Five providers stake and bid in two markets at different prices, three buyers mint credits and
-order, a round clears at one uniform price per market, time advances while providers heartbeat,
-providers claim, one provider misses heartbeats and is reported and slashed, a buyer closes early
-and is refunded, and credits are redeemed. It ends with every balance before and after and checks
+Five providers bind to the matcher, stake and bid in two markets at different prices, three buyers
+mint credits, bind, deposit and order, a round clears at one uniform price per market, time advances
+while providers heartbeat, providers claim, one provider misses heartbeats and is reported and
+slashed, a buyer closes early and is refunded (the providers' next heartbeats skip the closed
+leases), and credits are withdrawn from escrow through the notice period and redeemed. It ends with every balance before and after and checks
 that credits and UBT are conserved; a violation raises `ConservationError`.
 
 The demo drives the same library the CLI commands use (`underbid.client`).
@@ -77,15 +78,15 @@ BUYER_PLANS = (
 )
 STAGES = (
     "Set the stage: fund the actors, post a fresh oracle price",
-    "Providers register and stake UBT",
+    "Providers bind to the matcher, register and stake UBT",
     "Providers bid in two markets",
-    "Buyers burn UBT for credits, deposit and order",
+    "Buyers burn UBT for credits, bind, deposit and order",
     "The matcher closes the round",
     "Time passes; providers heartbeat",
     "A missed heartbeat is reported and slashed",
     "Providers claim what accrued",
-    "A buyer closes early and is refunded",
-    "Credits are redeemed for UBT",
+    "A buyer closes early and is refunded; heartbeats skip the closed leases",
+    "Escrow is withdrawn after the notice; credits are redeemed for UBT",
     "Balances and conservation",
 )
 
@@ -122,6 +123,7 @@ class DemoResult:
     fault: dict[str, Any] | None = None
     claims: dict[str, int] = field(default_factory=dict)
     early_close: list[dict[str, Any]] = field(default_factory=list)
+    skipped_heartbeats: list[dict[str, str]] = field(default_factory=list)
     redemptions: dict[str, int] = field(default_factory=dict)
     balances: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -168,7 +170,11 @@ class Demo:
 
     def run(self) -> DemoResult:
         started = time.perf_counter()
-        self.matcher.health()  # fail early, before any transaction, if the matcher is down
+        health = self.matcher.health()  # fail early, before any transaction, if the matcher is down
+        if not health.get("matcher"):
+            raise UnderbidError(f"the matcher at {self.matcher.url} does not report its address (GET /health)")
+        #: the matcher every order and bid names, and every account binds to
+        self.matcher_address = self.base.w3.to_checksum_address(health["matcher"])
         for actor in self.actors.values():
             actor.on_tx = self._on_tx
         steps = (self.stage_setup, self.stage_stake, self.stage_bid, self.stage_order, self.stage_round,
@@ -208,21 +214,29 @@ class Demo:
         if funded:
             self.say(f"the deployer topped up {', '.join(funded)} with UBT")
 
+    def _bind(self, name: str) -> str:
+        """Binds actor `name` to the matcher if it is unbound; returns a few words for the narration."""
+        bound = self.actors[name].ensure_bound(self.matcher_address)
+        return "bound to the matcher, " if bound else ""
+
     def stage_stake(self) -> None:
+        self.say(f"the matcher is {self.matcher_address}: each account binds to it (only it may settle the"
+                 " account's orders and bids; moving to another matcher would take the notice period)")
         for p in PROVIDER_PLANS:
             actor = self.actors[p.name]
+            bound = self._bind(p.name)
             if not actor.provider(actor.address).registered:
                 actor.register(f"https://{p.name}.underbid.example/meta.json")
             amount = p.stake_units * actor.stake_per_unit
             actor.stake(amount)
-            self.say(f"{p.name} registered and staked {_ubt(amount, 0)} UBT (covers {p.stake_units} units)")
+            self.say(f"{p.name} {bound}registered and staked {_ubt(amount, 0)} UBT (covers {p.stake_units} units)")
 
     def stage_bid(self) -> None:
         table = Table("provider", "market", "capacity", "price (UBC/unit-hour)", "digest", title="sealed bids")
         self.bids: dict[str, str] = {}
         for p in PROVIDER_PLANS:
             actor = self.actors[p.name]
-            bid = Bid(provider=actor.address, market=market_id(p.market), capacity=p.capacity, price=_price(p.price),
+            bid = Bid(provider=actor.address, matcher=self.matcher_address, market=market_id(p.market), capacity=p.capacity, price=_price(p.price),
                       max_duration=24 * 3600, deadline=actor.block_time() + 2 * 3600, nonce=secrets.randbits(64))
             ack = self.matcher.post_bid(bid, actor.sign(bid), p.market)
             self.bids[ack["digest"]] = p.name
@@ -235,13 +249,16 @@ class Demo:
         for b in BUYER_PLANS:
             actor = self.actors[b.name]
             minted = actor.mint_credits(b.mint_ubt * UBT)
+            self._bind(b.name)
             actor.deposit(b.deposit * UBC)
-            order = Order(buyer=actor.address, market=market_id(b.market), units=b.units, duration=b.hours * 3600,
+            order = Order(buyer=actor.address, matcher=self.matcher_address, market=market_id(b.market), units=b.units, duration=b.hours * 3600,
                           max_price=_price(b.max_price), deadline=actor.block_time() + 2 * 3600, nonce=secrets.randbits(64))
             self.matcher.post_order(order, actor.sign(order), b.market)
             table.add_row(b.name, _ubt(minted["ubt_burned"], 0), _ubc(minted["credits_minted"]), _ubc(b.deposit * UBC),
                           MARKET_NAMES[order.market], str(b.units), str(b.hours), b.max_price)
         self.show(table)
+        self.say("each buyer bound to the matcher before depositing; orders last at least"
+                 f" {self.base.min_lease_duration} s (the protocol's minimum lease)")
 
     def stage_round(self) -> None:
         report = self.matcher.close_round(self.admin_token)
@@ -254,10 +271,12 @@ class Demo:
         self.say(f"round {report['round_id']}: {report['matches']} matches, gas {report['gas_used']:,};"
                  f" uniform prices: {prices}")
         for market, price in self.result.prices.items():
-            on_chain = self.base.settlement.functions.clearingPrice(report["round_id"], bytes.fromhex(market[2:])).call()
+            on_chain = self.base.settlement.functions.clearingPrice(
+                self.matcher_address, report["round_id"], bytes.fromhex(market[2:])).call()
             if on_chain != price:
                 raise UnderbidError(f"clearing price on chain {on_chain} differs from the matcher's {price}")
-        self.leases = [v for v in self.base.leases(include_closed=False) if v.round == report["round_id"]]
+        self.leases = [v for v in self.base.leases(include_closed=False)
+                       if v.round == report["round_id"] and v.matcher == self.matcher_address]
         names = {a.address: n for n, a in self.actors.items()}
         table = Table("lease", "buyer", "provider", "market", "units", "price", "hours", "locked cost", title="leases opened")
         for v in self.leases:
@@ -296,7 +315,7 @@ class Demo:
         names = {a.address: n for n, a in self.actors.items()}
         table = Table("lease", "buyer", "provider", "accrued", "claimable", "locked left", "status", title=title)
         for v in self.base.leases():
-            if v.round != self.result.round_id:
+            if v.round != self.result.round_id or v.matcher != self.matcher_address:
                 continue
             table.add_row(v.id[:12] + "…", names.get(v.buyer, "?"), names.get(v.provider, "?"), _ubc(v.accrued),
                           _ubc(v.claimable), _ubc(v.remaining), v.status)
@@ -304,7 +323,8 @@ class Demo:
 
     def stage_fault(self) -> None:
         reporter = self.actors["reporter"]
-        faulty = [v for v in reporter.leases(include_closed=False) if v.status == "faulty" and v.round == self.result.round_id]
+        faulty = [v for v in reporter.leases(include_closed=False)
+                  if v.status == "faulty" and v.round == self.result.round_id and v.matcher == self.matcher_address]
         if not faulty:
             self.say("no lease is reportable (the silent provider won no lease)")
             return
@@ -352,15 +372,40 @@ class Demo:
                 self.result.early_close.append(outcome)
                 self.say(f"{b.name} closed lease {v.id[:12]}… early: provider paid {_ubc(outcome['paid_to_provider'])}"
                          f" UBC, buyer refunded {_ubc(outcome['refunded'])} UBC")
+        # The providers' heartbeat batches still list the closed leases (their machines have not heard
+        # yet): the contract skips those and keeps the batch, so no buyer can make a heartbeat fail.
+        closed = {c["lease"] for c in self.result.early_close}
+        names = {a.address: n for n, a in self.actors.items()}
+        for name in sorted({names.get(v.provider) for v in self.leases if v.id in closed} - {None}):
+            actor = self.actors[name]
+            ids = [v.id for v in self.leases if v.provider == actor.address]
+            beat = actor.heartbeat(ids)
+            self.result.skipped_heartbeats.extend(beat["skipped"])
+            self.say(f"{name} heartbeat {len(ids)} lease(s) in one batch: {len(beat['leases'])} beat, "
+                     + ", ".join(f"{s['lease'][:12]}… skipped ({s['reason']})" for s in beat["skipped"]))
 
     def stage_redeem(self) -> None:
-        repost_oracle_price(self.actors["deployer"])
         redeemers = [p.name for p in PROVIDER_PLANS] + [b.name for b in BUYER_PLANS if b.closes_early]
+        announced = []
         for name in redeemers:
             actor = self.actors[name]
             free, _ = actor.escrow(actor.address)
             if free:
-                actor.withdraw(free)
+                actor.request_withdrawal(free)
+                announced.append(name)
+        if announced:
+            notice = self.base.notice_period
+            self.say(f"{', '.join(announced)} announced escrow withdrawals: they can complete after the"
+                     f" {notice} s notice (meanwhile the credits stay free for the matcher's batches in flight)")
+            # anvil lets the demo skip the wait: evm_increaseTime + evm_mine move the chain clock.
+            advance(self.base, notice, repost_price=False)
+            self.say(f"the devnet's clock moved {notice} s forward (anvil evm_increaseTime + evm_mine): the notice is over")
+            for name in announced:
+                outcome = self.actors[name].complete_withdrawal()
+                self.say(f"{name} withdrew {_ubc(outcome['withdrawn'])} UBC from escrow")
+        repost_oracle_price(self.actors["deployer"])
+        for name in redeemers:
+            actor = self.actors[name]
             balance = actor.credit_balance(actor.address)
             if not balance:
                 continue
@@ -399,7 +444,7 @@ class Demo:
             free, locked = actor.escrow(address)
             p = actor.provider(address)
             shots[name] = Snapshot(actor.ubt_balance(address), actor.credit_balance(address), free, locked,
-                                   p.staked + p.unbonding)
+                                   p.staked)  # `staked` includes what is unbonding until it is withdrawn
         return shots
 
 
@@ -427,7 +472,7 @@ def conservation(client: Client) -> dict[str, dict[str, Any]]:
     genesis = int(client.book.params.get("genesis_supply", 0))
     minted, burned = bme.functions.totalUbtMinted().call(), bme.functions.totalUbtBurned().call()
     slashed_burned = s.functions.totalSlashedBurned().call()
-    stake = sum(p.staked + p.unbonding for p in (client.provider(a) for a in providers))
+    stake = sum(client.provider(a).staked for a in providers)  # includes unbonding until withdrawn
     stake_held = client.ubt_balance(client.book.address("UnderbidSettlement"))
     bonds, bonds_text = 0, ""
     if hasattr(s.events, "MatcherBonded") and any(e.get("name") == "matchers" for e in s.abi):
@@ -445,7 +490,7 @@ def conservation(client: Client) -> dict[str, dict[str, Any]]:
         "UBT": check(ubt_supply, genesis + minted - burned - slashed_burned, _ubt, "UBT supply",
                      "genesis + BME minted − BME burned − slash burned"),
         "stake backed": check(stake_held, stake + bonds, _ubt, "UBT held by settlement",
-                              f"stake (staked + unbonding){bonds_text}"),
+                              f"stake (staked, unbonding included){bonds_text}"),
     }
 
 

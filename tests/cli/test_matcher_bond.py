@@ -49,7 +49,8 @@ def test_bond_unbond_withdraw(bond_cli, mia, chain, settlement, ubt, params):
     part = cli("matcher", "bond", "--amount", "4000", *ME, env=PW)
     assert (part["bonded"], part["bond"], part["meets_minimum"]) == (4000 * UBT, 4000 * UBT, False)
     assert part["tx"]
-    assert settlement.matchers(mia) == (4000 * UBT, 0) and not settlement.isBondedMatcher(mia)
+    assert part["receipt_signer"] == mia  # by default the matcher signs its own receipts
+    assert settlement.matchers(mia) == (4000 * UBT, 0, 0, mia) and not settlement.isBondedMatcher(mia)
     assert ubt.balanceOf(mia) == 8000 * UBT
 
     # The rest (human output): now at the minimum.
@@ -72,7 +73,7 @@ def test_bond_unbond_withdraw(bond_cli, mia, chain, settlement, ubt, params):
     text = " ".join(result.stdout.split())
     assert "can no longer settle rounds" in text and "(in 2h00m)" in text
     assert "exit delay (2h00m) is longer than the challenge window (1h00m)" in text
-    bond, exit_at = settlement.matchers(mia)
+    bond, exit_at, _, _ = settlement.matchers(mia)
     assert bond == 10_000 * UBT and exit_at == chain.blocks.head.timestamp + 7200
     assert not settlement.isBondedMatcher(mia)
     status = cli("matcher", "status", *ME, env=PW)
@@ -88,7 +89,7 @@ def test_bond_unbond_withdraw(bond_cli, mia, chain, settlement, ubt, params):
     cli.fails("matcher", "bond", "--amount", "1", *ME, code=1, match="MatcherExiting(matcher=", env=PW)
     cli.fails("matcher", "unbond", *ME, code=1, match="already asked to leave", env=PW)
     assert chain.blocks.height == block
-    assert settlement.matchers(mia) == (10_000 * UBT, exit_at) and ubt.balanceOf(mia) == 2000 * UBT
+    assert settlement.matchers(mia) == (10_000 * UBT, exit_at, 0, mia) and ubt.balanceOf(mia) == 2000 * UBT
 
     cli("devnet", "advance", "1h", "--no-price")
     err = cli.fails("matcher", "withdraw", *ME, code=1, match="ExitDelayNotOver(", env=PW)
@@ -99,7 +100,7 @@ def test_bond_unbond_withdraw(bond_cli, mia, chain, settlement, ubt, params):
     assert cli("matcher", "status", *ME, env=PW)["withdrawable"]
     done = cli("matcher", "withdraw", *ME, env=PW)
     assert (done["withdrawn"], done["ubt"]) == (10_000 * UBT, 12_000 * UBT)
-    assert ubt.balanceOf(mia) == 12_000 * UBT and settlement.matchers(mia) == (0, 0)
+    assert ubt.balanceOf(mia) == 12_000 * UBT and settlement.matchers(mia)[0] == 0
     after = cli("matcher", "status", *ME, env=PW)
     assert (after["bond"], after["bonded"], after["exiting"]) == (0, False, False)
 
@@ -114,12 +115,26 @@ def test_bond_withdraw_human_output(bond_cli, mia, settlement):
     result = cli.run("matcher", "withdraw", *ME, env=PW)
     assert result.exit_code == 0, result.stderr
     assert "withdrew 500.5 UBT of matcher bond" in result.stdout
-    assert settlement.matchers(mia) == (0, 0)
+    assert settlement.matchers(mia)[:2] == (0, 0)
 
 
 def test_status_of_the_deployed_matcher(bond_cli, matcher, params):
     status = bond_cli("matcher", "status", "--address", str(matcher.address))
     assert status["bonded"] and status["bond"] == params.min_matcher_bond and not status["exiting"]
+    assert status["receipt_signer"] == str(matcher.address)
+
+
+def test_receipt_signer_is_fixed_while_bonded(bond_cli, mia, chain, settlement):
+    """A matcher may name another key as its receipt signer with its first bond; later bonds keep it."""
+    cli = bond_cli
+    signer = "0x" + "ab" * 20
+    first = cli("matcher", "bond", "--amount", "100", "--receipt-signer", signer, *ME, env=PW)
+    assert first["receipt_signer"].lower() == signer
+    assert cli("matcher", "bond", "--amount", "100", *ME, env=PW)["receipt_signer"].lower() == signer  # kept
+    block = chain.blocks.height
+    cli.fails("matcher", "bond", "--amount", "1", "--receipt-signer", mia, *ME, code=1, match="ReceiptSignerFixed(", env=PW)
+    assert chain.blocks.height == block
+    assert settlement.matchers(mia)[3].lower() == signer
 
 
 @pytest.mark.parametrize("argv,code,match", [
@@ -134,10 +149,12 @@ def test_status_of_the_deployed_matcher(bond_cli, matcher, params):
     (("matcher", "bond", "--amount", "12000.5", *ME), 1, "ERC20InsufficientBalance("),
     (("matcher", "unbond", *ME), 1, "MatcherNotBonded(matcher="),
     (("matcher", "withdraw", *ME), 1, "ExitNotRequested(matcher="),
+    (("matcher", "bond", "--amount", "10", "--receipt-signer", "0x12", *ME), 2, "is not an address"),
 ], ids=["negative", "too-many-decimals", "zero", "not-a-number", "missing-amount", "no-account", "status-no-who",
-        "bad-address", "more-than-held", "unbond-unbonded", "withdraw-without-exit"])
+        "bad-address", "more-than-held", "unbond-unbonded", "withdraw-without-exit",
+        "bad-receipt-signer"])
 def test_bad_input_changes_nothing(bond_cli, mia, chain, settlement, ubt, argv, code, match):
     block = chain.blocks.height
     bond_cli.fails(*argv, code=code, match=match, env=PW)
     assert chain.blocks.height == block, "a transaction was mined"
-    assert settlement.matchers(mia) == (0, 0) and ubt.balanceOf(mia) == 12_000 * UBT
+    assert settlement.matchers(mia)[0] == 0 and ubt.balanceOf(mia) == 12_000 * UBT

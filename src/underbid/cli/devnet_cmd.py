@@ -184,6 +184,7 @@ def demo(env: Env, minutes: int, admin_token: str | None, keep: bool, directory:
             dn.down(directory)
     data = {"seconds": round(result.seconds, 1), "round": result.round_id, "prices": result.prices,
             "leases": result.leases, "fault": result.fault, "claims": result.claims, "early_close": result.early_close,
+            "skipped_heartbeats": result.skipped_heartbeats,
             "redemptions": result.redemptions, "balances": result.balances, "checks": result.checks,
             "conserved": result.conserved}
     env.emit(data, lambda c: c.print(
