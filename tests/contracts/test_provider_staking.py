@@ -8,6 +8,7 @@ import ape
 import pytest
 
 from ..conftest import H100, HOUR, UBC, UBT
+from ..reverts import reverts
 
 
 @pytest.fixture
@@ -144,11 +145,17 @@ def test_request_unstake_starts_unbonding(market, settlement, providers, chain, 
     [log] = receipt.decode_logs(settlement.UnstakeRequested)
     assert log.event_arguments["provider"] == provider.address
     assert log.amount == 2 * unit and log.unlocksAt == t0 + params.unbonding_period
+    # The announced amount stays staked (and lockable) until unbondingEnd; only a matcher's
+    # view of what it may commit (availableStake) drops at once.
     account = settlement.providers(provider)
-    assert account.staked == 3 * unit and account.unbonding == 2 * unit
+    assert account.staked == 5 * unit and account.unbonding == 2 * unit
     assert account.unbondingEnd == t0 + params.unbonding_period
     assert account.stakeDecreasedAt == t0
-    assert settlement.freeStake(provider) == 3 * unit
+    assert settlement.freeStake(provider) == 5 * unit
+    assert settlement.availableStake(provider) == 3 * unit
+    # A second request may announce only what is not announced yet.
+    with reverts(settlement.InsufficientFreeStake, provider=provider, required=3 * unit + 1, free=3 * unit):
+        settlement.requestUnstake(3 * unit + 1, sender=provider)
 
 
 def test_locked_collateral_cannot_unbond(market, settlement, buyers, providers, unit):
@@ -165,17 +172,20 @@ def test_locked_collateral_cannot_unbond(market, settlement, buyers, providers, 
 
     settlement.requestUnstake(5 * unit, sender=provider)
     account = settlement.providers(provider)
-    assert (account.staked, account.locked, account.unbonding) == (3 * unit, 3 * unit, 5 * unit)
-    assert settlement.freeStake(provider) == 0
+    assert (account.staked, account.locked, account.unbonding) == (8 * unit, 3 * unit, 5 * unit)
+    assert settlement.freeStake(provider) == 5 * unit
+    assert settlement.availableStake(provider) == 0
     with ape.reverts(settlement.InsufficientFreeStake, required=1, free=0):
         settlement.requestUnstake(1, sender=provider)
 
     # Once the lease closes, its collateral is free again and may unbond.
     settlement.close(lease_id, sender=buyers[0])
-    assert settlement.freeStake(provider) == 3 * unit
+    assert settlement.freeStake(provider) == 8 * unit
+    assert settlement.availableStake(provider) == 3 * unit
     settlement.requestUnstake(3 * unit, sender=provider)
     account = settlement.providers(provider)
-    assert (account.staked, account.locked, account.unbonding) == (0, 0, 8 * unit)
+    assert (account.staked, account.locked, account.unbonding) == (8 * unit, 0, 8 * unit)
+    assert settlement.availableStake(provider) == 0
 
 
 # ----- withdrawUnbonded -----
@@ -249,14 +259,18 @@ def test_free_stake_view_follows_stake_locks_and_unbonding(market, settlement, b
     market.fund_buyer(buyers[1], 1_000 * UBC)
     order = market.order(buyers[1], units=3, max_price=2 * UBC)
     bid = market.bid(provider, capacity=3, price=2 * UBC)
-    market.settle([order], [bid], [(0, 0, 3)], {H100: 2 * UBC}, round_id=2)
+    market.settle([order], [bid], [(0, 0, 3)], {H100: 2 * UBC})
     assert settlement.freeStake(provider) == 1 * unit
+    assert settlement.availableStake(provider) == 1 * unit
     settlement.requestUnstake(unit, sender=provider)
-    assert settlement.freeStake(provider) == 0
+    assert settlement.freeStake(provider) == 1 * unit
+    assert settlement.availableStake(provider) == 0
     settlement.close(lease_a, sender=buyers[0])
-    assert settlement.freeStake(provider) == 2 * unit
+    assert settlement.freeStake(provider) == 3 * unit
+    assert settlement.availableStake(provider) == 2 * unit
     account = settlement.providers(provider)
     assert account.staked - account.locked == settlement.freeStake(provider)
+    assert account.staked - account.locked - account.unbonding == settlement.availableStake(provider)
     assert account.locked == 3 * unit
 
 
@@ -284,7 +298,7 @@ def test_unstake_cannot_dodge_a_pending_fault(market, settlement, ubt, buyers, p
         settlement.requestUnstake(4 * unit + 1, sender=provider)
     settlement.requestUnstake(settlement.freeStake(provider), sender=provider)
     account = settlement.providers(provider)
-    assert (account.staked, account.locked, account.unbonding) == (collateral, collateral, 4 * unit)
+    assert (account.staked, account.locked, account.unbonding) == (8 * unit, collateral, 4 * unit)
 
     chain.pending_timestamp = reportable_at - 1
     with ape.reverts(settlement.HeartbeatNotMissed, reportableAt=reportable_at):
@@ -301,15 +315,63 @@ def test_unstake_cannot_dodge_a_pending_fault(market, settlement, ubt, buyers, p
     # The collateral stayed locked until the report and was slashed; the unbonding part is untouched.
     account = settlement.providers(provider)
     assert account.locked == 0
-    assert account.staked == collateral - slashed
+    assert account.staked == 8 * unit - slashed
     assert account.unbonding == 4 * unit
     assert ubt.totalSupply() == supply_before - burned
 
     # After unbonding the provider recovers the unbonded part and the unslashed collateral, no more.
     chain.pending_timestamp = account.unbondingEnd
-    settlement.withdrawUnbonded(sender=provider)
+    assert settlement.withdrawUnbonded(sender=provider).decode_logs(settlement.UnbondedWithdrawn)[0].amount == 4 * unit
     settlement.requestUnstake(settlement.freeStake(provider), sender=provider)
     chain.pending_timestamp = settlement.providers(provider).unbondingEnd
     settlement.withdrawUnbonded(sender=provider)
     assert ubt.balanceOf(provider) == 8 * unit - slashed
     assert settlement.providers(provider).staked == 0
+
+
+# ----- announced stake stays lockable; the withdrawal sends min(unbonding, free) -----
+
+
+def test_announced_stake_stays_lockable_until_unbonding_end(market, settlement, ubt, buyers, providers, chain, params, unit):
+    """A matcher that simulated against the stake before the announcement still lands its batch;
+    the withdrawal then sends only what is free."""
+    provider = providers[0]
+    market.stake_provider(provider, 8)
+    settlement.requestUnstake(8 * unit, sender=provider)
+    assert settlement.availableStake(provider) == 0
+    unbonding_end = settlement.providers(provider).unbondingEnd
+
+    lease_id = open_lease(market, buyers[0], provider, units=3)
+    account = settlement.providers(provider)
+    assert (account.staked, account.locked, account.unbonding) == (8 * unit, 3 * unit, 8 * unit)
+
+    chain.pending_timestamp = unbonding_end
+    receipt = settlement.withdrawUnbonded(sender=provider)
+    [log] = receipt.decode_logs(settlement.UnbondedWithdrawn)
+    assert log.amount == 5 * unit
+    assert ubt.balanceOf(provider) == 5 * unit
+    account = settlement.providers(provider)
+    assert (account.staked, account.locked, account.unbonding) == (3 * unit, 3 * unit, 0)
+    assert settlement.freeStake(provider) == 0 and settlement.availableStake(provider) == 0
+    # The collateral is still locked for the lease, which ends normally.
+    assert settlement.getLease(lease_id).units == 3
+
+
+def test_withdraw_unbonded_sends_nothing_when_all_is_locked(market, settlement, ubt, buyers, providers, chain, unit):
+    provider = providers[0]
+    market.stake_provider(provider, 2)
+    settlement.requestUnstake(2 * unit, sender=provider)
+    open_lease(market, buyers[0], provider, units=2)
+    chain.pending_timestamp = settlement.providers(provider).unbondingEnd
+    receipt = settlement.withdrawUnbonded(sender=provider)
+    assert receipt.decode_logs(settlement.UnbondedWithdrawn)[0].amount == 0
+    assert ubt.balanceOf(provider) == 0
+    account = settlement.providers(provider)
+    assert (account.staked, account.locked, account.unbonding) == (2 * unit, 2 * unit, 0)
+    with reverts(settlement.NothingUnbonding, provider=provider):
+        settlement.withdrawUnbonded(sender=provider)
+
+
+def test_available_stake_of_an_outsider_is_zero(settlement, outsider):
+    assert settlement.availableStake(outsider) == 0
+    assert settlement.freeStake(outsider) == 0
