@@ -19,6 +19,9 @@ class DeployParams:
     genesis_supply: int = 100_000_000 * 10**18  # UBT wei minted to the deployer once
     ubt_price: int = 2 * 10**8  # USD per UBT, 8 decimals; seeded on local chains only
     oracle_max_age: int = 3600  # seconds a posted price stays usable
+    # Seconds per oracle band period: the BME mints at the lowest and redeems at the highest price
+    # in effect over the last 1-2 periods. At least the max age, the longest update spacing.
+    oracle_price_lag: int = 3600
     mint_spread_bps: int = 25
     min_mint_credits: int = 10 * 10**6  # 10 UBC, as Akash's 10 ACT minimum
     redeem_cap: int = 1_000_000 * 10**18  # UBT that redemptions may mint, net, per window
@@ -103,7 +106,7 @@ def deploy_protocol(deployer: Any, matchers: list[Any], params: DeployParams = D
     block = chain.blocks.height + 1
     ubt = project.UnderbidToken.deploy(deployer, params.genesis_supply, sender=deployer)
     credit = project.UnderbidCredit.deploy(sender=deployer)
-    oracle = project.PriceOracle.deploy(deployer, params.oracle_max_age, sender=deployer)
+    oracle = project.PriceOracle.deploy(deployer, params.oracle_max_age, params.oracle_price_lag, sender=deployer)
     bme = project.BurnMintEquilibrium.deploy(
         deployer,
         ubt,

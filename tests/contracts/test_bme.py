@@ -1,8 +1,10 @@
 """BurnMintEquilibrium: exact mint/redeem math, guards, running totals, and the redemption breaker.
 
 Every amount is checked against a Python reference of the contract's integer math, and the breaker
-against a Python model of its leaky bucket (see `Bucket`). Transactions whose timing matters are
-pinned to an exact block timestamp with `chain.pending_timestamp`.
+against a Python model of its leaky bucket (see `Bucket`). Mints use the low and redemptions the
+high of the oracle's price band, checked against its model (`tests/band.py`); the sandwich attack
+itself is in `test_attack_bme.py`. Transactions whose timing matters are pinned to an exact block
+timestamp with `chain.pending_timestamp`.
 """
 
 import random
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from ..band import Band
 from ..reverts import reverts
 from ..conftest import UBC, UBT
 
@@ -60,6 +63,16 @@ class Bucket:
 def at(chain, t: int) -> None:
     """The next transaction is mined at timestamp `t` (which may equal the head's)."""
     chain.pending_timestamp = t
+
+
+def settle_price(chain, oracle, deployer, price: int, lag: int) -> None:
+    """Makes `price` the whole band: posts it, then again two band periods later."""
+    t = chain.blocks.head.timestamp + 1
+    at(chain, t)
+    oracle.setPrice(price, sender=deployer)
+    at(chain, t + 2 * lag)
+    oracle.setPrice(price, sender=deployer)
+    assert tuple(oracle.priceBand()) == (price, price)
 
 
 def assert_bucket(bme, bucket: Bucket, t: int) -> None:
@@ -114,7 +127,7 @@ def test_quote_functions_match_reference(bme, params):
     ],
 )
 def test_mint_credits_burns_ubt_at_price_minus_spread(chain, oracle, ubt, credit, bme, deployer, holder, ubt_in, price, params):
-    oracle.setPrice(price, sender=deployer)
+    settle_price(chain, oracle, deployer, price, params.oracle_price_lag)
     expected = quote_mint(ubt_in, price, params.mint_spread_bps)
     assert expected >= params.min_mint_credits
     # The spread really is taken, and the result really is rounded down.
@@ -140,8 +153,8 @@ def test_mint_credits_burns_ubt_at_price_minus_spread(chain, oracle, ubt, credit
     ("credits_in", "price"),
     [(123_456_789, 2 * 10**8), (987_654_321, 123_456_789), (10**9 + 1, 3_712_345_678), (77, 5_000_000)],
 )
-def test_redeem_mints_ubt_at_oracle_price(oracle, ubt, credit, bme, deployer, redeemer, credits_in, price):
-    oracle.setPrice(price, sender=deployer)
+def test_redeem_mints_ubt_at_oracle_price(chain, oracle, ubt, credit, bme, deployer, redeemer, credits_in, price, params):
+    settle_price(chain, oracle, deployer, price, params.oracle_price_lag)
     expected = quote_redeem(credits_in, price)
     assert bme.quoteRedeem(credits_in) == expected
 
@@ -167,6 +180,41 @@ def test_round_trip_loses_exactly_the_spread(ubt, credit, bme, holder, params):
     assert back == ubt_in * (BPS - params.mint_spread_bps) // BPS  # 997.5 UBT: no free round trip
     assert ubt.balanceOf(holder) == before - ubt_in + back
     assert credit.balanceOf(holder) == 0
+
+
+def test_mint_and_redeem_use_the_band_ends_and_quotes_say_so(chain, oracle, ubt, credit, bme, deployer, holder, redeemer, params):
+    lag, p0 = params.oracle_price_lag, params.ubt_price
+    t = (chain.blocks.head.timestamp // lag + 3) * lag  # a period start, the seeded price alone since
+    band = Band(lag)
+    band.post(*reversed(tuple(oracle.lastPosted())))
+    ubt_in, credits_in = 1_000 * UBT + 7, 500 * UBC + 7
+
+    def check(t: int, expect_low: int, expect_high: int) -> None:
+        low, high = band.ends(t)
+        assert (low, high) == (expect_low, expect_high) == tuple(oracle.priceBand())
+        mint_quote, redeem_quote = bme.quoteMint(ubt_in), bme.quoteRedeem(credits_in)
+        assert mint_quote == quote_mint(ubt_in, low) and redeem_quote == quote_redeem(credits_in, high)
+        at(chain, t)
+        assert bme.mintCredits(ubt_in, mint_quote, sender=holder).return_value == mint_quote
+        at(chain, t)
+        assert bme.redeem(credits_in, redeem_quote, sender=redeemer).return_value == redeem_quote
+
+    # -5%, then +3% within the period: mints at the lowest price, redemptions at the highest.
+    for offset, price in [(0, p0), (10, p0 * 95 // 100), (20, p0 * 103 // 100)]:
+        at(chain, t + offset)
+        oracle.setPrice(price, sender=deployer)
+        band.post(t + offset, price)
+    check(t + 20, p0 * 95 // 100, p0 * 103 // 100)
+    # Back to p0 in the next period: the band still holds both moves...
+    at(chain, t + lag)
+    oracle.setPrice(p0, sender=deployer)
+    band.post(t + lag, p0)
+    check(t + lag, p0 * 95 // 100, p0 * 103 // 100)
+    # ... and two periods after the moves only p0 is left: the round trip loses exactly the spread again.
+    at(chain, t + 3 * lag)
+    oracle.setPrice(p0, sender=deployer)
+    band.post(t + 3 * lag, p0)
+    check(t + 3 * lag, p0, p0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,7 +310,7 @@ def test_stale_oracle_blocks_mint_and_redeem(chain, oracle, ubt, credit, bme, de
 def test_price_not_set_blocks_fresh_bme(project, deployer, buyers, params):
     ubt = project.UnderbidToken.deploy(deployer, 1_000 * UBT, sender=deployer)
     credit = project.UnderbidCredit.deploy(sender=deployer)
-    oracle = project.PriceOracle.deploy(deployer, 3600, sender=deployer)
+    oracle = project.PriceOracle.deploy(deployer, 3600, 3600, sender=deployer)
     bme = project.BurnMintEquilibrium.deploy(
         deployer, ubt, credit, oracle, 25, params.min_mint_credits, 10**6 * UBT, 86_400, sender=deployer
     )
@@ -277,7 +325,7 @@ def test_price_not_set_blocks_fresh_bme(project, deployer, buyers, params):
     assert bme.mintCredits(100 * UBT, 0, sender=deployer).return_value == quote_mint(100 * UBT, 10**8)
 
 
-def test_running_totals_move_exactly(oracle, ubt, credit, bme, deployer, market, holder, buyers, params):
+def test_running_totals_move_exactly(chain, oracle, ubt, credit, bme, deployer, market, holder, buyers, params):
     other = buyers[2]
     market.give_ubt(other, 1_000 * UBT)
     ubt.approve(bme, 2**256 - 1, sender=other)
@@ -290,20 +338,35 @@ def test_running_totals_move_exactly(oracle, ubt, credit, bme, deployer, market,
         ("mint", holder, 1_234 * UBT + 567, params.ubt_price),
         ("mint", other, 17 * UBT, 123_456_789),
         ("redeem", holder, 500 * UBC + 123_456, 123_456_789),
-        ("mint", holder, 3 * UBT + 1, 3_712_345_678),
+        ("mint", holder, 9 * UBT + 1, 3_712_345_678),  # at the band's low, $1.23456789
         ("redeem", other, None, 3_712_345_678),  # everything it holds
         ("redeem", holder, 1, 99_999_999),  # one base unit
     ]
+    # The band holds the seeded price and each price posted below: mints at its low, redemptions
+    # at its high.
+    band = Band(params.oracle_price_lag)
+    seeded, seeded_at = oracle.lastPosted()
+    band.post(seeded_at, seeded)
+    t = chain.blocks.head.timestamp
     for kind, who, amount, price in steps:
+        t += 1
+        at(chain, t)
         oracle.setPrice(price, sender=deployer)
+        band.post(t, price)
+        low, high = band.ends(t)
+        at(chain, t)  # the same timestamp, so the same band
         if kind == "mint":
-            out = bme.mintCredits(amount, 0, sender=who).return_value
-            assert out == quote_mint(amount, price)
+            receipt = bme.mintCredits(amount, 0, sender=who)
+            out = receipt.return_value
+            assert out == quote_mint(amount, low)
+            assert receipt.decode_logs(bme.CreditsMinted)[0].price == low
             burned, c_minted = burned + amount, c_minted + out
         else:
             amount = credit.balanceOf(who) if amount is None else amount
-            out = bme.redeem(amount, 0, sender=who).return_value
-            assert out == quote_redeem(amount, price)
+            receipt = bme.redeem(amount, 0, sender=who)
+            out = receipt.return_value
+            assert out == quote_redeem(amount, high)
+            assert receipt.decode_logs(bme.CreditsRedeemed)[0].price == high
             c_burned, minted = c_burned + amount, minted + out
         assert totals() == (start[0] + burned, start[1] + minted, start[2] + c_minted, start[3] + c_burned)
 
