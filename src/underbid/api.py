@@ -64,8 +64,13 @@ class BidBatch(BaseModel):
 
 
 class SignedReceipt(BaseModel):
-    """The matcher's EIP-712 receipt for a bid: the provider's proof that it was submitted."""
+    """The matcher's EIP-712 receipt for a bid: the provider's proof that it was submitted.
 
+    `Receipt{matcher, bidHash, round, issuedAt}` signed by the matcher's key (its receipt signer
+    on chain); `issuedAt` is the timestamp of the block at which the provider's stake was read.
+    """
+
+    matcher: str
     bidHash: str
     round: int
     issuedAt: int

@@ -171,6 +171,12 @@ class _Devnet:
             settlement.register("bench", sender=provider)
         ubt.approve(settlement, amount, sender=provider)
         settlement.stake(amount, sender=provider)
+        self.bind(provider)
+
+    def bind(self, account) -> None:
+        """Binds the account to the bench's matcher: it takes messages only from its own accounts."""
+        if self.deployed.settlement.boundMatcherOf(account) != self.matcher.address:
+            self.deployed.settlement.bindMatcher(self.matcher, sender=account)
 
     def fund(self, buyer, credits: int) -> None:
         ubt_in = -(-credits * 10**20 * 10_000 // (self.params.ubt_price * (10_000 - self.params.mint_spread_bps)))
@@ -179,6 +185,7 @@ class _Devnet:
         ubt.approve(bme, ubt_in, sender=buyer)
         bme.mintCredits(ubt_in, credits, sender=buyer)
         settlement.deposit(credits, sender=buyer)
+        self.bind(buyer)
 
 
 def _signed_bids(devnet: _Devnet, providers, n: int, seed: int = 7):
@@ -191,7 +198,8 @@ def _signed_bids(devnet: _Devnet, providers, n: int, seed: int = 7):
     # Providers take turns; each numbers its own bids consecutively, as the CLI does.
     for i in range(n):
         p = providers[i % len(providers)]
-        bid = Bid(provider=str(p.address), market=rng.choice(market_ids), capacity=1, price=rng.randint(1, 4) * CREDIT,
+        bid = Bid(provider=str(p.address), matcher=str(devnet.matcher.address), market=rng.choice(market_ids),
+                  capacity=1, price=rng.randint(1, 4) * CREDIT,
                   max_duration=7 * 24 * 3600, deadline=deadline, nonce=i // len(providers))
         out.append((bid, "0x" + bid.sign(p.private_key, devnet.book.domain).hex()))
     return out
@@ -285,7 +293,8 @@ def round_e2e(runs: int) -> Iterator[tuple[str, float, str]]:
         orders = []
         for i in range(100):
             b = buyers[i % len(buyers)]
-            order = Order(buyer=str(b.address), market=rng.choice(market_ids), units=rng.randint(1, 4), duration=3600,
+            order = Order(buyer=str(b.address), matcher=str(devnet.matcher.address), market=rng.choice(market_ids),
+                          units=rng.randint(1, 4), duration=3600,
                           max_price=5 * CREDIT, deadline=deadline, nonce=10_000 + i)
             orders.append((order, "0x" + order.sign(b.private_key, devnet.book.domain).hex()))
         with tempfile.TemporaryDirectory() as tmp:

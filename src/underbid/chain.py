@@ -135,6 +135,32 @@ class ChainReadError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class BlockRef:
+    """A block by number, with its timestamp: the chain state (and chain time) facts were read at."""
+
+    number: int
+    timestamp: int
+
+
+@dataclass(frozen=True)
+class Binding:
+    """An account's matcher binding as `bindingOf` returns it (see MatcherBinding.sol)."""
+
+    matcher: str
+    change_at: int
+    next: str
+    requested_at: int
+
+    def settled_with(self, matcher: str, now: int) -> bool:
+        """True if the account is bound to `matcher` at chain time `now` with no change pending:
+        the only accounts an honest matcher takes messages from (a pending change could take
+        effect before a batch lands and make it revert)."""
+        if self.change_at == 0:
+            return self.matcher == matcher
+        return self.change_at <= now and self.next == matcher
+
+
+@dataclass(frozen=True)
 class _ViewCall:
     """A settlement view function, encoded and decoded with eth-abi directly: web3's contract
     function objects spend ~5 ms a call looking up the ABI, twice the RPC round trip itself."""
@@ -152,19 +178,35 @@ class _ViewCall:
         return abi_decode(self.outputs, bytes(data))[self.keep]
 
 
-#: The cached facts, by key kind; a key is (kind, *arguments of the view call).
+#: The facts, by key kind; a key is (kind, *arguments of the view call).
 _FACTS: dict[str, _ViewCall] = {
-    "stake": _ViewCall("freeStake", ("address",), ("uint256",)),
-    "escrow": _ViewCall("escrowOf", ("address",), ("uint128", "uint128")),
+    # What a matcher may commit to new leases: free minus announced unstakes / withdrawals.
+    "stake": _ViewCall("availableStake", ("address",), ("uint256",)),
+    "escrow": _ViewCall("availableEscrow", ("address",), ("uint256",)),
+    # Two bits per nonce, 128 nonces per word (bit 0 claimed, bit 1 void).
     "nonces": _ViewCall("nonceBitmap", ("address", "uint256"), ("uint256",)),
+    "cancel": _ViewCall("cancelRequestedAt", ("address", "uint256"), ("uint256",)),
+    "binding": _ViewCall("bindingOf", ("address",), ("(address,uint40,address,uint40)",)),
+    "filled": _ViewCall("fills", ("bytes32",), ("uint32", "uint64")),
     "remaining": _ViewCall("remainingOf", ("bytes32", "address", "uint256", "uint256"), ("uint256",)),
 }
 #: Reads per JSON-RPC batch; nodes cap batch sizes (geth's default is 1,000).
 _MAX_BATCH_READS = 500
 
 
+def nonce_bits(word: int, nonce: int) -> tuple[bool, bool]:
+    """(claimed, void) of `nonce` in its bitmap word `nonceBitmap(signer, nonce >> 7)`."""
+    bits = word >> ((nonce & 0x7F) * 2)
+    return bool(bits & 1), bool(bits & 2)
+
+
 class ChainView:
-    """The on-chain facts the matcher validates against, read through a short-TTL cache."""
+    """The on-chain facts the matcher validates against, read through a short-TTL cache.
+
+    Every fact is read at an explicit block and cached together with that block, so whoever
+    uses a fact knows the chain time it held at (a receipt's `issuedAt` is the timestamp of the
+    block the provider's stake was read at, never a chain time cached separately).
+    """
 
     def __init__(self, w3: Web3, book: AddressBook, ttl: float = 2.0):
         self.w3 = w3
@@ -172,22 +214,48 @@ class ChainView:
         self.settlement = book.contract(w3, "UnderbidSettlement")
         self.errors = ErrorDecoder([c.abi for c in book.contracts.values()])
         self.cache = TTLCache(ttl)
-        self.stake_per_unit: int = self.settlement.functions.stakePerUnit().call()
+        calls = self.settlement.functions
+        self.stake_per_unit: int = calls.stakePerUnit().call()
+        self.notice_period: int = calls.noticePeriod().call()
+        self.min_lease_duration: int = calls.minLeaseDuration().call()
 
-    def _fact(self, key: tuple) -> Any:
-        return self.cache.get(key, lambda: self._read_facts([key])[0])
+    # ----- blocks -----
 
-    def _read_facts(self, keys: list[tuple]) -> list[Any]:
-        """Reads facts straight through the provider, in one JSON-RPC request per 500 (a batch when
-        there are several): they are plain view calls, and web3's middleware and result formatters
-        would cost more Python time than the round trip."""
+    def head(self) -> BlockRef:
+        """The latest block (cached for the TTL: facts read at it carry it along)."""
+        return self.cache.get("head", self.fresh_head)
+
+    def fresh_head(self) -> BlockRef:
+        """The latest block, read now."""
+        block = self.w3.eth.get_block("latest")
+        return BlockRef(block["number"], block["timestamp"])
+
+    def block_time(self) -> int:
+        """The chain time of the cached head block (deadlines and the store's views only)."""
+        return self.head().timestamp
+
+    # ----- reading facts at a block -----
+
+    def _pinned(self, key: tuple) -> tuple[Any, BlockRef]:
+        """A fact and the block it was read at, from the cache or read at the head block."""
+
+        def load() -> tuple[Any, BlockRef]:
+            block = self.head()
+            return self._read_facts([key], block)[0], block
+
+        return self.cache.get(key, load)
+
+    def _read_facts(self, keys: list[tuple], block: BlockRef) -> list[Any]:
+        """Reads facts at `block` straight through the provider, in one JSON-RPC request per 500
+        (a batch when there are several): they are plain view calls, and web3's middleware and
+        result formatters would cost more Python time than the round trip."""
         values = []
         for start in range(0, len(keys), _MAX_BATCH_READS):
-            values += self._read_batch(keys[start:start + _MAX_BATCH_READS])
+            values += self._read_batch(keys[start:start + _MAX_BATCH_READS], hex(block.number))
         return values
 
-    def _read_batch(self, keys: list[tuple]) -> list[Any]:
-        calls = [("eth_call", [_FACTS[key[0]].request(self.settlement.address, key[1:]), "latest"]) for key in keys]
+    def _read_batch(self, keys: list[tuple], block_id: str) -> list[Any]:
+        calls = [("eth_call", [_FACTS[key[0]].request(self.settlement.address, key[1:]), block_id]) for key in keys]
         provider = self.w3.provider
         responses = [provider.make_request(*calls[0])] if len(calls) == 1 else provider.make_batch_request(calls)
         if not isinstance(responses, list) or len(responses) != len(keys):
@@ -199,26 +267,54 @@ class ChainView:
             values.append(_FACTS[key[0]].decode(bytes.fromhex(response["result"][2:])))
         return values
 
-    def free_stake(self, provider: str) -> int:
-        return self._fact(("stake", provider))
+    def read_fresh(self, keys: list[tuple]) -> tuple[list[Any], BlockRef]:
+        """Facts read now, uncached, all at one block (the latest): used right before settlement.
+        Returns them with that block, whose timestamp is the chain time they held at."""
+        block = self.fresh_head()
+        return self._read_facts(keys, block), block
 
-    def free_escrow(self, buyer: str) -> int:
-        return self._fact(("escrow", buyer))
+    # ----- the facts -----
 
-    def nonce_used(self, signer: str, nonce: int) -> bool:
-        # One read per 256-nonce bitmap word: a signer's consecutive nonces share it.
-        return bool(self._fact(("nonces", signer, nonce >> 8)) >> (nonce & 0xFF) & 1)
+    def available_stake(self, provider: str) -> tuple[int, BlockRef]:
+        """The provider's stake a matcher may lock, and the block it was read at."""
+        return self._pinned(("stake", provider))
+
+    def available_escrow(self, buyer: str) -> int:
+        return self._pinned(("escrow", buyer))[0]
+
+    def nonce_state(self, signer: str, nonce: int) -> tuple[bool, bool]:
+        """(claimed, void) of a nonce. One read per 128-nonce bitmap word: a signer's
+        consecutive nonces share it."""
+        return nonce_bits(self._pinned(("nonces", signer, nonce >> 7))[0], nonce)
+
+    def cancel_requested(self, signer: str, nonce: int) -> bool:
+        return self._pinned(("cancel", signer, nonce))[0] != 0
+
+    def binding(self, account: str) -> Binding:
+        return to_binding(self._pinned(("binding", account))[0])
+
+    def filled(self, digest: bytes) -> int:
+        """Units the message with this digest has filled on chain (read uncached-ish: rare)."""
+        return self._pinned(("filled", digest))[0]
 
     def prefetch(
-        self, *, nonces: Iterable[tuple[str, int]] = (), stakes: Iterable[str] = (), escrows: Iterable[str] = ()
+        self,
+        *,
+        nonces: Iterable[tuple[str, int]] = (),
+        stakes: Iterable[str] = (),
+        escrows: Iterable[str] = (),
+        bindings: Iterable[str] = (),
     ) -> None:
-        """Loads the facts a batch of messages will need (nonce state of (signer, nonce), free
-        stake of providers, free escrow of buyers) that the cache lacks, in one JSON-RPC batch
-        instead of a round trip each. Best effort: on any failure the facts are read one by one
-        later, where an error surfaces as usual."""
-        keys = [("nonces", signer, nonce >> 8) for signer, nonce in nonces]
+        """Loads the facts a batch of messages will need (nonce word and cancel request of each
+        (signer, nonce), available stake of providers, available escrow of buyers, bindings) that
+        the cache lacks, in one JSON-RPC batch at one block instead of a round trip each. Best
+        effort: on any failure the facts are read one by one later, where an error surfaces."""
+        nonces = list(nonces)
+        keys: list[Hashable] = [("nonces", signer, nonce >> 7) for signer, nonce in nonces]
+        keys += [("cancel", signer, nonce) for signer, nonce in nonces]
         keys += [("stake", provider) for provider in stakes]
         keys += [("escrow", buyer) for buyer in escrows]
+        keys += [("binding", account) for account in bindings]
         wanted = self.cache.missing(keys)
         if not wanted:
             return
@@ -230,23 +326,43 @@ class ChainView:
         wanted = list(dict.fromkeys(wanted))
         loaded_at = time.monotonic()
         try:
-            values = self._read_facts(wanted)
+            block = self.head()
+            values = self._read_facts(wanted, block)
         except Exception as exc:  # noqa: BLE001 - an optimisation only; the single reads report errors
             log.debug("batched fact read failed (%s); reading one by one", exc)
             return
         for key, value in zip(wanted, values, strict=True):
-            self.cache.put(key, value, loaded_at)
+            self.cache.put(key, (value, block), loaded_at)
 
-    def remaining(self, messages: list[tuple[bytes, str, int, int]]) -> list[int]:
-        """Units each (digest, signer, nonce, total) can still fill on chain, read fresh (uncached:
-        used right before settlement) in one JSON-RPC batch."""
-        return self._read_facts([("remaining", *m) for m in messages])
+    # ----- rounds -----
 
-    def round_state(self, round_id: int) -> tuple[str, int, int]:
-        """(matcher, batches landed, settledAt) of a round on chain (uncached)."""
-        matcher, batches, settled_at = self.settlement.functions.rounds(round_id).call()
-        return matcher, batches, settled_at
+    def last_round(self, matcher: str) -> int:
+        """The highest round id `matcher` has opened on chain (uncached)."""
+        return self.settlement.functions.lastRound(matcher).call()
 
-    def block_time(self) -> int:
-        """The latest block's timestamp (cached like the other facts: deadlines are coarse)."""
-        return self.cache.get("block_time", lambda: self.w3.eth.get_block("latest")["timestamp"])
+    def round_state(self, matcher: str, round_id: int) -> RoundOnChain:
+        """A round of `matcher` as the chain has it (uncached)."""
+        calls = self.settlement.functions
+        opened_at, batches, finalized_at = calls.rounds(matcher, round_id).call()
+        final = calls.isRoundFinal(matcher, round_id).call()
+        return RoundOnChain(opened_at, batches, finalized_at, final)
+
+    def receipt_signer(self, matcher: str) -> str:
+        """The key `matcher` registered for its receipts when it bonded (zero: not bonded)."""
+        return self.settlement.functions.matchers(matcher).call()[3]
+
+
+@dataclass(frozen=True)
+class RoundOnChain:
+    """`rounds(matcher, id)` plus `isRoundFinal`: what landed of one of a matcher's rounds."""
+
+    opened_at: int
+    batches: int
+    finalized_at: int
+    #: No batch can be added any more (final batch landed, a later round opened, or the span passed).
+    final: bool
+
+
+def to_binding(raw: tuple) -> Binding:
+    matcher, change_at, next_matcher, requested_at = raw
+    return Binding(Web3.to_checksum_address(matcher), change_at, Web3.to_checksum_address(next_matcher), requested_at)

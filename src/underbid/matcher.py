@@ -18,7 +18,7 @@ import coincurve
 from eth_account.signers.local import LocalAccount
 
 from underbid import failpoints
-from underbid.chain import ChainView
+from underbid.chain import ChainView, to_binding
 from underbid.clearing import BidLot, Clearing, OrderLot, clear
 from underbid.eip712 import Receipt, sign_digest
 from underbid.markets import canonical_spec
@@ -50,7 +50,8 @@ class Matcher:
         self.store = store
         self.account = account
         self.domain = chain.book.domain
-        self.validator = Validator(self.domain, chain, store)
+        self.address: str = account.address
+        self.validator = Validator(self.domain, chain, store, self.address)
         self._round_lock = threading.Lock()
         # Intake holds it shared (many requests commit at once, their commits grouped); the round
         # snapshot and the application of a round's fills hold it exclusive, so a receipted bid
@@ -94,48 +95,74 @@ class Matcher:
         """
         if not submissions:
             return []
-        now = retry_rpc(self.chain.block_time)
         providers = sorted({s.message.provider for s in submissions}) if kind is MessageKind.BID else []
         with self._intake_lock.shared(), ExitStack() as held:
             for provider in providers:  # in sorted order, so two batches cannot deadlock
                 held.enter_context(self._provider_lock(provider))
-            accepted = self.validator.check(kind, submissions, now)
+            # Validation holds the intake lock (shared) throughout: the stake it reads and the
+            # reservations it counts then stand at the same block (fills are applied exclusively).
+            accepted = retry_rpc(lambda: self.validator.check(kind, submissions))
             if kind is MessageKind.BID:
                 round_id = self._intake_round
                 for a in accepted:
-                    a.receipt = self._receipt(a.digest, round_id, now)
+                    assert a.stake_read_at is not None
+                    a.receipt = self._receipt(a.digest, round_id, a.stake_read_at)
             try:
                 self.store.add_messages([(kind, a.digest, a.message, a.signature, a.receipt) for a in accepted])
-            except DuplicateMessage:  # the same message raced in through another request; it won
-                raced = self.store.stored_digests([a.digest for a in accepted])
-                raise Rejections(tuple(
-                    (i, Rejection(409, "signature", f"duplicate: {kind.value} {a.digest} was already accepted"))
-                    for i, a in enumerate(accepted) if a.digest in raced or not raced
-                )) from None
+            except DuplicateMessage:  # the same message, or its nonce, raced in through another request
+                raise self._raced(kind, accepted) from None
         named = {s.message.market: canonical_spec(s.spec) for s in submissions if s.spec is not None}
         if named:
             self.store.name_markets(named)
         return accepted
 
-    def _receipt(self, bid_digest: str, round_id: int, now: int) -> dict:
-        values = {"bid_hash": bid_digest, "round": round_id, "issued_at": now}
+    def _raced(self, kind: MessageKind, accepted: list[Accepted]) -> Rejections:
+        """The refusal of a request that lost a race to another request with the same message
+        (409 naming `signature`) or the same (signer, nonce) (409 naming `nonce`)."""
+        raced = self.store.stored_digests([a.digest for a in accepted])
+        holders = self.store.open_nonce_holders([(a.message.signer, a.message.nonce) for a in accepted])
+        refused = []
+        for i, a in enumerate(accepted):
+            holder = holders.get((a.message.signer, a.message.nonce))
+            if a.digest in raced:
+                refused.append((i, Rejection(409, "signature", f"duplicate: {kind.value} {a.digest} was already accepted")))
+            elif holder is not None:
+                refused.append((i, Rejection(409, "nonce", f"nonce {a.message.nonce} belongs to the open message {holder[0]}")))
+        if not refused:  # it raced and lost, but the winner is gone again: let the client retry
+            refused = [(i, Rejection(409, "signature", "a concurrent request conflicted: retry")) for i in range(len(accepted))]
+        return Rejections(tuple(refused))
+
+    def _receipt(self, bid_digest: str, round_id: int, issued_at: int) -> dict:
+        """The signed receipt for a bid: `issued_at` is the timestamp of the block at which the
+        provider's stake was read (a challenge is excused by any stake decrease from then on)."""
+        values = {"matcher": self.address, "bid_hash": bid_digest, "round": round_id, "issued_at": issued_at}
         signature = sign_digest(self._signing_key, Receipt.digest_of(self.domain, values))
-        return {"bidHash": bid_digest, "round": round_id, "issuedAt": now, "signature": "0x" + signature.hex()}
+        return {
+            "matcher": self.address, "bidHash": bid_digest, "round": round_id, "issuedAt": issued_at,
+            "signature": "0x" + signature.hex(),
+        }
 
     # ----- rounds -----
 
     def reconcile(self) -> list[int]:
-        """Finishes rounds a crash interrupted, and makes new round ids skip ids used on chain."""
+        """Finishes rounds a crash interrupted, and makes new round ids exceed the matcher's last
+        round on chain (the contract takes only increasing ids)."""
+        signer = retry_rpc(lambda: self.chain.receipt_signer(self.address))
+        if signer != self.address:
+            log.error("this matcher's receipt signer on chain is %s, not its own key %s: its receipts will not"
+                      " verify (bond with bondMatcher(amount, %s))", signer, self.address, self.address)
         with self._round_lock:
             done = self._finish_unfinished()
             with self._intake_lock.exclusive():
-                round_id = self.store.open_round()
-                matcher, landed, _ = retry_rpc(lambda: self.chain.round_state(round_id))
-                while landed:
-                    log.warning("round id %s is already used on chain by %s; skipping it", round_id, matcher)
-                    self.store.fail_round(round_id, f"round id used on chain by {matcher}")
-                    round_id = self.store.open_round()
-                    matcher, landed, _ = retry_rpc(lambda: self.chain.round_state(round_id))
+                last = retry_rpc(lambda: self.chain.last_round(self.address))
+                round_id = self.store.open_round(min_id=last + 1)
+                if round_id <= last:
+                    # Receipts already name this id; they stay valid for the later id (a receipt
+                    # covers its round and every later one).
+                    log.warning("round id %s is not above this matcher's last round on chain (%s); skipping it",
+                                round_id, last)
+                    self.store.fail_round(round_id, f"round id not above the last round on chain ({last})")
+                    round_id = self.store.open_round(min_id=last + 1)
                 self._intake_round = round_id
             return done
 
@@ -148,7 +175,7 @@ class Matcher:
             for batch in stored.batches:
                 if batch.state == "sent" and batch.tx_hash:
                     self.submitter.await_sent(batch.tx_hash)
-            _, landed, _ = retry_rpc(lambda: self.chain.round_state(stored.id))
+            landed = retry_rpc(lambda: self.chain.round_state(self.address, stored.id)).batches
             try:
                 if landed:
                     self.submitter.settle_round(self.store.get_round(stored.id))
@@ -174,7 +201,7 @@ class Matcher:
 
     def _snapshot_of(self, round_id: int) -> tuple[list[StoredMessage], list[StoredMessage]]:
         self.chain.cache.invalidate()
-        now = retry_rpc(self.chain.block_time)
+        now = retry_rpc(self.chain.fresh_head).timestamp
         cutoff = self.store.closed_at(round_id)
         return (
             self.store.open_messages(MessageKind.ORDER, now, received_by=cutoff),
@@ -191,7 +218,7 @@ class Matcher:
             if self.store.rounds_in(RoundState.CLEARED, RoundState.SUBMITTED) or self.store.closed_uncleared_rounds():
                 self._finish_unfinished()  # an earlier round's submission failed: finish it first
             self.chain.cache.invalidate()  # the round judges deadlines and funds by fresh chain state
-            now = retry_rpc(self.chain.block_time)
+            now = retry_rpc(self.chain.fresh_head).timestamp
             with self._intake_lock.exclusive():
                 round_id = self.store.open_round()
                 orders = self.store.open_messages(MessageKind.ORDER, now)
@@ -211,6 +238,7 @@ class Matcher:
         """Clears a round's snapshot and settles it. While nothing of the round has landed, any
         message the chain refuses is dropped and the round cleared again from the rest."""
         started = time.perf_counter() if started is None else started
+        orders, bids = self._without_cancel_requests(orders, bids)
         t_snapshot = time.perf_counter()
         dropped_total = 0
         for _ in range(len(orders) + len(bids) + 1):
@@ -223,11 +251,16 @@ class Matcher:
             if not clearing.matches:
                 return RoundReport(round_id, RoundState.OPEN.value, len(orders), len(bids), dropped=dropped_total)
 
+            bid_price = {s.digest: s.message.price for s in bids}
             matches = [
                 {"order": m.order_key, "bid": m.bid_key, "units": m.units, "market": mc.market}
                 for mc in clearing.markets
                 for m in mc.matches
             ]
+            # Batches are cut from the matches sorted by (market, bid price ascending): if a later
+            # batch of a split round never lands, the bids it leaves unused are the pricier ones
+            # of their market, and no lease that did land can be a pricier witness against them.
+            matches.sort(key=lambda m: (m["market"], bid_price[m["bid"]]))
             prices = dict(clearing.prices)
             block_gas_limit = retry_rpc(lambda: self.chain.w3.eth.get_block("latest")["gasLimit"])
             batches = split_batches(matches, prices, block_gas_limit)
@@ -271,14 +304,34 @@ class Matcher:
             return report
         raise SubmissionError(f"round {round_id}: no settleable allocation after dropping every refused message")
 
+    def _without_cancel_requests(
+        self, orders: list[StoredMessage], bids: list[StoredMessage]
+    ) -> tuple[list[StoredMessage], list[StoredMessage]]:
+        """Drops the snapshot's messages whose signer announced the cancellation of their nonce:
+        the honest matcher stops using them at once (the contract voids the nonce only after the
+        notice period, and a challenge with such a bid fails with `BidCancelled`)."""
+        messages = orders + bids
+        if not messages:
+            return orders, bids
+        requested, _ = retry_rpc(lambda: self.chain.read_fresh(
+            [("cancel", s.message.signer, s.message.nonce) for s in messages]
+        ))
+        cancelled = {s.digest for s, at in zip(messages, requested, strict=True) if at}
+        for digest in cancelled:
+            log.warning("dropping %s: its nonce has a cancellation requested", digest)
+            self.store.drop(digest, "its signer requested the cancellation of its nonce")
+        return [s for s in orders if s.digest not in cancelled], [s for s in bids if s.digest not in cancelled]
+
     def _clear_fundable(self, orders: list[StoredMessage], bids: list[StoredMessage]) -> tuple[Clearing, int]:
         """Clears, then corrects for what the chain can no longer honour, and clears again.
 
-        Checked with fresh (uncached) reads: each matched message's remaining units on chain
-        (a message partly filled elsewhere is capped to what is left, so it is still used up to
-        its real capacity; a cancelled or used-up one is dropped), each buyer's free escrow against
-        its matched cost, and each provider's free stake against its matched collateral. Returns
-        the final clearing and how many messages were dropped.
+        Checked with fresh (uncached) reads at one block: each matched message's remaining units
+        on chain (a message partly filled elsewhere is capped to what is left, so it is still used
+        up to its real capacity; a void one or one whose nonce another message took is dropped),
+        its nonce's cancellation request and its signer's binding (dropped unless bound to this
+        matcher with no change pending), each buyer's available escrow against its matched cost,
+        and each provider's available stake against its matched collateral (the account's newest
+        matched message is dropped). Returns the final clearing and how many messages were dropped.
         """
         by_digest = {s.digest: s for s in orders + bids}
         caps: dict[str, int] = {}
@@ -288,21 +341,22 @@ class Matcher:
                 [_order_lot(s, caps) for s in orders if s.digest in by_digest],
                 [_bid_lot(s, caps) for s in bids if s.digest in by_digest],
             )
-            culprit, left, reason = self._first_unfundable(clearing, by_digest)
-            if culprit is None:
+            corrections = self._unfundable(clearing, by_digest)
+            if not corrections:
                 return clearing, dropped
-            if left > 0:
-                log.warning("capping %s to %s units: %s", culprit, left, reason)
-                caps[culprit] = left
-                continue
-            log.warning("dropping %s: %s", culprit, reason)
-            self.store.drop(culprit, reason)
-            del by_digest[culprit]
-            dropped += 1
+            for digest, left, reason in corrections:
+                if left > 0:
+                    log.warning("capping %s to %s units: %s", digest, left, reason)
+                    caps[digest] = left
+                    continue
+                log.warning("dropping %s: %s", digest, reason)
+                self.store.drop(digest, reason)
+                del by_digest[digest]
+                dropped += 1
 
-    def _first_unfundable(self, clearing: Clearing, by_digest: dict[str, StoredMessage]) -> tuple[str | None, int, str]:
-        """The first matched message the chain cannot honour: (digest, units it can still fill, why)."""
-        self.chain.cache.invalidate()
+    def _unfundable(self, clearing: Clearing, by_digest: dict[str, StoredMessage]) -> list[tuple[str, int, str]]:
+        """The matched messages the chain cannot honour now, as (digest, units it can still fill
+        (0: drop it), why), at most one per digest; empty when the whole clearing can settle."""
         cost: dict[str, int] = {}
         units: dict[str, int] = {}
         used: dict[str, int] = {}
@@ -314,27 +368,48 @@ class Matcher:
                 units[bid.provider] = units.get(bid.provider, 0) + m.units
                 used[m.order_key] = used.get(m.order_key, 0) + m.units
                 used[m.bid_key] = used.get(m.bid_key, 0) + m.units
-        left_on_chain = retry_rpc(lambda: self.chain.remaining([
-            (bytes.fromhex(d[2:]), by_digest[d].message.signer, by_digest[d].message.nonce, by_digest[d].total)
+        if not used:
+            return []
+        signers = list(dict.fromkeys(by_digest[d].message.signer for d in used))
+        keys: list[tuple] = [
+            ("remaining", bytes.fromhex(d[2:]), by_digest[d].message.signer, by_digest[d].message.nonce, by_digest[d].total)
             for d in used
-        ]))
-        for (digest, n), on_chain in zip(used.items(), left_on_chain, strict=True):
-            if on_chain < n:
-                return digest, on_chain, f"only {on_chain} units left on chain (cancelled, or filled elsewhere)"
-        self.chain.prefetch(escrows=cost, stakes=units)  # one round trip for every signer's funds
+        ]
+        keys += [("cancel", by_digest[d].message.signer, by_digest[d].message.nonce) for d in used]
+        keys += [("binding", signer) for signer in signers]
+        keys += [("escrow", buyer) for buyer in cost]
+        keys += [("stake", provider) for provider in units]
+        # One JSON-RPC batch, every read at the same block.
+        values, block = retry_rpc(lambda: self.chain.read_fresh(keys))
+        n = len(used)
+        left_on_chain, cancel_requested = values[:n], values[n:2 * n]
+        bindings = dict(zip(signers, (to_binding(v) for v in values[2 * n:2 * n + len(signers)]), strict=True))
+        funds = values[2 * n + len(signers):]
+        escrow = dict(zip(cost, funds[:len(cost)], strict=True))
+        stake = dict(zip(units, funds[len(cost):], strict=True))
+
+        corrections: dict[str, tuple[int, str]] = {}
+        for (digest, n_used), on_chain, cancel_at in zip(used.items(), left_on_chain, cancel_requested, strict=True):
+            signer = by_digest[digest].message.signer
+            if not bindings[signer].settled_with(self.address, block.timestamp):
+                corrections[digest] = (0, f"{signer} is no longer bound to this matcher, or is changing its matcher")
+            elif cancel_at:
+                corrections[digest] = (0, "its signer requested the cancellation of its nonce")
+            elif on_chain < n_used:
+                corrections[digest] = (on_chain, f"only {on_chain} units left on chain (filled elsewhere, or nonce taken)")
 
         def newest(signer: str) -> str:  # the newest matched message of a signer is the one that overdrew it
             return max((d for d in used if by_digest[d].message.signer == signer), key=lambda d: by_digest[d].received_at)
 
         for buyer, need in cost.items():
-            free = self.chain.free_escrow(buyer)
-            if free < need:
-                return newest(buyer), 0, f"buyer's free escrow {free} is below the round's cost {need}"
-        for provider, n in units.items():
-            free = self.chain.free_stake(provider)
-            if free < n * self.chain.stake_per_unit:
-                return newest(provider), 0, f"provider's free stake {free} does not cover {n} units"
-        return None, 0, ""
+            if escrow[buyer] < need:
+                corrections.setdefault(newest(buyer), (0, f"buyer's available escrow {escrow[buyer]} is below the round's cost {need}"))
+        for provider, n_units in units.items():
+            if stake[provider] < n_units * self.chain.stake_per_unit:
+                corrections.setdefault(
+                    newest(provider), (0, f"provider's available stake {stake[provider]} does not cover {n_units} units")
+                )
+        return [(digest, left, reason) for digest, (left, reason) in corrections.items()]
 
     def round(self, round_id: int) -> StoredRound | None:
         return self.store.get_round(round_id)

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS messages (
     digest      TEXT PRIMARY KEY,
     kind        TEXT NOT NULL CHECK (kind IN ('order', 'bid')),
     signer      TEXT NOT NULL,
+    nonce       TEXT,
     market      TEXT NOT NULL,
     total       INTEGER NOT NULL,
     filled      INTEGER NOT NULL DEFAULT 0,
@@ -178,6 +179,26 @@ class Store:
         self._db.execute("PRAGMA wal_autocheckpoint=10000")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Brings a store made by an earlier version up to date: messages gained their nonce (as
+        decimal text: a uint256 does not fit SQLite's integers), unique among open messages."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
+        if "nonce" not in columns:
+            self._db.execute("ALTER TABLE messages ADD COLUMN nonce TEXT")
+        rows = self._db.execute("SELECT digest, body FROM messages WHERE nonce IS NULL").fetchall()
+        if rows:
+            self._db.executemany(
+                "UPDATE messages SET nonce = ? WHERE digest = ?",
+                [(str(json.loads(body)["nonce"]), digest) for digest, body in rows],
+            )
+        # One open message per (signer, nonce): the contract lets any number of messages sharing a
+        # nonce fill no more than one of them, so a second one could only displace the first.
+        # The index also settles two requests racing in with the same nonce.
+        self._db.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS messages_open_nonce ON messages (signer, nonce) WHERE status = 'open'"
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -235,6 +256,7 @@ class Store:
                 signature,
                 to_json(receipt).decode() if receipt is not None else None,
                 now,
+                str(message.nonce),
             )
             for kind, digest, message, signature, receipt in items
         ]
@@ -258,7 +280,7 @@ class Store:
                 try:
                     db.executemany(
                         "INSERT INTO messages (digest, kind, signer, market, total, deadline, body, signature,"
-                        " receipt, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " receipt, received_at, nonce) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         request.rows,
                     )
                 except sqlite3.IntegrityError as exc:
@@ -336,6 +358,36 @@ class Store:
             rows = db.execute(query + " ORDER BY received_at, rowid LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
         return [_message(r) for r in rows]
 
+    def open_nonce_holders(self, pairs: Sequence[tuple[str, int]]) -> dict[tuple[str, int], tuple[str, int]]:
+        """For each (signer, nonce) held by an open message: (its digest, its deadline)."""
+        found: dict[tuple[str, int], tuple[str, int]] = {}
+        unique = list(dict.fromkeys(pairs))
+        with self._reading() as db:
+            for start in range(0, len(unique), _SQL_VARIABLES // 2):
+                chunk = unique[start:start + _SQL_VARIABLES // 2]
+                rows = db.execute(
+                    "SELECT signer, nonce, digest, deadline FROM messages WHERE status = 'open' AND (signer, nonce) IN"
+                    f" (VALUES {','.join(['(?, ?)'] * len(chunk))})",
+                    [value for signer, nonce in chunk for value in (signer, str(nonce))],
+                ).fetchall()
+                found.update(((row[0], int(row[1])), (row[2], row[3])) for row in rows)
+        return found
+
+    def open_order_terms(self, buyer: str, now: int) -> list[tuple[int, int, int]]:
+        """(units left, maxPrice, duration) of the buyer's open, unexpired orders: the escrow
+        they reserve at their max prices."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT total - filled, body FROM messages"
+                " WHERE kind = 'order' AND status = 'open' AND signer = ? AND deadline >= ?",
+                (buyer, now),
+            ).fetchall()
+        terms = []
+        for left, body in rows:
+            fields = json.loads(body)
+            terms.append((int(left), int(fields["maxPrice"]), int(fields["duration"])))
+        return terms
+
     def live_bid_capacity(self, provider: str, now: int) -> int:
         """Units the provider's open, unexpired bids can still fill: the stake they reserve."""
         with self._reserved_lock:
@@ -392,16 +444,19 @@ class Store:
 
     # ----- rounds -----
 
-    def open_round(self) -> int:
-        """The id of the round taking new messages, creating one if none is."""
+    def open_round(self, min_id: int = 1) -> int:
+        """The id of the round taking new messages, creating one if none is: the next id after
+        every round stored, and at least `min_id` (round ids must exceed the matcher's last round
+        on chain)."""
         with self._tx() as db:
             row = db.execute(
                 "SELECT id FROM rounds WHERE state = 'open' AND closed_at IS NULL ORDER BY id LIMIT 1"
             ).fetchone()
             if row is not None:
                 return int(row["id"])
-            cursor = db.execute("INSERT INTO rounds (state, opened_at) VALUES ('open', ?)", (time.time(),))
-            return int(cursor.lastrowid)
+            next_id = max(min_id, db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM rounds").fetchone()[0])
+            db.execute("INSERT INTO rounds (id, state, opened_at) VALUES (?, 'open', ?)", (next_id, time.time()))
+            return next_id
 
     def close_intake(self, round_id: int) -> None:
         """Stops `round_id` taking messages; the next `open_round` creates a new round."""

@@ -7,6 +7,10 @@
   from an optimal allocation could leave a cheaper receipted bid idle while a dearer one wins,
   which a provider could prove on chain. Once a batch has landed the round's prices are fixed, so
   later batches drop the message's matches and go ahead.
+- Deadlines: each batch carries the chain time of the state it was simulated against plus half
+  the notice period. Nothing but this matcher's own batches can lower what `settle` reads before
+  a notice period has passed (withdrawals, unstakes, cancellations and binding changes all wait
+  for it), so a batch that simulated successfully either lands successfully or not at all.
 - Crash safety: the signed transaction's hash is committed to the store before it is broadcast.
   The contract accepts batches only in order and never settles a finished round twice, so
   resending after a crash is safe, and `reconcile` reads the round's on-chain state first.
@@ -109,7 +113,9 @@ class Submitter:
 
     # ----- building calls -----
 
-    def _call_args(self, round_id: int, batch: int, final: bool, payload: dict[str, Any]) -> tuple[tuple, list[StoredMessage]]:
+    def _call_args(
+        self, round_id: int, batch: int, final: bool, deadline: int, payload: dict[str, Any]
+    ) -> tuple[tuple, list[StoredMessage]]:
         orders: dict[str, int] = {}
         bids: dict[str, int] = {}
         for m in payload["matches"]:
@@ -118,7 +124,7 @@ class Submitter:
         stored_orders = [self._message(d, MessageKind.ORDER) for d in orders]
         stored_bids = [self._message(d, MessageKind.BID) for d in bids]
         args = (
-            (round_id, batch, final),
+            (round_id, batch, final, deadline),
             [s.message.as_call_tuple() for s in stored_orders],
             [s.signature for s in stored_orders],
             [s.message.as_call_tuple() for s in stored_bids],
@@ -141,21 +147,27 @@ class Submitter:
         orders = list(dict.fromkeys(m["order"] for m in payload["matches"]))
         bids = list(dict.fromkeys(m["bid"] for m in payload["matches"]))
         args = error.args
+        if error.name == "MessageForOtherMatcher":
+            return "0x" + bytes(args["digest"]).hex()
+        if error.name == "ZeroCostLease":  # too short or too small an order for any cost
+            return payload["matches"][args["matchIndex"]]["order"]
         if "orderIndex" in args and error.name != "MarketMismatch":
             return orders[args["orderIndex"]]
         if "bidIndex" in args:
             return bids[args["bidIndex"]]
-        if error.name == "NonceUsed":
-            for digest in orders + bids:
-                s = self.store.get_message(digest)
-                if s and s.message.signer == args["signer"] and s.message.nonce == args["nonce"]:
-                    return digest
-        who = args.get("buyer") or args.get("provider")
+        stored = {d: s for d in orders + bids if (s := self.store.get_message(d)) is not None}
+        if error.name in ("NonceUsed", "DuplicateNonce"):
+            # The (newest, for a duplicate) message of the batch with that signer and nonce.
+            same = [d for d, s in stored.items() if s.message.signer == args["signer"] and s.message.nonce == args["nonce"]]
+            if same:
+                return max(same, key=lambda d: stored[d].received_at)
+        # AccountNotBound(account), InsufficientEscrow(buyer), InsufficientFreeStake(provider), ...:
+        # drop the newest message of that account in the batch (the one that overdrew it).
+        who = args.get("buyer") or args.get("provider") or args.get("account") or args.get("signer")
         if who is not None:
-            # Drop the newest matched message of that account: it is the one that overdrew it.
-            pool = [d for d in orders + bids if (s := self.store.get_message(d)) and s.message.signer == who]
+            pool = [d for d, s in stored.items() if s.message.signer == who]
             if pool:
-                return max(pool, key=lambda d: self.store.get_message(d).received_at)
+                return max(pool, key=lambda d: stored[d].received_at)
         return None
 
     # ----- sending -----
@@ -165,22 +177,35 @@ class Submitter:
 
         Resumes from the round's on-chain batch count, so it is safe to call again after a crash.
         """
-        _, landed, settled_at = retry_rpc(lambda: self.chain.round_state(stored.id))
+        on_chain = retry_rpc(lambda: self.chain.round_state(self.account.address, stored.id))
         results = []
         for batch in stored.batches:
-            if batch.batch < landed:
+            if batch.batch < on_chain.batches:
                 if batch.state != "confirmed":
                     self.store.record_batch_confirmed(stored.id, batch.batch, self._gas_of(batch.tx_hash), batch.tx_hash)
                 continue
-            if settled_at:
+            if on_chain.final:
+                # The round takes no more batches (its span passed, say, after a crash): the
+                # batches left out hold only the pricier bids of their markets (see the matcher).
+                log.warning("round %s is final on chain after %s batches; batch %s is not sent",
+                            stored.id, on_chain.batches, batch.batch)
                 break
             results.append(self._send_batch(stored, batch.batch, batch.payload))
         self._confirm(stored.id)
         return results
 
-    def simulate(self, round_id: int, index: int, final: bool, payload: dict[str, Any]) -> tuple[int, None] | tuple[None, tuple[str | None, str]]:
+    def batch_deadline(self) -> int:
+        """The deadline for a batch simulated now: the chain time of the state it is simulated
+        against plus half the notice period, so it lands before any announced withdrawal,
+        unstake, cancellation or binding change can take effect, or not at all."""
+        head = retry_rpc(self.chain.fresh_head)
+        return head.timestamp + self.chain.notice_period // 2
+
+    def simulate(
+        self, round_id: int, index: int, final: bool, deadline: int, payload: dict[str, Any]
+    ) -> tuple[int, None] | tuple[None, tuple[str | None, str]]:
         """Dry-runs a batch. Returns (gas, None), or (None, (culprit digest or None, reason))."""
-        args, _ = self._call_args(round_id, index, final, payload)
+        args, _ = self._call_args(round_id, index, final, deadline, payload)
         call = self.chain.settlement.functions.settle(*args)
         try:
             return retry_rpc(lambda: call.estimate_gas({"from": self.account.address})), None
@@ -192,21 +217,23 @@ class Submitter:
     def _send_batch(self, stored: StoredRound, index: int, payload: dict[str, Any]) -> SettledBatch:
         final = index == len(stored.batches) - 1
         for _ in range(len(payload["matches"]) + 1):
-            gas, failure = self.simulate(stored.id, index, final, payload)
+            # The head is read before the dry run, so the state simulated is at least that recent.
+            deadline = self.batch_deadline()
+            gas, failure = self.simulate(stored.id, index, final, deadline, payload)
             if failure is None:
                 break
             culprit, reason = failure
+            if culprit is None:  # nothing to drop would change the outcome
+                raise SubmissionError(reason)
             if index == 0:
                 raise NeedsReclear(culprit, reason)
-            if culprit is None:
-                raise SubmissionError(reason)
             log.warning("round %s: dropping %s: %s", stored.id, culprit, reason)
             self.store.drop(culprit, f"dropped from round {stored.id}: {reason}")
             payload = _without(payload, culprit)
             self.store.replace_batch_payload(stored.id, index, payload)
         else:
             raise SubmissionError(f"round {stored.id} batch {index}: could not find a settleable batch")
-        args, _ = self._call_args(stored.id, index, final, payload)
+        args, _ = self._call_args(stored.id, index, final, deadline, payload)
         call = self.chain.settlement.functions.settle(*args)
 
         tx = call.build_transaction(
@@ -247,13 +274,13 @@ class Submitter:
             return None
 
     def _confirm(self, round_id: int) -> None:
-        """Applies the fills of every landed batch once the final batch is on chain."""
-        _, landed, settled_at = retry_rpc(lambda: self.chain.round_state(round_id))
+        """Applies the fills of every landed batch once the round is final on chain."""
+        on_chain = retry_rpc(lambda: self.chain.round_state(self.account.address, round_id))
         stored = self.store.get_round(round_id)
-        if not settled_at or stored is None:
-            raise SubmissionError(f"round {round_id}: {landed} batches on chain but the round is not settled")
+        if not on_chain.final or stored is None:
+            raise SubmissionError(f"round {round_id}: {on_chain.batches} batches on chain but the round is not final")
         fills: dict[str, int] = {}
-        for batch in stored.batches:
+        for batch in stored.batches[:on_chain.batches]:
             for m in batch.payload["matches"]:
                 fills[m["order"]] = fills.get(m["order"], 0) + m["units"]
                 fills[m["bid"]] = fills.get(m["bid"], 0) + m["units"]

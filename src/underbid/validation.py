@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from underbid.chain import ChainView
+from underbid.chain import BlockRef, ChainView
 from underbid.eip712 import Domain, SignatureError, SignedMessage, recover_signer
 from underbid.markets import MarketSpecError, market_id
 from underbid.store import MessageKind, Store
@@ -65,25 +65,41 @@ class Accepted:
     digest: str
     message: SignedMessage
     signature: bytes
-    #: For bids: the matcher's signed receipt (bidHash, round, issuedAt, signature).
+    #: For bids: the chain time the provider's stake was read at (the timestamp of that block),
+    #: which the receipt states as `issuedAt`.
+    stake_read_at: int | None = None
+    #: For bids: the matcher's signed receipt (matcher, bidHash, round, issuedAt, signature).
     receipt: dict | None = None
 
 
-class Validator:
-    """Checks schema-valid messages against their signature, the clock, the store and the chain."""
+#: How an account binds itself to a matcher (the CLI command).
+BIND_HINT = "underbid account bind {matcher}"
 
-    def __init__(self, domain: Domain, chain: ChainView, store: Store):
+
+class Validator:
+    """Checks schema-valid messages against their signature, the clock, the store and the chain.
+
+    These are the honest matcher's intake rules (docs/PROTOCOL.md, "Matcher accountability"):
+    only messages naming this matcher, from accounts bound to it with no change pending, for
+    leases of at least the protocol minimum, one open message per (signer, nonce), nonces neither
+    void, claimed by another message nor announced for cancellation, and escrow and stake that
+    cover every open message of the account at once.
+    """
+
+    def __init__(self, domain: Domain, chain: ChainView, store: Store, matcher: str):
         self.domain = domain
         self.chain = chain
         self.store = store
+        self.matcher = matcher
 
-    def check(self, kind: MessageKind, submissions: Sequence[Submission], now: int) -> list[Accepted]:
+    def check(self, kind: MessageKind, submissions: Sequence[Submission]) -> list[Accepted]:
         """Returns every submission accepted, in order, or raises Rejections naming each refused one.
 
-        `now` is the chain's time, not the wall clock: deadlines are judged by block time. The
-        checks are ordered cheapest-first and the store is asked once for the whole batch, so a
-        batch costs little more per message than its signature recovery.
+        Deadlines and bindings are judged by chain time (the head block's), not the wall clock.
+        The checks are ordered cheapest-first and the store is asked once for the whole batch,
+        so a batch costs little more per message than its signature recovery.
         """
+        now = self.chain.head().timestamp
         refused: dict[int, Rejection] = {}
         accepted: dict[int, Accepted] = {}
         for i, submission in enumerate(submissions):
@@ -91,14 +107,17 @@ class Validator:
                 accepted[i] = self._check_alone(kind, submission, now)
             except Rejection as rejection:
                 refused[i] = rejection
-        signers = [a.message.signer for a in accepted.values()]
+        signers = list(dict.fromkeys(a.message.signer for a in accepted.values()))
         self.chain.prefetch(
             nonces=[(a.message.signer, a.message.nonce) for a in accepted.values()],
             stakes=signers if kind is MessageKind.BID else (),
             escrows=signers if kind is MessageKind.ORDER else (),
+            bindings=signers,
         )
         stored = self.store.stored_digests([a.digest for a in accepted.values()])
+        holders = self.store.open_nonce_holders([(a.message.signer, a.message.nonce) for a in accepted.values()])
         first_of: dict[str, int] = {}
+        first_nonce: dict[tuple[str, int], int] = {}
         for i, item in list(accepted.items()):
             try:
                 if item.digest in stored:
@@ -107,17 +126,18 @@ class Validator:
                     raise Rejection(409, "signature", f"duplicate of message {first_of[item.digest]} of this request")
                 first_of[item.digest] = i
                 message = item.message
-                if self.chain.nonce_used(message.signer, message.nonce):
-                    raise Rejection(
-                        400, "nonce", f"nonce {message.nonce} of {message.signer} is used or cancelled on chain"
-                    )
-                if kind is MessageKind.ORDER:
-                    self._check_escrow(message)
+                pair = (message.signer, message.nonce)
+                self._check_nonce_free(pair, holders.get(pair), first_nonce.get(pair), now)
+                first_nonce[pair] = i
+                self._check_bound(kind, message.signer, now)
+                self._check_nonce_on_chain(item)
             except Rejection as rejection:
                 refused[i] = rejection
                 del accepted[i]
-        if kind is MessageKind.BID:
-            refused.update(self._check_stake([(i, a.message) for i, a in accepted.items()], now))
+        if kind is MessageKind.ORDER:
+            refused.update(self._check_escrow([(i, a) for i, a in accepted.items()], now))
+        else:
+            refused.update(self._check_stake([(i, a) for i, a in accepted.items()]))
         if refused:
             raise Rejections(tuple(sorted(refused.items())))
         return [accepted[i] for i in range(len(submissions))]
@@ -132,8 +152,11 @@ class Validator:
         except SignatureError as exc:
             raise Rejection(400, "signature", str(exc)) from None
         if signer != message.signer:
-            signer_field = "buyer" if kind is MessageKind.ORDER else "provider"
-            raise Rejection(400, "signature", f"signed by {signer}, not by the {signer_field} {message.signer}")
+            raise Rejection(400, "signature", f"signed by {signer}, not by the {_signer_field(kind)} {message.signer}")
+        if message.matcher != self.matcher:
+            raise Rejection(
+                400, "matcher", f"the message names matcher {message.matcher}; this matcher is {self.matcher}"
+            )
         if message.deadline < now:
             raise Rejection(400, "deadline", f"expired: deadline {message.deadline} is before chain time {now}")
         if submission.spec is not None:
@@ -145,39 +168,109 @@ class Validator:
                 raise Rejection(400, "spec", f"spec hashes to {derived}, not to market {message.market}")
         if (zero := next(_zero_fields(kind, message), None)) is not None:
             raise Rejection(400, *zero)
+        if kind is MessageKind.ORDER and message.duration < self.chain.min_lease_duration:
+            raise Rejection(
+                400, "duration", f"must be at least {self.chain.min_lease_duration} seconds (the protocol's shortest lease)"
+            )
         return Accepted(kind, "0x" + digest_bytes.hex(), message, signature)
 
-    def _check_escrow(self, order: SignedMessage) -> None:
-        cost = order_cost(order.units, order.max_price, order.duration)
-        free = self.chain.free_escrow(order.buyer)
-        if free < cost:
+    @staticmethod
+    def _check_nonce_free(
+        pair: tuple[str, int], holder: tuple[str, int] | None, earlier: int | None, now: int
+    ) -> None:
+        """One open message per (signer, nonce): the chain fills at most one of them anyway."""
+        if earlier is not None:
+            raise Rejection(409, "nonce", f"message {earlier} of this request has the same signer and nonce {pair[1]}")
+        if holder is not None and holder[1] >= now:
             raise Rejection(
-                400,
-                "buyer",
-                f"free escrow {format_credits(free)} UBC is below the order's cost at its max price,"
-                f" {format_credits(cost)} UBC: deposit more credits first",
+                409, "nonce", f"nonce {pair[1]} of {pair[0]} belongs to the open message {holder[0]}: use another nonce"
             )
 
-    def _check_stake(self, bids: list[tuple[int, SignedMessage]], now: int) -> dict[int, Rejection]:
-        """Receipted bids must stay fillable: each provider's free stake covers all its live
-        capacity, counting the open bids already stored and the earlier bids of this batch."""
+    def _check_bound(self, kind: MessageKind, account: str, now: int) -> None:
+        """The account is bound to this matcher with no change pending: only then can nothing
+        but this matcher's own batches spend the account's funds, nonces or stake."""
+        binding = self.chain.binding(account)
+        if not binding.settled_with(self.matcher, now):
+            state = (
+                f"a change to {binding.next} is pending until {binding.change_at}"
+                if binding.change_at > now else "it is bound to another matcher or to none"
+            )
+            raise Rejection(
+                400,
+                _signer_field(kind),
+                f"{account} is not bound to this matcher ({state}): bind your account to this matcher first"
+                f" ({BIND_HINT.format(matcher=self.matcher)})",
+            )
+
+    def _check_nonce_on_chain(self, item: Accepted) -> None:
+        message = item.message
+        claimed, void = self.chain.nonce_state(message.signer, message.nonce)
+        if void:
+            raise Rejection(400, "nonce", f"nonce {message.nonce} of {message.signer} is used or cancelled on chain")
+        if claimed and self.chain.filled(bytes.fromhex(item.digest[2:])) == 0:
+            raise Rejection(400, "nonce", f"nonce {message.nonce} of {message.signer} was taken by another message on chain")
+        if self.chain.cancel_requested(message.signer, message.nonce):
+            raise Rejection(
+                400, "nonce", f"nonce {message.nonce} of {message.signer} has a cancellation requested on chain"
+            )
+
+    def _check_escrow(self, orders: list[tuple[int, Accepted]], now: int) -> dict[int, Rejection]:
+        """Each buyer's available escrow covers all its open orders at their max prices at once,
+        counting the orders already stored and the earlier orders of this batch."""
         refused: dict[int, Rejection] = {}
         reserved: dict[str, int] = {}
-        for i, bid in bids:
+        for i, item in orders:
+            order = item.message
+            buyer = order.buyer
+            if buyer not in reserved:
+                reserved[buyer] = sum(order_cost(*terms) for terms in self.store.open_order_terms(buyer, now))
+            cost = order_cost(order.units, order.max_price, order.duration)
+            available = self.chain.available_escrow(buyer)
+            if reserved[buyer] + cost > available:
+                refused[i] = Rejection(
+                    400,
+                    "buyer",
+                    f"available escrow {format_credits(available)} UBC, less the {format_credits(reserved[buyer])} UBC"
+                    f" its open orders reserve, is below the order's cost at its max price,"
+                    f" {format_credits(cost)} UBC: deposit more credits first",
+                )
+            else:
+                reserved[buyer] += cost
+        return refused
+
+    def _check_stake(self, bids: list[tuple[int, Accepted]]) -> dict[int, Rejection]:
+        """Receipted bids must stay fillable: each provider's available stake covers all its live
+        capacity, counting the open bids already stored and the earlier bids of this batch.
+
+        The stake and the reservations are taken at the same block: the bids live at the
+        timestamp of the block the stake was read at, which the receipt states as `issuedAt`.
+        """
+        refused: dict[int, Rejection] = {}
+        reserved: dict[str, int] = {}
+        stakes: dict[str, tuple[int, BlockRef]] = {}
+        for i, item in bids:
+            bid = item.message
             provider = bid.provider
-            if provider not in reserved:
-                reserved[provider] = self.store.live_bid_capacity(provider, now)
-            stakeable = self.chain.free_stake(provider) // self.chain.stake_per_unit
+            if provider not in stakes:  # once per provider, so all its bids share one block
+                stakes[provider] = self.chain.available_stake(provider)
+                reserved[provider] = self.store.live_bid_capacity(provider, stakes[provider][1].timestamp)
+            stake, block = stakes[provider]
+            stakeable = stake // self.chain.stake_per_unit
             if reserved[provider] + bid.capacity > stakeable:
                 refused[i] = Rejection(
                     400,
                     "capacity",
-                    f"provider's free stake covers {stakeable} units and its open bids already reserve"
+                    f"provider's available stake covers {stakeable} units and its open bids already reserve"
                     f" {reserved[provider]}: stake more or bid at most {max(stakeable - reserved[provider], 0)} units",
                 )
             else:
                 reserved[provider] += bid.capacity
+                item.stake_read_at = block.timestamp
         return refused
+
+
+def _signer_field(kind: MessageKind) -> str:
+    return "buyer" if kind is MessageKind.ORDER else "provider"
 
 
 def _zero_fields(kind: MessageKind, message: SignedMessage) -> Iterator[tuple[str, str]]:

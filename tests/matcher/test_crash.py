@@ -35,7 +35,7 @@ def test_kill_after_store_commit_keeps_every_accepted_message(market, funded, ma
 
 
 @pytest.mark.parametrize("failpoint", ["after_clearing", "after_broadcast"])
-def test_kill_during_round_settles_it_exactly_once(market, funded, matcher_process, settlement, chain, failpoint):
+def test_kill_during_round_settles_it_exactly_once(market, funded, matcher_process, settlement, chain, matcher, failpoint):
     matcher_process.stop()
     matcher_process.start(failpoint=failpoint)
     with matcher_process.client() as http:
@@ -44,7 +44,7 @@ def test_kill_during_round_settles_it_exactly_once(market, funded, matcher_proce
         matcher_process.close_round()  # the process dies mid-request
     assert matcher_process.wait_dead() == -9
 
-    landed_before_restart = settlement.rounds(1).batches
+    landed_before_restart = settlement.rounds(matcher, 1).batches
     assert landed_before_restart == (1 if failpoint == "after_broadcast" else 0)
 
     matcher_process.start()  # reconciles before serving
@@ -54,8 +54,8 @@ def test_kill_during_round_settles_it_exactly_once(market, funded, matcher_proce
         assert http.get(f"/orders/{order_digest}").json()["filled"] == 2
         assert http.get(f"/bids/{bid_digest}").json()["filled"] == 2
 
-    on_chain = settlement.rounds(1)
-    assert on_chain.batches == 1 and on_chain.settledAt > 0
+    on_chain = settlement.rounds(matcher, 1)
+    assert on_chain.batches == 1 and on_chain.finalizedAt > 0
     leases = [log for log in settlement.LeaseOpened.range(0, chain.blocks.height + 1) if log.round == 1]
     assert len(leases) == 1 and leases[0].units == 2
 
@@ -64,4 +64,4 @@ def test_kill_during_round_settles_it_exactly_once(market, funded, matcher_proce
         _post_pair(market, http, *funded)
     report = matcher_process.close_round().json()
     assert report["round_id"] == 2 and report["state"] == "confirmed"
-    assert settlement.rounds(2).batches == 1
+    assert settlement.rounds(matcher, 2).batches == 1

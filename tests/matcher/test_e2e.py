@@ -4,7 +4,7 @@ from ..conftest import A100, H100, HOUR, UBC
 from .conftest import order_body
 
 
-def test_round_end_to_end(accounts, market, settlement, matcher_process, chain):
+def test_round_end_to_end(accounts, market, settlement, matcher, matcher_process, chain):
     m = market
     buyers, providers = list(accounts[10:13]), list(accounts[20:25])
     for b in buyers:
@@ -53,7 +53,8 @@ def test_round_end_to_end(accounts, market, settlement, matcher_process, chain):
         on_chain = sorted(("0x" + bytes(lg.orderDigest).hex(), "0x" + bytes(lg.bidDigest).hex(), lg.units, lg.price) for lg in logs)
         expected = sorted((mm["order"], mm["bid"], mm["units"], prices[mm["market"]]) for mm in matches)
         assert on_chain == expected
-        assert settlement.clearingPrice(round_id, H100) == prices[H100]
+        assert settlement.clearingPrice(matcher, round_id, H100) == prices[H100]
+        assert all(lg.matcher == matcher.address and lg.round == round_id for lg in logs)
 
         # Balances moved as expected: each buyer's locked escrow is what its leases cost.
         for order, _ in orders:
