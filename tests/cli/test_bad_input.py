@@ -37,7 +37,7 @@ def bad_cli(bad_workdir, bad_matcher, chain):
 
 @pytest.fixture(scope="module")
 def alice(bad_cli) -> str:
-    """A keystore account with 75 UBT, 39.875 UBC in escrow and 10 UBC in her wallet."""
+    """A keystore account with 75 UBT, 39.875 UBC in escrow and 10 UBC in her wallet, bound to the matcher."""
     cli = bad_cli
     address = cli("account", "new", "alice", env=PW)["address"]
     cli("devnet", "fund", "alice", "--ubt", "100")
@@ -85,6 +85,12 @@ CASES = [
     ("missing-option", ("escrow", "deposit", "--account", "alice"), 2, "missing option '--amount'"),
     ("no-account", ("escrow", "deposit", "--amount", "1"), 2, "needs an account"),
     ("dev-key-name", ("status", "--account", "dev:x"), 1, "use dev:<n>"),
+    ("order-too-short", ("order", "create", "--market", H100_8, "--hours", "59s", "--max-price", "2",
+                         "--account", "alice"), 1, "DurationTooShort(minimum=60 s)"),
+    ("complete-nothing", ("escrow", "withdraw", "--complete", "--account", "alice"), 1, "NothingToWithdraw(buyer="),
+    ("bind-not-an-address", ("account", "bind", "0xabc", "--account", "alice"), 2, "is not an address"),
+    ("withdraw-unbonded-nothing", ("provider", "withdraw", "--account", "alice"), 1, "NothingUnbonding"),
+    ("challenge-unknown-bid", ("challenge", "--bid", "0xdead", "--account", "alice"), 1, "no bid of yours"),
 ]
 
 
@@ -124,15 +130,37 @@ def test_matcher_refusal_is_one_line(bad_cli, chain):
     cli("bid", "create", "--market", H100_8, "--capacity", "1", "--price", "1", "--account", "dev:9")
     block = chain.blocks.height
     cli.fails("bid", "create", "--market", H100_8, "--capacity", "1", "--price", "1.1", "--account", "dev:9",
-              code=1, match="the matcher refused the bid: capacity: provider's free stake covers 1 units")
+              code=1, match="the matcher refused the bid: capacity: provider's available stake covers 1 units")
     assert chain.blocks.height == block
     assert [b["price"] for b in cli("bid", "list", "--account", "dev:9")] == [1_000_000]
 
 
 def test_exact_decimals_are_accepted(bad_cli, alice, settlement):
-    """The boundary of the decimals rule: exactly 6 decimals is fine."""
+    """The boundary of the decimals rule: exactly 6 decimals is fine (withdrawn after the notice)."""
+    announced = bad_cli("escrow", "withdraw", "--amount", "0.000001", "--account", "alice", env=PW)
+    assert announced["step"] == "requested" and settlement.pendingWithdrawal(alice)[0] == 1
+    bad_cli("devnet", "advance", "30s", "--no-price")
     bad_cli("escrow", "withdraw", "--amount", "0.000001", "--account", "alice", env=PW)
     assert settlement.escrowOf(alice)[0] == 39_875_000 - 1
+
+
+def test_withdrawal_before_the_notice_is_one_line(bad_cli, alice, chain, settlement):
+    """Completing an announced withdrawal too early: one line with the time left, nothing sent; a
+    different amount re-announces (restarting the notice)."""
+    cli = bad_cli
+    cli("escrow", "withdraw", "--amount", "5", "--account", "alice", env=PW)
+    block = chain.blocks.height
+    err = cli.fails("escrow", "withdraw", "--account", "alice", code=1, match="NoticeNotOver(readyAt=", env=PW)
+    assert "the withdrawal of 5 UBC is announced; the notice is not over (ready in" in err
+    cli.fails("escrow", "withdraw", "--complete", "--amount", "6", "--account", "alice", code=2,
+              match="the announced withdrawal is 5 UBC", env=PW)
+    assert chain.blocks.height == block
+    again = cli("escrow", "withdraw", "--amount", "6", "--account", "alice", env=PW)
+    assert again["step"] == "requested" and again["replaced"] == 5_000_000
+    assert settlement.pendingWithdrawal(alice)[0] == 6_000_000
+    # Announced credits do not count for new orders.
+    cli.fails("order", "create", "--market", H100_8, "--units", "1", "--hours", "8", "--max-price", "4.5",
+              "--account", "alice", code=1, match="InsufficientEscrow(buyer=", env=PW)
 
 
 def test_password_prompt(bad_cli, alice, chain):

@@ -9,7 +9,7 @@ from .conftest import DATA, H100_8
 PW = {"UNDERBID_PASSWORD": "correct horse"}
 
 
-def test_buyer_journey(cli, settlement, credit, ubt):
+def test_buyer_journey(cli, settlement, credit, ubt, matcher):
     # A new encrypted account, funded from the devnet faucet.
     made = cli("account", "new", "alice", env=PW)
     alice = made["address"]
@@ -22,8 +22,13 @@ def test_buyer_journey(cli, settlement, credit, ubt):
     minted = cli("credits", "mint", "--ubt", "100", *me, env=PW)
     assert minted["credits_minted"] == 199_500_000  # 100 UBT at 2 USD minus 25 bps
     assert ubt.balanceOf(alice) == 400 * UBT
-    cli("escrow", "deposit", "--amount", "150", *me, env=PW)
+    deposited = cli("escrow", "deposit", "--amount", "150", *me, env=PW)
     assert settlement.escrowOf(alice) == (150 * UBC, 0)
+    # The first deposit bound the account to the matcher (its address from the matcher's /health).
+    assert deposited["bound"]["matcher"] == matcher.address and deposited["bound"]["immediate"]
+    assert settlement.boundMatcherOf(alice) == matcher.address
+    assert cli("escrow", "deposit", "--amount", "0.5", *me, env=PW)["bound"] is None  # already bound: no transaction
+    cli("escrow", "withdraw", "--amount", "0.5", *me, env=PW)  # announced; completed with the rest below
 
     # A provider (a devnet key) stakes and bids; the buyer orders from an Akash SDL file.
     cli("devnet", "fund", "dev:5", "--ubt", "1000")
@@ -32,6 +37,7 @@ def test_buyer_journey(cli, settlement, credit, ubt):
     bid = cli("bid", "create", "--market", H100_8, "--capacity", "4", "--price", "1.50", "--valid", "2h",
               "--account", "dev:5")
     assert bid["status"] == "open" and bid["spec"] == H100_8
+    assert settlement.boundMatcherOf(cli("account", "show", "dev:5")["address"]) == matcher.address
     order = cli("order", "create", "--sdl", DATA / "h100.yaml", "--hours", "24", "--max-price", "2.10", *me, env=PW)
     assert order["spec"] == H100_8 and order["units"] == 2  # the SDL's count
     assert order["max_cost"] == 2 * 2_100_000 * 24
@@ -57,24 +63,42 @@ def test_buyer_journey(cli, settlement, credit, ubt):
         cli("devnet", "advance", "50s", "--no-price")
     status = cli("status", *me, env=PW)
     assert status["escrow_locked"] == cost and status["leases"][0]["accrued"] > 0
+    assert status["binding"]["matcher"] == matcher.address and not status["binding"]["pending"]
     closed = cli("lease", "close", lease["id"][:12], *me, env=PW)
     assert closed["paid_to_provider"] + closed["refunded"] == cost
     assert closed["paid_to_provider"] > 0
-    assert settlement.escrowOf(alice) == (150 * UBC - closed["paid_to_provider"], 0)
+    assert settlement.escrowOf(alice) == (150 * UBC + UBC // 2 - closed["paid_to_provider"], 0)
     assert cli("lease", "list", *me, env=PW) == []
     assert cli("lease", "list", "--all", *me, env=PW)[0]["status"] == "closed"
 
-    # A second order is cancelled on chain by its nonce.
+    # A second order is cancelled on chain by its nonce, in two steps: a request, then the void after the notice.
     second = cli("order", "create", "--market", H100_8, "--units", "1", "--hours", "1", "--max-price", "3", *me, env=PW)
+    requested = cli("order", "cancel", second["digest"][:10], *me, env=PW)
+    assert (requested["nonce"], requested["step"], requested["ready_in"]) == (second["nonce"], "requested", 30)
+    assert settlement.cancelRequestedAt(alice, second["nonce"]) != 0 and not settlement.isNonceUsed(alice, second["nonce"])
+    assert {o["digest"]: o["status"] for o in cli("order", "list", *me, env=PW)}[second["digest"]] == "cancel requested"
+    cli.fails("order", "cancel", second["digest"][:10], *me, code=1, match="the notice is not over (ready in", env=PW)
+    cli("devnet", "advance", "30s", "--no-price")
     cancelled = cli("order", "cancel", second["digest"][:10], *me, env=PW)
-    assert cancelled["nonce"] == second["nonce"]
-    assert settlement.isNonceCancelled(alice, second["nonce"])
+    assert cancelled["step"] == "cancelled" and settlement.nonceState(alice, second["nonce"]) == (False, True)
     assert {o["digest"]: o["status"] for o in cli("order", "list", *me, env=PW)}[second["digest"]] == "cancelled"
+    cli.fails("order", "cancel", second["digest"][:10], *me, code=1, match="is already cancelled", env=PW)
 
-    # Everything back out: withdraw the free escrow, redeem the credits (oracle price re-posted first).
-    cli("devnet", "advance", "1s")
-    cli("escrow", "withdraw", *me, env=PW)
-    assert settlement.escrowOf(alice) == (0, 0)
+    # Everything back out: the pending withdrawal (0.5) is completed, the rest announced and completed after
+    # the notice; then the credits are redeemed (oracle price re-posted first).
+    done = cli("escrow", "withdraw", *me, env=PW)
+    assert (done["step"], done["withdrawn"]) == ("withdrawn", UBC // 2)
+    free = settlement.escrowOf(alice)[0]
+    announced = cli("escrow", "withdraw", *me, env=PW)
+    assert (announced["step"], announced["requested"], announced["ready_in"]) == ("requested", free, 30)
+    assert settlement.escrowOf(alice)[0] == free and settlement.availableEscrow(alice) == 0
+    result = cli.run("escrow", "withdraw", *me, env=PW)
+    err = result.stderr.strip()
+    assert result.exit_code == 1 and err.startswith("error: NoticeNotOver(readyAt=") and "\n" not in err
+    assert "the notice is not over (ready in 30 s)" in err or "the notice is not over (ready in 29 s)" in err
+    cli("devnet", "advance", "30s")
+    assert cli("escrow", "withdraw", "--complete", *me, env=PW)["withdrawn"] == free
+    assert settlement.escrowOf(alice) == (0, 0) and settlement.pendingWithdrawal(alice) == (0, 0)
     held = credit.balanceOf(alice)
     redeemed = cli("credits", "redeem", "--credits", str(held / UBC), *me, env=PW)
     assert redeemed["credits_burned"] == held and credit.balanceOf(alice) == 0
@@ -95,6 +119,7 @@ def test_provider_journey(cli, settlement, ubt, tmp_path, chain):
     cli("provider", "register", "--metadata", "https://bob.example/meta.json", *me)
     staked = cli("provider", "stake", "--amount", "500", *me)
     assert staked["staked"] == 500 * UBT and staked["free"] == 500 * UBT
+    assert staked["bound"]["immediate"] and settlement.boundMatcherOf(bob) == staked["bound"]["matcher"]
     bid = cli("bid", "create", "--market", H100_8, "--capacity", "3", "--price", "1.25", "--max-hours", "12", *me)
     assert bid["capacity"] == 3 and bid["price"] == 1_250_000 and bid["max_duration"] == 12 * 3600
     assert bid["digest"].startswith("0x") and bid["round"] >= 1
@@ -133,11 +158,18 @@ def test_provider_journey(cli, settlement, ubt, tmp_path, chain):
     shown = cli("provider", "show", *me)
     assert shown["staked"] == 400 * UBT and shown["locked"] == 0
 
-    # The rest of the bid is cancelled; the stake unbonds and is withdrawn after the unbonding period.
-    cli("bid", "cancel", bid["digest"], *me)
+    # The rest of the bid is cancelled (request, notice, void); the stake unbonds and is withdrawn after
+    # the unbonding period.
+    assert cli("bid", "cancel", bid["digest"], *me)["step"] == "requested"
+    assert cli("bid", "list", *me)[0]["status"] == "cancel requested"
+    cli("devnet", "advance", "31s", "--no-price")
+    assert cli("bid", "cancel", bid["digest"], *me)["step"] == "cancelled"
     assert cli("bid", "list", *me)[0]["status"] == "cancelled"
     unstake = cli("provider", "unstake", "--amount", "400", *me)
     assert unstake["unbonding_left"] == 600
+    shown = cli("provider", "show", *me)
+    assert (shown["staked"], shown["unbonding"], shown["available"]) == (400 * UBT, 400 * UBT, 0)  # still staked
+    cli.fails("provider", "unstake", "--amount", "1", *me, code=1, match="InsufficientFreeStake(")
     cli.fails("provider", "withdraw", *me, code=1, match="still unbonding")
     cli("devnet", "advance", "10m", "--no-price")
     before = ubt.balanceOf(bob)
@@ -163,15 +195,16 @@ def test_ape_accounts_are_read(cli, tmp_path):
     assert Account.from_key(Account.decrypt(keyfile, PW["UNDERBID_PASSWORD"])).address == made["address"]
 
 
-def test_challenge_of_a_correct_round_is_refused(cli, chain):
-    """A provider's challenge goes through its matcher receipt and a witness lease found on chain; when
-    the round was cleared correctly the contract's named error comes back as one line, nothing sent."""
+def test_challenge_of_a_correct_round_is_refused(cli, chain, matcher):
+    """A provider's challenge goes to the MatcherCourt with its matcher receipt and a witness lease found on
+    chain; when the round was cleared correctly the court's named error comes back as one line, nothing sent."""
     for dev in ("dev:5", "dev:6"):
         cli("devnet", "fund", dev, "--ubt", "300")
         cli("provider", "register", "--metadata", f"https://{dev[4:]}.example", "--account", dev)
         cli("provider", "stake", "--amount", "200", "--account", dev)
     cheap = cli("bid", "create", "--market", H100_8, "--capacity", "2", "--price", "1.25", "--account", "dev:5")
     assert cheap["receipt"]["bidHash"] == cheap["digest"] and cheap["receipt"]["round"] == cheap["round"]
+    assert cheap["receipt"]["matcher"] == matcher.address
     assert cheap["receipt_valid"] is True  # signed by the bonded matcher, for this bid
     cli("bid", "create", "--market", H100_8, "--capacity", "2", "--price", "1.40", "--account", "dev:6")
     cli("devnet", "fund", "dev:8", "--ubt", "100")
@@ -181,7 +214,7 @@ def test_challenge_of_a_correct_round_is_refused(cli, chain):
     assert cli("matcher", "close-round")["matches"] == 2
 
     block = chain.blocks.height
-    # The cheap bid was filled completely, so a pricier winner proves nothing.
+    # The cheap bid was filled completely, so a pricier winner proves nothing (neither spare unit nor swap).
     cli.fails("challenge", "--bid", cheap["digest"][:12], "--account", "dev:5", code=1, match="BidFullyFilled(bidDigest=")
     # The pricier bid has no pricier witness in its round.
     pricey = cli("bid", "list", "--account", "dev:6")[0]
@@ -213,3 +246,78 @@ def test_price_ladder(cli):
     assert report["matches"] == 2 and int(next(iter(report["prices"].values()))) == 1_900_000
     status = {b["digest"]: b["status"] for b in cli("bid", "list", *provider)}
     assert [status[r["digest"]] for r in rungs] == ["filled", "filled", "open"]
+
+
+def test_bind_journey(cli, settlement, matcher):
+    """`account bind`: an unbound account binds at once; moving to another matcher waits for the notice,
+    and meanwhile its orders are refused before anything is posted."""
+    me = ["--account", "dev:13"]
+    cli("devnet", "fund", "dev:13", "--ubt", "100")
+    cli("credits", "mint", "--ubt", "50", *me)
+    deposited = cli("escrow", "deposit", "--amount", "40", "--no-bind", *me)
+    assert deposited["bound"] is None
+    address = cli("account", "show", "dev:13")["address"]
+    shown = cli("account", "show", "dev:13")
+    assert shown["binding"]["matcher"] is None and not shown["binding"]["pending"]
+    order = ("order", "create", "--market", H100_8, "--units", "1", "--hours", "2", "--max-price", "2", *me)
+    cli.fails(*order, code=1, match="AccountNotBound(account=")
+
+    # Bind to the matcher at --matcher (its address from /health): at once.
+    result = cli.run("account", "bind", *me)
+    assert result.exit_code == 0, result.stderr
+    assert f"bound {address} to matcher {matcher.address}" in " ".join(result.stdout.split())
+    assert settlement.boundMatcherOf(address) == matcher.address
+    assert cli("account", "bind", *me)["changed"] is False  # already bound: nothing sent
+    text = " ".join(cli.run("status", *me).stdout.split())
+    assert f"matcher {matcher.address}" in text
+    assert cli(*order)["status"] == "open"
+
+    # Moving to another matcher is announced: effective after the 30 s notice; no orders meanwhile.
+    other = "0x" + "11" * 20
+    moved = cli("account", "bind", other, *me)
+    assert moved["changed"] and not moved["immediate"] and moved["pending"] and moved["change_left"] == 30
+    assert moved["matcher"] == matcher.address and moved["next"].lower() == other
+    status = cli("status", *me)
+    assert status["binding"]["pending"] and status["binding"]["next"].lower() == other
+    assert "changing to" in " ".join(cli.run("status", *me).stdout.split())
+    cli.fails(*order, code=1, match="pending matcher change")
+    cli("devnet", "advance", "30s", "--no-price")
+    assert settlement.boundMatcherOf(address).lower() == other
+    cli.fails(*order, code=1, match=f"AccountNotBound(account={address}")
+    cli.fails("account", "bind", "0x1234", *me, code=2, match="is not an address")
+
+
+def test_heartbeat_batch_skips_a_closed_lease(cli, settlement):
+    """A provider heartbeats two leases in one transaction after a buyer closed one of them: nothing
+    reverts, the closed lease is reported as skipped and the other one is heartbeated."""
+    provider = ["--account", "dev:14"]
+    cli("devnet", "fund", "dev:14", "--ubt", "500")
+    cli("provider", "register", "--metadata", "https://p14.example", *provider)
+    cli("provider", "stake", "--amount", "200", *provider)
+    cli("bid", "create", "--market", H100_8, "--capacity", "2", "--price", "1", *provider)
+    for dev in ("dev:15", "dev:16"):
+        cli("devnet", "fund", dev, "--ubt", "100")
+        cli("credits", "mint", "--ubt", "50", "--account", dev)
+        cli("escrow", "deposit", "--amount", "60", "--account", dev)
+        cli("order", "create", "--market", H100_8, "--units", "1", "--hours", "2", "--max-price", "2", "--account", dev)
+    assert cli("matcher", "close-round")["matches"] == 2
+    leases = cli("lease", "list", *provider)
+    assert len(leases) == 2
+    closed = next(v for v in leases if v["buyer"] == cli("account", "show", "dev:15")["address"])
+    running = next(v for v in leases if v["id"] != closed["id"])
+    cli("devnet", "advance", "20s", "--no-price")
+    cli("lease", "close", closed["id"], "--account", "dev:15")
+
+    beat = cli("lease", "heartbeat", closed["id"], running["id"], *provider)
+    assert beat["leases"] == [running["id"]] and beat["skipped"] == [{"lease": closed["id"], "reason": "closed"}]
+    result = cli.run("lease", "heartbeat", closed["id"][:14], running["id"][:14], *provider)
+    assert result.exit_code == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "heartbeat for 1 lease(s)" in text and f"skipped lease {closed['id'][:12]}" in text
+    assert "it is closed" in text
+    # The loop keeps going with the lease closed: it heartbeats what still runs, every round.
+    result = cli.run("heartbeat", "--every", "1", "--count", "2", *provider)
+    assert result.exit_code == 0 and result.stdout.count("heartbeat for 1 lease") == 2, result.stderr
+    # Claims skip the closed lease too.
+    claim = cli("lease", "claim", closed["id"], running["id"], *provider)
+    assert claim["claimed"] > 0 and claim["skipped"] == [{"lease": closed["id"], "reason": "closed"}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,10 @@ def resolve_market(market: str | None, sdl: Path | None, service: str | None) ->
     except SdlError as exc:
         raise click.BadParameter(f"cannot map the SDL to a market: {exc}", param_hint="--sdl") from None
     return found.spec, found.units
+
+
+#: how long the matcher may judge by a cached head block (its chain reads' TTL), plus a margin
+_MATCHER_CACHE_SECONDS = 2.5
 
 
 def require_bound(env: Env) -> str:
@@ -82,17 +87,29 @@ def post(env: Env, kind: str, message, spec: str) -> dict[str, Any]:
 def post_many(env: Env, kind: str, messages: list, spec: str) -> list[dict[str, Any]]:
     """Signs and posts messages of one kind (several bids go in one all-or-none request) and
     journals each. Returns the matcher's answers + extras, in order."""
-    from underbid.client import JournalEntry
+    from underbid.client import JournalEntry, MatcherError
 
     client = env.client()
     matcher = env.matcher()
     signed = [(message, client.sign(message)) for message in messages]
-    if len(signed) > 1:
-        acks = matcher.post_bids(signed, spec)
-    else:
+
+    def send() -> list[dict[str, Any]]:
+        if len(signed) > 1:
+            return matcher.post_bids(signed, spec)
         ((message, signature),) = signed
         post_one = matcher.post_order if kind == "order" else matcher.post_bid
-        acks = [post_one(message, signature, spec)]
+        return [post_one(message, signature, spec)]
+
+    try:
+        acks = send()
+    except MatcherError as exc:
+        # The matcher judges bindings against a head block it caches for a moment (about 2 s): an
+        # account bound a moment ago (`escrow deposit` / `provider stake` bind it) can look unbound
+        # to it. The chain says bound (checked before posting), so ask once more after the cache expired.
+        if "not bound to this matcher" not in str(exc):
+            raise
+        time.sleep(_MATCHER_CACHE_SECONDS)
+        acks = send()
     results = []
     for (message, signature), ack in zip(signed, acks, strict=True):
         receipt = ack.get("receipt")
