@@ -54,7 +54,7 @@ def test_buyer_journey(cli, settlement, credit, ubt, matcher):
     [lease] = cli("lease", "list", *me, env=PW)
     cost = 2 * price * 24
     assert (lease["buyer"], lease["units"], lease["price"], lease["cost"], lease["status"]) == (alice, 2, price, cost, "running")
-    assert settlement.escrowOf(alice) == (150 * UBC - cost, cost)
+    assert settlement.escrowOf(alice) == (150 * UBC + UBC // 2 - cost, cost)
     assert cli("order", "list", *me, env=PW)[0]["status"] == "filled"
 
     # Time passes (the provider heartbeats), then the buyer closes early and gets the rest back.

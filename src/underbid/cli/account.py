@@ -184,7 +184,7 @@ def account_bind(env: Env, matcher_address: str | None) -> None:
     with env.progress("binding"):
         result = client.bind_matcher(target)
     after = client.binding(client.address)
-    data = {**after, **result, "changed": True}
+    data = {**result, **after, "target": target, "changed": True}  # `matcher`: the one bound now
 
     def render(console):
         if result["immediate"]:
