@@ -222,13 +222,16 @@ class ChainView:
     # ----- blocks -----
 
     def head(self) -> BlockRef:
-        """The latest block (cached for the TTL: facts read at it carry it along)."""
+        """The latest block, cached for the TTL (for deadlines, which are coarse)."""
         return self.cache.get("head", self.fresh_head)
 
     def fresh_head(self) -> BlockRef:
-        """The latest block, read now."""
+        """The latest block, read now (and cached as the head)."""
+        loaded_at = time.monotonic()
         block = self.w3.eth.get_block("latest")
-        return BlockRef(block["number"], block["timestamp"])
+        head = BlockRef(block["number"], block["timestamp"])
+        self.cache.put("head", head, loaded_at)
+        return head
 
     def block_time(self) -> int:
         """The chain time of the cached head block (deadlines and the store's views only)."""
@@ -240,7 +243,9 @@ class ChainView:
         """A fact and the block it was read at, from the cache or read at the head block."""
 
         def load() -> tuple[Any, BlockRef]:
-            block = self.head()
+            # A fact missing from the cache costs a round trip anyway: read it at a fresh head,
+            # so a fact is never older than the TTL.
+            block = self.fresh_head()
             return self._read_facts([key], block)[0], block
 
         return self.cache.get(key, load)
@@ -290,8 +295,10 @@ class ChainView:
     def cancel_requested(self, signer: str, nonce: int) -> bool:
         return self._pinned(("cancel", signer, nonce))[0] != 0
 
-    def binding(self, account: str) -> Binding:
-        return to_binding(self._pinned(("binding", account))[0])
+    def binding(self, account: str) -> tuple[Binding, BlockRef]:
+        """The account's matcher binding, and the block it was read at."""
+        raw, block = self._pinned(("binding", account))
+        return to_binding(raw), block
 
     def filled(self, digest: bytes) -> int:
         """Units the message with this digest has filled on chain (read uncached-ish: rare)."""
@@ -326,7 +333,7 @@ class ChainView:
         wanted = list(dict.fromkeys(wanted))
         loaded_at = time.monotonic()
         try:
-            block = self.head()
+            block = self.fresh_head()  # the facts wanted cost a round trip anyway; see _pinned
             values = self._read_facts(wanted, block)
         except Exception as exc:  # noqa: BLE001 - an optimisation only; the single reads report errors
             log.debug("batched fact read failed (%s); reading one by one", exc)

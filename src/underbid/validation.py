@@ -129,7 +129,7 @@ class Validator:
                 pair = (message.signer, message.nonce)
                 self._check_nonce_free(pair, holders.get(pair), first_nonce.get(pair), now)
                 first_nonce[pair] = i
-                self._check_bound(kind, message.signer, now)
+                self._check_bound(kind, message.signer)
                 self._check_nonce_on_chain(item)
             except Rejection as rejection:
                 refused[i] = rejection
@@ -186,10 +186,11 @@ class Validator:
                 409, "nonce", f"nonce {pair[1]} of {pair[0]} belongs to the open message {holder[0]}: use another nonce"
             )
 
-    def _check_bound(self, kind: MessageKind, account: str, now: int) -> None:
+    def _check_bound(self, kind: MessageKind, account: str) -> None:
         """The account is bound to this matcher with no change pending: only then can nothing
         but this matcher's own batches spend the account's funds, nonces or stake."""
-        binding = self.chain.binding(account)
+        binding, block = self.chain.binding(account)
+        now = block.timestamp
         if not binding.settled_with(self.matcher, now):
             state = (
                 f"a change to {binding.next} is pending until {binding.change_at}"

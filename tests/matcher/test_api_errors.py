@@ -79,8 +79,9 @@ class Api:
         if self.kind_of(message) == "bid":
             # The receipt names this bid and is signed by the matcher, in the same EIP-712 domain.
             rc = body["receipt"]
-            receipt = Receipt(bid_hash=rc["bidHash"], round=rc["round"], issued_at=rc["issuedAt"])
-            assert rc["bidHash"] == digest and rc["round"] >= 1
+            assert set(rc) == {"matcher", "bidHash", "round", "issuedAt", "signature"}, rc
+            receipt = Receipt(matcher=rc["matcher"], bid_hash=rc["bidHash"], round=rc["round"], issued_at=rc["issuedAt"])
+            assert rc["bidHash"] == digest and rc["round"] >= 1 and rc["matcher"] == dev_account(MATCHER).address
             assert recover_signer(receipt.digest(self.domain), bytes.fromhex(rc["signature"][2:])) == dev_account(MATCHER).address
         else:
             assert body["receipt"] is None
@@ -219,23 +220,31 @@ def test_deadline_nonce_and_spec_are_checked(market, chain, settlement, buyers, 
     api.refuse(*m.bid(provider, deadline=head - 1), 400, "deadline")
     api.refuse(*m.order(buyer, deadline=0), 400, "deadline")
 
-    # Nonces cancelled on chain by their signers.
-    cancelled_order, cancelled_order_sig = m.order(buyer, nonce=(7 << 8) | 3)
+    # Nonces whose cancellation their signers announced on chain: refused at once (the nonce
+    # becomes void only after the notice period).
+    cancelled_order, cancelled_order_sig = m.order(buyer, nonce=(7 << 7) | 3)
     cancelled_bid, cancelled_bid_sig = m.bid(provider, nonce=2**255 + 77)
     for msg, who in ((cancelled_order, buyer), (cancelled_bid, provider)):
-        settlement.cancelNonces(msg.nonce >> 8, 1 << (msg.nonce & 0xFF), sender=who)
-        assert settlement.isNonceUsed(who, msg.nonce)
-    assert "cancelled" in api.refuse(cancelled_order, cancelled_order_sig, 400, "nonce")
+        settlement.requestCancel([msg.nonce], sender=who)
+        assert settlement.isNonceCancelled(who, msg.nonce) and not settlement.isNonceUsed(who, msg.nonce)
+    assert "cancellation requested" in api.refuse(cancelled_order, cancelled_order_sig, 400, "nonce")
     api.refuse(cancelled_bid, cancelled_bid_sig, 400, "nonce")
     # Nonces consumed on chain: an order and a bid completely filled by a settlement.
     filled_order = m.order(buyer, units=2)
     filled_bid = m.bid(provider, capacity=2)
-    m.settle([filled_order], [filled_bid], [(0, 0, 2)], {H100: 2 * UBC}, round_id=4242)
+    m.settle([filled_order], [filled_bid], [(0, 0, 2)], {H100: 2 * UBC})
     assert settlement.isNonceUsed(buyer, filled_order[0].nonce)
-    api.refuse(*filled_order, 400, "nonce")
+    assert "used or cancelled" in api.refuse(*filled_order, 400, "nonce")
     api.refuse(*filled_bid, 400, "nonce")
+    # A nonce claimed by a partly filled message: another message with that nonce is refused.
+    # (In a bitmap word of its own: the matcher caches the words it read for a couple of seconds.)
+    partial_bid = m.bid(provider, capacity=2, nonce=(99 << 7) | 5)
+    m.settle([m.order(buyer, units=1)], [partial_bid], [(0, 0, 1)], {H100: 2 * UBC})
+    claimed, voided = settlement.nonceState(provider, partial_bid[0].nonce)
+    assert claimed and not voided
+    assert "taken by another message" in api.refuse(*m.bid(provider, nonce=partial_bid[0].nonce), 400, "nonce")
     # Another nonce in the same bitmap word as the cancelled one is still free.
-    neighbour = m.order(buyer, nonce=(7 << 8) | 4)
+    neighbour = m.order(buyer, nonce=(7 << 7) | 4)
     api.accept(*neighbour)
 
     # Malformed market ids are schema errors naming `market`.
@@ -272,14 +281,16 @@ def test_stake_escrow_zero_amounts_and_duplicates(market, accounts, buyers, prov
     m.fund_buyer(exact, cost)
     m.fund_buyer(short, cost - 1)
     m.stake_provider(staked, 4)
+    m.bind(unfunded)  # bound, so what is refused is the missing escrow (or stake)
+    m.bind(unstaked)
 
-    # Escrow: the buyer's free escrow must cover the order at its max price.
+    # Escrow: the buyer's available escrow must cover the order at its max price.
     assert "deposit" in api.refuse(*m.order(unfunded), 400, "buyer")
     api.refuse(*m.order(short, units=2, duration=2 * HOUR, max_price=3 * UBC), 400, "buyer")
     api.refuse(*m.order(rich, units=2**32 - 1, duration=2**32 - 1, max_price=2**64 - 1), 400, "buyer")
     api.accept(*m.order(exact, units=2, duration=2 * HOUR, max_price=3 * UBC))
 
-    # Stake: a provider's free stake must cover the capacity of all its live bids.
+    # Stake: a provider's available stake must cover the capacity of all its live bids.
     api.refuse(*m.bid(unstaked, capacity=1), 400, "capacity")
     api.refuse(*m.bid(staked, capacity=5), 400, "capacity")
     api.refuse(*m.bid(staked, capacity=2**32 - 1), 400, "capacity")
@@ -310,6 +321,79 @@ def test_stake_escrow_zero_amounts_and_duplicates(market, accounts, buyers, prov
     api.verify_store()
 
 
+# ----- the honest matcher's intake rules: binding, matcher, minimum lease, cumulative escrow, one nonce -----
+
+
+def test_the_honest_matchers_intake_rules(market, accounts, settlement, buyers, providers, outsider, params, api):
+    m = market
+    buyer, provider = buyers[0], providers[0]
+    m.fund_buyer(buyer, 1_000 * UBC)
+    m.stake_provider(provider, 8)
+
+    # A message naming another matcher: that matcher alone may settle it.
+    reason = api.refuse(*m.order(buyer, matcher=str(outsider.address)), 400, "matcher")
+    assert str(outsider.address) in reason
+    api.refuse(*m.bid(provider, matcher=str(outsider.address)), 400, "matcher")
+
+    # An account that never bound itself to this matcher, with funds enough.
+    unbound_buyer, unbound_provider = accounts[11], accounts[21]
+    m.mint_credits(unbound_buyer, 100 * UBC)
+    settlement.deposit(100 * UBC, sender=unbound_buyer)
+    assert "bind your account to this matcher first (underbid " in api.refuse(*m.order(unbound_buyer), 400, "buyer")
+    m.stake_provider(unbound_provider, 4)
+    settlement.bindMatcher(outsider, sender=unbound_provider)  # asks to leave: a change is pending
+    reason = api.refuse(*m.bid(unbound_provider, capacity=1), 400, "provider")
+    assert "pending" in reason and "bind your account to this matcher first" in reason
+    # Bound to another matcher outright.
+    other_buyer = accounts[12]
+    m.mint_credits(other_buyer, 100 * UBC)
+    settlement.deposit(100 * UBC, sender=other_buyer)
+    m.bind(other_buyer, outsider)
+    api.refuse(*m.order(other_buyer), 400, "buyer")
+
+    # An order shorter than the protocol's shortest lease.
+    assert params.min_lease_duration == 60
+    reason = api.refuse(*m.order(buyer, duration=params.min_lease_duration - 1), 400, "duration")
+    assert "at least 60 seconds" in reason
+    api.accept(*m.order(buyer, duration=params.min_lease_duration, units=1))
+
+    # Escrow is reserved across a buyer's open orders: escrow for one order does not fund two.
+    thrifty = buyers[1]
+    cost = 1 * 20 * UBC * 1  # units=1, max_price=20 UBC, duration=1 h (above the minimum mint)
+    m.fund_buyer(thrifty, cost)
+    api.accept(*m.order(thrifty, units=1, max_price=20 * UBC, duration=HOUR))
+    reason = api.refuse(*m.order(thrifty, units=1, max_price=20 * UBC, duration=HOUR), 400, "buyer")
+    assert "open orders reserve" in reason and "deposit" in reason
+    # Nor within one batch request.
+    thrifty2 = buyers[2]
+    m.fund_buyer(thrifty2, cost)
+    pair = [m.order(thrifty2, units=1, max_price=20 * UBC, duration=HOUR) for _ in range(2)]
+    r = api.request("POST", "/orders/batch", json=batch_body("order", pair))
+    expect_error(r, 400, "orders.1.buyer")
+    assert {item["field"] for item in r.json()["detail"]} == {"orders.1.buyer"}
+    for order, _ in pair:
+        api.refused[api.digest(order)] = "order"
+    # Escrow announced to leave is not available either.
+    leaving = accounts[13]
+    m.fund_buyer(leaving, 100 * UBC)
+    settlement.requestWithdrawal(90 * UBC, sender=leaving)
+    # The helper's order costs 12 UBC at its max price; only 10 of the 100 UBC deposited are available.
+    assert "available escrow 10 UBC" in api.refuse(*m.order(leaving), 400, "buyer")
+
+    # One open message per (signer, nonce): a second message with an open one's nonce is a 409.
+    first = m.bid(provider, capacity=1)
+    api.accept(*first)
+    reason = api.refuse(*m.bid(provider, capacity=1, price=3 * UBC, nonce=first[0].nonce), 409, "nonce")
+    assert api.digest(first[0]) in reason
+    twins = [m.bid(provider, capacity=1), None]
+    twins[1] = m.bid(provider, capacity=1, price=3 * UBC, nonce=twins[0][0].nonce)
+    r = api.request("POST", "/bids/batch", json=batch_body("bid", twins))
+    expect_error(r, 409, "bids.1.nonce")
+    for bid, _ in twins:
+        api.refused[api.digest(bid)] = "bid"
+    api.verify_store()
+
+
 # ----- schema errors -----
 
 
@@ -325,9 +409,9 @@ def test_schema_errors_name_the_field(market, buyers, providers, api):
         return {k: v for k, v in body.items() if k != key}
 
     # Missing fields, each named (by its camelCase name).
-    for key in ("buyer", "market", "units", "duration", "maxPrice", "deadline", "nonce", "signature"):
+    for key in ("buyer", "matcher", "market", "units", "duration", "maxPrice", "deadline", "nonce", "signature"):
         assert "required" in api.refuse_body("order", 422, key, json=without(order, key)).lower()
-    for key in ("provider", "capacity", "price", "maxDuration", "deadline", "nonce", "signature"):
+    for key in ("provider", "matcher", "capacity", "price", "maxDuration", "deadline", "nonce", "signature"):
         api.refuse_body("bid", 422, key, json=without(bid, key))
     # Every missing field is named at once.
     r = api.request("POST", "/orders", json={"signature": order["signature"]})
@@ -345,6 +429,7 @@ def test_schema_errors_name_the_field(market, buyers, providers, api):
     for bad in ("0x" + "zz" * 20, "0x1234", "ab" * 20, "", 7):
         api.refuse_body("order", 422, "buyer", json={**order, "buyer": bad})
         api.refuse_body("bid", 422, "provider", json={**bid, "provider": bad})
+        api.refuse_body("bid", 422, "matcher", json={**bid, "matcher": bad})
     api.refuse_body("order", 422, "signature", json={**order, "signature": 1234})
     # Unknown fields are refused, not ignored; so is a bid field on an order.
     api.refuse_body("order", 422, "priority", json={**order, "priority": "high"})
@@ -484,7 +569,7 @@ def test_a_price_ladder_is_accepted_in_one_request(market, buyers, providers, ap
     assert [a["digest"] for a in acks] == [api.digest(bid) for bid, _ in ladder]
     for ack, (bid, _) in zip(acks, ladder, strict=True):
         rc = ack["receipt"]
-        receipt = Receipt(bid_hash=rc["bidHash"], round=rc["round"], issued_at=rc["issuedAt"])
+        receipt = Receipt(matcher=rc["matcher"], bid_hash=rc["bidHash"], round=rc["round"], issued_at=rc["issuedAt"])
         assert rc["bidHash"] == ack["digest"] and ack["status"] == "open"
         assert recover_signer(receipt.digest(api.domain), bytes.fromhex(rc["signature"][2:])) == dev_account(MATCHER).address
         api.accepted[ack["digest"]] = ("bid", bid)
