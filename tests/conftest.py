@@ -133,19 +133,21 @@ class Market:
         if self.settlement.boundMatcherOf(account) != matcher.address:
             self.settlement.bindMatcher(matcher, sender=account)
 
-    def fund_buyer(self, buyer, credits: int) -> None:
+    def fund_buyer(self, buyer, credits: int, matcher=None) -> None:
+        """Deposits `credits` for `buyer` and binds it to `matcher` (default: the test matcher) if unbound."""
         self.mint_credits(buyer, credits)
         self.settlement.deposit(credits, sender=buyer)
-        self.bind(buyer)
+        self.bind(buyer, matcher)
 
-    def stake_provider(self, provider, units: int) -> None:
+    def stake_provider(self, provider, units: int, matcher=None) -> None:
+        """Stakes `units` of collateral for `provider` and binds it to `matcher` (default: the test matcher) if unbound."""
         amount = units * self.params.stake_per_unit
         self.give_ubt(provider, amount)
         if not self.settlement.providers(provider).registered:
             self.settlement.register(f"https://{str(provider.address)[:10].lower()}.example/meta.json", sender=provider)
         self.ubt.approve(self.settlement, amount, sender=provider)
         self.settlement.stake(amount, sender=provider)
-        self.bind(provider)
+        self.bind(provider, matcher)
 
     def now(self) -> int:
         return self.chain.pending_timestamp
