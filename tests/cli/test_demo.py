@@ -21,6 +21,10 @@ def _check_story(out: dict) -> None:
     assert out["fault"]["slashed"] > 0 and out["fault"]["burned"] > 0  # the silent provider was reported
     assert out["claims"] and all(v > 0 for v in out["claims"].values())
     assert out["early_close"] and all(c["refunded"] > 0 for c in out["early_close"])
+    # The providers' heartbeat batches still named the leases the buyer closed: skipped, not reverted.
+    closed = {c["lease"] for c in out["early_close"]}
+    assert {s["lease"] for s in out["skipped_heartbeats"]} == closed
+    assert all(s["reason"] == "closed" for s in out["skipped_heartbeats"])
     assert out["redemptions"] and all(v > 0 for v in out["redemptions"].values())
     assert set(out["balances"]) >= {f"provider-{i}" for i in range(1, 6)} | {f"buyer-{i}" for i in range(1, 4)}
 
@@ -35,7 +39,8 @@ def test_demo_human_output(cli):
     assert result.exit_code == 0, result.stderr
     text = result.stdout
     for needle in ("Providers bid in two markets", "uniform prices", "leases opened", "reported",
-                   "closed lease", "redeemed", "balances before → after", "conservation", "credits and UBT conserved"):
+                   "closed lease", "redeemed", "balances before → after", "conservation", "credits and UBT conserved",
+                   "bound to the matcher", "skipped (closed)", "announced escrow withdrawals", "evm_increaseTime"):
         assert needle in text, needle
     assert "VIOLATED" not in text
 
