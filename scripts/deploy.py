@@ -4,9 +4,11 @@
     ape run deploy --network ethereum:local:foundry
     UNDERBID_DEPLOYER=<ape account alias> ape run deploy --network <ecosystem:network:provider>
 
-On a local chain the deployer is ape's first test account, the second is the matcher, and the
-oracle price is seeded. Elsewhere the deployer is the ape account named by UNDERBID_DEPLOYER and
-also acts as the matcher until others are granted the role.
+On a local chain the deployer is ape's first test account, the second is the matcher (bonded,
+signing its own receipts), and the oracle price is seeded. Elsewhere the deployer is the ape
+account named by UNDERBID_DEPLOYER and also bonds as the matcher; other matchers bond themselves
+(`underbid matcher bond`). The address book lists every contract, the UnderbidTimelock that owns
+the core's parameters and the MatcherCourt the settlement deploys for challenges.
 """
 
 import os
