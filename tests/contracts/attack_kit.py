@@ -34,6 +34,14 @@ def at(chain, t: int) -> None:
     chain.pending_timestamp = t
 
 
+def at_least(chain, t: int) -> int:
+    """The next transaction lands at `t`, or just after the head if the chain already passed `t`
+    (a few transactions in between take wall-clock time on anvil). Returns the time used."""
+    t = max(t, head_time(chain) + 1)
+    chain.pending_timestamp = t
+    return t
+
+
 def sign_receipt(m, bid: Bid, round_id: int, issued_at: int, key=None, matcher=None) -> tuple[Receipt, bytes]:
     """A receipt for `bid` from `matcher` (default: the market's), signed with `key` (default: the
     matcher's own key, its registered receipt signer at deployment)."""

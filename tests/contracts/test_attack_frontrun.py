@@ -13,7 +13,7 @@ import pytest
 
 from ..conftest import H100, HOUR, UBC
 from ..reverts import reverts
-from .attack_kit import P_CHEAP, P_DEAR, Challenge, as_matcher, at, bond_matcher, digest, head_time, sign_receipt
+from .attack_kit import P_CHEAP, P_DEAR, Challenge, as_matcher, at, at_least, bond_matcher, digest, head_time, sign_receipt
 
 ACTIONS = ["withdrawal", "unstake", "cancel-order", "cancel-bid", "rebind", "all"]
 
@@ -58,7 +58,7 @@ def test_announcement_before_settle_does_not_revert_the_batch(funded, m2, chain,
 
     at(chain, t + 1)
     front_run(settlement, action, buyer, provider, o[0], b[0], m2)
-    at(chain, t + 3)
+    assert at_least(chain, t + 3) <= deadline
     tx = m.settle([o], [b], [(0, 0, 2)], {H100: P_DEAR}, deadline=deadline)
     [lease_id] = m.lease_ids(tx)
     cost = 2 * P_DEAR * 2
@@ -161,7 +161,7 @@ def test_actions_between_batches_of_a_split_round(funded, m2, chain, settlement,
     at(chain, t + 2)
     front_run(settlement, "all", buyers[1], providers[1], o2[0], b2[0], m2)
     if second_batch_lands:
-        at(chain, t + 6)
+        assert at_least(chain, t + 6) <= deadline
         tx = m.settle([o2], [b2], [(0, 0, 2)], {H100: P_DEAR}, round_id=r, batch=1, final=True, deadline=deadline)
         assert len(m.lease_ids(tx)) == 1
         assert settlement.rounds(matcher, r).finalizedAt == tx.timestamp
