@@ -47,13 +47,19 @@ def revert_data(text: str) -> bytes | None:
 
     NOTE: anvil writes a custom error as `custom error 0x<selector>: <arguments>`, the arguments
     in hex, except when their bytes happen to be valid UTF-8: then it writes them as text
-    (`custom error 0x2af737bf: \x00...k\x02\u0321` for a timestamp ending 0xcca1). Both forms are read.
+    (`custom error 0x2af737bf: \x00...k\x02\u0321` for a timestamp ending 0xcca1), and then trailing
+    spaces are lost. Both forms are read.
     """
     if m := re.fullmatch(r"custom error 0x([0-9a-fA-F]{8})(?:: (.*))?", text, re.DOTALL):
         arguments = m[2] or ""
         if re.fullmatch(r"(?:[0-9a-fA-F]{2})*", arguments):
             return bytes.fromhex(m[1] + arguments)
-        return bytes.fromhex(m[1]) + arguments.encode("utf-8")
+        raw = arguments.encode("utf-8")
+        # The text form loses trailing white space (an argument ending in byte 0x20, say 7200 =
+        # 0x1c20): arguments are whole 32-byte words, so pad the cut word back with spaces.
+        if len(raw) % 32:
+            raw += b" " * (32 - len(raw) % 32)
+        return bytes.fromhex(m[1]) + raw
     if m := re.fullmatch(r"0x((?:[0-9a-fA-F]{2}){4,})", text):
         return bytes.fromhex(m[1])
     return None

@@ -22,3 +22,10 @@ def test_no_arguments_and_bare_hex():
     assert revert_data(f"custom error 0x{SELECTOR}") == bytes.fromhex(SELECTOR)
     assert revert_data(f"0x{SELECTOR}00") == bytes.fromhex(SELECTOR + "00")
     assert revert_data("execution reverted") is None
+
+
+def test_text_arguments_that_lost_a_trailing_space():
+    # 7200 = 0x1c20 ends in 0x20, which the text form drops as trailing white space.
+    args = encode(["uint256", "uint256"], [0x6B02CCA1, 0x1C20])
+    text = args.decode("utf-8").rstrip(" ")
+    assert revert_data(f"custom error 0x{SELECTOR}: {text}") == bytes.fromhex(SELECTOR) + args
