@@ -1,4 +1,4 @@
-"""Leases: heartbeats, claims, closing, fault reports and slashing, live balances, and parameters.
+"""Leases: heartbeats, claims (both skip closed or faulty leases), closing, fault reports and slashing, live balances, and versioned parameters set through the timelock.
 
 Every amount is checked against a Python reference of the accrual rule:
 `accrued(t) = units * price * (min(t, end) - start) // 3600`, cumulative, paid only for time covered
@@ -17,6 +17,8 @@ import ape
 import pytest
 
 from ..conftest import A100, H100, HOUR
+from ..governance import execute, schedule, through_timelock
+from ..reverts import reverts
 
 MAX_UINT = 2**256 - 1
 BPS = 10_000
@@ -24,6 +26,8 @@ BPS = 10_000
 P1 = 2_345_677
 P2 = 1_999_999
 UNKNOWN = b"\x42" * 32
+# LeaseSkipped reasons (SkipReason).
+SKIP_CLOSED, SKIP_ENDED, SKIP_FAULT_PENDING = 0, 1, 2
 
 
 @dataclass
@@ -53,7 +57,7 @@ def at(chain, t: int) -> None:
     chain.pending_timestamp = t
 
 
-def open_lease(m, buyer, provider, *, units=3, duration=2 * HOUR, price=P1, round_id=1, market=H100) -> Lease:
+def open_lease(m, buyer, provider, *, units=3, duration=2 * HOUR, price=P1, round_id=None, market=H100) -> Lease:
     order = m.order(buyer, units=units, duration=duration, max_price=price, market=market)
     bid = m.bid(provider, capacity=units, price=price, max_duration=max(duration, HOUR), market=market)
     receipt = m.settle([order], [bid], [(0, 0, units)], {market: price}, round_id=round_id)
@@ -88,6 +92,8 @@ def test_heartbeat_batched_over_several_leases(funded, settlement, buyers, provi
     at(chain, start + 45)
     receipt = settlement.heartbeat(lease_ids, sender=providers[0])
 
+    assert receipt.return_value == 0  # nothing skipped
+    assert receipt.decode_logs(settlement.LeaseSkipped) == []
     logs = receipt.decode_logs(settlement.Heartbeat)
     assert [log.leaseId for log in logs] == lease_ids
     assert all(args(log)["at"] == start + 45 for log in logs)
@@ -126,20 +132,29 @@ def test_unknown_lease_everywhere(funded, settlement, providers, outsider):
 
 def test_heartbeat_missed_from_fault_reportable_at(funded, settlement, buyers, providers, chain, params):
     lease = open_lease(funded, buyers[0], providers[0])
+    other = open_lease(funded, buyers[1], providers[0], market=A100)
     first_reportable = lease.start + params.heartbeat_interval + params.heartbeat_grace + 1
     # The last second of the grace period still counts.
     at(chain, first_reportable - 1)
-    settlement.heartbeat([lease.id], sender=lease.provider)
+    assert settlement.heartbeat([lease.id, other.id], sender=lease.provider).return_value == 0
     reportable = settlement.faultReportableAt(lease.id)
     assert reportable == first_reportable - 1 + params.heartbeat_interval + params.heartbeat_grace + 1
 
+    # From then on a heartbeat cannot erase the fault: the lease is skipped, not the batch.
+    at(chain, reportable - 1)
+    settlement.heartbeat([other.id], sender=lease.provider)  # the other lease stays alive
     at(chain, reportable)
-    with ape.reverts(settlement.HeartbeatMissed, leaseId=lease.id):
-        settlement.heartbeat([lease.id], sender=lease.provider)
+    receipt = settlement.heartbeat([lease.id, other.id], sender=lease.provider)
+    assert receipt.return_value == 1
+    [skipped] = receipt.decode_logs(settlement.LeaseSkipped)
+    assert (skipped.leaseId, skipped.reason) == (lease.id, SKIP_FAULT_PENDING)
+    assert [log.leaseId for log in receipt.decode_logs(settlement.Heartbeat)] == [other.id]
     assert settlement.getLease(lease.id).lastHeartbeat == first_reportable - 1
+    assert settlement.getLease(other.id).lastHeartbeat == reportable
     at(chain, reportable + 500)
-    with ape.reverts(settlement.HeartbeatMissed):
-        settlement.heartbeat([lease.id], sender=lease.provider)
+    receipt = settlement.heartbeat([lease.id], sender=lease.provider)
+    assert receipt.return_value == 1
+    assert settlement.getLease(lease.id).lastHeartbeat == first_reportable - 1
 
 
 def test_heartbeat_at_or_after_end_is_lease_ended(funded, settlement, buyers, providers, chain):
@@ -147,20 +162,27 @@ def test_heartbeat_at_or_after_end_is_lease_ended(funded, settlement, buyers, pr
     heartbeat_every(chain, settlement, lease, (50, 100, 149))
     assert settlement.faultReportableAt(lease.id) == MAX_UINT  # covered to the end
     at(chain, lease.end)
-    with ape.reverts(settlement.LeaseEnded, leaseId=lease.id):
-        settlement.heartbeat([lease.id], sender=lease.provider)
+    receipt = settlement.heartbeat([lease.id], sender=lease.provider)
+    assert receipt.return_value == 1
+    [skipped] = receipt.decode_logs(settlement.LeaseSkipped)
+    assert (skipped.leaseId, skipped.reason) == (lease.id, SKIP_ENDED)
+    assert receipt.decode_logs(settlement.Heartbeat) == []
     assert settlement.getLease(lease.id).lastHeartbeat == lease.start + 149
 
 
 def test_heartbeat_on_closed_lease(funded, settlement, buyers, providers, chain):
+    """A buyer closing its lease cannot make the provider's batch of heartbeats fail."""
     lease = open_lease(funded, buyers[0], providers[0])
+    other = open_lease(funded, buyers[1], providers[0], market=A100)
     at(chain, lease.start + 20)
     settlement.close(lease.id, sender=lease.buyer)
-    with ape.reverts(settlement.LeaseAlreadyClosed, leaseId=lease.id):
-        settlement.heartbeat([lease.id], sender=lease.provider)
-
-
-# ----- claim -----
+    receipt = settlement.heartbeat([lease.id, other.id], sender=lease.provider)
+    assert receipt.return_value == 1
+    [skipped] = receipt.decode_logs(settlement.LeaseSkipped)
+    assert (skipped.leaseId, skipped.reason) == (lease.id, SKIP_CLOSED)
+    assert [log.leaseId for log in receipt.decode_logs(settlement.Heartbeat)] == [other.id]
+    assert settlement.getLease(lease.id).lastHeartbeat == 0
+    assert settlement.getLease(other.id).lastHeartbeat == receipt.timestamp
 
 
 def test_claim_in_batches_pays_exact_accruals(funded, settlement, credit, buyers, providers, chain):
@@ -176,7 +198,7 @@ def test_claim_in_batches_pays_exact_accruals(funded, settlement, credit, buyers
     at(chain, base + 70)
     receipt = settlement.claim([a.id, b.id], sender=provider)
     due_a, due_b = a.acc(base + 70), b.acc(base + 70)
-    assert receipt.return_value == due_a + due_b
+    assert receipt.return_value == (due_a + due_b, 0)
     paid = receipt.decode_logs(settlement.LeasePaid)
     assert [(log.leaseId, log.amount, log.paidUntil) for log in paid] == [
         (a.id, due_a, base + 70),
@@ -189,12 +211,12 @@ def test_claim_in_batches_pays_exact_accruals(funded, settlement, credit, buyers
     at(chain, base + 95)
     settlement.heartbeat([a.id, b.id], sender=provider)
     # Claiming late pays only up to the last heartbeat plus one interval (the fault becomes
-    # reportable at base + 186, after which a claim reverts FaultPending).
+    # reportable at base + 186, after which a claim skips the lease).
     at(chain, base + 180)
     receipt = settlement.claim([b.id, a.id], sender=provider)
     covered = base + 95 + 60
     more_a, more_b = a.acc(covered) - due_a, b.acc(covered) - due_b
-    assert receipt.return_value == more_a + more_b
+    assert receipt.return_value == (more_a + more_b, 0)
     assert [(log.leaseId, log.amount, log.paidUntil) for log in receipt.decode_logs(settlement.LeasePaid)] == [
         (b.id, more_b, covered),
         (a.id, more_a, covered),
@@ -204,7 +226,7 @@ def test_claim_in_batches_pays_exact_accruals(funded, settlement, credit, buyers
     # Nothing new has accrued under cover: a second claim pays nothing and emits nothing.
     at(chain, base + 181)
     receipt = settlement.claim([a.id, b.id], sender=provider)
-    assert receipt.return_value == 0
+    assert receipt.return_value == (0, 0)
     assert receipt.decode_logs(settlement.LeasePaid) == []
     assert credit.balanceOf(provider) == a.acc(covered) + b.acc(covered)
     assert settlement.getLease(a.id).paidUntil == covered
@@ -217,7 +239,7 @@ def test_claim_without_heartbeat_stops_at_one_interval(funded, settlement, credi
     assert credit.balanceOf(lease.provider) == lease.acc(lease.start + 50)
     at(chain, lease.start + 80)
     receipt = settlement.claim([lease.id], sender=lease.provider)
-    assert receipt.return_value == lease.acc(lease.start + 60) - lease.acc(lease.start + 50)
+    assert receipt.return_value == (lease.acc(lease.start + 60) - lease.acc(lease.start + 50), 0)
     assert credit.balanceOf(lease.provider) == lease.acc(lease.start + 60)
 
 
@@ -243,7 +265,7 @@ def test_claim_after_end_closes_and_unlocks_collateral(funded, settlement, credi
     at(chain, lease.end + 10)
     receipt = settlement.claim([lease.id], sender=lease.provider)
 
-    assert receipt.return_value == lease.cost - first
+    assert receipt.return_value == (lease.cost - first, 0)
     assert credit.balanceOf(lease.provider) == lease.cost
     [closed] = receipt.decode_logs(settlement.LeaseClosed)
     assert closed.leaseId == lease.id
@@ -255,8 +277,13 @@ def test_claim_after_end_closes_and_unlocks_collateral(funded, settlement, credi
     assert settlement.freeStake(lease.provider) == 8 * params.stake_per_unit
     assert tuple(settlement.escrowOf(lease.buyer)) == (free_before, 0)
 
+    # A claim skips the closed lease and pays nothing; everything else refuses it.
+    receipt = settlement.claim([lease.id], sender=lease.provider)
+    assert receipt.return_value == (0, 1)
+    [skipped] = receipt.decode_logs(settlement.LeaseSkipped)
+    assert (skipped.leaseId, skipped.reason) == (lease.id, SKIP_CLOSED)
+    assert credit.balanceOf(lease.provider) == lease.cost
     for call in (
-        lambda: settlement.claim([lease.id], sender=lease.provider),
         lambda: settlement.close(lease.id, sender=lease.buyer),
         lambda: settlement.close(lease.id, sender=outsider),
         lambda: settlement.reportFault(lease.id, sender=outsider),
@@ -265,18 +292,23 @@ def test_claim_after_end_closes_and_unlocks_collateral(funded, settlement, credi
             call()
 
 
-def test_claim_batch_with_a_closed_lease_reverts_entirely(funded, settlement, credit, buyers, providers, chain):
+def test_claim_batch_skips_a_closed_lease(funded, settlement, credit, buyers, providers, chain):
+    """A buyer closing its lease cannot make the provider's batch of claims fail."""
     m = funded
     a = open_lease(m, buyers[0], providers[0], round_id=1)
     b = open_lease(m, buyers[1], providers[0], round_id=2, market=A100, price=P2)
     at(chain, b.start + 10)
     settlement.close(a.id, sender=a.buyer)
     paid_on_close = credit.balanceOf(providers[0])
+    assert paid_on_close == a.acc(b.start + 10)
     at(chain, b.start + 30)
-    with ape.reverts(settlement.LeaseAlreadyClosed, leaseId=a.id):
-        settlement.claim([b.id, a.id], sender=providers[0])
-    assert settlement.getLease(b.id).paidUntil == 0
-    assert credit.balanceOf(providers[0]) == paid_on_close
+    receipt = settlement.claim([b.id, a.id], sender=providers[0])
+    assert receipt.return_value == (b.acc(b.start + 30), 1)
+    [skipped] = receipt.decode_logs(settlement.LeaseSkipped)
+    assert (skipped.leaseId, skipped.reason) == (a.id, SKIP_CLOSED)
+    assert [log.leaseId for log in receipt.decode_logs(settlement.LeasePaid)] == [b.id]
+    assert settlement.getLease(b.id).paidUntil == b.start + 30
+    assert credit.balanceOf(providers[0]) == paid_on_close + b.acc(b.start + 30)
 
 
 def test_claim_after_end_refunds_uncovered_time(funded, settlement, credit, buyers, providers, chain, params):
@@ -290,7 +322,7 @@ def test_claim_after_end_refunds_uncovered_time(funded, settlement, credit, buye
     receipt = settlement.claim([lease.id], sender=lease.provider)
 
     paid = lease.acc(covered)
-    assert receipt.return_value == paid and credit.balanceOf(lease.provider) == paid
+    assert receipt.return_value == (paid, 0) and credit.balanceOf(lease.provider) == paid
     [closed] = receipt.decode_logs(settlement.LeaseClosed)
     assert closed.refund == lease.cost - paid > 0
     assert tuple(settlement.escrowOf(lease.buyer)) == (free_before + lease.cost - paid, 0)
@@ -442,10 +474,15 @@ def test_fault_cannot_be_dodged_by_closing_after_end(funded, settlement, ubt, bu
     assert reportable < lease.end  # the provider went silent from the start
 
     at(chain, lease.end)
-    with ape.reverts(settlement.FaultPending):
-        if how == "provider_claims":
-            settlement.claim([lease.id], sender=lease.provider)
-        else:
+    if how == "provider_claims":
+        # The claim skips the lease (the fault is pending) and pays nothing.
+        receipt = settlement.claim([lease.id], sender=lease.provider)
+        assert receipt.return_value == (0, 1)
+        [skipped] = receipt.decode_logs(settlement.LeaseSkipped)
+        assert (skipped.leaseId, skipped.reason) == (lease.id, SKIP_FAULT_PENDING)
+        assert settlement.getLease(lease.id).paidUntil == 0
+    else:
+        with ape.reverts(settlement.FaultPending):
             settlement.close(lease.id, sender=lease.provider)
     assert not settlement.getLease(lease.id).closed
     at(chain, lease.end + 1)
@@ -558,23 +595,51 @@ def test_no_lease_pays_more_than_it_locked(funded, settlement, credit, buyers, p
 
 # ----- setParams -----
 # Params field order: unbondingPeriod, heartbeatInterval, heartbeatGrace, slashBps, slashBuyerBps,
-# slashReporterBps, then any later fields, which these tests keep at their deployed values.
+# slashReporterBps, challengeWindow, matcherExitDelay, matcherSlashBps, challengerShareBps.
 
 
 def with_params(params, **changes):
-    names = ("unbonding", "interval", "grace", "slash", "buyer", "reporter")
+    names = ("unbonding", "interval", "grace", "slash", "buyer", "reporter", "window", "exit_delay", "matcher_slash", "challenger")
     values = list(params.core_params())
     for key, value in changes.items():
         values[names.index(key)] = value
     return tuple(values)
 
 
-def test_set_params_is_admin_only(settlement, params, providers, outsider, matcher):
+def set_params(settlement, timelock, chain, deployer, params, new):
+    return through_timelock(timelock, chain, settlement, "setParams", new, sender=deployer, delay=params.admin_delay)
+
+
+def test_core_is_owned_by_the_timelock(settlement, timelock, deployer, params):
+    assert settlement.owner() == timelock.address
+    assert timelock.getMinDelay() == params.admin_delay
+    assert settlement.paramsVersion() == 1
+
+
+def test_set_params_is_owner_only(settlement, params, deployer, providers, outsider, matcher):
     new = with_params(params, unbonding=100, interval=120, grace=10, slash=1_000, buyer=2_000, reporter=3_000)
-    for caller in (outsider, providers[0], matcher):
-        with ape.reverts(settlement.AccessControlUnauthorizedAccount, account=caller.address):
+    for caller in (deployer, outsider, providers[0], matcher):
+        with reverts(settlement.OwnableUnauthorizedAccount, account=caller):
             settlement.setParams(new, sender=caller)
     assert tuple(settlement.params()) == params.core_params()
+    assert settlement.paramsVersion() == 1
+
+
+def test_set_params_waits_for_the_timelock_delay(settlement, timelock, chain, deployer, params):
+    new = with_params(params, interval=120)
+    data = settlement.setParams.encode_input(new)
+    salt, ready_at = schedule(timelock, chain, settlement.address, data, sender=deployer, delay=params.admin_delay)
+    # A shorter delay than the timelock's minimum cannot be scheduled.
+    with ape.reverts():
+        timelock.schedule(settlement, 0, data, b"\x00" * 32, b"\x01" * 32, params.admin_delay - 1, sender=deployer)
+    chain.pending_timestamp = ready_at - 1
+    with ape.reverts():
+        execute(timelock, settlement.address, data, salt, sender=deployer)
+    assert tuple(settlement.params()) == params.core_params()
+    chain.pending_timestamp = ready_at
+    execute(timelock, settlement.address, data, salt, sender=deployer)
+    assert tuple(settlement.params()) == new
+    assert settlement.paramsVersion() == 2
 
 
 @pytest.mark.parametrize(
@@ -584,33 +649,59 @@ def test_set_params_is_admin_only(settlement, params, providers, outsider, match
         (dict(slash=10_001), "slashBps"),
         (dict(buyer=9_001, reporter=1_000), "slashSplit"),
         (dict(buyer=10_000, reporter=1), "slashSplit"),
+        (dict(window=0), "challengeWindow"),
+        (dict(exit_delay=3_600 + 20), "matcherExitDelay"),
+        (dict(matcher_slash=10_001), "matcherSlashBps"),
+        (dict(challenger=10_001), "challengerShareBps"),
     ],
 )
-def test_set_params_validation(settlement, deployer, params, changes, name):
-    with ape.reverts(settlement.InvalidParameter, name=name):
-        settlement.setParams(with_params(params, **changes), sender=deployer)
+def test_set_params_validation(settlement, timelock, chain, deployer, params, changes, name):
+    assert params.challenge_window + params.max_round_span == 3_600 + 20
+    with reverts(settlement.InvalidParameter, name=name):
+        set_params(settlement, timelock, chain, deployer, params, with_params(params, **changes))
     assert tuple(settlement.params()) == params.core_params()
+    assert settlement.paramsVersion() == 1
 
 
-def test_set_params_applies_to_open_leases(funded, settlement, ubt, deployer, buyers, providers, outsider, chain, params):
-    lease = open_lease(funded, buyers[0], providers[0], units=2)
-    assert settlement.faultReportableAt(lease.id) == lease.start + 91
+def test_set_params_applies_to_new_leases_only(funded, settlement, timelock, ubt, deployer, buyers, providers, outsider, chain, params):
+    old = open_lease(funded, buyers[0], providers[0], units=2, duration=3 * HOUR)
+    assert settlement.faultReportableAt(old.id) == old.start + 91
+    assert settlement.getLease(old.id).paramsVersion == 1
     # Boundaries are allowed: the whole collateral slashed, all of it paid out (nothing burned).
     new = with_params(params, unbonding=0, interval=120, grace=10, slash=10_000, buyer=7_000, reporter=3_000)
-    receipt = settlement.setParams(new, sender=deployer)
+    receipt = set_params(settlement, timelock, chain, deployer, params, new)
     [log] = receipt.decode_logs(settlement.ParamsUpdated)
+    assert log.version == 2
     assert (log.unbondingPeriod, log.heartbeatInterval, log.heartbeatGrace) == (0, 120, 10)
     assert (log.slashBps, log.slashBuyerBps, log.slashReporterBps) == (10_000, 7_000, 3_000)
     assert tuple(settlement.params()) == new
-    assert settlement.faultReportableAt(lease.id) == lease.start + 120 + 10 + 1
+    assert settlement.paramsVersion() == 2
 
+    # The open lease keeps the heartbeat terms and slash split it opened under.
+    assert settlement.faultReportableAt(old.id) == old.start + 91
+    assert settlement.getLease(old.id).paramsVersion == 1
+    collateral = 2 * params.stake_per_unit
+    reporter_before = ubt.balanceOf(outsider)
+    burned_before = settlement.totalSlashedBurned()
+    settlement.reportFault(old.id, sender=outsider)
+    slashed = collateral * params.slash_bps // BPS
+    assert ubt.balanceOf(outsider) == reporter_before + slashed * params.slash_reporter_bps // BPS
+    burned = slashed - slashed * params.slash_buyer_bps // BPS - slashed * params.slash_reporter_bps // BPS
+    assert settlement.totalSlashedBurned() == burned_before + burned
+
+    # A lease opened now runs under the new version.
+    lease = open_lease(funded, buyers[1], providers[1], units=2)
+    assert settlement.getLease(lease.id).paramsVersion == 2
+    assert settlement.faultReportableAt(lease.id) == lease.start + 120 + 10 + 1
+    at(chain, lease.start + 130)
+    settlement.heartbeat([lease.id], sender=providers[1])  # still in time under the new terms
+    assert settlement.faultReportableAt(lease.id) == lease.start + 130 + 131
     supply_before = ubt.totalSupply()
     burned_before = settlement.totalSlashedBurned()
     reporter_before = ubt.balanceOf(outsider)
-    at(chain, lease.start + 131)
+    at(chain, lease.start + 130 + 131)
     settlement.reportFault(lease.id, sender=outsider)
-    collateral = 2 * params.stake_per_unit
     assert ubt.balanceOf(outsider) == reporter_before + collateral * 3_000 // BPS
     assert ubt.totalSupply() == supply_before
     assert settlement.totalSlashedBurned() == burned_before
-    assert settlement.providers(providers[0]).staked == 8 * params.stake_per_unit - collateral
+    assert settlement.providers(providers[1]).staked == 8 * params.stake_per_unit - collateral
