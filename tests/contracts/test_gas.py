@@ -15,7 +15,10 @@ import pytest
 from ..conftest import GAS_LINES, H100, HOUR, UBC
 
 SNAPSHOT = Path(__file__).resolve().parents[2] / "gas-snapshots" / "settlement.json"
-MAX_GAS_PER_MATCH = 120_000  # the issue's bound at 100 matches; the aim is 60,000
+# The issue's bound at 100 matches; the aim is 60,000. The soundness redesign (binding, nonce
+# claims, per-matcher rounds, versioned lease terms) raised the measured figure to ~114,500,
+# still inside this bound; the gas issue is what brings it down.
+MAX_GAS_PER_MATCH = 120_000
 
 
 def _record(name: str, gas: int, line: str, measured: dict) -> None:
@@ -71,13 +74,24 @@ def test_gas_lease_lifecycle(chain, market, many, measured, settlement):
     bids = [market.bid(providers[0], capacity=1) for _ in range(10)]
     leases = market.lease_ids(market.settle(orders, bids, [(i, i, 1) for i in range(10)], {H100: 2 * UBC}))
     chain.pending_timestamp += 30
-    gas = settlement.heartbeat(leases, sender=providers[0]).gas_used
+    receipt = settlement.heartbeat(leases, sender=providers[0])
+    assert receipt.return_value == 0  # none skipped
+    gas = receipt.gas_used
     _record("heartbeat_10", gas, f"gas heartbeat leases=10 total={gas} per_lease={gas // 10}", measured)
     chain.pending_timestamp += 30
-    gas = settlement.claim(leases, sender=providers[0]).gas_used
+    receipt = settlement.claim(leases, sender=providers[0])
+    assert receipt.return_value.total > 0 and receipt.return_value.skipped == 0
+    gas = receipt.gas_used
     _record("claim_10", gas, f"gas claim leases=10 total={gas} per_lease={gas // 10}", measured)
     gas = settlement.close(leases[0], sender=buyers[0]).gas_used
     _record("close", gas, f"gas close total={gas}", measured)
     market.mint_credits(buyers[1], 10 * UBC)
     gas = settlement.deposit(10 * UBC, sender=buyers[1]).gas_used
     _record("deposit", gas, f"gas deposit total={gas}", measured)
+    gas = settlement.requestWithdrawal(10 * UBC, sender=buyers[1]).gas_used
+    _record("request_withdrawal", gas, f"gas requestWithdrawal total={gas}", measured)
+    chain.pending_timestamp += market.params.notice_period
+    receipt = settlement.withdraw(sender=buyers[1])
+    assert receipt.return_value == 10 * UBC
+    gas = receipt.gas_used
+    _record("withdraw", gas, f"gas withdraw total={gas}", measured)
