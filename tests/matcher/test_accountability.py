@@ -2,12 +2,13 @@
 
 Each hypothesis example posts random signed bids and orders (one or two markets, random prices,
 capacities, durations, max durations) to a fresh matcher process over HTTP, lets the chain change
-under it (an unstake, a cancelled bid, a buyer withdrawing), closes the round, and then tries
-every (receipted bid, lease of the round) pair as a challenge: `verifyChallenge`, the contract's
-own check, must revert for each, and for a reason the allocation makes true (a fully filled bid, a
-cheaper witness, another market, a too-long lease, a stake decrease, a cancelled nonce), never for
-a malformed proof (bad receipt, wrong round, unknown lease), which would mean the harness proves
-nothing. `test_checker_finds_a_passed_over_bid` shows the same checker catching a round that
+under it (an unstake request, a cancel request for a bid, a buyer announcing a withdrawal),
+closes the round, and then tries every (receipted bid, lease of the round) pair as a challenge in
+the `MatcherCourt`: `verifyChallenge`, the court's own check, must revert for each (the spare-unit
+proof, and the swap proof for a bid with its own lease in the round), and for a reason the
+allocation makes true (a fully filled bid, a cheaper witness, another market, a too-long lease, a
+stake decrease, a cancel request, a swap that is not shorter), never for a malformed proof (bad
+receipt, wrong round, unknown lease), which would mean the harness proves nothing. `test_checker_finds_a_passed_over_bid` shows the same checker catching a round that
 passes over a receipted bid.
 
 The last tests hold the matcher to its promises where a single random round does not reach:
@@ -44,7 +45,8 @@ SUBSTANTIVE = {
     "WitnessDurationTooLong",
     "StakeDecreasedAfterReceipt",
     "BidCancelled",
-    "BidExpiredBeforeRound",
+    "BidExpiredBeforeWitness",
+    "SwapNotShorter",
 }
 EXAMPLES = 8
 
@@ -78,23 +80,35 @@ def round_leases(settlement, round_id: int, from_block: int, to_block: int) -> l
     return [log for log in settlement.LeaseOpened.range(from_block, to_block + 1) if log.round == round_id]
 
 
-def challenge_outcomes(http, settlement, round_id: int, receipts: dict[str, dict], leases) -> dict[tuple[str, str], str]:
-    """verifyChallenge for every (receipted bid, lease): the error name, or "SUCCEEDS"."""
+def challenge_args(http, round_id: int, receipt: dict, lease, own_order: bytes = bytes(32)) -> tuple:
+    """The arguments of `MatcherCourt.challenge` for a receipted bid and a witness lease."""
+    bid, bid_sig = stored_bid(http, receipt["bidHash"])
+    r = Receipt(matcher=receipt["matcher"], bid_hash=receipt["bidHash"], round=receipt["round"],
+                issued_at=receipt["issuedAt"])
+    witness = stored_bid(http, "0x" + bytes(lease.bidDigest).hex())[0]
+    return (r.as_call_tuple(), bytes.fromhex(receipt["signature"][2:]), bid.as_call_tuple(), bid_sig,
+            (round_id, bytes(lease.orderDigest), witness.as_call_tuple()), own_order)
+
+
+def challenge_outcomes(http, court, round_id: int, receipts: dict[str, dict], leases) -> dict[tuple[str, str], str]:
+    """The court's verifyChallenge for every (receipted bid, lease): the error name, or "SUCCEEDS".
+
+    The spare-unit proof for every pair; for a bid with its own lease in the round, the swap proof
+    too (keyed with a "swap:" prefix on the lease id)."""
     outcomes = {}
-    witnesses = {}
     for bid_digest, receipt in receipts.items():
-        bid, bid_sig = stored_bid(http, bid_digest)
-        r = Receipt(bid_hash=receipt["bidHash"], round=receipt["round"], issued_at=receipt["issuedAt"])
-        r_sig = bytes.fromhex(receipt["signature"][2:])
+        own = [lease for lease in leases if "0x" + bytes(lease.bidDigest).hex() == bid_digest]
         for lease in leases:
-            w_digest = "0x" + bytes(lease.bidDigest).hex()
-            if w_digest not in witnesses:
-                witnesses[w_digest] = stored_bid(http, w_digest)[0]
-            args = (round_id, r.as_call_tuple(), r_sig, bid.as_call_tuple(), bid_sig,
-                    (bytes(lease.orderDigest), witnesses[w_digest].as_call_tuple()))
-            outcomes[(bid_digest, "0x" + bytes(lease.leaseId).hex())] = outcome(
-                settlement, lambda: settlement.verifyChallenge(*args)
-            )
+            lease_id = "0x" + bytes(lease.leaseId).hex()
+            args = challenge_args(http, round_id, receipt, lease)
+            outcomes[(bid_digest, lease_id)] = outcome(court, lambda: court.verifyChallenge(*args))
+            for mine in own:
+                if mine.leaseId == lease.leaseId:
+                    continue
+                args = challenge_args(http, round_id, receipt, lease, bytes(mine.orderDigest))
+                outcomes[(bid_digest, f"swap:{lease_id}:{bytes(mine.leaseId).hex()}")] = outcome(
+                    court, lambda: court.verifyChallenge(*args)
+                )
     return outcomes
 
 
@@ -166,7 +180,8 @@ def round_specs(draw) -> RoundSpec:
 
 
 #: A round built to need the subtle rules: a cheap short bid left partly unused while a dear long
-#: bid serves a long order, a cheap bid dropped by an unstake, and a second market.
+#: bid serves a long order, a cheap bid dropped by an unstake request while a dearer one serves
+#: its order, and a second market.
 HAND_PICKED = RoundSpec(
     markets=2,
     bids=(
@@ -175,11 +190,13 @@ HAND_PICKED = RoundSpec(
         BidSpec(1, 0, 2, 3 * HALF, 2 * HOUR),  # unused: too short, and dearer than the first
         BidSpec(4, 1, 3, 2 * HALF, 4 * HOUR),
         BidSpec(0, 1, 2, 4 * HALF, 4 * HOUR),  # its provider unstakes after the receipt
+        BidSpec(3, 1, 2, 5 * HALF, 4 * HOUR),  # so this dearer bid wins instead, a pricier witness
+        BidSpec(2, 1, 1, 6 * HALF, 4 * HOUR),  # unused: it sets market 1's price
     ),
     orders=(
         OrderSpec(3, 0, 2, 3 * HOUR, 8 * HALF),
         OrderSpec(2, 0, 1, HOUR, 6 * HALF),
-        OrderSpec(1, 1, 4, 2 * HOUR, 5 * HALF),
+        OrderSpec(1, 1, 5, 2 * HOUR, 7 * HALF),  # needs both units of the unstaking provider's bid
     ),
     unstake=0,
     cancel=None,
@@ -191,7 +208,7 @@ def _post(http, path: str, message, sig: bytes):
     return http.post(path, json=order_body(message, sig))
 
 
-def play_round(spec: RoundSpec, m, chain, settlement, matcher_address, buyers, providers, book_path, workdir, index):
+def play_round(spec: RoundSpec, m, chain, settlement, court, matcher_address, buyers, providers, book_path, workdir, index):
     markets = (H100, A100)[: spec.markets]
     process = MatcherProcess(chain.provider.uri, book_path, workdir / f"matcher-{index}.db", workdir / f"matcher-{index}.log")
     process.start()
@@ -208,7 +225,8 @@ def play_round(spec: RoundSpec, m, chain, settlement, matcher_address, buyers, p
                     digest = "0x" + bid.digest(m.domain).hex()
                     # The receipt is the matcher's, for this bid, in the open round.
                     assert receipt["bidHash"] == digest and receipt["round"] == 1
-                    signed = Receipt(bid_hash=digest, round=1, issued_at=receipt["issuedAt"])
+                    assert receipt["matcher"] == matcher_address
+                    signed = Receipt(matcher=matcher_address, bid_hash=digest, round=1, issued_at=receipt["issuedAt"])
                     assert recover_signer(signed.digest(m.domain), bytes.fromhex(receipt["signature"][2:])) == matcher_address
                     assert receipt["issuedAt"] <= chain.blocks.head.timestamp
                     receipts[digest] = receipt
@@ -226,16 +244,16 @@ def play_round(spec: RoundSpec, m, chain, settlement, matcher_address, buyers, p
             # The chain moves under the matcher between intake and clearing.
             if spec.unstake is not None:
                 p = providers[spec.unstake]
-                if settlement.freeStake(p) >= m.params.stake_per_unit:
+                if settlement.availableStake(p) >= m.params.stake_per_unit:
                     settlement.requestUnstake(m.params.stake_per_unit, sender=p)
             if spec.cancel is not None and posted_bids[spec.cancel] is not None:
                 bid = posted_bids[spec.cancel]
-                settlement.cancelNonces(bid.nonce >> 8, 1 << (bid.nonce & 0xFF), sender=providers[spec.bids[spec.cancel].provider])
+                settlement.requestCancel([bid.nonce], sender=providers[spec.bids[spec.cancel].provider])
             if spec.withdraw is not None:
                 buyer = buyers[spec.withdraw]
                 free = settlement.escrowOf(buyer).free
                 if free // 2:
-                    settlement.withdraw(free // 2, sender=buyer)
+                    settlement.requestWithdrawal(free // 2, sender=buyer)
 
             first_block = chain.blocks.height + 1
             r = process.close_round()
@@ -243,14 +261,15 @@ def play_round(spec: RoundSpec, m, chain, settlement, matcher_address, buyers, p
             report = r.json()
             assert report["round_id"] == 1
             if report["state"] == "open":  # nothing to match: no transaction, the round stays open
-                assert settlement.rounds(1).settledAt == 0
+                assert settlement.rounds(matcher_address, 1).openedAt == 0
                 return None
             assert report["state"] == "confirmed", report
-            assert settlement.rounds(1).matcher == matcher_address and settlement.rounds(1).settledAt > 0
+            assert settlement.rounds(matcher_address, 1).finalizedAt > 0 and settlement.isRoundFinal(matcher_address, 1)
 
             leases = round_leases(settlement, 1, first_block, chain.blocks.height)
             assert len(leases) == report["matches"] > 0
-            outcomes = challenge_outcomes(http, settlement, 1, receipts, leases)
+            assert all(lease.matcher == matcher_address for lease in leases)
+            outcomes = challenge_outcomes(http, court, 1, receipts, leases)
             return outcomes
     finally:
         process.stop()
@@ -267,7 +286,7 @@ def players(accounts, market):
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_no_receipted_bid_can_challenge_an_honest_round(market, chain, settlement, matcher, players, book_path, tmp_path):
+def test_no_receipted_bid_can_challenge_an_honest_round(market, chain, settlement, court, matcher, players, book_path, tmp_path):
     buyers, providers = players
     snapshot = [chain.snapshot()]
     counter = iter(range(10_000))
@@ -285,7 +304,7 @@ def test_no_receipted_bid_can_challenge_an_honest_round(market, chain, settlemen
     @example(spec=HAND_PICKED)
     def check(spec: RoundSpec) -> None:
         try:
-            outcomes = play_round(spec, market, chain, settlement, matcher.address, buyers, providers, book_path,
+            outcomes = play_round(spec, market, chain, settlement, court, matcher.address, buyers, providers, book_path,
                                   tmp_path, next(counter))
             if outcomes is not None:
                 wrong = {pair: why for pair, why in outcomes.items() if why not in SUBSTANTIVE}
@@ -307,9 +326,10 @@ def test_no_receipted_bid_can_challenge_an_honest_round(market, chain, settlemen
 # ----------------------------------------------------------------------------------------------
 
 
-def test_checker_finds_a_passed_over_bid(market, chain, settlement, matcher, players, matcher_process):
+def test_checker_finds_a_passed_over_bid(market, chain, settlement, court, matcher, players, matcher_process):
     """The same checker, on a round that passes over a receipted bid (settled by hand with the
-    matcher's key instead of by its clearing), finds exactly that bid's challenge valid."""
+    matcher's key instead of by its clearing), finds exactly that bid's challenge valid, and the
+    provider's challenge in the court slashes the matcher."""
     m = market
     buyers, providers = players
     with matcher_process.client() as http:
@@ -323,12 +343,16 @@ def test_checker_finds_a_passed_over_bid(market, chain, settlement, matcher, pla
         order = m.order(buyers[3], units=2, duration=HOUR, max_price=3 * UBC)
         first_block = chain.blocks.height + 1
         m.settle([order], [dear], [(0, 0, 2)], {H100: 2 * UBC}, round_id=1)
-        outcomes = challenge_outcomes(http, settlement, 1, receipts, round_leases(settlement, 1, first_block, chain.blocks.height))
-    cheap_digest, dear_digest = ("0x" + b.digest(m.domain).hex() for b, _ in (cheap, dear))
-    assert {k[0]: v for k, v in outcomes.items()} == {cheap_digest: "SUCCEEDS", dear_digest: "WitnessNotPricier"}
+        leases = round_leases(settlement, 1, first_block, chain.blocks.height)
+        outcomes = challenge_outcomes(http, court, 1, receipts, leases)
+        cheap_digest, dear_digest = ("0x" + b.digest(m.domain).hex() for b, _ in (cheap, dear))
+        assert {k[0]: v for k, v in outcomes.items()} == {cheap_digest: "SUCCEEDS", dear_digest: "WitnessNotPricier"}
+        bond = settlement.matchers(matcher).bond
+        court.challenge(*challenge_args(http, 1, receipts[cheap_digest], leases[0]), sender=providers[4])
+    assert settlement.matchers(matcher).bond < bond
 
 
-def test_no_receipt_beyond_free_stake_right_after_a_round(market, chain, settlement, matcher, players, matcher_process):
+def test_no_receipt_beyond_free_stake_right_after_a_round(market, chain, settlement, court, matcher, players, matcher_process):
     """A round locks a provider's whole stake; a bid it posts right afterwards must not be
     receipted (its free stake covers nothing), or the next round, which cannot fill that bid,
     becomes challengeable although the matcher cleared it correctly."""
@@ -339,7 +363,7 @@ def test_no_receipt_beyond_free_stake_right_after_a_round(market, chain, settlem
         assert _post(http, "/bids", *m.bid(p, capacity=2, price=UBC)).status_code == 201
         assert _post(http, "/orders", *m.order(buyers[3], units=2, duration=HOUR, max_price=3 * UBC)).status_code == 201
         assert matcher_process.close_round().json()["state"] == "confirmed"
-        assert settlement.freeStake(p) == 0
+        assert settlement.availableStake(p) == 0
 
         late = _post(http, "/bids", *m.bid(p, capacity=2, price=UBC))  # right after the round
 
@@ -351,12 +375,12 @@ def test_no_receipt_beyond_free_stake_right_after_a_round(market, chain, settlem
         report = matcher_process.close_round().json()
         assert report["state"] == "confirmed" and report["round_id"] == 2
         receipts = {r.json()["digest"]: r.json()["receipt"] for r in (late, w) if r.status_code == 201}
-        outcomes = challenge_outcomes(http, settlement, 2, receipts, round_leases(settlement, 2, first_block, chain.blocks.height))
+        outcomes = challenge_outcomes(http, court, 2, receipts, round_leases(settlement, 2, first_block, chain.blocks.height))
     assert_unchallengeable(outcomes, 2)
     assert late.status_code == 400 and late.json()["detail"][0]["field"] == "capacity", late.text
 
 
-def test_an_order_lost_at_submission_does_not_strand_a_cheaper_bid(market, chain, settlement, matcher, players, matcher_process):
+def test_an_order_lost_at_submission_does_not_strand_a_cheaper_bid(market, chain, settlement, court, matcher, players, matcher_process):
     """The order that the cheap bid was cleared against expires between clearing and settlement.
     The matcher drops it; the round it settles must still be right: the cheaper receipted bid has
     to take the remaining order rather than stay idle while the dearer bid wins it."""
@@ -385,9 +409,9 @@ def test_an_order_lost_at_submission_does_not_strand_a_cheaper_bid(market, chain
             # still valid, and reverted when mined; the next close reconciles round 1 first.
             matcher_process.close_round()
         assert http.get("/rounds/1").json()["state"] == "confirmed"
-        assert settlement.rounds(1).settledAt > 0
+        assert settlement.isRoundFinal(matcher, 1)
         leases = round_leases(settlement, 1, first_block, chain.blocks.height)
-        outcomes = challenge_outcomes(http, settlement, 1, receipts, leases)
+        outcomes = challenge_outcomes(http, court, 1, receipts, leases)
         short_view = http.get(f"/orders/0x{short_lived[0].digest(m.domain).hex()}").json()
         cheap_view = http.get(f"/bids/0x{cheap[0].digest(m.domain).hex()}").json()
     # The scenario happened as described: the short-lived order has no lease.
@@ -408,7 +432,7 @@ def test_concurrent_bids_cannot_overbook_the_stake(market, chain, settlement, pl
     _, providers = players
     overbooked = {}
     for p in (providers[1], providers[2], providers[3]):  # 3, 5 and 8 units of stake
-        stakeable = settlement.freeStake(p) // m.params.stake_per_unit
+        stakeable = settlement.availableStake(p) // m.params.stake_per_unit
         bids = [m.bid(p, capacity=2, price=UBC) for _ in range(16)]
         start = threading.Barrier(len(bids))
 
@@ -425,3 +449,42 @@ def test_concurrent_bids_cannot_overbook_the_stake(market, chain, settlement, pl
         if receipted > stakeable:
             overbooked[p.address] = (receipted, stakeable)
     assert not overbooked, f"units receipted vs units the free stake covers, per provider: {overbooked}"
+
+
+def test_a_receipt_is_dated_by_the_block_its_stake_was_read_at(market, chain, settlement, players, matcher_process):
+    """Finding 10: a receipt's `issuedAt` is the timestamp of a block at which the provider's
+    available stake covered the bid (with its other open bids), read back at that block number.
+    A provider that announces an unstake right after a receipt, and bids again at once, gets
+    either a refusal or a receipt dated no later than its unstake, so the unstake excuses the
+    matcher (`StakeDecreasedAfterReceipt`) instead of making it challengeable on stale stake."""
+    m = market
+    _, providers = players
+    p = providers[2]  # 5 units of stake
+    spu = m.params.stake_per_unit
+    w3 = chain.provider.web3
+    view = w3.eth.contract(address=settlement.address, abi=[{
+        "type": "function", "name": "availableStake", "stateMutability": "view",
+        "inputs": [{"name": "provider", "type": "address"}], "outputs": [{"name": "", "type": "uint256"}],
+    }])
+    first_block = chain.blocks.height
+    with matcher_process.client() as http:
+        first = _post(http, "/bids", *m.bid(p, capacity=2, price=UBC))
+        assert first.status_code == 201, first.text
+        # The next block gets its own timestamp, so "the block at issuedAt" is unambiguous.
+        chain.pending_timestamp = chain.blocks.head.timestamp + 5
+        settlement.requestUnstake(3 * spu, sender=p)  # 2 units stay available: no room for 2 more
+        unstaked_at = chain.blocks.head.timestamp
+        second = _post(http, "/bids", *m.bid(p, capacity=2, price=UBC))
+    receipted = [(first.json()["receipt"], 2)]
+    if second.status_code == 201:
+        receipted.append((second.json()["receipt"], 4))
+        assert second.json()["receipt"]["issuedAt"] < unstaked_at
+    else:
+        assert second.status_code == 400 and second.json()["detail"][0]["field"] == "capacity", second.text
+    for receipt, units in receipted:
+        blocks = [n for n in range(first_block, chain.blocks.height + 1)
+                  if w3.eth.get_block(n)["timestamp"] == receipt["issuedAt"]]
+        assert blocks, f"no block has the receipt's issuedAt {receipt['issuedAt']}"
+        # Blocks sharing that timestamp all lie before the unstake, which has its own.
+        for n in blocks:
+            assert view.functions.availableStake(p.address).call(block_identifier=n) >= units * spu
