@@ -92,6 +92,22 @@ def timelock(protocol):
     return protocol.timelock
 
 
+@pytest.fixture
+def governed_by_deployer(deployer, timelock, bme, oracle, chain, params):
+    """Hands the deployer the BME's and the oracle's admin role through the timelock.
+
+    For the tests of those parameters' own rules: the deployment gives the role to the timelock
+    alone. The delay makes the seeded price stale, so it is posted again.
+    """
+    from tests.governance import through_timelock
+
+    for contract in (bme, oracle):
+        role = contract.DEFAULT_ADMIN_ROLE()
+        through_timelock(timelock, chain, contract, "grantRole", role, deployer, sender=deployer, delay=params.admin_delay)
+    oracle.setPrice(params.ubt_price, sender=deployer)
+    return deployer
+
+
 @pytest.fixture(scope="session")
 def domain(chain, settlement) -> Domain:
     return Domain(chain_id=chain.chain_id, verifying_contract=str(settlement.address))

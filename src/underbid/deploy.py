@@ -89,13 +89,13 @@ class Deployed:
 def deploy_protocol(deployer: Any, matchers: list[Any], params: DeployParams = DeployParams(), *, seed_price: bool = True) -> Deployed:
     """Deploys every contract from `deployer`, binds the tokens and bonds the matchers.
 
-    The core's admin is an OpenZeppelin timelock (`UnderbidTimelock`, `params.admin_delay`)
-    whose only proposer and executor is the deployer, so a parameter change is public for the
-    delay before it applies.
+    The core's owner, and the BME's and the oracle's admin, is an OpenZeppelin timelock
+    (`UnderbidTimelock`, `params.admin_delay`) whose only proposer and executor is the deployer,
+    so a parameter change is public for the delay before it applies.
 
     Args:
-        deployer: an ape account; it becomes timelock proposer, BME and oracle admin, oracle
-            updater and genesis holder.
+        deployer: an ape account; it becomes timelock proposer and executor, oracle updater and
+            genesis holder.
         matchers: ape accounts that will settle; each gets the minimum bond in UBT from the
             deployer and posts it (the deployer itself may be one of them).
         params: deployment parameters.
@@ -133,6 +133,12 @@ def deploy_protocol(deployer: Any, matchers: list[Any], params: DeployParams = D
         settlement.bondMatcher(params.min_matcher_bond, matcher.address, sender=matcher)
     if seed_price:
         oracle.setPrice(params.ubt_price, sender=deployer)
+    # The BME's and the oracle's parameters change only through the timelock too; the deployer
+    # keeps the oracle's updater role, since prices must post at once.
+    for governed in (bme, oracle):
+        admin_role = governed.DEFAULT_ADMIN_ROLE()
+        governed.grantRole(admin_role, timelock, sender=deployer)
+        governed.renounceRole(admin_role, deployer, sender=deployer)
     court = project.MatcherCourt.at(settlement.court())
     return Deployed(
         ubt=ubt, credit=credit, oracle=oracle, bme=bme, settlement=settlement, timelock=timelock, court=court,

@@ -130,3 +130,24 @@ def test_shorter_challenge_window_does_not_erase_a_pending_challenge(funded, cha
     chain.mine(timestamp=new_closes + 1)
     with reverts(court.ChallengeWindowClosed, round=c2.witness_round, closedAt=new_closes):
         c2.verify()
+
+
+def test_bme_and_oracle_parameters_change_only_through_the_timelock(chain, bme, oracle, timelock, deployer, params):
+    """Attack: the deployer (or a stolen deployer key) widens the mint spread or shortens the
+    oracle's max age at once, ahead of users' trades. Now both contracts' admin is the timelock:
+    a direct change reverts, and a scheduled one applies only after `admin_delay`."""
+    from ..governance import execute, schedule
+
+    for contract, call in ((bme, lambda: bme.setParams(9_000, 1, 1, 1, sender=deployer)),
+                           (oracle, lambda: oracle.setMaxAge(1, sender=deployer))):
+        with reverts(contract.AccessControlUnauthorizedAccount, account=deployer,
+                     neededRole=contract.DEFAULT_ADMIN_ROLE()):
+            call()
+    data = oracle.setMaxAge.encode_input(7_200)
+    salt, ready_at = schedule(timelock, chain, oracle.address, data, sender=deployer, delay=params.admin_delay)
+    with reverts(timelock.TimelockUnexpectedOperationState):
+        execute(timelock, oracle.address, data, salt, sender=deployer)
+    assert oracle.maxAge() == params.oracle_max_age
+    chain.pending_timestamp = ready_at
+    execute(timelock, oracle.address, data, salt, sender=deployer)
+    assert oracle.maxAge() == 7_200

@@ -381,7 +381,7 @@ def test_running_totals_move_exactly(chain, oracle, ubt, credit, bme, deployer, 
 # --------------------------------------------------------------------------------------------
 
 
-def test_circuit_breaker_halts_redemption_and_drains(chain, ubt, credit, bme, deployer, holder, redeemer, params):
+def test_circuit_breaker_halts_redemption_and_drains(governed_by_deployer, chain, ubt, credit, bme, deployer, holder, redeemer, params):
     cap, window = 100 * UBT, 997  # a prime window, so the drain rounds
     unit = quote_redeem(1, params.ubt_price)  # UBT for one credit base unit at $2: 5e11 wei
     t0 = chain.blocks.head.timestamp + 1
@@ -454,7 +454,7 @@ def test_circuit_breaker_halts_redemption_and_drains(chain, ubt, credit, bme, de
     assert ubt.balanceOf(redeemer) == held + cap
 
 
-def test_minting_cannot_push_the_bucket_below_zero(chain, bme, deployer, holder, redeemer, params):
+def test_minting_cannot_push_the_bucket_below_zero(governed_by_deployer, chain, bme, deployer, holder, redeemer, params):
     cap, window = 100 * UBT, 1_000
     t0 = chain.blocks.head.timestamp + 1
     at(chain, t0)
@@ -470,7 +470,7 @@ def test_minting_cannot_push_the_bucket_below_zero(chain, bme, deployer, holder,
         bme.redeem(200 * UBC + 2, 0, sender=redeemer)
 
 
-def test_set_params_settles_the_bucket_at_the_old_rate(chain, bme, deployer, redeemer, params):
+def test_set_params_settles_the_bucket_at_the_old_rate(governed_by_deployer, chain, bme, deployer, redeemer, params):
     t0 = chain.blocks.head.timestamp + 1
     at(chain, t0)
     bme.setParams(params.mint_spread_bps, params.min_mint_credits, 100 * UBT, 1_000, sender=deployer)
@@ -500,7 +500,7 @@ def test_set_params_settles_the_bucket_at_the_old_rate(chain, bme, deployer, red
         bme.redeem(UBC, 0, sender=redeemer)
 
 
-def test_zero_cap_halts_all_redemption(bme, deployer, redeemer, holder, params):
+def test_zero_cap_halts_all_redemption(governed_by_deployer, bme, deployer, redeemer, holder, params):
     bme.setParams(params.mint_spread_bps, params.min_mint_credits, 0, 1, sender=deployer)
     assert bme.redeemableUbt() == 0
     with reverts(bme.RedemptionHalted, netMinted=0, requested=quote_redeem(1, params.ubt_price), cap=0):
@@ -522,7 +522,7 @@ def test_deployed_params(bme, ubt, credit, oracle, params):
     assert bme.netMintedInWindow() == 0 and bme.redeemableUbt() == params.redeem_cap
 
 
-def test_set_params_validation(bme, deployer, params):
+def test_set_params_validation(governed_by_deployer, bme, deployer, params):
     with reverts(bme.InvalidParameter, name="mintSpreadBps"):
         bme.setParams(BPS, params.min_mint_credits, params.redeem_cap, params.redeem_window, sender=deployer)
     with reverts(bme.InvalidParameter, name="mintSpreadBps"):
@@ -539,14 +539,14 @@ def test_constructor_validates_params(project, ubt, credit, oracle, deployer, pa
         project.BurnMintEquilibrium.deploy(deployer, ubt, credit, oracle, 25, 0, 1, 0, sender=deployer)
 
 
-def test_set_params_admin_only(bme, deployer, outsider, params):
+def test_set_params_admin_only(governed_by_deployer, bme, deployer, outsider, params):
     with reverts(bme.AccessControlUnauthorizedAccount, account=outsider, neededRole=ADMIN_ROLE):
         bme.setParams(0, 0, 1, 1, sender=outsider)
     assert bme.hasRole(ADMIN_ROLE, deployer) and not bme.hasRole(ADMIN_ROLE, outsider)
     assert bme.redeemCap() == params.redeem_cap
 
 
-def test_set_params_applies_new_values(bme, credit, deployer, holder, params):
+def test_set_params_applies_new_values(governed_by_deployer, bme, credit, deployer, holder, params):
     receipt = bme.setParams(BPS - 1, 1, 5 * UBT, 60, sender=deployer)
     [event] = receipt.decode_logs(bme.BmeParamsUpdated)
     assert (event.mintSpreadBps, event.minMintCredits, event.redeemCap, event.window) == (BPS - 1, 1, 5 * UBT, 60)

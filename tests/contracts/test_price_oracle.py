@@ -22,12 +22,15 @@ def post(chain, oracle, price, sender, at=None):
     return at
 
 
-def test_seeded_deployment(oracle, deployer, params):
+def test_seeded_deployment(oracle, bme, timelock, deployer, params):
     assert oracle.DECIMALS() == 8
     assert oracle.maxAge() == params.oracle_max_age
     assert oracle.priceLag() == params.oracle_price_lag
     assert oracle.hasRole(oracle.UPDATER_ROLE(), deployer)
-    assert oracle.hasRole(oracle.DEFAULT_ADMIN_ROLE(), deployer)
+    # Parameters change only through the timelock; prices post at once.
+    for governed in (oracle, bme):
+        assert governed.hasRole(governed.DEFAULT_ADMIN_ROLE(), timelock)
+        assert not governed.hasRole(governed.DEFAULT_ADMIN_ROLE(), deployer)
     assert oracle.UPDATER_ROLE() == keccak(text="UPDATER_ROLE")
     price, updated_at = oracle.latestPrice()
     assert price == params.ubt_price and updated_at > 0
@@ -45,7 +48,7 @@ def test_updater_posts_price(chain, oracle, deployer):
     assert event.price == 123_456_789 and event.updatedAt == at
 
 
-def test_only_updater_posts(chain, oracle, deployer, outsider, params):
+def test_only_updater_posts(chain, oracle, deployer, outsider, params, governed_by_deployer):
     role = oracle.UPDATER_ROLE()
     with reverts(oracle.AccessControlUnauthorizedAccount, account=outsider, neededRole=role):
         oracle.setPrice(5 * 10**8, sender=outsider)
@@ -120,7 +123,7 @@ def test_price_goes_stale_after_max_age(chain, oracle, deployer, params):
     assert tuple(oracle.latestPrice()) == (4 * 10**8, again)
 
 
-def test_set_max_age(chain, oracle, deployer, outsider, params):
+def test_set_max_age(governed_by_deployer, chain, oracle, deployer, outsider, params):
     at = post(chain, oracle, 3 * 10**8, deployer)
     chain.mine(timestamp=at + params.oracle_max_age + 1)
     with reverts(oracle.StalePrice, updatedAt=at, maxAge=params.oracle_max_age):
