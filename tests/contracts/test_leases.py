@@ -1,4 +1,5 @@
-"""Leases: heartbeats, claims (both skip closed or faulty leases), closing, fault reports and slashing, live balances, and versioned parameters set through the timelock.
+"""Leases: heartbeats, claims (both skip closed or faulty leases), closing, fault reports and
+slashing, live balances, and versioned parameters set through the timelock.
 
 Every amount is checked against a Python reference of the accrual rule:
 `accrued(t) = units * price * (min(t, end) - start) // 3600`, cumulative, paid only for time covered
