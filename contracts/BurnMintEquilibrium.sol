@@ -94,6 +94,8 @@ contract BurnMintEquilibrium is AccessControl, ReentrancyGuardTransient, IUnderb
     /// and UBT's `ERC20InsufficientAllowance`/`ERC20InsufficientBalance`.
     function mintCredits(uint256 ubtIn, uint256 minCreditsOut) external nonReentrant returns (uint256 creditsOut) {
         if (ubtIn == 0) revert ZeroAmount();
+        // Slither: mints at the band's low; the high is not needed.
+        // slither-disable-next-line unused-return
         (uint256 price,) = oracle.priceBand();
         creditsOut = quoteMintAt(ubtIn, price);
         if (creditsOut < minMintCredits) revert MintBelowMinimum(creditsOut, minMintCredits);
@@ -121,6 +123,8 @@ contract BurnMintEquilibrium is AccessControl, ReentrancyGuardTransient, IUnderb
     /// the credit token's `ERC20InsufficientBalance`.
     function redeem(uint256 creditsIn, uint256 minUbtOut) external nonReentrant returns (uint256 ubtOut) {
         if (creditsIn == 0) revert ZeroAmount();
+        // Slither: redeems at the band's high; the low is not needed.
+        // slither-disable-next-line unused-return
         (, uint256 price) = oracle.priceBand();
         ubtOut = quoteRedeemAt(creditsIn, price);
         if (ubtOut == 0) revert ZeroAmount();
@@ -141,6 +145,8 @@ contract BurnMintEquilibrium is AccessControl, ReentrancyGuardTransient, IUnderb
     /// @dev Credits that burning `ubtIn` would mint now (at the band's low, as `mintCredits`), before
     /// the minimum-mint check. Reverts with `PriceNotSet`/`StalePrice` like `mintCredits`.
     function quoteMint(uint256 ubtIn) external view returns (uint256) {
+        // Slither: quotes a mint at the band's low; the high is not needed.
+        // slither-disable-next-line unused-return
         (uint256 price,) = oracle.priceBand();
         return quoteMintAt(ubtIn, price);
     }
@@ -148,6 +154,8 @@ contract BurnMintEquilibrium is AccessControl, ReentrancyGuardTransient, IUnderb
     /// @dev UBT that redeeming `creditsIn` would mint now (at the band's high, as `redeem`), before the
     /// breaker check. Reverts with `PriceNotSet`/`StalePrice` like `redeem`.
     function quoteRedeem(uint256 creditsIn) external view returns (uint256) {
+        // Slither: quotes a redemption at the band's high; the low is not needed.
+        // slither-disable-next-line unused-return
         (, uint256 price) = oracle.priceBand();
         return quoteRedeemAt(creditsIn, price);
     }

@@ -103,6 +103,8 @@ contract MatcherCourt is IUnderbidErrors, IUnderbidEvents {
         if (challenged[keccak256(abi.encode(matcher, witness.round, bidDigest))]) {
             revert AlreadyChallenged(witness.round, bidDigest);
         }
+        // Slither: only the receipt signer is needed from the matcher record.
+        // slither-disable-next-line unused-return
         (,,, address receiptSigner) = settlement.matchers(matcher);
         SignatureVerification.verify(settlement.hashReceipt(receipt), receiptSig, receiptSigner);
         SignatureVerification.verify(bidDigest, bidSig, bid.provider);
@@ -146,11 +148,15 @@ contract MatcherCourt is IUnderbidErrors, IUnderbidEvents {
     ) private view {
         if (bid.deadline < witnessStart) revert BidExpiredBeforeWitness(bid.deadline, witnessStart);
         if (settlement.isNonceCancelled(bid.provider, bid.nonce)) revert BidCancelled(bid.provider, bid.nonce);
+        // Slither: only the claimed bit matters; a void nonce is judged by the fill record and cancel request.
+        // slither-disable-next-line unused-return
         (bool claimed,) = settlement.nonceState(bid.provider, bid.nonce);
         (uint32 filled, uint64 lastRound) = settlement.fills(bidDigest);
         if (claimed && filled == 0) revert BidNonceTaken(bid.provider, bid.nonce);
         // Fills only grow: a bid filled in a later round had a unit left when the witness round ended.
         if (lastRound <= witnessRound && filled >= bid.capacity) revert BidFullyFilled(bidDigest);
+        // Slither: only stakeDecreasedAt is needed from the provider record.
+        // slither-disable-next-line unused-return
         (,,,, uint40 decreasedAt,) = settlement.providers(bid.provider);
         if (decreasedAt >= issuedAt) revert StakeDecreasedAfterReceipt(decreasedAt, issuedAt);
         if (!settlement.boundSince(bid.provider, matcher, issuedAt)) revert ProviderLeftMatcher(bid.provider, matcher);

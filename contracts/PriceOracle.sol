@@ -72,12 +72,16 @@ contract PriceOracle is AccessControl, IUnderbidErrors {
         } else {
             uint256 lastPeriod = _updatedAt / priceLag;
             uint256 period = block.timestamp / priceLag;
+            // Slither: period numbers are exact integers (timestamp / priceLag); equality is the intended test.
+            // slither-disable-next-line incorrect-equality
             if (period == lastPeriod) {
                 if (price < _low) _low = price;
                 if (price > _high) _high = price;
             } else {
                 // A new period begins with `old` in effect. The last post's period becomes the
                 // previous one, or, if whole periods passed without a post, `old` alone was in effect.
+                // Slither: period numbers are exact integers; `lastPeriod + 1` is the adjacent period.
+                // slither-disable-next-line incorrect-equality
                 (_prevLow, _prevHigh) = period == lastPeriod + 1 ? (_low, _high) : (old, old);
                 (_low, _high) = price < old ? (price, old) : (old, price);
             }
@@ -115,10 +119,14 @@ contract PriceOracle is AccessControl, IUnderbidErrors {
         (uint256 price, uint256 updatedAt) = latestPrice();
         uint256 lastPeriod = updatedAt / priceLag;
         uint256 period = block.timestamp / priceLag;
+        // Slither: period numbers are exact integers (timestamp / priceLag); equality is the intended test.
+        // slither-disable-next-line incorrect-equality
         if (period == lastPeriod) {
             (low, high) = (_low, _high);
             if (_prevLow < low) low = _prevLow;
             if (_prevHigh > high) high = _prevHigh;
+        // Slither: period numbers are exact integers; `lastPeriod + 1` is the adjacent period.
+        // slither-disable-next-line incorrect-equality
         } else if (period == lastPeriod + 1) {
             // Only `price` has been in effect since the last post's period ended; it is in that band.
             (low, high) = (_low, _high);

@@ -157,6 +157,8 @@ contract UnderbidSettlement is
         _storePrices(header.round, prices);
         _extendSlashable(msg.sender);
 
+        // Slither: every field of `book` is assigned from _verifyOrders/_verifyBids before use.
+        // slither-disable-next-line uninitialized-local
         Book memory book;
         (book.orderDigests, book.orderLeft) = _verifyOrders(orders, orderSigs);
         (book.bidDigests, book.bidLeft) = _verifyBids(bids, bidSigs);

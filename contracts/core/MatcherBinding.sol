@@ -21,6 +21,8 @@ abstract contract MatcherBinding is UnderbidBase {
         uint40 requestedAt;
     }
 
+    // Slither: written through the storage pointer in bindMatcher (a Slither false positive).
+    // slither-disable-next-line uninitialized-state
     mapping(address => Binding) internal _bindings;
 
     /// @dev Binds the caller to `matcher`: at once if the caller is unbound with nothing pending,

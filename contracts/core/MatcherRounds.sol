@@ -26,10 +26,14 @@ abstract contract MatcherRounds is UnderbidBase {
     }
 
     /// @dev matcher => round id => round.
+    // Slither: written through the storage pointer in _openBatch (a Slither false positive).
+    // slither-disable-next-line uninitialized-state
     mapping(address => mapping(uint64 => Round)) public rounds;
     /// @dev matcher => the highest round id it has opened.
     mapping(address => uint64) public lastRound;
     /// @dev matcher => round => market => uniform clearing price (credit base units per unit-hour).
+    // Slither: written through the storage pointer in _storePrices (a Slither false positive).
+    // slither-disable-next-line uninitialized-state
     mapping(address => mapping(uint64 => mapping(bytes32 => uint256))) public clearingPrice;
 
     /// @dev True once `round` of `matcher` can take no more batches (and can be challenged).

@@ -15,6 +15,8 @@ library SignatureVerification {
     /// Reverts with `InvalidSignature` when the signature cannot be recovered, and with
     /// `SignerMismatch` when it recovers to another address.
     function verify(bytes32 digest, bytes calldata signature, address signer) internal pure {
+        // Slither: the error argument only details `err`, which is checked.
+        // slither-disable-next-line unused-return
         (address recovered, ECDSA.RecoverError err,) = ECDSA.tryRecover(digest, signature);
         if (err != ECDSA.RecoverError.NoError) revert IUnderbidErrors.InvalidSignature();
         if (recovered != signer) revert IUnderbidErrors.SignerMismatch(signer, recovered);
