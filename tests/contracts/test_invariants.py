@@ -1,19 +1,29 @@
-"""Randomized invariant test: DESIGN.md "Invariants" 1-4 under random action sequences, on anvil.
+"""Randomized invariant test: the five invariants of docs/PROTOCOL.md under random action sequences, on anvil.
 
 A hypothesis state machine drives the deployed contracts with random sequences of deposit,
-withdraw, settle (valid rounds, and invalid ones that must revert), claim, close, heartbeat, time
-advance, reportFault, mintCredits, redeem, stake, requestUnstake and withdrawUnbonded. It keeps an
-exact integer model of every balance the protocol moves, checks each transaction's outcome and
-events against it, and after every step checks, against the chain, with no tolerance:
+requestWithdrawal/withdraw, settle by two bonded matchers (valid rounds, some split in two batches,
+some whose second batch never lands, and invalid ones that must revert), claim, close, heartbeat,
+time advance, reportFault, mintCredits, redeem, stake, requestUnstake/withdrawUnbonded,
+requestCancel/cancelNonces and bindMatcher (moving an account to the other matcher after the
+notice). Every account trades through the matcher it is bound to; messages name that matcher; each
+matcher's round ids only grow. It keeps an exact integer model of every balance the protocol moves,
+checks each transaction's outcome and events against it, and after every step checks, against the
+chain, with no tolerance:
 
 1. credit conservation: credit supply == buyer escrow (free + locked) + credits held by users, and
-   the settlement's credit balance == all escrow;
+   the settlement's credit balance == all escrow (with announced withdrawals as the model has them);
 2. UBT conservation: UBT supply == genesis + BME mints - BME burns - burned part of slashes;
 3. per lease: paid so far + still locked <= units * price * duration / 3600 (and the lease's
    payments add up to exactly that, as Leases.sol promises); per order and bid: units filled
-   (summed from LeaseOpened events) <= units or capacity, and `remainingOf` agrees;
-4. per provider: locked <= staked; the settlement's UBT == sum of staked + unbonding, plus the
-   matcher bonds it also holds (MatcherBonds.sol), and nothing else.
+   (summed from LeaseOpened events) <= units or capacity;
+4. per provider: locked <= staked (an announced unstake stays staked until withdrawn); slashing
+   takes at most the lease's collateral; the settlement's UBT == sum of staked plus the matcher
+   bonds it also holds (MatcherBonds.sol), and nothing else;
+5. signatures are used only within their nonce and deadline, on their chain, contract and matcher:
+   per message, `remainingOf`, `nonceState` (claimed by its first filled message, void once filled
+   completely or cancelled), `fills` and `cancelRequestedAt` agree with the model, and every
+   invalid settle (expired, forged, reused or cancelled nonce, a nonce twice in one batch, another
+   matcher's message or account, a stale round or batch, an expired batch) reverts with its error.
 
 Time is deterministic: every transaction is mined at the model's clock (`chain.pending_timestamp`)
 and the clock moves only in the advance rules, so expected accruals are exact. Ape isolates test
@@ -31,7 +41,7 @@ import requests
 from ape.exceptions import ContractLogicError
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
-from eth_utils import keccak
+from eth_utils import keccak, to_checksum_address
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -46,12 +56,17 @@ from web3.exceptions import ContractLogicError as Web3ContractLogicError
 
 from underbid.eip712 import Bid, Order
 
+from underbid.markets import market_id
+
 from ..conftest import A100, H100, HOUR, UBC, UBT
 from ..reverts import reverts
 
 BPS = 10_000
 MAX_UINT = 2**256 - 1
 MARKETS = (H100, A100)
+# A market only the zero-cost mutation prices (at 1 base unit per unit-hour).
+CHEAP = market_id("gpu=test-cheap;vram=1;gpus=1;region=nowhere")
+ZERO = "0x" + "00" * 20
 # Per-test-run unique nonces (conftest's own counter starts at 1).
 _nonces = itertools.count(1_000_000)
 
@@ -79,6 +94,12 @@ class Msg:
     digest: bytes
     number: int
     filled: int = 0
+    record: int = 0  # what `fills(digest).filled` should say
+    last_round: int = 0  # bids: `fills(digest).lastRound`
+
+    @property
+    def matcher(self) -> str:
+        return self.message.matcher
 
     @property
     def signer(self) -> str:
@@ -109,6 +130,7 @@ class LeaseM:
 
     lease_id: bytes
     number: int
+    matcher: str
     buyer: str
     provider: str
     units: int
@@ -140,9 +162,23 @@ class LeaseM:
 
 
 @dataclass
-class Batch:
-    """One settle call being built, with the resources its matches leave free."""
+class NonceM:
+    """The model of one (signer, nonce): which message claimed it, whether it is void, and when
+    its cancellation was requested (0: never)."""
 
+    claimed_by: bytes | None = None
+    void: bool = False
+    cancel_at: int = 0
+
+
+@dataclass
+class Batch:
+    """One settle call being built, with the resources its matches leave free. `buyers` and
+    `providers` are the accounts bound to `matcher`, whose messages it may settle."""
+
+    matcher: str
+    buyers: list[str]
+    providers: list[str]
     orders: list[Msg]
     bids: list[Msg]
     matches: list[tuple[int, int, int]]
@@ -151,6 +187,7 @@ class Batch:
     free_escrow: dict[str, int]
     free_stake: dict[str, int]
     pairs: set[tuple[bytes, bytes]] = field(default_factory=set)
+    taken: set[tuple[str, int]] = field(default_factory=set)  # (signer, nonce) of its entries
 
 
 @dataclass
@@ -165,6 +202,7 @@ class Env:
     params: Any
     deployer: Any
     matcher: Any
+    second: Any  # a second bonded matcher (the deployer)
     buyers: list
     providers: list
     outsider: Any
@@ -210,6 +248,7 @@ class ChainReader:
             assert "result" in reply, f"eth_call {call} failed: {reply.get('error')}"
             _, _, _, names, out_types = self.methods[call[0], call[1]]
             values = abi_decode(out_types, bytes.fromhex(reply["result"][2:]))
+            values = [to_checksum_address(x) if t == "address" else x for t, x in zip(out_types, values, strict=True)]
             out[call] = dict(zip(names, values, strict=True)) if len(values) > 1 else values[0]
         return out
 
@@ -237,32 +276,39 @@ class ProtocolMachine(RuleBasedStateMachine):
         p = e.params
         self.spu = p.stake_per_unit
         self.interval, self.grace = p.heartbeat_interval, p.heartbeat_grace
+        self.notice, self.span, self.min_duration = p.notice_period, p.max_round_span, p.min_lease_duration
         self.accounts = {str(a.address): a for a in [e.deployer, e.matcher, *e.buyers, *e.providers, e.outsider]}
         self.everyone = list(self.accounts)
         self.buyer_addrs = [str(b.address) for b in e.buyers]
         self.provider_addrs = [str(p.address) for p in e.providers]
+        self.main, self.other = str(e.matcher.address), str(e.second.address)
+        self.matcher_addrs = [self.main, self.other]
         s = e.start
         self.t = s["t"]
         self.oracle_at = s["oracle_at"]
         self.credits = dict(s["credits"])
         self.ubt_bal = dict(s["ubt_bal"])
         self.escrow = {b: list(v) for b, v in s["escrow"].items()}
+        self.withdrawals = {b: [0, 0] for b in self.buyer_addrs}  # announced amount, readyAt
         self.stakes = {p: list(v) for p, v in s["stakes"].items()}  # staked, locked, unbonding, unbondingEnd
         self.ubt_minted, self.ubt_burned = s["ubt_minted"], s["ubt_burned"]
         self.credits_minted, self.credits_burned = s["credits_minted"], s["credits_burned"]
         self.slash_burned = s["slash_burned"]
-        self.matcher_bond = s["matcher_bond"]
+        self.matcher_bonds = dict(s["matcher_bonds"])
+        # account -> [matcher, changeAt, next] (MatcherBinding.Binding without requestedAt)
+        self.bindings = {a: [m, 0, ZERO] for a, m in s["bound"].items()}
         self.msgs: dict[bytes, Msg] = {}
+        self.nonces: dict[tuple[str, int], NonceM] = {}
         self.leases: dict[bytes, LeaseM] = {}
         self.lease_order: list[LeaseM] = []
-        self.round = 0
-        self.settled_rounds: list[int] = []
+        # matcher -> round id -> [openedAt, batches, finalized]
+        self.rounds: dict[str, dict[int, list]] = {m: {} for m in self.matcher_addrs}
+        self.last_round = dict(s["last_round"])
         self.msg_count = 0
         self.failure: str | None = None
 
     def teardown(self) -> None:
         self.env.chain.restore(self.snapshot)
-
     # -- transactions ------------------------------------------------------------------------
 
     def _send(self, what: str, expected: frozenset[str] | None, method, *args, sender):
@@ -339,12 +385,40 @@ class ProtocolMachine(RuleBasedStateMachine):
         staked, locked, _, _ = self.stakes[provider]
         return staked - locked
 
+    def _available_stake(self, provider: str) -> int:
+        staked, locked, unbonding, _ = self.stakes[provider]
+        return max(staked - locked - unbonding, 0)
+
+    def _available_escrow(self, buyer: str) -> int:
+        return max(self.escrow[buyer][0] - self.withdrawals[buyer][0], 0)
+
+    def _bound(self, account: str) -> str:
+        """The matcher `account` is bound to now (MatcherBinding.boundMatcherOf)."""
+        if account not in self.bindings:
+            return ZERO
+        matcher, change_at, nxt = self.bindings[account]
+        return nxt if change_at and self.t >= change_at else matcher
+
+    def _bound_to(self, matcher: str) -> tuple[list[str], list[str]]:
+        return ([b for b in self.buyer_addrs if self._bound(b) == matcher],
+                [p for p in self.provider_addrs if self._bound(p) == matcher])
+
+    def _nonce(self, msg: Msg) -> NonceM:
+        return self.nonces.setdefault((msg.signer, msg.message.nonce), NonceM())
+
+    def _remaining(self, msg: Msg) -> int:
+        """UnorderedNonces.remainingOf: nothing once the nonce is void or claimed by another message."""
+        state = self._nonce(msg)
+        if state.void or (state.claimed_by is not None and state.claimed_by != msg.digest):
+            return 0
+        return max(msg.total - msg.filled, 0)
+
     def _reportable_at(self, lease: LeaseM) -> int | None:
         stop = lease.last_heartbeat + self.interval
         return None if stop >= lease.end else stop + self.grace + 1
 
     def _fault_pending(self, lease: LeaseM) -> bool:
-        """A fault is reportable: the lease can only end through reportFault (claim/close revert)."""
+        """A fault is reportable: the lease can only end through reportFault (claim/heartbeat skip it, close reverts)."""
         reportable = self._reportable_at(lease)
         return reportable is not None and self.t >= reportable
 
@@ -370,7 +444,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         closed_events.append((lease.lease_id, refund, collateral))
         return paid
 
-    def _check_lease_events(self, receipt, paid_events: list, closed_events: list) -> None:
+    def _check_lease_events(self, receipt, paid_events: list, closed_events: list, skipped: list | None = None) -> None:
         s = self.env.settlement
         # Event fields are read from `event_arguments`: on an ape log, `.provider` is the RPC provider.
         paid_logs = [x.event_arguments for x in receipt.decode_logs(s.LeasePaid)]
@@ -383,6 +457,13 @@ class ProtocolMachine(RuleBasedStateMachine):
             self.leases[lease_id].chain_refund += refund
         assert got_paid == paid_events, f"LeasePaid events {got_paid} != model {paid_events}"
         assert got_closed == closed_events, f"LeaseClosed events {got_closed} != model {closed_events}"
+        if skipped is not None:
+            self._check_skipped(receipt, skipped)
+
+    def _check_skipped(self, receipt, skipped: list) -> None:
+        logs = [x.event_arguments for x in receipt.decode_logs(self.env.settlement.LeaseSkipped)]
+        got = [(bytes(x["leaseId"]), int(x["reason"])) for x in logs]
+        assert got == skipped, f"LeaseSkipped events {got} != model {skipped}"
 
     def _draw_lease(self, data, prefer) -> LeaseM:
         """A lease for which `prefer` holds nine times in ten (when there is one), else any lease."""
@@ -401,23 +482,41 @@ class ProtocolMachine(RuleBasedStateMachine):
         self.msg_count += 1
         return Msg(kind, message, message.sign(key, self.env.domain), message.digest(self.env.domain), self.msg_count)
 
-    def _new_order(self, data, **given) -> Msg:
-        """A freshly signed order; the fields not given are drawn."""
+    def _fresh_nonce(self, data, signer: str, taken: set | None) -> int:
+        """A new nonce, or one in ten times the nonce of another message of `signer` that no
+        message has claimed yet (and that the batch does not use): then whichever of the two fills
+        first takes the nonce, and the other can never fill."""
+        if taken is not None and data.draw(st.integers(0, 9), label="share a nonce?") == 0:
+            shared = sorted({m.message.nonce for m in self.msgs.values() if m.signer == signer
+                             and (signer, m.message.nonce) not in taken and self._remaining(m) == m.total})
+            if shared:
+                return data.draw(st.sampled_from(shared), label="shared nonce")
+        return next(_nonces)
+
+    def _new_order(self, data, batch: Batch | None = None, **given) -> Msg:
+        """A freshly signed order naming the batch's matcher, by a buyer bound to it; the fields not given are drawn."""
         draws = dict(
-            buyer=lambda: data.draw(st.sampled_from(self.buyer_addrs), label="buyer"),
+            buyer=lambda: data.draw(st.sampled_from(batch.buyers), label="buyer"),
+            matcher=lambda: batch.matcher,
             market=lambda: data.draw(st.sampled_from(MARKETS), label="market"),
             units=lambda: data.draw(st.integers(1, 4), label="units"),
-            duration=lambda: data.draw(st.integers(30, 1800) | st.sampled_from([60, 61, 3600]), label="duration"),
+            duration=lambda: data.draw(st.integers(self.min_duration, 1800) | st.sampled_from([30, 59, 60, 61, 3600]),
+                                       label="duration"),
             max_price=lambda: data.draw(st.integers(UBC, 5 * UBC), label="maxPrice"),
             deadline=lambda: self.t + data.draw(st.integers(0, 900), label="deadline - now"),
         )
         values = {name: given[name] if name in given else draw() for name, draw in draws.items()}
-        return self._sign("order", Order(**values, nonce=next(_nonces)))
+        nonce = given.get("nonce") or self._fresh_nonce(data, values["buyer"], batch.taken if batch else None)
+        msg = self._sign("order", Order(**values, nonce=nonce))
+        if batch is not None:
+            batch.taken.add((msg.signer, nonce))
+        return msg
 
-    def _new_bid(self, data, **given) -> Msg:
-        """A freshly signed bid; the fields not given are drawn."""
+    def _new_bid(self, data, batch: Batch | None = None, **given) -> Msg:
+        """A freshly signed bid naming the batch's matcher, by a provider bound to it; the fields not given are drawn."""
         draws = dict(
-            provider=lambda: data.draw(st.sampled_from(self.provider_addrs), label="provider"),
+            provider=lambda: data.draw(st.sampled_from(batch.providers), label="provider"),
+            matcher=lambda: batch.matcher,
             market=lambda: data.draw(st.sampled_from(MARKETS), label="market"),
             capacity=lambda: data.draw(st.integers(1, 6), label="capacity"),
             price=lambda: data.draw(st.integers(UBC // 2, 4 * UBC), label="price"),
@@ -425,87 +524,95 @@ class ProtocolMachine(RuleBasedStateMachine):
             deadline=lambda: self.t + data.draw(st.integers(0, 900), label="deadline - now"),
         )
         values = {name: given[name] if name in given else draw() for name, draw in draws.items()}
-        return self._sign("bid", Bid(**values, nonce=next(_nonces)))
+        nonce = given.get("nonce") or self._fresh_nonce(data, values["provider"], batch.taken if batch else None)
+        msg = self._sign("bid", Bid(**values, nonce=nonce))
+        if batch is not None:
+            batch.taken.add((msg.signer, nonce))
+        return msg
 
-    def _pick(self, data, kind: str, repeats: bool = True) -> list[Msg]:
-        """1-3 entries: new messages, live ones from earlier rounds, or a repeat of an entry."""
-        live = [m for m in self.msgs.values() if m.kind == kind and m.left > 0 and m.message.deadline >= self.t]
+    def _live(self, batch: Batch, kind: str) -> list[Msg]:
+        """Messages from earlier rounds the batch's matcher may still fill."""
+        signers = set(batch.buyers if kind == "order" else batch.providers)
+        return [m for m in self.msgs.values() if m.kind == kind and m.matcher == batch.matcher and m.signer in signers
+                and self._remaining(m) > 0 and m.message.deadline >= self.t
+                and (m.signer, m.message.nonce) not in batch.taken]
+
+    def _pick(self, data, batch: Batch, kind: str) -> list[Msg]:
+        """1-3 entries: new messages, or live ones from earlier rounds; one per (signer, nonce)."""
         entries: list[Msg] = []
         for _ in range(data.draw(st.integers(1, 3), label=f"{kind}s")):
-            fresh = [m for m in live if repeats or m not in entries]
-            options = ["new"] + (["live"] if fresh else []) + (["repeat"] if entries and repeats else [])
-            choice = data.draw(st.sampled_from(options), label=f"{kind} source")
-            if choice == "live":
-                entries.append(data.draw(st.sampled_from(fresh), label=f"live {kind}"))
-            elif choice == "repeat":
-                entries.append(data.draw(st.sampled_from(entries), label=f"repeated {kind}"))
+            live = self._live(batch, kind)
+            options = ["new"] + (["live"] if live else [])
+            if data.draw(st.sampled_from(options), label=f"{kind} source") == "live":
+                msg = data.draw(st.sampled_from(live), label=f"live {kind}")
+                batch.taken.add((msg.signer, msg.message.nonce))
+                entries.append(msg)
             else:
-                entries.append(self._new_order(data) if kind == "order" else self._new_bid(data))
+                entries.append(self._new_order(data, batch) if kind == "order" else self._new_bid(data, batch))
         return entries
 
     # -- settle ------------------------------------------------------------------------------
 
-    def _random_batch(self, data, repeats: bool = True) -> Batch:
-        """New, live (partly filled in earlier rounds) and repeated entries; a uniform price per
-        market between its cheapest bid and its highest order limit."""
-        orders, bids = self._pick(data, "order", repeats), self._pick(data, "bid", repeats)
-        prices: dict[str, int] = {}
-        for market in MARKETS:
-            asks = [b.message.price for b in bids if b.message.market == market]
-            limits = [o.message.max_price for o in orders if o.message.market == market]
-            if asks and limits and min(asks) <= max(limits):
-                prices[market] = data.draw(st.integers(min(asks), max(limits)), label="clearing price")
-        return self._match(data, orders, bids, prices)
+    def _empty_batch(self, matcher: str) -> Batch:
+        buyers, providers = self._bound_to(matcher)
+        return Batch(matcher, buyers, providers, [], [], [], {}, {},
+                     free_escrow={b: self.escrow[b][0] for b in self.buyer_addrs},
+                     free_stake={p: self._free_stake(p) for p in self.provider_addrs})
 
-    def _paired_batch(self, data, repeat: bool = False) -> Batch:
+    def _draw_matcher(self, data) -> str | None:
+        """The matcher that settles: the test matcher mostly, while some buyer and provider are bound to it."""
+        able = [m for m in self.matcher_addrs if all(self._bound_to(m))]
+        if not able:
+            return None
+        if len(able) == 2 and data.draw(st.integers(0, 3), label="second matcher?") == 0:
+            return self.other
+        return able[0]
+
+    def _random_batch(self, data, matcher: str) -> Batch:
+        """New and live (partly filled in earlier rounds) entries; a uniform price per market
+        between its cheapest bid and its highest order limit."""
+        batch = self._empty_batch(matcher)
+        batch.orders, batch.bids = self._pick(data, batch, "order"), self._pick(data, batch, "bid")
+        for market in MARKETS:
+            asks = [b.message.price for b in batch.bids if b.message.market == market]
+            limits = [o.message.max_price for o in batch.orders if o.message.market == market]
+            if asks and limits and min(asks) <= max(limits):
+                batch.prices[market] = data.draw(st.integers(min(asks), max(limits)), label="clearing price")
+        return self._match(data, batch)
+
+    def _paired_batch(self, data, matcher: str) -> Batch:
         """1-3 fresh order/bid pairs that can trade with each other at their market's price."""
-        prices: dict[str, int] = {}
-        orders, bids = [], []
+        batch = self._empty_batch(matcher)
+        prices = batch.prices
         for _ in range(data.draw(st.integers(1, 3), label="pairs")):
             market = data.draw(st.sampled_from(MARKETS), label="market")
             if market not in prices:
                 prices[market] = data.draw(st.integers(UBC, 3 * UBC), label="clearing price")
             price = prices[market]
-            order = self._new_order(data, market=market, max_price=data.draw(st.integers(price, 5 * UBC), label="maxPrice"))
-            bid = self._new_bid(data, market=market, price=data.draw(st.integers(UBC // 2, price), label="bid price"),
+            order = self._new_order(data, batch, market=market, duration=data.draw(
+                st.integers(self.min_duration, 1800), label="duration"),
+                max_price=data.draw(st.integers(price, 5 * UBC), label="maxPrice"))
+            bid = self._new_bid(data, batch, market=market, price=data.draw(st.integers(UBC // 2, price), label="bid price"),
                                 max_duration=data.draw(st.integers(order.message.duration, 3600), label="maxDuration"))
-            orders.append(order)
-            bids.append(bid)
-        if repeat and data.draw(st.booleans(), label="list a message twice?"):
-            # The same signed order (or bid) once more, with a fresh counterpart: a valid batch as
-            # long as both entries together stay within its units (or capacity).
-            k = data.draw(st.integers(0, len(orders) - 1), label="pair")
-            o, b = orders[k], bids[k]
-            if data.draw(st.booleans(), label="order twice?"):
-                orders.append(o)
-                bids.append(self._new_bid(data, market=o.message.market, price=b.message.price,
-                                          max_duration=o.message.duration))
-            else:
-                bids.append(b)
-                orders.append(self._new_order(data, market=b.message.market, max_price=prices[b.message.market],
-                                              duration=data.draw(st.integers(30, b.message.max_duration), label="duration")))
-        return self._match(data, orders, bids, prices, paired=True)
+            batch.orders.append(order)
+            batch.bids.append(bid)
+        return self._match(data, batch, paired=True)
 
-    def _batch(self, data) -> Batch:
+    def _batch(self, data, matcher: str) -> Batch:
         if data.draw(st.booleans(), label="paired?"):
-            return self._paired_batch(data, repeat=True)
-        return self._random_batch(data)
+            return self._paired_batch(data, matcher)
+        return self._random_batch(data, matcher)
 
-    def _match(self, data, orders: list[Msg], bids: list[Msg], prices: dict[str, int], paired: bool = False) -> Batch:
+    def _match(self, data, batch: Batch, paired: bool = False) -> Batch:
         """Random matches within units, capacity, free stake and free escrow (a valid batch)."""
-        batch = Batch(
-            orders, bids, [], prices,
-            left={m.digest: m.left for m in orders + bids},
-            free_escrow={b: self.escrow[b][0] for b in self.buyer_addrs},
-            free_stake={p: self._free_stake(p) for p in self.provider_addrs},
-        )
-        for oi, o in enumerate(orders):
-            for bi, b in enumerate(bids):
+        batch.left = {m.digest: self._remaining(m) for m in batch.orders + batch.bids}
+        for oi, o in enumerate(batch.orders):
+            for bi, b in enumerate(batch.bids):
                 om, bm = o.message, b.message
-                price = prices.get(om.market)
+                price = batch.prices.get(om.market)
                 if om.market != bm.market or price is None or not bm.price <= price <= om.max_price:
                     continue
-                if om.duration > bm.max_duration or (o.digest, b.digest) in batch.pairs:
+                if not self.min_duration <= om.duration <= bm.max_duration or (o.digest, b.digest) in batch.pairs:
                     continue
                 affordable = ((batch.free_escrow[om.buyer] + 1) * HOUR - 1) // (price * om.duration)
                 cap = min(batch.left[o.digest], batch.left[b.digest], batch.free_stake[bm.provider] // self.spu, affordable)
@@ -519,16 +626,20 @@ class ProtocolMachine(RuleBasedStateMachine):
         o, b = batch.orders[oi], batch.bids[bi]
         price = batch.prices[o.message.market]
         batch.matches.append((oi, bi, units))
-        batch.left[o.digest] = batch.left.get(o.digest, o.left) - units
-        batch.left[b.digest] = batch.left.get(b.digest, b.left) - units
+        batch.left[o.digest] = batch.left.get(o.digest, self._remaining(o)) - units
+        batch.left[b.digest] = batch.left.get(b.digest, self._remaining(b)) - units
         batch.free_escrow[o.signer] -= units * price * o.message.duration // HOUR
         batch.free_stake[b.signer] -= units * self.spu
         batch.pairs.add((o.digest, b.digest))
 
-    def _call(self, round_id: int, batch_no: int, final: bool, batch: Batch, sender=None):
+    def _call(self, header: tuple, batch: Batch, sender=None):
+        """`header` is (round, batch, final) or (round, batch, final, deadline); the deadline
+        defaults to half a notice period ahead, as an honest matcher sets it."""
+        if len(header) == 3:
+            header = (*header, self.t + self.notice // 2)
         return dict(
             args=(
-                (round_id, batch_no, final),
+                header,
                 [o.message.as_call_tuple() for o in batch.orders],
                 [o.signature for o in batch.orders],
                 [b.message.as_call_tuple() for b in batch.bids],
@@ -536,7 +647,7 @@ class ProtocolMachine(RuleBasedStateMachine):
                 list(batch.matches),
                 list(batch.prices.items()),
             ),
-            sender=sender or self.env.matcher,
+            sender=sender or self.accounts[batch.matcher],
         )
 
     def _sub_batch(self, batch: Batch, matches: list[tuple[int, int, int]]) -> Batch:
@@ -546,7 +657,8 @@ class ProtocolMachine(RuleBasedStateMachine):
         bids = list(dict.fromkeys(batch.bids[bi] for _, bi, _ in matches))
         new = [(orders.index(batch.orders[oi]), bids.index(batch.bids[bi]), u) for oi, bi, u in matches]
         used = {o.message.market for o in orders}
-        return Batch(orders, bids, new, {m: p for m, p in batch.prices.items() if m in used}, {}, {}, {})
+        return Batch(batch.matcher, batch.buyers, batch.providers, orders, bids, new,
+                     {m: p for m, p in batch.prices.items() if m in used}, {}, {}, {})
 
     def _expected_opened(self, batch: Batch) -> list:
         out = []
@@ -555,108 +667,164 @@ class ProtocolMachine(RuleBasedStateMachine):
             out.append((o.digest, b.digest, units, batch.prices[o.message.market]))
         return sorted(out)
 
-    def _apply_opened(self, receipts, round_id: int, known: dict[bytes, Msg]) -> list:
-        """Adds the leases the receipts opened to the model; returns (order, bid, units, price)."""
+    def _open_batch_error(self, matcher: str, round_id: int, batch_no: int, deadline: int) -> str | None:
+        """MatcherRounds._openBatch: the error a batch header reverts with now, or None."""
+        if self.t > deadline:
+            return "BatchExpired"
+        last = self.last_round[matcher]
+        if batch_no == 0:
+            return "RoundIdNotIncreasing" if round_id <= last else None
+        opened = self.rounds[matcher].get(round_id)
+        if opened is None:
+            return "BatchOutOfOrder"
+        opened_at, batches, finalized = opened
+        if finalized:
+            return "RoundAlreadySettled"
+        if round_id != last or self.t > opened_at + self.span:
+            return "RoundClosed"
+        return "BatchOutOfOrder" if batch_no != batches else None
+
+    def _apply_batch(self, matcher: str, round_id: int, batch_no: int, final: bool) -> None:
+        if batch_no == 0:
+            self.last_round[matcher] = round_id
+            self.rounds[matcher][round_id] = [self.t, 0, False]
+        opened = self.rounds[matcher][round_id]
+        opened[1] = batch_no + 1
+        opened[2] = opened[2] or final
+
+    def _apply_opened(self, receipt, batch: Batch, round_id: int) -> list:
+        """Adds the leases a receipt opened to the model and records the batch's fills as
+        `settle` does; returns (order, bid, units, price)."""
         s = self.env.settlement
+        known = {m.digest: m for m in batch.orders + batch.bids}
+        before = {m.digest: m.filled for m in known.values()}
         opened = []
-        for receipt in receipts:
-            for log in receipt.decode_logs(s.LeaseOpened):
-                ev = log.event_arguments
-                od, bd = bytes(ev["orderDigest"]), bytes(ev["bidDigest"])
-                order, bid = known[od], known[bd]
-                duration = order.message.duration
-                lease = LeaseM(
-                    bytes(ev["leaseId"]), len(self.lease_order) + 1, ev["buyer"], ev["provider"], ev["units"],
-                    ev["price"], duration, ev["start"], ev["end"], paid_until=ev["start"], last_heartbeat=ev["start"],
-                )
-                got = (ev["round"], ev["start"], ev["end"], ev["buyer"], ev["provider"])
-                want = (round_id, self.t, self.t + duration, order.signer, bid.signer)
-                assert got == want, f"{lease}: LeaseOpened (round, start, end, buyer, provider) {got} != {want}"
-                self.leases[lease.lease_id] = lease
-                self.lease_order.append(lease)
-                self.escrow[lease.buyer][0] -= lease.cost
-                self.escrow[lease.buyer][1] += lease.cost
-                self.stakes[lease.provider][1] += lease.units * self.spu
-                order.filled += lease.units
-                bid.filled += lease.units
-                opened.append((od, bd, ev["units"], ev["price"]))
-        for digest, msg in known.items():
-            self.msgs.setdefault(digest, msg)
+        for log in receipt.decode_logs(s.LeaseOpened):
+            ev = log.event_arguments
+            od, bd = bytes(ev["orderDigest"]), bytes(ev["bidDigest"])
+            order, bid = known[od], known[bd]
+            duration = order.message.duration
+            lease = LeaseM(
+                bytes(ev["leaseId"]), len(self.lease_order) + 1, batch.matcher, ev["buyer"], ev["provider"], ev["units"],
+                ev["price"], duration, ev["start"], ev["end"], paid_until=ev["start"], last_heartbeat=ev["start"],
+            )
+            got = (ev["round"], ev["matcher"], ev["start"], ev["end"], ev["buyer"], ev["provider"])
+            want = (round_id, batch.matcher, self.t, self.t + duration, order.signer, bid.signer)
+            assert got == want, f"{lease}: LeaseOpened (round, matcher, start, end, buyer, provider) {got} != {want}"
+            lease_id = keccak(abi_encode(["address", "uint64", "bytes32", "bytes32"], [batch.matcher, round_id, od, bd]))
+            assert lease.lease_id == lease_id, f"{lease}: id {lease.lease_id.hex()} != leaseIdOf(matcher, round, od, bd)"
+            assert lease.lease_id not in self.leases, f"{lease}: a lease id opened twice"
+            self.leases[lease.lease_id] = lease
+            self.lease_order.append(lease)
+            self.escrow[lease.buyer][0] -= lease.cost
+            self.escrow[lease.buyer][1] += lease.cost
+            self.stakes[lease.provider][1] += lease.units * self.spu
+            order.filled += lease.units
+            bid.filled += lease.units
+            opened.append((od, bd, ev["units"], ev["price"]))
+        for msg in known.values():  # UnorderedNonces._recordFill
+            self.msgs.setdefault(msg.digest, msg)
+            if msg.filled == before[msg.digest]:
+                continue
+            state = self._nonce(msg)
+            if state.claimed_by is None:
+                state.claimed_by = msg.digest
+            assert state.claimed_by == msg.digest, f"{msg} filled while another message held its nonce"
+            state.void = state.void or msg.filled == msg.total
+            if msg.kind == "bid":
+                msg.record, msg.last_round = msg.filled, round_id
+            elif msg.filled < msg.total:
+                msg.record = msg.filled
         return sorted(opened)
 
     @initialize(data=st.data())
     def open_first_leases(self, data) -> None:
         """Every example starts with a settled round (swarm testing may switch `settle` off)."""
-        self._settle_valid(data, self._paired_batch(data, repeat=True))
+        self._settle_valid(data, self._paired_batch(data, self.main))
 
     @rule(data=st.data())
     def settle(self, data) -> None:
-        self._settle_valid(data, self._batch(data))
+        matcher = self._draw_matcher(data)
+        if matcher is None:  # every buyer or every provider is moving between matchers
+            return
+        self._settle_valid(data, self._batch(data, matcher))
 
     @rule(data=st.data())
     def settle_invalid(self, data) -> None:
         # One broken rule at a time, mostly on a paired batch (it has matches to break).
+        matcher = self._draw_matcher(data)
+        if matcher is None:
+            return
         if data.draw(st.integers(0, 3), label="random base batch?") == 0:
-            batch = self._random_batch(data, repeats=False)
+            batch = self._random_batch(data, matcher)
         else:
-            batch = self._paired_batch(data)
-        self.round += 1
-        self._settle_invalid(data, batch, self.round, {m.digest: m for m in batch.orders + batch.bids})
+            batch = self._paired_batch(data, matcher)
+        self._settle_invalid(data, batch)
+
+    def _next_round(self, data, matcher: str) -> int:
+        return self.last_round[matcher] + data.draw(st.sampled_from([1, 1, 1, 2, 7]), label="round id step")
 
     def _settle_valid(self, data, batch: Batch) -> None:
-        """Settles `batch` in one call, or split in two batches of one round; it must succeed."""
+        """Settles `batch` in one call, or split in two batches of one round (the second one
+        sometimes later within the round span, after it, or never); it must succeed."""
         s = self.env.settlement
-        self.round += 1
-        round_id = self.round
-        known = {m.digest: m for m in batch.orders + batch.bids}
+        matcher = batch.matcher
+        round_id = self._next_round(data, matcher)
+        parts = [batch]
         if len(batch.matches) >= 2 and data.draw(st.booleans(), label="two batches?"):
             cut = data.draw(st.integers(1, len(batch.matches) - 1), label="cut")
             parts = [self._sub_batch(batch, batch.matches[:cut]), self._sub_batch(batch, batch.matches[cut:])]
-        else:
-            parts = [batch]
-            if len(set(batch.orders)) < len(batch.orders) or len(set(batch.bids)) < len(batch.bids):
-                # A message listed twice, its fills within its units or capacity across both entries.
-                # The contract may refuse such a batch outright (then nothing may change: the
-                # invariants check that); if it accepts it, it must record every fill.
-                call = self._call(round_id, 0, True, batch)
-                name = self._revert_name(s.settle, *call["args"], sender=call["sender"])
-                if name is not None:
-                    what = f"settle listing a message twice ({name})"
-                    self._send_reverting(what, s.settle, *call["args"], sender=call["sender"])
-                    return
-        receipts = []
+        landed = []
         for n, part in enumerate(parts):
-            call = self._call(round_id, n, n == len(parts) - 1, part)
-            what = f"settle round {round_id} batch {n}"
-            receipts.append(self._send(what, None, s.settle, *call["args"], sender=call["sender"]))
-        self.settled_rounds.append(round_id)
-        opened = self._apply_opened(receipts, round_id, known)
-        assert opened == self._expected_opened(batch), f"leases opened {opened} != matches {self._expected_opened(batch)}"
-        prices = self.env.reader.read([("settlement", "clearingPrice", round_id, m) for m in batch.prices])
+            expected = None
+            if n == 1:
+                wait = data.draw(st.sampled_from([0, 0, 0, 1, self.span, self.span + 1, None]), label="second batch after")
+                if wait is None:
+                    break  # the second batch never lands: the round stays open until the span is over
+                if wait and min(m.message.deadline for m in part.orders + part.bids) >= self.t + wait:
+                    self._advance_to(self.t + wait)
+                expected = self._open_batch_error(matcher, round_id, 1, self.t + self.notice // 2)
+                if expected is not None:
+                    assert expected == "RoundClosed", expected
+                    call = self._call((round_id, n, True), part)
+                    self._send(f"settle round {round_id} batch 1 after the span", _error(expected), s.settle,
+                               *call["args"], sender=call["sender"])
+                    break
+            final = n == len(parts) - 1
+            call = self._call((round_id, n, final), part)
+            receipt = self._send(f"settle round {round_id} batch {n}", None, s.settle, *call["args"], sender=call["sender"])
+            self._apply_batch(matcher, round_id, n, final)
+            assert self._apply_opened(receipt, part, round_id) == self._expected_opened(part), "leases opened != matches"
+            landed.append(part)
+        prices = self.env.reader.read([("settlement", "clearingPrice", matcher, round_id, m) for m in batch.prices])
         # A split round sends each batch only the prices of the markets it trades in, so a market
         # priced but left without a match is never sent, and no price is stored for it.
-        sent = {market: price for part in parts for market, price in part.prices.items()}
+        sent = {market: price for part in landed for market, price in part.prices.items()}
         for market in batch.prices:
-            assert prices["settlement", "clearingPrice", round_id, market] == sent.get(market, 0), "stored clearing price"
+            got = prices["settlement", "clearingPrice", matcher, round_id, market]
+            assert got == sent.get(market, 0), f"stored clearing price {got} != {sent.get(market, 0)}"
 
-    def _settle_invalid(self, data, batch: Batch, round_id: int, known: dict[bytes, Msg]) -> None:
+    def _settle_invalid(self, data, batch: Batch) -> None:
         """Breaks one rule of `settle`; the call must revert (and change nothing)."""
         mutations = [self._mut_expired, self._mut_bad_signature, self._mut_not_matcher, self._mut_bad_index,
-                     self._mut_duration, self._mut_underfunded, self._mut_understaked, self._mut_market_mismatch]
+                     self._mut_duration, self._mut_duration_short, self._mut_zero_cost, self._mut_underfunded,
+                     self._mut_understaked, self._mut_market_mismatch, self._mut_batch_expired,
+                     self._mut_other_matcher, self._mut_not_bound, self._mut_duplicate_nonce]
         if batch.matches:
-            mutations += [self._mut_overfill, self._mut_overfill_listed_twice, self._mut_price_below_bid,
-                          self._mut_price_above_max]
-        if self._used_up():
+            mutations += [self._mut_overfill, self._mut_price_below_bid, self._mut_price_above_max]
+        if self._used_up(batch):
             mutations.append(self._mut_used_nonce)
-        if self.settled_rounds:
-            mutations.append(self._mut_settled_round)
+        if self._claimed(batch):
+            mutations.append(self._mut_claimed_nonce)
+        if self.rounds[batch.matcher]:
+            mutations += [self._mut_old_round, self._mut_later_batch]
         mutation = data.draw(st.sampled_from(mutations), label="mutation")
+        round_id = self._next_round(data, batch.matcher)
         result = mutation(data, batch, round_id)
         if result is None:  # not applicable here (no signer has the resources it needs)
             result = self._mut_expired(data, batch, round_id)
-        what, expected, round_id, sender = result
-        known.update({m.digest: m for m in batch.orders + batch.bids})
-        call = self._call(round_id, 0, True, batch, sender)
+        what, expected, header, sender = result
+        call = self._call(header, batch, sender)
         settle = self.env.settlement.settle
         name = self._revert_name(settle, *call["args"], sender=call["sender"])
         if name is not None:
@@ -667,15 +835,15 @@ class ProtocolMachine(RuleBasedStateMachine):
             return
         # Accepted: record what really happened, so the invariant checks show the damage, then fail.
         receipt = self._send(f"invalid settle ({what})", None, settle, *call["args"], sender=call["sender"])
-        self.settled_rounds.append(round_id)
-        self._apply_opened([receipt], round_id, known)
+        self._apply_batch(batch.matcher, header[0], header[1], header[2])
+        self._apply_opened(receipt, batch, header[0])
         self.failure = f"invalid settle accepted: {what}; matches {batch.matches}"
 
-    # Each mutation edits `batch` and returns (description, allowed errors or None for any, round, sender).
+    # Each mutation edits `batch` and returns (description, allowed errors or None for any, header, sender).
 
     def _resources(self, batch: Batch, buyer_needs: int = 0, stake_needs: int = 0):
-        buyers = [b for b in self.buyer_addrs if batch.free_escrow[b] >= buyer_needs]
-        providers = [p for p in self.provider_addrs if batch.free_stake[p] >= stake_needs]
+        buyers = [b for b in batch.buyers if batch.free_escrow[b] >= buyer_needs]
+        providers = [p for p in batch.providers if batch.free_stake[p] >= stake_needs]
         return buyers, providers
 
     def _price_for(self, data, batch: Batch, market: str) -> int:
@@ -683,45 +851,115 @@ class ProtocolMachine(RuleBasedStateMachine):
             batch.prices[market] = data.draw(st.integers(UBC, 3 * UBC), label="extra market price")
         return batch.prices[market]
 
+    @staticmethod
+    def _header(round_id: int) -> tuple:
+        return (round_id, 0, True)
+
     def _mut_expired(self, data, batch, round_id):
         if data.draw(st.booleans(), label="expired order?"):
-            batch.orders.append(self._new_order(data, deadline=self.t - 1))
-            return "an order past its deadline", _error("OrderExpired"), round_id, None
-        batch.bids.append(self._new_bid(data, deadline=self.t - 1))
-        return "a bid past its deadline", _error("BidExpired"), round_id, None
+            batch.orders.append(self._new_order(data, batch, deadline=self.t - 1))
+            return "an order past its deadline", _error("OrderExpired"), self._header(round_id), None
+        batch.bids.append(self._new_bid(data, batch, deadline=self.t - 1))
+        return "a bid past its deadline", _error("BidExpired"), self._header(round_id), None
 
     def _mut_bad_signature(self, data, batch, round_id):
-        order = self._new_order(data, buyer=self.buyer_addrs[0])
-        forged = self._sign("order", order.message, key_owner=self.buyer_addrs[1])
-        batch.orders.append(forged)
-        return "an order signed by another key", _error("SignerMismatch"), round_id, None
+        order = self._new_order(data, batch)
+        forger = data.draw(st.sampled_from([a for a in self.buyer_addrs if a != order.signer]), label="forger")
+        batch.orders.append(self._sign("order", order.message, key_owner=forger))
+        return "an order signed by another key", _error("SignerMismatch"), self._header(round_id), None
 
     def _mut_not_matcher(self, data, batch, round_id):
-        return "sent by an account with no matcher bond", _error("MatcherNotBonded"), round_id, self.env.outsider
+        return ("sent by an account with no matcher bond", _error("MatcherNotBonded"), self._header(round_id),
+                self.env.outsider)
 
     def _mut_bad_index(self, data, batch, round_id):
         batch.matches.append((len(batch.orders), 0, 1))
-        return "a match index out of range", _error("MatchIndexOutOfRange"), round_id, None
+        return "a match index out of range", _error("MatchIndexOutOfRange"), self._header(round_id), None
 
-    def _mut_settled_round(self, data, batch, round_id):
-        old = data.draw(st.sampled_from(self.settled_rounds), label="settled round")
-        return f"round {old} again", _error("RoundAlreadySettled"), old, None
+    def _mut_batch_expired(self, data, batch, round_id):
+        deadline = self.t - data.draw(st.integers(1, self.notice), label="seconds past the batch deadline")
+        return f"a batch past its deadline {deadline}", _error("BatchExpired"), (round_id, 0, True, deadline), None
 
-    def _used_up(self) -> list[Msg]:
-        """Messages filled completely (their nonce is consumed), still before their deadline."""
-        return [m for m in self.msgs.values() if m.left == 0 and m.message.deadline >= self.t]
+    def _mut_old_round(self, data, batch, round_id):
+        old = data.draw(st.sampled_from(sorted(self.rounds[batch.matcher])), label="earlier round")
+        return f"round {old} opened again", _error("RoundIdNotIncreasing"), (old, 0, True), None
+
+    def _mut_later_batch(self, data, batch, round_id):
+        """A later batch of an earlier round: final, no longer the last, past its span, or out of order."""
+        old = data.draw(st.sampled_from(sorted(self.rounds[batch.matcher])), label="round")
+        batches = self.rounds[batch.matcher][old][1]
+        batch_no = data.draw(st.sampled_from([batches, batches + 1, 1]), label="batch number")
+        expected = self._open_batch_error(batch.matcher, old, batch_no, self.t + self.notice // 2)
+        if expected is None:  # the round still takes this batch: make it out of order instead
+            batch_no += 1
+            expected = "BatchOutOfOrder"
+        return f"batch {batch_no} of round {old}", _error(expected), (old, batch_no, True), None
+
+    def _mut_other_matcher(self, data, batch, round_id):
+        other = self.other if batch.matcher == self.main else self.main
+        if data.draw(st.booleans(), label="order?"):
+            batch.orders.append(self._new_order(data, batch, matcher=other))
+        else:
+            batch.bids.append(self._new_bid(data, batch, matcher=other))
+        return f"a message naming the other matcher {other}", _error("MessageForOtherMatcher"), self._header(round_id), None
+
+    def _mut_not_bound(self, data, batch, round_id):
+        """A message naming the batch's matcher by an account not bound to it (the outsider, or an
+        account bound to the other matcher or moving there)."""
+        buyers = [b for b in self.buyer_addrs if self._bound(b) != batch.matcher] + [str(self.env.outsider.address)]
+        buyer = data.draw(st.sampled_from(buyers), label="unbound buyer")
+        batch.orders.append(self._new_order(data, batch, buyer=buyer))
+        return f"an order of {buyer}, not bound to {batch.matcher}", _error("AccountNotBound"), self._header(round_id), None
+
+    def _mut_duplicate_nonce(self, data, batch, round_id):
+        """A (signer, nonce) twice in one batch: the same message again, or another one signed with its nonce."""
+        entries = [(m, kind) for kind, ms in (("order", batch.orders), ("bid", batch.bids)) for m in ms
+                   if m.matcher == batch.matcher and self._bound(m.signer) == batch.matcher]
+        msg, kind = data.draw(st.sampled_from(entries), label="entry")
+        if data.draw(st.booleans(), label="same message?"):
+            twin = msg
+        elif kind == "order":
+            twin = self._new_order(data, batch, buyer=msg.signer, nonce=msg.message.nonce)
+        else:
+            twin = self._new_bid(data, batch, provider=msg.signer, nonce=msg.message.nonce)
+        (batch.orders if kind == "order" else batch.bids).append(twin)
+        return f"{twin} sharing the nonce of {msg}", _error("DuplicateNonce"), self._header(round_id), None
+
+    def _used_up(self, batch: Batch) -> list[Msg]:
+        """Messages of the batch's matcher and accounts whose nonce is void (filled completely or
+        cancelled), still before their deadline."""
+        return [m for m in self.msgs.values() if m.matcher == batch.matcher and self._bound(m.signer) == batch.matcher
+                and self._nonce(m).void and m.message.deadline >= self.t and (m.signer, m.message.nonce) not in batch.taken]
 
     def _mut_used_nonce(self, data, batch, round_id):
-        msg = data.draw(st.sampled_from(self._used_up()), label="used-up message")
+        msg = data.draw(st.sampled_from(self._used_up(batch)), label="used-up message")
         (batch.orders if msg.kind == "order" else batch.bids).append(msg)
-        return f"{msg}, already filled completely", _error("NonceUsed"), round_id, None
+        why = "cancelled" if msg.filled < msg.total else "filled completely"
+        return f"{msg}, {why}", _error("NonceUsed"), self._header(round_id), None
+
+    def _claimed(self, batch: Batch) -> list[Msg]:
+        """Messages of the batch's accounts whose nonce a message has claimed and not voided."""
+        return [m for m in self.msgs.values() if self._bound(m.signer) == batch.matcher
+                and self._nonce(m).claimed_by is not None and not self._nonce(m).void
+                and (m.signer, m.message.nonce) not in batch.taken]
+
+    def _mut_claimed_nonce(self, data, batch, round_id):
+        msg = data.draw(st.sampled_from(self._claimed(batch)), label="partly filled message")
+        if msg.kind == "order":
+            twin = self._new_order(data, batch, buyer=msg.signer, nonce=msg.message.nonce)
+            batch.orders.append(twin)
+        else:
+            twin = self._new_bid(data, batch, provider=msg.signer, nonce=msg.message.nonce)
+            batch.bids.append(twin)
+        self.msgs[twin.digest] = twin  # never filled: remainingOf must say 0 for it from now on
+        return f"{twin} with the nonce {msg} claimed", _error("NonceUsed"), self._header(round_id), None
 
     def _mut_price_below_bid(self, data, batch, round_id):
         oi, bi, _ = data.draw(st.sampled_from(batch.matches), label="match")
         market = batch.orders[oi].message.market
         top = max(batch.bids[b].message.price for o, b, _ in batch.matches if batch.orders[o].message.market == market)
         batch.prices[market] = top - 1
-        return "a clearing price below a winning bid", _error("BidAboveClearingPrice"), round_id, None
+        return "a clearing price below a winning bid", _error("BidAboveClearingPrice"), self._header(round_id), None
 
     def _mut_price_above_max(self, data, batch, round_id):
         oi, bi, _ = data.draw(st.sampled_from(batch.matches), label="match")
@@ -730,7 +968,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         batch.prices[market] = low + 1
         # A higher price may exhaust a buyer's escrow on an earlier match first.
         allowed = frozenset({"ClearingPriceAboveMaxPrice", "InsufficientEscrow"})
-        return "a clearing price above a served order's maxPrice", allowed, round_id, None
+        return "a clearing price above a served order's maxPrice", allowed, self._header(round_id), None
 
     def _mut_overfill(self, data, batch, round_id):
         i = data.draw(st.integers(0, len(batch.matches) - 1), label="match")
@@ -739,49 +977,19 @@ class ProtocolMachine(RuleBasedStateMachine):
         extra = min(batch.left[o.digest], batch.left[b.digest]) + 1
         batch.matches[i] = (oi, bi, units + extra)
         allowed = frozenset({"OrderOverfilled", "BidOverfilled", "InsufficientEscrow", "InsufficientFreeStake"})
-        return f"match {i} filled beyond its order or bid", allowed, round_id, None
-
-    def _mut_overfill_listed_twice(self, data, batch, round_id):
-        """Lists a matched order (or bid) a second time and fills the copy beyond what is left of
-        the message, against a fresh counterpart that has the stake and escrow for it."""
-        oi, bi, _ = data.draw(st.sampled_from(batch.matches), label="match")
-        o, b = batch.orders[oi], batch.bids[bi]
-        price = batch.prices[o.message.market]
-        if data.draw(st.booleans(), label="order side?"):
-            k = batch.left[o.digest] + 1
-            cost = k * price * o.message.duration // HOUR
-            _, providers = self._resources(batch, stake_needs=k * self.spu)
-            if batch.free_escrow[o.signer] < cost or not providers:
-                return None
-            provider = data.draw(st.sampled_from(providers), label="provider")
-            bid = self._new_bid(data, provider=provider, market=o.message.market, capacity=k, price=price,
-                                max_duration=o.message.duration, deadline=self.t + 600)
-            batch.orders.append(o)
-            batch.bids.append(bid)
-            batch.matches.append((len(batch.orders) - 1, len(batch.bids) - 1, k))
-            return f"{o} listed twice, filled {o.filled} before + {o.left - batch.left[o.digest]} + {k}", None, round_id, None
-        k = batch.left[b.digest] + 1
-        duration = min(b.message.max_duration, 600)
-        buyers, _ = self._resources(batch, buyer_needs=k * price * duration // HOUR)
-        if batch.free_stake[b.signer] < k * self.spu or not buyers:
-            return None
-        buyer = data.draw(st.sampled_from(buyers), label="buyer")
-        order = self._new_order(data, buyer=buyer, market=b.message.market, units=k, duration=duration,
-                                max_price=price, deadline=self.t + 600)
-        batch.orders.append(order)
-        batch.bids.append(b)
-        batch.matches.append((len(batch.orders) - 1, len(batch.bids) - 1, k))
-        return f"{b} listed twice, filled {b.filled} before + {b.left - batch.left[b.digest]} + {k}", None, round_id, None
+        return f"match {i} filled beyond its order or bid", allowed, self._header(round_id), None
 
     def _fresh_pair(self, data, batch, *, units, duration, max_duration, buyer, provider, order_market=H100,
-                    bid_market=H100):
+                    bid_market=H100, price=None):
         """Appends a new order and bid matched for `units` (each mutation then breaks one rule)."""
+        if price is not None:
+            batch.prices[order_market] = price
         price = self._price_for(data, batch, order_market)
         if bid_market != order_market:
             self._price_for(data, batch, bid_market)
-        order = self._new_order(data, buyer=buyer, market=order_market, units=units, duration=duration,
+        order = self._new_order(data, batch, buyer=buyer, market=order_market, units=units, duration=duration,
                                 max_price=price, deadline=self.t + 600)
-        bid = self._new_bid(data, provider=provider, market=bid_market, capacity=units,
+        bid = self._new_bid(data, batch, provider=provider, market=bid_market, capacity=units,
                             price=min(price, batch.prices[bid_market]), max_duration=max_duration, deadline=self.t + 600)
         batch.orders.append(order)
         batch.bids.append(bid)
@@ -794,7 +1002,26 @@ class ProtocolMachine(RuleBasedStateMachine):
             return None
         self._fresh_pair(data, batch, units=1, duration=600, max_duration=599,
                          buyer=data.draw(st.sampled_from(buyers)), provider=data.draw(st.sampled_from(providers)))
-        return "an order longer than its bid's maxDuration", _error("DurationTooLong"), round_id, None
+        return "an order longer than its bid's maxDuration", _error("DurationTooLong"), self._header(round_id), None
+
+    def _mut_duration_short(self, data, batch, round_id):
+        _, providers = self._resources(batch, stake_needs=self.spu)
+        if not providers:
+            return None
+        duration = data.draw(st.integers(1, self.min_duration - 1), label="short duration")
+        self._fresh_pair(data, batch, units=1, duration=duration, max_duration=3600,
+                         buyer=data.draw(st.sampled_from(batch.buyers)), provider=data.draw(st.sampled_from(providers)))
+        return f"an order of {duration} s", _error("DurationTooShort"), self._header(round_id), None
+
+    def _mut_zero_cost(self, data, batch, round_id):
+        _, providers = self._resources(batch, stake_needs=self.spu)
+        if not providers:
+            return None
+        # 1 unit at 1 base unit per unit-hour for a minimum lease: 60 / 3600 rounds down to nothing.
+        self._fresh_pair(data, batch, units=1, duration=self.min_duration, max_duration=3600, order_market=CHEAP,
+                         bid_market=CHEAP, price=1, buyer=data.draw(st.sampled_from(batch.buyers)),
+                         provider=data.draw(st.sampled_from(providers)))
+        return "a lease that costs nothing", _error("ZeroCostLease"), self._header(round_id), None
 
     def _mut_market_mismatch(self, data, batch, round_id):
         buyers, providers = self._resources(batch, buyer_needs=5 * UBC * 600 // HOUR, stake_needs=self.spu)
@@ -802,22 +1029,23 @@ class ProtocolMachine(RuleBasedStateMachine):
             return None
         self._fresh_pair(data, batch, units=1, duration=600, max_duration=600, bid_market=A100,
                          buyer=data.draw(st.sampled_from(buyers)), provider=data.draw(st.sampled_from(providers)))
-        return "an order and a bid of different markets", _error("MarketMismatch"), round_id, None
+        return "an order and a bid of different markets", _error("MarketMismatch"), self._header(round_id), None
 
     def _mut_underfunded(self, data, batch, round_id):
         price = self._price_for(data, batch, H100)
         _, providers = self._resources(batch, stake_needs=self.spu)
         if not providers:
             return None
-        buyer = data.draw(st.sampled_from(self.buyer_addrs), label="buyer")
+        buyer = data.draw(st.sampled_from(batch.buyers), label="buyer")
         free = batch.free_escrow[buyer]
-        duration = -(-(free + 1) * HOUR // price)  # the smallest duration whose cost exceeds `free`
+        duration = max(-(-(free + 1) * HOUR // price), self.min_duration)  # the smallest duration whose cost exceeds `free`
         self._fresh_pair(data, batch, units=1, duration=duration, max_duration=duration, buyer=buyer,
                          provider=data.draw(st.sampled_from(providers)))
-        return f"a lease costing more than {buyer}'s free escrow {free}", _error("InsufficientEscrow"), round_id, None
+        return (f"a lease costing more than {buyer}'s free escrow {free}", _error("InsufficientEscrow"),
+                self._header(round_id), None)
 
     def _mut_understaked(self, data, batch, round_id):
-        provider = data.draw(st.sampled_from(self.provider_addrs), label="provider")
+        provider = data.draw(st.sampled_from(batch.providers), label="provider")
         units = batch.free_stake[provider] // self.spu + 1
         price = self._price_for(data, batch, H100)
         buyers, _ = self._resources(batch, buyer_needs=units * price * 60 // HOUR)
@@ -825,7 +1053,8 @@ class ProtocolMachine(RuleBasedStateMachine):
             return None
         self._fresh_pair(data, batch, units=units, duration=60, max_duration=60, provider=provider,
                          buyer=data.draw(st.sampled_from(buyers)))
-        return f"{units} units from {provider} beyond its free stake", _error("InsufficientFreeStake"), round_id, None
+        return (f"{units} units from {provider} beyond its free stake", _error("InsufficientFreeStake"),
+                self._header(round_id), None)
 
     # -- escrow ------------------------------------------------------------------------------
 
@@ -840,50 +1069,76 @@ class ProtocolMachine(RuleBasedStateMachine):
             self.escrow[buyer][0] += amount
 
     @rule(data=st.data())
-    def withdraw(self, data) -> None:
+    def request_withdrawal(self, data) -> None:
+        """Any non-zero amount may be announced (beyond the free escrow too); it replaces an earlier one."""
         buyer = data.draw(st.sampled_from(self.buyer_addrs), label="buyer")
-        free = self.escrow[buyer][0]
-        amount = self._amount(data, free, "amount")
-        expected = _error("ZeroAmount") if amount == 0 else _error("InsufficientEscrow") if amount > free else None
-        if self._send(f"withdraw {amount}", expected, self.env.settlement.withdraw, amount, sender=self._sender(buyer)):
-            self.credits[buyer] += amount
-            self.escrow[buyer][0] -= amount
+        amount = self._amount(data, self.escrow[buyer][0], "amount")
+        expected = _error("ZeroAmount") if amount == 0 else None
+        request = self.env.settlement.requestWithdrawal
+        if self._send(f"requestWithdrawal {amount}", expected, request, amount, sender=self._sender(buyer)):
+            self.withdrawals[buyer] = [amount, self.t + self.notice]
+
+    @rule(data=st.data())
+    def withdraw(self, data) -> None:
+        ready = [b for b in self.buyer_addrs if self.withdrawals[b][0] and self.withdrawals[b][1] <= self.t]
+        if ready and data.draw(st.integers(0, 9), label="ready buyer?") < 8:
+            buyer = data.draw(st.sampled_from(ready), label="buyer")
+        else:
+            buyer = data.draw(st.sampled_from(self.buyer_addrs), label="buyer")
+        requested, ready_at = self.withdrawals[buyer]
+        if requested == 0:
+            expected = _error("NothingToWithdraw")
+        elif self.t < ready_at:
+            expected = _error("NoticeNotOver")
+        else:
+            expected = None
+        receipt = self._send("withdraw", expected, self.env.settlement.withdraw, sender=self._sender(buyer))
+        if receipt is None:
+            return
+        amount = min(requested, self.escrow[buyer][0])  # the announced amount, or the free escrow if less now
+        [log] = receipt.decode_logs(self.env.settlement.Withdrawn)
+        assert log.event_arguments["amount"] == amount, f"Withdrawn {log.event_arguments['amount']} != {amount}"
+        self.credits[buyer] += amount
+        self.escrow[buyer][0] -= amount
+        self.withdrawals[buyer] = [0, 0]
 
     # -- leases ------------------------------------------------------------------------------
 
-    @precondition(lambda self: self.lease_order)
-    @rule(data=st.data())
-    def claim(self, data) -> None:
-        first = self._draw_lease(data, self._running)
+    def _provider_leases(self, data, first: LeaseM, pool: list[LeaseM]) -> list[LeaseM]:
+        """`first`, up to two more of its provider's leases from `pool`, and one in ten times a lease of another provider."""
         provider = first.provider
-        others = [x for x in self.lease_order if x.provider == provider and x is not first]
+        others = [x for x in pool if x.provider == provider and x is not first]
         leases = [first] + (data.draw(st.lists(st.sampled_from(others), max_size=2, unique=True), label="more") if others else [])
         foreign = [x for x in self.lease_order if x.provider != provider]
         if foreign and data.draw(st.integers(0, 9), label="foreign?") == 0:
             leases.append(data.draw(st.sampled_from(foreign), label="foreign lease"))
-        expected = None
-        for lease in leases:
-            if lease.provider != provider:
-                expected = _error("NotLeaseProvider")
-                break
-            if lease.closed:
-                expected = _error("LeaseAlreadyClosed")
-                break
-            if self._fault_pending(lease):
-                expected = _error("FaultPending")
-                break
+        return leases
+
+    @precondition(lambda self: self.lease_order)
+    @rule(data=st.data())
+    def claim(self, data) -> None:
+        """Pays running leases; skips closed and fault-pending ones; reverts only for another provider's lease."""
+        first = self._draw_lease(data, self._running)
+        provider = first.provider
+        leases = self._provider_leases(data, first, self.lease_order)
+        foreign = any(x.provider != provider for x in leases)
+        expected = _error("NotLeaseProvider") if foreign else None
         receipt = self._send(f"claim {leases}", expected, self.env.settlement.claim, [x.lease_id for x in leases],
                              sender=self._sender(provider))
         if receipt is None:
             return
-        paid_events, closed_events, total = [], [], 0
+        paid_events, closed_events, skipped, total = [], [], [], 0
         for lease in leases:
-            if self.t >= lease.end:
+            if lease.closed:
+                skipped.append((lease.lease_id, 0))
+            elif self._fault_pending(lease):
+                skipped.append((lease.lease_id, 2))
+            elif self.t >= lease.end:
                 total += self._settle_and_close(lease, self.t, paid_events, closed_events)
             else:
                 total += self._pay_up_to(lease, self.t, paid_events)
         self.credits[provider] += total
-        self._check_lease_events(receipt, paid_events, closed_events)
+        self._check_lease_events(receipt, paid_events, closed_events, skipped)
 
     @precondition(lambda self: self.lease_order)
     @rule(data=st.data())
@@ -909,32 +1164,31 @@ class ProtocolMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.lease_order)
     @rule(data=st.data())
     def heartbeat(self, data) -> None:
+        """Heartbeats running leases; skips closed, ended and fault-pending ones; reverts only for another provider's lease."""
         first = self._draw_lease(data, lambda x: self._running(x) and self.t < x.end)
         provider = first.provider
-        others = [x for x in self._open() if x.provider == provider and x is not first and self.t < x.end]
-        leases = [first] + (data.draw(st.lists(st.sampled_from(others), max_size=2, unique=True), label="more") if others else [])
-        foreign = [x for x in self.lease_order if x.provider != provider]
-        if foreign and data.draw(st.integers(0, 9), label="foreign?") == 0:
-            leases.append(data.draw(st.sampled_from(foreign), label="foreign lease"))
-        expected = None
-        for lease in leases:
-            if lease.provider != provider:
-                expected = _error("NotLeaseProvider")
-            elif lease.closed:
-                expected = _error("LeaseAlreadyClosed")
-            elif self.t >= lease.end:
-                expected = _error("LeaseEnded")
-            elif self._fault_pending(lease):
-                expected = _error("HeartbeatMissed")
-            if expected:
-                break
+        leases = self._provider_leases(data, first, self.lease_order)
+        foreign = any(x.provider != provider for x in leases)
+        expected = _error("NotLeaseProvider") if foreign else None
         receipt = self._send(f"heartbeat {leases}", expected, self.env.settlement.heartbeat, [x.lease_id for x in leases],
                              sender=self._sender(provider))
         if receipt is None:
             return
+        skipped, beats = [], []
         for lease in leases:
-            lease.last_heartbeat = self.t
-            assert self.env.settlement.getLease(lease.lease_id).lastHeartbeat == self.t
+            if lease.closed:
+                skipped.append((lease.lease_id, 0))
+            elif self.t >= lease.end:
+                skipped.append((lease.lease_id, 1))
+            elif self._fault_pending(lease):
+                skipped.append((lease.lease_id, 2))
+            else:
+                lease.last_heartbeat = self.t
+                beats.append((lease.lease_id, self.t))
+        self._check_skipped(receipt, skipped)
+        got = [(bytes(x.event_arguments["leaseId"]), x.event_arguments["at"])
+               for x in receipt.decode_logs(self.env.settlement.Heartbeat)]
+        assert got == beats, f"Heartbeat events {got} != model {beats}"
 
     @precondition(lambda self: self.lease_order)
     @rule(data=st.data())
@@ -948,7 +1202,7 @@ class ProtocolMachine(RuleBasedStateMachine):
             expected = _error("HeartbeatNotMissed")
         else:
             expected = None
-        staked, _, unbonding, _ = self.stakes[lease.provider]
+        staked = self.stakes[lease.provider][0]
         receipt = self._send(f"reportFault {lease}", expected, self.env.settlement.reportFault, lease.lease_id,
                              sender=self._sender(reporter))
         if receipt is None:
@@ -962,17 +1216,14 @@ class ProtocolMachine(RuleBasedStateMachine):
         [log] = receipt.decode_logs(self.env.settlement.FaultReported)
         ev = log.event_arguments
         # Invariant 4: slashing never takes more than the slashable stake, nor the lease's collateral.
-        assert ev["slashed"] <= min(collateral, staked + unbonding), f"slashed {ev['slashed']}, collateral {collateral}"
+        assert ev["slashed"] <= min(collateral, staked), f"slashed {ev['slashed']}, collateral {collateral}, staked {staked}"
         slashed = collateral * p.slash_bps // BPS
         to_buyer = slashed * p.slash_buyer_bps // BPS
         to_reporter = slashed * p.slash_reporter_bps // BPS
         burned = slashed - to_buyer - to_reporter
         got = (bytes(ev["leaseId"]), ev["reporter"], ev["slashed"], ev["toBuyer"], ev["toReporter"], ev["burned"])
         assert got == (lease.lease_id, reporter, slashed, to_buyer, to_reporter, burned), f"FaultReported {got}"
-        account = self.stakes[lease.provider]
-        from_staked = min(slashed, account[0])
-        account[0] -= from_staked
-        account[2] -= slashed - from_staked
+        self.stakes[lease.provider][0] -= slashed  # an announced unstake stays staked, so it is slashable too
         self.ubt_bal[lease.buyer] += to_buyer
         self.ubt_bal[reporter] += to_reporter
         self.slash_burned += burned
@@ -987,7 +1238,7 @@ class ProtocolMachine(RuleBasedStateMachine):
             self._send("oracle setPrice", None, e.oracle.setPrice, e.params.ubt_price, sender=e.deployer)
             self.oracle_at = t
 
-    @rule(dt=st.integers(1, 120) | st.integers(121, 900) | st.sampled_from([59, 60, 61, 90, 91, 92]))
+    @rule(dt=st.integers(1, 120) | st.integers(121, 900) | st.sampled_from([29, 30, 31, 59, 60, 61, 90, 91, 92]))
     def advance_time(self, dt: int) -> None:
         self._advance_to(self.t + dt)
 
@@ -1001,12 +1252,21 @@ class ProtocolMachine(RuleBasedStateMachine):
         for _, _, unbonding, end in self.stakes.values():
             if unbonding:
                 times.update({end - 1, end})
+        for amount, ready_at in self.withdrawals.values():
+            if amount:
+                times.update({ready_at - 1, ready_at})
+        for state in self.nonces.values():
+            if state.cancel_at and not state.void:
+                times.update({state.cancel_at + self.notice - 1, state.cancel_at + self.notice})
+        for _, change_at, _ in self.bindings.values():
+            if change_at:
+                times.update({change_at - 1, change_at})
         return sorted(t for t in times if t > self.t)
 
     @precondition(lambda self: self._boundaries())
     @rule(data=st.data())
     def advance_to_boundary(self, data) -> None:
-        """Jumps to a lease end, a fault-reportable time or an unbonding end, or one second before."""
+        """Jumps to a lease end, a fault-reportable time, an unbonding end or a notice's end, or one second before."""
         self._advance_to(data.draw(st.sampled_from(self._boundaries()), label="time"))
 
     # -- BME ---------------------------------------------------------------------------------
@@ -1085,16 +1345,17 @@ class ProtocolMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def request_unstake(self, data) -> None:
+        """Announces an unstake of at most the available stake (free minus already announced);
+        the amount stays staked, and lockable, until withdrawn."""
         provider = data.draw(st.sampled_from(self.provider_addrs), label="provider")
-        free = self._free_stake(provider)
-        amount = self._amount(data, free, "amount")
-        expected = _error("ZeroAmount") if amount == 0 else _error("InsufficientFreeStake") if amount > free else None
+        available = self._available_stake(provider)
+        amount = self._amount(data, available, "amount")
+        expected = _error("ZeroAmount") if amount == 0 else _error("InsufficientFreeStake") if amount > available else None
         unstake = self.env.settlement.requestUnstake
         if self._send(f"requestUnstake {amount}", expected, unstake, amount, sender=self._sender(provider)):
             account = self.stakes[provider]
-            account[0] -= amount
             account[2] += amount
-            account[3] = self.t + self.env.params.unbonding_period
+            account[3] = self.t + max(self.env.params.unbonding_period, self.notice)
 
     @rule(data=st.data())
     def withdraw_unbonded(self, data) -> None:
@@ -1112,9 +1373,86 @@ class ProtocolMachine(RuleBasedStateMachine):
             expected = _error("UnbondingNotFinished")
         else:
             expected = None
-        if self._send("withdrawUnbonded", expected, self.env.settlement.withdrawUnbonded, sender=self._sender(provider)):
-            self.ubt_bal[provider] += account[2]
-            account[2] = 0
+        receipt = self._send("withdrawUnbonded", expected, self.env.settlement.withdrawUnbonded, sender=self._sender(provider))
+        if receipt is None:
+            return
+        amount = min(account[2], self._free_stake(provider))  # the announced amount, or the free stake if less now
+        [log] = receipt.decode_logs(self.env.settlement.UnbondedWithdrawn)
+        assert log.event_arguments["amount"] == amount, f"UnbondedWithdrawn {log.event_arguments['amount']} != {amount}"
+        self.ubt_bal[provider] += amount
+        account[0] -= amount
+        account[2] = 0
+
+    # -- nonces and bindings -----------------------------------------------------------------
+
+    def _signer_nonces(self, data) -> tuple[str, list[int]]:
+        """A signer and 1-2 nonces of its messages (or, rarely, a nonce it never signed)."""
+        signed = sorted({(m.signer, m.message.nonce) for m in self.msgs.values()})
+        if not signed:
+            return data.draw(st.sampled_from(self.buyer_addrs + self.provider_addrs), label="signer"), [next(_nonces)]
+        signer, _ = data.draw(st.sampled_from(signed), label="signer")
+        own = sorted({n for s, n in signed if s == signer} | {n for (s, n), x in self.nonces.items() if s == signer and x.cancel_at})
+        nonces = data.draw(st.lists(st.sampled_from(own), min_size=1, max_size=2, unique=True), label="nonces")
+        if data.draw(st.integers(0, 9), label="unknown nonce?") == 0:
+            nonces.append(next(_nonces))
+        return signer, nonces
+
+    @rule(data=st.data())
+    def request_cancel(self, data) -> None:
+        signer, nonces = self._signer_nonces(data)
+        receipt = self._send(f"requestCancel {nonces}", None, self.env.settlement.requestCancel, nonces,
+                             sender=self._sender(signer))
+        announced = []
+        for nonce in nonces:
+            state = self.nonces.setdefault((signer, nonce), NonceM())
+            if not state.cancel_at:  # a nonce already announced keeps its first announcement
+                state.cancel_at = self.t
+                announced.append(nonce)
+        got = [x.event_arguments["nonce"] for x in receipt.decode_logs(self.env.settlement.CancelRequested)]
+        assert got == announced, f"CancelRequested for {got} != model {announced}"
+
+    @rule(data=st.data())
+    def cancel_nonces(self, data) -> None:
+        requested = sorted({s for (s, _), x in self.nonces.items() if x.cancel_at})
+        if requested and data.draw(st.integers(0, 9), label="announced signer?") < 8:
+            signer = data.draw(st.sampled_from(requested), label="signer")
+            own = sorted(n for (s, n), x in self.nonces.items() if s == signer and x.cancel_at)
+            ready = [n for n in own if self.t >= self.nonces[signer, n].cancel_at + self.notice]
+            if ready and data.draw(st.integers(0, 9), label="notice over?") < 8:
+                own = ready
+            nonces = data.draw(st.lists(st.sampled_from(own), min_size=1, max_size=2, unique=True), label="nonces")
+            if data.draw(st.integers(0, 9), label="an unannounced nonce too?") == 0:
+                nonces.append(next(_nonces))
+        else:
+            signer, nonces = self._signer_nonces(data)
+        expected = None
+        for nonce in nonces:
+            state = self.nonces.get((signer, nonce), NonceM())
+            if not state.cancel_at:
+                expected = _error("CancelNotRequested")
+            elif self.t < state.cancel_at + self.notice:
+                expected = _error("NoticeNotOver")
+            if expected:
+                break
+        if self._send(f"cancelNonces {nonces}", expected, self.env.settlement.cancelNonces, nonces, sender=self._sender(signer)):
+            for nonce in nonces:
+                self.nonces[signer, nonce].void = True
+
+    @rule(data=st.data())
+    def bind_matcher(self, data) -> None:
+        """An account asks to trade through a matcher: the change takes a notice period (the
+        accounts start bound), and a new request replaces a pending one."""
+        account = data.draw(st.sampled_from(self.buyer_addrs + self.provider_addrs), label="account")
+        others = [m for m in self.matcher_addrs if m != self._bound(account)]
+        matcher = data.draw(st.sampled_from(others + self.matcher_addrs), label="matcher")
+        self._send(f"bindMatcher {matcher}", None, self.env.settlement.bindMatcher, matcher, sender=self._sender(account))
+        binding = self.bindings[account]
+        current = self._bound(account)
+        pending = binding[1] != 0 and self.t < binding[1]
+        if current == ZERO and not pending:
+            self.bindings[account] = [matcher, 0, ZERO]
+        else:
+            self.bindings[account] = [current, self.t + self.notice, matcher]
 
     # -- invariants --------------------------------------------------------------------------
 
@@ -1125,24 +1463,34 @@ class ProtocolMachine(RuleBasedStateMachine):
         self._check_ubt_conservation(v)
         self._check_leases_and_fills(v)
         self._check_stake(v)
+        self._check_nonces_and_rounds(v)
         if self.failure:
             raise InvalidSettleAccepted(self.failure)
 
     def _read_chain(self) -> dict[tuple, Any]:
-        e = self.env
-        settlement, matcher = str(e.settlement.address), str(e.matcher.address)
+        settlement = str(self.env.settlement.address)
         holders = [*self.everyone, settlement]
+        traders = self.buyer_addrs + self.provider_addrs
         calls = [
             ("credit", "totalSupply"), ("ubt", "totalSupply"),
             ("bme", "totalCreditsMinted"), ("bme", "totalCreditsBurned"),
             ("bme", "totalUbtMinted"), ("bme", "totalUbtBurned"),
-            ("settlement", "totalSlashedBurned"), ("settlement", "matchers", matcher),
+            ("settlement", "totalSlashedBurned"),
+            *[("settlement", "matchers", m) for m in self.matcher_addrs],
+            *[("settlement", "lastRound", m) for m in self.matcher_addrs],
             *[("credit", "balanceOf", a) for a in holders],
             *[("ubt", "balanceOf", a) for a in holders],
             *[("settlement", "escrowOf", b) for b in self.buyer_addrs],
+            *[("settlement", "pendingWithdrawal", b) for b in self.buyer_addrs],
+            *[("settlement", "availableEscrow", b) for b in self.buyer_addrs],
             *[("settlement", "providers", p) for p in self.provider_addrs],
+            *[("settlement", "availableStake", p) for p in self.provider_addrs],
+            *[("settlement", "boundMatcherOf", a) for a in traders],
             *[("settlement", "leaseBalances", x.lease_id) for x in self._open()],
             *[("settlement", "remainingOf", m.digest, m.signer, m.message.nonce, m.total) for m in self.msgs.values()],
+            *[("settlement", "fills", m.digest) for m in self.msgs.values()],
+            *[("settlement", "nonceState", s, n) for s, n in self.nonces],
+            *[("settlement", "cancelRequestedAt", s, n) for s, n in self.nonces],
         ]
         return self.env.reader.read(calls)
 
@@ -1162,6 +1510,12 @@ class ProtocolMachine(RuleBasedStateMachine):
         assert supply == minted - burned, f"credit supply {supply} != BME minted {minted} - burned {burned}"
         assert escrow == self.escrow, f"escrow {escrow} != model {self.escrow}"
         assert held == self.credits, f"credit balances {held} != model {self.credits}"
+        for buyer in self.buyer_addrs:
+            pending = v["settlement", "pendingWithdrawal", buyer]
+            got = [pending["amount"], pending["readyAt"]]
+            assert got == self.withdrawals[buyer], f"{buyer}: announced withdrawal {got} != model {self.withdrawals[buyer]}"
+            available = v["settlement", "availableEscrow", buyer]
+            assert available == self._available_escrow(buyer), f"{buyer}: availableEscrow {available}"
         for buyer, (_, locked) in escrow.items():
             owed = sum(x.cost - x.chain_paid for x in self._open() if x.buyer == buyer)
             assert locked == owed, f"{buyer}: locked escrow {locked} != unpaid cost of its open leases {owed}"
@@ -1207,10 +1561,6 @@ class ProtocolMachine(RuleBasedStateMachine):
             assert msg.filled <= msg.total, (
                 f"{msg} of {msg.signer}: leases opened from it add up to {msg.filled} units, beyond its {msg.total}"
             )
-            remaining = v["settlement", "remainingOf", msg.digest, msg.signer, msg.message.nonce, msg.total]
-            assert remaining == msg.total - msg.filled, (
-                f"{msg}: remainingOf says {remaining}, but leases opened from it add up to {msg.filled} of {msg.total}"
-            )
 
     def _check_stake(self, v) -> None:
         """Invariant 4."""
@@ -1223,11 +1573,39 @@ class ProtocolMachine(RuleBasedStateMachine):
             assert locked == collateral, f"{provider}: locked {locked} != collateral of its open leases {collateral}"
             got = [staked, locked, unbonding, account["unbondingEnd"]]
             assert got == self.stakes[provider], f"{provider}: stake {got} != model {self.stakes[provider]}"
-            total += staked + unbonding
-        bond = v["settlement", "matchers", str(self.env.matcher.address)]["bond"]  # the one bonded matcher
-        assert bond == self.matcher_bond, f"matcher bond {bond} != {self.matcher_bond}"
+            available = v["settlement", "availableStake", provider]
+            assert available == self._available_stake(provider), f"{provider}: availableStake {available}"
+            total += staked  # an announced unstake is still part of `staked`
+        bonds = {m: v["settlement", "matchers", m]["bond"] for m in self.matcher_addrs}
+        assert bonds == self.matcher_bonds, f"matcher bonds {bonds} != {self.matcher_bonds}"
         held = v["ubt", "balanceOf", str(self.env.settlement.address)]
-        assert held == total + bond, f"settlement holds {held} UBT; providers' stake + unbonding {total} + matcher bond {bond}"
+        assert held == total + sum(bonds.values()), (
+            f"settlement holds {held} UBT; providers' stake {total} + matcher bonds {sum(bonds.values())}"
+        )
+
+    def _check_nonces_and_rounds(self, v) -> None:
+        """Invariant 5, and the model's bindings and rounds."""
+        for msg in self.msgs.values():
+            remaining = v["settlement", "remainingOf", msg.digest, msg.signer, msg.message.nonce, msg.total]
+            assert remaining == self._remaining(msg), (
+                f"{msg}: remainingOf says {remaining}, the model {self._remaining(msg)} "
+                f"(filled {msg.filled} of {msg.total}, nonce {self._nonce(msg)})"
+            )
+            fill = v["settlement", "fills", msg.digest]
+            want = (msg.record, msg.last_round)
+            assert (fill["filled"], fill["lastRound"]) == want, f"{msg}: fills {fill} != model {want}"
+        for (signer, nonce), state in self.nonces.items():
+            got = v["settlement", "nonceState", signer, nonce]
+            want = (state.claimed_by is not None, state.void)
+            assert (got["claimed"], got["voided"]) == want, f"nonce {nonce} of {signer}: (claimed, void) {got} != {want}"
+            requested = v["settlement", "cancelRequestedAt", signer, nonce]
+            assert requested == state.cancel_at, f"nonce {nonce} of {signer}: cancel requested at {requested} != {state.cancel_at}"
+        for account in self.buyer_addrs + self.provider_addrs:
+            bound = v["settlement", "boundMatcherOf", account]
+            assert bound == self._bound(account), f"{account}: bound to {bound}, model {self._bound(account)}"
+        for matcher in self.matcher_addrs:
+            last = v["settlement", "lastRound", matcher]
+            assert last == self.last_round[matcher], f"{matcher}: lastRound {last} != model {self.last_round[matcher]}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1241,6 +1619,7 @@ def test_random_action_sequences_keep_invariants(
     for buyer in buyers:
         market.mint_credits(buyer, 3_000 * UBC)
         settlement.deposit(2_000 * UBC, sender=buyer)
+        market.bind(buyer)
         market.give_ubt(buyer, 200 * UBT)
         ubt.approve(bme, MAX_UINT, sender=buyer)
     for provider in providers:
@@ -1248,6 +1627,15 @@ def test_random_action_sequences_keep_invariants(
         market.give_ubt(provider, 500 * UBT)
         ubt.approve(bme, MAX_UINT, sender=provider)
         ubt.approve(settlement, MAX_UINT, sender=provider)
+    # The deployer bonds as a second matcher; the last buyer and provider trade through it, and
+    # any account may move its binding between the two.
+    ubt.approve(settlement, params.min_matcher_bond, sender=deployer)
+    settlement.bondMatcher(params.min_matcher_bond, deployer, sender=deployer)
+    for account in (buyers[-1], providers[-1]):
+        settlement.bindMatcher(ZERO, sender=account)  # unbinding takes the notice period
+    chain.mine(timestamp=chain.pending_timestamp + params.notice_period)
+    for account in (buyers[-1], providers[-1]):
+        market.bind(account, deployer)
     oracle.setPrice(params.ubt_price, sender=deployer)
 
     everyone = [str(a.address) for a in [deployer, matcher, *buyers, *providers, outsider]]
@@ -1267,7 +1655,9 @@ def test_random_action_sequences_keep_invariants(
         credits_minted=bme.totalCreditsMinted(),
         credits_burned=bme.totalCreditsBurned(),
         slash_burned=settlement.totalSlashedBurned(),
-        matcher_bond=settlement.matchers(matcher).bond,
+        matcher_bonds={str(m.address): settlement.matchers(m).bond for m in (matcher, deployer)},
+        last_round={str(m.address): settlement.lastRound(m) for m in (matcher, deployer)},
+        bound={str(a.address): settlement.boundMatcherOf(a) for a in [*buyers, *providers]},
     )
     for contract in (settlement, credit, ubt, bme, oracle):
         for error in contract.contract_type.errors:
@@ -1275,7 +1665,7 @@ def test_random_action_sequences_keep_invariants(
     assert ERRORS["0x" + keccak(text="InsufficientEscrow(address,uint256,uint256)")[:4].hex()] == "InsufficientEscrow"
     reader = ChainReader(chain.provider.uri, dict(settlement=settlement, credit=credit, ubt=ubt, bme=bme))
     ProtocolMachine.env = Env(chain, ubt, credit, bme, oracle, settlement, domain, params, deployer, matcher,
-                              buyers, providers, outsider, start, reader)
+                              deployer, buyers, providers, outsider, start, reader)
     run_state_machine_as_test(
         ProtocolMachine,
         settings=settings(
@@ -1292,16 +1682,13 @@ def test_random_action_sequences_keep_invariants(
 
 
 # ----------------------------------------------------------------------------------------------
-# Minimal reproductions of what the state machine finds
+# Minimal reproductions of what the state machine found
 # ----------------------------------------------------------------------------------------------
 #
-# `settle` counts the units left of each order and bid per array entry (`Book.orderLeft[i]`,
-# `bidLeft[i]`, each starting from `units - partialFills[digest]`), not per signed message, and
-# `_recordFill` then writes each entry's own fill over the previous entry's. A batch that lists
-# the same signed order (or bid) twice therefore (1) can fill it beyond its units, (2) records
-# only one entry's fill, so the message can be filled again in a later round, and (3) an unused
-# second entry resets a recorded partial fill to zero. Either fix passes these tests: refusing a
-# message listed twice in one batch, or counting fills per digest across entries.
+# Before the nonce redesign `settle` counted the units left of each order and bid per array entry,
+# not per signed message, so a batch listing the same signed order (or bid) twice could overfill
+# it, lose a fill record, or reset a recorded partial fill. `settle` now refuses a second message
+# with the same (signer, nonce) in one batch (`DuplicateNonce`); these tests pin that down.
 
 
 def _fund(market, buyers, providers) -> None:
@@ -1310,38 +1697,31 @@ def _fund(market, buyers, providers) -> None:
         market.stake_provider(provider, 4)
 
 
-def test_an_order_listed_twice_in_one_batch_cannot_be_overfilled(market, settlement, buyers, providers):
+def test_an_order_listed_twice_in_one_batch_is_refused(market, settlement, buyers, providers):
     _fund(market, buyers, providers)
     order = market.order(buyers[0], units=2)
     bids = [market.bid(providers[0], capacity=2), market.bid(providers[1], capacity=2)]
-    try:
-        receipt = market.settle([order, order], bids, [(0, 0, 2), (1, 1, 2)], {H100: 2 * UBC})
-    except ContractLogicError:
-        return  # refused, as it must be
-    leased = sum(log.event_arguments["units"] for log in receipt.decode_logs(settlement.LeaseOpened))
-    assert leased <= 2, f"an order signed for 2 units was leased {leased} units in one batch"
+    with reverts(settlement.DuplicateNonce):
+        market.settle([order, order], bids, [(0, 0, 1), (1, 1, 1)], {H100: 2 * UBC})
+    assert settlement.remainingOf(order[0].digest(market.domain), buyers[0], order[0].nonce, 2) == 2
 
 
-def test_every_fill_of_an_order_listed_twice_is_recorded(market, settlement, buyers, providers):
-    _fund(market, buyers, providers)
-    order = market.order(buyers[0], units=2)
-    bids = [market.bid(providers[0], capacity=2), market.bid(providers[1], capacity=2)]
-    try:
-        market.settle([order, order], bids, [(0, 0, 1), (1, 1, 1)], {H100: 2 * UBC}, round_id=1)
-    except ContractLogicError:
-        return  # refusing a message listed twice is a fix too
-    remaining = settlement.remainingOf(order[0].digest(market.domain), buyers[0], order[0].nonce, 2)
-    assert remaining == 0, f"2 of the order's 2 units were leased, but remainingOf says {remaining} are left"
-    with reverts(settlement.NonceUsed):  # used up, so no later round may fill it again
-        market.settle([order], [market.bid(providers[2], capacity=2)], [(0, 0, 1)], {H100: 2 * UBC}, round_id=2)
-
-
-def test_an_unused_second_entry_does_not_erase_a_recorded_fill(market, settlement, buyers, providers):
+def test_a_bid_listed_twice_in_one_batch_is_refused(market, settlement, buyers, providers):
     _fund(market, buyers, providers)
     bid = market.bid(providers[0], capacity=4)
-    try:
+    with reverts(settlement.DuplicateNonce):
         market.settle([market.order(buyers[0], units=2)], [bid, bid], [(0, 0, 2)], {H100: 2 * UBC})
-    except ContractLogicError:
-        return  # refusing a message listed twice is a fix too
-    remaining = settlement.remainingOf(bid[0].digest(market.domain), providers[0], bid[0].nonce, 4)
-    assert remaining == 2, f"2 of the bid's 4 units were leased, but remainingOf says {remaining} are left"
+
+
+def test_two_messages_sharing_a_nonce_fill_at_most_one(market, settlement, buyers, providers):
+    _fund(market, buyers, providers)
+    first = market.order(buyers[0], units=2)
+    second = market.order(buyers[0], units=2, nonce=first[0].nonce, duration=HOUR)
+    bids = [market.bid(providers[0], capacity=2), market.bid(providers[1], capacity=2)]
+    with reverts(settlement.DuplicateNonce):
+        market.settle([first, second], bids, [(0, 0, 1), (1, 1, 1)], {H100: 2 * UBC})
+    market.settle([first], bids[:1], [(0, 0, 1)], {H100: 2 * UBC})
+    with reverts(settlement.NonceUsed):  # the nonce is claimed by the first order
+        market.settle([second], bids[1:], [(0, 0, 1)], {H100: 2 * UBC})
+    assert settlement.remainingOf(second[0].digest(market.domain), buyers[0], second[0].nonce, 2) == 0
+    assert settlement.remainingOf(first[0].digest(market.domain), buyers[0], first[0].nonce, 2) == 1
