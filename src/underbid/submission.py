@@ -194,12 +194,22 @@ class Submitter:
         self._confirm(stored.id)
         return results
 
-    def batch_deadline(self) -> int:
-        """The deadline for a batch simulated now: the chain time of the state it is simulated
-        against plus half the notice period, so it lands before any announced withdrawal,
-        unstake, cancellation or binding change can take effect, or not at all."""
+    def batch_deadline(self, payload: dict[str, Any]) -> int:
+        """The deadline for a batch simulated now.
+
+        The chain time of the state it is simulated against plus half the notice period, so it
+        lands before any announced withdrawal, unstake, cancellation or binding change can take
+        effect, or not at all; and never past the deadline of a message it carries, so a message
+        expiring in the mempool cannot revert it (the batch expires whole instead).
+        """
         head = retry_rpc(self.chain.fresh_head)
-        return head.timestamp + self.chain.notice_period // 2
+        deadline = head.timestamp + self.chain.notice_period // 2
+        digests = {m["order"] for m in payload["matches"]} | {m["bid"] for m in payload["matches"]}
+        for digest in digests:
+            stored = self.store.get_message(digest)
+            if stored is not None:
+                deadline = min(deadline, stored.message.deadline)
+        return deadline
 
     def simulate(
         self, round_id: int, index: int, final: bool, deadline: int, payload: dict[str, Any]
@@ -218,7 +228,7 @@ class Submitter:
         final = index == len(stored.batches) - 1
         for _ in range(len(payload["matches"]) + 1):
             # The head is read before the dry run, so the state simulated is at least that recent.
-            deadline = self.batch_deadline()
+            deadline = self.batch_deadline(payload)
             gas, failure = self.simulate(stored.id, index, final, deadline, payload)
             if failure is None:
                 break
