@@ -46,8 +46,8 @@ contract MatcherCourt is IUnderbidErrors, IUnderbidEvents {
     ///   signer and names `bid` and the matcher, which `bid` names too;
     /// - swap (`ownOrderDigest != 0`): `bid` has its own lease in the witness round, with order
     ///   `ownOrderDigest`, strictly shorter than the witness lease;
-    /// - spare unit (`ownOrderDigest == 0`): `bid` was still valid when the witness lease's batch
-    ///   landed, its provider did not announce a cancellation of its nonce, no other message took
+    /// - spare unit (`ownOrderDigest == 0`): `bid` was still valid `noticePeriod` after the witness
+    ///   lease's batch landed, its provider did not announce a cancellation of its nonce, no other message took
     ///   its nonce, it had a unit left at the end of the witness round, and since the receipt its
     ///   provider neither announced an unstake nor was slashed nor changed its matcher binding.
     /// On success `matcherSlashBps` of the matcher's bond is slashed, `challengerShareBps` of that
@@ -146,7 +146,11 @@ contract MatcherCourt is IUnderbidErrors, IUnderbidEvents {
         uint256 witnessStart,
         uint256 issuedAt
     ) private view {
-        if (bid.deadline < witnessStart) revert BidExpiredBeforeWitness(bid.deadline, witnessStart);
+        // A bid about to expire may be left out: a batch may land any time before its own deadline,
+        // which an honest matcher keeps within `noticePeriod` of the state it cleared.
+        if (bid.deadline < witnessStart + settlement.noticePeriod()) {
+            revert BidExpiredBeforeWitness(bid.deadline, witnessStart);
+        }
         if (settlement.isNonceCancelled(bid.provider, bid.nonce)) revert BidCancelled(bid.provider, bid.nonce);
         // Slither: only the claimed bit matters; a void nonce is judged by the fill record and cancel request.
         // slither-disable-next-line unused-return

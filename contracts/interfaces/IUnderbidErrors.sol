@@ -125,7 +125,8 @@ interface IUnderbidErrors {
     error ReceiptMatcherMismatch(address named, address matcher);
     /// @dev The receipt is for another bid than the one supplied.
     error ReceiptBidMismatch(bytes32 receiptBidHash, bytes32 bidDigest);
-    /// @dev The bid's deadline passed before the witness lease's batch landed.
+    /// @dev The bid expired less than `noticePeriod` after the witness lease's batch landed: a
+    /// matcher may leave out a bid that could expire before its batch lands.
     error BidExpiredBeforeWitness(uint256 deadline, uint256 witnessStart);
     /// @dev The provider asked to cancel the bid's nonce.
     error BidCancelled(address provider, uint256 nonce);

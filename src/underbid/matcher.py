@@ -201,12 +201,19 @@ class Matcher:
 
     def _snapshot_of(self, round_id: int) -> tuple[list[StoredMessage], list[StoredMessage]]:
         self.chain.cache.invalidate()
-        now = retry_rpc(self.chain.fresh_head).timestamp
+        horizon = self._settle_horizon()
         cutoff = self.store.closed_at(round_id)
         return (
-            self.store.open_messages(MessageKind.ORDER, now, received_by=cutoff),
-            self.store.open_messages(MessageKind.BID, now, received_by=cutoff),
+            self.store.open_messages(MessageKind.ORDER, horizon, received_by=cutoff),
+            self.store.open_messages(MessageKind.BID, horizon, received_by=cutoff),
         )
+
+    def _settle_horizon(self) -> int:
+        """The earliest deadline a message needs to enter a round now: chain time plus the notice
+        period. A batch may land any time before its own deadline (within half the notice), so a
+        message expiring sooner could make it revert; the court does not count such a bid against
+        the matcher (`BidExpiredBeforeWitness`), and orders are not challengeable."""
+        return retry_rpc(self.chain.fresh_head).timestamp + self.chain.notice_period
 
     def close_round(self) -> RoundReport:
         """Clears the open round on a snapshot of the store and settles it on chain.
@@ -218,11 +225,11 @@ class Matcher:
             if self.store.rounds_in(RoundState.CLEARED, RoundState.SUBMITTED) or self.store.closed_uncleared_rounds():
                 self._finish_unfinished()  # an earlier round's submission failed: finish it first
             self.chain.cache.invalidate()  # the round judges deadlines and funds by fresh chain state
-            now = retry_rpc(self.chain.fresh_head).timestamp
+            horizon = self._settle_horizon()
             with self._intake_lock.exclusive():
                 round_id = self.store.open_round()
-                orders = self.store.open_messages(MessageKind.ORDER, now)
-                bids = self.store.open_messages(MessageKind.BID, now)
+                orders = self.store.open_messages(MessageKind.ORDER, horizon)
+                bids = self.store.open_messages(MessageKind.BID, horizon)
                 self.store.close_intake(round_id)
                 self._intake_round = self.store.open_round()
             report = self._settle_snapshot(round_id, orders, bids, started)

@@ -91,18 +91,22 @@ def test_opening_the_next_round_finalizes_the_open_one(funded, chain, settlement
 
 def test_late_empty_final_batch_does_not_expire_the_bid(funded, chain, settlement, court, ubt, matcher, buyers,
                                                         providers, params):
-    """Attack: land the witness lease while B is valid, then send an empty final batch after B's
-    deadline; before, the bid's deadline was checked against the round's settlement time and the
-    challenge reverted `BidExpiredBeforeRound`. Now it is checked against the witness lease's start."""
+    """Attack: land the witness lease while B is valid, then send an empty final batch as late as
+    the round allows and wait for B to expire; before, the bid's deadline was checked against the
+    round's settlement time and the challenge reverted `BidExpiredBeforeRound`. Now it is checked
+    against the witness lease's start (a bid counts if it lives `noticePeriod` past it), and a
+    round takes no batch after `maxRoundSpan`, which is shorter than the notice."""
     m = funded
     t0 = head_time(chain) + 5
+    # The shortest-lived bid a challenge counts: valid for the notice period after the witness.
+    deadline = t0 + settlement.noticePeriod()
     c, tx = passed_over(m, court, chain, providers[0], providers[1], buyers[0], final=False, settle_at=t0,
-                        bid={"deadline": t0 + 2})
+                        bid={"deadline": deadline})
     assert tx.timestamp == t0
-    at(chain, t0 + 10)  # B has expired; still within the round's span
+    at(chain, t0 + settlement.maxRoundSpan())  # the last second of the round's span
     final_tx = m.settle([], [], [], {}, round_id=c.witness_round, batch=1, final=True)
-    assert final_tx.timestamp > c.bid[0].deadline
     assert settlement.rounds(matcher, c.witness_round).finalizedAt == final_tx.timestamp
+    at(chain, deadline + 1)  # B has expired by the time the provider challenges
 
     bond0, balance0 = settlement.matchers(matcher).bond, ubt.balanceOf(providers[0])
     challenge_tx = c.send()

@@ -636,9 +636,16 @@ def test_bid_expired_before_the_witness(funded, chain, settlement, court, buyers
     assert expired.start == t
     with reverts(court.BidExpiredBeforeWitness, deadline=t - 1, witnessStart=t):
         expired.challenge()
-    # A bid valid up to the witness lease's own second could have been filled in it.
-    t2 = t + 100
-    live = pass_over(m, chain, providers[2], providers[3], buyers[1], bid={"deadline": t2}, settle_at=t2)
+    # Nor does a bid that expired within the notice period after the witness landed: the matcher
+    # may leave out a bid that could expire before its batch lands.
+    notice = settlement.noticePeriod()
+    t1 = t + 100
+    short = pass_over(m, chain, providers[0], providers[1], buyers[0], bid={"deadline": t1 + notice - 1}, settle_at=t1)
+    with reverts(court.BidExpiredBeforeWitness, deadline=t1 + notice - 1, witnessStart=t1):
+        short.challenge()
+    # A bid valid for the notice period after the witness lease landed could have been filled in it.
+    t2 = t1 + 100
+    live = pass_over(m, chain, providers[2], providers[3], buyers[1], bid={"deadline": t2 + notice}, settle_at=t2)
     live.challenge()
 
 

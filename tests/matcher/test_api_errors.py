@@ -9,16 +9,21 @@ message is in the store while every accepted one still is.
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
+from underbid.chain import ChainView
 from underbid.devnet import MATCHER, dev_account
 from underbid.eip712 import Order, Receipt, recover_signer
 
 from ..conftest import A100, H100, HOUR, UBC
 from .conftest import ADMIN_TOKEN, order_body
+
+#: The matcher's chain cache lifetime (ChainView's default).
+CHAIN_CACHE_TTL = ChainView.__init__.__defaults__[-1]
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 H100_SPEC = "gpu=nvidia-h100;vram=80;gpus=8;region=us-east"
@@ -234,6 +239,9 @@ def test_deadline_nonce_and_spec_are_checked(market, chain, settlement, buyers, 
     filled_bid = m.bid(provider, capacity=2)
     m.settle([filled_order], [filled_bid], [(0, 0, 2)], {H100: 2 * UBC})
     assert settlement.isNonceUsed(buyer, filled_order[0].nonce)
+    # The matcher may have read these nonce words a moment ago (it prefetches a signer's next
+    # word): its chain cache holds them for up to CHAIN_CACHE_TTL seconds.
+    time.sleep(CHAIN_CACHE_TTL + 0.2)
     assert "used or cancelled" in api.refuse(*filled_order, 400, "nonce")
     api.refuse(*filled_bid, 400, "nonce")
     # A nonce claimed by a partly filled message: another message with that nonce is refused.
