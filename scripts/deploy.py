@@ -18,7 +18,7 @@ import click
 from ape import accounts, networks
 from ape.cli import ConnectedProviderCommand
 
-from underbid.deploy import DeployParams, address_book, deploy_protocol
+from underbid.devnet.deploy import DeployParams, address_book, deploy_protocol
 
 DEPLOYMENTS = Path(__file__).resolve().parent.parent / "deployments"
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from underbid.deploy import DeployParams, deploy_protocol
-from underbid.eip712 import Bid, Domain, Order
-from underbid.markets import market_id
+from underbid.devnet.deploy import DeployParams, deploy_protocol
+from underbid.protocol.eip712 import Bid, Domain, Order
+from underbid.protocol.markets import market_id
 
 UBT = 10**18
 UBC = 10**6

@@ -1,4 +1,4 @@
-"""Tests of underbid.clearing: constraints, exactness, pricing rule and accountability.
+"""Tests of underbid.matcher.clearing: constraints, exactness, pricing rule and accountability.
 
 The accountability property is what a provider can prove on chain to slash the
 matcher, so it is checked here independently of the module's own helper, on
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from underbid import clearing
-from underbid.clearing import (
+from underbid.matcher import clearing
+from underbid.matcher.clearing import (
     BidLot,
     Clearing,
     Match,

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 
-from underbid.clearing import BidLot, OrderLot, clear
+from underbid.matcher.clearing import BidLot, OrderLot, clear
 
 # 20 GPU specs with a rough USD price per unit-hour, and 5 regions: 100 markets.
 SPECS: tuple[tuple[str, float], ...] = (
@@ -131,7 +131,7 @@ class _Devnet:
 
         from ape import accounts, networks
 
-        from underbid.deploy import DeployParams, address_book, deploy_protocol
+        from underbid.devnet.deploy import DeployParams, address_book, deploy_protocol
 
         # anvil is started here rather than by ape, because ape-foundry always adds
         # --steps-tracing, which slows big settlements several-fold; a devnet does not trace.
@@ -189,7 +189,7 @@ class _Devnet:
 
 
 def _signed_bids(devnet: _Devnet, providers, n: int, seed: int = 7):
-    from underbid.eip712 import Bid
+    from underbid.protocol.eip712 import Bid
 
     rng = random.Random(seed)
     deadline = devnet.provider.web3.eth.get_block("latest")["timestamp"] + 24 * 3600
@@ -219,11 +219,11 @@ def ingest(runs: int) -> Iterator[tuple[str, float, str]]:
     import tempfile
     from concurrent.futures import ThreadPoolExecutor
 
-    from underbid.chain import ChainView, connect
-    from underbid.devnet import MATCHER, dev_account
-    from underbid.matcher import Matcher
-    from underbid.store import MessageKind, Store
-    from underbid.validation import Submission
+    from underbid.chain.view import ChainView, connect
+    from underbid.devnet.node import MATCHER, dev_account
+    from underbid.matcher.rounds import Matcher
+    from underbid.matcher.store import MessageKind, Store
+    from underbid.matcher.validation import Submission
 
     devnet = _Devnet()
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
@@ -277,7 +277,7 @@ def round_e2e(runs: int) -> Iterator[tuple[str, float, str]]:
 
     import httpx
 
-    from underbid.eip712 import Order
+    from underbid.protocol.eip712 import Order
 
     devnet = _Devnet()
     try:

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from underbid.cli import main
-from underbid.deploy import address_book
+from underbid.devnet.deploy import address_book
 
 from ..matcher.conftest import ADMIN_TOKEN, MatcherProcess, free_port  # noqa: F401 - re-exported to the CLI tests
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from underbid.deploy import address_book
+from underbid.devnet.deploy import address_book
 
 from .conftest import DATA, H100_8, Matcher, free_port, make_cli
 

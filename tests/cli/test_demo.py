@@ -7,7 +7,7 @@ import os
 
 import httpx
 
-from underbid.devnet import port_in_use
+from underbid.devnet.node import port_in_use
 
 from .conftest import Cli, free_port
 

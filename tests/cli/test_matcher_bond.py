@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from underbid.deploy import address_book
+from underbid.devnet.deploy import address_book
 
 from ..conftest import UBT
 from .conftest import free_port, make_cli

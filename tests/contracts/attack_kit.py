@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from underbid.eip712 import Bid, Order, Receipt  # noqa: F401 (Order: type hints)
+from underbid.protocol.eip712 import Bid, Order, Receipt  # noqa: F401 (Order: type hints)
 
 from ..conftest import HOUR, UBC
 

@@ -20,7 +20,7 @@ import pytest
 from eth_abi import encode
 from eth_utils import keccak
 
-from underbid.eip712 import Bid, Order, Receipt
+from underbid.protocol.eip712 import Bid, Order, Receipt
 
 from ..conftest import A100, H100, HOUR, UBC, UBT
 from ..governance import through_timelock

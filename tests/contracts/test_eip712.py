@@ -4,7 +4,7 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak
 
-from underbid.eip712 import Bid, Order, Receipt, recover_signer
+from underbid.protocol.eip712 import Bid, Order, Receipt, recover_signer
 
 
 def test_type_hashes_match_contract(settlement):

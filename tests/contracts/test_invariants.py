@@ -54,9 +54,9 @@ from hypothesis.stateful import (
 )
 from web3.exceptions import ContractLogicError as Web3ContractLogicError
 
-from underbid.eip712 import Bid, Order
+from underbid.protocol.eip712 import Bid, Order
 
-from underbid.markets import market_id
+from underbid.protocol.markets import market_id
 
 from ..conftest import A100, H100, HOUR, UBC, UBT
 from ..reverts import reverts

@@ -6,7 +6,7 @@ from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_utils import keccak
 
-from underbid.eip712 import Domain
+from underbid.protocol.eip712 import Domain
 
 from ..conftest import A100, H100, HOUR, UBC
 from ..reverts import reverts

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from underbid.deploy import address_book
+from underbid.devnet.deploy import address_book
 
 ADMIN_TOKEN = "test-admin-token"
 

@@ -31,7 +31,7 @@ from ape.exceptions import ContractLogicError
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from underbid.eip712 import Bid, Receipt, recover_signer
+from underbid.protocol.eip712 import Bid, Receipt, recover_signer
 
 from ..conftest import A100, H100, HOUR, UBC
 from ..reverts import error_name

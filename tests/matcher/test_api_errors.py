@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from underbid.chain import ChainView
-from underbid.devnet import MATCHER, dev_account
-from underbid.eip712 import Order, Receipt, recover_signer
+from underbid.chain.view import ChainView
+from underbid.devnet.node import MATCHER, dev_account
+from underbid.protocol.eip712 import Order, Receipt, recover_signer
 
 from ..conftest import A100, H100, HOUR, UBC
 from .conftest import ADMIN_TOKEN, order_body
@@ -655,8 +655,8 @@ def test_a_batch_with_a_bad_message_is_refused_whole(market, buyers, providers, 
 def test_an_unreachable_chain_is_a_503_not_a_500(market, providers, chain, book_path, tmp_path):
     from fastapi.testclient import TestClient
 
-    from underbid.api import create_app
-    from underbid.service import build_matcher
+    from underbid.matcher.api import create_app
+    from underbid.matcher.service import build_matcher
 
     from .conftest import free_port
 

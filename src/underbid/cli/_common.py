@@ -17,8 +17,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from underbid.devnet import DEV_MATCHER_URL, DEV_RPC, DevnetError, DevnetState
-from underbid.units import AmountError, CREDIT_DECIMALS, UBT_DECIMALS, format_credits, format_ubt, parse_amount
+from underbid.devnet.node import DEV_MATCHER_URL, DEV_RPC, DevnetError, DevnetState
+from underbid.protocol.units import AmountError, CREDIT_DECIMALS, UBT_DECIMALS, format_credits, format_ubt, parse_amount
 
 DEFAULT_DEPLOYMENT = Path("deployments/local.json")
 
@@ -32,10 +32,10 @@ def print_error(message: str) -> None:
 
 
 def _runtime_errors() -> tuple[type[BaseException], ...]:
-    from underbid.client import UnderbidError
-    from underbid.markets import MarketSpecError
-    from underbid.sdl import SdlError
-    from underbid.wallet import WalletError
+    from underbid.client.session import UnderbidError
+    from underbid.protocol.markets import MarketSpecError
+    from underbid.protocol.sdl import SdlError
+    from underbid.client.wallet import WalletError
 
     return UnderbidError, WalletError, SdlError, DevnetError, AmountError, MarketSpecError
 
@@ -145,7 +145,7 @@ class MarketSpecType(click.ParamType):
     name = "spec"
 
     def convert(self, value, param, ctx):
-        from underbid.markets import MarketSpecError, canonical_spec
+        from underbid.protocol.markets import MarketSpecError, canonical_spec
 
         try:
             return canonical_spec(value)
@@ -198,26 +198,26 @@ class Env:
             return self.deployment_option
         if self.devnet:
             return Path(self.devnet.deployment)
-        from underbid.devnet import project_root
+        from underbid.devnet.node import project_root
 
         root = project_root()
         return root / DEFAULT_DEPLOYMENT if root and not DEFAULT_DEPLOYMENT.exists() else DEFAULT_DEPLOYMENT
 
     def account_entry(self):
-        from underbid.wallet import find_account
+        from underbid.client.wallet import find_account
 
         if not self.account_name:
             raise click.UsageError("this command needs an account: pass --account <name> (or set $UNDERBID_ACCOUNT)")
         return find_account(self.account_name)
 
     def password(self, alias: str) -> str:
-        from underbid.wallet import PASSWORD_ENV, read_password_file
+        from underbid.client.wallet import PASSWORD_ENV, read_password_file
 
         if self.password_file:
             return read_password_file(self.password_file)
         if os.environ.get(PASSWORD_ENV) is not None:
             return os.environ[PASSWORD_ENV]
-        from underbid.wallet import WalletError
+        from underbid.client.wallet import WalletError
 
         try:
             # default="": an empty answer (or end of input) ends the prompt instead of asking forever
@@ -231,8 +231,8 @@ class Env:
 
     def client(self, *, account: bool = True):
         """The chain client; with `account`, the account is found and unlocked first (before any RPC)."""
-        from underbid.client import Client, UnderbidError
-        from underbid.wallet import DEV_CHAIN_ID, unlock
+        from underbid.client.session import Client, UnderbidError
+        from underbid.client.wallet import DEV_CHAIN_ID, unlock
 
         if self._client is not None and (not account or self._client.account is not None):
             return self._client
@@ -247,7 +247,7 @@ class Env:
         return client
 
     def matcher(self):
-        from underbid.client import MatcherClient
+        from underbid.client.session import MatcherClient
 
         return MatcherClient(self.matcher_url)
 
@@ -258,7 +258,7 @@ class Env:
         deployment. If that matcher cannot be reached: the only bonded matcher on chain, if there is
         exactly one. Raises UnderbidError when neither works and `required`, else returns None.
         """
-        from underbid.client import MatcherError, UnderbidError
+        from underbid.client.session import MatcherError, UnderbidError
 
         if self._matcher_address is not None:
             return self._matcher_address
@@ -286,8 +286,8 @@ class Env:
         return self._matcher_address
 
     def journal(self):
-        from underbid.client import Journal
-        from underbid.wallet import underbid_home
+        from underbid.client.session import Journal
+        from underbid.client.wallet import underbid_home
 
         return Journal(underbid_home() / "messages.jsonl")
 

@@ -22,7 +22,7 @@ def resolve_market(market: str | None, sdl: Path | None, service: str | None) ->
         if service:
             raise click.UsageError("--service goes with --sdl")
         return market, None
-    from underbid.sdl import SdlError, load_sdl
+    from underbid.protocol.sdl import SdlError, load_sdl
 
     try:
         found = load_sdl(sdl, service=service)
@@ -38,7 +38,7 @@ _MATCHER_CACHE_SECONDS = 2.5
 def require_bound(env: Env) -> str:
     """The matcher's address, once this account is bound to it with no change pending (what the
     matcher and settlement require). Raises UnderbidError with the remedy otherwise; sends nothing."""
-    from underbid.client import UnderbidError
+    from underbid.client.session import UnderbidError
 
     client = env.client()
     matcher = env.matcher_address()
@@ -59,7 +59,7 @@ def auto_bind(env: Env) -> dict[str, Any] | None:
     """Binds the account to the matcher when it is unbound (one transaction, announced as a line on
     stderr). Returns the binding result, or None when nothing was sent. A binding to another matcher
     or a pending change is reported as a note and left alone."""
-    from underbid.client import UnderbidError
+    from underbid.client.session import UnderbidError
 
     client = env.client()
     matcher = env.matcher_address(required=False)
@@ -87,7 +87,7 @@ def post(env: Env, kind: str, message, spec: str) -> dict[str, Any]:
 def post_many(env: Env, kind: str, messages: list, spec: str) -> list[dict[str, Any]]:
     """Signs and posts messages of one kind (several bids go in one all-or-none request) and
     journals each. Returns the matcher's answers + extras, in order."""
-    from underbid.client import JournalEntry, MatcherError
+    from underbid.client.session import JournalEntry, MatcherError
 
     client = env.client()
     matcher = env.matcher()
@@ -141,7 +141,7 @@ def check_receipt(client, bid, receipt: dict[str, Any] | None) -> str | None:
     """Why `receipt` could not back a challenge, or None if it can: it must name this bid and the
     bid's matcher, carry a plausible time and round, and be signed by that matcher's receipt signer
     (`matchers(matcher).receiptSigner`), the matcher being bonded."""
-    from underbid.eip712 import Receipt, SignatureError, recover_signer
+    from underbid.protocol.eip712 import Receipt, SignatureError, recover_signer
 
     if not receipt:
         return "the matcher returned no receipt"
@@ -171,7 +171,7 @@ def _one(exc: BaseException) -> str:
 
 def message_rows(env: Env, kind: str, *, only_open: bool) -> list[dict[str, Any]]:
     """This account's journalled orders or bids with their state from the matcher and the chain."""
-    from underbid.client import MatcherError
+    from underbid.client.session import MatcherError
 
     client = env.client()
     entries = env.journal().entries(client.deployment_key(), signer=client.address, kind=kind)
@@ -243,12 +243,12 @@ def find_entry(env: Env, kind: str, prefix: str):
     entries = [e for e in env.journal().entries(client.deployment_key(), signer=client.address, kind=kind)
                if e.digest[2:].startswith(text)]
     if not text or not entries:
-        from underbid.client import UnderbidError
+        from underbid.client.session import UnderbidError
 
         raise UnderbidError(f"no {kind} of yours has a digest starting with {prefix!r} (`underbid {kind} list`)"
                             f"; to cancel by nonce use --nonce")
     if len(entries) > 1:
-        from underbid.client import UnderbidError
+        from underbid.client.session import UnderbidError
 
         raise UnderbidError(f"digest prefix {prefix!r} matches {len(entries)} {kind}s: give more digits")
     return entries[0]

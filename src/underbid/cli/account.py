@@ -20,7 +20,7 @@ def account() -> None:
 
 
 def _new_password(env: Env) -> str:
-    from underbid.wallet import PASSWORD_ENV, read_password_file
+    from underbid.client.wallet import PASSWORD_ENV, read_password_file
 
     if env.password_file:
         return read_password_file(env.password_file)
@@ -51,11 +51,11 @@ def account_new(env: Env, alias: str, in_ape: bool) -> None:
     """Create a new random account ALIAS, encrypted with a password."""
     from eth_account import Account
 
-    from underbid.wallet import check_alias, list_accounts, save_account
+    from underbid.client.wallet import check_alias, list_accounts, save_account
 
     check_alias(alias)
     if any(e.alias == alias for e in list_accounts()):
-        from underbid.wallet import WalletError
+        from underbid.client.wallet import WalletError
 
         raise WalletError(f"an account named {alias!r} already exists (`underbid account list`)")
     password = _new_password(env)
@@ -71,7 +71,7 @@ def account_new(env: Env, alias: str, in_ape: bool) -> None:
 @common_options
 def account_import(env: Env, alias: str, key_file: Path | None, in_ape: bool) -> None:
     """Import a private key as ALIAS, encrypted with a password."""
-    from underbid.wallet import check_alias, parse_private_key, save_account
+    from underbid.client.wallet import check_alias, parse_private_key, save_account
 
     check_alias(alias)
     text = key_file.read_text() if key_file else click.prompt("private key (hex)", hide_input=True, err=True,
@@ -86,7 +86,7 @@ def account_import(env: Env, alias: str, key_file: Path | None, in_ape: bool) ->
 @common_options
 def account_list(env: Env) -> None:
     """List keystore accounts (underbid's and ape's folders)."""
-    from underbid.wallet import list_accounts
+    from underbid.client.wallet import list_accounts
 
     entries = list_accounts()
     data = [{"alias": e.alias, "address": e.address, "source": e.source, "keystore": str(e.path)} for e in entries]
@@ -108,7 +108,7 @@ def account_list(env: Env) -> None:
 @common_options
 def account_show(env: Env, name: str | None) -> None:
     """Show an account (NAME or --account): address, keystore, and balances if the chain answers."""
-    from underbid.client import UnderbidError
+    from underbid.client.session import UnderbidError
 
     if name:
         env.account_name = name

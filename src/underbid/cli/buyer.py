@@ -90,7 +90,7 @@ def escrow_withdraw(env: Env, amount: int | None, complete: bool) -> None:
     The first run announces the withdrawal (the credits stay free for matching during the notice
     period); running it again after the notice (or with --complete) sends min(announced, free escrow).
     """
-    from underbid.client import UnderbidError
+    from underbid.client.session import UnderbidError
 
     client = env.client()
     pending, ready_at = client.pending_withdrawal(client.address)
@@ -166,9 +166,9 @@ SERVICE = click.option("--service", default=None, help="With --sdl: the service 
 @common_options
 def order_create(env: Env, market, sdl, service, units, duration, max_price, valid) -> None:
     """Sign an EIP-712 order and post it to the matcher."""
-    from underbid.client import UnderbidError
-    from underbid.eip712 import Order
-    from underbid.markets import market_id
+    from underbid.client.session import UnderbidError
+    from underbid.protocol.eip712 import Order
+    from underbid.protocol.markets import market_id
 
     spec, sdl_units = _messages.resolve_market(market, sdl, service)
     units = units or sdl_units or 1

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from underbid.cli._common import AmountType, DurationType, Env, common_options, kv_table, ubt_short
-from underbid.devnet import BUYERS, DEPLOYER, FUND_UBT, MATCHER, PROVIDERS, REPORTER, DevnetError, DevnetState, dev_account
+from underbid.devnet.node import BUYERS, DEPLOYER, FUND_UBT, MATCHER, PROVIDERS, REPORTER, DevnetError, DevnetState, dev_account
 
 ETH_OR_ZERO = AmountType(18, "ETH", allow_zero=True)
 UBT_OR_ZERO = AmountType(18, "UBT", allow_zero=True)
@@ -57,7 +57,7 @@ def _accounts_table() -> Table:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def devnet_up(port: int, matcher_port: int, round_seconds: float, directory: Path | None, as_json: bool) -> None:
     """Start anvil, deploy the contracts, fund the demo accounts and start a matcher."""
-    from underbid import devnet as dn
+    from underbid.devnet import node as dn
 
     env = Env(None, None, None, None, as_json, None)
     started = time.perf_counter()
@@ -68,7 +68,7 @@ def devnet_up(port: int, matcher_port: int, round_seconds: float, directory: Pat
     data = {**state.__dict__, "state_file": str(dn.state_path(directory)), "seconds": round(elapsed, 1)}
 
     def render(console: Console):
-        from underbid.deployment import AddressBook
+        from underbid.chain.deployment import AddressBook
 
         console.print(kv_table(f"devnet up in {elapsed:.0f} s", _state_rows(state)))
         book = AddressBook.load(state.deployment)
@@ -87,7 +87,7 @@ def devnet_up(port: int, matcher_port: int, round_seconds: float, directory: Pat
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def devnet_down(directory: Path | None, as_json: bool) -> None:
     """Stop the devnet's matcher and anvil."""
-    from underbid import devnet as dn
+    from underbid.devnet import node as dn
 
     env = Env(None, None, None, None, as_json, None)
     stopped = dn.down(directory)
@@ -103,7 +103,7 @@ def devnet_down(directory: Path | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def devnet_status(directory: Path | None, as_json: bool) -> None:
     """Show the recorded devnet and whether its processes run."""
-    from underbid import devnet as dn
+    from underbid.devnet import node as dn
 
     env = Env(None, None, None, None, as_json, None)
     state = DevnetState.load(dn.state_path(directory))
@@ -121,8 +121,8 @@ def devnet_fund(env: Env, who: str, eth: int, ubt_amount: int) -> None:
     """Devnet faucet: give WHO (an account name or address) ETH for gas and UBT."""
     from eth_utils import is_hex_address, to_checksum_address
 
-    from underbid import devnet as dn
-    from underbid.wallet import find_account
+    from underbid.devnet import node as dn
+    from underbid.client.wallet import find_account
 
     address = to_checksum_address(who) if is_hex_address(who) else find_account(who).address
     client = env.client(account=False)
@@ -139,7 +139,7 @@ def devnet_fund(env: Env, who: str, eth: int, ubt_amount: int) -> None:
 @common_options
 def devnet_advance(env: Env, duration: int, no_price: bool) -> None:
     """Move the devnet's clock forward DURATION (90s, 30m, 2h) and re-post the oracle price."""
-    from underbid import devnet as dn
+    from underbid.devnet import node as dn
 
     client = env.client(account=False)
     now = dn.advance(client, duration, repost_price=not no_price)
@@ -160,8 +160,8 @@ def demo(env: Env, minutes: int, admin_token: str | None, keep: bool, directory:
 
     Uses the running devnet (`underbid devnet up`), or starts one (and stops it afterwards unless --keep).
     """
-    from underbid import devnet as dn
-    from underbid.demo import run_demo
+    from underbid.devnet import node as dn
+    from underbid.devnet.demo import run_demo
 
     console = env.console
     started_here = False

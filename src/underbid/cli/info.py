@@ -71,7 +71,7 @@ def market_id_cmd(spec: str | None, sdl: Path | None, service: str | None, as_js
     """Print the canonical spec and market id of SPEC (or of an SDL file's GPU profile)."""
     from underbid.cli._common import MarketSpecType
     from underbid.cli._messages import resolve_market
-    from underbid.markets import market_id
+    from underbid.protocol.markets import market_id
 
     canonical = MarketSpecType().convert(spec, None, click.get_current_context()) if spec else None
     canonical, units = resolve_market(canonical, sdl, service)

@@ -73,7 +73,7 @@ def _mine(env: Env, ids: tuple[str, ...], *, as_provider: bool, pick) -> list:
 @common_options
 def lease_claim(env: Env, lease_ids: tuple[str, ...]) -> None:
     """Claim what your leases accrued (default: every lease of yours with credits to claim or past its end)."""
-    from underbid.client import UnderbidError
+    from underbid.client.session import UnderbidError
 
     client = env.client()
     leases = _mine(env, lease_ids, as_provider=True,
@@ -166,7 +166,7 @@ def heartbeat_loop(env: Env, every: float, count: int | None) -> None:
     if every >= interval and not env.json:
         click.echo(f"warning: --every {every:g} is not below the heartbeat interval ({interval} s); leases may be reported",
                    err=True)
-    from underbid.client import ChainError
+    from underbid.client.session import ChainError
 
     sent = 0
     try:
@@ -241,7 +241,7 @@ def challenge(env: Env, bid_digest: str, round_id: int | None, check: bool) -> N
     bids at the matcher; every candidate is checked with the court's `verifyChallenge` first.
     """
     from underbid.cli._messages import find_entry
-    from underbid.client import ChainError, UnderbidError
+    from underbid.client.session import ChainError, UnderbidError
 
     client = env.client()
     entry = find_entry(env, "bid", bid_digest)
@@ -294,7 +294,7 @@ def _witnesses(env: Env, client, bid, bid_digest: str, receipt_round: int, only_
     >= `receipt_round` (or only `only_round`), in its market, whose bid (from the matcher) is pricier
     and whose duration the bid accepts. Each lists `own_orders`: orders of the bid's own strictly
     shorter leases in that round (for the swap proof)."""
-    from underbid.eip712 import Bid
+    from underbid.protocol.eip712 import Bid
 
     logs = client.settlement.events.LeaseOpened.get_logs(from_block=client.book.block)
     matcher_api = env.matcher()

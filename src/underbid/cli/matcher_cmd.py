@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from underbid.cli._common import DEFAULT_DEPLOYMENT, UBT, Env, ago, common_options, kv_table, ubt_short
-from underbid.devnet import DEV_RPC, MATCHER, dev_account
+from underbid.devnet.node import DEV_RPC, MATCHER, dev_account
 
 
 @click.group()
@@ -49,7 +49,7 @@ def _matcher_account(key_env: str, dev: bool):
 @click.option("--dev", is_flag=True, help="Use the devnet's well-known matcher key when no key is set.")
 def matcher_run(rpc, deployment, db, host, port, round_seconds, admin_token, key_env, dev) -> None:
     """Start the matcher: reconcile unfinished rounds, serve the API, close rounds on a timer."""
-    from underbid.service import build_matcher, serve
+    from underbid.matcher.service import build_matcher, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     account = _matcher_account(key_env, dev)
@@ -78,7 +78,7 @@ def matcher_close_round(env: Env, admin_token: str | None) -> None:
         rows = [("round", report.get("round_id")), ("state", report.get("state")), ("orders", report.get("orders")),
                 ("bids", report.get("bids")), ("matches", report.get("matches")), ("dropped", report.get("dropped")),
                 ("gas used", report.get("gas_used"))]
-        from underbid.units import format_credits
+        from underbid.protocol.units import format_credits
 
         rows += [(f"price {m[:10]}…", f"{format_credits(int(p))} UBC/unit-hour") for m, p in prices.items()]
         console.print(kv_table("round closed" if report.get("matches") else "nothing to match: round stays open", rows))
@@ -94,7 +94,7 @@ def matcher_round(env: Env, round_id: int) -> None:
     data = env.matcher().round(round_id)
 
     def render(console):
-        from underbid.units import format_credits
+        from underbid.protocol.units import format_credits
 
         clearing = data.get("clearing") or {}
         rows = [("round", data["id"]), ("state", data["state"])]
@@ -186,7 +186,7 @@ def matcher_bond(env: Env, amount: int, receipt_signer: str | None) -> None:
 @common_options
 def matcher_unbond(env: Env) -> None:
     """Ask to leave: stop settling now; the bond can be withdrawn after the exit delay."""
-    from underbid.client import UnderbidError
+    from underbid.client.session import UnderbidError
 
     client = env.client()
     info = client.matcher_bond(client.address)
@@ -218,7 +218,7 @@ def matcher_unbond(env: Env) -> None:
 @common_options
 def matcher_withdraw(env: Env) -> None:
     """Withdraw the matcher bond once the exit delay is over (shows the time left before)."""
-    from underbid.client import UnderbidError
+    from underbid.client.session import UnderbidError
 
     client = env.client()
     info = client.matcher_bond(client.address)

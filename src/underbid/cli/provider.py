@@ -91,7 +91,7 @@ def provider_unstake(env: Env, amount: int) -> None:
 @common_options
 def provider_withdraw(env: Env) -> None:
     """Withdraw unbonded stake (shows the time left while still unbonding)."""
-    from underbid.client import UnderbidError
+    from underbid.client.session import UnderbidError
 
     client = env.client()
     info = client.provider(client.address)
@@ -145,8 +145,8 @@ def _bid_terms(command):
 @common_options
 def bid_create(env: Env, market, sdl, service, capacity, price, max_duration, valid) -> None:
     """Sign an EIP-712 bid, post it to the matcher and show its receipt."""
-    from underbid.eip712 import Bid
-    from underbid.markets import market_id
+    from underbid.protocol.eip712 import Bid
+    from underbid.protocol.markets import market_id
 
     spec, _ = _messages.resolve_market(market, sdl, service)
     client = env.client()
@@ -178,7 +178,7 @@ def bid_create(env: Env, market, sdl, service, capacity, price, max_duration, va
 def _require_free_stake(client, units: int) -> None:
     """Refuses early, with the remedy, what the matcher would refuse: bids need registration and
     free stake for their units."""
-    from underbid.client import UnderbidError
+    from underbid.client.session import UnderbidError
 
     info = client.provider(client.address)
     if not info.registered:
@@ -200,8 +200,8 @@ def _require_free_stake(client, units: int) -> None:
 def bid_ladder(env: Env, market, sdl, service, capacity, prices, max_duration, valid) -> None:
     """Offer --capacity units at each --price: one signed bid per rung, posted in one request that
     the matcher accepts whole or not at all. The cheapest rungs fill first."""
-    from underbid.eip712 import Bid
-    from underbid.markets import market_id
+    from underbid.protocol.eip712 import Bid
+    from underbid.protocol.markets import market_id
 
     if len(set(prices)) != len(prices):
         raise click.BadParameter("each rung needs its own price", param_hint="--price")

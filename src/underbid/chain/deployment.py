@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from web3 import Web3
 from web3.contract import Contract
 
-from underbid.eip712 import Domain
+from underbid.protocol.eip712 import Domain
 
 #: Contract names in the address book, as compiled.
 CONTRACT_NAMES = (

@@ -17,13 +17,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from underbid.chain import ChainReadError
-from underbid.eip712 import Bid, Order, checksum
-from underbid.matcher import Matcher
-from underbid.store import MessageKind, StoredMessage
-from underbid.validation import Accepted, Rejection, Rejections, Submission
+from underbid.chain.view import ChainReadError
+from underbid.protocol.eip712 import Bid, Order, checksum
+from underbid.matcher.rounds import Matcher
+from underbid.matcher.store import MessageKind, StoredMessage
+from underbid.matcher.validation import Accepted, Rejection, Rejections, Submission
 
-log = logging.getLogger("underbid.api")
+log = logging.getLogger("underbid.matcher.api")
 
 Digest = Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{64}$", description="EIP-712 digest, 0x + 64 hex digits")]
 Signer = Annotated[str, Query(pattern=r"^0x[0-9a-fA-F]{40}$", description="the buyer's or provider's address")]

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from underbid.chain import BlockRef, ChainView
-from underbid.eip712 import Domain, SignatureError, SignedMessage, recover_signer
-from underbid.markets import MarketSpecError, market_id
-from underbid.store import MessageKind, Store
-from underbid.units import format_credits
+from underbid.chain.view import BlockRef, ChainView
+from underbid.protocol.eip712 import Domain, SignatureError, SignedMessage, recover_signer
+from underbid.protocol.markets import MarketSpecError, market_id
+from underbid.matcher.store import MessageKind, Store
+from underbid.protocol.units import format_credits
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from underbid.deployment import CONTRACT_NAMES, AddressBook, DeployedContract
+from underbid.chain.deployment import CONTRACT_NAMES, AddressBook, DeployedContract
 
 
 @dataclass(frozen=True)

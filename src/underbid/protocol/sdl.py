@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from underbid.markets import MarketSpecError, canonical_spec, market_id
+from underbid.protocol.markets import MarketSpecError, canonical_spec, market_id
 
 
 class SdlError(ValueError):

@@ -269,7 +269,7 @@ def start_matcher(rpc: str, deployment: Path, db: Path, port: int, token: str, l
 
 def fund_ubt(rpc: str, deployment: Path, indexes: tuple[int, ...] = FUNDED, amount: int = FUND_UBT) -> None:
     """Sends `amount` UBT from the deployer to each dev account in `indexes`."""
-    from underbid.client import Client
+    from underbid.client.session import Client
 
     client = Client(rpc, deployment, dev_account(DEPLOYER))
     for index in indexes:

@@ -19,11 +19,11 @@ from eth_utils import function_signature_to_4byte_selector
 from web3 import HTTPProvider, Web3
 from web3.exceptions import ContractCustomError, ContractLogicError
 
-from underbid.deployment import AddressBook
+from underbid.chain.deployment import AddressBook
 
 T = TypeVar("T")
 
-log = logging.getLogger("underbid.chain")
+log = logging.getLogger("underbid.chain.view")
 
 
 def connect(rpc_url: str, timeout: float = 30.0) -> Web3:

@@ -17,16 +17,16 @@ from dataclasses import dataclass
 import coincurve
 from eth_account.signers.local import LocalAccount
 
-from underbid import failpoints
-from underbid.chain import ChainView, to_binding
-from underbid.clearing import BidLot, Clearing, OrderLot, clear
-from underbid.eip712 import Receipt, sign_digest
-from underbid.markets import canonical_spec
-from underbid.store import DuplicateMessage, MessageKind, RoundState, Store, StoredMessage, StoredRound
-from underbid.submission import NeedsReclear, SubmissionError, Submitter, retry_rpc, split_batches
-from underbid.validation import Accepted, Rejection, Rejections, Submission, Validator, order_cost
+from underbid.matcher import failpoints
+from underbid.chain.view import ChainView, to_binding
+from underbid.matcher.clearing import BidLot, Clearing, OrderLot, clear
+from underbid.protocol.eip712 import Receipt, sign_digest
+from underbid.protocol.markets import canonical_spec
+from underbid.matcher.store import DuplicateMessage, MessageKind, RoundState, Store, StoredMessage, StoredRound
+from underbid.matcher.submission import NeedsReclear, SubmissionError, Submitter, retry_rpc, split_batches
+from underbid.matcher.validation import Accepted, Rejection, Rejections, Submission, Validator, order_cost
 
-log = logging.getLogger("underbid.matcher")
+log = logging.getLogger("underbid.matcher.rounds")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ slashed, a buyer closes early and is refunded (the providers' next heartbeats sk
 leases), and credits are withdrawn from escrow through the notice period and redeemed. It ends with every balance before and after and checks
 that credits and UBT are conserved; a violation raises `ConservationError`.
 
-The demo drives the same library the CLI commands use (`underbid.client`).
+The demo drives the same library the CLI commands use (`underbid.client.session`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from underbid.client import Client, MatcherClient, UnderbidError
-from underbid.devnet import BUYERS, DEPLOYER, PROVIDERS, REPORTER, advance, dev_account, repost_oracle_price
-from underbid.eip712 import Bid, Order
-from underbid.markets import canonical_spec, market_id
-from underbid.units import format_credits
+from underbid.client.session import Client, MatcherClient, UnderbidError
+from underbid.devnet.node import BUYERS, DEPLOYER, PROVIDERS, REPORTER, advance, dev_account, repost_oracle_price
+from underbid.protocol.eip712 import Bid, Order
+from underbid.protocol.markets import canonical_spec, market_id
+from underbid.protocol.units import format_credits
 
 UBT = 10**18
 UBC = 10**6

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from underbid.eip712 import Bid, Order, SignedMessage
+from underbid.protocol.eip712 import Bid, Order, SignedMessage
 
 _INT64_MAX = 2**63 - 1
 # Bound variables per statement; SQLite's default limit is 32,766 since 3.32, 999 before.

@@ -30,11 +30,11 @@ import requests
 from eth_account.signers.local import LocalAccount
 from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted
 
-from underbid import failpoints
-from underbid.chain import ChainView, DecodedError
-from underbid.store import MessageKind, Store, StoredMessage, StoredRound
+from underbid.matcher import failpoints
+from underbid.chain.view import ChainView, DecodedError
+from underbid.matcher.store import MessageKind, Store, StoredMessage, StoredRound
 
-log = logging.getLogger("underbid.submission")
+log = logging.getLogger("underbid.matcher.submission")
 T = TypeVar("T")
 
 #: Gas the batch header, price list and round bookkeeping cost, and a generous per-match figure

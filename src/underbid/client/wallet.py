@@ -20,7 +20,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import is_hex_address, to_checksum_address
 
-from underbid.devnet import dev_account
+from underbid.devnet.node import dev_account
 
 DEV_PREFIX = "dev:"
 #: chain id of anvil / hardhat devnets: the only chains where `dev:<n>` accounts may be used.

@@ -25,10 +25,10 @@ from web3 import Web3
 from web3.logs import DISCARD
 from web3.exceptions import ContractLogicError, ContractPanicError, TimeExhausted, Web3RPCError
 
-from underbid.chain import DecodedError, ErrorDecoder, connect
-from underbid.deployment import AddressBook
-from underbid.eip712 import Bid, Order
-from underbid.units import format_credits, format_ubt
+from underbid.chain.view import DecodedError, ErrorDecoder, connect
+from underbid.chain.deployment import AddressBook
+from underbid.protocol.eip712 import Bid, Order
+from underbid.protocol.units import format_credits, format_ubt
 
 HOUR = 3600
 MAX_UINT256 = 2**256 - 1

@@ -8,13 +8,13 @@ from pathlib import Path
 import uvicorn
 from eth_account.signers.local import LocalAccount
 
-from underbid.api import create_app
-from underbid.chain import ChainView, connect
-from underbid.deployment import AddressBook
-from underbid.matcher import Matcher, RoundTimer
-from underbid.store import Store
+from underbid.matcher.api import create_app
+from underbid.chain.view import ChainView, connect
+from underbid.chain.deployment import AddressBook
+from underbid.matcher.rounds import Matcher, RoundTimer
+from underbid.matcher.store import Store
 
-log = logging.getLogger("underbid.service")
+log = logging.getLogger("underbid.matcher.service")
 
 
 def build_matcher(rpc_url: str, deployment: Path, db_path: Path, account: LocalAccount) -> Matcher:
