@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Sets up (if needed) and runs the whole test suite on a real anvil, with the gas report; with no
-# arguments it first runs scripts/assurance.sh (forge invariant and fuzz tests, Slither).
+# arguments it first runs scripts/lint.sh (ruff, mypy) and scripts/assurance.sh (forge invariant
+# and fuzz tests, Slither).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$UNDERBID_ROOT/scripts/setup.sh"
 cd "$UNDERBID_ROOT"
 compile_contracts
-# The whole run (no arguments) starts with the assurance step: forge invariant/fuzz tests and Slither.
-# A run of a subset (arguments passed to ape test) skips it.
+# The whole run (no arguments) starts with the lint step (ruff, mypy) and the assurance step: forge
+# invariant/fuzz tests and Slither. A run of a subset (arguments passed to ape test) skips them.
 if [ "$#" -eq 0 ]; then
+  bash "$UNDERBID_ROOT/scripts/lint.sh"
   bash "$UNDERBID_ROOT/scripts/assurance.sh"
 fi
 exec ape test "$@"
