@@ -13,18 +13,29 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 
 import coincurve
 from eth_account.signers.local import LocalAccount
 
-from underbid.matcher import failpoints
+from underbid.chain.retry import retry_rpc
 from underbid.chain.view import ChainView, to_binding
+from underbid.matcher import failpoints
 from underbid.matcher.clearing import BidLot, Clearing, OrderLot, clear
+from underbid.matcher.store import (
+    BatchState,
+    DuplicateMessage,
+    Match,
+    MessageKind,
+    RoundState,
+    Store,
+    StoredMessage,
+    StoredRound,
+)
+from underbid.matcher.submission import Landed, Refused, StillPending, Submitter, split_batches
+from underbid.matcher.validation import Accepted, Rejection, Rejections, Submission, Validator, order_cost
 from underbid.protocol.eip712 import Receipt, sign_digest
 from underbid.protocol.markets import canonical_spec
-from underbid.matcher.store import DuplicateMessage, MessageKind, RoundState, Store, StoredMessage, StoredRound
-from underbid.matcher.submission import NeedsReclear, SubmissionError, Submitter, retry_rpc, split_batches
-from underbid.matcher.validation import Accepted, Rejection, Rejections, Submission, Validator, order_cost
 
 log = logging.getLogger("underbid.matcher.rounds")
 
@@ -44,6 +55,26 @@ class RoundReport:
     seconds: dict[str, float] | None = None
 
 
+class Progress(StrEnum):
+    """Where `_advance` left a round."""
+
+    CONFIRMED = "confirmed"  # final on chain, every landed batch's fills applied
+    PENDING = "pending"  # a signed transaction the chain has not decided yet
+    RECLEAR = "reclear"  # nothing of it landed or can land: clear it again
+    STUCK = "stuck"  # a batch is refused and no message could be blamed
+    FAILED = "failed"  # the chain closed the round before anything landed
+
+
+@dataclass(frozen=True)
+class Advance:
+    """The outcome of carrying a round's batches on: a state, why, and a message to drop."""
+
+    progress: Progress
+    reason: str = ""
+    culprit: str | None = None
+    dropped: int = 0
+
+
 class Matcher:
     def __init__(self, chain: ChainView, store: Store, account: LocalAccount):
         self.chain = chain
@@ -58,22 +89,34 @@ class Matcher:
         # is always in its round's snapshot and validation never mixes stake read before a
         # settlement with reservations counted after it.
         self._intake_lock = SharedExclusiveLock()
-        self._provider_locks: dict[str, threading.Lock] = {}
+        #: provider -> (its lock, how many requests hold or wait for it): freed when unused.
+        self._provider_locks: dict[str, tuple[threading.Lock, int]] = {}
         self._provider_locks_guard = threading.Lock()
-        self.submitter = Submitter(chain, store, account, confirm_guard=self._applying_fills)
+        self.submitter = Submitter(chain, store, account)
         self._signing_key = coincurve.PrivateKey(bytes(account.key))
         #: The round taking messages; changes only under the exclusive intake lock.
         self._intake_round = store.open_round()
 
     @contextmanager
-    def _applying_fills(self) -> Iterator[None]:
-        with self._intake_lock.exclusive():
-            yield
-            self.chain.cache.invalidate()  # stake and escrow read before the settlement are stale now
-
-    def _provider_lock(self, provider: str) -> threading.Lock:
+    def _provider_lock(self, provider: str) -> Iterator[None]:
+        """Holds the provider's lock; the lock is forgotten once no request holds or awaits it."""
         with self._provider_locks_guard:
-            return self._provider_locks.setdefault(provider, threading.Lock())
+            lock, users = self._provider_locks.get(provider, (threading.Lock(), 0))
+            self._provider_locks[provider] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._provider_locks_guard:
+                lock, users = self._provider_locks[provider]
+                if users == 1:
+                    del self._provider_locks[provider]
+                else:
+                    self._provider_locks[provider] = (lock, users - 1)
+
+    def stop(self) -> None:
+        """Makes a round waiting on the chain return at once (its transaction stays signed)."""
+        self.submitter.stopping.set()
 
     # ----- intake -----
 
@@ -101,14 +144,16 @@ class Matcher:
                 held.enter_context(self._provider_lock(provider))
             # Validation holds the intake lock (shared) throughout: the stake it reads and the
             # reservations it counts then stand at the same block (fills are applied exclusively).
-            accepted = retry_rpc(lambda: self.validator.check(kind, submissions))
+            # No retry here: a request handler answers 503 at once rather than wait on the node.
+            accepted = self.validator.check(kind, submissions)
+            round_id = self._intake_round  # stable while the intake lock is held shared
             if kind is MessageKind.BID:
-                round_id = self._intake_round
                 for a in accepted:
                     assert a.stake_read_at is not None
                     a.receipt = self._receipt(a.digest, round_id, a.stake_read_at)
             try:
-                self.store.add_messages([(kind, a.digest, a.message, a.signature, a.receipt) for a in accepted])
+                rows = [(kind, a.digest, a.message, a.signature, a.receipt) for a in accepted]
+                self.store.add_messages(rows, round_id)
             except DuplicateMessage:  # the same message, or its nonce, raced in through another request
                 raise self._raced(kind, accepted) from None
         named = {s.message.market: canonical_spec(s.spec) for s in submissions if s.spec is not None}
@@ -125,11 +170,14 @@ class Matcher:
         for i, a in enumerate(accepted):
             holder = holders.get((a.message.signer, a.message.nonce))
             if a.digest in raced:
-                refused.append((i, Rejection(409, "signature", f"duplicate: {kind.value} {a.digest} was already accepted")))
+                why = f"duplicate: {kind.value} {a.digest} was already accepted"
+                refused.append((i, Rejection(409, "signature", why)))
             elif holder is not None:
-                refused.append((i, Rejection(409, "nonce", f"nonce {a.message.nonce} belongs to the open message {holder[0]}")))
+                why = f"nonce {a.message.nonce} belongs to the open message {holder[0]}"
+                refused.append((i, Rejection(409, "nonce", why)))
         if not refused:  # it raced and lost, but the winner is gone again: let the client retry
-            refused = [(i, Rejection(409, "signature", "a concurrent request conflicted: retry")) for i in range(len(accepted))]
+            retry = Rejection(409, "signature", "a concurrent request conflicted: retry")
+            refused = [(i, retry) for i in range(len(accepted))]
         return Rejections(tuple(refused))
 
     def _receipt(self, bid_digest: str, round_id: int, issued_at: int) -> dict:
@@ -144,15 +192,16 @@ class Matcher:
 
     # ----- rounds -----
 
-    def reconcile(self) -> list[int]:
+    def reconcile(self, timeout: float = 5.0) -> list[int]:
         """Finishes rounds a crash interrupted, and makes new round ids exceed the matcher's last
-        round on chain (the contract takes only increasing ids)."""
+        round on chain (the contract takes only increasing ids). A transaction the chain has not
+        decided within `timeout` is left signed, for the next close to follow again."""
         signer = retry_rpc(lambda: self.chain.receipt_signer(self.address))
         if signer != self.address:
             log.error("this matcher's receipt signer on chain is %s, not its own key %s: its receipts will not"
                       " verify (bond with bondMatcher(amount, %s))", signer, self.address, self.address)
         with self._round_lock:
-            done = self._finish_unfinished()
+            done, _ = self._finish_unfinished(timeout)
             with self._intake_lock.exclusive():
                 last = retry_rpc(lambda: self.chain.last_round(self.address))
                 round_id = self.store.open_round(min_id=last + 1)
@@ -166,46 +215,47 @@ class Matcher:
                 self._intake_round = round_id
             return done
 
-    def _finish_unfinished(self) -> list[int]:
-        """Every round cleared or submitted but not confirmed is settled from where it stopped;
-        one whose batches never landed is cleared again from its snapshot (the messages received
-        by its close, still open), since its allocation may no longer be sendable as it is."""
-        done = []
-        for stored in self.store.rounds_in(RoundState.CLEARED, RoundState.SUBMITTED):
-            for batch in stored.batches:
-                if batch.state == "sent" and batch.tx_hash:
-                    self.submitter.await_sent(batch.tx_hash)
-            landed = retry_rpc(lambda: self.chain.round_state(self.address, stored.id)).batches
-            try:
-                if landed:
-                    self.submitter.settle_round(self.store.get_round(stored.id))
+    def _finish_unfinished(self, timeout: float) -> tuple[list[int], RoundReport | None]:
+        """Carries every cleared, submitted or closed-but-uncleared round on from its stored state,
+        oldest first. Returns the rounds finished, and the report of one still waiting on the
+        chain (later rounds wait for it: a new round id would close it on chain)."""
+        done: list[int] = []
+        unfinished = self.store.rounds_in(RoundState.CLEARED, RoundState.SUBMITTED)
+        for round_id in sorted({r.id for r in unfinished} | set(self.store.closed_uncleared_rounds())):
+            stored = self.store.get_round(round_id)
+            assert stored is not None
+            if stored.state is RoundState.OPEN:  # stopped between snapshot and clearing: nothing was sent
+                report = self._settle_snapshot(round_id, *self._snapshot_of(round_id))
+            else:
+                advance = self._advance(round_id, timeout)
+                if advance.progress is Progress.RECLEAR:
+                    report = self._reclear(round_id, advance)
                 else:
-                    self.store.reset_clearing(stored.id)
-                    self._settle_snapshot_or_abandon(stored.id)
-                done.append(stored.id)
-            except SubmissionError as exc:
-                log.error("round %s could not be reconciled: %s", stored.id, exc)
-                self.store.fail_round(stored.id, str(exc))
-        for round_id in self.store.closed_uncleared_rounds():
-            # Stopped between snapshot and clearing: nothing was sent; clear it now.
-            self._settle_snapshot_or_abandon(round_id)
+                    report = self._report(round_id, advance)
+            if report.state == RoundState.FAILED.value:
+                continue
+            if report.state == RoundState.OPEN.value:
+                # Nothing is left to match: the round never settles, so none of its receipts can
+                # be used in a challenge, and its open messages go to the next round.
+                self.store.fail_round(round_id, "nothing left to match when the round was finished")
+            elif report.state != RoundState.CONFIRMED.value:
+                return done, report
             done.append(round_id)
-        return done
+        return done, None
 
-    def _settle_snapshot_or_abandon(self, round_id: int) -> None:
-        report = self._settle_snapshot(round_id, *self._snapshot_of(round_id))
-        if report.state == RoundState.OPEN.value:
-            # Nothing is left to match: the round never settles, so none of its receipts can
-            # be used in a challenge, and its open messages go to the next round.
-            self.store.fail_round(round_id, "nothing left to match when the round was finished")
+    def _reclear(self, round_id: int, advance: Advance) -> RoundReport:
+        """Clears a round again from its snapshot, none of whose batches landed or can land."""
+        self.store.reset_clearing(round_id, advance.culprit, f"dropped from round {round_id}: {advance.reason}")
+        log.warning("round %s: clearing again: %s", round_id, advance.reason)
+        return self._settle_snapshot(round_id, *self._snapshot_of(round_id))
 
     def _snapshot_of(self, round_id: int) -> tuple[list[StoredMessage], list[StoredMessage]]:
+        """The open messages taken in `round_id` or before that stay valid long enough."""
         self.chain.cache.invalidate()
         horizon = self._settle_horizon()
-        cutoff = self.store.closed_at(round_id)
         return (
-            self.store.open_messages(MessageKind.ORDER, horizon, received_by=cutoff),
-            self.store.open_messages(MessageKind.BID, horizon, received_by=cutoff),
+            self.store.open_messages(MessageKind.ORDER, horizon, round_upto=round_id),
+            self.store.open_messages(MessageKind.BID, horizon, round_upto=round_id),
         )
 
     def _settle_horizon(self) -> int:
@@ -218,37 +268,38 @@ class Matcher:
     def close_round(self) -> RoundReport:
         """Clears the open round on a snapshot of the store and settles it on chain.
 
-        A round with nothing to match stays open (no transaction is sent for it).
+        An earlier round still unfinished is carried on first; while its transaction is pending,
+        no new round starts (its report is returned). A round with nothing to match stays open
+        (no transaction is sent for it).
         """
         with self._round_lock:
             started = time.perf_counter()
-            if self.store.rounds_in(RoundState.CLEARED, RoundState.SUBMITTED) or self.store.closed_uncleared_rounds():
-                self._finish_unfinished()  # an earlier round's submission failed: finish it first
-            self.chain.cache.invalidate()  # the round judges deadlines and funds by fresh chain state
-            horizon = self._settle_horizon()
+            _, waiting = self._finish_unfinished(self.submitter.receipt_timeout)
+            if waiting is not None:
+                return waiting
             with self._intake_lock.exclusive():
-                round_id = self.store.open_round()
-                orders = self.store.open_messages(MessageKind.ORDER, horizon)
-                bids = self.store.open_messages(MessageKind.BID, horizon)
-                self.store.close_intake(round_id)
-                self._intake_round = self.store.open_round()
+                round_id = self._intake_round
+                self._intake_round = self.store.close_intake(round_id)
+            # Messages committed from here on belong to the next round: the snapshot needs no lock.
+            orders, bids = self._snapshot_of(round_id)
             report = self._settle_snapshot(round_id, orders, bids, started)
             if report.state == RoundState.OPEN.value:
                 with self._intake_lock.exclusive():
-                    self.store.reopen_intake(round_id)
-                    self._intake_round = self.store.open_round()
+                    self._intake_round = self.store.reopen_intake(round_id, self._intake_round)
             return report
 
     def _settle_snapshot(
         self, round_id: int, orders: list[StoredMessage], bids: list[StoredMessage], started: float | None = None
     ) -> RoundReport:
-        """Clears a round's snapshot and settles it. While nothing of the round has landed, any
+        """Clears a round's snapshot and settles it. While nothing of the round has landed, a
         message the chain refuses is dropped and the round cleared again from the rest."""
         started = time.perf_counter() if started is None else started
         orders, bids = self._without_cancel_requests(orders, bids)
         t_snapshot = time.perf_counter()
         dropped_total = 0
-        for _ in range(len(orders) + len(bids) + 1):
+        # Each pass drops a message, or follows a first batch that never landed; a few spare
+        # passes bound the latter, after which the round waits for the next close.
+        for _ in range(len(orders) + len(bids) + 3):
             clearing, dropped = self._clear_fundable(orders, bids)
             dropped_total += dropped
             live = self.store.stored_digests([s.digest for s in orders + bids], only_open=True)
@@ -259,57 +310,129 @@ class Matcher:
                 return RoundReport(round_id, RoundState.OPEN.value, len(orders), len(bids), dropped=dropped_total)
 
             bid_price = {s.digest: s.message.price for s in bids}
-            matches = [
-                {"order": m.order_key, "bid": m.bid_key, "units": m.units, "market": mc.market}
-                for mc in clearing.markets
-                for m in mc.matches
-            ]
+            matches = [Match(m.order_key, m.bid_key, m.units, mc.market) for mc in clearing.markets for m in mc.matches]
             # Batches are cut from the matches sorted by (market, bid price ascending): if a later
             # batch of a split round never lands, the bids it leaves unused are the pricier ones
             # of their market, and no lease that did land can be a pricier witness against them.
-            matches.sort(key=lambda m: (m["market"], bid_price[m["bid"]]))
+            matches.sort(key=lambda m: (m.market, bid_price[m.bid]))
             prices = dict(clearing.prices)
             block_gas_limit = retry_rpc(lambda: self.chain.w3.eth.get_block("latest")["gasLimit"])
-            batches = split_batches(matches, prices, block_gas_limit)
             record = {
                 "prices": {k: str(v) for k, v in prices.items()},
-                "matches": matches,
+                "matches": [m.__dict__ for m in matches],
                 "priced_out_orders": [d for mc in clearing.markets for d in mc.dropped_orders],
             }
-            self.store.record_clearing(round_id, record, batches)
+            self.store.record_clearing(round_id, record, split_batches(matches, prices, block_gas_limit))
             failpoints.hit("after_clearing")
-            try:
-                settled = self.submitter.settle_round(self.store.get_round(round_id))
-            except NeedsReclear as exc:
-                log.warning("round %s: clearing again: %s", round_id, exc.reason)
-                if exc.culprit is not None:
-                    self.store.drop(exc.culprit, f"dropped from round {round_id}: {exc.reason}")
+            advance = self._advance(round_id, self.submitter.receipt_timeout)
+            if advance.progress is Progress.RECLEAR:
+                log.warning("round %s: clearing again: %s", round_id, advance.reason)
+                self.store.reset_clearing(round_id, advance.culprit, f"dropped from round {round_id}: {advance.reason}")
+                if advance.culprit is not None:
+                    # Leave it out of the next clearing too (the snapshot lists still hold it).
+                    orders = [s for s in orders if s.digest != advance.culprit]
+                    bids = [s for s in bids if s.digest != advance.culprit]
                     dropped_total += 1
-                self.store.reset_clearing(round_id)
                 continue
-            except SubmissionError as exc:
-                # The round stays submitted; the next close_round reconciles it before clearing.
-                log.error("round %s: submission failed: %s", round_id, exc)
-                return RoundReport(round_id, RoundState.SUBMITTED.value, len(orders), len(bids), dropped=dropped_total)
-            t_settle = time.perf_counter()
-            report = RoundReport(
-                round_id=round_id,
-                state=RoundState.CONFIRMED.value,
-                orders=len(orders),
-                bids=len(bids),
-                matches=sum(b.matches for b in settled),
-                dropped=dropped_total,
-                prices=prices,
-                gas_used=sum(b.gas_used for b in settled),
-                seconds={
+            dropped_total += advance.dropped
+            report = self._report(round_id, advance, len(orders), len(bids), dropped_total)
+            if report.state == RoundState.CONFIRMED.value:
+                report = RoundReport(**{**report.__dict__, "seconds": {
                     "snapshot": round(t_snapshot - started, 4),
                     "clear": round(t_clear - t_snapshot, 4),
-                    "settle": round(t_settle - t_clear, 4),
-                },
-            )
-            log.info("round %s", json.dumps(report.__dict__, default=str))
+                    "settle": round(time.perf_counter() - t_clear, 4),
+                }})
+                log.info("round %s", json.dumps(report.__dict__, default=str))
             return report
-        raise SubmissionError(f"round {round_id}: no settleable allocation after dropping every refused message")
+        log.error("round %s: no settleable allocation found; it is cleared again at the next close", round_id)
+        return RoundReport(round_id, RoundState.OPEN.value, len(orders), len(bids), dropped=dropped_total)
+
+    def _report(
+        self, round_id: int, advance: Advance, orders: int = 0, bids: int = 0, dropped: int = 0
+    ) -> RoundReport:
+        """The report of a round whose batches `_advance` carried as far as the chain allows."""
+        stored = self.store.get_round(round_id)
+        assert stored is not None
+        mined = [b for b in stored.batches if b.state is BatchState.MINED]
+        if advance.progress is not Progress.CONFIRMED:
+            log.warning("round %s is %s: %s", round_id, stored.state.value, advance.reason)
+        prices = {k: int(v) for k, v in (stored.clearing or {}).get("prices", {}).items()}
+        return RoundReport(
+            round_id=round_id,
+            state=stored.state.value,
+            orders=orders,
+            bids=bids,
+            matches=sum(len(b.payload.matches) for b in mined),
+            dropped=dropped,
+            prices=prices,
+            gas_used=sum(b.gas_used or 0 for b in mined),
+        )
+
+    def _advance(self, round_id: int, timeout: float) -> Advance:
+        """Moves a cleared or submitted round's batches through their states, in order, one store
+        transaction per step, until the round is confirmed, must be cleared again (nothing of it
+        landed or can land), or waits on the chain."""
+        dropped = 0
+        while True:
+            stored = self.store.get_round(round_id)
+            assert stored is not None
+            on_chain = self.submitter.round_state(round_id)
+            batch = next((b for b in stored.batches if b.state is not BatchState.MINED), None)
+            if batch is None:
+                self.store.confirm_round(round_id)
+                return Advance(Progress.CONFIRMED, dropped=dropped)
+            nothing_landed = on_chain.batches == 0 and batch.batch == 0
+            if batch.state is BatchState.SIGNED:
+                assert batch.tx is not None
+                outcome = self.submitter.follow(batch.tx, timeout)
+                if isinstance(outcome, StillPending):
+                    return Advance(Progress.PENDING, outcome.reason, dropped=dropped)
+                if isinstance(outcome, Landed):
+                    # Applied while intake pauses: validation never mixes stake read before the
+                    # settlement with reservations counted after it.
+                    with self._intake_lock.exclusive():
+                        self.store.record_mined(round_id, batch.batch, outcome.gas_used, outcome.fills)
+                        self.chain.cache.invalidate()
+                else:
+                    log.warning("round %s batch %s did not land: %s", round_id, batch.batch, outcome.reason)
+                    self.store.record_dead(round_id, batch.batch, outcome.reason)
+                continue
+            if on_chain.final:
+                # The round takes no more batches (its span passed, say, or a later round opened):
+                # the batches left out hold only the pricier bids of their markets.
+                if on_chain.batches == 0:
+                    self.store.fail_round(round_id, "the round closed on chain before any batch landed")
+                    return Advance(Progress.FAILED, "closed on chain with nothing landed", dropped=dropped)
+                for rest in stored.batches[batch.batch:]:
+                    why = f"round final on chain after {on_chain.batches} batches"
+                    self.store.record_dead(round_id, rest.batch, why)
+                self.store.confirm_round(round_id)
+                return Advance(Progress.CONFIRMED, dropped=dropped)
+            if batch.state is BatchState.DEAD:
+                if nothing_landed:  # known not to land: the allocation may be stale, clear again
+                    return Advance(Progress.RECLEAR, batch.reason or "its first batch did not land", dropped=dropped)
+                self.store.retry_batch(round_id, batch.batch)  # the round's prices are fixed: resend it
+                continue
+            final = batch.batch == len(stored.batches) - 1
+            prepared = self.submitter.prepare(round_id, batch.batch, final, batch.payload)
+            if isinstance(prepared, Refused):
+                if prepared.culprit is None:
+                    return Advance(Progress.STUCK, prepared.reason, dropped=dropped)
+                if nothing_landed:
+                    # Removing matches from an exact allocation could leave a cheaper receipted
+                    # bid idle while a dearer one wins: clear again without the culprit.
+                    return Advance(Progress.RECLEAR, prepared.reason, prepared.culprit, dropped=dropped)
+                # Once a batch landed the prices are fixed: drop the culprit's matches and go on.
+                log.warning("round %s: dropping %s: %s", round_id, prepared.culprit, prepared.reason)
+                self.store.drop_from_batch(round_id, batch.batch, prepared.culprit,
+                                           f"dropped from round {round_id}: {prepared.reason}",
+                                           batch.payload.without(prepared.culprit))
+                dropped += 1
+                continue
+            tx = self.submitter.sign(round_id, batch.batch, final, batch.payload, prepared)
+            self.store.record_signed(round_id, batch.batch, batch.payload, tx)  # before broadcast: the recovery handle
+            self.submitter.broadcast(tx.raw or b"")
+            failpoints.hit("after_broadcast")
 
     def _without_cancel_requests(
         self, orders: list[StoredMessage], bids: list[StoredMessage]
@@ -379,8 +502,9 @@ class Matcher:
             return []
         signers = list(dict.fromkeys(by_digest[d].message.signer for d in used))
         keys: list[tuple] = [
-            ("remaining", bytes.fromhex(d[2:]), by_digest[d].message.signer, by_digest[d].message.nonce, by_digest[d].total)
+            ("remaining", bytes.fromhex(d[2:]), s.message.signer, s.message.nonce, s.total)
             for d in used
+            for s in (by_digest[d],)
         ]
         keys += [("cancel", by_digest[d].message.signer, by_digest[d].message.nonce) for d in used]
         keys += [("binding", signer) for signer in signers]
@@ -403,18 +527,22 @@ class Matcher:
             elif cancel_at:
                 corrections[digest] = (0, "its signer requested the cancellation of its nonce")
             elif on_chain < n_used:
-                corrections[digest] = (on_chain, f"only {on_chain} units left on chain (filled elsewhere, or nonce taken)")
+                why = f"only {on_chain} units left on chain (filled elsewhere, or nonce taken)"
+                corrections[digest] = (on_chain, why)
 
         def newest(signer: str) -> str:  # the newest matched message of a signer is the one that overdrew it
-            return max((d for d in used if by_digest[d].message.signer == signer), key=lambda d: by_digest[d].received_at)
+            mine = (d for d in used if by_digest[d].message.signer == signer)
+            return max(mine, key=lambda d: by_digest[d].received_at)
 
         for buyer, need in cost.items():
             if escrow[buyer] < need:
-                corrections.setdefault(newest(buyer), (0, f"buyer's available escrow {escrow[buyer]} is below the round's cost {need}"))
+                why = f"buyer's available escrow {escrow[buyer]} is below the round's cost {need}"
+                corrections.setdefault(newest(buyer), (0, why))
         for provider, n_units in units.items():
             if stake[provider] < n_units * self.chain.stake_per_unit:
                 corrections.setdefault(
-                    newest(provider), (0, f"provider's available stake {stake[provider]} does not cover {n_units} units")
+                    newest(provider),
+                    (0, f"provider's available stake {stake[provider]} does not cover {n_units} units"),
                 )
         return [(digest, left, reason) for digest, (left, reason) in corrections.items()]
 
@@ -432,7 +560,8 @@ def _bid_lot(s: StoredMessage, caps: dict[str, int]) -> BidLot:
     b = s.message
     capacity = min(s.remaining, caps.get(s.digest, s.remaining))
     return BidLot(
-        key=s.digest, market=b.market, provider=b.provider, capacity=capacity, price=b.price, max_duration=b.max_duration
+        key=s.digest, market=b.market, provider=b.provider, capacity=capacity, price=b.price,
+        max_duration=b.max_duration,
     )
 
 
@@ -489,8 +618,11 @@ class RoundTimer:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stops the timer and waits for a round it is settling (told to stop waiting on the chain),
+        so the store is never closed under it."""
         self._stop.set()
-        self._thread.join(timeout=self.seconds + 5)
+        self.matcher.stop()
+        self._thread.join()
 
     def _run(self) -> None:
         while not self._stop.wait(self.seconds):

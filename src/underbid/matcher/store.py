@@ -1,10 +1,12 @@
 """The matcher's store: SQLite in WAL mode.
 
 Every accepted order and bid is committed before the API answers, so an acknowledged message is
-never lost. Rounds move through the states open -> cleared -> submitted -> confirmed (or failed);
-the transaction hash of each batch is committed *before* the transaction is broadcast, so that
-after a crash the matcher can reconcile every submitted round against the chain before it sends
-anything new.
+never lost, with the round it was taken in (`intake_round`), from which a round's snapshot is
+rebuilt after a crash. Rounds move open -> cleared -> submitted -> confirmed (or failed), and each
+of their batches pending -> signed -> mined, or dead (known never to land); every transition is
+one store transaction. A batch's signed raw transaction and its nonce are committed *before* it
+is broadcast, so after a crash or a lost answer the same transaction is sent again and the chain
+(receipt, nonce, deadline) says what became of it.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ CREATE TABLE IF NOT EXISTS messages (
     body        TEXT NOT NULL,
     signature   BLOB NOT NULL,
     receipt     TEXT,
-    received_at REAL NOT NULL
+    received_at REAL NOT NULL,
+    intake_round INTEGER
 );
 -- The round snapshot reads every open message of a kind; keyed without the market, new messages
 -- append to one place in this index instead of landing in one of 100 market groups.
@@ -70,9 +73,14 @@ CREATE TABLE IF NOT EXISTS batches (
     round_id  INTEGER NOT NULL REFERENCES rounds (id),
     batch     INTEGER NOT NULL,
     payload   TEXT NOT NULL,
+    state     TEXT NOT NULL CHECK (state IN ('pending', 'signed', 'mined', 'dead')),
+    deadline  INTEGER,
+    tx_nonce  INTEGER,
+    raw_tx    BLOB,
     tx_hash   TEXT,
     gas_used  INTEGER,
-    state     TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'confirmed')),
+    fills     TEXT,
+    reason    TEXT,
     PRIMARY KEY (round_id, batch)
 );
 """
@@ -93,6 +101,74 @@ class RoundState(StrEnum):
     SUBMITTED = "submitted"
     CONFIRMED = "confirmed"
     FAILED = "failed"
+
+
+class BatchState(StrEnum):
+    """Where one `settle` transaction of a round stands."""
+
+    PENDING = "pending"  # cut from the clearing, not signed yet
+    SIGNED = "signed"  # nonce and raw transaction stored; broadcast, maybe more than once
+    MINED = "mined"  # landed: its LeaseOpened fills are applied to the messages
+    DEAD = "dead"  # known never to land: reverted, its nonce used by another transaction, or expired
+
+
+@dataclass(frozen=True)
+class Match:
+    """One match of a clearing: `units` of `order` served by `bid` in `market`."""
+
+    order: str
+    bid: str
+    units: int
+    market: str
+
+
+@dataclass(frozen=True)
+class BatchPayload:
+    """What one batch settles: its matches and the clearing prices of their markets."""
+
+    matches: tuple[Match, ...]
+    prices: dict[str, int]
+
+    @classmethod
+    def of(cls, matches: Sequence[Match], prices: dict[str, int]) -> BatchPayload:
+        """A payload carrying only the prices of the markets its matches trade in."""
+        markets = {m.market for m in matches}
+        return cls(tuple(matches), {k: v for k, v in prices.items() if k in markets})
+
+    def without(self, digest: str) -> BatchPayload:
+        """This payload less every match of the message `digest`."""
+        return BatchPayload.of([m for m in self.matches if digest not in (m.order, m.bid)], self.prices)
+
+    @property
+    def digests(self) -> list[str]:
+        """The orders, then the bids, in first-appearance order (their index in `settle`)."""
+        orders = list(dict.fromkeys(m.order for m in self.matches))
+        return orders + list(dict.fromkeys(m.bid for m in self.matches))
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "matches": [{"order": m.order, "bid": m.bid, "units": m.units, "market": m.market} for m in self.matches],
+            "prices": {k: str(v) for k, v in self.prices.items()},
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> BatchPayload:
+        raw = json.loads(text)
+        return cls(tuple(Match(**m) for m in raw["matches"]), {k: int(v) for k, v in raw["prices"].items()})
+
+    def __getitem__(self, key: str) -> Any:
+        """Read-only dict view (`payload["matches"]`) for callers that predate this record."""
+        return {"matches": [m.__dict__ for m in self.matches], "prices": self.prices}[key]
+
+
+@dataclass(frozen=True)
+class SignedTx:
+    """A signed `settle` transaction, stored before it is first broadcast."""
+
+    nonce: int | None  # None only for batches recorded by versions that stored the hash alone
+    raw: bytes | None
+    tx_hash: str
+    deadline: int
 
 
 class DuplicateMessage(Exception):
@@ -122,12 +198,20 @@ class StoredMessage:
 
 @dataclass(frozen=True)
 class StoredBatch:
+    """One batch of a round, as stored."""
+
     round_id: int
     batch: int
-    payload: dict[str, Any]
-    tx_hash: str | None
+    payload: BatchPayload
+    state: BatchState
+    tx: SignedTx | None
     gas_used: int | None
-    state: str
+    fills: dict[str, int] | None
+    reason: str | None
+
+    @property
+    def tx_hash(self) -> str | None:
+        return self.tx.tx_hash if self.tx else None
 
 
 @dataclass(frozen=True)
@@ -139,6 +223,7 @@ class StoredRound:
     confirmed_at: float | None
     clearing: dict[str, Any] | None
     error: str | None
+    closed_at: float | None
     batches: tuple[StoredBatch, ...]
 
 
@@ -146,7 +231,7 @@ class StoredRound:
 class _PendingWrite:
     rows: list[tuple]
     done: bool = False
-    error: Exception | None = None
+    error: BaseException | None = None
 
 
 class Store:
@@ -166,6 +251,8 @@ class Store:
         self._pending_lock = threading.Lock()
         self._pending: list[_PendingWrite] = []
         self._readers = threading.local()
+        #: Every reader connection opened, so `close` closes them all (threads do not).
+        self._reader_dbs: list[sqlite3.Connection] = []
         #: provider -> (chain time, units its open bids reserved at that time): spares a SQL sum
         #: over the provider's open bids for every new bid. The store's own inserts add to it;
         #: fills and drops clear it (and bump the generation, so a sum read meanwhile is not kept).
@@ -178,6 +265,7 @@ class Store:
         self._db.execute("PRAGMA cache_size=-65536")
         self._db.execute("PRAGMA wal_autocheckpoint=10000")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate_batches()
         self._db.executescript(_SCHEMA)
         self._migrate()
 
@@ -187,6 +275,8 @@ class Store:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
         if "nonce" not in columns:
             self._db.execute("ALTER TABLE messages ADD COLUMN nonce TEXT")
+        if "intake_round" not in columns:  # older rows keep NULL: they belong to every round
+            self._db.execute("ALTER TABLE messages ADD COLUMN intake_round INTEGER")
         rows = self._db.execute("SELECT digest, body FROM messages WHERE nonce IS NULL").fetchall()
         if rows:
             self._db.executemany(
@@ -200,9 +290,34 @@ class Store:
             "CREATE UNIQUE INDEX IF NOT EXISTS messages_open_nonce ON messages (signer, nonce) WHERE status = 'open'"
         )
 
+    def _migrate_batches(self) -> None:
+        """Rebuilds a batches table of the earlier layout (hash only; pending/sent/confirmed).
+
+        A sent batch, or a landed one of a round not yet confirmed (whose fills the earlier
+        version applied only at confirmation), becomes `signed` with no raw transaction: the
+        reconciler then asks the chain for its receipt and applies the fills of what landed.
+        """
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(batches)")}
+        if not columns or "raw_tx" in columns:
+            return
+        self._db.execute("ALTER TABLE batches RENAME TO batches_v1")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(
+            "INSERT INTO batches (round_id, batch, payload, state, tx_hash, gas_used)"
+            " SELECT b.round_id, b.batch, b.payload,"
+            " CASE WHEN b.state = 'confirmed' AND r.state = 'confirmed' THEN 'mined'"
+            "      WHEN b.tx_hash IS NOT NULL THEN 'signed' ELSE 'pending' END,"
+            " b.tx_hash, b.gas_used FROM batches_v1 b JOIN rounds r ON r.id = b.round_id"
+        )
+        self._db.execute("DROP TABLE batches_v1")
+
     def close(self) -> None:
+        """Closes the writer and every reader connection."""
         with self._lock:
             self._db.close()
+            for db in self._reader_dbs:
+                db.close()
+            self._reader_dbs.clear()
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -219,6 +334,8 @@ class Store:
             # Each batch looks up its digests at random places in the index: keep it in memory.
             db.execute("PRAGMA cache_size=-16384")
             self._readers.db = db
+            with self._lock:
+                self._reader_dbs.append(db)
         yield db
 
     @contextmanager
@@ -234,9 +351,11 @@ class Store:
 
     # ----- messages -----
 
-    def add_messages(self, items: Iterable[tuple[MessageKind, str, SignedMessage, bytes, dict | None]]) -> None:
-        """Commits messages durably. Raises DuplicateMessage (and commits none of `items`) if any
-        digest is already stored.
+    def add_messages(
+        self, items: Iterable[tuple[MessageKind, str, SignedMessage, bytes, dict | None]], round_id: int | None = None
+    ) -> None:
+        """Commits messages durably, taken in round `round_id`. Raises DuplicateMessage (and
+        commits none of `items`) if any digest is already stored.
 
         Group commit: concurrent callers queue their rows and whichever holds the commit lock
         writes every queued request in one transaction, one savepoint each, so a burst of
@@ -257,6 +376,7 @@ class Store:
                 to_json(receipt).decode() if receipt is not None else None,
                 now,
                 str(message.nonce),
+                round_id,
             )
             for kind, digest, message, signature, receipt in items
         ]
@@ -280,7 +400,7 @@ class Store:
                 try:
                     db.executemany(
                         "INSERT INTO messages (digest, kind, signer, market, total, deadline, body, signature,"
-                        " receipt, received_at, nonce) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " receipt, received_at, nonce, intake_round) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         request.rows,
                     )
                 except sqlite3.IntegrityError as exc:
@@ -301,9 +421,10 @@ class Store:
                 request.done = True
 
     def add_message(
-        self, kind: MessageKind, digest: str, message: SignedMessage, signature: bytes, receipt: dict | None = None
+        self, kind: MessageKind, digest: str, message: SignedMessage, signature: bytes, receipt: dict | None = None,
+        round_id: int | None = None,
     ) -> None:
-        self.add_messages([(kind, digest, message, signature, receipt)])
+        self.add_messages([(kind, digest, message, signature, receipt)], round_id)
 
     def get_message(self, digest: str, kind: MessageKind | None = None) -> StoredMessage | None:
         with self._reading() as db:
@@ -326,15 +447,15 @@ class Store:
         return found
 
     def open_messages(
-        self, kind: MessageKind, now: int, market: str | None = None, received_by: float | None = None
+        self, kind: MessageKind, now: int, market: str | None = None, round_upto: int | None = None
     ) -> list[StoredMessage]:
-        """Open messages of `kind` whose deadline has not passed, oldest first; with `received_by`,
-        only those received by then (a round's snapshot, rebuilt after a crash)."""
+        """Open messages of `kind` whose deadline has not passed, oldest first; with `round_upto`,
+        only those taken in that round or earlier (a round's snapshot, the same after a crash)."""
         query = "SELECT * FROM messages WHERE status = 'open' AND kind = ? AND deadline >= ?"
         args: list[Any] = [kind.value, now]
-        if received_by is not None:
-            query += " AND received_at <= ?"
-            args.append(received_by)
+        if round_upto is not None:
+            query += " AND (intake_round IS NULL OR intake_round <= ?)"
+            args.append(round_upto)
         if market is not None:
             query += " AND market = ?"
             args.append(market)
@@ -355,7 +476,8 @@ class Store:
             query += " AND status = ?"
             args.append(status)
         with self._reading() as db:
-            rows = db.execute(query + " ORDER BY received_at, rowid LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+            query += " ORDER BY received_at, rowid LIMIT ? OFFSET ?"
+            rows = db.execute(query, [*args, limit, offset]).fetchall()
         return [_message(r) for r in rows]
 
     def open_nonce_holders(self, pairs: Sequence[tuple[str, int]]) -> dict[tuple[str, int], tuple[str, int]]:
@@ -444,6 +566,14 @@ class Store:
 
     # ----- rounds -----
 
+    def current_round(self) -> int | None:
+        """The id of the round taking new messages, if one exists (a read: creates nothing)."""
+        with self._reading() as db:
+            row = db.execute(
+                "SELECT id FROM rounds WHERE state = 'open' AND closed_at IS NULL ORDER BY id LIMIT 1"
+            ).fetchone()
+        return int(row[0]) if row else None
+
     def open_round(self, min_id: int = 1) -> int:
         """The id of the round taking new messages, creating one if none is: the next id after
         every round stored, and at least `min_id` (round ids must exceed the matcher's last round
@@ -458,24 +588,32 @@ class Store:
             db.execute("INSERT INTO rounds (id, state, opened_at) VALUES (?, 'open', ?)", (next_id, time.time()))
             return next_id
 
-    def close_intake(self, round_id: int) -> None:
-        """Stops `round_id` taking messages; the next `open_round` creates a new round."""
+    def close_intake(self, round_id: int) -> int:
+        """Stops `round_id` taking messages and opens the next round; returns the next round's id."""
         with self._tx() as db:
             db.execute("UPDATE rounds SET closed_at = ? WHERE id = ? AND state = 'open'", (time.time(), round_id))
+        return self.open_round()
 
-    def reopen_intake(self, round_id: int) -> None:
-        """Lets a round that found nothing to match take messages again, keeping its id."""
+    def reopen_intake(self, round_id: int, next_round: int) -> int:
+        """Lets a round that found nothing to match take messages again, keeping its id; the
+        messages taken meanwhile by `next_round` (still empty) move back to it. Returns its id."""
         with self._tx() as db:
             db.execute("UPDATE rounds SET closed_at = NULL WHERE id = ? AND state = 'open'", (round_id,))
+            if next_round != round_id:
+                db.execute("UPDATE messages SET intake_round = ? WHERE intake_round = ?", (round_id, next_round))
+                db.execute("DELETE FROM rounds WHERE id = ? AND state = 'open'", (next_round,))
+        return round_id
 
     def closed_uncleared_rounds(self) -> list[int]:
         """Rounds whose intake closed but whose clearing was never recorded (a crash in between)."""
-        with self._lock:
-            rows = self._db.execute("SELECT id FROM rounds WHERE state = 'open' AND closed_at IS NOT NULL").fetchall()
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT id FROM rounds WHERE state = 'open' AND closed_at IS NOT NULL ORDER BY id"
+            ).fetchall()
         return [r[0] for r in rows]
 
-    def record_clearing(self, round_id: int, clearing: dict[str, Any], batches: list[dict[str, Any]]) -> None:
-        """Stores a round's clearing result and its batches; the round becomes `cleared`."""
+    def record_clearing(self, round_id: int, clearing: dict[str, Any], batches: Sequence[BatchPayload]) -> None:
+        """open -> cleared: stores a round's clearing result and its batches (all pending)."""
         with self._tx() as db:
             db.execute(
                 "UPDATE rounds SET state = 'cleared', cleared_at = ?, clearing = ? WHERE id = ? AND state = 'open'",
@@ -483,66 +621,98 @@ class Store:
             )
             db.executemany(
                 "INSERT INTO batches (round_id, batch, payload, state) VALUES (?, ?, ?, 'pending')",
-                [(round_id, i, json.dumps(b)) for i, b in enumerate(batches)],
+                [(round_id, i, b.to_json()) for i, b in enumerate(batches)],
             )
 
-    def replace_batch_payload(self, round_id: int, batch: int, payload: dict[str, Any]) -> None:
-        """Rewrites a batch that has not landed (a dropped message's matches left it)."""
-        with self._tx() as db:
-            db.execute(
-                "UPDATE batches SET payload = ? WHERE round_id = ? AND batch = ? AND state != 'confirmed'",
-                (json.dumps(payload), round_id, batch),
-            )
-
-    def reset_clearing(self, round_id: int) -> None:
-        """Forgets a round's clearing and batches, none of which landed, so it can be cleared again."""
-        with self._tx() as db:
-            db.execute("DELETE FROM batches WHERE round_id = ?", (round_id,))
-            db.execute(
-                "UPDATE rounds SET state = 'open', clearing = NULL, cleared_at = NULL WHERE id = ?"
-                " AND state IN ('cleared', 'submitted')",
-                (round_id,),
-            )
-
-    def closed_at(self, round_id: int) -> float | None:
-        with self._reading() as db:
-            row = db.execute("SELECT closed_at FROM rounds WHERE id = ?", (round_id,)).fetchone()
-        return row[0] if row else None
-
-    def record_sent(self, round_id: int, batch: int, tx_hash: str) -> None:
-        """Called before the transaction is broadcast: the hash is the crash-recovery handle."""
+    def record_signed(self, round_id: int, batch: int, payload: BatchPayload, tx: SignedTx) -> None:
+        """pending -> signed, before the first broadcast: the raw transaction is the recovery handle,
+        and the payload stored is exactly what it carries."""
         with self._tx() as db:
             db.execute("UPDATE rounds SET state = 'submitted' WHERE id = ? AND state IN ('cleared', 'submitted')",
                        (round_id,))
-            db.execute("UPDATE batches SET tx_hash = ?, state = 'sent' WHERE round_id = ? AND batch = ?",
-                       (tx_hash, round_id, batch))
-
-    def record_batch_confirmed(self, round_id: int, batch: int, gas_used: int | None, tx_hash: str | None) -> None:
-        with self._tx() as db:
             db.execute(
-                "UPDATE batches SET state = 'confirmed', gas_used = ?, tx_hash = COALESCE(?, tx_hash)"
-                " WHERE round_id = ? AND batch = ?",
-                (gas_used, tx_hash, round_id, batch),
+                "UPDATE batches SET state = 'signed', payload = ?, deadline = ?, tx_nonce = ?, raw_tx = ?, tx_hash = ?,"
+                " reason = NULL WHERE round_id = ? AND batch = ? AND state = 'pending'",
+                (payload.to_json(), tx.deadline, tx.nonce, tx.raw, tx.tx_hash, round_id, batch),
             )
 
-    def confirm_round(self, round_id: int, fills: dict[str, int]) -> None:
-        """Marks the round confirmed and adds its fills to the messages, in one transaction."""
+    def record_mined(self, round_id: int, batch: int, gas_used: int, fills: dict[str, int]) -> None:
+        """signed -> mined, and the fills of what landed (its LeaseOpened events) added to the
+        messages, in one transaction; applied once (a second call finds the batch mined)."""
         with self._tx() as db:
-            state = db.execute("SELECT state FROM rounds WHERE id = ?", (round_id,)).fetchone()["state"]
-            if state == RoundState.CONFIRMED:
-                return  # idempotent: fills are applied once
-            for digest, units in fills.items():
-                db.execute(
+            moved = db.execute(
+                "UPDATE batches SET state = 'mined', gas_used = ?, fills = ? WHERE round_id = ? AND batch = ?"
+                " AND state = 'signed'",
+                (gas_used, json.dumps(fills), round_id, batch),
+            ).rowcount
+            if moved:
+                db.executemany(
                     "UPDATE messages SET filled = filled + ?,"
                     " status = CASE WHEN filled + ? >= total THEN 'filled' ELSE status END WHERE digest = ?",
-                    (units, units, digest),
+                    [(units, units, digest) for digest, units in fills.items()],
                 )
-            db.execute("UPDATE rounds SET state = 'confirmed', confirmed_at = ? WHERE id = ?", (time.time(), round_id))
         self._forget_reservations()
+
+    def record_dead(self, round_id: int, batch: int, reason: str) -> None:
+        """signed (or pending, in a round the chain closed) -> dead: known never to land."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE batches SET state = 'dead', reason = ? WHERE round_id = ? AND batch = ? AND state IN"
+                " ('signed', 'pending')",
+                (reason, round_id, batch),
+            )
+
+    def retry_batch(self, round_id: int, batch: int) -> None:
+        """dead -> pending: a later batch that never landed is signed again (its round still open)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE batches SET state = 'pending', deadline = NULL, tx_nonce = NULL, raw_tx = NULL, tx_hash = NULL"
+                " WHERE round_id = ? AND batch = ? AND state = 'dead'",
+                (round_id, batch),
+            )
+
+    def drop_from_batch(self, round_id: int, batch: int, digest: str, reason: str, payload: BatchPayload) -> None:
+        """Drops a message the chain refuses and rewrites the pending batch without its matches."""
+        with self._tx() as db:
+            db.execute("UPDATE messages SET status = 'dropped', reason = ? WHERE digest = ? AND status = 'open'",
+                       (reason, digest))
+            db.execute("UPDATE batches SET payload = ? WHERE round_id = ? AND batch = ? AND state = 'pending'",
+                       (payload.to_json(), round_id, batch))
+        self._forget_reservations()
+
+    def reset_clearing(self, round_id: int, drop: str | None = None, reason: str = "") -> bool:
+        """cleared/submitted -> open (intake closed): forgets a clearing none of whose batches
+        landed or may still land, dropping the message `drop` if given, so the round is cleared
+        again. Returns False (and changes nothing) if a batch is signed or mined."""
+        with self._tx() as db:
+            live = db.execute(
+                "SELECT COUNT(*) FROM batches WHERE round_id = ? AND state IN ('signed', 'mined')", (round_id,)
+            ).fetchone()[0]
+            if live:
+                return False
+            if drop is not None:
+                db.execute("UPDATE messages SET status = 'dropped', reason = ? WHERE digest = ? AND status = 'open'",
+                           (reason, drop))
+            db.execute("DELETE FROM batches WHERE round_id = ?", (round_id,))
+            db.execute(
+                "UPDATE rounds SET state = 'open', clearing = NULL, cleared_at = NULL,"
+                " closed_at = COALESCE(closed_at, ?) WHERE id = ? AND state IN ('cleared', 'submitted')",
+                (time.time(), round_id),
+            )
+        if drop is not None:
+            self._forget_reservations()
+        return True
+
+    def confirm_round(self, round_id: int) -> None:
+        """submitted -> confirmed: the round is final on chain; its fills went in batch by batch."""
+        with self._tx() as db:
+            db.execute("UPDATE rounds SET state = 'confirmed', confirmed_at = ? WHERE id = ? AND state != 'confirmed'",
+                       (time.time(), round_id))
 
     def fail_round(self, round_id: int, error: str) -> None:
         with self._tx() as db:
-            db.execute("UPDATE rounds SET state = 'failed', error = ? WHERE id = ?", (error, round_id))
+            db.execute("UPDATE rounds SET state = 'failed', error = ?, closed_at = COALESCE(closed_at, ?) WHERE id = ?",
+                       (error, time.time(), round_id))
 
     def rounds_in(self, *states: RoundState) -> list[StoredRound]:
         marks = ",".join("?" * len(states))
@@ -567,10 +737,8 @@ class Store:
             confirmed_at=row["confirmed_at"],
             clearing=json.loads(row["clearing"]) if row["clearing"] else None,
             error=row["error"],
-            batches=tuple(
-                StoredBatch(b["round_id"], b["batch"], json.loads(b["payload"]), b["tx_hash"], b["gas_used"], b["state"])
-                for b in batches
-            ),
+            closed_at=row["closed_at"],
+            batches=tuple(_batch(b) for b in batches),
         )
 
     def last_prices(self) -> dict[str, tuple[int, int]]:
@@ -580,6 +748,23 @@ class Store:
             for market, price in (stored.clearing or {}).get("prices", {}).items():
                 prices[market] = (stored.id, int(price))
         return prices
+
+
+def _batch(row: sqlite3.Row) -> StoredBatch:
+    tx = None
+    if row["tx_hash"] is not None:
+        raw = bytes(row["raw_tx"]) if row["raw_tx"] is not None else None
+        tx = SignedTx(row["tx_nonce"], raw, row["tx_hash"], row["deadline"] or 0)
+    return StoredBatch(
+        round_id=row["round_id"],
+        batch=row["batch"],
+        payload=BatchPayload.from_json(row["payload"]),
+        state=BatchState(row["state"]),
+        tx=tx,
+        gas_used=row["gas_used"],
+        fills=json.loads(row["fills"]) if row["fills"] else None,
+        reason=row["reason"],
+    )
 
 
 def _message(row: sqlite3.Row) -> StoredMessage:

@@ -1,41 +1,45 @@
-"""Submission: turns a cleared round into `settle` transactions and sees them confirmed.
+"""Submission: the chain side of settling a round, as operations that return typed outcomes.
+
+`rounds` drives each batch through the store's states (pending -> signed -> mined, or dead) and
+calls these; nothing here changes the store, raises to steer its caller, or holds its locks.
 
 - Batches: a round is split so each transaction stays well inside the block gas limit.
-- Simulation first: each batch is estimated (an `eth_estimateGas` dry run) before it is signed. A
-  revert names the message at fault with a custom error. While no batch of the round has landed,
-  the matcher drops that message and clears the round again (`NeedsReclear`): removing matches
-  from an optimal allocation could leave a cheaper receipted bid idle while a dearer one wins,
-  which a provider could prove on chain. Once a batch has landed the round's prices are fixed, so
-  later batches drop the message's matches and go ahead.
+- Simulation first (`prepare`): each batch is dry-run (`eth_estimateGas`) before it is signed. A
+  refusal names the message at fault by a custom error; one that names none (or a message the ABI
+  encoder refuses) is found by encoding each message alone, then by bisecting the batch, so a
+  round is never stuck behind one message.
 - Deadlines: each batch carries the chain time of the state it was simulated against plus half
   the notice period. Nothing but this matcher's own batches can lower what `settle` reads before
-  a notice period has passed (withdrawals, unstakes, cancellations and binding changes all wait
-  for it), so a batch that simulated successfully either lands successfully or not at all.
-- Crash safety: the signed transaction's hash is committed to the store before it is broadcast.
-  The contract accepts batches only in order and never settles a finished round twice, so
-  resending after a crash is safe, and `reconcile` reads the round's on-chain state first.
-- RPC errors are retried with exponential backoff; reverts are not.
+  a notice period has passed, so a batch that simulated successfully lands or expires whole; and
+  after its deadline the contract refuses it (`BatchExpired`), so a transaction not mined by then
+  can never land.
+- Following a transaction (`follow`): the same signed raw transaction is broadcast again until
+  the chain decides it: a receipt (landed, with the fills of its `LeaseOpened` events, or
+  reverted), its nonce used by another transaction, or its deadline passed.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from enum import StrEnum
+from typing import Any
 
-import requests
 from eth_account.signers.local import LocalAccount
-from web3.exceptions import ContractCustomError, ContractLogicError, TimeExhausted
+from eth_typing import HexStr
+from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.logs import DISCARD
 
-from underbid.matcher import failpoints
-from underbid.chain.view import ChainView, DecodedError
-from underbid.matcher.store import MessageKind, Store, StoredMessage, StoredRound
+from underbid.chain.retry import TRANSIENT, retry_rpc
+from underbid.chain.view import ChainView, DecodedError, RoundOnChain
+from underbid.matcher.store import BatchPayload, Match, MessageKind, SignedTx, Store, StoredMessage
+from underbid.protocol.eip712 import recover_signer
 
 log = logging.getLogger("underbid.matcher.submission")
-T = TypeVar("T")
+
+__all__ = ["retry_rpc", "split_batches", "Submitter"]
 
 #: Gas the batch header, price list and round bookkeeping cost, and a generous per-match figure
 #: (measured ~88k at 100 matches; see docs/PROTOCOL.md), used only to size batches.
@@ -43,122 +47,147 @@ BATCH_BASE_GAS = 150_000
 GAS_PER_MATCH = 110_000
 #: Share of the block gas limit one batch may use.
 BLOCK_SHARE = 0.5
+#: Seconds between two broadcasts of the same pending transaction, and between two looks at it.
+REBROADCAST_EVERY = 5.0
+POLL_EVERY = 0.25
 
 
 class SubmissionError(Exception):
-    """A batch could not be settled (other than by a message the matcher could drop)."""
-
-
-class NeedsReclear(Exception):
-    """Nothing of the round has landed and its allocation can no longer be sent as it is."""
-
-    def __init__(self, culprit: str | None, reason: str):
-        super().__init__(reason)
-        self.culprit = culprit
-        self.reason = reason
+    """A batch could not be built (a message of it is missing from the store)."""
 
 
 @dataclass(frozen=True)
-class SettledBatch:
-    batch: int
-    tx_hash: str
+class Simulated:
+    """The batch settles against the latest state: sign it with this gas and deadline."""
+
+    gas: int
+    deadline: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The batch does not settle; `culprit` is the message to blame (None: none could be found)."""
+
+    culprit: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Landed:
+    """Mined with success: the fills (digest -> units) its LeaseOpened events record."""
+
     gas_used: int
-    matches: int
+    fills: dict[str, int]
 
 
-def split_batches(matches: list[dict[str, Any]], prices: dict[str, int], block_gas_limit: int) -> list[dict[str, Any]]:
-    """Splits a round's matches into batch payloads that fit `block_gas_limit`.
+@dataclass(frozen=True)
+class NotLanded:
+    """Known never to land: reverted, its nonce used by another transaction, or past its deadline."""
 
-    A payload names messages by digest: `{"matches": [[order, bid, units], ...], "prices": {...}}`.
-    """
+    reason: str
+    reverted: bool = False
+
+
+@dataclass(frozen=True)
+class StillPending:
+    """Neither mined nor excluded yet (the chain has not decided)."""
+
+    reason: str
+
+
+TxOutcome = Landed | NotLanded | StillPending
+
+
+class Broadcast(StrEnum):
+    SENT = "sent"
+    ALREADY_KNOWN = "already known"  # the node has it: an earlier broadcast got through
+    REFUSED = "refused"  # e.g. nonce too low: the receipt and the nonce say what happened
+    LOST = "lost"  # no answer: it may or may not have got through
+
+
+def split_batches(matches: list[Match], prices: dict[str, int], block_gas_limit: int) -> list[BatchPayload]:
+    """Splits a round's matches, in order, into batch payloads that fit `block_gas_limit`."""
     per_batch = max(1, int((block_gas_limit * BLOCK_SHARE - BATCH_BASE_GAS) // GAS_PER_MATCH))
-    batches = []
-    for start in range(0, max(len(matches), 1), per_batch):
-        chunk = matches[start : start + per_batch]
-        markets = {m["market"] for m in chunk}
-        batches.append({"matches": chunk, "prices": {k: v for k, v in prices.items() if k in markets}})
-    return batches
+    return [BatchPayload.of(matches[start:start + per_batch], prices)
+            for start in range(0, max(len(matches), 1), per_batch)]
 
 
-def retry_rpc(call: Callable[[], T], attempts: int = 5, base_delay: float = 0.2) -> T:
-    """Runs `call`, retrying connection failures and timeouts with exponential backoff."""
-    for attempt in range(attempts):
-        try:
-            return call()
-        except (requests.ConnectionError, requests.Timeout, TimeExhausted, ConnectionError) as exc:
-            if attempt == attempts - 1:
-                raise
-            delay = base_delay * 2**attempt
-            log.warning("rpc error (%s); retrying in %.1fs", exc.__class__.__name__, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+def _already_known(exc: Web3RPCError) -> bool:
+    """True if the node refused a broadcast because it already holds that very transaction."""
+    response = exc.rpc_response if isinstance(exc.rpc_response, dict) else {}
+    error = response.get("error")
+    message = str(error.get("message", "")) if isinstance(error, dict) else str(exc)
+    return any(s in message.lower() for s in ("already known", "already imported", "known transaction"))
 
 
 class Submitter:
-    def __init__(
-        self,
-        chain: ChainView,
-        store: Store,
-        account: LocalAccount,
-        receipt_timeout: float = 120.0,
-        confirm_guard: Callable[[], AbstractContextManager[object]] = nullcontext,
-    ):
+    def __init__(self, chain: ChainView, store: Store, account: LocalAccount, receipt_timeout: float = 120.0):
         self.chain = chain
         self.w3 = chain.w3
         self.store = store
         self.account = account
         self.receipt_timeout = receipt_timeout
-        #: Held while a round's fills are applied (the matcher pauses intake meanwhile).
-        self.confirm_guard = confirm_guard
+        #: Set when the process stops: `follow` returns at once instead of waiting on the chain.
+        self.stopping = threading.Event()
 
     # ----- building calls -----
 
-    def _call_args(
-        self, round_id: int, batch: int, final: bool, deadline: int, payload: dict[str, Any]
-    ) -> tuple[tuple, list[StoredMessage]]:
-        orders: dict[str, int] = {}
-        bids: dict[str, int] = {}
-        for m in payload["matches"]:
-            orders.setdefault(m["order"], len(orders))
-            bids.setdefault(m["bid"], len(bids))
-        stored_orders = [self._message(d, MessageKind.ORDER) for d in orders]
-        stored_bids = [self._message(d, MessageKind.BID) for d in bids]
-        args = (
-            (round_id, batch, final, deadline),
-            [s.message.as_call_tuple() for s in stored_orders],
-            [s.signature for s in stored_orders],
-            [s.message.as_call_tuple() for s in stored_bids],
-            [s.signature for s in stored_bids],
-            [(orders[m["order"]], bids[m["bid"]], m["units"]) for m in payload["matches"]],
-            [(bytes.fromhex(k[2:]), v) for k, v in payload["prices"].items()],
-        )
-        return args, stored_orders + stored_bids
+    def _messages(self, payload: BatchPayload) -> dict[str, StoredMessage]:
+        found = {}
+        orders = set(m.order for m in payload.matches)
+        for digest in payload.digests:
+            kind = MessageKind.ORDER if digest in orders else MessageKind.BID
+            stored = self.store.get_message(digest, kind)
+            if stored is None:
+                raise SubmissionError(f"{kind.value} {digest} is in a batch but not in the store")
+            found[digest] = stored
+        return found
 
-    def _message(self, digest: str, kind: MessageKind) -> StoredMessage:
-        stored = self.store.get_message(digest, kind)
-        if stored is None:
-            raise SubmissionError(f"{kind.value} {digest} is in a batch but not in the store")
-        return stored
+    def _call(self, header: tuple, payload: BatchPayload, stored: dict[str, StoredMessage]) -> Any:
+        orders = list(dict.fromkeys(m.order for m in payload.matches))
+        bids = list(dict.fromkeys(m.bid for m in payload.matches))
+        index = {d: i for i, d in enumerate(orders)} | {d: i for i, d in enumerate(bids)}
+        return self.chain.settlement.functions.settle(
+            header,
+            [stored[d].message.as_call_tuple() for d in orders],
+            [stored[d].signature for d in orders],
+            [stored[d].message.as_call_tuple() for d in bids],
+            [stored[d].signature for d in bids],
+            [(index[m.order], index[m.bid], m.units) for m in payload.matches],
+            [(bytes.fromhex(k[2:]), v) for k, v in payload.prices.items()],
+        )
+
+    def _unencodable(self, header: tuple, stored: dict[str, StoredMessage]) -> Refused | None:
+        """The first message the ABI encoder refuses on its own, if one is."""
+        for digest, s in stored.items():
+            is_order = s.kind is MessageKind.ORDER
+            one = [s.message.as_call_tuple()], [s.signature]
+            args = (*one, [], []) if is_order else ([], [], *one)
+            try:
+                self.chain.settlement.functions.settle(header, *args, [], [])._encode_transaction_data()
+            except Exception as exc:  # noqa: BLE001 - any refusal of the encoder blames this message
+                return Refused(digest, f"{s.kind.value} {digest} cannot be ABI-encoded: {exc}")
+        return None
 
     # ----- the culprit of a simulated revert -----
 
-    def _culprit(self, error: DecodedError, payload: dict[str, Any]) -> str | None:
+    def _culprit(self, error: DecodedError, payload: BatchPayload, stored: dict[str, StoredMessage]) -> str | None:
         """The digest of the message a custom error blames, if it blames one."""
-        orders = list(dict.fromkeys(m["order"] for m in payload["matches"]))
-        bids = list(dict.fromkeys(m["bid"] for m in payload["matches"]))
+        orders = list(dict.fromkeys(m.order for m in payload.matches))
+        bids = list(dict.fromkeys(m.bid for m in payload.matches))
         args = error.args
         if error.name == "MessageForOtherMatcher":
             return "0x" + bytes(args["digest"]).hex()
         if error.name == "ZeroCostLease":  # too short or too small an order for any cost
-            return payload["matches"][args["matchIndex"]]["order"]
-        if "orderIndex" in args and error.name != "MarketMismatch":
+            return payload.matches[args["matchIndex"]].order
+        if "orderIndex" in args and error.name != "MarketMismatch" and args["orderIndex"] < len(orders):
             return orders[args["orderIndex"]]
-        if "bidIndex" in args:
+        if "bidIndex" in args and args["bidIndex"] < len(bids):
             return bids[args["bidIndex"]]
-        stored = {d: s for d in orders + bids if (s := self.store.get_message(d)) is not None}
         if error.name in ("NonceUsed", "DuplicateNonce"):
             # The (newest, for a duplicate) message of the batch with that signer and nonce.
-            same = [d for d, s in stored.items() if s.message.signer == args["signer"] and s.message.nonce == args["nonce"]]
+            key = (args["signer"], args["nonce"])
+            same = [d for d, s in stored.items() if (s.message.signer, s.message.nonce) == key]
             if same:
                 return max(same, key=lambda d: stored[d].received_at)
         # AccountNotBound(account), InsufficientEscrow(buyer), InsufficientFreeStake(provider), ...:
@@ -170,31 +199,9 @@ class Submitter:
                 return max(pool, key=lambda d: stored[d].received_at)
         return None
 
-    # ----- sending -----
+    # ----- simulation -----
 
-    def settle_round(self, stored: StoredRound) -> list[SettledBatch]:
-        """Sends every batch of `stored` not yet on chain, in order, and confirms the round.
-
-        Resumes from the round's on-chain batch count, so it is safe to call again after a crash.
-        """
-        on_chain = retry_rpc(lambda: self.chain.round_state(self.account.address, stored.id))
-        results = []
-        for batch in stored.batches:
-            if batch.batch < on_chain.batches:
-                if batch.state != "confirmed":
-                    self.store.record_batch_confirmed(stored.id, batch.batch, self._gas_of(batch.tx_hash), batch.tx_hash)
-                continue
-            if on_chain.final:
-                # The round takes no more batches (its span passed, say, after a crash): the
-                # batches left out hold only the pricier bids of their markets (see the matcher).
-                log.warning("round %s is final on chain after %s batches; batch %s is not sent",
-                            stored.id, on_chain.batches, batch.batch)
-                break
-            results.append(self._send_batch(stored, batch.batch, batch.payload))
-        self._confirm(stored.id)
-        return results
-
-    def batch_deadline(self, payload: dict[str, Any]) -> int:
+    def batch_deadline(self, payload: BatchPayload, stored: dict[str, StoredMessage]) -> int:
         """The deadline for a batch simulated now.
 
         The chain time of the state it is simulated against plus half the notice period, so it
@@ -204,108 +211,155 @@ class Submitter:
         """
         head = retry_rpc(self.chain.fresh_head)
         deadline = head.timestamp + self.chain.notice_period // 2
-        digests = {m["order"] for m in payload["matches"]} | {m["bid"] for m in payload["matches"]}
-        for digest in digests:
-            stored = self.store.get_message(digest)
-            if stored is not None:
-                deadline = min(deadline, stored.message.deadline)
-        return deadline
+        return min([deadline, *(s.message.deadline for s in stored.values())])
 
-    def simulate(
-        self, round_id: int, index: int, final: bool, deadline: int, payload: dict[str, Any]
-    ) -> tuple[int, None] | tuple[None, tuple[str | None, str]]:
-        """Dry-runs a batch. Returns (gas, None), or (None, (culprit digest or None, reason))."""
-        args, _ = self._call_args(round_id, index, final, deadline, payload)
-        call = self.chain.settlement.functions.settle(*args)
+    def _dry_run(self, header: tuple, payload: BatchPayload, stored: dict[str, StoredMessage]) -> int | Refused:
+        """Gas of the batch, or why it is refused (with the culprit its custom error names)."""
         try:
-            return retry_rpc(lambda: call.estimate_gas({"from": self.account.address})), None
-        except (ContractCustomError, ContractLogicError) as exc:
+            call = self._call(header, payload, stored)
+            call._encode_transaction_data()
+        except Exception as exc:  # noqa: BLE001 - a message the encoder refuses is found below
+            return self._unencodable(header, stored) or Refused(None, f"batch cannot be encoded: {exc}")
+        try:
+            return retry_rpc(lambda: call.estimate_gas({"from": self.account.address}))
+        except (ContractCustomError, ContractLogicError, Web3RPCError) as exc:
             error = self.chain.errors.from_exception(exc)
-            culprit = self._culprit(error, payload) if error else None
-            return None, (culprit, f"round {round_id} batch {index} reverts: {error or exc}")
+            culprit = self._culprit(error, payload, stored) if error else None
+            return Refused(culprit, f"round {header[0]} batch {header[1]} reverts: {error or exc}")
 
-    def _send_batch(self, stored: StoredRound, index: int, payload: dict[str, Any]) -> SettledBatch:
-        final = index == len(stored.batches) - 1
-        for _ in range(len(payload["matches"]) + 1):
-            # The head is read before the dry run, so the state simulated is at least that recent.
-            deadline = self.batch_deadline(payload)
-            gas, failure = self.simulate(stored.id, index, final, deadline, payload)
-            if failure is None:
-                break
-            culprit, reason = failure
-            if culprit is None:  # nothing to drop would change the outcome
-                raise SubmissionError(reason)
-            if index == 0:
-                raise NeedsReclear(culprit, reason)
-            log.warning("round %s: dropping %s: %s", stored.id, culprit, reason)
-            self.store.drop(culprit, f"dropped from round {stored.id}: {reason}")
-            payload = _without(payload, culprit)
-            self.store.replace_batch_payload(stored.id, index, payload)
-        else:
-            raise SubmissionError(f"round {stored.id} batch {index}: could not find a settleable batch")
-        args, _ = self._call_args(stored.id, index, final, deadline, payload)
-        call = self.chain.settlement.functions.settle(*args)
+    def prepare(self, round_id: int, index: int, final: bool, payload: BatchPayload) -> Simulated | Refused:
+        """Dry-runs a batch against the latest state; a refusal names its culprit if any can be found."""
+        stored = self._messages(payload)
+        # The head is read before the dry run, so the state simulated is at least that recent.
+        deadline = self.batch_deadline(payload, stored)
+        header = (round_id, index, final, deadline)
+        outcome = self._dry_run(header, payload, stored)
+        if isinstance(outcome, int):
+            return Simulated(outcome, deadline)
+        if outcome.culprit is None:
+            return self._bisect(header, payload, stored, outcome)
+        return outcome
 
-        tx = call.build_transaction(
-            {
-                "from": self.account.address,
-                "nonce": retry_rpc(lambda: self.w3.eth.get_transaction_count(self.account.address, "pending")),
-                "gas": int(gas * 1.2) + 50_000,
-                "chainId": self.chain.book.chain_id,
-            }
-        )
+    def _bisect(
+        self, header: tuple, payload: BatchPayload, stored: dict[str, StoredMessage], first: Refused
+    ) -> Refused:
+        """Finds the message behind a refusal that names none, by dry-running halves of the batch."""
+        matches = payload.matches
+        while len(matches) > 1:
+            halves = (matches[: len(matches) // 2], matches[len(matches) // 2:])
+            for half in halves:
+                outcome = self._dry_run(header, BatchPayload.of(half, payload.prices), stored)
+                if isinstance(outcome, Refused):
+                    if outcome.culprit is not None:
+                        return outcome
+                    matches = half
+                    break
+            else:
+                # Each half settles alone: the failure needs both (shared funds the chain does not
+                # name); blame the newest message, the one that came last to the shared account.
+                newest = max((d for m in matches for d in (m.order, m.bid)), key=lambda d: stored[d].received_at)
+                return Refused(newest, f"{first.reason}; the batch fails only whole: dropping its newest message")
+        (match,) = matches
+        for d in (match.order, match.bid):
+            if not self._signed_by_its_signer(d, stored[d]):
+                return Refused(d, f"{first.reason}; bisected to {stored[d].kind.value} {d}, whose signature or digest"
+                                  " does not check out")
+        # One match fails: blame the bid only if its order settles with another bid of the batch
+        # (orders carry no receipt, so wrongly leaving one out costs no provider a promise).
+        others = dict.fromkeys(m.bid for m in payload.matches if m.bid != match.bid and m.market == match.market)
+        for other in others:
+            trial = BatchPayload.of([Match(match.order, other, 1, match.market)], payload.prices)
+            if isinstance(self._dry_run(header, trial, stored), int):
+                return Refused(match.bid, f"{first.reason}; bisected to bid {match.bid}")
+        return Refused(match.order, f"{first.reason}; bisected to order {match.order}")
+
+    def _signed_by_its_signer(self, digest: str, stored: StoredMessage) -> bool:
+        """True if the stored body hashes to `digest` and its signature recovers to its signer."""
+        try:
+            computed = stored.message.digest(self.chain.book.domain)
+            signer = recover_signer(computed, stored.signature)
+            return "0x" + computed.hex() == digest and signer == stored.message.signer
+        except Exception:  # noqa: BLE001 - a signature that cannot even be recovered does not check out
+            return False
+
+    # ----- signing and sending -----
+
+    def sign(self, round_id: int, index: int, final: bool, payload: BatchPayload, simulated: Simulated) -> SignedTx:
+        """Signs the batch with the account's next nonce (every earlier batch is decided by now)."""
+        stored = self._messages(payload)
+        call = self._call((round_id, index, final, simulated.deadline), payload, stored)
+        nonce = retry_rpc(lambda: self.w3.eth.get_transaction_count(self.account.address, "pending"))
+        tx = call.build_transaction({
+            "from": self.account.address,
+            "nonce": nonce,
+            "gas": int(simulated.gas * 1.2) + 50_000,
+            "chainId": self.chain.book.chain_id,
+        })
         signed = self.account.sign_transaction(tx)
-        tx_hash = "0x" + bytes(signed.hash).hex()
-        self.store.record_sent(stored.id, index, tx_hash)  # before broadcast: the recovery handle
-        retry_rpc(lambda: self._broadcast(signed.raw_transaction))
-        failpoints.hit("after_broadcast")
-        receipt = retry_rpc(lambda: self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout))
-        if receipt["status"] != 1:
-            reason = f"round {stored.id} batch {index}: transaction {tx_hash} reverted"
-            if index == 0:  # state moved between the dry run and the block: clear again
-                raise NeedsReclear(None, reason)
-            raise SubmissionError(reason)
-        self.store.record_batch_confirmed(stored.id, index, receipt["gasUsed"], tx_hash)
-        return SettledBatch(index, tx_hash, receipt["gasUsed"], len(payload["matches"]))
+        return SignedTx(nonce, bytes(signed.raw_transaction), "0x" + bytes(signed.hash).hex(), simulated.deadline)
 
-    def _broadcast(self, raw: bytes) -> None:
+    def broadcast(self, raw: bytes) -> Broadcast:
+        """Sends a signed transaction once; what became of it is for `fate` to say."""
         try:
             self.w3.eth.send_raw_transaction(raw)
-        except ValueError as exc:  # the node already has it: a retry after a lost answer
-            if "already known" not in str(exc) and "nonce too low" not in str(exc):
-                raise
+            return Broadcast.SENT
+        except Web3RPCError as exc:
+            if _already_known(exc):
+                return Broadcast.ALREADY_KNOWN
+            log.info("broadcast refused (%s): the chain decides", exc)
+            return Broadcast.REFUSED
+        except TRANSIENT as exc:
+            log.info("broadcast answer lost (%s): the chain decides", type(exc).__name__)
+            return Broadcast.LOST
 
-    def _gas_of(self, tx_hash: str | None) -> int | None:
-        if not tx_hash:
-            return None
+    def fate(self, tx: SignedTx) -> TxOutcome:
+        """What the chain says of a signed transaction now. The head and the nonce are read before
+        the receipt, so a transaction mined by then has its receipt seen."""
+        address = self.account.address
+        head = retry_rpc(self.chain.fresh_head)
+        used = retry_rpc(lambda: self.w3.eth.get_transaction_count(address, head.number))
         try:
-            return self.w3.eth.get_transaction_receipt(tx_hash)["gasUsed"]
-        except Exception:  # noqa: BLE001 - a replaced or unknown hash only loses the gas figure
-            return None
+            receipt = retry_rpc(lambda: self.w3.eth.get_transaction_receipt(HexStr(tx.tx_hash)))
+        except TransactionNotFound:
+            receipt = None
+        if receipt is not None:
+            if receipt["status"] != 1:
+                return NotLanded(f"transaction {tx.tx_hash} reverted", reverted=True)
+            return Landed(receipt["gasUsed"], self._fills(receipt))
+        nonce = tx.nonce
+        if nonce is None:  # recorded by an older version: learn the nonce from the node
+            try:
+                nonce = retry_rpc(lambda: self.w3.eth.get_transaction(HexStr(tx.tx_hash)))["nonce"]
+            except TransactionNotFound:
+                return NotLanded(f"transaction {tx.tx_hash} is unknown to the node and has no receipt")
+        if used > nonce:
+            return NotLanded(f"nonce {nonce} was used by another transaction")
+        if tx.deadline and head.timestamp > tx.deadline:
+            return NotLanded(f"chain time {head.timestamp} is past the batch deadline {tx.deadline} (BatchExpired)")
+        return StillPending(f"transaction {tx.tx_hash} (nonce {nonce}) is not mined yet")
 
-    def _confirm(self, round_id: int) -> None:
-        """Applies the fills of every landed batch once the round is final on chain."""
-        on_chain = retry_rpc(lambda: self.chain.round_state(self.account.address, round_id))
-        stored = self.store.get_round(round_id)
-        if not on_chain.final or stored is None:
-            raise SubmissionError(f"round {round_id}: {on_chain.batches} batches on chain but the round is not final")
+    def follow(self, tx: SignedTx, timeout: float) -> TxOutcome:
+        """Broadcasts the same raw transaction again until the chain decides it, or `timeout`."""
+        end = time.monotonic() + timeout
+        next_broadcast = 0.0
+        while True:
+            if tx.raw is not None and time.monotonic() >= next_broadcast:
+                self.broadcast(tx.raw)
+                next_broadcast = time.monotonic() + REBROADCAST_EVERY
+            outcome = self.fate(tx)
+            if not isinstance(outcome, StillPending) or time.monotonic() >= end:
+                return outcome
+            if self.stopping.wait(POLL_EVERY):
+                return outcome
+
+    def _fills(self, receipt: Any) -> dict[str, int]:
+        """digest -> units filled, from the LeaseOpened events of a receipt: what really landed."""
         fills: dict[str, int] = {}
-        for batch in stored.batches[:on_chain.batches]:
-            for m in batch.payload["matches"]:
-                fills[m["order"]] = fills.get(m["order"], 0) + m["units"]
-                fills[m["bid"]] = fills.get(m["bid"], 0) + m["units"]
-        with self.confirm_guard():
-            self.store.confirm_round(round_id, fills)
+        for event in self.chain.settlement.events.LeaseOpened().process_receipt(receipt, errors=DISCARD):
+            for key in ("orderDigest", "bidDigest"):
+                digest = "0x" + bytes(event["args"][key]).hex()
+                fills[digest] = fills.get(digest, 0) + int(event["args"]["units"])
+        return fills
 
-    def await_sent(self, tx_hash: str) -> None:
-        """Gives a transaction broadcast before a crash a moment to be mined."""
-        try:
-            self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=5)
-        except Exception:  # noqa: BLE001 - never broadcast, dropped or pending: the chain state decides
-            pass
-
-
-def _without(payload: dict[str, Any], digest: str) -> dict[str, Any]:
-    matches = [m for m in payload["matches"] if digest not in (m["order"], m["bid"])]
-    markets = {m["market"] for m in matches}
-    return {"matches": matches, "prices": {k: v for k, v in payload["prices"].items() if k in markets}}
+    def round_state(self, round_id: int) -> RoundOnChain:
+        return retry_rpc(lambda: self.chain.round_state(self.account.address, round_id))

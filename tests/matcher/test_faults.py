@@ -1,0 +1,376 @@
+"""Round settlement under faults, through the real matcher process against anvil.
+
+Each test ends with the store equal to the chain (every landed lease of the test is a recorded
+fill, every recorded fill a landed lease, and no message dropped that should not be) and the next
+round settling. Faults: rounds split into several batches (a small block gas limit), a message
+the chain refuses in a later batch and in the first one (a poisoned message no error names), a
+transaction still pending when the matcher is killed (anvil with automine off), one that never
+lands and expires, a lost answer to the broadcast (a fault-injecting JSON-RPC proxy), and the
+round timer stopped while its round waits on the chain.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.rpc_proxy import RpcProxy
+
+from ..conftest import HOUR, UBC
+from .conftest import ADMIN_TOKEN, MatcherProcess, order_body
+
+#: A block gas limit that fits three matches per batch (see `underbid.matcher.submission`).
+SMALL_GAS_LIMIT = 960_000
+
+
+class FaultMatcher(MatcherProcess):
+    """The matcher process with extra command-line options (a round timer, say)."""
+
+    def __init__(self, *args, round_seconds: float = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.round_seconds = round_seconds
+
+    def start(self, failpoint: str | None = None, timeout: float = 60.0) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("UNDERBID_FAILPOINT", "UNDERBID_MATCHER_KEY")}
+        cmd = [
+            sys.executable, "-m", "underbid.cli", "matcher", "run", "--dev",
+            "--rpc", self.rpc, "--deployment", str(self.book), "--db", str(self.db),
+            "--port", str(self.port), "--round-seconds", str(self.round_seconds), "--admin-token", ADMIN_TOKEN,
+        ]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"matcher exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"matcher did not answer within {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def start_block(chain) -> int:
+    return chain.blocks.height + 1
+
+
+@pytest.fixture
+def proc(tmp_path, book_path, chain):
+    made: list[FaultMatcher] = []
+
+    def make(rpc: str | None = None, round_seconds: float = 0) -> FaultMatcher:
+        p = FaultMatcher(rpc or chain.provider.uri, book_path, tmp_path / "matcher.db", tmp_path / "matcher.log",
+                         round_seconds=round_seconds)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.kill()
+
+
+@pytest.fixture
+def automine(chain):
+    """Switches anvil's automine; always back on (and the mempool mined) when the test ends."""
+
+    def set_automine(on: bool) -> None:
+        chain.provider.make_request("evm_setAutomine", [on])
+
+    yield set_automine
+    set_automine(True)
+    chain.provider.make_request("evm_mine", [])
+
+
+@pytest.fixture
+def small_blocks(chain):
+    """A block gas limit that splits rounds into batches of three matches; restored afterwards."""
+    chain.provider.make_request("evm_setBlockGasLimit", [hex(SMALL_GAS_LIMIT)])
+    chain.provider.make_request("evm_mine", [])
+    yield
+    chain.provider.make_request("evm_setBlockGasLimit", [hex(30_000_000)])
+    chain.provider.make_request("evm_mine", [])
+
+
+def digest(message, m) -> str:
+    return "0x" + message.digest(m.domain).hex()
+
+
+def post(http, kind: str, pair) -> str:
+    r = http.post(f"/{kind}", json=order_body(*pair))
+    assert r.status_code == 201, r.text
+    return r.json()["digest"]
+
+
+def close(p: MatcherProcess) -> dict:
+    r = p.close_round()
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def insert_poisoned_bid(db: Path, m, provider, price: int, capacity: int = 1) -> str:
+    """Stores a bid whose signature is another bid's (the chain refuses it with SignerMismatch, an
+    error naming no message), as a message the API let through would be stored."""
+    bid, _ = m.bid(provider, capacity=capacity, price=price)
+    _, foreign_signature = m.bid(provider, capacity=capacity, price=price)
+    d = digest(bid, m)
+    with sqlite3.connect(db) as conn:
+        current = conn.execute("SELECT MIN(id) FROM rounds WHERE state = 'open' AND closed_at IS NULL").fetchone()[0]
+        conn.execute(
+            "INSERT INTO messages (digest, kind, signer, nonce, market, total, deadline, body, signature,"
+            " received_at, intake_round) VALUES (?, 'bid', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (d, bid.provider, str(bid.nonce), bid.market, capacity, bid.deadline, bid.model_dump_json(by_alias=True),
+             foreign_signature, time.time(), current),
+        )
+    return d
+
+
+def assert_store_equals_chain(db: Path, settlement, chain, matcher, start_block: int, dropped: set[str] = frozenset()):
+    """Every lease of this test on chain is a recorded fill and every fill a lease; the dropped
+    messages are exactly `dropped`; no round is left half-settled."""
+    fills: Counter[str] = Counter()
+    for lease in settlement.LeaseOpened.range(start_block, chain.blocks.height + 1):
+        assert lease.matcher == matcher.address
+        fills["0x" + bytes(lease.orderDigest).hex()] += lease.units
+        fills["0x" + bytes(lease.bidDigest).hex()] += lease.units
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT digest, filled, status, reason FROM messages").fetchall()
+        unsettled = conn.execute("SELECT id, state FROM rounds WHERE state IN ('cleared', 'submitted')").fetchall()
+        rounds = conn.execute("SELECT id FROM rounds WHERE state = 'confirmed'").fetchall()
+        mined = dict(conn.execute("SELECT round_id, COUNT(*) FROM batches WHERE state = 'mined' GROUP BY round_id"))
+    stored = {d: (filled, status, reason) for d, filled, status, reason in rows}
+    assert set(fills) <= set(stored), "a landed lease names a message the store does not have"
+    for d, (filled, status, reason) in stored.items():
+        assert filled == fills.get(d, 0), (d, filled, fills.get(d, 0), status, reason)
+        assert (status == "dropped") == (d in dropped), (d, status, reason)
+    assert not unsettled, unsettled
+    for (round_id,) in rounds:
+        assert settlement.rounds(matcher, round_id).batches == mined.get(round_id, 0)
+    return fills
+
+
+def next_round_settles(p: MatcherProcess, m, buyer, provider) -> None:
+    """A fresh pair posted now is matched and settled by the next close."""
+    with p.client() as http:
+        bid = post(http, "bids", m.bid(provider, capacity=1, price=UBC))
+        post(http, "orders", m.order(buyer, units=1, duration=HOUR, max_price=2 * UBC))
+        report = close(p)
+        assert report["state"] == "confirmed", report
+        assert http.get(f"/bids/{bid}").json()["filled"] == 1
+
+
+@pytest.fixture
+def players(accounts, market):
+    buyers, providers = list(accounts[10:14]), list(accounts[20:26])
+    for b in buyers:
+        market.fund_buyer(b, 200 * UBC)
+    for p in providers:
+        market.stake_provider(p, 6)
+    return buyers, providers
+
+
+def test_a_split_round_drops_a_refused_message_in_a_later_batch(
+    market, players, settlement, chain, matcher, proc, small_blocks, start_block
+):
+    m, (buyers, providers) = market, players
+    p = proc()
+    p.start()
+    with p.client() as http:
+        # Six one-unit bids at rising prices and six orders: two batches of three matches.
+        for i, provider in enumerate(providers[:5]):
+            post(http, "bids", m.bid(provider, capacity=1, price=UBC + i * UBC // 10))
+        poisoned = insert_poisoned_bid(p.db, m, providers[5], price=2 * UBC)  # the priciest: the last batch
+        for i in range(6):
+            post(http, "orders", m.order(buyers[i % 4], units=1, duration=HOUR, max_price=3 * UBC))
+        report = close(p)
+        assert report["state"] == "confirmed", report
+        view = http.get(f"/rounds/{report['round_id']}").json()
+        assert [b["state"] for b in view["batches"]] == ["mined", "mined"]
+        assert http.get(f"/bids/{poisoned}").json()["status"] == "dropped"
+    assert settlement.rounds(matcher, report["round_id"]).batches == 2
+    fills = assert_store_equals_chain(p.db, settlement, chain, matcher, start_block, {poisoned})
+    assert sum(fills.values()) == 2 * 5  # five matches landed, each counted for its order and its bid
+    next_round_settles(p, m, buyers[0], providers[0])
+    assert_store_equals_chain(p.db, settlement, chain, matcher, start_block, {poisoned})
+
+
+def test_a_poisoned_message_in_the_first_batch_is_found_and_the_round_goes_on(
+    market, players, settlement, chain, matcher, proc, start_block
+):
+    m, (buyers, providers) = market, players
+    p = proc()
+    p.start()
+    with p.client() as http:
+        good = [post(http, "bids", m.bid(provider, capacity=1, price=2 * UBC)) for provider in providers[:3]]
+        # The cheapest bids, so the clearing matches them first; neither error names them.
+        poisoned = {insert_poisoned_bid(p.db, m, providers[3], price=UBC),
+                    insert_poisoned_bid(p.db, m, providers[4], price=UBC)}
+        for buyer in buyers[:3]:
+            post(http, "orders", m.order(buyer, units=1, duration=HOUR, max_price=3 * UBC))
+        report = close(p)
+        assert report["state"] == "confirmed", report
+        assert report["dropped"] == 2
+        for d in good:
+            assert http.get(f"/bids/{d}").json()["filled"] == 1
+    assert_store_equals_chain(p.db, settlement, chain, matcher, start_block, poisoned)
+    next_round_settles(p, m, buyers[0], providers[0])
+
+
+def test_three_refused_messages_among_five_do_not_exhaust_the_round(
+    market, players, settlement, chain, matcher, proc, start_block
+):
+    m, (buyers, providers) = market, players
+    p = proc()
+    p.start()
+    with p.client() as http:
+        good = [post(http, "bids", m.bid(provider, capacity=1, price=2 * UBC)) for provider in providers[:2]]
+        poisoned = {insert_poisoned_bid(p.db, m, provider, price=UBC) for provider in providers[2:5]}
+        for buyer in buyers[:2]:
+            post(http, "orders", m.order(buyer, units=1, duration=HOUR, max_price=3 * UBC))
+        report = close(p)
+        assert report["state"] == "confirmed", report
+        assert report["dropped"] == 3
+        for d in good:
+            assert http.get(f"/bids/{d}").json()["filled"] == 1
+    assert_store_equals_chain(p.db, settlement, chain, matcher, start_block, poisoned)
+
+
+def test_a_transaction_pending_at_restart_is_followed_not_replaced(
+    market, players, settlement, chain, matcher, proc, automine, start_block
+):
+    m, (buyers, providers) = market, players
+    p = proc()
+    p.start()
+    with p.client() as http:
+        bid = post(http, "bids", m.bid(providers[0], capacity=2, price=UBC))
+        order = post(http, "orders", m.order(buyers[0], units=2, duration=HOUR, max_price=2 * UBC))
+    automine(False)
+    closing = threading.Thread(target=lambda: pytest.raises(httpx.HTTPError, p.close_round), daemon=True)
+    closing.start()
+    w3 = chain.provider.web3
+    deadline = time.monotonic() + 60
+    while w3.eth.get_transaction_count(matcher.address, "pending") == w3.eth.get_transaction_count(matcher.address):
+        assert time.monotonic() < deadline, "the matcher never broadcast its batch"
+        time.sleep(0.2)
+    p.kill()  # SIGKILL while it waits for the receipt
+    closing.join(timeout=10)
+
+    p.start()  # reconciles: the same transaction is still pending, so nothing is re-cleared
+    with p.client() as http:
+        assert http.get("/rounds/1").json()["state"] == "submitted"
+    chain.provider.make_request("evm_mine", [])
+    automine(True)
+    report = close(p)  # follows the pending transaction to its receipt first
+    with p.client() as http:
+        assert http.get("/rounds/1").json()["state"] == "confirmed"
+        assert http.get(f"/bids/{bid}").json()["filled"] == 2
+        assert http.get(f"/orders/{order}").json()["filled"] == 2
+    assert report["round_id"] != 1
+    assert settlement.rounds(matcher, 1).batches == 1
+    assert_store_equals_chain(p.db, settlement, chain, matcher, start_block)
+    next_round_settles(p, m, buyers[1], providers[1])
+    assert_store_equals_chain(p.db, settlement, chain, matcher, start_block)
+
+
+def test_a_transaction_that_expires_unmined_is_cleared_again(
+    market, players, settlement, chain, matcher, proc, automine, start_block, params
+):
+    m, (buyers, providers) = market, players
+    p = proc()
+    p.start()
+    with p.client() as http:
+        bid = post(http, "bids", m.bid(providers[0], capacity=1, price=UBC))
+        post(http, "orders", m.order(buyers[0], units=1, duration=HOUR, max_price=2 * UBC))
+    automine(False)
+    closing = threading.Thread(target=lambda: pytest.raises(httpx.HTTPError, p.close_round), daemon=True)
+    closing.start()
+    w3 = chain.provider.web3
+    deadline = time.monotonic() + 60
+    while w3.eth.get_transaction_count(matcher.address, "pending") == w3.eth.get_transaction_count(matcher.address):
+        assert time.monotonic() < deadline, "the matcher never broadcast its batch"
+        time.sleep(0.2)
+    p.kill()
+    closing.join(timeout=10)
+    # The transaction leaves the mempool and the chain moves past its deadline: it can never land.
+    chain.provider.make_request("anvil_dropAllTransactions", [])
+    chain.provider.make_request("evm_increaseTime", [params.notice_period])
+    chain.provider.make_request("evm_mine", [])
+    automine(True)
+
+    p.start()  # knows the batch never landed (deadline passed, nonce unused): clears it again
+    with p.client() as http:
+        assert http.get("/rounds/1").json()["state"] == "confirmed"
+        assert http.get(f"/bids/{bid}").json()["filled"] == 1
+    assert_store_equals_chain(p.db, settlement, chain, matcher, start_block)
+    next_round_settles(p, m, buyers[1], providers[1])
+
+
+def test_a_lost_broadcast_answer_is_not_a_failed_round(market, players, settlement, chain, matcher, proc, start_block):
+    m, (buyers, providers) = market, players
+    with RpcProxy(chain.provider.uri) as proxy:
+        p = proc(rpc=proxy.url)
+        p.start()
+        with p.client() as http:
+            bid = post(http, "bids", m.bid(providers[0], capacity=1, price=UBC))
+            post(http, "orders", m.order(buyers[0], units=1, duration=HOUR, max_price=2 * UBC))
+            # The node takes the transaction (and anvil mines it) but the answer never arrives:
+            # sent again, the node says "nonce too low", and the receipt decides.
+            proxy.set("drop", methods={"eth_sendRawTransaction"}, times=1)
+            report = close(p)
+            assert report["state"] == "confirmed", report
+            assert http.get(f"/bids/{bid}").json()["filled"] == 1
+        assert proxy.seen.count("eth_sendRawTransaction") >= 2
+        assert settlement.rounds(matcher, report["round_id"]).batches == 1
+        assert_store_equals_chain(p.db, settlement, chain, matcher, start_block)
+        next_round_settles(p, m, buyers[1], providers[1])
+
+
+def test_the_round_timer_settles_and_stops_cleanly_while_waiting_on_the_chain(
+    market, players, settlement, chain, matcher, proc, automine, start_block
+):
+    m, (buyers, providers) = market, players
+    p = proc(round_seconds=1)
+    p.start()
+    with p.client() as http:
+        bid = post(http, "bids", m.bid(providers[0], capacity=1, price=UBC))
+        post(http, "orders", m.order(buyers[0], units=1, duration=HOUR, max_price=2 * UBC))
+        deadline = time.monotonic() + 60
+        while http.get(f"/bids/{bid}").json()["filled"] != 1:
+            assert time.monotonic() < deadline, "the timer never settled the round"
+            time.sleep(0.3)
+        # Next: the timer's round waits on a pending transaction when the process is told to stop.
+        bid2 = post(http, "bids", m.bid(providers[1], capacity=1, price=UBC))
+        automine(False)
+        post(http, "orders", m.order(buyers[1], units=1, duration=HOUR, max_price=2 * UBC))
+    w3 = chain.provider.web3
+    deadline = time.monotonic() + 60
+    while w3.eth.get_transaction_count(matcher.address, "pending") == w3.eth.get_transaction_count(matcher.address):
+        assert time.monotonic() < deadline, "the timer never broadcast its batch"
+        time.sleep(0.2)
+    p.stop()  # SIGTERM: the timer's round returns at once, then the store closes
+    assert p.proc is not None and p.proc.returncode is not None
+    assert "closed database" not in p.log.read_text().lower()
+    chain.provider.make_request("evm_mine", [])
+    automine(True)
+    p.start()
+    with p.client() as http:
+        assert http.get(f"/bids/{bid2}").json()["filled"] == 1
+    assert_store_equals_chain(p.db, settlement, chain, matcher, start_block)
+    with p.client() as http:
+        bid3 = post(http, "bids", m.bid(providers[2], capacity=1, price=UBC))
+        post(http, "orders", m.order(buyers[2], units=1, duration=HOUR, max_price=2 * UBC))
+        deadline = time.monotonic() + 60
+        while http.get(f"/bids/{bid3}").json()["filled"] != 1:
+            assert time.monotonic() < deadline, "the timer never settled the next round"
+            time.sleep(0.3)
+    assert_store_equals_chain(p.db, settlement, chain, matcher, start_block)
