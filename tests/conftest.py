@@ -103,7 +103,9 @@ def governed_by_deployer(deployer, timelock, bme, oracle, chain, params):
 
     for contract in (bme, oracle):
         role = contract.DEFAULT_ADMIN_ROLE()
-        through_timelock(timelock, chain, contract, "grantRole", role, deployer, sender=deployer, delay=params.admin_delay)
+        through_timelock(
+            timelock, chain, contract, "grantRole", role, deployer, sender=deployer, delay=params.admin_delay
+        )
     oracle.setPrice(params.ubt_price, sender=deployer)
     return deployer
 
@@ -156,7 +158,8 @@ class Market:
         self.bind(buyer, matcher)
 
     def stake_provider(self, provider, units: int, matcher=None) -> None:
-        """Stakes `units` of collateral for `provider` and binds it to `matcher` (default: the test matcher) if unbound."""
+        """Stakes `units` of collateral for `provider` and binds it to `matcher` (default: the test matcher)
+        if unbound."""
         amount = units * self.params.stake_per_unit
         self.give_ubt(provider, amount)
         if not self.settlement.providers(provider).registered:

@@ -12,7 +12,7 @@ import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from functools import lru_cache
+from functools import cache
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -113,20 +113,20 @@ def brute_force_gains(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> int
         mo = [o for o in orders if o.market == market]
         mb = [b for b in bids if b.market == market]
 
-        @lru_cache(maxsize=None)
+        @cache
         def best(i: int, caps: tuple[int, ...], mo: tuple[OrderLot, ...] = tuple(mo),
                  mb: tuple[BidLot, ...] = tuple(mb)) -> int:
             if i == len(mo):
                 return 0
             o = mo[i]
             ranges = [range(min(c, o.units) + 1) if compatible(o, b) else range(1)
-                      for b, c in zip(mb, caps)]
+                      for b, c in zip(mb, caps, strict=True)]
             result = 0
             for xs in itertools.product(*ranges):
                 if sum(xs) > o.units:
                     continue
-                here = sum(x * gain(o, b) for x, b in zip(xs, mb))
-                rest = best(i + 1, tuple(c - x for c, x in zip(caps, xs)))
+                here = sum(x * gain(o, b) for x, b in zip(xs, mb, strict=True))
+                rest = best(i + 1, tuple(c - x for c, x in zip(caps, xs, strict=True)))
                 result = max(result, here + rest)
             return result
 

@@ -237,7 +237,9 @@ def ingest(runs: int) -> Iterator[tuple[str, float, str]]:
             devnet.stake(p, (n_single + n_batched) // len(providers))
         signed = _signed_bids(devnet, providers, n_single + n_batched)
         with tempfile.TemporaryDirectory() as tmp:
-            matcher = Matcher(ChainView(connect(devnet.rpc), devnet.book), Store(f"{tmp}/bench.db"), dev_account(MATCHER))
+            matcher = Matcher(
+                ChainView(connect(devnet.rpc), devnet.book), Store(f"{tmp}/bench.db"), dev_account(MATCHER)
+            )
             for bid, sig in signed[:20]:  # warm the chain-fact cache
                 matcher.accept(MessageKind.BID, bid, sig)
             single = signed[20:n_single]

@@ -44,7 +44,9 @@ class Cli:
 
     def __call__(self, *args: str, env: dict[str, str] | None = None, input: str | None = None) -> Any:
         result = self.run(*args, "--json", env=env, input=input)
-        assert result.exit_code == 0, f"underbid {' '.join(args)} -> {result.exit_code}\n{result.stdout}\n{result.stderr}"
+        assert result.exit_code == 0, (
+            f"underbid {' '.join(args)} -> {result.exit_code}\n{result.stdout}\n{result.stderr}"
+        )
         return json.loads(result.stdout)
 
     def fails(self, *args: str, code: int, match: str, env: dict[str, str] | None = None) -> str:

@@ -175,7 +175,9 @@ def test_password_prompt(bad_cli, alice, chain):
     prompt, error = result.stderr.split("error: ")
     assert prompt == "password for alice:" and error.startswith("account 'alice' needs its password")
     result = bad_cli.run("account", "import", "bad", input="0x1234\n")
-    assert result.exit_code == 1 and result.stderr.strip().endswith("that is not a private key: expected 32 bytes as 64 hex digits")
+    assert result.exit_code == 1 and result.stderr.strip().endswith(
+        "that is not a private key: expected 32 bytes as 64 hex digits"
+    )
     bad_cli.fails("account", "new", "alice", code=1, match="already exists", env=PW)
     assert chain.blocks.height == block
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+from pathlib import Path
 
 import httpx
 
@@ -73,4 +73,5 @@ def test_devnet_up_demo_down(tmp_path):
     assert not (tmp_path / "devnet" / "devnet.json").exists()
     assert cli("devnet", "down")["stopped"] is None
     for pid in (up["anvil_pid"], up["matcher_pid"]):
-        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z"
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.parent.exists() or stat.read_text().split(")")[1].split()[0] == "Z"

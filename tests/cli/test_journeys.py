@@ -53,7 +53,13 @@ def test_buyer_journey(cli, settlement, credit, ubt, matcher):
     assert 1_500_000 <= price <= 2_100_000
     [lease] = cli("lease", "list", *me, env=PW)
     cost = 2 * price * 24
-    assert (lease["buyer"], lease["units"], lease["price"], lease["cost"], lease["status"]) == (alice, 2, price, cost, "running")
+    assert (lease["buyer"], lease["units"], lease["price"], lease["cost"], lease["status"]) == (
+        alice,
+        2,
+        price,
+        cost,
+        "running",
+    )
     assert settlement.escrowOf(alice) == (150 * UBC + UBC // 2 - cost, cost)
     assert cli("order", "list", *me, env=PW)[0]["status"] == "filled"
 
@@ -75,7 +81,9 @@ def test_buyer_journey(cli, settlement, credit, ubt, matcher):
     second = cli("order", "create", "--market", H100_8, "--units", "1", "--hours", "1", "--max-price", "3", *me, env=PW)
     requested = cli("order", "cancel", second["digest"][:10], *me, env=PW)
     assert (requested["nonce"], requested["step"], requested["ready_in"]) == (second["nonce"], "requested", 30)
-    assert settlement.cancelRequestedAt(alice, second["nonce"]) != 0 and not settlement.isNonceUsed(alice, second["nonce"])
+    assert settlement.cancelRequestedAt(alice, second["nonce"]) != 0 and not settlement.isNonceUsed(
+        alice, second["nonce"]
+    )
     assert {o["digest"]: o["status"] for o in cli("order", "list", *me, env=PW)}[second["digest"]] == "cancel requested"
     cli.fails("order", "cancel", second["digest"][:10], *me, code=1, match="the notice is not over (ready in", env=PW)
     cli("devnet", "advance", "30s", "--no-price")
@@ -215,7 +223,9 @@ def test_challenge_of_a_correct_round_is_refused(cli, chain, matcher):
 
     block = chain.blocks.height
     # The cheap bid was filled completely, so a pricier winner proves nothing (neither spare unit nor swap).
-    cli.fails("challenge", "--bid", cheap["digest"][:12], "--account", "dev:5", code=1, match="BidFullyFilled(bidDigest=")
+    cli.fails(
+        "challenge", "--bid", cheap["digest"][:12], "--account", "dev:5", code=1, match="BidFullyFilled(bidDigest="
+    )
     # The pricier bid has no pricier witness in its round.
     pricey = cli("bid", "list", "--account", "dev:6")[0]
     cli.fails("challenge", "--bid", pricey["digest"], "--account", "dev:6", code=1, match="nothing to challenge")

@@ -132,7 +132,9 @@ def test_receipt_signer_is_fixed_while_bonded(bond_cli, mia, chain, settlement):
     assert first["receipt_signer"].lower() == signer
     assert cli("matcher", "bond", "--amount", "100", *ME, env=PW)["receipt_signer"].lower() == signer  # kept
     block = chain.blocks.height
-    cli.fails("matcher", "bond", "--amount", "1", "--receipt-signer", mia, *ME, code=1, match="ReceiptSignerFixed(", env=PW)
+    cli.fails(
+        "matcher", "bond", "--amount", "1", "--receipt-signer", mia, *ME, code=1, match="ReceiptSignerFixed(", env=PW
+    )
     assert chain.blocks.height == block
     assert settlement.matchers(mia)[3].lower() == signer
 

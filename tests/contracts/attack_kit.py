@@ -46,7 +46,9 @@ def sign_receipt(m, bid: Bid, round_id: int, issued_at: int, key=None, matcher=N
     """A receipt for `bid` from `matcher` (default: the market's), signed with `key` (default: the
     matcher's own key, its registered receipt signer at deployment)."""
     who = matcher or m.matcher
-    receipt = Receipt(matcher=str(who.address), bid_hash="0x" + digest(bid, m).hex(), round=round_id, issued_at=issued_at)
+    receipt = Receipt(
+        matcher=str(who.address), bid_hash="0x" + digest(bid, m).hex(), round=round_id, issued_at=issued_at
+    )
     return receipt, receipt.sign(key if key is not None else who.private_key, m.domain)
 
 
@@ -90,7 +92,7 @@ class Challenge:
             own,
         )
 
-    def replace(self, **changes) -> "Challenge":
+    def replace(self, **changes) -> Challenge:
         return dataclasses.replace(self, **changes)
 
     def verify(self):

@@ -99,7 +99,9 @@ def test_mint_oracle_update_redeem_makes_no_ubt(chain, oracle, ubt, bme, deploye
 def test_redeem_oracle_update_mint_makes_no_credits(chain, oracle, credit, bme, deployer, attacker, params, move_ppm):
     credits_in = 100_000 * UBC
     before = credit.balanceOf(attacker)
-    back = redeem_then_mint(chain, oracle, bme, deployer, attacker, credits_in, [moved(params.ubt_price, move_ppm)], [1])
+    back = redeem_then_mint(
+        chain, oracle, bme, deployer, attacker, credits_in, [moved(params.ubt_price, move_ppm)], [1]
+    )
     assert credit.balanceOf(attacker) == before - credits_in + back
     assert back <= less_the_spread(credits_in, params), f"the sandwich made credits: {gain(credits_in, back)}"
 

@@ -13,7 +13,18 @@ import pytest
 
 from ..conftest import H100, HOUR, UBC
 from ..reverts import reverts
-from .attack_kit import P_CHEAP, P_DEAR, Challenge, as_matcher, at, at_least, bond_matcher, digest, head_time, sign_receipt
+from .attack_kit import (
+    P_CHEAP,
+    P_DEAR,
+    Challenge,
+    as_matcher,
+    at,
+    at_least,
+    bond_matcher,
+    digest,
+    head_time,
+    sign_receipt,
+)
 
 ACTIONS = ["withdrawal", "unstake", "cancel-order", "cancel-bid", "rebind", "all"]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from ..reverts import reverts
 from ..conftest import UBC
+from ..reverts import reverts
 from .attack_kit import (
     P_DEAR,
     as_matcher,

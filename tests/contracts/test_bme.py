@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import pytest
 
 from ..band import Band
-from ..reverts import reverts
 from ..conftest import UBC, UBT
+from ..reverts import reverts
 
 BPS = 10_000
 SCALE = 10**20  # 10^(18 + 8 - 6): UBT decimals + oracle decimals - credit decimals
@@ -126,7 +126,9 @@ def test_quote_functions_match_reference(bme, params):
         (7 * UBT - 1, 3_712_345_678),  # $37.12345678
     ],
 )
-def test_mint_credits_burns_ubt_at_price_minus_spread(chain, oracle, ubt, credit, bme, deployer, holder, ubt_in, price, params):
+def test_mint_credits_burns_ubt_at_price_minus_spread(
+    chain, oracle, ubt, credit, bme, deployer, holder, ubt_in, price, params
+):
     settle_price(chain, oracle, deployer, price, params.oracle_price_lag)
     expected = quote_mint(ubt_in, price, params.mint_spread_bps)
     assert expected >= params.min_mint_credits
@@ -153,7 +155,9 @@ def test_mint_credits_burns_ubt_at_price_minus_spread(chain, oracle, ubt, credit
     ("credits_in", "price"),
     [(123_456_789, 2 * 10**8), (987_654_321, 123_456_789), (10**9 + 1, 3_712_345_678), (77, 5_000_000)],
 )
-def test_redeem_mints_ubt_at_oracle_price(chain, oracle, ubt, credit, bme, deployer, redeemer, credits_in, price, params):
+def test_redeem_mints_ubt_at_oracle_price(
+    chain, oracle, ubt, credit, bme, deployer, redeemer, credits_in, price, params
+):
     settle_price(chain, oracle, deployer, price, params.oracle_price_lag)
     expected = quote_redeem(credits_in, price)
     assert bme.quoteRedeem(credits_in) == expected
@@ -182,7 +186,9 @@ def test_round_trip_loses_exactly_the_spread(ubt, credit, bme, holder, params):
     assert credit.balanceOf(holder) == 0
 
 
-def test_mint_and_redeem_use_the_band_ends_and_quotes_say_so(chain, oracle, ubt, credit, bme, deployer, holder, redeemer, params):
+def test_mint_and_redeem_use_the_band_ends_and_quotes_say_so(
+    chain, oracle, ubt, credit, bme, deployer, holder, redeemer, params
+):
     lag, p0 = params.oracle_price_lag, params.ubt_price
     t = (chain.blocks.head.timestamp // lag + 3) * lag  # a period start, the seeded price alone since
     band = Band(lag)
@@ -381,7 +387,9 @@ def test_running_totals_move_exactly(chain, oracle, ubt, credit, bme, deployer, 
 # --------------------------------------------------------------------------------------------
 
 
-def test_circuit_breaker_halts_redemption_and_drains(governed_by_deployer, chain, ubt, credit, bme, deployer, holder, redeemer, params):
+def test_circuit_breaker_halts_redemption_and_drains(
+    governed_by_deployer, chain, ubt, credit, bme, deployer, holder, redeemer, params
+):
     cap, window = 100 * UBT, 997  # a prime window, so the drain rounds
     unit = quote_redeem(1, params.ubt_price)  # UBT for one credit base unit at $2: 5e11 wei
     t0 = chain.blocks.head.timestamp + 1
@@ -454,7 +462,9 @@ def test_circuit_breaker_halts_redemption_and_drains(governed_by_deployer, chain
     assert ubt.balanceOf(redeemer) == held + cap
 
 
-def test_minting_cannot_push_the_bucket_below_zero(governed_by_deployer, chain, bme, deployer, holder, redeemer, params):
+def test_minting_cannot_push_the_bucket_below_zero(
+    governed_by_deployer, chain, bme, deployer, holder, redeemer, params
+):
     cap, window = 100 * UBT, 1_000
     t0 = chain.blocks.head.timestamp + 1
     at(chain, t0)

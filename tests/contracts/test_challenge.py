@@ -64,7 +64,9 @@ def court_of(m):
 def sign_receipt(m, bid: Bid, round_id: int, issued_at: int, key=None, matcher=None) -> tuple[Receipt, bytes]:
     """The receipt of `matcher` (default: the test matcher) for `bid`, signed with `key` (default: the matcher's)."""
     matcher = matcher or m.matcher
-    receipt = Receipt(matcher=str(matcher.address), bid_hash="0x" + digest(bid, m).hex(), round=round_id, issued_at=issued_at)
+    receipt = Receipt(
+        matcher=str(matcher.address), bid_hash="0x" + digest(bid, m).hex(), round=round_id, issued_at=issued_at
+    )
     return receipt, receipt.sign(key if key is not None else matcher.private_key, m.domain)
 
 
@@ -96,7 +98,9 @@ class Scene:
     witness: tuple[Bid, bytes]
     start: int
 
-    def args(self, *, round_id=None, receipt=None, bid=None, order=None, witness=None, order_digest=None, own=None) -> tuple:
+    def args(
+        self, *, round_id=None, receipt=None, bid=None, order=None, witness=None, order_digest=None, own=None
+    ) -> tuple:
         r, r_sig = receipt or self.receipt
         b, b_sig = bid or self.bid
         w, _ = witness or self.witness
@@ -158,7 +162,9 @@ def pass_over(
     if settle_at is not None:
         chain.pending_timestamp = settle_at
     if fill:
-        tx = m.settle([o], [w, b], [(0, 0, 2), (0, 1, fill)], {market: max(w[0].price, P_CHEAP)}, round_id=rid, sender=sender)
+        tx = m.settle(
+            [o], [w, b], [(0, 0, 2), (0, 1, fill)], {market: max(w[0].price, P_CHEAP)}, round_id=rid, sender=sender
+        )
     else:
         tx = m.settle([o], [w], [(0, 0, 2)], {market: w[0].price}, round_id=rid, sender=sender)
     assert m.settlement.isRoundFinal(who, rid)
@@ -186,7 +192,9 @@ def scene(funded, chain, buyers, providers) -> Scene:
 
 
 @pytest.mark.parametrize("fill", [0, 1, 2], ids=["dropped", "partly-filled-1", "partly-filled-2"])
-def test_passed_over_bid_slashes_the_matcher(funded, chain, ubt, settlement, court, matcher, buyers, providers, params, fill):
+def test_passed_over_bid_slashes_the_matcher(
+    funded, chain, ubt, settlement, court, matcher, buyers, providers, params, fill
+):
     m = funded
     s = pass_over(m, chain, providers[0], providers[1], buyers[0], fill=fill)
     assert settlement.remainingOf(s.bid_digest, providers[0], s.bid[0].nonce, 3) == 3 - fill
@@ -216,7 +224,9 @@ def test_passed_over_bid_slashes_the_matcher(funded, chain, ubt, settlement, cou
     assert event.matcher == matcher.address and event.round == s.round_id
     assert bytes(event.bidDigest) == s.bid_digest and event.challenger == providers[0].address
     assert (event.slashed, event.toChallenger, event.burned) == (slashed, to_challenger, burned)
-    assert court.challenged(keccak(encode(["address", "uint64", "bytes32"], [matcher.address, s.round_id, s.bid_digest])))
+    assert court.challenged(
+        keccak(encode(["address", "uint64", "bytes32"], [matcher.address, s.round_id, s.bid_digest]))
+    )
 
     # The slashed matcher is now under the minimum bond: it cannot settle until it tops up.
     assert not settlement.isBondedMatcher(matcher)
@@ -234,7 +244,9 @@ def test_only_the_court_slashes(scene, settlement, matcher, outsider, params):
     assert settlement.matchers(matcher).bond == params.min_matcher_bond
 
 
-def test_each_passed_over_bid_is_its_own_challenge(funded, chain, ubt, settlement, court, matcher, buyers, providers, params):
+def test_each_passed_over_bid_is_its_own_challenge(
+    funded, chain, ubt, settlement, court, matcher, buyers, providers, params
+):
     """Two cheaper receipted bids passed over in one round: each proves the round wrong once."""
     m = funded
     b1 = m.bid(providers[0], price=P_CHEAP)
@@ -260,7 +272,9 @@ def test_a_receipt_covers_later_rounds_too(funded, chain, settlement, court, mat
     m = funded
     b = m.bid(providers[0], price=P_CHEAP)
     receipt = sign_receipt(m, b[0], 1, head_time(chain))
-    m.settle([m.order(buyers[1], units=1)], [m.bid(providers[2], price=P_CHEAP)], [(0, 0, 1)], {H100: P_CHEAP}, round_id=1)
+    m.settle(
+        [m.order(buyers[1], units=1)], [m.bid(providers[2], price=P_CHEAP)], [(0, 0, 1)], {H100: P_CHEAP}, round_id=1
+    )
     o, w = m.order(buyers[0]), m.bid(providers[1], price=P_DEAR)
     tx = m.settle([o], [w], [(0, 0, 2)], {H100: P_DEAR}, round_id=2)
     s = Scene(m, 2, providers[0], b, receipt, o, w, lease_start(m, tx, o, w))
@@ -294,14 +308,23 @@ def test_window_of_a_later_batch_runs_from_its_own_lease(funded, chain, settleme
     m = funded
     b = m.bid(providers[0], price=P_CHEAP)
     receipt = sign_receipt(m, b[0], 1, head_time(chain))
-    m.settle([m.order(buyers[1], units=1)], [m.bid(providers[2], price=P_CHEAP)], [(0, 0, 1)], {H100: P_DEAR}, round_id=1, final=False)
+    m.settle(
+        [m.order(buyers[1], units=1)],
+        [m.bid(providers[2], price=P_CHEAP)],
+        [(0, 0, 1)],
+        {H100: P_DEAR},
+        round_id=1,
+        final=False,
+    )
     opened = settlement.rounds(m.matcher, 1).openedAt
     chain.pending_timestamp = opened + params.max_round_span
     o, w = m.order(buyers[0]), m.bid(providers[1], price=P_DEAR)
     tx = m.settle([o], [w], [(0, 0, 2)], {H100: P_DEAR}, round_id=1, batch=1)
     s = Scene(m, 1, providers[0], b, receipt, o, w, lease_start(m, tx, o, w))
     assert s.start == opened + params.max_round_span
-    (closes, start, end) = settlement.challengeTermsOf(settlement.leaseIdOf(m.matcher, 1, digest(o[0], m), digest(w[0], m)))
+    (closes, start, end) = settlement.challengeTermsOf(
+        settlement.leaseIdOf(m.matcher, 1, digest(o[0], m), digest(w[0], m))
+    )
     assert (closes, start, end - start) == (s.closes, s.start, 2 * HOUR)
     chain.pending_timestamp = s.closes
     s.challenge()
@@ -404,7 +427,7 @@ def test_honest_round_every_receipted_bid_every_lease(funded, chain, settlement,
     by_digest = {digest(b, m): (b, sig) for b, sig in bids}
     orders_by_digest = {digest(o, m): (o, sig) for o, sig in orders}
     seen = {}
-    for (b, b_sig), receipt in zip(bids, receipts):
+    for (b, b_sig), receipt in zip(bids, receipts, strict=True):
         provider = next(p for p in providers if p.address == b.provider)
         for lease in leases:
             scene = Scene(m, 1, provider, (b, b_sig), receipt, orders_by_digest[bytes(lease.orderDigest)],
@@ -421,7 +444,12 @@ def test_honest_round_every_receipted_bid_every_lease(funded, chain, settlement,
     assert seen[(p[0], p[2])] == "WitnessDurationTooLong"
     assert seen[(p[3], p[0])] == "WitnessMarketMismatch"
     assert seen[(p[0], p[1])] == "BidFullyFilled"  # the cheapest bid was used up first
-    assert set(seen.values()) <= {"BidFullyFilled", "WitnessNotPricier", "WitnessDurationTooLong", "WitnessMarketMismatch"}
+    assert set(seen.values()) <= {
+        "BidFullyFilled",
+        "WitnessNotPricier",
+        "WitnessDurationTooLong",
+        "WitnessMarketMismatch",
+    }
     assert settlement.matchers(m.matcher).bond == m.params.min_matcher_bond
 
 
@@ -443,7 +471,9 @@ def test_round_not_final(funded, chain, settlement, court, buyers, providers):
     with reverts(court.RoundNotFinal, round=5):
         s.challenge(round_id=5)
     # The final batch closes the round, and the lease from batch 0 is a witness.
-    m.settle([m.order(buyers[1])], [m.bid(providers[2], price=P_DEAR)], [(0, 0, 1)], {H100: P_DEAR}, round_id=4, batch=1)
+    m.settle(
+        [m.order(buyers[1])], [m.bid(providers[2], price=P_DEAR)], [(0, 0, 1)], {H100: P_DEAR}, round_id=4, batch=1
+    )
     s.challenge()
 
 
@@ -476,7 +506,9 @@ def test_forged_receipt(court, scene, settlement, matcher, outsider):
         scene.challenge(receipt=(r, scene.receipt[1][:64]))
 
 
-def test_receipt_from_another_matcher(funded, chain, accounts, settlement, court, matcher, buyers, providers, outsider, params):
+def test_receipt_from_another_matcher(
+    funded, chain, accounts, settlement, court, matcher, buyers, providers, outsider, params
+):
     m = funded
     bond(m, outsider, params.min_matcher_bond)
     assert settlement.isBondedMatcher(outsider)
@@ -771,7 +803,11 @@ def test_bond_matcher(market, ubt, settlement, outsider, params):
     held = ubt.balanceOf(settlement)
     tx = settlement.bondMatcher(params.min_matcher_bond - 1, outsider, sender=outsider)
     [event] = tx.decode_logs(settlement.MatcherBonded)
-    assert (event.matcher, event.amount, event.bond) == (outsider.address, params.min_matcher_bond - 1, params.min_matcher_bond - 1)
+    assert (event.matcher, event.amount, event.bond) == (
+        outsider.address,
+        params.min_matcher_bond - 1,
+        params.min_matcher_bond - 1,
+    )
     assert not settlement.isBondedMatcher(outsider)
     settlement.bondMatcher(1, outsider, sender=outsider)
     assert settlement.isBondedMatcher(outsider)
@@ -844,7 +880,9 @@ def test_leaving_does_not_escape_a_challenge(funded, chain, ubt, settlement, mat
     assert ubt.balanceOf(matcher) == balance + params.min_matcher_bond // 2
 
 
-def test_exit_waits_for_the_last_leases_window(funded, chain, timelock, deployer, ubt, settlement, matcher, buyers, providers, params):
+def test_exit_waits_for_the_last_leases_window(
+    funded, chain, timelock, deployer, ubt, settlement, matcher, buyers, providers, params
+):
     """With a shorter exit delay, the bond still stays until the last lease's window has closed."""
     m = funded
     p = params.core_params()
@@ -866,7 +904,9 @@ def test_exit_waits_for_the_last_leases_window(funded, chain, timelock, deployer
     assert settlement.matchers(matcher).bond == 0
 
 
-def test_a_challenge_after_the_exit_delay_finds_the_window_closed(funded, chain, settlement, court, matcher, buyers, providers, params):
+def test_a_challenge_after_the_exit_delay_finds_the_window_closed(
+    funded, chain, settlement, court, matcher, buyers, providers, params
+):
     m = funded
     s = pass_over(m, chain, providers[0], providers[1], buyers[0])
     chain.pending_timestamp = s.start + 1
@@ -888,7 +928,9 @@ def test_exit_delay_must_outlast_the_challenge_window(settlement, timelock, chai
     assert p[7] == params.matcher_exit_delay > window + span
 
     def set_params(new):
-        return through_timelock(timelock, chain, settlement, "setParams", new, sender=deployer, delay=params.admin_delay)
+        return through_timelock(
+            timelock, chain, settlement, "setParams", new, sender=deployer, delay=params.admin_delay
+        )
 
     with reverts(settlement.InvalidParameter, name="matcherExitDelay"):
         set_params(p[:7] + (window + span,) + p[8:])
@@ -898,7 +940,9 @@ def test_exit_delay_must_outlast_the_challenge_window(settlement, timelock, chai
     assert settlement.params().matcherExitDelay == window + span + 1
 
 
-def test_provider_leaving_the_matcher_voids_the_receipt(funded, chain, settlement, court, matcher, buyers, providers, outsider, params):
+def test_provider_leaving_the_matcher_voids_the_receipt(
+    funded, chain, settlement, court, matcher, buyers, providers, outsider, params
+):
     """An honest matcher must not be slashable for a bid it could not count on.
 
     After the receipt, the provider asks to move to another matcher. An honest matcher takes no
@@ -922,7 +966,9 @@ def test_provider_leaving_the_matcher_voids_the_receipt(funded, chain, settlemen
     assert settlement.matchers(matcher).bond == params.min_matcher_bond
 
 
-def test_provider_change_before_the_receipt_does_not_excuse(funded, chain, settlement, court, matcher, buyers, providers, outsider, params):
+def test_provider_change_before_the_receipt_does_not_excuse(
+    funded, chain, settlement, court, matcher, buyers, providers, outsider, params
+):
     """A binding change asked for (and withdrawn) before the receipt was issued is old news."""
     m = funded
     settlement.bindMatcher(outsider, sender=providers[0])

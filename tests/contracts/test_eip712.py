@@ -59,7 +59,12 @@ def test_fast_signing_equals_eth_account_signing(domain, matcher):
 
 
 def test_digest_of_values_equals_the_models_digest(domain, matcher):
-    values = {"matcher": str(matcher.address), "bid_hash": "0x" + "ef" * 32, "round": 2**33 + 1, "issued_at": 1_700_000_456}
+    values = {
+        "matcher": str(matcher.address),
+        "bid_hash": "0x" + "ef" * 32,
+        "round": 2**33 + 1,
+        "issued_at": 1_700_000_456,
+    }
     assert Receipt.digest_of(domain, values) == Receipt(**values).digest(domain)
 
 
@@ -73,7 +78,9 @@ def test_messages_sign_the_matcher(market, settlement, domain, buyers, providers
     other_bid = bid.model_copy(update={"matcher": str(outsider.address)})
     assert bytes(settlement.hashBid(other_bid.as_call_tuple())) == other_bid.digest(domain)
     assert other_bid.digest(domain) != bid.digest(domain)
-    receipt = Receipt(matcher=str(market.matcher.address), bid_hash="0x" + bid.digest(domain).hex(), round=1, issued_at=5)
+    receipt = Receipt(
+        matcher=str(market.matcher.address), bid_hash="0x" + bid.digest(domain).hex(), round=1, issued_at=5
+    )
     other_receipt = receipt.model_copy(update={"matcher": str(outsider.address)})
     assert bytes(settlement.hashReceipt(other_receipt.as_call_tuple())) == other_receipt.digest(domain)
     assert other_receipt.digest(domain) != receipt.digest(domain)

@@ -52,7 +52,9 @@ def many(accounts, market):
 def _batch(market, buyers, providers, n):
     # Each signer's nonces run 1, 2, 3, ... (as the CLI issues them), so the figures do not
     # depend on which tests ran before and moved the shared nonce counter across a bitmap word.
-    orders = [market.order(buyers[i % len(buyers)], units=1, duration=HOUR, nonce=1 + i // len(buyers)) for i in range(n)]
+    orders = [
+        market.order(buyers[i % len(buyers)], units=1, duration=HOUR, nonce=1 + i // len(buyers)) for i in range(n)
+    ]
     bids = [market.bid(providers[i % len(providers)], capacity=1, nonce=1 + i // len(providers)) for i in range(n)]
     return orders, bids, [(i, i, 1) for i in range(n)]
 

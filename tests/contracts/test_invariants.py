@@ -55,7 +55,6 @@ from hypothesis.stateful import (
 from web3.exceptions import ContractLogicError as Web3ContractLogicError
 
 from underbid.protocol.eip712 import Bid, Order
-
 from underbid.protocol.markets import market_id
 
 from ..conftest import A100, H100, HOUR, UBC, UBT
@@ -239,9 +238,14 @@ class ChainReader:
         body = []
         for n, (contract, fn, *args) in enumerate(calls):
             address, selector, in_types, _, _ = self.methods[contract, fn]
-            args = [bytes.fromhex(a[2:]) if t.startswith("bytes") and isinstance(a, str) else a for t, a in zip(in_types, args)]
+            args = [
+                bytes.fromhex(a[2:]) if t.startswith("bytes") and isinstance(a, str) else a
+                for t, a in zip(in_types, args, strict=True)
+            ]
             data = "0x" + (selector + abi_encode(in_types, args)).hex()
-            body.append({"jsonrpc": "2.0", "id": n, "method": "eth_call", "params": [{"to": address, "data": data}, "latest"]})
+            body.append(
+                {"jsonrpc": "2.0", "id": n, "method": "eth_call", "params": [{"to": address, "data": data}, "latest"]}
+            )
         replies = sorted(self.session.post(self.uri, json=body, timeout=60).json(), key=lambda r: r["id"])
         out = {}
         for call, reply in zip(calls, replies, strict=True):
@@ -418,7 +422,8 @@ class ProtocolMachine(RuleBasedStateMachine):
         return None if stop >= lease.end else stop + self.grace + 1
 
     def _fault_pending(self, lease: LeaseM) -> bool:
-        """A fault is reportable: the lease can only end through reportFault (claim/heartbeat skip it, close reverts)."""
+        """A fault is reportable: the lease can only end through reportFault (claim/heartbeat skip it,
+        close reverts)."""
         reportable = self._reportable_at(lease)
         return reportable is not None and self.t >= reportable
 
@@ -513,7 +518,8 @@ class ProtocolMachine(RuleBasedStateMachine):
         return msg
 
     def _new_bid(self, data, batch: Batch | None = None, **given) -> Msg:
-        """A freshly signed bid naming the batch's matcher, by a provider bound to it; the fields not given are drawn."""
+        """A freshly signed bid naming the batch's matcher, by a provider bound to it; the fields not given
+        are drawn."""
         draws = dict(
             provider=lambda: data.draw(st.sampled_from(batch.providers), label="provider"),
             matcher=lambda: batch.matcher,
@@ -592,8 +598,13 @@ class ProtocolMachine(RuleBasedStateMachine):
             order = self._new_order(data, batch, market=market, duration=data.draw(
                 st.integers(self.min_duration, 1800), label="duration"),
                 max_price=data.draw(st.integers(price, 5 * UBC), label="maxPrice"))
-            bid = self._new_bid(data, batch, market=market, price=data.draw(st.integers(UBC // 2, price), label="bid price"),
-                                max_duration=data.draw(st.integers(order.message.duration, 3600), label="maxDuration"))
+            bid = self._new_bid(
+                data,
+                batch,
+                market=market,
+                price=data.draw(st.integers(UBC // 2, price), label="bid price"),
+                max_duration=data.draw(st.integers(order.message.duration, 3600), label="maxDuration"),
+            )
             batch.orders.append(order)
             batch.bids.append(bid)
         return self._match(data, batch, paired=True)
@@ -615,7 +626,9 @@ class ProtocolMachine(RuleBasedStateMachine):
                 if not self.min_duration <= om.duration <= bm.max_duration or (o.digest, b.digest) in batch.pairs:
                     continue
                 affordable = ((batch.free_escrow[om.buyer] + 1) * HOUR - 1) // (price * om.duration)
-                cap = min(batch.left[o.digest], batch.left[b.digest], batch.free_stake[bm.provider] // self.spu, affordable)
+                cap = min(
+                    batch.left[o.digest], batch.left[b.digest], batch.free_stake[bm.provider] // self.spu, affordable
+                )
                 least = 1 if paired and oi == bi else 0  # a fresh pair trades whenever it can
                 units = data.draw(st.integers(least, cap), label=f"units {o} x {b}") if cap > 0 else 0
                 if units:
@@ -705,14 +718,28 @@ class ProtocolMachine(RuleBasedStateMachine):
             order, bid = known[od], known[bd]
             duration = order.message.duration
             lease = LeaseM(
-                bytes(ev["leaseId"]), len(self.lease_order) + 1, batch.matcher, ev["buyer"], ev["provider"], ev["units"],
-                ev["price"], duration, ev["start"], ev["end"], paid_until=ev["start"], last_heartbeat=ev["start"],
+                bytes(ev["leaseId"]),
+                len(self.lease_order) + 1,
+                batch.matcher,
+                ev["buyer"],
+                ev["provider"],
+                ev["units"],
+                ev["price"],
+                duration,
+                ev["start"],
+                ev["end"],
+                paid_until=ev["start"],
+                last_heartbeat=ev["start"],
             )
             got = (ev["round"], ev["matcher"], ev["start"], ev["end"], ev["buyer"], ev["provider"])
             want = (round_id, batch.matcher, self.t, self.t + duration, order.signer, bid.signer)
             assert got == want, f"{lease}: LeaseOpened (round, matcher, start, end, buyer, provider) {got} != {want}"
-            lease_id = keccak(abi_encode(["address", "uint64", "bytes32", "bytes32"], [batch.matcher, round_id, od, bd]))
-            assert lease.lease_id == lease_id, f"{lease}: id {lease.lease_id.hex()} != leaseIdOf(matcher, round, od, bd)"
+            lease_id = keccak(
+                abi_encode(["address", "uint64", "bytes32", "bytes32"], [batch.matcher, round_id, od, bd])
+            )
+            assert lease.lease_id == lease_id, (
+                f"{lease}: id {lease.lease_id.hex()} != leaseIdOf(matcher, round, od, bd)"
+            )
             assert lease.lease_id not in self.leases, f"{lease}: a lease id opened twice"
             self.leases[lease.lease_id] = lease
             self.lease_order.append(lease)
@@ -778,7 +805,9 @@ class ProtocolMachine(RuleBasedStateMachine):
         for n, part in enumerate(parts):
             expected = None
             if n == 1:
-                wait = data.draw(st.sampled_from([0, 0, 0, 1, self.span, self.span + 1, None]), label="second batch after")
+                wait = data.draw(
+                    st.sampled_from([0, 0, 0, 1, self.span, self.span + 1, None]), label="second batch after"
+                )
                 if wait is None:
                     break  # the second batch never lands: the round stays open until the span is over
                 if wait and min(m.message.deadline for m in part.orders + part.bids) >= self.t + wait:
@@ -792,9 +821,13 @@ class ProtocolMachine(RuleBasedStateMachine):
                     break
             final = n == len(parts) - 1
             call = self._call((round_id, n, final), part)
-            receipt = self._send(f"settle round {round_id} batch {n}", None, s.settle, *call["args"], sender=call["sender"])
+            receipt = self._send(
+                f"settle round {round_id} batch {n}", None, s.settle, *call["args"], sender=call["sender"]
+            )
             self._apply_batch(matcher, round_id, n, final)
-            assert self._apply_opened(receipt, part, round_id) == self._expected_opened(part), "leases opened != matches"
+            assert self._apply_opened(receipt, part, round_id) == self._expected_opened(part), (
+                "leases opened != matches"
+            )
             landed.append(part)
         prices = self.env.reader.read([("settlement", "clearingPrice", matcher, round_id, m) for m in batch.prices])
         # A split round sends each batch only the prices of the markets it trades in, so a market
@@ -901,7 +934,12 @@ class ProtocolMachine(RuleBasedStateMachine):
             batch.orders.append(self._new_order(data, batch, matcher=other))
         else:
             batch.bids.append(self._new_bid(data, batch, matcher=other))
-        return f"a message naming the other matcher {other}", _error("MessageForOtherMatcher"), self._header(round_id), None
+        return (
+            f"a message naming the other matcher {other}",
+            _error("MessageForOtherMatcher"),
+            self._header(round_id),
+            None,
+        )
 
     def _mut_not_bound(self, data, batch, round_id):
         """A message naming the batch's matcher by an account not bound to it (the outsider, or an
@@ -909,7 +947,12 @@ class ProtocolMachine(RuleBasedStateMachine):
         buyers = [b for b in self.buyer_addrs if self._bound(b) != batch.matcher] + [str(self.env.outsider.address)]
         buyer = data.draw(st.sampled_from(buyers), label="unbound buyer")
         batch.orders.append(self._new_order(data, batch, buyer=buyer))
-        return f"an order of {buyer}, not bound to {batch.matcher}", _error("AccountNotBound"), self._header(round_id), None
+        return (
+            f"an order of {buyer}, not bound to {batch.matcher}",
+            _error("AccountNotBound"),
+            self._header(round_id),
+            None,
+        )
 
     def _mut_duplicate_nonce(self, data, batch, round_id):
         """A (signer, nonce) twice in one batch: the same message again, or another one signed with its nonce."""
@@ -928,8 +971,15 @@ class ProtocolMachine(RuleBasedStateMachine):
     def _used_up(self, batch: Batch) -> list[Msg]:
         """Messages of the batch's matcher and accounts whose nonce is void (filled completely or
         cancelled), still before their deadline."""
-        return [m for m in self.msgs.values() if m.matcher == batch.matcher and self._bound(m.signer) == batch.matcher
-                and self._nonce(m).void and m.message.deadline >= self.t and (m.signer, m.message.nonce) not in batch.taken]
+        return [
+            m
+            for m in self.msgs.values()
+            if m.matcher == batch.matcher
+            and self._bound(m.signer) == batch.matcher
+            and self._nonce(m).void
+            and m.message.deadline >= self.t
+            and (m.signer, m.message.nonce) not in batch.taken
+        ]
 
     def _mut_used_nonce(self, data, batch, round_id):
         msg = data.draw(st.sampled_from(self._used_up(batch)), label="used-up message")
@@ -964,7 +1014,9 @@ class ProtocolMachine(RuleBasedStateMachine):
     def _mut_price_above_max(self, data, batch, round_id):
         oi, bi, _ = data.draw(st.sampled_from(batch.matches), label="match")
         market = batch.orders[oi].message.market
-        low = min(batch.orders[o].message.max_price for o, b, _ in batch.matches if batch.orders[o].message.market == market)
+        low = min(
+            batch.orders[o].message.max_price for o, b, _ in batch.matches if batch.orders[o].message.market == market
+        )
         batch.prices[market] = low + 1
         # A higher price may exhaust a buyer's escrow on an earlier match first.
         allowed = frozenset({"ClearingPriceAboveMaxPrice", "InsufficientEscrow"})
@@ -989,8 +1041,16 @@ class ProtocolMachine(RuleBasedStateMachine):
             self._price_for(data, batch, bid_market)
         order = self._new_order(data, batch, buyer=buyer, market=order_market, units=units, duration=duration,
                                 max_price=price, deadline=self.t + 600)
-        bid = self._new_bid(data, batch, provider=provider, market=bid_market, capacity=units,
-                            price=min(price, batch.prices[bid_market]), max_duration=max_duration, deadline=self.t + 600)
+        bid = self._new_bid(
+            data,
+            batch,
+            provider=provider,
+            market=bid_market,
+            capacity=units,
+            price=min(price, batch.prices[bid_market]),
+            max_duration=max_duration,
+            deadline=self.t + 600,
+        )
         batch.orders.append(order)
         batch.bids.append(bid)
         batch.matches.append((len(batch.orders) - 1, len(batch.bids) - 1, units))
@@ -1038,7 +1098,9 @@ class ProtocolMachine(RuleBasedStateMachine):
             return None
         buyer = data.draw(st.sampled_from(batch.buyers), label="buyer")
         free = batch.free_escrow[buyer]
-        duration = max(-(-(free + 1) * HOUR // price), self.min_duration)  # the smallest duration whose cost exceeds `free`
+        duration = max(
+            -(-(free + 1) * HOUR // price), self.min_duration
+        )  # the smallest duration whose cost exceeds `free`
         self._fresh_pair(data, batch, units=1, duration=duration, max_duration=duration, buyer=buyer,
                          provider=data.draw(st.sampled_from(providers)))
         return (f"a lease costing more than {buyer}'s free escrow {free}", _error("InsufficientEscrow"),
@@ -1063,7 +1125,9 @@ class ProtocolMachine(RuleBasedStateMachine):
         buyer = data.draw(st.sampled_from(self.buyer_addrs), label="buyer")
         balance = self.credits[buyer]
         amount = self._amount(data, balance, "amount")
-        expected = _error("ZeroAmount") if amount == 0 else _error("ERC20InsufficientBalance") if amount > balance else None
+        expected = (
+            _error("ZeroAmount") if amount == 0 else _error("ERC20InsufficientBalance") if amount > balance else None
+        )
         if self._send(f"deposit {amount}", expected, self.env.settlement.deposit, amount, sender=self._sender(buyer)):
             self.credits[buyer] -= amount
             self.escrow[buyer][0] += amount
@@ -1105,10 +1169,13 @@ class ProtocolMachine(RuleBasedStateMachine):
     # -- leases ------------------------------------------------------------------------------
 
     def _provider_leases(self, data, first: LeaseM, pool: list[LeaseM]) -> list[LeaseM]:
-        """`first`, up to two more of its provider's leases from `pool`, and one in ten times a lease of another provider."""
+        """`first`, up to two more of its provider's leases from `pool`, and one in ten times a lease of
+        another provider."""
         provider = first.provider
         others = [x for x in pool if x.provider == provider and x is not first]
-        leases = [first] + (data.draw(st.lists(st.sampled_from(others), max_size=2, unique=True), label="more") if others else [])
+        leases = [first] + (
+            data.draw(st.lists(st.sampled_from(others), max_size=2, unique=True), label="more") if others else []
+        )
         foreign = [x for x in self.lease_order if x.provider != provider]
         if foreign and data.draw(st.integers(0, 9), label="foreign?") == 0:
             leases.append(data.draw(st.sampled_from(foreign), label="foreign lease"))
@@ -1154,7 +1221,9 @@ class ProtocolMachine(RuleBasedStateMachine):
             expected = _error("FaultPending")
         else:
             expected = None
-        receipt = self._send(f"close {lease}", expected, self.env.settlement.close, lease.lease_id, sender=self._sender(caller))
+        receipt = self._send(
+            f"close {lease}", expected, self.env.settlement.close, lease.lease_id, sender=self._sender(caller)
+        )
         if receipt is None:
             return
         paid_events, closed_events = [], []
@@ -1164,14 +1233,20 @@ class ProtocolMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.lease_order)
     @rule(data=st.data())
     def heartbeat(self, data) -> None:
-        """Heartbeats running leases; skips closed, ended and fault-pending ones; reverts only for another provider's lease."""
+        """Heartbeats running leases; skips closed, ended and fault-pending ones; reverts only for another
+        provider's lease."""
         first = self._draw_lease(data, lambda x: self._running(x) and self.t < x.end)
         provider = first.provider
         leases = self._provider_leases(data, first, self.lease_order)
         foreign = any(x.provider != provider for x in leases)
         expected = _error("NotLeaseProvider") if foreign else None
-        receipt = self._send(f"heartbeat {leases}", expected, self.env.settlement.heartbeat, [x.lease_id for x in leases],
-                             sender=self._sender(provider))
+        receipt = self._send(
+            f"heartbeat {leases}",
+            expected,
+            self.env.settlement.heartbeat,
+            [x.lease_id for x in leases],
+            sender=self._sender(provider),
+        )
         if receipt is None:
             return
         skipped, beats = [], []
@@ -1216,7 +1291,9 @@ class ProtocolMachine(RuleBasedStateMachine):
         [log] = receipt.decode_logs(self.env.settlement.FaultReported)
         ev = log.event_arguments
         # Invariant 4: slashing never takes more than the slashable stake, nor the lease's collateral.
-        assert ev["slashed"] <= min(collateral, staked), f"slashed {ev['slashed']}, collateral {collateral}, staked {staked}"
+        assert ev["slashed"] <= min(collateral, staked), (
+            f"slashed {ev['slashed']}, collateral {collateral}, staked {staked}"
+        )
         slashed = collateral * p.slash_bps // BPS
         to_buyer = slashed * p.slash_buyer_bps // BPS
         to_reporter = slashed * p.slash_reporter_bps // BPS
@@ -1322,7 +1399,9 @@ class ProtocolMachine(RuleBasedStateMachine):
             expected = _error("ERC20InsufficientBalance")
         else:
             expected = None
-        receipt = self._send(f"redeem {amount}", expected, self.env.bme.redeem, amount, out, sender=self._sender(account))
+        receipt = self._send(
+            f"redeem {amount}", expected, self.env.bme.redeem, amount, out, sender=self._sender(account)
+        )
         if receipt is None:
             return
         assert receipt.return_value == out
@@ -1338,7 +1417,9 @@ class ProtocolMachine(RuleBasedStateMachine):
         provider = data.draw(st.sampled_from(self.provider_addrs), label="provider")
         balance = self.ubt_bal[provider]
         amount = self._amount(data, min(balance, 300 * UBT), "amount")
-        expected = _error("ZeroAmount") if amount == 0 else _error("ERC20InsufficientBalance") if amount > balance else None
+        expected = (
+            _error("ZeroAmount") if amount == 0 else _error("ERC20InsufficientBalance") if amount > balance else None
+        )
         if self._send(f"stake {amount}", expected, self.env.settlement.stake, amount, sender=self._sender(provider)):
             self.ubt_bal[provider] -= amount
             self.stakes[provider][0] += amount
@@ -1350,7 +1431,9 @@ class ProtocolMachine(RuleBasedStateMachine):
         provider = data.draw(st.sampled_from(self.provider_addrs), label="provider")
         available = self._available_stake(provider)
         amount = self._amount(data, available, "amount")
-        expected = _error("ZeroAmount") if amount == 0 else _error("InsufficientFreeStake") if amount > available else None
+        expected = (
+            _error("ZeroAmount") if amount == 0 else _error("InsufficientFreeStake") if amount > available else None
+        )
         unstake = self.env.settlement.requestUnstake
         if self._send(f"requestUnstake {amount}", expected, unstake, amount, sender=self._sender(provider)):
             account = self.stakes[provider]
@@ -1373,7 +1456,9 @@ class ProtocolMachine(RuleBasedStateMachine):
             expected = _error("UnbondingNotFinished")
         else:
             expected = None
-        receipt = self._send("withdrawUnbonded", expected, self.env.settlement.withdrawUnbonded, sender=self._sender(provider))
+        receipt = self._send(
+            "withdrawUnbonded", expected, self.env.settlement.withdrawUnbonded, sender=self._sender(provider)
+        )
         if receipt is None:
             return
         amount = min(account[2], self._free_stake(provider))  # the announced amount, or the free stake if less now
@@ -1391,7 +1476,10 @@ class ProtocolMachine(RuleBasedStateMachine):
         if not signed:
             return data.draw(st.sampled_from(self.buyer_addrs + self.provider_addrs), label="signer"), [next(_nonces)]
         signer, _ = data.draw(st.sampled_from(signed), label="signer")
-        own = sorted({n for s, n in signed if s == signer} | {n for (s, n), x in self.nonces.items() if s == signer and x.cancel_at})
+        own = sorted(
+            {n for s, n in signed if s == signer}
+            | {n for (s, n), x in self.nonces.items() if s == signer and x.cancel_at}
+        )
         nonces = data.draw(st.lists(st.sampled_from(own), min_size=1, max_size=2, unique=True), label="nonces")
         if data.draw(st.integers(0, 9), label="unknown nonce?") == 0:
             nonces.append(next(_nonces))
@@ -1434,7 +1522,9 @@ class ProtocolMachine(RuleBasedStateMachine):
                 expected = _error("NoticeNotOver")
             if expected:
                 break
-        if self._send(f"cancelNonces {nonces}", expected, self.env.settlement.cancelNonces, nonces, sender=self._sender(signer)):
+        if self._send(
+            f"cancelNonces {nonces}", expected, self.env.settlement.cancelNonces, nonces, sender=self._sender(signer)
+        ):
             for nonce in nonces:
                 self.nonces[signer, nonce].void = True
 
@@ -1445,7 +1535,9 @@ class ProtocolMachine(RuleBasedStateMachine):
         account = data.draw(st.sampled_from(self.buyer_addrs + self.provider_addrs), label="account")
         others = [m for m in self.matcher_addrs if m != self._bound(account)]
         matcher = data.draw(st.sampled_from(others + self.matcher_addrs), label="matcher")
-        self._send(f"bindMatcher {matcher}", None, self.env.settlement.bindMatcher, matcher, sender=self._sender(account))
+        self._send(
+            f"bindMatcher {matcher}", None, self.env.settlement.bindMatcher, matcher, sender=self._sender(account)
+        )
         binding = self.bindings[account]
         current = self._bound(account)
         pending = binding[1] != 0 and self.t < binding[1]
@@ -1499,10 +1591,15 @@ class ProtocolMachine(RuleBasedStateMachine):
         settlement = str(self.env.settlement.address)
         supply = v["credit", "totalSupply"]
         held = {a: v["credit", "balanceOf", a] for a in self.everyone}
-        escrow = {b: [v["settlement", "escrowOf", b]["free"], v["settlement", "escrowOf", b]["locked"]] for b in self.buyer_addrs}
+        escrow = {
+            b: [v["settlement", "escrowOf", b]["free"], v["settlement", "escrowOf", b]["locked"]]
+            for b in self.buyer_addrs
+        }
         escrow_total = sum(free + locked for free, locked in escrow.values())
         in_settlement = v["credit", "balanceOf", settlement]
-        assert in_settlement == escrow_total, f"settlement holds {in_settlement} credits, escrow adds up to {escrow_total}"
+        assert in_settlement == escrow_total, (
+            f"settlement holds {in_settlement} credits, escrow adds up to {escrow_total}"
+        )
         assert supply == escrow_total + sum(held.values()), (
             f"credit supply {supply} != escrow {escrow_total} + held by users {sum(held.values())}"
         )
@@ -1513,7 +1610,9 @@ class ProtocolMachine(RuleBasedStateMachine):
         for buyer in self.buyer_addrs:
             pending = v["settlement", "pendingWithdrawal", buyer]
             got = [pending["amount"], pending["readyAt"]]
-            assert got == self.withdrawals[buyer], f"{buyer}: announced withdrawal {got} != model {self.withdrawals[buyer]}"
+            assert got == self.withdrawals[buyer], (
+                f"{buyer}: announced withdrawal {got} != model {self.withdrawals[buyer]}"
+            )
             available = v["settlement", "availableEscrow", buyer]
             assert available == self._available_escrow(buyer), f"{buyer}: availableEscrow {available}"
         for buyer, (_, locked) in escrow.items():
@@ -1543,14 +1642,17 @@ class ProtocolMachine(RuleBasedStateMachine):
             if lease.closed:
                 # Everything the contract paid out and refunded for the lease (its events).
                 paid, refund = lease.chain_paid, lease.chain_refund
-                assert paid + refund <= limit, f"{lease}: paid {paid} + refunded {refund} > units*price*duration/3600 = {limit}"
+                assert paid + refund <= limit, (
+                    f"{lease}: paid {paid} + refunded {refund} > units*price*duration/3600 = {limit}"
+                )
                 assert paid + refund == limit, f"{lease}: paid {paid} + refunded {refund} != its cost {limit} (dust)"
                 continue
             balances = v["settlement", "leaseBalances", lease.lease_id]
             accrued_unpaid, remaining = balances["accruedUnpaid"], balances["remaining"]
             paid = lease.chain_paid
             assert paid + accrued_unpaid + remaining <= limit, (
-                f"{lease}: paid {paid} + accrued {accrued_unpaid} + remaining {remaining} > units*price*duration/3600 = {limit}"
+                f"{lease}: paid {paid} + accrued {accrued_unpaid} + remaining {remaining}"
+                f" > units*price*duration/3600 = {limit}"
             )
             assert paid + accrued_unpaid + remaining == limit, f"{lease}: payments do not add up to its cost (dust)"
             covered = min(self.t, lease.last_heartbeat + self.interval)
@@ -1597,9 +1699,13 @@ class ProtocolMachine(RuleBasedStateMachine):
         for (signer, nonce), state in self.nonces.items():
             got = v["settlement", "nonceState", signer, nonce]
             want = (state.claimed_by is not None, state.void)
-            assert (got["claimed"], got["voided"]) == want, f"nonce {nonce} of {signer}: (claimed, void) {got} != {want}"
+            assert (got["claimed"], got["voided"]) == want, (
+                f"nonce {nonce} of {signer}: (claimed, void) {got} != {want}"
+            )
             requested = v["settlement", "cancelRequestedAt", signer, nonce]
-            assert requested == state.cancel_at, f"nonce {nonce} of {signer}: cancel requested at {requested} != {state.cancel_at}"
+            assert requested == state.cancel_at, (
+                f"nonce {nonce} of {signer}: cancel requested at {requested} != {state.cancel_at}"
+            )
         for account in self.buyer_addrs + self.provider_addrs:
             bound = v["settlement", "boundMatcherOf", account]
             assert bound == self._bound(account), f"{account}: bound to {bound}, model {self._bound(account)}"
@@ -1676,7 +1782,11 @@ def test_random_action_sequences_keep_invariants(
             # Every step is real anvil transactions; shrinking a failure could take many minutes.
             # A failing run prints its whole (<= STEPS steps) sequence instead.
             phases=(Phase.explicit, Phase.generate),
-            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+            suppress_health_check=[
+                HealthCheck.function_scoped_fixture,
+                HealthCheck.too_slow,
+                HealthCheck.data_too_large,
+            ],
         ),
     )
 

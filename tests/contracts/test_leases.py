@@ -253,7 +253,9 @@ def test_only_the_provider_claims(funded, settlement, buyers, providers, outside
     assert settlement.getLease(lease.id).paidUntil == 0
 
 
-def test_claim_after_end_closes_and_unlocks_collateral(funded, settlement, credit, buyers, providers, outsider, chain, params):
+def test_claim_after_end_closes_and_unlocks_collateral(
+    funded, settlement, credit, buyers, providers, outsider, chain, params
+):
     lease = open_lease(funded, buyers[0], providers[0], units=3, duration=300)
     free_before = settlement.escrowOf(lease.buyer).free
     assert settlement.providers(lease.provider).locked == 3 * params.stake_per_unit
@@ -448,7 +450,9 @@ def test_report_fault_settles_and_slashes(funded, settlement, credit, ubt, buyer
         settlement.reportFault(lease.id, sender=outsider)
 
 
-def test_buyer_may_report_after_end_and_takes_both_shares(funded, settlement, credit, ubt, buyers, providers, chain, params):
+def test_buyer_may_report_after_end_and_takes_both_shares(
+    funded, settlement, credit, ubt, buyers, providers, chain, params
+):
     lease = open_lease(funded, buyers[2], providers[3], units=1, duration=600, price=P2)
     before = ubt.balanceOf(lease.buyer)
     free_before = settlement.escrowOf(lease.buyer).free
@@ -462,7 +466,9 @@ def test_buyer_may_report_after_end_and_takes_both_shares(funded, settlement, cr
 
 
 @pytest.mark.parametrize("how", ["provider_claims", "provider_closes"])
-def test_fault_cannot_be_dodged_by_closing_after_end(funded, settlement, ubt, buyers, providers, outsider, chain, params, how):
+def test_fault_cannot_be_dodged_by_closing_after_end(
+    funded, settlement, ubt, buyers, providers, outsider, chain, params, how
+):
     """A fault reportable long before the end must still cost the slash when the lease is closed after it.
 
     `heartbeat` refuses to erase a reportable fault; closing the lease after its end must not erase it either.
@@ -502,7 +508,11 @@ def test_lease_balances_live_figures(funded, settlement, buyers, providers, chai
     collateral = 3 * params.stake_per_unit
 
     chain.mine(timestamp=lease.start + 30)
-    assert tuple(settlement.leaseBalances(lease.id)) == (lease.acc(lease.start + 30), lease.cost - lease.acc(lease.start + 30), collateral)
+    assert tuple(settlement.leaseBalances(lease.id)) == (
+        lease.acc(lease.start + 30),
+        lease.cost - lease.acc(lease.start + 30),
+        collateral,
+    )
 
     at(chain, lease.start + 45)
     settlement.claim([lease.id], sender=lease.provider)
@@ -546,7 +556,9 @@ SCENARIOS = {
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
-def test_no_lease_pays_more_than_it_locked(funded, settlement, credit, buyers, providers, outsider, chain, params, name):
+def test_no_lease_pays_more_than_it_locked(
+    funded, settlement, credit, buyers, providers, outsider, chain, params, name
+):
     units, price, duration, actions = SCENARIOS[name]
     lease = open_lease(funded, buyers[1], providers[2], units=units, price=price, duration=duration)
     free_before = settlement.escrowOf(lease.buyer).free
@@ -600,7 +612,18 @@ def test_no_lease_pays_more_than_it_locked(funded, settlement, credit, buyers, p
 
 
 def with_params(params, **changes):
-    names = ("unbonding", "interval", "grace", "slash", "buyer", "reporter", "window", "exit_delay", "matcher_slash", "challenger")
+    names = (
+        "unbonding",
+        "interval",
+        "grace",
+        "slash",
+        "buyer",
+        "reporter",
+        "window",
+        "exit_delay",
+        "matcher_slash",
+        "challenger",
+    )
     values = list(params.core_params())
     for key, value in changes.items():
         values[names.index(key)] = value
@@ -664,7 +687,9 @@ def test_set_params_validation(settlement, timelock, chain, deployer, params, ch
     assert settlement.paramsVersion() == 1
 
 
-def test_set_params_applies_to_new_leases_only(funded, settlement, timelock, ubt, deployer, buyers, providers, outsider, chain, params):
+def test_set_params_applies_to_new_leases_only(
+    funded, settlement, timelock, ubt, deployer, buyers, providers, outsider, chain, params
+):
     old = open_lease(funded, buyers[0], providers[0], units=2, duration=3 * HOUR)
     assert settlement.faultReportableAt(old.id) == old.start + 91
     assert settlement.getLease(old.id).paramsVersion == 1

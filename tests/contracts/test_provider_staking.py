@@ -277,7 +277,9 @@ def test_free_stake_view_follows_stake_locks_and_unbonding(market, settlement, b
 # ----- unbonding cannot dodge a pending fault -----
 
 
-def test_unstake_cannot_dodge_a_pending_fault(market, settlement, ubt, buyers, providers, outsider, chain, params, unit):
+def test_unstake_cannot_dodge_a_pending_fault(
+    market, settlement, ubt, buyers, providers, outsider, chain, params, unit
+):
     """A provider stops heartbeating, then tries to pull out everything it can before the report."""
     provider, buyer = providers[0], buyers[0]
     market.stake_provider(provider, 8)
@@ -332,7 +334,9 @@ def test_unstake_cannot_dodge_a_pending_fault(market, settlement, ubt, buyers, p
 # ----- announced stake stays lockable; the withdrawal sends min(unbonding, free) -----
 
 
-def test_announced_stake_stays_lockable_until_unbonding_end(market, settlement, ubt, buyers, providers, chain, params, unit):
+def test_announced_stake_stays_lockable_until_unbonding_end(
+    market, settlement, ubt, buyers, providers, chain, params, unit
+):
     """A matcher that simulated against the stake before the announcement still lands its batch;
     the withdrawal then sends only what is free."""
     provider = providers[0]

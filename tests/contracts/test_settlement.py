@@ -40,13 +40,25 @@ def test_settle_opens_lease_and_locks_escrow_and_stake(funded, settlement, buyer
     order_digest = order[0].digest(m.domain)
     bid_digest = bid[0].digest(m.domain)
     assert lease_id == settlement.leaseIdOf(m.matcher, 1, order_digest, bid_digest)
-    assert lease_id == keccak(abi_encode(["address", "uint64", "bytes32", "bytes32"], [m.matcher.address, 1, order_digest, bid_digest]))
+    assert lease_id == keccak(
+        abi_encode(["address", "uint64", "bytes32", "bytes32"], [m.matcher.address, 1, order_digest, bid_digest])
+    )
     [opened] = receipt.decode_logs(settlement.LeaseOpened)
-    assert tuple(opened.event_arguments[k] for k in ("round", "buyer", "matcher", "provider")) == (1, buyers[0].address, m.matcher.address, providers[0].address)
+    assert tuple(opened.event_arguments[k] for k in ("round", "buyer", "matcher", "provider")) == (
+        1,
+        buyers[0].address,
+        m.matcher.address,
+        providers[0].address,
+    )
     assert (bytes(opened.orderDigest), bytes(opened.bidDigest)) == (order_digest, bid_digest)
     assert opened.end - opened.start == 2 * HOUR
     [price_log] = receipt.decode_logs(settlement.ClearingPrice)
-    assert (price_log.matcher, price_log.round, bytes(price_log.market), price_log.price) == (m.matcher.address, 1, bytes.fromhex(H100.removeprefix("0x")), int(2.5 * UBC))
+    assert (price_log.matcher, price_log.round, bytes(price_log.market), price_log.price) == (
+        m.matcher.address,
+        1,
+        bytes.fromhex(H100.removeprefix("0x")),
+        int(2.5 * UBC),
+    )
     # The order was filled completely: its nonce is claimed and void, no fill record is written.
     assert tuple(settlement.nonceState(buyers[0], order[0].nonce)) == (True, True)
     assert settlement.isNonceUsed(buyers[0], order[0].nonce)
@@ -192,7 +204,9 @@ def test_rounds_are_per_matcher(accounts, funded, settlement, buyers, providers,
     assert settlement.rounds(m.matcher, 5).batches == 2 and settlement.isRoundFinal(m.matcher, 5)
 
 
-def test_another_matcher_cannot_settle_bound_accounts(accounts, funded, settlement, buyers, providers, outsider, params):
+def test_another_matcher_cannot_settle_bound_accounts(
+    accounts, funded, settlement, buyers, providers, outsider, params
+):
     m = funded
     _bond(m, outsider, params.min_matcher_bond)
     # Messages naming the test matcher cannot be settled by the outsider.
@@ -228,7 +242,9 @@ def test_unbound_account_cannot_be_settled(market, settlement, buyers, providers
     m.settle([m.order(buyers[0])], [m.bid(providers[0])], [(0, 0, 1)], {H100: 2 * UBC})
 
 
-def test_changing_matcher_waits_for_the_notice(accounts, funded, settlement, buyers, providers, outsider, chain, params):
+def test_changing_matcher_waits_for_the_notice(
+    accounts, funded, settlement, buyers, providers, outsider, chain, params
+):
     m = funded
     _bond(m, outsider, params.min_matcher_bond)
     receipt = settlement.bindMatcher(outsider, sender=providers[0])
@@ -248,13 +264,21 @@ def test_changing_matcher_waits_for_the_notice(accounts, funded, settlement, buy
     with reverts(settlement.AccountNotBound, account=providers[0], matcher=m.matcher):
         m.settle([m.order(buyers[0])], [m.bid(providers[0])], [(0, 0, 1)], {H100: 2 * UBC})
     buyer, _ = accounts_of(m, outsider, accounts)
-    m.settle([m.order(buyer, matcher=outsider.address)], [m.bid(providers[0], matcher=outsider.address)], [(0, 0, 1)], {H100: 2 * UBC}, sender=outsider)
+    m.settle(
+        [m.order(buyer, matcher=outsider.address)],
+        [m.bid(providers[0], matcher=outsider.address)],
+        [(0, 0, 1)],
+        {H100: 2 * UBC},
+        sender=outsider,
+    )
 
 
 def test_price_above_max_price(funded, settlement, buyers, providers):
     m = funded
     with ape.reverts(settlement.ClearingPriceAboveMaxPrice):
-        m.settle([m.order(buyers[0], max_price=2 * UBC)], [m.bid(providers[0], price=UBC)], [(0, 0, 1)], {H100: 2 * UBC + 1})
+        m.settle(
+            [m.order(buyers[0], max_price=2 * UBC)], [m.bid(providers[0], price=UBC)], [(0, 0, 1)], {H100: 2 * UBC + 1}
+        )
 
 
 def test_bid_above_clearing_price(funded, settlement, buyers, providers):
@@ -276,7 +300,12 @@ def test_market_mismatch_and_unpriced_market(funded, settlement, buyers, provide
 def test_duration_beyond_bid_max_duration(funded, settlement, buyers, providers):
     m = funded
     with ape.reverts(settlement.DurationTooLong):
-        m.settle([m.order(buyers[0], duration=3 * HOUR)], [m.bid(providers[0], max_duration=2 * HOUR)], [(0, 0, 1)], {H100: 2 * UBC})
+        m.settle(
+            [m.order(buyers[0], duration=3 * HOUR)],
+            [m.bid(providers[0], max_duration=2 * HOUR)],
+            [(0, 0, 1)],
+            {H100: 2 * UBC},
+        )
 
 
 def test_expired_deadlines(funded, settlement, buyers, providers, chain):
@@ -335,7 +364,9 @@ def test_signature_for_another_chain_or_contract(funded, settlement, buyers, pro
         else Domain(chain_id=m.domain.chain_id, verifying_contract=str(m.bme.address))
     )
     with ape.reverts(settlement.SignerMismatch):
-        m.settle([(order, order.sign(buyers[0].private_key, other))], [m.bid(providers[0])], [(0, 0, 1)], {H100: 2 * UBC})
+        m.settle(
+            [(order, order.sign(buyers[0].private_key, other))], [m.bid(providers[0])], [(0, 0, 1)], {H100: 2 * UBC}
+        )
 
 
 def test_high_s_malleated_signature(funded, settlement, buyers, providers):
@@ -344,7 +375,12 @@ def test_high_s_malleated_signature(funded, settlement, buyers, providers):
     r, s, v = signature[:32], int.from_bytes(signature[32:64], "big"), signature[64]
     malleated = r + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - v])  # 27 <-> 28
     # The malleated signature recovers the same signer, and OpenZeppelin's ECDSA still refuses it.
-    assert Account._recover_hash(order.digest(m.domain), vrs=(malleated[64], int.from_bytes(malleated[:32], "big"), SECP256K1_N - s)) == buyers[0].address
+    assert (
+        Account._recover_hash(
+            order.digest(m.domain), vrs=(malleated[64], int.from_bytes(malleated[:32], "big"), SECP256K1_N - s)
+        )
+        == buyers[0].address
+    )
     with ape.reverts(settlement.InvalidSignature):
         m.settle([(order, malleated)], [m.bid(providers[0])], [(0, 0, 1)], {H100: 2 * UBC})
     with ape.reverts(settlement.InvalidSignature):
@@ -380,13 +416,26 @@ def test_match_index_and_count_checks(funded, settlement, buyers, providers):
     with ape.reverts(settlement.ZeroUnits):
         m.settle([order], [bid], [(0, 0, 0)], {H100: 2 * UBC})
     with ape.reverts(settlement.SignatureCountMismatch):
-        settlement.settle((1, 0, True, m.now() + 10), [order[0].as_call_tuple()], [], [bid[0].as_call_tuple()], [bid[1]], [], [], sender=m.matcher)
+        settlement.settle(
+            (1, 0, True, m.now() + 10),
+            [order[0].as_call_tuple()],
+            [],
+            [bid[0].as_call_tuple()],
+            [bid[1]],
+            [],
+            [],
+            sender=m.matcher,
+        )
 
 
 def test_multi_market_round_with_uniform_prices(funded, settlement, buyers, providers):
     m = funded
     orders = [m.order(buyers[0], units=3), m.order(buyers[1], market=A100, units=1, max_price=5 * UBC)]
-    bids = [m.bid(providers[0], price=UBC), m.bid(providers[1], price=2 * UBC), m.bid(providers[2], market=A100, price=4 * UBC)]
+    bids = [
+        m.bid(providers[0], price=UBC),
+        m.bid(providers[1], price=2 * UBC),
+        m.bid(providers[2], market=A100, price=4 * UBC),
+    ]
     receipt = m.settle(orders, bids, [(0, 0, 2), (0, 1, 1), (1, 2, 1)], {H100: 2 * UBC, A100: 4 * UBC})
     logs = list(receipt.decode_logs(settlement.LeaseOpened))
     assert [(log.units, log.price) for log in logs] == [(2, 2 * UBC), (1, 2 * UBC), (1, 4 * UBC)]
@@ -451,7 +500,9 @@ def test_duration_below_the_minimum(funded, settlement, buyers, providers, param
     short = m.order(buyers[0], duration=params.min_lease_duration - 1)
     with reverts(settlement.DurationTooShort, orderIndex=0, minimum=params.min_lease_duration):
         m.settle([short], [m.bid(providers[0])], [(0, 0, 1)], {H100: 2 * UBC})
-    receipt = m.settle([m.order(buyers[0], duration=params.min_lease_duration)], [m.bid(providers[0])], [(0, 0, 1)], {H100: 2 * UBC})
+    receipt = m.settle(
+        [m.order(buyers[0], duration=params.min_lease_duration)], [m.bid(providers[0])], [(0, 0, 1)], {H100: 2 * UBC}
+    )
     [lease_id] = m.lease_ids(receipt)
     lease = settlement.getLease(lease_id)
     assert lease.end - lease.start == params.min_lease_duration
@@ -517,7 +568,9 @@ def test_last_batch_within_the_span(funded, settlement, buyers, providers, chain
     m.settle([m.order(buyers[0])], [m.bid(providers[0])], [(0, 0, 1)], {H100: 2 * UBC}, final=False)
     opened_at = settlement.rounds(m.matcher, 1).openedAt
     chain.pending_timestamp = opened_at + params.max_round_span
-    m.settle([m.order(buyers[1])], [m.bid(providers[1])], [(0, 0, 1)], {H100: 2 * UBC}, round_id=1, batch=1, final=False)
+    m.settle(
+        [m.order(buyers[1])], [m.bid(providers[1])], [(0, 0, 1)], {H100: 2 * UBC}, round_id=1, batch=1, final=False
+    )
     assert settlement.rounds(m.matcher, 1).batches == 2 and not settlement.isRoundFinal(m.matcher, 1)
 
 

@@ -6,9 +6,8 @@ from ape.utils import ZERO_ADDRESS
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
-from ..reverts import reverts
 from ..conftest import UBC, UBT
-
+from ..reverts import reverts
 
 # --------------------------------------------------------------------------------------------
 # UBT
@@ -142,7 +141,9 @@ def test_ubt_permit_replaces_approve_for_minting_credits(chain, market, ubt, cre
     ubt.permit(buyer, bme, 10 * UBT, deadline, v, r, s, sender=buyer)
     bme.mintCredits(10 * UBT, 0, sender=buyer)
     assert ubt.balanceOf(buyer) == 0 and ubt.allowance(buyer, bme) == 0
-    assert credit.balanceOf(buyer) == 10 * UBT * params.ubt_price * (10_000 - params.mint_spread_bps) // (10**20 * 10_000)
+    assert credit.balanceOf(buyer) == 10 * UBT * params.ubt_price * (10_000 - params.mint_spread_bps) // (
+        10**20 * 10_000
+    )
 
 
 def test_ubt_only_the_bound_minter_mints(ubt, deployer, outsider, bme):

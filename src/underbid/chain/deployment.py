@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from eth_typing import ChecksumAddress
 from pydantic import BaseModel, Field
 from web3 import Web3
 from web3.contract import Contract
@@ -62,7 +63,7 @@ class AddressBook(BaseModel):
         entry = self.contracts[name]
         return w3.eth.contract(address=Web3.to_checksum_address(entry.address), abi=entry.abi)
 
-    def address(self, name: str) -> str:
+    def address(self, name: str) -> ChecksumAddress:
         return Web3.to_checksum_address(self.contracts[name].address)
 
     @property

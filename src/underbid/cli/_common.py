@@ -11,14 +11,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from underbid.devnet.node import DEV_MATCHER_URL, DEV_RPC, DevnetError, DevnetState
-from underbid.protocol.units import AmountError, CREDIT_DECIMALS, UBT_DECIMALS, format_credits, format_ubt, parse_amount
+from underbid.protocol.units import CREDIT_DECIMALS, UBT_DECIMALS, AmountError, format_credits, format_ubt, parse_amount
 
 DEFAULT_DEPLOYMENT = Path("deployments/local.json")
 
@@ -33,9 +33,9 @@ def print_error(message: str) -> None:
 
 def _runtime_errors() -> tuple[type[BaseException], ...]:
     from underbid.client.session import UnderbidError
+    from underbid.client.wallet import WalletError
     from underbid.protocol.markets import MarketSpecError
     from underbid.protocol.sdl import SdlError
-    from underbid.client.wallet import WalletError
 
     return UnderbidError, WalletError, SdlError, DevnetError, AmountError, MarketSpecError
 
@@ -251,6 +251,10 @@ class Env:
 
         return MatcherClient(self.matcher_url)
 
+    @overload
+    def matcher_address(self, *, required: Literal[True] = ...) -> str: ...
+    @overload
+    def matcher_address(self, *, required: bool) -> str | None: ...
     def matcher_address(self, *, required: bool = True) -> str | None:
         """The address of the matcher this command trades through, which signed orders and bids name.
 
@@ -275,8 +279,10 @@ class Env:
             raise UnderbidError(f"{exc} (needed for the matcher's address)") from None
         settlement = health.get("settlement")
         if settlement and settlement.lower() != client.book.address("UnderbidSettlement").lower():
-            raise UnderbidError(f"the matcher at {self.matcher_url} serves another deployment (settlement {settlement}):"
-                                " pass the matcher of this one with --matcher")
+            raise UnderbidError(
+                f"the matcher at {self.matcher_url} serves another deployment (settlement {settlement}):"
+                " pass the matcher of this one with --matcher"
+            )
         address = health.get("matcher")
         if not address:
             raise UnderbidError(f"the matcher at {self.matcher_url} does not report its address (GET /health)")

@@ -17,13 +17,16 @@ def resolve_market(market: str | None, sdl: Path | None, service: str | None) ->
     if market and sdl:
         raise click.UsageError("give --market or --sdl, not both")
     if not market and not sdl:
-        raise click.UsageError("give the market: --market <spec> (e.g. gpu=nvidia-h100;vram=80;gpus=8;region=us-east) or --sdl <file>")
+        raise click.UsageError(
+            "give the market: --market <spec> (e.g. gpu=nvidia-h100;vram=80;gpus=8;region=us-east) or --sdl <file>"
+        )
     if market:
         if service:
             raise click.UsageError("--service goes with --sdl")
         return market, None
     from underbid.protocol.sdl import SdlError, load_sdl
 
+    assert sdl is not None  # one of --market and --sdl was given (checked above)
     try:
         found = load_sdl(sdl, service=service)
     except SdlError as exc:
@@ -270,7 +273,11 @@ def cancel(env: Env, kind: str, prefix: str | None, nonce: int | None) -> None:
     def render(console):
         what = f"{kind} {short(digest)}" if digest else f"nonce {nonce}"
         if result["step"] == "requested":
-            again = f"`underbid {kind} cancel {short(digest, 12).rstrip('…')}`" if digest else f"`underbid {kind} cancel --nonce {nonce}`"
+            again = (
+                f"`underbid {kind} cancel {short(digest, 12).rstrip('…')}`"
+                if digest
+                else f"`underbid {kind} cancel --nonce {nonce}`"
+            )
             console.print(f"cancellation of {what} requested (nonce {nonce}): the matcher no longer fills it;"
                           f" void it on chain with {again} again in {result['ready_in']} s")
         else:

@@ -129,9 +129,13 @@ def account_show(env: Env, name: str | None) -> None:
         if entry.path:
             rows.append(("keystore", entry.path))
         if "ubt" in data:
-            rows += [("ETH", ubt_short(data["eth"])), ("UBT", ubt_short(data["ubt"])), ("credits", f"{ubc(data['credits'])} UBC"),
-                     ("escrow", f"{ubc(data['escrow_free'])} free, {ubc(data['escrow_locked'])} locked"),
-                     ("matcher", binding_text(data["binding"]))]
+            rows += [
+                ("ETH", ubt_short(data["eth"])),
+                ("UBT", ubt_short(data["ubt"])),
+                ("credits", f"{ubc(data['credits'])} UBC"),
+                ("escrow", f"{ubc(data['escrow_free'])} free, {ubc(data['escrow_locked'])} locked"),
+                ("matcher", binding_text(data["binding"])),
+            ]
         else:
             rows.append(("chain", data["chain"]))
         console.print(kv_table(None, rows))
@@ -190,8 +194,10 @@ def account_bind(env: Env, matcher_address: str | None) -> None:
         if result["immediate"]:
             console.print(f"bound {client.address} to matcher {target}: only it may settle your orders and bids")
         else:
-            console.print(f"requested a move of {client.address} from matcher {state['matcher']} to {target}: effective in"
-                          f" {ago(after['change_left'])}; until then no matcher takes your new orders or bids")
+            console.print(
+                f"requested a move of {client.address} from matcher {state['matcher']} to {target}: effective in"
+                f" {ago(after['change_left'])}; until then no matcher takes your new orders or bids"
+            )
 
     env.emit(data, render)
 

@@ -7,8 +7,20 @@ from pathlib import Path
 import click
 
 from underbid.cli import _messages
-from underbid.cli._common import (CREDITS, PRICE, UBT, DurationType, Env, MarketSpecType, ago, common_options, hours,
-                                  kv_table, ubc, ubt_short)
+from underbid.cli._common import (
+    CREDITS,
+    PRICE,
+    UBT,
+    DurationType,
+    Env,
+    MarketSpecType,
+    ago,
+    common_options,
+    hours,
+    kv_table,
+    ubc,
+    ubt_short,
+)
 
 SLIPPAGE = click.option("--slippage", type=click.IntRange(0, 10_000), default=50, show_default=True, metavar="BPS",
                         help="Accept at most this much less than the quote (basis points).")
@@ -132,11 +144,20 @@ def escrow_show(env: Env) -> None:
     free, locked = client.escrow(client.address)
     pending, ready_at = client.pending_withdrawal(client.address)
     left = max(ready_at - client.block_time(), 0)
-    data = {"address": client.address, "free": free, "locked": locked, "available": client.available_escrow(client.address),
-            "pending_withdrawal": pending, "pending_ready_at": ready_at, "pending_ready_in": left}
+    data = {
+        "address": client.address,
+        "free": free,
+        "locked": locked,
+        "available": client.available_escrow(client.address),
+        "pending_withdrawal": pending,
+        "pending_ready_at": ready_at,
+        "pending_ready_in": left,
+    }
     rows = [("free", f"{ubc(free)} UBC"), ("locked", f"{ubc(locked)} UBC")]
     if pending:
-        rows.append(("announced withdrawal", f"{ubc(pending)} UBC, " + (f"ready in {ago(left)}" if left else "ready now")))
+        rows.append(
+            ("announced withdrawal", f"{ubc(pending)} UBC, " + (f"ready in {ago(left)}" if left else "ready now"))
+        )
     env.emit(data, lambda c: c.print(kv_table(None, rows)))
 
 

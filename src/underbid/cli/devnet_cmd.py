@@ -10,12 +10,27 @@ from rich.console import Console
 from rich.table import Table
 
 from underbid.cli._common import AmountType, DurationType, Env, common_options, kv_table, ubt_short
-from underbid.devnet.node import BUYERS, DEPLOYER, FUND_UBT, MATCHER, PROVIDERS, REPORTER, DevnetError, DevnetState, dev_account
+from underbid.devnet.node import (
+    BUYERS,
+    DEPLOYER,
+    FUND_UBT,
+    MATCHER,
+    PROVIDERS,
+    REPORTER,
+    DevnetError,
+    DevnetState,
+    dev_account,
+)
 
 ETH_OR_ZERO = AmountType(18, "ETH", allow_zero=True)
 UBT_OR_ZERO = AmountType(18, "UBT", allow_zero=True)
-DIR = click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False), default=None,
-                   help="Where the devnet keeps its state and logs [$UNDERBID_DEVNET_DIR; default: <project>/.underbid].")
+DIR = click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where the devnet keeps its state and logs [$UNDERBID_DEVNET_DIR; default: <project>/.underbid].",
+)
 
 
 @click.group()
@@ -77,7 +92,9 @@ def devnet_up(port: int, matcher_port: int, round_seconds: float, directory: Pat
             contracts.add_row(name, book.address(name))
         console.print(contracts)
         console.print(_accounts_table())
-        console.print("next: `underbid demo`, or e.g. `underbid status --account dev:7`; stop with `underbid devnet down`")
+        console.print(
+            "next: `underbid demo`, or e.g. `underbid status --account dev:7`; stop with `underbid devnet down`"
+        )
 
     env.emit(data, render)
 
@@ -115,14 +132,16 @@ def devnet_status(directory: Path | None, as_json: bool) -> None:
 @devnet.command("fund")
 @click.argument("who")
 @click.option("--eth", "eth", type=ETH_OR_ZERO, default="10", show_default=True, help="ETH to add for gas.")
-@click.option("--ubt", "ubt_amount", type=UBT_OR_ZERO, default="0", show_default=True, help="UBT to send from the deployer.")
+@click.option(
+    "--ubt", "ubt_amount", type=UBT_OR_ZERO, default="0", show_default=True, help="UBT to send from the deployer."
+)
 @common_options
 def devnet_fund(env: Env, who: str, eth: int, ubt_amount: int) -> None:
     """Devnet faucet: give WHO (an account name or address) ETH for gas and UBT."""
     from eth_utils import is_hex_address, to_checksum_address
 
-    from underbid.devnet import node as dn
     from underbid.client.wallet import find_account
+    from underbid.devnet import node as dn
 
     address = to_checksum_address(who) if is_hex_address(who) else find_account(who).address
     client = env.client(account=False)
@@ -169,10 +188,10 @@ def demo(env: Env, minutes: int, admin_token: str | None, keep: bool, directory:
         env._devnet = DevnetState.load(dn.state_path(directory))
     if env.rpc_option is None and env.devnet is None:
         with env.progress("no devnet is up: starting one") as update:
-            env._devnet = dn.up(directory=directory, progress=update)
+            env._devnet = started = dn.up(directory=directory, progress=update)
         started_here = True
         if not env.json:
-            console.print(f"started a devnet at {env.devnet.rpc} (matcher {env.devnet.matcher_url})")
+            console.print(f"started a devnet at {started.rpc} (matcher {started.matcher_url})")
     token = admin_token or (env.devnet.admin_token if env.devnet else None)
     if not token:
         raise click.UsageError("pass --admin-token: the demo closes the matcher's round on demand")

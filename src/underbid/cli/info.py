@@ -22,10 +22,16 @@ def bme_rows(state: dict) -> list[tuple[str, str]]:
         ("net UBT burned (BME health)", f"{'-' if net < 0 else ''}{ubt_short(abs(net))} UBT"),
         ("credits minted / burned", f"{ubc(state['total_credits_minted'])} / {ubc(state['total_credits_burned'])} UBC"),
         ("credit supply", f"{ubc(state['credit_supply'])} UBC"),
-        ("UBT supply", f"{ubt_short(state['ubt_supply'])} UBT (slashed and burned: {ubt_short(state['total_slashed_burned'])})"),
-        ("breaker", ("[red]redemptions halted[/]" if state["redemption_halted"] else "open")
-         + f": {ubt_short(state['net_minted_in_window'])} of {ubt_short(state['redeem_cap'])} UBT net minted"
-           f" per {ago(state['redeem_window'])}, {ubt_short(state['redeemable_ubt'])} UBT redeemable now"),
+        (
+            "UBT supply",
+            f"{ubt_short(state['ubt_supply'])} UBT (slashed and burned: {ubt_short(state['total_slashed_burned'])})",
+        ),
+        (
+            "breaker",
+            ("[red]redemptions halted[/]" if state["redemption_halted"] else "open")
+            + f": {ubt_short(state['net_minted_in_window'])} of {ubt_short(state['redeem_cap'])} UBT net minted"
+            f" per {ago(state['redeem_window'])}, {ubt_short(state['redeemable_ubt'])} UBT redeemable now",
+        ),
     ]
 
 
@@ -64,7 +70,9 @@ def market_list(env: Env) -> None:
 
 @market.command("id")
 @click.argument("spec", required=False)
-@click.option("--sdl", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Derive it from an Akash SDL file.")
+@click.option(
+    "--sdl", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Derive it from an Akash SDL file."
+)
 @click.option("--service", default=None, help="With --sdl: the service to use when several need GPUs.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def market_id_cmd(spec: str | None, sdl: Path | None, service: str | None, as_json: bool) -> None:
@@ -101,12 +109,26 @@ def status(env: Env) -> None:
     bids = _messages.message_rows(env, "bid", only_open=True)
     state = client.bme_state()
     data = {
-        "address": me, "eth": client.eth_balance(me), "ubt": client.ubt_balance(me), "credits": client.credit_balance(me),
-        "escrow_free": free, "escrow_locked": locked, "binding": binding,
-        "pending_withdrawal": pending, "pending_ready_at": ready_at,
-        "provider": {"registered": info.registered, "staked": info.staked, "locked": info.locked,
-                     "unbonding": info.unbonding, "unbonding_end": info.unbonding_end},
-        "orders": orders, "bids": bids, "leases": [v.as_json() for v in leases], "bme": state,
+        "address": me,
+        "eth": client.eth_balance(me),
+        "ubt": client.ubt_balance(me),
+        "credits": client.credit_balance(me),
+        "escrow_free": free,
+        "escrow_locked": locked,
+        "binding": binding,
+        "pending_withdrawal": pending,
+        "pending_ready_at": ready_at,
+        "provider": {
+            "registered": info.registered,
+            "staked": info.staked,
+            "locked": info.locked,
+            "unbonding": info.unbonding,
+            "unbonding_end": info.unbonding_end,
+        },
+        "orders": orders,
+        "bids": bids,
+        "leases": [v.as_json() for v in leases],
+        "bme": state,
     }
 
     def render(console):
@@ -116,12 +138,22 @@ def status(env: Env) -> None:
                     + (f"ready in {ago(ready_at - now)}" if ready_at > now else "ready now") if pending else "")),
                 ("matcher", binding_text(binding))]
         if info.registered:
-            rows.append(("stake", f"{ubt_short(info.staked)} UBT ({ubt_short(info.locked)} locked)"
-                         + (f", {ubt_short(info.unbonding)} unbonding (ready in {ago(max(info.unbonding_end - now, 0))})"
-                            if info.unbonding else "")))
+            rows.append(
+                (
+                    "stake",
+                    f"{ubt_short(info.staked)} UBT ({ubt_short(info.locked)} locked)"
+                    + (
+                        f", {ubt_short(info.unbonding)} unbonding (ready in {ago(max(info.unbonding_end - now, 0))})"
+                        if info.unbonding
+                        else ""
+                    ),
+                )
+            )
         console.print(kv_table("balances", rows))
         if orders or bids:
-            table = Table("kind", "digest", "market", "units", "filled", "price", "status", title="open orders and bids")
+            table = Table(
+                "kind", "digest", "market", "units", "filled", "price", "status", title="open orders and bids"
+            )
             for kind, rows_ in (("order", orders), ("bid", bids)):
                 for r in rows_:
                     table.add_row(kind, short(r["digest"]), r["spec"] or short(r["market"]), str(r["units"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import click
+from rich.console import Console
 from rich.table import Table
 
 from underbid.cli._common import Env, ago, common_options, short, ubc, ubt_short
@@ -151,21 +152,30 @@ def lease_heartbeat(env: Env, lease_ids: tuple[str, ...]) -> None:
     if result is None:
         env.emit({"leases": [], "skipped": [], "at": None}, lambda c: c.print("no running leases to heartbeat"))
         return
-    env.emit(result, lambda c: (c.print(_heartbeat_line(result)), _print_skipped(c, result["skipped"])))
+
+    def render(console: Console) -> None:
+        console.print(_heartbeat_line(result))
+        _print_skipped(console, result["skipped"])
+
+    env.emit(result, render)
 
 
 @click.command("heartbeat")
 @click.option("--every", type=click.FloatRange(min=1), default=60, show_default=True, metavar="SECONDS",
               help="Seconds between heartbeats (stay below the protocol's interval).")
-@click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after this many rounds (default: until Ctrl-C).")
+@click.option(
+    "--count", type=click.IntRange(min=1), default=None, help="Stop after this many rounds (default: until Ctrl-C)."
+)
 @common_options
 def heartbeat_loop(env: Env, every: float, count: int | None) -> None:
     """Keep heartbeating all your running leases until stopped (Ctrl-C)."""
     client = env.client()
     interval = client.params()["heartbeatInterval"]
     if every >= interval and not env.json:
-        click.echo(f"warning: --every {every:g} is not below the heartbeat interval ({interval} s); leases may be reported",
-                   err=True)
+        click.echo(
+            f"warning: --every {every:g} is not below the heartbeat interval ({interval} s); leases may be reported",
+            err=True,
+        )
     from underbid.client.session import ChainError
 
     sent = 0
@@ -195,7 +205,9 @@ def heartbeat_loop(env: Env, every: float, count: int | None) -> None:
 
 
 @click.command("report")
-@click.option("--lease", "lease_id", default=None, help="Lease id (or a unique prefix) whose provider missed heartbeats.")
+@click.option(
+    "--lease", "lease_id", default=None, help="Lease id (or a unique prefix) whose provider missed heartbeats."
+)
 @common_options
 def report(env: Env, lease_id: str | None) -> None:
     """Report a missed heartbeat: the lease closes, the provider is slashed, and you are paid a share.
@@ -225,7 +237,9 @@ def report(env: Env, lease_id: str | None) -> None:
 
 
 @click.command("challenge")
-@click.option("--bid", "bid_digest", required=True, help="Digest (or a unique prefix) of your bid the matcher receipted.")
+@click.option(
+    "--bid", "bid_digest", required=True, help="Digest (or a unique prefix) of your bid the matcher receipted."
+)
 @click.option("--round", "round_id", type=click.IntRange(1, 2**64 - 1), default=None,
               help="Only look for a witness lease in this round of the matcher (default: every round from the"
                    " receipt's on).")
@@ -248,9 +262,13 @@ def challenge(env: Env, bid_digest: str, round_id: int | None, check: bool) -> N
     bid = entry.model()
     receipt = entry.receipt or (env.matcher().get_message("bid", entry.digest) or {}).get("receipt")
     if not receipt:
-        raise UnderbidError(f"no matcher receipt for bid {short(entry.digest)}: a challenge needs the matcher's signed receipt")
+        raise UnderbidError(
+            f"no matcher receipt for bid {short(entry.digest)}: a challenge needs the matcher's signed receipt"
+        )
     if "matcher" not in receipt:
-        raise UnderbidError(f"the receipt for bid {short(entry.digest)} names no matcher: it predates this protocol version")
+        raise UnderbidError(
+            f"the receipt for bid {short(entry.digest)} names no matcher: it predates this protocol version"
+        )
     candidates = _witnesses(env, client, bid, entry.digest, int(receipt["round"]), round_id)
     if not candidates:
         where = f"round {round_id}" if round_id is not None else f"the matcher's rounds from {receipt['round']} on"
@@ -273,13 +291,18 @@ def challenge(env: Env, bid_digest: str, round_id: int | None, check: bool) -> N
         if chosen:
             break
     if chosen is None:
+        assert first_error is not None  # there were candidates and each attempt failed with a ChainError
         raise first_error  # the court's named error for the most direct proof of the nearest witness
     witness, own, args, matcher = chosen
     proof = "swap" if own else "spare unit"
     if check:
-        env.emit({"valid": True, "matcher": matcher, "round": witness["round"], "witness": witness["lease"], "proof": proof},
-                 lambda c: c.print(f"the challenge holds ({proof} proof): matcher {matcher} would be slashed"
-                                   f" (witness lease {short(witness['lease'])}, round {witness['round']})"))
+        env.emit(
+            {"valid": True, "matcher": matcher, "round": witness["round"], "witness": witness["lease"], "proof": proof},
+            lambda c: c.print(
+                f"the challenge holds ({proof} proof): matcher {matcher} would be slashed"
+                f" (witness lease {short(witness['lease'])}, round {witness['round']})"
+            ),
+        )
         return
     with env.progress("challenging"):
         result = client.challenge(args)

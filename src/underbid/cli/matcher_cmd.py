@@ -98,7 +98,10 @@ def matcher_round(env: Env, round_id: int) -> None:
 
         clearing = data.get("clearing") or {}
         rows = [("round", data["id"]), ("state", data["state"])]
-        rows += [(f"price {m[:10]}…", f"{format_credits(int(p))} UBC/unit-hour") for m, p in clearing.get("prices", {}).items()]
+        rows += [
+            (f"price {m[:10]}…", f"{format_credits(int(p))} UBC/unit-hour")
+            for m, p in clearing.get("prices", {}).items()
+        ]
         rows.append(("matches", len(clearing.get("matches", []))))
         for b in data.get("batches", []):
             rows.append((f"batch {b['batch']}", f"{b['state']} tx {b['tx_hash']} gas {b['gas_used']}"))
@@ -227,8 +230,10 @@ def matcher_withdraw(env: Env) -> None:
                             " (`underbid matcher unbond`); the bond can be withdrawn after the exit delay")
     if not info["withdrawable"]:
         raise UnderbidError(
-            f"ExitDelayNotOver(exitAt={_when(info['withdrawable_at'])}): the matcher bond of {ubt_short(info['bond'])} UBT"
-            f" can be withdrawn in {ago(info['exit_left'])}")
+            f"ExitDelayNotOver(exitAt={_when(info['withdrawable_at'])}): the matcher bond of"
+            f" {ubt_short(info['bond'])} UBT"
+            f" can be withdrawn in {ago(info['exit_left'])}"
+        )
     with env.progress("withdrawing the matcher bond"):
         result = client.withdraw_matcher_bond()
     data = {**result, "address": client.address, "ubt": client.ubt_balance(client.address)}

@@ -35,11 +35,19 @@ def _stake_rows(client, info) -> list[tuple[str, str]]:
 def _provider_data(client) -> dict:
     info = client.provider(client.address)
     now = client.block_time()
-    return {"address": client.address, "registered": info.registered, "metadata": info.metadata,
-            "staked": info.staked, "locked": info.locked, "free": info.free, "available": info.available,
-            "unbonding": info.unbonding,
-            "unbonding_end": info.unbonding_end, "unbonding_left": max(info.unbonding_end - now, 0) if info.unbonding else 0,
-            "stake_per_unit": client.stake_per_unit}
+    return {
+        "address": client.address,
+        "registered": info.registered,
+        "metadata": info.metadata,
+        "staked": info.staked,
+        "locked": info.locked,
+        "free": info.free,
+        "available": info.available,
+        "unbonding": info.unbonding,
+        "unbonding_end": info.unbonding_end,
+        "unbonding_left": max(info.unbonding_end - now, 0) if info.unbonding else 0,
+        "stake_per_unit": client.stake_per_unit,
+    }
 
 
 @provider.command("register")
@@ -54,7 +62,9 @@ def provider_register(env: Env, metadata: str) -> None:
 
 
 @provider.command("stake")
-@click.option("--amount", type=UBT, required=True, help="UBT to stake, e.g. 400 (collateral per unit: see `provider show`).")
+@click.option(
+    "--amount", type=UBT, required=True, help="UBT to stake, e.g. 400 (collateral per unit: see `provider show`)."
+)
 @click.option("--no-bind", is_flag=True, help="Do not bind an unbound account to the matcher (--matcher) first.")
 @common_options
 def provider_stake(env: Env, amount: int, no_bind: bool) -> None:
@@ -68,11 +78,18 @@ def provider_stake(env: Env, amount: int, no_bind: bool) -> None:
         result = client.stake(amount)
         result["bound"] = None if no_bind else _messages.auto_bind(env)
     result.update(_provider_data(client))
-    env.emit(result, lambda c: c.print(kv_table(f"staked {ubt_short(amount)} UBT", _stake_rows(client, client.provider(client.address)))))
+    env.emit(
+        result,
+        lambda c: c.print(
+            kv_table(f"staked {ubt_short(amount)} UBT", _stake_rows(client, client.provider(client.address)))
+        ),
+    )
 
 
 @provider.command("unstake")
-@click.option("--amount", type=UBT, required=True, help="Stake to announce for unbonding (free and not already unbonding).")
+@click.option(
+    "--amount", type=UBT, required=True, help="Stake to announce for unbonding (free and not already unbonding)."
+)
 @common_options
 def provider_unstake(env: Env, amount: int) -> None:
     """Announce an unstake: the amount stays staked, and can still be locked by leases settled in the
@@ -96,7 +113,9 @@ def provider_withdraw(env: Env) -> None:
     client = env.client()
     info = client.provider(client.address)
     if not info.unbonding:
-        raise UnderbidError("NothingUnbonding: nothing is unbonding: start with `underbid provider unstake --amount ...`")
+        raise UnderbidError(
+            "NothingUnbonding: nothing is unbonding: start with `underbid provider unstake --amount ...`"
+        )
     left = info.unbonding_end - client.block_time()
     if left > 0:
         raise UnderbidError(
@@ -162,15 +181,32 @@ def bid_create(env: Env, market, sdl, service, capacity, price, max_duration, va
 
     def render(console):
         receipt = result.get("receipt")
-        console.print(kv_table("bid accepted by the matcher", [
-            ("digest", result["digest"]), ("market", spec), ("capacity", capacity),
-            ("price", f"{ubc(price)} UBC/unit-hour"), ("max duration", hours(max_duration)),
-            ("valid for", hours(valid)), ("nonce", message.nonce), ("round", result["round"]),
-            ("status", result["status"]),
-            ("receipt", (f"round {receipt['round']}, issued at {receipt['issuedAt']}, signed {receipt['signature'][:18]}…"
-                         + ("" if result["receipt_valid"] else " (NOT usable for a challenge)"))
-             if receipt else "none (this matcher signs no receipts)"),
-        ]))
+        console.print(
+            kv_table(
+                "bid accepted by the matcher",
+                [
+                    ("digest", result["digest"]),
+                    ("market", spec),
+                    ("capacity", capacity),
+                    ("price", f"{ubc(price)} UBC/unit-hour"),
+                    ("max duration", hours(max_duration)),
+                    ("valid for", hours(valid)),
+                    ("nonce", message.nonce),
+                    ("round", result["round"]),
+                    ("status", result["status"]),
+                    (
+                        "receipt",
+                        (
+                            f"round {receipt['round']}, issued at {receipt['issuedAt']},"
+                            f" signed {receipt['signature'][:18]}…"
+                            + ("" if result["receipt_valid"] else " (NOT usable for a challenge)")
+                        )
+                        if receipt
+                        else "none (this matcher signs no receipts)",
+                    ),
+                ],
+            )
+        )
 
     env.emit(result, render)
 

@@ -21,12 +21,14 @@ from typing import Any
 
 import httpx
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
 from web3 import Web3
-from web3.logs import DISCARD
 from web3.exceptions import ContractLogicError, ContractPanicError, TimeExhausted, Web3RPCError
+from web3.logs import DISCARD
+from web3.types import TxReceipt
 
-from underbid.chain.view import DecodedError, ErrorDecoder, connect
 from underbid.chain.deployment import AddressBook
+from underbid.chain.view import DecodedError, ErrorDecoder, connect
 from underbid.protocol.eip712 import Bid, Order
 from underbid.protocol.units import format_credits, format_ubt
 
@@ -75,7 +77,8 @@ _HINTS: dict[str, str] = {
     "AlreadyRegistered": "this account is already a registered provider",
     "ZeroAmount": "the amount must be greater than zero",
     "PriceNotSet": "the oracle has no price yet: the updater must post one",
-    "StalePrice": "the oracle price is too old: the updater must post a fresh one (devnet: `underbid devnet advance` re-posts it)",
+    "StalePrice": "the oracle price is too old: the updater must post a fresh one"
+    " (devnet: `underbid devnet advance` re-posts it)",
     "MintBelowMinimum": "mint more: the BME has a minimum mint (`underbid bme`)",
     "SlippageExceeded": "the price moved: retry, or allow more slippage with --slippage",
     "RedemptionHalted": "the circuit breaker paused redemptions: redeem less or later (`underbid bme`)",
@@ -96,7 +99,7 @@ _HINTS: dict[str, str] = {
     "HeartbeatMissed": "a heartbeat was missed and the lease can be reported; it can no longer be heartbeated",
     "HeartbeatNotMissed": "the provider's heartbeats are current: the lease cannot be reported yet",
     "FaultPending": "a heartbeat was missed, so the lease can now end only through a fault report"
-                    " (`underbid report --lease <id>`), which refunds the buyer and slashes the provider",
+    " (`underbid report --lease <id>`), which refunds the buyer and slashes the provider",
     "MatcherNotBonded": "this matcher has no bond: it cannot settle",
     "ChallengeWindowClosed": "the witness lease's challenge window is over",
     "AlreadyChallenged": "this bid already won a challenge for this round",
@@ -262,7 +265,8 @@ class Client:
         chain_id = self.w3.eth.chain_id
         if chain_id != self.book.chain_id:
             raise UnderbidError(
-                f"the node at {rpc} is chain {chain_id} but the address book {deployment} is for chain {self.book.chain_id}"
+                f"the node at {rpc} is chain {chain_id} but the address book {deployment}"
+                f" is for chain {self.book.chain_id}"
             )
         self.chain_id = chain_id
         if not self.w3.eth.get_code(self.book.address("UnderbidSettlement")):
@@ -293,7 +297,7 @@ class Client:
     # ----- identity -----
 
     @property
-    def address(self) -> str:
+    def address(self) -> ChecksumAddress:
         if self.account is None:
             raise UnderbidError("this command needs an account: pass --account (or set $UNDERBID_ACCOUNT)")
         return self.account.address
@@ -323,7 +327,7 @@ class Client:
             return ChainError(f"the contract panicked: {_one_line(exc)}")
         return ChainError(f"the contract refused: {_one_line(getattr(exc, 'message', None) or exc)}")
 
-    def transact(self, fn, what: str) -> dict[str, Any]:
+    def transact(self, fn, what: str) -> TxReceipt:
         """Sends `fn` from the account and waits for its receipt. Reverts raise ChainError."""
         sender = self.address
         if self.on_tx:
@@ -342,6 +346,7 @@ class Client:
         # one, at a later timestamp, which can take a costlier path (a lease that accrued nothing
         # at estimation pays its provider a token transfer a second later). Unused gas is not paid.
         tx["gas"] = min(int(tx["gas"] * 1.5) + 60_000, self._gas_cap())
+        assert self.account is not None  # self.address above raised otherwise
         signed = self.account.sign_transaction(tx)
         try:
             tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
@@ -421,7 +426,7 @@ class Client:
 
     def params(self) -> dict[str, int]:
         """The core's tunable parameters by name (read from the ABI, so new fields just appear)."""
-        abi = next(e for e in self.settlement.abi if e.get("type") == "function" and e.get("name") == "params")
+        abi: Any = next(e for e in self.settlement.abi if e.get("type") == "function" and e.get("name") == "params")
         names = [o["name"] for o in abi["outputs"]]
         values = self.settlement.functions.params().call()
         return dict(zip(names, values if isinstance(values, (list, tuple)) else [values], strict=True))
@@ -468,13 +473,12 @@ class Client:
         logs = self.settlement.events.FaultReported.get_logs(from_block=self.book.block)
         return {"0x" + bytes(log["args"]["leaseId"]).hex() for log in logs}
 
-    def leases(self, *, buyer: str | None = None, provider: str | None = None, include_closed: bool = True) -> list[LeaseView]:
+    def leases(
+        self, *, buyer: str | None = None, provider: str | None = None, include_closed: bool = True
+    ) -> list[LeaseView]:
         """Leases from `LeaseOpened` logs, with live figures. `buyer`/`provider` filter (either matches)."""
         who = {w.lower() for w in (buyer, provider) if w}
-        if buyer and not provider:
-            events = self.lease_events(buyer=buyer)
-        else:
-            events = self.lease_events()
+        events = self.lease_events(buyer=buyer) if buyer and not provider else self.lease_events()
         if who:
             events = [e for e in events if (buyer and e["buyer"].lower() == buyer.lower())
                       or (provider and e["provider"].lower() == provider.lower())]
@@ -491,7 +495,9 @@ class Client:
     def lease(self, lease_id: bytes, event: dict[str, Any] | None = None, *, now: int | None = None,
               faulted: set[str] | None = None) -> LeaseView:
         s = self.settlement.functions
-        buyer, start, end, closed, _version, provider, units, price, paid_until, last_hb = self.call(s.getLease(lease_id))
+        buyer, start, end, closed, _version, provider, units, price, paid_until, last_hb = self.call(
+            s.getLease(lease_id)
+        )
         claimable, remaining, collateral = s.leaseBalances(lease_id).call()
         reportable = None if closed else s.faultReportableAt(lease_id).call()
         if reportable is not None and reportable >= 2**255:
@@ -501,10 +507,24 @@ class Client:
             found = [e for e in self.lease_events(buyer=buyer) if bytes(e["leaseId"]) == lease_id]
             event = found[0] if found else {"round": 0, "market": b"\0" * 32}
         return LeaseView(
-            id=lid, round=int(event["round"]), matcher=event.get("matcher") or "", buyer=buyer, provider=provider, market="0x" + bytes(event["market"]).hex(),
-            units=units, price=price, start=start, end=end, closed=closed, paid_until=paid_until or start,
-            last_heartbeat=last_hb or start, claimable=claimable, remaining=remaining, collateral=collateral,
-            reportable_at=reportable, faulted=lid in (faulted if faulted is not None else self.faulted_leases()),
+            id=lid,
+            round=int(event["round"]),
+            matcher=event.get("matcher") or "",
+            buyer=buyer,
+            provider=provider,
+            market="0x" + bytes(event["market"]).hex(),
+            units=units,
+            price=price,
+            start=start,
+            end=end,
+            closed=closed,
+            paid_until=paid_until or start,
+            last_heartbeat=last_hb or start,
+            claimable=claimable,
+            remaining=remaining,
+            collateral=collateral,
+            reportable_at=reportable,
+            faulted=lid in (faulted if faulted is not None else self.faulted_leases()),
             now=now if now is not None else self.block_time(),
         )
 
@@ -693,7 +713,8 @@ class Client:
         if amount > info.available:
             raise UnderbidError(
                 f"InsufficientFreeStake(provider={self.address}, required={format_ubt(amount)} UBT,"
-                f" free={format_ubt(info.available)} UBT): only stake neither locked nor already unbonding can be unstaked"
+                f" free={format_ubt(info.available)} UBT): only stake neither locked nor already unbonding"
+                " can be unstaked"
             )
         receipt = self.transact(self.settlement.functions.requestUnstake(amount), "request unstake")
         event = self.settlement.events.UnstakeRequested().process_receipt(receipt, errors=DISCARD)[0]["args"]
@@ -721,14 +742,20 @@ class Client:
                                 f"heartbeat {len(lease_ids)} lease(s)")
         skipped = self._skipped(receipt)
         gone = {s["lease"] for s in skipped}
-        return {"leases": [i for i in lease_ids if i.lower() not in gone], "skipped": skipped,
-                "at": self.w3.eth.get_block(receipt["blockNumber"])["timestamp"], "tx": receipt["transactionHash"].hex()}
+        return {
+            "leases": [i for i in lease_ids if i.lower() not in gone],
+            "skipped": skipped,
+            "at": self.w3.eth.get_block(receipt["blockNumber"])["timestamp"],
+            "tx": receipt["transactionHash"].hex(),
+        }
 
     def claim(self, lease_ids: list[str]) -> dict[str, Any]:
         """Claims what `lease_ids` accrued; closed and fault-pending leases are skipped (in `skipped`)."""
         receipt = self.transact(self.settlement.functions.claim([bytes.fromhex(i[2:]) for i in lease_ids]),
                                 f"claim {len(lease_ids)} lease(s)")
-        paid = sum(e["args"]["amount"] for e in self.settlement.events.LeasePaid().process_receipt(receipt, errors=DISCARD))
+        paid = sum(
+            e["args"]["amount"] for e in self.settlement.events.LeasePaid().process_receipt(receipt, errors=DISCARD)
+        )
         closed = ["0x" + bytes(e["args"]["leaseId"]).hex()
                   for e in self.settlement.events.LeaseClosed().process_receipt(receipt, errors=DISCARD)]
         return {"leases": lease_ids, "claimed": paid, "closed": closed, "skipped": self._skipped(receipt),
@@ -736,7 +763,9 @@ class Client:
 
     def close(self, lease_id: str) -> dict[str, Any]:
         receipt = self.transact(self.settlement.functions.close(bytes.fromhex(lease_id[2:])), "close lease")
-        paid = sum(e["args"]["amount"] for e in self.settlement.events.LeasePaid().process_receipt(receipt, errors=DISCARD))
+        paid = sum(
+            e["args"]["amount"] for e in self.settlement.events.LeasePaid().process_receipt(receipt, errors=DISCARD)
+        )
         closed = self.settlement.events.LeaseClosed().process_receipt(receipt, errors=DISCARD)[0]["args"]
         return {"lease": lease_id, "paid_to_provider": paid, "refunded": closed["refund"],
                 "collateral_unlocked": closed["collateral"], "tx": receipt["transactionHash"].hex()}
@@ -990,14 +1019,15 @@ class MatcherClient:
         return self._request("POST", "/rounds/close", "closing the round",
                              headers={"Authorization": f"Bearer {token}"}, timeout=600)
 
-
 def _api_reason(response: httpx.Response) -> str:
     try:
         detail = response.json().get("detail")
     except ValueError:
         return f"HTTP {response.status_code}"
     if isinstance(detail, list) and detail:
-        return "; ".join(f"{d.get('field', '?')}: {d.get('reason', d.get('msg', '?'))}" for d in detail if isinstance(d, dict))
+        return "; ".join(
+            f"{d.get('field', '?')}: {d.get('reason', d.get('msg', '?'))}" for d in detail if isinstance(d, dict)
+        )
     return _one_line(detail) if detail else f"HTTP {response.status_code}"
 
 

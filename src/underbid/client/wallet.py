@@ -10,6 +10,7 @@ On a local devnet (chain 31337) `dev:<n>` names the n-th well-known test key (no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -153,10 +154,8 @@ def save_account(alias: str, account: LocalAccount, password: str, *, ape: bool 
         raise WalletError("the password must not be empty")
     folder = ape_accounts_dir() if ape else underbid_accounts_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    try:
+    with contextlib.suppress(OSError):
         folder.chmod(0o700)
-    except OSError:
-        pass
     n = int(os.environ.get("UNDERBID_SCRYPT_N") or DEFAULT_SCRYPT_N)
     if n < 2**10 or n & (n - 1):
         raise WalletError("$UNDERBID_SCRYPT_N must be a power of two of at least 1024")

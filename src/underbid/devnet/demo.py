@@ -4,8 +4,9 @@ Five providers bind to the matcher, stake and bid in two markets at different pr
 mint credits, bind, deposit and order, a round clears at one uniform price per market, time advances
 while providers heartbeat, providers claim, one provider misses heartbeats and is reported and
 slashed, a buyer closes early and is refunded (the providers' next heartbeats skip the closed
-leases), and credits are withdrawn from escrow through the notice period and redeemed. It ends with every balance before and after and checks
-that credits and UBT are conserved; a violation raises `ConservationError`.
+leases), and credits are withdrawn from escrow through the notice period and redeemed. It ends with
+every balance before and after and checks that credits and UBT are conserved; a violation raises
+`ConservationError`.
 
 The demo drives the same library the CLI commands use (`underbid.client.session`).
 """
@@ -20,7 +21,15 @@ from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from underbid.client.session import Client, MatcherClient, UnderbidError
@@ -150,7 +159,7 @@ class Demo:
             self.actors[b.name] = self.base.with_account(dev_account(b.index))
         self.actors["reporter"] = self.base.with_account(dev_account(REPORTER))
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
 
     # ----- narration -----
 
@@ -184,13 +193,13 @@ class Demo:
                    TimeElapsedColumn())
         with Progress(*columns, console=self.console, transient=True, disable=self.quiet) as progress:
             self._progress = progress
-            self._task = progress.add_task("demo", total=len(steps))
+            self._task = task = progress.add_task("demo", total=len(steps))
             self._stage_task = progress.add_task("", total=None)
             for number, (title, step) in enumerate(zip(STAGES, steps, strict=True), start=1):
-                progress.update(self._task, description=f"[bold]{number}/{len(steps)} {title}")
+                progress.update(task, description=f"[bold]{number}/{len(steps)} {title}")
                 self.say(f"\n[bold cyan]{number}. {title}[/]")
                 step()
-                progress.advance(self._task)
+                progress.advance(task)
             self._progress = None
         self.result.seconds = time.perf_counter() - started
         return self.result
@@ -236,8 +245,16 @@ class Demo:
         self.bids: dict[str, str] = {}
         for p in PROVIDER_PLANS:
             actor = self.actors[p.name]
-            bid = Bid(provider=actor.address, matcher=self.matcher_address, market=market_id(p.market), capacity=p.capacity, price=_price(p.price),
-                      max_duration=24 * 3600, deadline=actor.block_time() + 2 * 3600, nonce=secrets.randbits(64))
+            bid = Bid(
+                provider=actor.address,
+                matcher=self.matcher_address,
+                market=market_id(p.market),
+                capacity=p.capacity,
+                price=_price(p.price),
+                max_duration=24 * 3600,
+                deadline=actor.block_time() + 2 * 3600,
+                nonce=secrets.randbits(64),
+            )
             ack = self.matcher.post_bid(bid, actor.sign(bid), p.market)
             self.bids[ack["digest"]] = p.name
             table.add_row(p.name, MARKET_NAMES[bid.market], str(p.capacity), p.price, ack["digest"][:12] + "…")
@@ -251,8 +268,16 @@ class Demo:
             minted = actor.mint_credits(b.mint_ubt * UBT)
             self._bind(b.name)
             actor.deposit(b.deposit * UBC)
-            order = Order(buyer=actor.address, matcher=self.matcher_address, market=market_id(b.market), units=b.units, duration=b.hours * 3600,
-                          max_price=_price(b.max_price), deadline=actor.block_time() + 2 * 3600, nonce=secrets.randbits(64))
+            order = Order(
+                buyer=actor.address,
+                matcher=self.matcher_address,
+                market=market_id(b.market),
+                units=b.units,
+                duration=b.hours * 3600,
+                max_price=_price(b.max_price),
+                deadline=actor.block_time() + 2 * 3600,
+                nonce=secrets.randbits(64),
+            )
             self.matcher.post_order(order, actor.sign(order), b.market)
             table.add_row(b.name, _ubt(minted["ubt_burned"], 0), _ubc(minted["credits_minted"]), _ubc(b.deposit * UBC),
                           MARKET_NAMES[order.market], str(b.units), str(b.hours), b.max_price)
@@ -277,13 +302,17 @@ class Demo:
                 raise UnderbidError(f"clearing price on chain {on_chain} differs from the matcher's {price}")
         self.leases = [v for v in self.base.leases(include_closed=False)
                        if v.round == report["round_id"] and v.matcher == self.matcher_address]
-        names = {a.address: n for n, a in self.actors.items()}
-        table = Table("lease", "buyer", "provider", "market", "units", "price", "hours", "locked cost", title="leases opened")
+        names: dict[str, str] = {a.address: n for n, a in self.actors.items()}
+        table = Table(
+            "lease", "buyer", "provider", "market", "units", "price", "hours", "locked cost", title="leases opened"
+        )
         for v in self.leases:
             table.add_row(v.id[:12] + "…", names.get(v.buyer, v.buyer), names.get(v.provider, v.provider),
                           MARKET_NAMES.get(v.market, v.market[:10]), str(v.units), _ubc(v.price),
                           str((v.end - v.start) // 3600), _ubc(v.cost))
-            self.result.leases.append({**v.as_json(), "buyer_name": names.get(v.buyer), "provider_name": names.get(v.provider)})
+            self.result.leases.append(
+                {**v.as_json(), "buyer_name": names.get(v.buyer), "provider_name": names.get(v.provider)}
+            )
         self.show(table)
 
     def stage_time(self) -> None:
@@ -292,27 +321,28 @@ class Demo:
         steps = max(self.minutes * 60 // step, 3)
         faulty = {p.name for p in PROVIDER_PLANS if p.misses_heartbeats}
         by_provider: dict[str, list[str]] = {}
-        names = {a.address: n for n, a in self.actors.items()}
+        names: dict[str, str] = {a.address: n for n, a in self.actors.items()}
         for v in self.leases:
             by_provider.setdefault(names[v.provider], []).append(v.id)
-        clock = self._progress.add_task("  chain time", total=steps) if self._progress is not None else None
+        progress = self._progress
+        clock = progress.add_task("  chain time", total=steps) if progress is not None else None
         for i in range(steps):
             advance(self.base, step, repost_price=False)
             for name, ids in by_provider.items():
                 if name in faulty and i >= 1:
                     continue  # this provider's machine went dark after its first heartbeat
                 self.actors[name].heartbeat(ids)
-            if clock is not None:
-                self._progress.update(clock, completed=i + 1, description=f"  chain time +{(i + 1) * step // 60} min")
-        if clock is not None:
-            self._progress.remove_task(clock)
+            if progress is not None and clock is not None:
+                progress.update(clock, completed=i + 1, description=f"  chain time +{(i + 1) * step // 60} min")
+        if progress is not None and clock is not None:
+            progress.remove_task(clock)
         self.say(f"{steps * step // 60} minutes of chain time passed in {steps} steps of {step} s;"
                  f" {', '.join(sorted(set(by_provider) - faulty))} heartbeat every step,"
                  f" {', '.join(sorted(faulty & set(by_provider))) or 'nobody'} went silent")
         self.show(self._live_leases("leases now"))
 
     def _live_leases(self, title: str) -> Table:
-        names = {a.address: n for n, a in self.actors.items()}
+        names: dict[str, str] = {a.address: n for n, a in self.actors.items()}
         table = Table("lease", "buyer", "provider", "accrued", "claimable", "locked left", "status", title=title)
         for v in self.base.leases():
             if v.round != self.result.round_id or v.matcher != self.matcher_address:
@@ -328,7 +358,9 @@ class Demo:
         if not faulty:
             self.say("no lease is reportable (the silent provider won no lease)")
             return
-        total = {"slashed": 0, "to_buyer": 0, "to_reporter": 0, "burned": 0, "buyer_refund": 0, "leases": []}
+        total: dict[str, Any] = {
+            "slashed": 0, "to_buyer": 0, "to_reporter": 0, "burned": 0, "buyer_refund": 0, "leases": []
+        }
         for v in faulty:
             outcome = reporter.report(v.id)
             for key in ("slashed", "to_buyer", "to_reporter", "burned", "buyer_refund"):
@@ -375,8 +407,8 @@ class Demo:
         # The providers' heartbeat batches still list the closed leases (their machines have not heard
         # yet): the contract skips those and keeps the batch, so no buyer can make a heartbeat fail.
         closed = {c["lease"] for c in self.result.early_close}
-        names = {a.address: n for n, a in self.actors.items()}
-        for name in sorted({names.get(v.provider) for v in self.leases if v.id in closed} - {None}):
+        names: dict[str, str] = {a.address: n for n, a in self.actors.items()}
+        for name in sorted({names[v.provider] for v in self.leases if v.id in closed and v.provider in names}):
             actor = self.actors[name]
             ids = [v.id for v in self.leases if v.provider == actor.address]
             beat = actor.heartbeat(ids)
@@ -399,7 +431,9 @@ class Demo:
                      f" {notice} s notice (meanwhile the credits stay free for the matcher's batches in flight)")
             # anvil lets the demo skip the wait: evm_increaseTime + evm_mine move the chain clock.
             advance(self.base, notice, repost_price=False)
-            self.say(f"the devnet's clock moved {notice} s forward (anvil evm_increaseTime + evm_mine): the notice is over")
+            self.say(
+                f"the devnet's clock moved {notice} s forward (anvil evm_increaseTime + evm_mine): the notice is over"
+            )
             for name in announced:
                 outcome = self.actors[name].complete_withdrawal()
                 self.say(f"{name} withdrew {_ubc(outcome['withdrawn'])} UBC from escrow")

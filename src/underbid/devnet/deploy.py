@@ -86,7 +86,9 @@ class Deployed:
         return dict(zip(CONTRACT_NAMES, contracts, strict=True))
 
 
-def deploy_protocol(deployer: Any, matchers: list[Any], params: DeployParams = DeployParams(), *, seed_price: bool = True) -> Deployed:
+def deploy_protocol(
+    deployer: Any, matchers: list[Any], params: DeployParams = DeployParams(), *, seed_price: bool = True
+) -> Deployed:
     """Deploys every contract from `deployer`, binds the tokens and bonds the matchers.
 
     The core's owner, and the BME's and the oracle's admin, is an OpenZeppelin timelock
@@ -153,7 +155,9 @@ def address_book(deployed: Deployed, network: str, deployer: Any, params: Deploy
     contracts = {
         name: DeployedContract(
             address=str(instance.address),
-            abi=[entry.model_dump(mode="json", by_alias=True, exclude_none=True) for entry in instance.contract_type.abi],
+            abi=[
+                entry.model_dump(mode="json", by_alias=True, exclude_none=True) for entry in instance.contract_type.abi
+            ],
         )
         for name, instance in deployed.by_name().items()
     }

@@ -287,7 +287,9 @@ def up(*, port: int = 8545, matcher_port: int = 8700, directory: Path | None = N
         raise DevnetError(f"a devnet is already up at {existing.rpc} (state {path}): `underbid devnet down` first")
     for p, what in ((port, "anvil"), (matcher_port, "the matcher")):
         if port_in_use(p):
-            raise DevnetError(f"port {p} for {what} is in use: stop what runs there or pick another (--port/--matcher-port)")
+            raise DevnetError(
+                f"port {p} for {what} is in use: stop what runs there or pick another (--port/--matcher-port)"
+            )
     root = project_root()
     # The project's address book (what `ape run deploy` writes), unless the devnet lives elsewhere.
     deployment = directory / "local.json" if explicit or root is None else root / "deployments/local.json"
@@ -336,7 +338,9 @@ def advance(client, seconds: int, *, repost_price: bool = True) -> int:
     deployer is the devnet's updater) so minting and redeeming keep working. Returns the new time."""
     w3 = client.w3
     if client.chain_id != DEV_CHAIN_ID:
-        raise DevnetError(f"time travel works only on a local devnet (chain {DEV_CHAIN_ID}), not chain {client.chain_id}")
+        raise DevnetError(
+            f"time travel works only on a local devnet (chain {DEV_CHAIN_ID}), not chain {client.chain_id}"
+        )
     if seconds > 0:
         w3.provider.make_request("evm_increaseTime", [int(seconds)])
     w3.provider.make_request("evm_mine", [])
@@ -356,7 +360,9 @@ def repost_oracle_price(client) -> None:
 def fund(client, address: str, *, eth: int = 0, ubt: int = 0) -> None:
     """Devnet faucet: sets ETH with anvil_setBalance (adds `eth`) and sends UBT from the deployer."""
     if client.chain_id != DEV_CHAIN_ID:
-        raise DevnetError(f"the faucet works only on a local devnet (chain {DEV_CHAIN_ID}), not chain {client.chain_id}")
+        raise DevnetError(
+            f"the faucet works only on a local devnet (chain {DEV_CHAIN_ID}), not chain {client.chain_id}"
+        )
     if eth:
         balance = client.w3.eth.get_balance(address)
         client.w3.provider.make_request("anvil_setBalance", [address, hex(balance + eth)])

@@ -71,9 +71,13 @@ def _gpu_spec(profile_name: str, profile: Any) -> tuple[str, int, int]:
         raise SdlError(f"{where}.units {units!r} is not a whole number") from None
     if units <= 0:
         raise SdlError(f"{where}.units is {units}: an Underbid market needs at least one GPU")
-    vendors = _mapping(_mapping(gpu.get("attributes"), f"{where}.attributes").get("vendor"), f"{where}.attributes.vendor")
+    vendors = _mapping(
+        _mapping(gpu.get("attributes"), f"{where}.attributes").get("vendor"), f"{where}.attributes.vendor"
+    )
     if len(vendors) != 1:
-        raise SdlError(f"{where}.attributes.vendor lists {len(vendors)} vendors ({', '.join(vendors)}); a market needs exactly one")
+        raise SdlError(
+            f"{where}.attributes.vendor lists {len(vendors)} vendors ({', '.join(vendors)}); a market needs exactly one"
+        )
     vendor, models = next(iter(vendors.items()))
     if not models:
         raise SdlError(f"{where}.attributes.vendor.{vendor} names no model (any model cannot be one market)")
@@ -81,7 +85,9 @@ def _gpu_spec(profile_name: str, profile: Any) -> tuple[str, int, int]:
         raise SdlError(f"{where}.attributes.vendor.{vendor} must be a list of models")
     if len(models) != 1:
         names = ", ".join(str(m.get("model")) if isinstance(m, dict) else str(m) for m in models)
-        raise SdlError(f"{where}.attributes.vendor.{vendor} lists {len(models)} models ({names}); a market needs exactly one")
+        raise SdlError(
+            f"{where}.attributes.vendor.{vendor} lists {len(models)} models ({names}); a market needs exactly one"
+        )
     model = _mapping(models[0], f"{where}.attributes.vendor.{vendor}[0]")
     if not model.get("model"):
         raise SdlError(f"{where}.attributes.vendor.{vendor}[0] has no model")
@@ -127,16 +133,18 @@ def parse_sdl(text: str, *, service: str | None = None, source: str = "SDL") -> 
             entry = _mapping(entry, f"deployment.{name}.{placement_name}")
             profile_name = entry.get("profile")
             if profile_name not in compute:
-                raise SdlError(f"deployment.{name}.{placement_name}.profile {profile_name!r} is not in profiles.compute")
+                raise SdlError(
+                    f"deployment.{name}.{placement_name}.profile {profile_name!r} is not in profiles.compute"
+                )
             try:
                 count = int(str(entry.get("count", 1)))
             except ValueError:
                 raise SdlError(f"deployment.{name}.{placement_name}.count is not a whole number") from None
             if count <= 0:
                 raise SdlError(f"deployment.{name}.{placement_name}.count must be at least 1")
-            if "gpu" not in (_mapping(compute[profile_name], f"profiles.compute.{profile_name}").get("resources") or {}):
-                if service is None and len(deployment) > 1:
-                    continue  # a CPU-only sidecar next to GPU services: not part of the market
+            resources = _mapping(compute[profile_name], f"profiles.compute.{profile_name}").get("resources") or {}
+            if "gpu" not in resources and service is None and len(deployment) > 1:
+                continue  # a CPU-only sidecar next to GPU services: not part of the market
             gpu, vram, gpus = _gpu_spec(profile_name, compute[profile_name])
             region = _region(placement_name, placements[placement_name]) if placement_name in placements else None
             raw = f"gpu={gpu};vram={vram};gpus={gpus}" + (f";region={region}" if region else "")
