@@ -14,7 +14,8 @@ mypy_out="$(mypy 2>&1)" || status=$((status + 2))
 if [ "$status" -ne 0 ]; then
   [ $((status & 1)) -ne 0 ] && printf '%s\n' "$ruff_out" >&2
   [ $((status & 2)) -ne 0 ] && printf '%s\n' "$mypy_out" >&2
-  echo "lint: FAILED (ruff: $(tail -1 <<<"$ruff_out"); mypy: $(tail -1 <<<"$mypy_out"))" >&2
+  ruff_sum="$(grep -E '^(Found|All checks)' <<<"$ruff_out" | tail -1)"
+  echo "lint: FAILED (ruff: ${ruff_sum:-see above}; mypy: $(tail -1 <<<"$mypy_out"))" >&2
   exit 1
 fi
 echo "lint: ruff and mypy clean ($(tail -1 <<<"$mypy_out")) in $((SECONDS - start)) s"
