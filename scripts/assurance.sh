@@ -14,12 +14,15 @@ echo "assurance: forge build + invariant and fuzz tests (foundry.toml: [invarian
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e
-forge test 2>&1 | tee "$log" | grep -E '^\[(PASS|FAIL)|^Suite result|Failing tests|counterexample|\[Sequence\]|sender=|Encountered|Error'
+# -vv: forge prints the invariant campaign's coverage counters (InvariantsTest.afterInvariant)
+forge test -vv 2>&1 | tee "$log" | grep -E '^\[(PASS|FAIL)|^Suite result|Failing tests|counterexample|\[Sequence\]|sender=|Encountered|Error'
 status=${PIPESTATUS[0]}
 set -e
 # forge prints "invariant_x() (runs: R, calls: C, reverts: V)" per invariant.
 grep -oE 'invariant_[A-Za-z0-9_]+\(\) \(runs: [0-9]+, calls: [0-9]+, reverts: [0-9]+\)' "$log" \
   | sed -E 's/^(.*) \(runs: ([0-9]+), calls: ([0-9]+), reverts: ([0-9]+)\)$/assurance: \1: \3 handler calls in \2 runs (\4 reverted)/' || true
+# The campaign's coverage (summed over its runs): rounds, leases, challenges and how far each got.
+grep -E '^ *coverage: ' "$log" | sed -E 's/^ *coverage: /assurance: coverage: /' || true
 if [ "$status" -ne 0 ]; then
   echo "assurance: forge tests FAILED (full output above; rerun with: forge test -vvv)" >&2
   exit "$status"

@@ -19,12 +19,19 @@ import {ExactClearing} from "./ExactClearing.sol";
 /// @dev The actors of the invariant campaign: 3 buyers, 3 providers, an honest matcher H that
 /// clears every round exactly (brute force over one market, <= 3 orders, <= 3 bids) and an
 /// adversarial matcher A that settles whatever it likes. Every public function is one action;
-/// the invariant test reads the ghost state and the violation flags.
+/// the campaign calls only `step`, which picks one by weight (see there). Buyers and providers
+/// 0 and 1 live with H, buyer and provider 2 with A (they switch now and then). The invariant
+/// test reads the ghost state, the violation flags and the coverage counters.
 contract Handler is CheatBase {
     bytes32 internal constant MARKET = keccak256("gpu=nvidia-h100;vram=80;gpus=8;region=us-east");
     uint256 internal constant STAKE_PER_UNIT = 100e18;
-    uint256 internal constant MAX_MESSAGES = 48;
-    uint256 internal constant MAX_LEASES = 120;
+    uint256 internal constant MAX_MESSAGES = 200;
+    /// Leases kept for heartbeat/claim/close/fault picks (a ring: the oldest are overwritten).
+    uint256 internal constant MAX_LEASES = 128;
+    /// H's most recent leases, the witnesses of challenges against H (a ring).
+    uint256 internal constant H_RING = 32;
+    /// Receipted bids kept as challengers (a ring per matcher).
+    uint256 internal constant RECEIPT_RING = 64;
 
     UnderbidToken public immutable ubt;
     UnderbidCredit public immutable credit;
@@ -66,17 +73,28 @@ contract Handler is CheatBase {
         uint64 round;
         bytes32 orderDigest;
         uint256 bid;
+        uint64 closesAt;
+        uint64 start;
+        uint32 duration;
     }
 
     OrderRec[] internal _orders;
     BidRec[] internal _bids;
     LeaseRec[] internal _leases;
+    uint256 internal leaseCount;
+    LeaseRec[] internal _hRing;
+    uint256 internal hLeaseCount;
+    /// keccak256(matcher, round, bid digest) => the order of that bid's shortest lease in the round.
+    mapping(bytes32 => bytes32) internal ownLeaseOrder;
+    mapping(bytes32 => uint256) internal ownLeaseDuration;
     /// Live messages H admitted (indices into _orders / _bids); every bid there has a receipt.
     uint256[] internal hOrders;
     uint256[] internal hBids;
-    /// Every bid that ever got a receipt from H / from A.
+    /// The latest RECEIPT_RING bids that got a receipt from H / from A.
     uint256[] internal hReceipted;
     uint256[] internal aReceipted;
+    uint256 internal hReceiptCount;
+    uint256 internal aReceiptCount;
     uint256 internal nonceCounter = 1_000;
 
     // ----- ghost state -----
@@ -94,14 +112,40 @@ contract Handler is CheatBase {
     bool public foreignSettle;
     bool public fillMismatch;
 
-    // ----- coverage counters (printed by the campaign's last check) -----
+    // ----- coverage counters (printed by afterInvariant, summed over the campaign's runs) -----
+    uint256 public steps;
     uint256 public honestRounds;
     uint256 public honestLeases;
     uint256 public adversaryRounds;
+    uint256 public adversaryLeases;
+    /// H batches that landed with other actions between their simulation and their inclusion,
+    /// and of those, the ones with adversarial actions in between.
+    uint256 public honestInterleaved;
+    uint256 public honestAfterAdversary;
+    uint256 public expiredBatches;
+    /// Adversarial actions (withdrawal/unstake/cancel requests and their executions, binding
+    /// switches, A's settles), and those made while an H batch was pending.
+    uint256 public adversaryActions;
+    uint256 public adversaryWhilePending;
+    /// Challenges against H: attempted; reached the spare-unit or swap checks (passed the
+    /// signature, witness-in-round, window, market, pricier and duration checks); of those by the
+    /// swap proof; of those made right after an adversarial action (same or previous step).
     uint256 public challengesTried;
     uint256 public challengesPastWitness;
+    uint256 public challengesDeepSwap;
+    uint256 public challengesDeepAfterAdversary;
+    /// Outcome of each challenge against H by error selector (bytes4(0): the challenge succeeded).
+    mapping(bytes4 => uint256) public challengeOutcome;
     uint256 public adversaryChallenged;
-    uint256 public expiredBatches;
+    /// Messages H admitted; H simulations that found no order, no bid, or no trade.
+    uint256 public ordersAdmitted;
+    uint256 public bidsAdmitted;
+    uint256 public simNoOrder;
+    uint256 public simNoBid;
+    uint256 public simNoTrade;
+    uint256 internal lastAdversaryStep;
+    uint256 internal pendingStep;
+    uint256 internal pendingAdversary;
 
     // ----- H's batch between simulation and inclusion -----
     bool public pendingActive;
@@ -154,9 +198,9 @@ contract Handler is CheatBase {
             vm.prank(buyers[i]);
             settlement.deposit(400e6);
             vm.prank(buyers[i]);
-            settlement.bindMatcher(H);
+            settlement.bindMatcher(_home(i));
             vm.prank(providers[i]);
-            settlement.bindMatcher(H);
+            settlement.bindMatcher(_home(i));
         }
         vm.startPrank(H);
         ubt.approve(address(settlement), type(uint256).max);
@@ -169,6 +213,11 @@ contract Handler is CheatBase {
         bmeBurned = 1_500e18;
     }
 
+    /// @dev Accounts 0 and 1 (buyer and provider) live with H, account 2 with A.
+    function _home(uint256 i) private view returns (address) {
+        return i == 2 ? A : H;
+    }
+
     function _prepareAccount(address who) private {
         vm.startPrank(who);
         ubt.approve(address(settlement), type(uint256).max);
@@ -177,16 +226,147 @@ contract Handler is CheatBase {
     }
 
     // =====================================================================================
+    // The campaign's one entry point: an action picked by weight
+    // =====================================================================================
+
+    /// @dev One campaign call. `op` (hashed) picks the action (weights in percent below); the other
+    /// seeds are its inputs. Weighted so that per 1,000 calls H settles some 20+ rounds, A 10+,
+    /// and 20+ challenges against H reach the spare-unit or swap checks, part of them right after
+    /// an adversarial action and part of H's batches landing after adversarial actions.
+    function step(uint256 op, uint256 a, uint256 b, uint256 c, uint256 d, uint256 e) external {
+        ++steps;
+        // forge's inputs lean to small and edge values (0, 1, max, dictionary values): the
+        // action and the matcher/nonce choice come from a hash, so the weights hold
+        op = uint256(keccak256(abi.encode(op, a, b, steps)));
+        uint256 w = op % 100;
+        if (w < 15) newOrder(a, b, c, d, e, op >> 8);
+        else if (w < 30) newBid(a, b, c, d, e, op >> 8);
+        else if (w < 33) prepareHonest();
+        else if (w < 36) landHonest();
+        else if (w < 45) settleHonestNow();
+        else if (w < 49) interleaveHonest(a, b, c);
+        else if (w < 55) settleAdversary(a, b, c);
+        else if (w < 61) warp(a);
+        else if (w < 67) challengeHonest(a, b, c);
+        else if (w < 72) adversaryThenChallenge(a, b, c, d);
+        else if (w < 73) challengeAdversary(a, b, c);
+        else if (w < 75) bindMatcher(a, b);
+        else if (w < 77) requestWithdrawal(a, b);
+        else if (w < 79) withdraw(a);
+        else if (w < 80) deposit(a, b);
+        else if (w < 82) requestUnstake(a, b);
+        else if (w < 84) withdrawUnbonded(a);
+        else if (w < 85) stake(a, b);
+        else if (w < 87) requestCancel(a);
+        else if (w < 88) cancelNonces(a);
+        else if (w < 91) heartbeat(a);
+        else if (w < 93) claim(a);
+        else if (w < 94) close(a, b);
+        else if (w < 95) reportFault(a);
+        else if (w < 96) movePrice(a);
+        else if (w < 98) mintCredits(a, b);
+        else redeem(a, b);
+    }
+
+    /// @dev H simulates a batch, then 1-3 adversarial actions run (aimed at the accounts and
+    /// messages of the batch half of the time, with time passing within the batch's deadline),
+    /// then the batch lands: it must not revert.
+    function interleaveHonest(uint256 seed, uint256 x, uint256 y) public {
+        prepareHonest();
+        if (!pendingActive) return;
+        uint256 k = 1 + seed % 3;
+        for (uint256 j; j < k; ++j) {
+            uint256 s = uint256(keccak256(abi.encode(seed, x, y, j)));
+            if (s % 2 == 0) attackPending(s >> 1);
+            else adversaryAction(s >> 1, x >> (j * 8), y >> (j * 8));
+        }
+        landHonest();
+    }
+
+    /// @dev One adversarial action, then a challenge against H.
+    function adversaryThenChallenge(uint256 seed, uint256 bidPick, uint256 leasePick, uint256 mode) public {
+        if (seed % 3 == 0 && pendingActive) attackPending(seed >> 2);
+        else adversaryAction(seed >> 2, bidPick >> 128, leasePick >> 128);
+        challengeHonest(bidPick, leasePick, mode);
+    }
+
+    /// @dev A withdrawal, unstake or cancel request (or their execution), a binding switch, or a settle by A.
+    function adversaryAction(uint256 seed, uint256 x, uint256 y) public {
+        uint256 k = seed % 10;
+        if (k == 0) requestWithdrawal(x, y);
+        else if (k == 1) requestUnstake(x, y);
+        else if (k == 2) requestCancel(x);
+        else if (k == 3) bindMatcher(x, y);
+        else if (k < 7) settleAdversary(x, y, seed >> 8);
+        else if (k == 7) withdraw(x);
+        else if (k == 8) withdrawUnbonded(x);
+        else cancelNonces(x);
+    }
+
+    /// @dev Aims at H's pending batch: its buyer asks to withdraw all free escrow, its provider
+    /// to unstake all available stake, a signer asks to cancel the message's nonce or switches
+    /// its matcher, or time passes (within the batch's deadline) and announced withdrawals,
+    /// unstakes and cancellations are executed.
+    function attackPending(uint256 seed) public {
+        if (!pendingActive) return;
+        uint256 k = seed % 6;
+        OrderLib.Order storage o = _orders[pendingOrders[(seed >> 8) % pendingOrders.length]].o;
+        BidLib.Bid storage b = _bids[pendingBids[(seed >> 16) % pendingBids.length]].b;
+        uint256[] memory nonces = new uint256[](1);
+        _adversary();
+        if (k == 0) {
+            (uint128 free,) = settlement.escrowOf(o.buyer);
+            vm.prank(o.buyer);
+            settlement.requestWithdrawal(uint256(free) + 1);
+        } else if (k == 1) {
+            uint256 available = settlement.availableStake(b.provider);
+            if (available == 0) return;
+            vm.prank(b.provider);
+            settlement.requestUnstake(available);
+        } else if (k == 2) {
+            nonces[0] = (seed >> 24) % 2 == 0 ? o.nonce : b.nonce;
+            vm.prank((seed >> 24) % 2 == 0 ? o.buyer : b.provider);
+            settlement.requestCancel(nonces);
+        } else if (k == 3) {
+            // mostly a request to stay with H (still a pending change H must honour), else to leave
+            uint256 t = (seed >> 25) % 4;
+            vm.prank((seed >> 24) % 2 == 0 ? o.buyer : b.provider);
+            settlement.bindMatcher(t == 0 ? A : (t == 1 ? address(0) : H));
+        } else {
+            if (block.timestamp < pendingDeadline) vm.warp(block.timestamp + _bound(seed >> 32, 1, pendingDeadline - block.timestamp));
+            vm.prank(o.buyer);
+            try settlement.withdraw() {} catch {}
+            vm.prank(b.provider);
+            try settlement.withdrawUnbonded() {} catch {}
+            nonces[0] = o.nonce;
+            vm.prank(o.buyer);
+            try settlement.cancelNonces(nonces) {} catch {}
+            nonces[0] = b.nonce;
+            vm.prank(b.provider);
+            try settlement.cancelNonces(nonces) {} catch {}
+        }
+    }
+
+    function _adversary() private {
+        ++adversaryActions;
+        lastAdversaryStep = steps;
+        if (pendingActive) {
+            ++adversaryWhilePending;
+            ++pendingAdversary;
+        }
+    }
+
+    // =====================================================================================
     // Tokens: oracle moves, BME mint and redeem
     // =====================================================================================
 
-    function movePrice(uint256 price) external {
+    function movePrice(uint256 price) public {
         price = _bound(price, 0.5e8, 5e8);
         vm.prank(admin);
         oracle.setPrice(price);
     }
 
-    function mintCredits(uint256 who, uint256 ubtIn) external {
+    function mintCredits(uint256 who, uint256 ubtIn) public {
         address account = _anyUser(who);
         ubtIn = _bound(ubtIn, 1e18, 200e18);
         uint256 supply = ubt.totalSupply();
@@ -195,7 +375,7 @@ contract Handler is CheatBase {
         _trackSupply(supply);
     }
 
-    function redeem(uint256 who, uint256 amount) external {
+    function redeem(uint256 who, uint256 amount) public {
         address account = _anyUser(who);
         uint256 balance = credit.balanceOf(account);
         if (balance == 0) return;
@@ -216,7 +396,7 @@ contract Handler is CheatBase {
     // Escrow, stake, binding, cancellations, time
     // =====================================================================================
 
-    function deposit(uint256 who, uint256 amount) external {
+    function deposit(uint256 who, uint256 amount) public {
         address buyer = buyers[who % 3];
         uint256 balance = credit.balanceOf(buyer);
         if (balance == 0) return;
@@ -225,68 +405,80 @@ contract Handler is CheatBase {
         settlement.deposit(amount);
     }
 
-    function requestWithdrawal(uint256 who, uint256 amount) external {
+    function requestWithdrawal(uint256 who, uint256 amount) public {
         address buyer = buyers[who % 3];
         (uint128 free,) = settlement.escrowOf(buyer);
-        amount = _bound(amount, 1, uint256(free) + 1e6);
+        // mostly a part of the free escrow (so buyers keep trading), sometimes all of it or more
+        amount = amount % 4 == 0 ? _bound(amount >> 2, 1, uint256(free) + 1e6) : _bound(amount >> 2, 1, free / 4 + 1);
+        _adversary();
         vm.prank(buyer);
         settlement.requestWithdrawal(amount);
     }
 
-    function withdraw(uint256 who) external {
+    function withdraw(uint256 who) public {
+        _adversary();
         vm.prank(buyers[who % 3]);
         try settlement.withdraw() {} catch {}
     }
 
-    function stake(uint256 who, uint256 amount) external {
+    function stake(uint256 who, uint256 amount) public {
         amount = _bound(amount, 1e18, 500e18);
         vm.prank(providers[who % 3]);
         settlement.stake(amount);
     }
 
-    function requestUnstake(uint256 who, uint256 amount) external {
+    function requestUnstake(uint256 who, uint256 amount) public {
         address provider = providers[who % 3];
         uint256 available = settlement.availableStake(provider);
         if (available == 0) return;
-        amount = _bound(amount, 1, available);
+        // mostly up to 2 units' stake (so providers keep trading), sometimes all of it
+        amount = amount % 4 == 0 ? _bound(amount >> 2, 1, available) : _bound(amount >> 2, 1, 2 * STAKE_PER_UNIT);
+        if (amount > available) amount = available;
+        _adversary();
         vm.prank(provider);
         settlement.requestUnstake(amount);
     }
 
-    function withdrawUnbonded(uint256 who) external {
+    function withdrawUnbonded(uint256 who) public {
+        _adversary();
         vm.prank(providers[who % 3]);
         try settlement.withdrawUnbonded() {} catch {}
     }
 
-    /// @dev Mostly back to H, sometimes to the adversary A, sometimes unbound.
-    function bindMatcher(uint256 who, uint256 which) external {
-        address account = who % 2 == 0 ? buyers[(who / 2) % 3] : providers[(who / 2) % 3];
-        uint256 w = which % 5;
-        address target = w < 3 ? H : (w == 3 ? A : address(0));
+    /// @dev Mostly back to the account's home matcher (a switch request even when already bound
+    /// there), sometimes to the other matcher, sometimes unbound.
+    function bindMatcher(uint256 who, uint256 which) public {
+        uint256 i = (who / 2) % 3;
+        address account = who % 2 == 0 ? buyers[i] : providers[i];
+        uint256 w = which % 8;
+        address target = w < 6 ? _home(i) : (w < 7 ? (_home(i) == H ? A : H) : address(0));
+        _adversary();
         vm.prank(account);
         settlement.bindMatcher(target);
     }
 
-    function requestCancel(uint256 pick) external {
+    function requestCancel(uint256 pick) public {
         (address signer, uint256 nonce) = _someMessage(pick);
         if (signer == address(0)) return;
         uint256[] memory nonces = new uint256[](1);
         nonces[0] = nonce;
+        _adversary();
         vm.prank(signer);
         settlement.requestCancel(nonces);
     }
 
-    function cancelNonces(uint256 pick) external {
+    function cancelNonces(uint256 pick) public {
         (address signer, uint256 nonce) = _someMessage(pick);
         if (signer == address(0)) return;
         uint256[] memory nonces = new uint256[](1);
         nonces[0] = nonce;
+        _adversary();
         vm.prank(signer);
         try settlement.cancelNonces(nonces) {} catch {}
     }
 
-    function warp(uint256 dt) external {
-        dt = dt % 5 == 0 ? _bound(dt >> 8, 1, 3_600) : _bound(dt >> 8, 1, 90);
+    function warp(uint256 dt) public {
+        dt = dt % 10 == 0 ? _bound(dt >> 8, 1, 1_800) : _bound(dt >> 8, 1, 120);
         vm.warp(block.timestamp + dt);
     }
 
@@ -294,48 +486,77 @@ contract Handler is CheatBase {
     // Signed messages
     // =====================================================================================
 
+    /// @dev Mostly the matcher the account is bound to, one time in eight the other one. An
+    /// unbound account with no change pending first binds to its home matcher (at once).
+    function _matcherFor(address account, uint256 i, uint256 seed) private returns (bool adversary) {
+        address bound = settlement.boundMatcherOf(account);
+        if (bound == address(0)) {
+            bound = _home(i);
+            if (settlement.bindingOf(account).changeAt <= block.timestamp) {
+                vm.prank(account);
+                settlement.bindMatcher(bound);
+            }
+        }
+        adversary = bound == A;
+        if (seed % 8 == 0) adversary = !adversary;
+    }
+
     /// @dev A buyer signs an order for H (admitted if H would take it) or for A.
     function newOrder(uint256 who, uint256 units, uint256 duration, uint256 maxPrice, uint256 life, uint256 forA)
-        external
+        public
     {
         if (_orders.length >= MAX_MESSAGES) return;
         uint256 i = who % 3;
-        bool adversary = forA % 4 == 0;
+        bool adversary = _matcherFor(buyers[i], i, forA);
         OrderLib.Order memory o = OrderLib.Order({
             buyer: buyers[i],
             matcher: adversary ? A : H,
             market: MARKET,
             units: uint32(_bound(units, 1, 2)),
-            duration: uint32(_bound(duration, 10, 60) * 60),
-            maxPrice: uint64(_bound(maxPrice, 10, 50) * 1e5),
+            duration: uint32(_bound(duration, 10, 50) * 60),
+            maxPrice: uint64(_bound(maxPrice, 15, 50) * 1e5),
             deadline: uint64(block.timestamp + _bound(life, 60, 7_200)),
             nonce: _nonce(forA)
         });
+        _topUpEscrow(buyers[i]);
         bytes32 digest = settlement.hashOrder(o);
         _orders.push(OrderRec(o, _sig(buyerPk[i], digest), digest));
-        if (!adversary && _orderLive(_orders.length - 1) && hOrders.length < 3) {
+        if (adversary || !_orderLive(_orders.length - 1)) return;
+        if (hOrders.length == 3) _prune();
+        ++ordersAdmitted;
+        if (hOrders.length < 3) {
             hOrders.push(_orders.length - 1);
+        } else {
+            // H's order book is full: the new order replaces the oldest (orders carry no
+            // receipt, so H may drop one; bids it receipted it must keep)
+            uint256 oldest;
+            for (uint256 j = 1; j < 3; ++j) {
+                if (hOrders[j] < hOrders[oldest]) oldest = j;
+            }
+            hOrders[oldest] = _orders.length - 1;
         }
     }
 
     /// @dev A provider signs a bid for H (admitted with a receipt if H would take it) or for A
     /// (A signs a receipt for every bid).
     function newBid(uint256 who, uint256 capacity, uint256 price, uint256 maxDuration, uint256 life, uint256 forA)
-        external
+        public
     {
         if (_bids.length >= MAX_MESSAGES) return;
+        if (hBids.length == 3) _prune();
         uint256 i = who % 3;
-        bool adversary = forA % 4 == 0;
+        bool adversary = _matcherFor(providers[i], i, forA);
         BidLib.Bid memory b = BidLib.Bid({
             provider: providers[i],
             matcher: adversary ? A : H,
             market: MARKET,
             capacity: uint32(_bound(capacity, 1, 2)),
-            price: uint64(_bound(price, 10, 40) * 1e5),
-            maxDuration: uint32(_bound(maxDuration, 10, 60) * 60),
-            deadline: uint64(block.timestamp + _bound(life, 60, 7_200)),
+            price: uint64(_bound(price, 10, 35) * 1e5),
+            maxDuration: uint32(_bound(maxDuration, 15, 60) * 60),
+            deadline: uint64(block.timestamp + _bound(life, 60, 3_600)),
             nonce: _nonce(forA)
         });
+        _topUpStake(b.provider);
         bytes32 digest = settlement.hashBid(b);
         uint256 idx = _bids.length;
         _bids.push();
@@ -345,13 +566,37 @@ contract Handler is CheatBase {
         rec.digest = digest;
         if (adversary) {
             _receipt(rec, A, settlement.lastRound(A) + 1, raPk);
-            aReceipted.push(idx);
+            _ring(aReceipted, aReceiptCount++, idx);
         } else if (hBids.length < 3 && _bidLive(idx) && _stakeCovers(b.provider, b.capacity)) {
             // The receipt admits the bid to H's next round not yet simulated.
             _receipt(rec, H, settlement.lastRound(H) + (pendingActive ? 2 : 1), rhPk);
             hBids.push(idx);
-            hReceipted.push(idx);
+            ++bidsAdmitted;
+            _ring(hReceipted, hReceiptCount++, idx);
         }
+    }
+
+    /// @dev A buyer about to order deposits credits if its available escrow is low (withdrawals
+    /// and leases drain it), a provider about to bid stakes more if its available stake is below
+    /// 3 units (announced unstakes keep it unavailable until withdrawn).
+    function _topUpEscrow(address buyer) private {
+        if (settlement.availableEscrow(buyer) >= 40e6) return;
+        uint256 amount = credit.balanceOf(buyer);
+        if (amount > 100e6) amount = 100e6;
+        if (amount == 0) return;
+        vm.prank(buyer);
+        settlement.deposit(amount);
+    }
+
+    function _topUpStake(address provider) private {
+        if (settlement.availableStake(provider) >= 3 * STAKE_PER_UNIT) return;
+        vm.prank(provider);
+        settlement.stake(5 * STAKE_PER_UNIT);
+    }
+
+    function _ring(uint256[] storage ring, uint256 count, uint256 value) private {
+        if (ring.length < RECEIPT_RING) ring.push(value);
+        else ring[count % RECEIPT_RING] = value;
     }
 
     function _receipt(BidRec storage rec, address matcher, uint64 round, uint256 pk) private {
@@ -370,12 +615,24 @@ contract Handler is CheatBase {
     }
 
     /// @dev H's stake policy for receipts: the provider's available stake covers the remaining
-    /// capacity of all its live admitted bids plus this one.
+    /// capacity of all its live admitted bids plus this one, plus what H's batch in flight will
+    /// lock for its bids no longer admitted (e.g. their nonce's cancellation was requested since).
     function _stakeCovers(address provider, uint256 capacity) private view returns (bool) {
         uint256 units = capacity;
         for (uint256 j; j < hBids.length; ++j) {
             BidRec storage rec = _bids[hBids[j]];
             if (rec.b.provider == provider) units += _bidRemaining(rec);
+        }
+        if (pendingActive) {
+            for (uint256 j; j < pendingMatches.length; ++j) {
+                uint256 idx = pendingBids[pendingMatches[j].bidIndex];
+                if (_bids[idx].b.provider != provider) continue;
+                bool admitted;
+                for (uint256 t; t < hBids.length; ++t) {
+                    if (hBids[t] == idx) admitted = true;
+                }
+                if (!admitted) units += pendingMatches[j].units;
+            }
         }
         return settlement.availableStake(provider) >= units * STAKE_PER_UNIT;
     }
@@ -390,6 +647,8 @@ contract Handler is CheatBase {
         _prune();
         uint256 n = hOrders.length;
         uint256 m = hBids.length;
+        if (n == 0) ++simNoOrder;
+        else if (m == 0) ++simNoBid;
         if (n == 0 || m == 0) return;
         ExactClearing.Instance memory inst;
         inst.n = n;
@@ -413,7 +672,10 @@ contract Handler is CheatBase {
             inst.stakeUnits[k] = settlement.availableStake(providers[k]) / STAKE_PER_UNIT;
         }
         ExactClearing.solve(inst);
-        if (inst.bestGains == 0) return;
+        if (inst.bestGains == 0) {
+            ++simNoTrade;
+            return;
+        }
 
         uint256 deadline = block.timestamp + noticePeriod - 1;
         delete pendingOrders;
@@ -443,6 +705,8 @@ contract Handler is CheatBase {
             }
         }
         pendingActive = true;
+        pendingStep = steps;
+        pendingAdversary = 0;
         pendingRound = settlement.lastRound(H) + 1;
         pendingDeadline = uint64(deadline);
         pendingPrice = uint64(inst.bestP);
@@ -480,6 +744,8 @@ contract Handler is CheatBase {
         try settlement.settle(header, orders, orderSigs, bids, bidSigs, matches, prices) {
             ++honestRounds;
             honestLeases += matches.length;
+            if (steps != pendingStep || pendingAdversary != 0) ++honestInterleaved;
+            if (pendingAdversary != 0) ++honestAfterAdversary;
             _recordSettled(H, pendingRound, pendingOrders, pendingBids, matches);
         } catch (bytes memory err) {
             honestSettleReverted = true;
@@ -488,7 +754,7 @@ contract Handler is CheatBase {
     }
 
     /// @dev Simulation and inclusion in the same block.
-    function settleHonestNow() external {
+    function settleHonestNow() public {
         prepareHonest();
         landHonest();
     }
@@ -555,41 +821,57 @@ contract Handler is CheatBase {
 
     /// @dev A settles up to two orders and two bids picked from every signed message (its own,
     /// H's, anyone's) with a price and units of its choosing, in a new round or a later batch.
-    function settleAdversary(uint256 seed, uint256 priceSeed, uint256 shape) external {
+    function settleAdversary(uint256 seed, uint256 priceSeed, uint256 shape) public {
         uint256 no = _orders.length;
         uint256 nb = _bids.length;
         if (no == 0 || nb == 0) return;
-        uint256 k = 1 + shape % 2;
+        uint256 k = shape % 4 == 0 ? 2 : 1;
         uint256[] memory oi = new uint256[](k);
         uint256[] memory bi = new uint256[](k);
+        for (uint256 j; j < k; ++j) {
+            oi[j] = _pickFor(seed >> (j * 16), no, true, 0, 0);
+            OrderLib.Order storage o = _orders[oi[j]].o;
+            bi[j] = _pickFor(seed >> (j * 16 + 8), nb, false, o.duration, o.maxPrice);
+        }
+        if (k == 2 && (oi[1] == oi[0] || bi[1] == bi[0])) {
+            // the same message twice would only be DuplicateNonce: settle one match then
+            k = 1;
+            assembly ("memory-safe") {
+                mstore(oi, 1)
+                mstore(bi, 1)
+            }
+        }
+        _settleAdversary(oi, bi, priceSeed, shape);
+    }
+
+    function _settleAdversary(uint256[] memory oi, uint256[] memory bi, uint256 priceSeed, uint256 shape) private {
+        uint256 k = oi.length;
         OrderLib.Order[] memory orders = new OrderLib.Order[](k);
         bytes[] memory orderSigs = new bytes[](k);
         BidLib.Bid[] memory bids = new BidLib.Bid[](k);
         bytes[] memory bidSigs = new bytes[](k);
         UnderbidSettlement.Match[] memory matches = new UnderbidSettlement.Match[](k);
-        uint256 price;
         for (uint256 j; j < k; ++j) {
-            oi[j] = _pickFor(seed >> (j * 16), no, true);
-            bi[j] = _pickFor(seed >> (j * 16 + 8), nb, false);
             orders[j] = _orders[oi[j]].o;
             orderSigs[j] = _orders[oi[j]].sig;
             bids[j] = _bids[bi[j]].b;
             bidSigs[j] = _bids[bi[j]].sig;
-            matches[j] = UnderbidSettlement.Match(uint32(j), uint32(j), uint32(1 + (shape >> (8 + j)) % 2));
-            if (bids[j].price > price) price = bids[j].price;
+            // mostly one unit, sometimes two
+            matches[j] = UnderbidSettlement.Match(uint32(j), uint32(j), (shape >> (8 + 2 * j)) % 4 == 0 ? 2 : 1);
         }
-        if (priceSeed % 4 == 0) price = _bound(priceSeed >> 2, 1, 6e6);
         MatcherRounds.MarketPrice[] memory prices = new MatcherRounds.MarketPrice[](1);
-        prices[0] = MatcherRounds.MarketPrice(MARKET, uint64(price));
+        prices[0] = MatcherRounds.MarketPrice(MARKET, uint64(_adversaryPrice(orders, bids, priceSeed)));
         uint64 last = settlement.lastRound(A);
         (, uint32 batches,) = settlement.rounds(A, last);
-        UnderbidSettlement.BatchHeader memory header = (shape >> 4) % 3 == 0 && last != 0
+        UnderbidSettlement.BatchHeader memory header = (shape >> 4) % 6 == 0 && last != 0
             ? UnderbidSettlement.BatchHeader(last, batches, (shape >> 6) % 2 == 0, uint64(block.timestamp))
             : UnderbidSettlement.BatchHeader(last + 1, 0, (shape >> 6) % 2 == 0, uint64(block.timestamp));
         _topUpAdversary();
+        _adversary();
         vm.prank(A);
         try settlement.settle(header, orders, orderSigs, bids, bidSigs, matches, prices) {
             ++adversaryRounds;
+            adversaryLeases += k;
             for (uint256 j; j < k; ++j) {
                 if (
                     orders[j].matcher != A || bids[j].matcher != A || settlement.boundMatcherOf(orders[j].buyer) != A
@@ -598,6 +880,22 @@ contract Handler is CheatBase {
             }
             _recordSettled(A, header.round, oi, bi, matches);
         } catch {}
+    }
+
+    /// @dev Mostly a price both sides accept (between the dearest bid and the cheapest order's
+    /// maximum), else the dearest bid's, one time in eight anything.
+    function _adversaryPrice(OrderLib.Order[] memory orders, BidLib.Bid[] memory bids, uint256 priceSeed)
+        private
+        pure
+        returns (uint256 price)
+    {
+        uint256 maxPrice = type(uint256).max;
+        for (uint256 j; j < orders.length; ++j) {
+            if (bids[j].price > price) price = bids[j].price;
+            if (orders[j].maxPrice < maxPrice) maxPrice = orders[j].maxPrice;
+        }
+        if (price < maxPrice && priceSeed % 2 == 0) price = _bound(priceSeed >> 2, price, maxPrice);
+        if (priceSeed % 8 == 1) price = _bound(priceSeed >> 3, 1, 6e6);
     }
 
     /// @dev Keeps A bonded above the minimum after slashes, so it can keep settling.
@@ -610,16 +908,39 @@ contract Handler is CheatBase {
         }
     }
 
-    /// @dev Mostly A's own messages, sometimes anyone's.
-    function _pickFor(uint256 seed, uint256 len, bool isOrder) private view returns (uint256) {
-        uint256 start = (seed >> 2) % len;
-        if (seed % 4 == 0) return start;
+    /// @dev Mostly a live message of A's (naming A, from an account bound to A, not expired,
+    /// with units left; a bid that also accepts the order's duration and maximum price), else
+    /// any naming A; one time in eight anyone's.
+    function _pickFor(uint256 seed, uint256 len, bool isOrder, uint256 duration, uint256 maxPrice)
+        private
+        view
+        returns (uint256)
+    {
+        uint256 start = (seed >> 3) % len;
+        if (seed % 8 == 0) return start;
+        uint256 named = type(uint256).max;
         for (uint256 t; t < len; ++t) {
             uint256 i = (start + t) % len;
-            address matcher = isOrder ? _orders[i].o.matcher : _bids[i].b.matcher;
-            if (matcher == A) return i;
+            if (isOrder) {
+                OrderRec storage o = _orders[i];
+                if (o.o.matcher != A) continue;
+                if (named == type(uint256).max) named = i;
+                if (
+                    o.o.deadline >= block.timestamp && settlement.boundMatcherOf(o.o.buyer) == A
+                        && settlement.remainingOf(o.digest, o.o.buyer, o.o.nonce, o.o.units) != 0
+                ) return i;
+            } else {
+                BidRec storage b = _bids[i];
+                if (b.b.matcher != A) continue;
+                if (named == type(uint256).max) named = i;
+                if (
+                    b.b.deadline >= block.timestamp && b.b.maxDuration >= duration && b.b.price <= maxPrice
+                        && settlement.boundMatcherOf(b.b.provider) == A
+                        && settlement.remainingOf(b.digest, b.b.provider, b.b.nonce, b.b.capacity) != 0
+                ) return i;
+            }
         }
-        return start;
+        return named == type(uint256).max ? start : named;
     }
 
     /// @dev Ghost fills, the one-message-per-nonce rule, and the new leases.
@@ -638,16 +959,31 @@ contract Handler is CheatBase {
             ghostFilled[b.digest] += units;
             _claimNonce(o.o.buyer, o.o.nonce, o.digest);
             _claimNonce(b.b.provider, b.b.nonce, b.digest);
-            if (_leases.length < MAX_LEASES) {
-                _leases.push(
-                    LeaseRec({
-                        id: settlement.leaseIdOf(matcher, round, o.digest, b.digest),
-                        matcher: matcher,
-                        round: round,
-                        orderDigest: o.digest,
-                        bid: bi[matches[j].bidIndex]
-                    })
-                );
+            bytes32 id = settlement.leaseIdOf(matcher, round, o.digest, b.digest);
+            (uint256 closesAt,,) = settlement.challengeTermsOf(id);
+            LeaseRec memory rec = LeaseRec({
+                id: id,
+                matcher: matcher,
+                round: round,
+                orderDigest: o.digest,
+                bid: bi[matches[j].bidIndex],
+                closesAt: uint64(closesAt),
+                start: uint64(block.timestamp),
+                duration: o.o.duration
+            });
+            if (_leases.length < MAX_LEASES) _leases.push(rec);
+            else _leases[leaseCount % MAX_LEASES] = rec;
+            ++leaseCount;
+            if (matcher == H) {
+                if (_hRing.length < H_RING) _hRing.push(rec);
+                else _hRing[hLeaseCount % H_RING] = rec;
+                ++hLeaseCount;
+            }
+            bytes32 key = keccak256(abi.encode(matcher, round, b.digest));
+            uint256 shortest = ownLeaseDuration[key];
+            if (shortest == 0 || o.o.duration < shortest) {
+                ownLeaseDuration[key] = o.o.duration;
+                ownLeaseOrder[key] = o.digest;
             }
         }
         _checkTouched(oi, bi, matches);
@@ -683,7 +1019,7 @@ contract Handler is CheatBase {
     // Leases
     // =====================================================================================
 
-    function heartbeat(uint256 pick) external {
+    function heartbeat(uint256 pick) public {
         if (_leases.length == 0) return;
         LeaseRec storage l = _leases[pick % _leases.length];
         bytes32[] memory ids = new bytes32[](1);
@@ -692,7 +1028,7 @@ contract Handler is CheatBase {
         settlement.heartbeat(ids);
     }
 
-    function claim(uint256 pick) external {
+    function claim(uint256 pick) public {
         if (_leases.length == 0) return;
         LeaseRec storage l = _leases[pick % _leases.length];
         bytes32[] memory ids = new bytes32[](1);
@@ -701,7 +1037,7 @@ contract Handler is CheatBase {
         settlement.claim(ids);
     }
 
-    function close(uint256 pick, uint256 byBuyer) external {
+    function close(uint256 pick, uint256 byBuyer) public {
         if (_leases.length == 0) return;
         LeaseRec storage l = _leases[pick % _leases.length];
         address caller = byBuyer % 2 == 0 ? settlement.getLease(l.id).buyer : REPORTER;
@@ -709,7 +1045,7 @@ contract Handler is CheatBase {
         try settlement.close(l.id) {} catch {}
     }
 
-    function reportFault(uint256 pick) external {
+    function reportFault(uint256 pick) public {
         if (_leases.length == 0) return;
         LeaseRec storage l = _leases[pick % _leases.length];
         vm.prank(REPORTER);
@@ -720,23 +1056,89 @@ contract Handler is CheatBase {
     // Challenges
     // =====================================================================================
 
-    /// @dev A provider holding H's receipt challenges one of H's rounds, with a pricier witness
-    /// lease if there is one, by the spare-unit proof or (with its own lease there) the swap proof.
-    /// Every such challenge must revert: H clears exactly.
-    function challengeHonest(uint256 bidPick, uint256 leasePick, uint256 mode) external {
+    /// @dev A provider holding H's receipt challenges one of H's rounds. Mostly the interesting
+    /// pairs: a witness lease of one of H's recent rounds, still open for challenge, and a bid H
+    /// receipted for that round or an earlier one, cheaper, accepting the witness's duration (so
+    /// the challenge reaches the spare-unit or swap checks), preferring bids partly filled or
+    /// filled again in a later round; by the swap proof when the bid has its own lease in the
+    /// witness round. One time in eight any receipted bid against any pricier lease of H (the
+    /// shallow checks). Every such challenge must revert: H clears exactly.
+    function challengeHonest(uint256 bidPick, uint256 leasePick, uint256 mode) public {
+        if (mode % 8 == 7) {
+            _challengeHonestAny(bidPick, leasePick, mode >> 3);
+            return;
+        }
+        uint256 nl = _hRing.length;
+        uint256 nr = hReceipted.length;
+        if (nl == 0 || nr == 0) return;
+        bool preferFilled = (mode >> 1) % 2 == 0;
+        uint256 first = leasePick % nl;
+        for (uint256 t; t < nl; ++t) {
+            LeaseRec storage w = _hRing[(first + t) % nl];
+            if (block.timestamp > w.closesAt) continue;
+            (bool found, uint256 idx) = _cheaperBid(w, bidPick % nr, preferFilled, mode % 2 == 1);
+            if (!found) continue;
+            BidRec storage rec = _bids[idx];
+            bytes32 own = mode % 2 == 1 ? ownLeaseOrder[keccak256(abi.encode(H, w.round, rec.digest))] : bytes32(0);
+            _challengeH(rec, w, own);
+            return;
+        }
+    }
+
+    /// @dev A receipted bid of H cheaper than witness `w`'s, receipted for its round or earlier,
+    /// that accepts its duration; with `preferOwnLease` one with its own lease in the witness
+    /// round (for the swap proof), else with `preferFilled` one already filled (partly, or again
+    /// in a later round), if there is one.
+    function _cheaperBid(LeaseRec storage w, uint256 first, bool preferFilled, bool preferOwnLease)
+        private
+        view
+        returns (bool found, uint256 idx)
+    {
+        uint256 nr = hReceipted.length;
+        uint64 price = _bids[w.bid].b.price;
+        uint256 best;
+        for (uint256 t; t < nr; ++t) {
+            uint256 i = hReceipted[(first + t) % nr];
+            BidRec storage rec = _bids[i];
+            if (rec.b.price >= price || rec.r.round > w.round || rec.b.maxDuration < w.duration) continue;
+            // score: 1 any, 2 still valid when the witness lease opened, 3 and (with
+            // preferFilled) already filled; with preferOwnLease 3 for a bid with its own lease there
+            uint256 score = 1;
+            if (preferOwnLease) {
+                if (ownLeaseDuration[keccak256(abi.encode(H, w.round, rec.digest))] != 0) score = 3;
+            } else if (rec.b.deadline >= w.start) {
+                score = 2;
+                if (preferFilled) {
+                    (uint32 filled,) = settlement.fills(rec.digest);
+                    if (filled != 0) score = 3;
+                }
+            }
+            if (score > best) (best, found, idx) = (score, true, i);
+            if (score == 3 || (score == 2 && !preferFilled)) return (found, idx);
+        }
+    }
+
+    /// @dev The old, broad pick: any receipted bid of H against any pricier lease of H.
+    function _challengeHonestAny(uint256 bidPick, uint256 leasePick, uint256 mode) private {
         if (hReceipted.length == 0 || _leases.length == 0) return;
         BidRec storage rec = _bids[hReceipted[bidPick % hReceipted.length]];
         (bool found, LeaseRec storage w) = _witnessFor(H, rec, leasePick);
         if (!found) return;
-        bytes32 own = mode % 2 == 1 ? _ownLease(H, rec.digest, w.round) : bytes32(0);
+        bytes32 own = mode % 2 == 1 ? ownLeaseOrder[keccak256(abi.encode(H, w.round, rec.digest))] : bytes32(0);
+        _challengeH(rec, w, own);
+    }
+
+    function _challengeH(BidRec storage rec, LeaseRec storage w, bytes32 own) private {
         ++challengesTried;
         MatcherCourt.Witness memory witness = MatcherCourt.Witness(w.round, w.orderDigest, _bids[w.bid].b);
         vm.prank(rec.b.provider);
         try court.challenge(rec.r, rec.rsig, rec.b, rec.sig, witness, own) {
+            ++challengeOutcome[bytes4(0)];
             honestChallenged = true;
             honestChallengeInfo = abi.encode(rec.b, rec.r, witness, own, block.timestamp);
         } catch (bytes memory err) {
             bytes4 sel = bytes4(err);
+            ++challengeOutcome[sel];
             if (
                 sel == IUnderbidErrors.BidFullyFilled.selector || sel == IUnderbidErrors.BidNonceTaken.selector
                     || sel == IUnderbidErrors.BidCancelled.selector
@@ -744,17 +1146,21 @@ contract Handler is CheatBase {
                     || sel == IUnderbidErrors.ProviderLeftMatcher.selector
                     || sel == IUnderbidErrors.BidExpiredBeforeWitness.selector
                     || sel == IUnderbidErrors.SwapNotShorter.selector
-            ) ++challengesPastWitness;
+            ) {
+                ++challengesPastWitness;
+                if (own != bytes32(0)) ++challengesDeepSwap;
+                if (steps != 0 && lastAdversaryStep + 1 >= steps) ++challengesDeepAfterAdversary;
+            }
         }
     }
 
     /// @dev The same against A, whose rounds are arbitrary: success is allowed (and slashes A).
-    function challengeAdversary(uint256 bidPick, uint256 leasePick, uint256 mode) external {
+    function challengeAdversary(uint256 bidPick, uint256 leasePick, uint256 mode) public {
         if (aReceipted.length == 0 || _leases.length == 0) return;
         BidRec storage rec = _bids[aReceipted[bidPick % aReceipted.length]];
         (bool found, LeaseRec storage w) = _witnessFor(A, rec, leasePick);
         if (!found) return;
-        bytes32 own = mode % 2 == 1 ? _ownLease(A, rec.digest, w.round) : bytes32(0);
+        bytes32 own = mode % 2 == 1 ? ownLeaseOrder[keccak256(abi.encode(A, w.round, rec.digest))] : bytes32(0);
         MatcherCourt.Witness memory witness = MatcherCourt.Witness(w.round, w.orderDigest, _bids[w.bid].b);
         vm.prank(rec.b.provider);
         try court.challenge(rec.r, rec.rsig, rec.b, rec.sig, witness, own) {
@@ -768,21 +1174,14 @@ contract Handler is CheatBase {
         returns (bool found, LeaseRec storage w)
     {
         uint256 len = _leases.length;
-        w = _leases[pick % len];
+        uint256 first = pick % len;
+        w = _leases[first];
         for (uint256 t; t < len; ++t) {
-            LeaseRec storage l = _leases[(pick + t) % len];
+            LeaseRec storage l = _leases[(first + t) % len];
             if (l.matcher == matcher && _bids[l.bid].b.price > rec.b.price && l.round >= rec.r.round) {
                 return (true, l);
             }
         }
-    }
-
-    function _ownLease(address matcher, bytes32 bidDigest, uint64 round) private view returns (bytes32) {
-        for (uint256 t; t < _leases.length; ++t) {
-            LeaseRec storage l = _leases[t];
-            if (l.matcher == matcher && l.round == round && _bids[l.bid].digest == bidDigest) return l.orderDigest;
-        }
-        return bytes32(0);
     }
 
     // =====================================================================================

@@ -14,6 +14,9 @@ interface Vm {
     function expectRevert(bytes4 revertData) external;
     function expectRevert(bytes calldata revertData) external;
     function assume(bool condition) external pure;
+    function setEnv(string calldata name, string calldata value) external;
+    function envOr(string calldata name, uint256 defaultValue) external view returns (uint256);
+    function toString(uint256 value) external pure returns (string memory);
 }
 
 
@@ -25,6 +28,12 @@ abstract contract CheatBase {
     /// address has no code, so a high-level call would revert on Solidity's code-size check.
     function _log(string memory label, uint256 value) internal view {
         (bool ok,) = CONSOLE.staticcall(abi.encodeWithSignature("log(string,uint256)", label, value));
+        ok;
+    }
+
+    /// @dev forge's console.log(string).
+    function _log(string memory line) internal view {
+        (bool ok,) = CONSOLE.staticcall(abi.encodeWithSignature("log(string)", line));
         ok;
     }
 
