@@ -75,8 +75,29 @@ class MatcherProcess:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=120)
 
-    def close_round(self) -> httpx.Response:
-        return httpx.post(self.url + "/rounds/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=300)
+    def close_round(self, timeout: float = 300.0) -> httpx.Response:
+        """Asks for a round close (the API answers 202 at once) and polls `GET /rounds/{id}` until
+        the close ends; returns a 200 response whose body is the close's report (`state`
+        "confirmed", "failed", or "open" when there was nothing to match). A failed close is
+        reported as `{"round_id", "state": "failed", "error"}`. Raises httpx.HTTPError if the
+        process dies meanwhile."""
+        asked = httpx.post(self.url + "/rounds/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60)
+        if asked.status_code != 202:
+            return asked
+        round_id = asked.json()["round_id"]
+        deadline = time.monotonic() + timeout
+        while True:
+            polled = httpx.get(self.url + asked.json()["poll"], timeout=60)
+            polled.raise_for_status()
+            close = polled.json()["close"]
+            if close["status"] == "done":
+                return httpx.Response(200, json=close["report"], request=polled.request)
+            if close["status"] != "running":
+                report = {"round_id": round_id, "state": "failed", "error": close["error"], "close": close["status"]}
+                return httpx.Response(200, json=report, request=polled.request)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"round {round_id} did not finish closing within {timeout}s: {polled.text}")
+            time.sleep(0.1)
 
 
 @pytest.fixture

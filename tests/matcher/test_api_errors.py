@@ -85,9 +85,11 @@ class Api:
             # The receipt names this bid and is signed by the matcher, in the same EIP-712 domain.
             rc = body["receipt"]
             assert set(rc) == {"matcher", "bidHash", "round", "issuedAt", "signature"}, rc
-            receipt = Receipt(matcher=rc["matcher"], bid_hash=rc["bidHash"], round=rc["round"], issued_at=rc["issuedAt"])
+            receipt = Receipt(matcher=rc["matcher"], bid_hash=rc["bidHash"], round=rc["round"],
+                              issued_at=rc["issuedAt"])
             assert rc["bidHash"] == digest and rc["round"] >= 1 and rc["matcher"] == dev_account(MATCHER).address
-            assert recover_signer(receipt.digest(self.domain), bytes.fromhex(rc["signature"][2:])) == dev_account(MATCHER).address
+            signer = recover_signer(receipt.digest(self.domain), bytes.fromhex(rc["signature"][2:]))
+            assert signer == dev_account(MATCHER).address
         else:
             assert body["receipt"] is None
         self.accepted[digest] = (self.kind_of(message), message)
@@ -168,12 +170,14 @@ def test_bad_signatures_are_refused(market, buyers, providers, api):
     order, sig = m.order(buyer)
     r, s = sig[:32], sig[32:64]
 
-    # Not hex, odd-length hex, empty: refused before any recovery.
-    for garbage in ("0xzz" + "ab" * 64, "not a signature", "0x" + "ab" * 64 + "a", "", "0x"):
-        api.refuse(order, garbage, 400, "signature")
+    # Not hex, odd-length hex, empty, spaces: refused by the schema's exact pattern (0x + 130 hex
+    # digits), before any recovery.
+    for garbage in ("0xzz" + "ab" * 64, "not a signature", "0x" + "ab" * 64 + "a", "", "0x",
+                    "0x" + sig.hex()[:128] + " " + sig.hex()[128:], " 0x" + sig.hex(), "0X" + sig.hex()):
+        assert "pattern" in api.refuse(order, garbage, 422, "signature")
     # Wrong length: 64 bytes (the EIP-2098 compact length) and 66 bytes.
-    assert "65 bytes" in api.refuse(order, sig[:64], 400, "signature")
-    assert "65 bytes" in api.refuse(order, sig + b"\x00", 400, "signature")
+    assert "130" in api.refuse(order, sig[:64], 422, "signature")
+    assert "130" in api.refuse(order, sig + b"\x00", 422, "signature")
     # A bad v (0/1 instead of 27/28, or 29), and r = s = 0: cannot be recovered.
     for bad in (r + s + bytes([sig[64] - 27]), r + s + b"\x1d", bytes(64) + b"\x1b"):
         api.refuse(order, bad, 400, "signature")
@@ -195,7 +199,7 @@ def test_bad_signatures_are_refused(market, buyers, providers, api):
     reason = api.refuse(bid2, bid2.sign(other_provider.private_key, m.domain), 400, "signature")
     assert str(other_provider.address) in reason and "provider" in reason
     assert "malleated" in api.refuse(bid, malleate(bid_sig), 400, "signature")
-    api.refuse(bid, bid_sig[1:], 400, "signature")
+    api.refuse(bid, bid_sig[1:], 422, "signature")
 
     # Genuine signatures are accepted; a malleated copy of an accepted message is still a
     # signature error (not a duplicate), and does not replace the stored signature.
@@ -498,9 +502,25 @@ def test_lookups_and_round_close_auth(market, buyers, providers, api, matcher_pr
     # Refused closes did nothing: the order and bid are still open. The right token works (the
     # bid's 2 UBC is under the order's 3 UBC max price, so the round clears and settles).
     api.verify_store()
-    r = api.request("POST", "/rounds/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-    assert r.status_code == 200, r.text
-    assert r.json()["state"] == "confirmed" and r.json()["matches"] == 1
+    asked = api.request("POST", "/rounds/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert asked.status_code == 202, asked.text
+    round_id = asked.json()["round_id"]
+    assert asked.json()["poll"] == asked.headers["location"] == f"/rounds/{round_id}"
+    # A second close while the first runs joins it (same round); one asked after it ends closes
+    # the next round.
+    again = api.request("POST", "/rounds/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert again.status_code == 202, again.text
+    if again.json()["round_id"] != round_id:
+        assert api.request("GET", f"/rounds/{round_id}").json()["close"]["status"] == "done"
+    r = matcher_process.close_round()  # polls until the close ends; the round already closed is confirmed
+    deadline = time.monotonic() + 120
+    while (view := api.request("GET", f"/rounds/{round_id}").json())["close"]["status"] == "running":
+        assert time.monotonic() < deadline, view
+        time.sleep(0.1)
+    report = view["close"]["report"]
+    assert report["state"] == "confirmed" and report["matches"] == 1 and report["round_id"] == round_id
+    assert r.status_code == 200 and r.json()["state"] in ("confirmed", "open"), r.text
+    r = httpx.Response(200, json=report)
     round_view = api.request("GET", f"/rounds/{r.json()['round_id']}")
     assert round_view.status_code == 200 and round_view.json()["state"] == "confirmed"
     assert api.request("GET", f"/orders/{order_digest}").json()["status"] == "filled"
@@ -517,7 +537,83 @@ def test_malformed_json_is_a_422_naming_the_body(api):
 
 def test_unknown_paths_and_methods_use_the_error_shape(api):
     expect_error(api.request("GET", "/no-such-endpoint"), 404, "path")
-    expect_error(api.request("DELETE", "/orders"), 405, "method")
+    # A 405 names every method the path serves (Starlette named only the first route's).
+    r = api.request("DELETE", "/orders")
+    expect_error(r, 405, "method")
+    assert r.headers["allow"] == "GET, POST"
+    assert "POST" in api.request("PUT", "/rounds/close").headers["allow"]
+    # GET /bids/batch was taken for a lookup of the digest "batch" (a 422).
+    for path in ("/bids/batch", "/orders/batch"):
+        for method in ("GET", "DELETE"):
+            r = api.request(method, path)
+            expect_error(r, 405, "method")
+            assert r.headers["allow"] == "POST"
+
+
+def test_hex_and_integer_fields_are_exact(market, buyers, providers, api):
+    """Item 6 at the API: a hex field the old checks let through (`int(text, 16)` takes "_" and
+    spaces) reached the ABI encoder / hashing; every hex and integer field now has one exact form."""
+    m = market
+    m.fund_buyer(buyers[0], 1_000 * UBC)
+    m.stake_provider(providers[0], 8)
+    order = order_body(*m.order(buyers[0]))
+    bid = order_body(*m.bid(providers[0]))
+    hex64 = order["market"][2:]
+    for bad in ("0x" + hex64[:30] + "_" + hex64[31:], "0x" + hex64[:63] + " ", " 0x" + hex64[:63], "0X" + hex64,
+                "0x" + hex64 + "\n", "0x" + hex64[:62], "0x" + "g" * 64):
+        assert "pattern" in api.refuse_body("order", 422, "market", json={**order, "market": bad})
+        api.refuse_body("bid", 422, "market", json={**bid, "market": bad})
+    address = order["buyer"][2:]
+    for bad in ("0x" + address[:19] + "_" + address[20:], "0x" + address[:39] + " ", "0X" + address,
+                "0x" + address + "\n"):
+        api.refuse_body("order", 422, "buyer", json={**order, "buyer": bad})
+        api.refuse_body("order", 422, "matcher", json={**order, "matcher": bad})
+    # Integers are JSON integers within the Solidity type: no strings, no floats, no booleans.
+    for key in ("units", "duration", "maxPrice", "deadline", "nonce"):
+        for bad in (str(order[key]), float(order[key]), True):
+            api.refuse_body("order", 422, key, json={**order, key: bad})
+    # The largest values of each type are in range (and refused only by the intake rules).
+    api.refuse_body("order", 400, "signature", json={**order, "nonce": 2**256 - 1, "deadline": 2**64 - 1})
+    api.refuse_body("order", 422, "nonce", json={**order, "nonce": 2**256})
+    # An over-long number in `spec`: a plain ValueError before (a 500 and a reset connection).
+    for spec, status in (("gpu=nvidia-h100;vram=" + "9" * 5000 + ";gpus=8", 422),
+                         ("gpu=nvidia-h100;vram=" + "9" * 200 + ";gpus=8", 400),
+                         ("gpu=nvidia-h100;vram=8\u00b2;gpus=8", 422), ("x" * 257, 422)):
+        api.refuse_body("order", status, "spec", json={**order, "spec": spec})
+    api.accept(*m.order(buyers[0]))
+    api.verify_store()
+
+
+def test_request_bodies_are_limited_before_they_are_read(api, matcher_process):
+    """A 100 MB body was read and echoed back; now anything above 1 MiB is a 413 naming `body`,
+    by its Content-Length before reading, or as soon as a streamed body passes the limit."""
+    big = b'{"orders": [' + b" " * (2 << 20) + b"]}"
+    r = api.request("POST", "/orders/batch", content=big, headers={"content-type": "application/json"})
+    assert len(r.content) < 1000
+    expect_error(r, 413, "body")
+
+    def chunks():
+        for _ in range(64):
+            yield b" " * 65536
+
+    r = api.request("POST", "/orders", content=chunks(), headers={"content-type": "application/json"})
+    expect_error(r, 413, "body")
+    assert api.request("GET", "/health").status_code == 200
+
+
+def test_health_only_reads(api, matcher_process):
+    import sqlite3
+
+    db = sqlite3.connect(matcher_process.db)
+    try:
+        before = db.execute("PRAGMA data_version").fetchone()[0], db.execute("SELECT COUNT(*) FROM rounds").fetchone()
+        for _ in range(5):
+            r = api.request("GET", "/health")
+            assert r.status_code == 200 and r.json()["open_round"] >= 1, r.text
+        after = db.execute("PRAGMA data_version").fetchone()[0], db.execute("SELECT COUNT(*) FROM rounds").fetchone()
+    finally:
+        db.close()
+    assert before == after
 
 
 def test_round_ids_beyond_sqlite_range_are_not_a_500(api):
@@ -579,7 +675,8 @@ def test_a_price_ladder_is_accepted_in_one_request(market, buyers, providers, ap
         rc = ack["receipt"]
         receipt = Receipt(matcher=rc["matcher"], bid_hash=rc["bidHash"], round=rc["round"], issued_at=rc["issuedAt"])
         assert rc["bidHash"] == ack["digest"] and ack["status"] == "open"
-        assert recover_signer(receipt.digest(api.domain), bytes.fromhex(rc["signature"][2:])) == dev_account(MATCHER).address
+        signer = recover_signer(receipt.digest(api.domain), bytes.fromhex(rc["signature"][2:]))
+        assert signer == dev_account(MATCHER).address
         api.accepted[ack["digest"]] = ("bid", bid)
     # The ladder reserved all 6 staked units: one more unit, alone or in a batch, does not fit.
     reason = api.refuse(*m.bid(providers[0], capacity=1), 400, "capacity")
@@ -673,3 +770,40 @@ def test_an_unreachable_chain_is_a_503_not_a_500(market, providers, chain, book_
         assert detail["field"] == "chain" and "unreachable" in detail["reason"]
         assert http.get(f"/bids/{'0x' + 'ab' * 32}").status_code == 404  # the store still answers
     matcher.store.close()
+
+
+def test_round_close_errors_never_escape_as_500(tmp_path):
+    """Whatever a close raises (submission, RPC, timeout or solver errors) ends that close as
+    `failed` in GET /rounds/{id}: POST /rounds/close answered 202 before it ran."""
+    from types import SimpleNamespace
+
+    from fastapi.testclient import TestClient
+    from web3.exceptions import TimeExhausted, Web3RPCError
+
+    from underbid.matcher.api import create_app
+    from underbid.matcher.store import RoundState, StoredRound
+    from underbid.matcher.submission import SubmissionError
+
+    raised = [SubmissionError("settle reverted"), TimeExhausted("no receipt"), Web3RPCError("already known"),
+              RuntimeError("solver failed"), ValueError("x" * 5000)]
+    started = threading.Event()
+
+    def close_round():
+        started.set()
+        raise raised.pop(0)
+
+    matcher = SimpleNamespace(
+        _intake_round=7, close_round=close_round,
+        round=lambda i: StoredRound(id=i, state=RoundState.OPEN, opened_at=1.0, cleared_at=None, confirmed_at=None,
+                                    clearing=None, error=None, closed_at=None, batches=()) if i == 7 else None,
+    )
+    with TestClient(create_app(matcher, admin_token="t"), raise_server_exceptions=False) as http:
+        for expected in list(raised):
+            r = http.post("/rounds/close", headers={"Authorization": "Bearer t"})
+            assert r.status_code == 202 and r.json()["round_id"] == 7, r.text
+            deadline = time.monotonic() + 10
+            while (close := http.get("/rounds/7").json()["close"])["status"] == "running":
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert close["status"] == "failed" and type(expected).__name__ in close["error"], close
+            assert len(close["error"]) <= 2000

@@ -1015,9 +1015,22 @@ class MatcherClient:
     def round(self, round_id: int) -> dict[str, Any]:
         return self._request("GET", f"/rounds/{round_id}", f"round {round_id}")
 
-    def close_round(self, token: str) -> dict[str, Any]:
-        return self._request("POST", "/rounds/close", "closing the round",
-                             headers={"Authorization": f"Bearer {token}"}, timeout=600)
+    def close_round(self, token: str, timeout: float = 600.0) -> dict[str, Any]:
+        """Asks the matcher to close its round (it answers 202 and closes in the background) and
+        polls the round until the close ends; returns its report."""
+        auth = {"Authorization": f"Bearer {token}"}
+        asked = self._request("POST", "/rounds/close", "closing the round", headers=auth)
+        deadline = time.monotonic() + timeout
+        while True:
+            close = self._request("GET", asked["poll"], f"round {asked['round_id']}").get("close") or {}
+            if close.get("status") == "done":
+                return close["report"]
+            if close.get("status") not in (None, "running"):
+                raise MatcherError(f"closing round {asked['round_id']} {close.get('status')}: {close.get('error')}")
+            if time.monotonic() > deadline:
+                raise MatcherError(f"round {asked['round_id']} did not finish closing within {timeout:.0f}s")
+            time.sleep(0.2)
+
 
 def _api_reason(response: httpx.Response) -> str:
     try:

@@ -7,13 +7,14 @@ again, on chain, at settlement.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from underbid.chain.view import BlockRef, ChainView
-from underbid.protocol.eip712 import Domain, SignatureError, SignedMessage, recover_signer
-from underbid.protocol.markets import MarketSpecError, market_id
 from underbid.matcher.store import MessageKind, Store
+from underbid.protocol.eip712 import Domain, SignatureError, SignedMessage, recover_signer
+from underbid.protocol.markets import market_id
 from underbid.protocol.units import format_credits
 
 
@@ -71,6 +72,12 @@ class Accepted:
     #: For bids: the matcher's signed receipt (matcher, bidHash, round, issuedAt, signature).
     receipt: dict | None = None
 
+
+#: Bounds on the optional market spec string (the API's schema states the length too): a spec is
+#: a few short fields, and an unbounded number in it once raised a plain ValueError (a 500).
+MAX_SPEC_LENGTH = 256
+MAX_SPEC_DIGITS = 9
+_LONG_NUMBER = re.compile(rf"[0-9]{{{MAX_SPEC_DIGITS + 1},}}")
 
 #: How an account binds itself to a matcher (the CLI command).
 BIND_HINT = "underbid account bind {matcher}"
@@ -160,9 +167,13 @@ class Validator:
         if message.deadline < now:
             raise Rejection(400, "deadline", f"expired: deadline {message.deadline} is before chain time {now}")
         if submission.spec is not None:
+            if len(submission.spec) > MAX_SPEC_LENGTH:
+                raise Rejection(400, "spec", f"at most {MAX_SPEC_LENGTH} characters")
+            if _LONG_NUMBER.search(submission.spec):
+                raise Rejection(400, "spec", f"numbers in a market spec have at most {MAX_SPEC_DIGITS} digits")
             try:
                 derived = market_id(submission.spec)
-            except MarketSpecError as exc:
+            except ValueError as exc:  # MarketSpecError, or anything else a spec string could raise
                 raise Rejection(400, "spec", str(exc)) from None
             if derived != message.market:
                 raise Rejection(400, "spec", f"spec hashes to {derived}, not to market {message.market}")
@@ -170,7 +181,9 @@ class Validator:
             raise Rejection(400, *zero)
         if kind is MessageKind.ORDER and message.duration < self.chain.min_lease_duration:
             raise Rejection(
-                400, "duration", f"must be at least {self.chain.min_lease_duration} seconds (the protocol's shortest lease)"
+                400,
+                "duration",
+                f"must be at least {self.chain.min_lease_duration} seconds (the protocol's shortest lease)",
             )
         return Accepted(kind, "0x" + digest_bytes.hex(), message, signature)
 
@@ -209,7 +222,9 @@ class Validator:
         if void:
             raise Rejection(400, "nonce", f"nonce {message.nonce} of {message.signer} is used or cancelled on chain")
         if claimed and self.chain.filled(bytes.fromhex(item.digest[2:])) == 0:
-            raise Rejection(400, "nonce", f"nonce {message.nonce} of {message.signer} was taken by another message on chain")
+            raise Rejection(
+                400, "nonce", f"nonce {message.nonce} of {message.signer} was taken by another message on chain"
+            )
         if self.chain.cancel_requested(message.signer, message.nonce):
             raise Rejection(
                 400, "nonce", f"nonce {message.nonce} of {message.signer} has a cancellation requested on chain"
@@ -289,11 +304,15 @@ def _zero_fields(kind: MessageKind, message: SignedMessage) -> Iterator[tuple[st
             yield "maxDuration", "must be at least 1 second"
 
 
+_SIGNATURE_HEX = re.compile(r"0x[0-9a-fA-F]*")
+
+
 def _parse_signature(text: str) -> bytes:
-    try:
-        raw = bytes.fromhex(text.removeprefix("0x"))
-    except ValueError:
-        raise Rejection(400, "signature", "must be 0x-prefixed hex") from None
+    """The 65 signature bytes of exactly `0x` + 130 hex digits (the API's schema states the same
+    pattern; `bytes.fromhex` alone would let spaces through)."""
+    if not isinstance(text, str) or not _SIGNATURE_HEX.fullmatch(text) or len(text) % 2:
+        raise Rejection(400, "signature", "must be 0x-prefixed hex")
+    raw = bytes.fromhex(text[2:])
     if len(raw) != 65:
         raise Rejection(400, "signature", f"must be 65 bytes, got {len(raw)}")
     return raw

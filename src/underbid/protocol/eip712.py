@@ -13,9 +13,10 @@ its pure-Python one. The test suite checks it against eth-account's recovery.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
-from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar
 
 import coincurve
@@ -52,12 +53,20 @@ class Sol:
     type: str
 
 
+#: Exact forms of the hex fields: what the API's schema states and what the validators enforce,
+#: so that nothing accepted can later be refused by the ABI encoder or hash differently from the
+#: contract (`int(text, 16)` alone let "0x..._..." and trailing spaces through).
+ADDRESS_PATTERN = r"^0x[0-9a-fA-F]{40}$"
+BYTES32_PATTERN = r"^0x[0-9a-fA-F]{64}$"
+SIGNATURE_PATTERN = r"^0x[0-9a-fA-F]{130}$"
+_ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{40}")
+_BYTES32_RE = re.compile(r"0x[0-9a-fA-F]{64}")
+
+
 def _bytes32_hex(value: str) -> str:
-    text = value.lower()
-    if not text.startswith("0x") or len(text) != 66:
+    if not isinstance(value, str) or not _BYTES32_RE.fullmatch(value):
         raise ValueError("must be 0x followed by 64 hex digits")
-    int(text, 16)
-    return text
+    return value.lower()
 
 
 @lru_cache(maxsize=65_536)
@@ -67,16 +76,28 @@ def checksum(address: str | bytes) -> str:
 
 
 def _address(value: str) -> str:
-    if not isinstance(value, str) or not value.startswith("0x") or len(value) != 42:
-        raise ValueError("must be a 0x-prefixed 20-byte address")
+    if not isinstance(value, str) or not _ADDRESS_RE.fullmatch(value):
+        raise ValueError("must be a 0x-prefixed 20-byte address (0x + 40 hex digits)")
     return checksum(value)
 
 
-Address = Annotated[str, AfterValidator(_address), Sol("address")]
-Bytes32 = Annotated[str, AfterValidator(_bytes32_hex), Sol("bytes32")]
-Uint32 = Annotated[int, Field(ge=0, lt=2**32), Sol("uint32")]
-Uint64 = Annotated[int, Field(ge=0, lt=2**64), Sol("uint64")]
-Uint256 = Annotated[int, Field(ge=0, lt=2**256), Sol("uint256")]
+# Each field states its exact form in the JSON schema (pattern, or integer bounds) and takes
+# only that form: integers must be JSON integers (strict: no "2" or 2.0), within the Solidity type.
+Address = Annotated[
+    str,
+    Field(pattern=ADDRESS_PATTERN, json_schema_extra={"format": "address"}),
+    AfterValidator(_address),
+    Sol("address"),
+]
+Bytes32 = Annotated[
+    str,
+    Field(pattern=BYTES32_PATTERN, json_schema_extra={"format": "bytes32"}),
+    AfterValidator(_bytes32_hex),
+    Sol("bytes32"),
+]
+Uint32 = Annotated[int, Field(strict=True, ge=0, le=2**32 - 1), Sol("uint32")]
+Uint64 = Annotated[int, Field(strict=True, ge=0, le=2**64 - 1), Sol("uint64")]
+Uint256 = Annotated[int, Field(strict=True, ge=0, le=2**256 - 1), Sol("uint256")]
 
 
 def _uint_word(value: int) -> bytes:
