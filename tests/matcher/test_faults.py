@@ -374,3 +374,35 @@ def test_the_round_timer_settles_and_stops_cleanly_while_waiting_on_the_chain(
             assert time.monotonic() < deadline, "the timer never settled the next round"
             time.sleep(0.3)
     assert_store_equals_chain(p.db, settlement, chain, matcher, start_block)
+
+
+def test_a_lost_answer_while_pending_is_already_known_not_refused(
+    market, players, settlement, chain, matcher, proc, automine, start_block
+):
+    m, (buyers, providers) = market, players
+    with RpcProxy(chain.provider.uri) as proxy:
+        p = proc(rpc=proxy.url)
+        p.start()
+        with p.client() as http:
+            bid = post(http, "bids", m.bid(providers[0], capacity=1, price=UBC))
+            post(http, "orders", m.order(buyers[0], units=1, duration=HOUR, max_price=2 * UBC))
+        automine(False)
+        proxy.set("drop", methods={"eth_sendRawTransaction"}, times=1)
+        reports: list[dict] = []
+        closing = threading.Thread(target=lambda: reports.append(close(p)), daemon=True)
+        closing.start()
+        deadline = time.monotonic() + 60
+        while proxy.seen.count("eth_sendRawTransaction") < 2:  # sent again while still pending
+            assert time.monotonic() < deadline, "the matcher never broadcast its transaction again"
+            time.sleep(0.2)
+        chain.provider.make_request("evm_mine", [])
+        automine(True)
+        closing.join(timeout=60)
+        assert reports and reports[0]["state"] == "confirmed", reports
+        with p.client() as http:
+            assert http.get(f"/bids/{bid}").json()["filled"] == 1
+        # The node answered "transaction already imported" (anvil; geth says "already known"):
+        # recognised as the same transaction, not logged as a refusal.
+        assert "broadcast refused" not in p.log.read_text()
+        assert_store_equals_chain(p.db, settlement, chain, matcher, start_block)
+        next_round_settles(p, m, buyers[1], providers[1])

@@ -20,17 +20,31 @@ from web3 import HTTPProvider, Web3
 from web3.exceptions import ContractCustomError, ContractLogicError
 
 from underbid.chain.deployment import AddressBook
+from underbid.chain.retry import TRANSIENT
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 log = logging.getLogger("underbid.chain.view")
 
 
+#: The matcher's per-request timeout, in seconds: the most one JSON-RPC request to a stalled node
+#: costs (web3's own retries are off; `underbid.chain.retry` is the only retry layer).
+RPC_TIMEOUT = 2.0
+
+
 def connect(rpc_url: str, timeout: float = 30.0) -> Web3:
-    """A web3 connection to `rpc_url`. Raises ConnectionError when nothing answers there."""
+    """A web3 connection to `rpc_url`. Raises ConnectionError when nothing answers there.
+
+    Each request gives up after `timeout` seconds and is never retried by web3 itself: callers
+    that want retries use `underbid.chain.retry.retry_rpc`, which has an overall deadline.
+    """
     # cache_allowed_requests keeps eth_chainId, which web3's validation middleware would
     # otherwise ask for before every eth_call, tripling the round trips of a fact read.
-    w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}, cache_allowed_requests=True))
+    provider = HTTPProvider(
+        rpc_url, request_kwargs={"timeout": timeout}, cache_allowed_requests=True, exception_retry_configuration=None
+    )
+    w3 = Web3(provider)
     if not w3.is_connected():
         raise ConnectionError(f"no Ethereum node answers at {rpc_url}")
     return w3
@@ -111,7 +125,7 @@ class TTLCache:
         self.put(key, value, now)
         return value
 
-    def missing(self, keys: Iterable[Hashable]) -> list[Hashable]:
+    def missing(self, keys: Iterable[K]) -> list[K]:
         """Those of `keys` with no fresh entry, each once, in first-seen order."""
         now = time.monotonic()
         with self._lock:
@@ -132,6 +146,11 @@ class TTLCache:
 
 class ChainReadError(RuntimeError):
     """A view call the node answered with an error."""
+
+
+class ChainUnavailable(ChainReadError):
+    """A cached read (the kind intake uses) found the node unreachable: refused, reset, timed out or
+    answer lost. Raised at once, never retried: a request handler answers 503 instead of waiting."""
 
 
 @dataclass(frozen=True)
@@ -208,12 +227,18 @@ class ChainView:
     block the provider's stake was read at, never a chain time cached separately).
     """
 
+    #: After a transport failure of a cached read, cached reads that miss the cache fail at once for
+    #: this many seconds instead of each waiting out the request timeout (then one tries again).
+    UNREACHABLE_COOLDOWN = 1.0
+
     def __init__(self, w3: Web3, book: AddressBook, ttl: float = 2.0):
         self.w3 = w3
         self.book = book
         self.settlement = book.contract(w3, "UnderbidSettlement")
         self.errors = ErrorDecoder([c.abi for c in book.contracts.values()])
         self.cache = TTLCache(ttl)
+        self._unreachable_until = 0.0  # monotonic
+        self._unreachable_reason = ""
         calls = self.settlement.functions
         self.stake_per_unit: int = calls.stakePerUnit().call()
         self.notice_period: int = calls.noticePeriod().call()
@@ -222,8 +247,33 @@ class ChainView:
     # ----- blocks -----
 
     def head(self) -> BlockRef:
-        """The latest block, cached for the TTL (for deadlines, which are coarse)."""
-        return self.cache.get("head", self.fresh_head)
+        """The latest block, cached for the TTL (for deadlines, which are coarse). Fails fast with
+        ChainUnavailable when the node does not answer (see `_guarded`)."""
+        return self.cache.get("head", lambda: self._guarded(self.fresh_head))
+
+    # ----- failing fast: the reads request handlers make are never retried -----
+
+    def unreachable(self) -> str | None:
+        """Why the node is deemed unreachable right now (a recent transport failure), or None."""
+        if time.monotonic() < self._unreachable_until:
+            return self._unreachable_reason
+        return None
+
+    def _mark_unreachable(self, exc: BaseException) -> str:
+        self._unreachable_reason = f"the chain node is unreachable ({type(exc).__name__})"
+        self._unreachable_until = time.monotonic() + self.UNREACHABLE_COOLDOWN
+        return self._unreachable_reason
+
+    def _guarded(self, load: Callable[[], T]) -> T:
+        """Runs a cache miss's read once: a transport failure becomes ChainUnavailable (no retry),
+        and for UNREACHABLE_COOLDOWN seconds after one, misses fail without asking the node."""
+        reason = self.unreachable()
+        if reason is not None:
+            raise ChainUnavailable(reason)
+        try:
+            return load()
+        except TRANSIENT as exc:
+            raise ChainUnavailable(self._mark_unreachable(exc)) from exc
 
     def fresh_head(self) -> BlockRef:
         """The latest block, read now (and cached as the head)."""
@@ -248,7 +298,7 @@ class ChainView:
             block = self.fresh_head()
             return self._read_facts([key], block)[0], block
 
-        return self.cache.get(key, load)
+        return self.cache.get(key, lambda: self._guarded(load))
 
     def _read_facts(self, keys: list[tuple], block: BlockRef) -> list[Any]:
         """Reads facts at `block` straight through the provider, in one JSON-RPC request per 500
@@ -261,7 +311,7 @@ class ChainView:
 
     def _read_batch(self, keys: list[tuple], block_id: str) -> list[Any]:
         calls = [("eth_call", [_FACTS[key[0]].request(self.settlement.address, key[1:]), block_id]) for key in keys]
-        provider = self.w3.provider
+        provider: Any = self.w3.provider  # an HTTPProvider: make_batch_request is not on the base type
         responses = [provider.make_request(*calls[0])] if len(calls) == 1 else provider.make_batch_request(calls)
         if not isinstance(responses, list) or len(responses) != len(keys):
             raise ChainReadError(f"the node refused a batch of {len(keys)} reads: {responses}")
@@ -317,7 +367,7 @@ class ChainView:
         the cache lacks, in one JSON-RPC batch at one block instead of a round trip each. Best
         effort: on any failure the facts are read one by one later, where an error surfaces."""
         nonces = list(nonces)
-        keys: list[Hashable] = [("nonces", signer, nonce >> 7) for signer, nonce in nonces]
+        keys: list[tuple] = [("nonces", signer, nonce >> 7) for signer, nonce in nonces]
         keys += [("cancel", signer, nonce) for signer, nonce in nonces]
         keys += [("stake", provider) for provider in stakes]
         keys += [("escrow", buyer) for buyer in escrows]
@@ -331,10 +381,17 @@ class ChainView:
             ("nonces", key[1], key[2] + 1) for key in wanted if key[0] == "nonces"
         )
         wanted = list(dict.fromkeys(wanted))
+        if self.unreachable() is not None:
+            return  # the single reads fail fast
         loaded_at = time.monotonic()
         try:
             block = self.fresh_head()  # the facts wanted cost a round trip anyway; see _pinned
             values = self._read_facts(wanted, block)
+        except TRANSIENT as exc:
+            # The node is not answering: the single reads that follow fail at once, rather than
+            # each waiting out the request timeout again.
+            log.debug("batched fact read failed: %s", self._mark_unreachable(exc))
+            return
         except Exception as exc:  # noqa: BLE001 - an optimisation only; the single reads report errors
             log.debug("batched fact read failed (%s); reading one by one", exc)
             return

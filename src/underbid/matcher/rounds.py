@@ -118,6 +118,13 @@ class Matcher:
         """Makes a round waiting on the chain return at once (its transaction stays signed)."""
         self.submitter.stopping.set()
 
+    def shutdown(self) -> None:
+        """Stops waiting on the chain, waits for a round being settled to return, then closes
+        the store: whoever closes rounds (timer or API), the store is never closed under them."""
+        self.stop()
+        with self._round_lock:
+            self.store.close()
+
     # ----- intake -----
 
     def accept(self, kind: MessageKind, message, signature_hex: str, spec: str | None = None) -> Accepted:

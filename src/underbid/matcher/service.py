@@ -1,41 +1,77 @@
-"""Runs the matcher as a process: reconcile, then serve the API and close rounds on a timer."""
+"""Runs the matcher as a process: wait for the node, reconcile, then serve the API and close
+rounds on a timer.
+
+The node is reached with a short per-request timeout and no retries of web3's own
+(`underbid.chain.view.connect`); background work retries through `underbid.chain.retry` under an
+overall deadline, and request handlers never retry, so a stalled or dead node makes intake answer
+503 within seconds while store-only reads keep answering.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
+import anyio.to_thread
 import uvicorn
 from eth_account.signers.local import LocalAccount
 
-from underbid.matcher.api import create_app
-from underbid.chain.view import ChainView, connect
 from underbid.chain.deployment import AddressBook
+from underbid.chain.retry import wait_for
+from underbid.chain.view import RPC_TIMEOUT, ChainView, connect
+from underbid.matcher.api import create_app
 from underbid.matcher.rounds import Matcher, RoundTimer
 from underbid.matcher.store import Store
 
 log = logging.getLogger("underbid.matcher.service")
 
+#: Worker threads for the API's (synchronous) endpoints; anyio's default is 40. An intake request
+#: waiting on a stalled node holds one for at most the RPC timeout, so with more threads than
+#: requests in flight store-only reads never queue behind it.
+WORKER_THREADS = 128
 
-def build_matcher(rpc_url: str, deployment: Path, db_path: Path, account: LocalAccount) -> Matcher:
+
+def build_matcher(
+    rpc_url: str, deployment: Path, db_path: Path, account: LocalAccount, rpc_timeout: float = RPC_TIMEOUT
+) -> Matcher:
+    """The matcher over the node at `rpc_url`. While that node is down or not answering, waits for
+    it (logging each failed attempt, with backoff) instead of failing; a node on the wrong chain
+    is a ValueError."""
     book = AddressBook.load(deployment)
-    w3 = connect(rpc_url)
-    if w3.eth.chain_id != book.chain_id:
-        raise ValueError(f"the node at {rpc_url} is chain {w3.eth.chain_id}, the address book is for {book.chain_id}")
-    return Matcher(ChainView(w3, book), Store(db_path), account)
+
+    def attach() -> ChainView:
+        w3 = connect(rpc_url, timeout=rpc_timeout)
+        if w3.eth.chain_id != book.chain_id:
+            raise ValueError(
+                f"the node at {rpc_url} is chain {w3.eth.chain_id}, the address book is for {book.chain_id}"
+            )
+        return ChainView(w3, book)
+
+    chain = wait_for(attach, what=f"waiting for the node at {rpc_url}")
+    return Matcher(chain, Store(db_path), account)
 
 
 def serve(matcher: Matcher, host: str, port: int, round_seconds: float, admin_token: str | None) -> None:
     """Blocks until interrupted. Every submitted-but-unconfirmed round is reconciled first."""
-    done = matcher.reconcile()
+    # Reconcile is safe to run again after a failure part-way (it reads the chain first), so a
+    # node that goes away during start-up is waited for too.
+    done = wait_for(matcher.reconcile, what="waiting for the node to reconcile unfinished rounds")
     if done:
         log.info("reconciled rounds %s", done)
     timer = RoundTimer(matcher, round_seconds) if round_seconds > 0 else None
     if timer:
         timer.start()
     try:
-        uvicorn.run(create_app(matcher, admin_token), host=host, port=port, log_level="warning")
+        app = create_app(matcher, admin_token)
+        asyncio.run(_serve_api(uvicorn.Config(app, host=host, port=port, log_level="warning")))
     finally:
         if timer:
             timer.stop()
         matcher.store.close()
+
+
+async def _serve_api(config: uvicorn.Config) -> None:
+    """`uvicorn.run`, with the worker thread pool widened first (it is per event loop)."""
+    anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
+    await uvicorn.Server(config).serve()
