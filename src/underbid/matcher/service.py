@@ -68,7 +68,7 @@ def serve(matcher: Matcher, host: str, port: int, round_seconds: float, admin_to
     finally:
         if timer:
             timer.stop()
-        matcher.store.close()
+        matcher.shutdown()  # waits for a round being settled (by the timer or the API) before closing the store
 
 
 async def _serve_api(config: uvicorn.Config) -> None:
