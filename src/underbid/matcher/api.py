@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import requests
@@ -456,7 +457,7 @@ def create_app(matcher: Matcher, admin_token: str | None = None, max_body_bytes:
     async def _chain_refused(_: Request, exc: ChainReadError) -> JSONResponse:
         return _error(503, "chain", f"the chain RPC refused a read ({exc}): try again shortly")
 
-    def _submissions(kind: MessageKind, bodies: list[_Signed]) -> list[Submission]:
+    def _submissions(kind: MessageKind, bodies: Sequence[_Signed]) -> list[Submission]:
         model = Order if kind is MessageKind.ORDER else Bid
         fields = set(model.model_fields)
         return [
@@ -465,13 +466,14 @@ def create_app(matcher: Matcher, admin_token: str | None = None, max_body_bytes:
         ]
 
     def _acknowledgement(accepted: Accepted) -> Acknowledgement:
-        return Acknowledgement(digest=accepted.digest, status="open", receipt=accepted.receipt)
+        receipt = None if accepted.receipt is None else SignedReceipt.model_validate(accepted.receipt)
+        return Acknowledgement(digest=accepted.digest, status="open", receipt=receipt)
 
     def _submit(kind: MessageKind, body: _Signed) -> Acknowledgement:
         (submission,) = _submissions(kind, [body])
         return _acknowledgement(matcher.accept(kind, submission.message, submission.signature, submission.spec))
 
-    def _submit_batch(kind: MessageKind, bodies: list[_Signed]) -> BatchAcknowledgement | JSONResponse:
+    def _submit_batch(kind: MessageKind, bodies: Sequence[_Signed]) -> BatchAcknowledgement | JSONResponse:
         try:
             accepted = matcher.accept_batch(kind, _submissions(kind, bodies))
         except Rejections as refused:
@@ -601,7 +603,7 @@ def create_app(matcher: Matcher, admin_token: str | None = None, max_body_bytes:
         return Health(
             status="ok",
             chain_id=matcher.chain.book.chain_id,
-            block=matcher.chain.w3.eth.block_number,
+            block=matcher.chain.head().number,  # cached; a stalled node fails fast into a 503
             settlement=matcher.chain.book.address("UnderbidSettlement"),
             matcher=matcher.account.address,
             open_round=_intake_round(matcher),

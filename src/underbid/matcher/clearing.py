@@ -631,9 +631,13 @@ def _solve_python(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> _Alloc:
 
     def arc(u: int, v: int, c: int, w: int) -> int:
         adj[u].append(len(head))
-        head.append(v), cap.append(c), cost.append(w)
+        head.append(v)
+        cap.append(c)
+        cost.append(w)
         adj[v].append(len(head))
-        head.append(u), cap.append(0), cost.append(-w)
+        head.append(u)
+        cap.append(0)
+        cost.append(-w)
         return len(head) - 2
 
     pair_arcs: list[tuple[int, int, int]] = []

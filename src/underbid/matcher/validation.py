@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from underbid.chain.view import BlockRef, ChainView
 from underbid.matcher.store import MessageKind, Store
-from underbid.protocol.eip712 import Domain, SignatureError, SignedMessage, recover_signer
+from underbid.protocol.eip712 import Bid, Domain, Order, SignatureError, SignedMessage, recover_signer
 from underbid.protocol.markets import market_id
 from underbid.protocol.units import format_credits
 
@@ -177,9 +177,9 @@ class Validator:
                 raise Rejection(400, "spec", str(exc)) from None
             if derived != message.market:
                 raise Rejection(400, "spec", f"spec hashes to {derived}, not to market {message.market}")
-        if (zero := next(_zero_fields(kind, message), None)) is not None:
+        if (zero := next(_zero_fields(message), None)) is not None:
             raise Rejection(400, *zero)
-        if kind is MessageKind.ORDER and message.duration < self.chain.min_lease_duration:
+        if isinstance(message, Order) and message.duration < self.chain.min_lease_duration:
             raise Rejection(
                 400,
                 "duration",
@@ -237,6 +237,7 @@ class Validator:
         reserved: dict[str, int] = {}
         for i, item in orders:
             order = item.message
+            assert isinstance(order, Order)  # the caller passes the orders of the request only
             buyer = order.buyer
             if buyer not in reserved:
                 reserved[buyer] = sum(order_cost(*terms) for terms in self.store.open_order_terms(buyer, now))
@@ -266,6 +267,7 @@ class Validator:
         stakes: dict[str, tuple[int, BlockRef]] = {}
         for i, item in bids:
             bid = item.message
+            assert isinstance(bid, Bid)  # the caller passes the bids of the request only
             provider = bid.provider
             if provider not in stakes:  # once per provider, so all its bids share one block
                 stakes[provider] = self.chain.available_stake(provider)
@@ -289,15 +291,15 @@ def _signer_field(kind: MessageKind) -> str:
     return "buyer" if kind is MessageKind.ORDER else "provider"
 
 
-def _zero_fields(kind: MessageKind, message: SignedMessage) -> Iterator[tuple[str, str]]:
-    if kind is MessageKind.ORDER:
+def _zero_fields(message: SignedMessage) -> Iterator[tuple[str, str]]:
+    if isinstance(message, Order):
         if message.units == 0:
             yield "units", "must be at least 1"
         if message.duration == 0:
             yield "duration", "must be at least 1 second"
         if message.max_price == 0:
             yield "maxPrice", "must be positive"
-    else:
+    elif isinstance(message, Bid):
         if message.capacity == 0:
             yield "capacity", "must be at least 1"
         if message.max_duration == 0:

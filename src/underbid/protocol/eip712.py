@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import coincurve
 import sha3
@@ -203,6 +203,14 @@ class SignedMessage(TypedMessage):
 
     #: The field holding the signer's address.
     SIGNER_FIELD: ClassVar[str]
+
+    if TYPE_CHECKING:
+        # The fields every order and bid declares, in its own struct order (declaring them here
+        # for real would put them first in both EIP-712 type strings).
+        matcher: str
+        market: str
+        deadline: int
+        nonce: int
 
     @property
     def signer(self) -> str:
