@@ -8,7 +8,8 @@ the `MatcherCourt`: `verifyChallenge`, the court's own check, must revert for ea
 proof, and the swap proof for a bid with its own lease in the round), and for a reason the
 allocation makes true (a fully filled bid, a cheaper witness, another market, a too-long lease, a
 stake decrease, a cancel request, a swap that is not shorter), never for a malformed proof (bad
-receipt, wrong round, unknown lease), which would mean the harness proves nothing. `test_checker_finds_a_passed_over_bid` shows the same checker catching a round that
+receipt, wrong round, unknown lease), which would mean the harness proves nothing.
+`test_checker_finds_a_passed_over_bid` shows the same checker catching a round that
 passes over a receipted bid.
 
 The last tests hold the matcher to its promises where a single random round does not reach:
@@ -22,7 +23,6 @@ at 1 and examples do not see each other's messages.
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -101,19 +101,21 @@ def challenge_outcomes(http, court, round_id: int, receipts: dict[str, dict], le
         for lease in leases:
             lease_id = "0x" + bytes(lease.leaseId).hex()
             args = challenge_args(http, round_id, receipt, lease)
-            outcomes[(bid_digest, lease_id)] = outcome(court, lambda: court.verifyChallenge(*args))
+            outcomes[(bid_digest, lease_id)] = outcome(court, lambda args=args: court.verifyChallenge(*args))
             for mine in own:
                 if mine.leaseId == lease.leaseId:
                     continue
                 args = challenge_args(http, round_id, receipt, lease, bytes(mine.orderDigest))
                 outcomes[(bid_digest, f"swap:{lease_id}:{bytes(mine.leaseId).hex()}")] = outcome(
-                    court, lambda: court.verifyChallenge(*args)
+                    court, lambda args=args: court.verifyChallenge(*args)
                 )
     return outcomes
 
 
 def assert_unchallengeable(outcomes: dict[tuple[str, str], str], round_id: int) -> None:
-    succeeding = [f"bid {bid} with witness lease {lease}" for (bid, lease), why in outcomes.items() if why == "SUCCEEDS"]
+    succeeding = [
+        f"bid {bid} with witness lease {lease}" for (bid, lease), why in outcomes.items() if why == "SUCCEEDS"
+    ]
     assert not succeeding, f"a challenge against round {round_id} would slash the matcher: {succeeding}"
 
 
@@ -208,9 +210,13 @@ def _post(http, path: str, message, sig: bytes):
     return http.post(path, json=order_body(message, sig))
 
 
-def play_round(spec: RoundSpec, m, chain, settlement, court, matcher_address, buyers, providers, book_path, workdir, index):
+def play_round(
+    spec: RoundSpec, m, chain, settlement, court, matcher_address, buyers, providers, book_path, workdir, index
+):
     markets = (H100, A100)[: spec.markets]
-    process = MatcherProcess(chain.provider.uri, book_path, workdir / f"matcher-{index}.db", workdir / f"matcher-{index}.log")
+    process = MatcherProcess(
+        chain.provider.uri, book_path, workdir / f"matcher-{index}.db", workdir / f"matcher-{index}.log"
+    )
     process.start()
     try:
         with process.client() as http:
@@ -227,7 +233,8 @@ def play_round(spec: RoundSpec, m, chain, settlement, court, matcher_address, bu
                     assert receipt["bidHash"] == digest and receipt["round"] == 1
                     assert receipt["matcher"] == matcher_address
                     signed = Receipt(matcher=matcher_address, bid_hash=digest, round=1, issued_at=receipt["issuedAt"])
-                    assert recover_signer(signed.digest(m.domain), bytes.fromhex(receipt["signature"][2:])) == matcher_address
+                    signature = bytes.fromhex(receipt["signature"][2:])
+                    assert recover_signer(signed.digest(m.domain), signature) == matcher_address
                     assert receipt["issuedAt"] <= chain.blocks.head.timestamp
                     receipts[digest] = receipt
                     posted_bids.append(bid)
@@ -239,7 +246,8 @@ def play_round(spec: RoundSpec, m, chain, settlement, court, matcher_address, bu
                 order, sig = m.order(buyers[o.buyer], market=markets[o.market], units=o.units, duration=o.duration,
                                      max_price=o.max_price, deadline=m.now() + 4 * HOUR)
                 r = _post(http, "/orders", order, sig)
-                assert r.status_code == 201 or (r.status_code == 400 and r.json()["detail"][0]["field"] == "buyer"), r.text
+                refused_for_escrow = r.status_code == 400 and r.json()["detail"][0]["field"] == "buyer"
+                assert r.status_code == 201 or refused_for_escrow, r.text
 
             # The chain moves under the matcher between intake and clearing.
             if spec.unstake is not None:
@@ -278,15 +286,17 @@ def play_round(spec: RoundSpec, m, chain, settlement, court, matcher_address, bu
 @pytest.fixture
 def players(accounts, market):
     buyers, providers = list(accounts[10:14]), list(accounts[20:25])
-    for buyer, credits in zip(buyers, BUYER_CREDITS):
+    for buyer, credits in zip(buyers, BUYER_CREDITS, strict=True):
         market.fund_buyer(buyer, credits)
-    for provider, units in zip(providers, PROVIDER_STAKE_UNITS):
+    for provider, units in zip(providers, PROVIDER_STAKE_UNITS, strict=True):
         market.stake_provider(provider, units)
     return buyers, providers
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_no_receipted_bid_can_challenge_an_honest_round(market, chain, settlement, court, matcher, players, book_path, tmp_path):
+def test_no_receipted_bid_can_challenge_an_honest_round(
+    market, chain, settlement, court, matcher, players, book_path, tmp_path
+):
     buyers, providers = players
     snapshot = [chain.snapshot()]
     counter = iter(range(10_000))
@@ -352,7 +362,9 @@ def test_checker_finds_a_passed_over_bid(market, chain, settlement, court, match
     assert settlement.matchers(matcher).bond < bond
 
 
-def test_no_receipt_beyond_free_stake_right_after_a_round(market, chain, settlement, court, matcher, players, matcher_process):
+def test_no_receipt_beyond_free_stake_right_after_a_round(
+    market, chain, settlement, court, matcher, players, matcher_process
+):
     """A round locks a provider's whole stake; a bid it posts right afterwards must not be
     receipted (its free stake covers nothing), or the next round, which cannot fill that bid,
     becomes challengeable although the matcher cleared it correctly."""
@@ -375,12 +387,15 @@ def test_no_receipt_beyond_free_stake_right_after_a_round(market, chain, settlem
         report = matcher_process.close_round().json()
         assert report["state"] == "confirmed" and report["round_id"] == 2
         receipts = {r.json()["digest"]: r.json()["receipt"] for r in (late, w) if r.status_code == 201}
-        outcomes = challenge_outcomes(http, court, 2, receipts, round_leases(settlement, 2, first_block, chain.blocks.height))
+        leases = round_leases(settlement, 2, first_block, chain.blocks.height)
+        outcomes = challenge_outcomes(http, court, 2, receipts, leases)
     assert_unchallengeable(outcomes, 2)
     assert late.status_code == 400 and late.json()["detail"][0]["field"] == "capacity", late.text
 
 
-def test_an_order_about_to_expire_does_not_strand_a_cheaper_bid(market, chain, settlement, court, matcher, players, matcher_process):
+def test_an_order_about_to_expire_does_not_strand_a_cheaper_bid(
+    market, chain, settlement, court, matcher, players, matcher_process
+):
     """The order the cheap bid would be cleared against expires before a batch could be sure to
     land. Before, the matcher cleared it, the settle reverted when mined, and the round had to be
     cleared again; now a message expiring within the notice period never enters a round, so the
@@ -435,7 +450,7 @@ def test_concurrent_bids_cannot_overbook_the_stake(market, chain, settlement, pl
         bids = [m.bid(p, capacity=2, price=UBC) for _ in range(16)]
         start = threading.Barrier(len(bids))
 
-        def post(bid):
+        def post(bid, start=start):
             with matcher_process.client() as http:
                 start.wait()
                 return _post(http, "/bids", *bid)
@@ -443,7 +458,7 @@ def test_concurrent_bids_cannot_overbook_the_stake(market, chain, settlement, pl
         with ThreadPoolExecutor(len(bids)) as pool:
             answers = list(pool.map(post, bids))
         assert all(r.status_code in (201, 400) for r in answers), [r.text for r in answers]
-        receipted = sum(b.capacity for (b, _), r in zip(bids, answers) if r.status_code == 201)
+        receipted = sum(b.capacity for (b, _), r in zip(bids, answers, strict=True) if r.status_code == 201)
         assert receipted >= min(stakeable, 2)  # the test is not vacuous: some bids were taken
         if receipted > stakeable:
             overbooked[p.address] = (receipted, stakeable)

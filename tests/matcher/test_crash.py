@@ -35,7 +35,9 @@ def test_kill_after_store_commit_keeps_every_accepted_message(market, funded, ma
 
 
 @pytest.mark.parametrize("failpoint", ["after_clearing", "after_broadcast"])
-def test_kill_during_round_settles_it_exactly_once(market, funded, matcher_process, settlement, chain, matcher, failpoint):
+def test_kill_during_round_settles_it_exactly_once(
+    market, funded, matcher_process, settlement, chain, matcher, failpoint
+):
     matcher_process.stop()
     matcher_process.start(failpoint=failpoint)
     with matcher_process.client() as http:

@@ -50,7 +50,9 @@ def test_round_end_to_end(accounts, market, settlement, matcher, matcher_process
 
         # The leases on chain are exactly the clearing output.
         logs = list(settlement.LeaseOpened.range(chain.blocks.height - 5, chain.blocks.height + 1))
-        on_chain = sorted(("0x" + bytes(lg.orderDigest).hex(), "0x" + bytes(lg.bidDigest).hex(), lg.units, lg.price) for lg in logs)
+        on_chain = sorted(
+            ("0x" + bytes(lg.orderDigest).hex(), "0x" + bytes(lg.bidDigest).hex(), lg.units, lg.price) for lg in logs
+        )
         expected = sorted((mm["order"], mm["bid"], mm["units"], prices[mm["market"]]) for mm in matches)
         assert on_chain == expected
         assert settlement.clearingPrice(matcher, round_id, H100) == prices[H100]

@@ -210,7 +210,7 @@ def max_gain_allocation(
     range OR-Tools can solve exactly, instead of falling back.
     """
     out: list[Match] = []
-    for market, mo, mb in _market_tasks(orders, bids):
+    for _market, mo, mb in _market_tasks(orders, bids):
         alloc = _max_gain_market(mo, mb, prune=prune, solver=solver)
         out.extend(_to_matches(mo, mb, alloc))
     return tuple(out)
@@ -293,8 +293,7 @@ def _market_tasks(orders: Iterable[OrderLot], bids: Iterable[BidLot]) -> list[_T
     by_market_o: dict[str, list[OrderLot]] = {}
     by_market_b: dict[str, list[BidLot]] = {}
     seen: set[str] = set()
-    n = 0
-    for o in orders:
+    for n, o in enumerate(orders, 1):
         # One cheap test on the hot path; _check_order explains any failure.
         if not (
             type(o) is OrderLot and type(o.units) is int and type(o.duration) is int
@@ -303,7 +302,6 @@ def _market_tasks(orders: Iterable[OrderLot], bids: Iterable[BidLot]) -> list[_T
         ):
             _check_order(o)
         seen.add(o.key)
-        n += 1
         if len(seen) != n:
             raise ValueError(f"duplicate order key {o.key}")
         lst = by_market_o.get(o.market)
@@ -312,8 +310,7 @@ def _market_tasks(orders: Iterable[OrderLot], bids: Iterable[BidLot]) -> list[_T
         else:
             lst.append(o)
     seen = set()
-    n = 0
-    for b in bids:
+    for n, b in enumerate(bids, 1):
         if not (
             type(b) is BidLot and type(b.capacity) is int and type(b.price) is int
             and type(b.max_duration) is int and b.capacity > 0 and b.price >= 0
@@ -321,7 +318,6 @@ def _market_tasks(orders: Iterable[OrderLot], bids: Iterable[BidLot]) -> list[_T
         ):
             _check_bid(b)
         seen.add(b.key)
-        n += 1
         if len(seen) != n:
             raise ValueError(f"duplicate bid key {b.key}")
         lst_b = by_market_b.get(b.market)
@@ -565,8 +561,8 @@ def _solve_ortools(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> _Alloc
         if o_idx.size or e_idx.size:
             alloc.extend(_pair_class(
                 orders, bids,
-                list(zip(o_idx.tolist(), served[o_idx].tolist())),
-                list(zip(bj[e_idx].tolist(), sold[e_idx].tolist())),
+                list(zip(o_idx.tolist(), served[o_idx].tolist(), strict=True)),
+                list(zip(bj[e_idx].tolist(), sold[e_idx].tolist(), strict=True)),
             ))
     return alloc
 
