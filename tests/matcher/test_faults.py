@@ -324,12 +324,14 @@ def test_a_lost_broadcast_answer_is_not_a_failed_round(market, players, settleme
             bid = post(http, "bids", m.bid(providers[0], capacity=1, price=UBC))
             post(http, "orders", m.order(buyers[0], units=1, duration=HOUR, max_price=2 * UBC))
             # The node takes the transaction (and anvil mines it) but the answer never arrives:
-            # sent again, the node says "nonce too low", and the receipt decides.
+            # the receipt decides, and nothing is signed, sent or cleared again.
             proxy.set("drop", methods={"eth_sendRawTransaction"}, times=1)
+            nonce = chain.provider.web3.eth.get_transaction_count(matcher.address)
             report = close(p)
             assert report["state"] == "confirmed", report
             assert http.get(f"/bids/{bid}").json()["filled"] == 1
-        assert proxy.seen.count("eth_sendRawTransaction") >= 2
+        assert proxy.seen.count("eth_sendRawTransaction") == 1
+        assert chain.provider.web3.eth.get_transaction_count(matcher.address) == nonce + 1
         assert settlement.rounds(matcher, report["round_id"]).batches == 1
         assert_store_equals_chain(p.db, settlement, chain, matcher, start_block)
         next_round_settles(p, m, buyers[1], providers[1])

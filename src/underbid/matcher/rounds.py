@@ -380,6 +380,7 @@ class Matcher:
         transaction per step, until the round is confirmed, must be cleared again (nothing of it
         landed or can land), or waits on the chain."""
         dropped = 0
+        just_sent: str | None = None  # the hash broadcast a moment ago, not to be sent again at once
         while True:
             stored = self.store.get_round(round_id)
             assert stored is not None
@@ -389,9 +390,20 @@ class Matcher:
                 self.store.confirm_round(round_id)
                 return Advance(Progress.CONFIRMED, dropped=dropped)
             nothing_landed = on_chain.batches == 0 and batch.batch == 0
+            if on_chain.batches > batch.batch and batch.state is not BatchState.SIGNED:
+                # The chain holds this batch although the store says it did not land: only this
+                # matcher settles its rounds, so it is our transaction; its receipt settles it.
+                landed = self.submitter.fate(batch.tx) if batch.tx is not None else None
+                if not isinstance(landed, Landed):
+                    return Advance(Progress.STUCK, f"batch {batch.batch} is on chain but its transaction is not"
+                                   " the one stored", dropped=dropped)
+                with self._intake_lock.exclusive():
+                    self.store.record_mined(round_id, batch.batch, landed.gas_used, landed.fills)
+                    self.chain.cache.invalidate()
+                continue
             if batch.state is BatchState.SIGNED:
                 assert batch.tx is not None
-                outcome = self.submitter.follow(batch.tx, timeout)
+                outcome = self.submitter.follow(batch.tx, timeout, just_sent=batch.tx.tx_hash == just_sent)
                 if isinstance(outcome, StillPending):
                     return Advance(Progress.PENDING, outcome.reason, dropped=dropped)
                 if isinstance(outcome, Landed):
@@ -439,6 +451,7 @@ class Matcher:
             tx = self.submitter.sign(round_id, batch.batch, final, batch.payload, prepared)
             self.store.record_signed(round_id, batch.batch, batch.payload, tx)  # before broadcast: the recovery handle
             self.submitter.broadcast(tx.raw or b"")
+            just_sent = tx.tx_hash
             failpoints.hit("after_broadcast")
 
     def _without_cancel_requests(

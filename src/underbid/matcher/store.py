@@ -637,12 +637,13 @@ class Store:
             )
 
     def record_mined(self, round_id: int, batch: int, gas_used: int, fills: dict[str, int]) -> None:
-        """signed -> mined, and the fills of what landed (its LeaseOpened events) added to the
-        messages, in one transaction; applied once (a second call finds the batch mined)."""
+        """signed (or dead, if the chain shows it landed after all) -> mined, and the fills of what
+        landed (its LeaseOpened events) added to the messages, in one transaction; applied once (a
+        second call finds the batch mined)."""
         with self._tx() as db:
             moved = db.execute(
                 "UPDATE batches SET state = 'mined', gas_used = ?, fills = ? WHERE round_id = ? AND batch = ?"
-                " AND state = 'signed'",
+                " AND state IN ('signed', 'dead')",
                 (gas_used, json.dumps(fills), round_id, batch),
             ).rowcount
             if moved:

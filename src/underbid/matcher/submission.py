@@ -333,22 +333,33 @@ class Submitter:
             except TransactionNotFound:
                 return NotLanded(f"transaction {tx.tx_hash} is unknown to the node and has no receipt")
         if used > nonce:
+            # A node may count a block's transactions before it serves their receipts: the
+            # transaction itself says whether it is the one that used the nonce.
+            try:
+                mined_in = retry_rpc(lambda: self.w3.eth.get_transaction(HexStr(tx.tx_hash))).get("blockNumber")
+            except TransactionNotFound:
+                mined_in = None
+            if mined_in is not None:
+                return StillPending(f"transaction {tx.tx_hash} is mined in block {mined_in}; no receipt served yet")
             return NotLanded(f"nonce {nonce} was used by another transaction")
         if tx.deadline and head.timestamp > tx.deadline:
             return NotLanded(f"chain time {head.timestamp} is past the batch deadline {tx.deadline} (BatchExpired)")
         return StillPending(f"transaction {tx.tx_hash} (nonce {nonce}) is not mined yet")
 
-    def follow(self, tx: SignedTx, timeout: float) -> TxOutcome:
-        """Broadcasts the same raw transaction again until the chain decides it, or `timeout`."""
+    def follow(self, tx: SignedTx, timeout: float, just_sent: bool = False) -> TxOutcome:
+        """Broadcasts the same raw transaction again until the chain decides it, or `timeout`
+        (`just_sent`: the first broadcast was just made, so the next waits its turn)."""
         end = time.monotonic() + timeout
-        next_broadcast = 0.0
+        next_broadcast = time.monotonic() + REBROADCAST_EVERY if just_sent else 0.0
         while True:
-            if tx.raw is not None and time.monotonic() >= next_broadcast:
-                self.broadcast(tx.raw)
-                next_broadcast = time.monotonic() + REBROADCAST_EVERY
+            # Asked before each broadcast: a transaction past its deadline is not sent again (it
+            # could only be mined to revert, spending a nonce for nothing).
             outcome = self.fate(tx)
             if not isinstance(outcome, StillPending) or time.monotonic() >= end:
                 return outcome
+            if tx.raw is not None and time.monotonic() >= next_broadcast:
+                self.broadcast(tx.raw)
+                next_broadcast = time.monotonic() + REBROADCAST_EVERY
             if self.stopping.wait(POLL_EVERY):
                 return outcome
 
