@@ -155,9 +155,21 @@ def stop_process(pid: int, needle: str, timeout: float = 15.0) -> bool:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if not _alive(pid, needle):
+                _wait_group_gone(pid, deadline)
                 return True
             time.sleep(0.1)
     return True
+
+
+def _wait_group_gone(pgid: int, deadline: float) -> None:
+    """Waits until no process of the group is left: the leader can exit before a member that
+    still holds a listening socket, and callers expect the devnet's ports free on return."""
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.1)
 
 
 def port_in_use(port: int) -> bool:
