@@ -145,7 +145,7 @@ class Matcher:
         """
         if not submissions:
             return []
-        providers = sorted({s.message.provider for s in submissions}) if kind is MessageKind.BID else []
+        providers = sorted({s.message.signer for s in submissions}) if kind is MessageKind.BID else []
         with self._intake_lock.shared(), ExitStack() as held:
             for provider in providers:  # in sorted order, so two batches cannot deadlock
                 held.enter_context(self._provider_lock(provider))
@@ -316,7 +316,7 @@ class Matcher:
             if not clearing.matches:
                 return RoundReport(round_id, RoundState.OPEN.value, len(orders), len(bids), dropped=dropped_total)
 
-            bid_price = {s.digest: s.message.price for s in bids}
+            bid_price = {s.digest: s.bid.price for s in bids}
             matches = [Match(m.order_key, m.bid_key, m.units, mc.market) for mc in clearing.markets for m in mc.matches]
             # Batches are cut from the matches sorted by (market, bid price ascending): if a later
             # batch of a split round never lands, the bids it leaves unused are the pricier ones
@@ -512,9 +512,9 @@ class Matcher:
         used: dict[str, int] = {}
         for mc in clearing.markets:
             for m in mc.matches:
-                order = by_digest[m.order_key].message
+                order = by_digest[m.order_key].order
                 cost[order.buyer] = cost.get(order.buyer, 0) + order_cost(m.units, mc.price, order.duration)
-                bid = by_digest[m.bid_key].message
+                bid = by_digest[m.bid_key].bid
                 units[bid.provider] = units.get(bid.provider, 0) + m.units
                 used[m.order_key] = used.get(m.order_key, 0) + m.units
                 used[m.bid_key] = used.get(m.bid_key, 0) + m.units
@@ -571,13 +571,13 @@ class Matcher:
 
 
 def _order_lot(s: StoredMessage, caps: dict[str, int]) -> OrderLot:
-    o = s.message
+    o = s.order
     units = min(s.remaining, caps.get(s.digest, s.remaining))
     return OrderLot(key=s.digest, market=o.market, units=units, duration=o.duration, max_price=o.max_price)
 
 
 def _bid_lot(s: StoredMessage, caps: dict[str, int]) -> BidLot:
-    b = s.message
+    b = s.bid
     capacity = min(s.remaining, caps.get(s.digest, s.remaining))
     return BidLot(
         key=s.digest, market=b.market, provider=b.provider, capacity=capacity, price=b.price,

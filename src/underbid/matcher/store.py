@@ -188,8 +188,20 @@ class StoredMessage:
     received_at: float
 
     @property
+    def order(self) -> Order:
+        """The message as an order (it must be one)."""
+        assert isinstance(self.message, Order), self.kind
+        return self.message
+
+    @property
+    def bid(self) -> Bid:
+        """The message as a bid (it must be one)."""
+        assert isinstance(self.message, Bid), self.kind
+        return self.message
+
+    @property
     def total(self) -> int:
-        return self.message.units if self.kind is MessageKind.ORDER else self.message.capacity
+        return _total(self.message)
 
     @property
     def remaining(self) -> int:
@@ -369,7 +381,7 @@ class Store:
                 kind.value,
                 message.signer,
                 message.market,
-                message.units if kind is MessageKind.ORDER else message.capacity,
+                _total(message),
                 min(message.deadline, _INT64_MAX),
                 message.model_dump_json(by_alias=True),
                 signature,
@@ -749,6 +761,11 @@ class Store:
             for market, price in (stored.clearing or {}).get("prices", {}).items():
                 prices[market] = (stored.id, int(price))
         return prices
+
+
+def _total(message: SignedMessage) -> int:
+    """Units an order asks for, or units a bid offers."""
+    return message.units if isinstance(message, Order) else message.capacity if isinstance(message, Bid) else 0
 
 
 def _batch(row: sqlite3.Row) -> StoredBatch:
