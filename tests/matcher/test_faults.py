@@ -408,3 +408,38 @@ def test_a_lost_answer_while_pending_is_already_known_not_refused(
         assert "broadcast refused" not in p.log.read_text()
         assert_store_equals_chain(p.db, settlement, chain, matcher, start_block)
         next_round_settles(p, m, buyers[1], providers[1])
+
+
+def test_a_store_of_the_earlier_layout_is_carried_over(tmp_path):
+    """A store written by the version that kept only batch hashes opens with batch states: a sent
+    batch, or a landed one of an unconfirmed round (whose fills that version applied only at
+    confirmation), becomes `signed`, so the reconciler asks the chain what landed."""
+    from underbid.matcher.store import BatchState, Store
+
+    path = tmp_path / "old.db"
+    payload = '{"matches": [{"order": "0x01", "bid": "0x02", "units": 1, "market": "0x03"}], "prices": {"0x03": "5"}}'
+    with sqlite3.connect(path) as conn:
+        conn.executescript("""
+            CREATE TABLE rounds (id INTEGER PRIMARY KEY, state TEXT NOT NULL, opened_at REAL NOT NULL,
+                closed_at REAL, cleared_at REAL, confirmed_at REAL, clearing TEXT, error TEXT);
+            CREATE TABLE batches (round_id INTEGER NOT NULL REFERENCES rounds (id), batch INTEGER NOT NULL,
+                payload TEXT NOT NULL, tx_hash TEXT, gas_used INTEGER,
+                state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'confirmed')), PRIMARY KEY (round_id, batch));
+            INSERT INTO rounds VALUES (1, 'confirmed', 1, 1, 1, 1, NULL, NULL),
+                                      (2, 'submitted', 2, 2, 2, NULL, NULL, NULL);
+        """)
+        conn.executemany("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)", [
+            (1, 0, payload, "0xaa", 1, "confirmed"),
+            (2, 0, payload, "0xbb", 1, "confirmed"),
+            (2, 1, payload, "0xcc", None, "sent"),
+            (2, 2, payload, None, None, "pending"),
+        ])
+    store = Store(path)
+    try:
+        assert [b.state for b in store.get_round(1).batches] == [BatchState.MINED]
+        second = store.get_round(2).batches
+        assert [b.state for b in second] == [BatchState.SIGNED, BatchState.SIGNED, BatchState.PENDING]
+        assert second[1].tx is not None and second[1].tx.tx_hash == "0xcc" and second[1].tx.raw is None
+        assert second[0].payload.prices == {"0x03": 5}
+    finally:
+        store.close()

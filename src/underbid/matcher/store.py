@@ -156,10 +156,6 @@ class BatchPayload:
         raw = json.loads(text)
         return cls(tuple(Match(**m) for m in raw["matches"]), {k: int(v) for k, v in raw["prices"].items()})
 
-    def __getitem__(self, key: str) -> Any:
-        """Read-only dict view (`payload["matches"]`) for callers that predate this record."""
-        return {"matches": [m.__dict__ for m in self.matches], "prices": self.prices}[key]
-
 
 @dataclass(frozen=True)
 class SignedTx:
