@@ -443,3 +443,48 @@ def test_a_store_of_the_earlier_layout_is_carried_over(tmp_path):
         assert second[0].payload.prices == {"0x03": 5}
     finally:
         store.close()
+
+
+def test_a_later_batch_pending_at_restart_is_followed_and_its_fills_recorded(
+    market, players, settlement, chain, matcher, proc, small_blocks, automine, start_block
+):
+    m, (buyers, providers) = market, players
+    p = proc()
+    p.start()
+    with p.client() as http:
+        for i, provider in enumerate(providers):
+            post(http, "bids", m.bid(provider, capacity=1, price=UBC + i * UBC // 10))
+        for i in range(6):
+            post(http, "orders", m.order(buyers[i % 4], units=1, duration=HOUR, max_price=3 * UBC))
+    automine(False)
+    closing = threading.Thread(target=lambda: pytest.raises(httpx.HTTPError, p.close_round), daemon=True)
+    closing.start()
+    w3 = chain.provider.web3
+    first = w3.eth.get_transaction_count(matcher.address)
+    deadline = time.monotonic() + 90
+    while w3.eth.get_transaction_count(matcher.address, "pending") < first + 1:
+        assert time.monotonic() < deadline, "the matcher never broadcast its first batch"
+        time.sleep(0.2)
+    chain.provider.make_request("evm_mine", [])  # the first batch lands; the second is signed and sent
+    while w3.eth.get_transaction_count(matcher.address, "pending") < first + 2:
+        assert time.monotonic() < deadline, "the matcher never broadcast its second batch"
+        time.sleep(0.2)
+    p.kill()
+    closing.join(timeout=10)
+    assert settlement.rounds(matcher, 1).batches == 1
+
+    p.start()
+    with p.client() as http:
+        view = http.get("/rounds/1").json()
+        assert view["state"] == "submitted" and [b["state"] for b in view["batches"]] == ["mined", "signed"]
+    chain.provider.make_request("evm_mine", [])
+    automine(True)
+    close(p)
+    with p.client() as http:
+        view = http.get("/rounds/1").json()
+        assert view["state"] == "confirmed" and [b["state"] for b in view["batches"]] == ["mined", "mined"]
+    assert settlement.rounds(matcher, 1).batches == 2
+    assert w3.eth.get_transaction_count(matcher.address) == first + 2  # nothing was signed twice
+    fills = assert_store_equals_chain(p.db, settlement, chain, matcher, start_block)
+    assert sum(fills.values()) == 2 * 6
+    next_round_settles(p, m, buyers[0], providers[0])
