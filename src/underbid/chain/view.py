@@ -251,6 +251,12 @@ class ChainView:
         ChainUnavailable when the node does not answer (see `_guarded`)."""
         return self.cache.get("head", lambda: self._guarded(self.fresh_head))
 
+    def chain_time(self) -> int:
+        """The earliest timestamp the next block can have: the cached head's, or the wall clock if
+        later (nodes do not stamp a new block before the present). The cached head alone may be a
+        TTL old, which would let a message that expired a moment ago through."""
+        return max(self.head().timestamp, int(time.time()))
+
     # ----- failing fast: the reads request handlers make are never retried -----
 
     def unreachable(self) -> str | None:

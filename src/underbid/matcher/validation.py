@@ -102,11 +102,12 @@ class Validator:
     def check(self, kind: MessageKind, submissions: Sequence[Submission]) -> list[Accepted]:
         """Returns every submission accepted, in order, or raises Rejections naming each refused one.
 
-        Deadlines and bindings are judged by chain time (the head block's), not the wall clock.
+        Deadlines and bindings are judged by chain time (the head block's, or the present if later:
+        no new block is stamped earlier), not by the wall clock alone.
         The checks are ordered cheapest-first and the store is asked once for the whole batch,
         so a batch costs little more per message than its signature recovery.
         """
-        now = self.chain.head().timestamp
+        now = self.chain.chain_time()
         refused: dict[int, Rejection] = {}
         accepted: dict[int, Accepted] = {}
         for i, submission in enumerate(submissions):
