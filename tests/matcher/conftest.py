@@ -27,8 +27,10 @@ def free_port() -> int:
 class MatcherProcess:
     """`underbid matcher run` in a subprocess; can be killed with SIGKILL and started again."""
 
-    def __init__(self, rpc: str, book: Path, db: Path, log: Path):
+    def __init__(self, rpc: str, book: Path, db: Path, log: Path, *, round_seconds: float = 0):
         self.rpc, self.book, self.db, self.log = rpc, book, db, log
+        #: The round timer's period; 0: rounds close only through the API.
+        self.round_seconds = round_seconds
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -40,7 +42,7 @@ class MatcherProcess:
         cmd = [
             sys.executable, "-m", "underbid.cli", "matcher", "run", "--dev",
             "--rpc", self.rpc, "--deployment", str(self.book), "--db", str(self.db),
-            "--port", str(self.port), "--round-seconds", "0", "--admin-token", ADMIN_TOKEN,
+            "--port", str(self.port), "--round-seconds", str(self.round_seconds), "--admin-token", ADMIN_TOKEN,
         ]
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

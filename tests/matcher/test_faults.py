@@ -11,10 +11,7 @@ round timer stopped while its round waits on the chain.
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -26,38 +23,10 @@ import pytest
 from tests.rpc_proxy import RpcProxy
 
 from ..conftest import HOUR, UBC
-from .conftest import ADMIN_TOKEN, MatcherProcess, order_body
+from .conftest import MatcherProcess, order_body
 
 #: A block gas limit that fits three matches per batch (see `underbid.matcher.submission`).
 SMALL_GAS_LIMIT = 960_000
-
-
-class FaultMatcher(MatcherProcess):
-    """The matcher process with extra command-line options (a round timer, say)."""
-
-    def __init__(self, *args, round_seconds: float = 0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.round_seconds = round_seconds
-
-    def start(self, failpoint: str | None = None, timeout: float = 60.0) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("UNDERBID_FAILPOINT", "UNDERBID_MATCHER_KEY")}
-        cmd = [
-            sys.executable, "-m", "underbid.cli", "matcher", "run", "--dev",
-            "--rpc", self.rpc, "--deployment", str(self.book), "--db", str(self.db),
-            "--port", str(self.port), "--round-seconds", str(self.round_seconds), "--admin-token", ADMIN_TOKEN,
-        ]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"matcher exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"matcher did not answer within {timeout}s:\n{self.log.read_text()[-3000:]}")
 
 
 @pytest.fixture
@@ -67,10 +36,10 @@ def start_block(chain) -> int:
 
 @pytest.fixture
 def proc(tmp_path, book_path, chain):
-    made: list[FaultMatcher] = []
+    made: list[MatcherProcess] = []
 
-    def make(rpc: str | None = None, round_seconds: float = 0) -> FaultMatcher:
-        p = FaultMatcher(rpc or chain.provider.uri, book_path, tmp_path / "matcher.db", tmp_path / "matcher.log",
+    def make(rpc: str | None = None, round_seconds: float = 0) -> MatcherProcess:
+        p = MatcherProcess(rpc or chain.provider.uri, book_path, tmp_path / "matcher.db", tmp_path / "matcher.log",
                          round_seconds=round_seconds)
         made.append(p)
         return p
