@@ -251,11 +251,13 @@ class ChainView:
         ChainUnavailable when the node does not answer (see `_guarded`)."""
         return self.cache.get("head", lambda: self._guarded(self.fresh_head))
 
-    def chain_time(self) -> int:
-        """The earliest timestamp the next block can have: the cached head's, or the wall clock if
-        later (nodes do not stamp a new block before the present). The cached head alone may be a
-        TTL old, which would let a message that expired a moment ago through."""
-        return max(self.head().timestamp, int(time.time()))
+    def refreshed_head(self) -> BlockRef:
+        """The latest block read now, bypassing and refreshing the cache; fails fast like `head`.
+        For decisions at the edge of a deadline, where a head a TTL old would judge wrongly."""
+        loaded_at = time.monotonic()
+        head = self._guarded(self.fresh_head)
+        self.cache.put("head", head, loaded_at)
+        return head
 
     # ----- failing fast: the reads request handlers make are never retried -----
 
