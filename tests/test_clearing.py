@@ -103,34 +103,41 @@ def gain(o: OrderLot, b: BidLot) -> int:
     return o.duration * (o.max_price - b.price)
 
 
-def brute_force_gains(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> int:
-    """Exact optimum by exhaustive enumeration of each order's split over bids.
+def tradable(o: OrderLot, b: BidLot) -> bool:
+    """The module's rule for a pair: compatible, and the bid priced at most the order's max."""
+    return compatible(o, b) and b.price <= o.max_price
+
+
+def brute_force_value(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> tuple[int, int]:
+    """Exact optimum (most gains, then most matched units) by exhaustive enumeration of each
+    order's split over bids.
 
     Memoized on (order index, remaining capacities); meant for <= 4 x 4 x 3.
     """
-    total = 0
+    total = (0, 0)
     for market in {o.market for o in orders}:
         mo = [o for o in orders if o.market == market]
         mb = [b for b in bids if b.market == market]
 
         @cache
         def best(i: int, caps: tuple[int, ...], mo: tuple[OrderLot, ...] = tuple(mo),
-                 mb: tuple[BidLot, ...] = tuple(mb)) -> int:
+                 mb: tuple[BidLot, ...] = tuple(mb)) -> tuple[int, int]:
             if i == len(mo):
-                return 0
+                return (0, 0)
             o = mo[i]
-            ranges = [range(min(c, o.units) + 1) if compatible(o, b) else range(1)
+            ranges = [range(min(c, o.units) + 1) if tradable(o, b) else range(1)
                       for b, c in zip(mb, caps, strict=True)]
-            result = 0
+            result = (0, 0)
             for xs in itertools.product(*ranges):
                 if sum(xs) > o.units:
                     continue
                 here = sum(x * gain(o, b) for x, b in zip(xs, mb, strict=True))
                 rest = best(i + 1, tuple(c - x for c, x in zip(caps, xs, strict=True)))
-                result = max(result, here + rest)
+                result = max(result, (here + rest[0], sum(xs) + rest[1]))
             return result
 
-        total += best(0, tuple(b.capacity for b in mb))
+        found = best(0, tuple(b.capacity for b in mb))
+        total = (total[0] + found[0], total[1] + found[1])
     return total
 
 
@@ -155,7 +162,7 @@ def check_feasible(matches: Sequence[Match], orders: Sequence[OrderLot],
         assert m.units > 0
         assert o.market == b.market
         assert o.duration <= b.max_duration
-        assert b.price < o.max_price, "zero- or negative-gain pairs are never matched"
+        assert b.price <= o.max_price, "a bid above the order's max price never serves it"
     fo, fb = fills(matches)
     for k, u in fo.items():
         assert u <= ob[k].units
@@ -192,9 +199,9 @@ def improving_moves(matches: Sequence[Match], orders: Sequence[OrderLot],
     spare_o = [o for o in orders if fo.get(o.key, 0) < o.units]
     spare_b = [b for b in bids if fb.get(b.key, 0) < b.capacity]
     moves = []
-    for o in spare_o:  # add a unit
+    for o in spare_o:  # add a unit: more gains, or as much and one more unit
         for b in spare_b:
-            if compatible(o, b) and gain(o, b) > 0:
+            if tradable(o, b):
                 moves.append(f"add {o.key}->{b.key}")
     for ok, wk in served:
         o, w = ob[ok], bb[wk]
@@ -222,6 +229,30 @@ def total_gains(matches: Sequence[Match], orders: Sequence[OrderLot],
     return gains_from_trade(matches, *by_key(orders, bids))
 
 
+def value(matches: Sequence[Match], orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> tuple[int, int]:
+    """What the clearing maximizes, in order: gains from trade, then matched units."""
+    return total_gains(matches, orders, bids), sum(m.units for m in matches)
+
+
+def uniform_price_problem(orders: list[OrderLot], bids: list[BidLot]
+                          ) -> tuple[list[OrderLot], list[BidLot], int | None]:
+    """The orders and bids of one market that take part at its uniform price, and the trial
+    price (None when the max-gain allocation admits one price and everyone takes part).
+
+    Recomputed from the module's documented rule: when the max-gain allocation's dearest
+    winning bid (lo) is above its lowest served max price (hi), the trial price is lo.
+    """
+    first = max_gain_allocation(orders, bids)
+    ob, bb = by_key(orders, bids)
+    if not first:
+        return orders, bids, None
+    lo = max(bb[m.bid_key].price for m in first)
+    hi = min(ob[m.order_key].max_price for m in first)
+    if lo <= hi:
+        return orders, bids, None
+    return [o for o in orders if o.max_price >= lo], [b for b in bids if b.price <= lo], lo
+
+
 # --------------------------------------------------------------------------
 # Properties of clear()
 # --------------------------------------------------------------------------
@@ -245,23 +276,34 @@ def check_clearing(c: Clearing, orders: list[OrderLot], bids: list[BidLot]) -> N
         assert not served & set(mc.dropped_orders)
         for k in mc.dropped_orders:
             assert ob[k].market == mc.market
-        # The pricing rule, recomputed from the output.
+        # The pricing rule and the allocation, recomputed independently.
+        market_orders = [o for o in orders if o.market == mc.market]
+        market_bids = [b for b in bids if b.market == mc.market]
+        taking, offered, trial = uniform_price_problem(market_orders, market_bids)
         lo = max(bb[m.bid_key].price for m in mc.matches)
         hi = min(ob[m.order_key].max_price for m in mc.matches)
+        floor = lo
+        if trial is None:
+            assert mc.dropped_orders == ()
+        else:
+            below = [o.max_price for o in market_orders if o.max_price < trial]
+            floor = max([lo] + [m + 1 for m in below])
+            first_served = {m.order_key for m in max_gain_allocation(market_orders, market_bids)}
+            assert set(mc.dropped_orders) == {k for k in first_served if ob[k].max_price < trial}
+        for k in mc.dropped_orders:
+            assert ob[k].max_price < mc.price, "a priced-out order could not pay the price"
         used = {m.bid_key for m in mc.matches}
-        unused = [b.price for b in bids if b.market == mc.market and b.key not in used]
-        expected = min(max(min(unused), lo), hi) if unused else hi
+        unused = [b.price for b in market_bids if b.key not in used]
+        expected = min(max(min(unused), floor), hi) if unused else hi
         assert mc.price == expected
-        # What remains after the drop loop is an exact optimum of the remaining orders.
-        rest = [o for o in orders if o.market == mc.market and o.key not in mc.dropped_orders]
-        mb = [b for b in bids if b.market == mc.market]
-        opt = max_gain_allocation(rest, mb, prune=False, solver="python")
-        assert total_gains(mc.matches, orders, bids) == total_gains(opt, orders, bids)
+        # The matches are an exact optimum of the orders and bids taking part.
+        opt = max_gain_allocation(taking, offered, prune=False, solver="python")
+        assert value(mc.matches, orders, bids) == value(opt, orders, bids)
     # Markets left out really have nothing to trade.
     listed = {mc.market for mc in c.markets}
     for o in orders:
         if o.market not in listed:
-            assert not any(compatible(o, b) and gain(o, b) > 0 for b in bids)
+            assert not any(tradable(o, b) for b in bids)
 
 
 @FAST
@@ -318,11 +360,12 @@ def test_accountability_property_medium(inst: tuple[list[OrderLot], list[BidLot]
 def test_no_add_or_swap_raises_gains(inst: tuple[list[OrderLot], list[BidLot]]) -> None:
     orders, bids = inst
     assert improving_moves(max_gain_allocation(orders, bids), orders, bids) == []
-    # After the drop loop: local optimality among the orders still in play.
+    # After pricing: local optimality among the orders and bids taking part.
     c = clear(orders, bids)
-    dropped = {k for mc in c.markets for k in mc.dropped_orders}
-    rest = [o for o in orders if o.key not in dropped]
-    assert improving_moves(c.matches, rest, bids) == []
+    for mc in c.markets:
+        taking, offered, _ = uniform_price_problem([o for o in orders if o.market == mc.market],
+                                                   [b for b in bids if b.market == mc.market])
+        assert improving_moves(mc.matches, taking, offered) == []
 
 
 # --------------------------------------------------------------------------
@@ -334,12 +377,12 @@ def test_no_add_or_swap_raises_gains(inst: tuple[list[OrderLot], list[BidLot]]) 
 @given(tiny)
 def test_max_gain_equals_brute_force(inst: tuple[list[OrderLot], list[BidLot]]) -> None:
     orders, bids = inst
-    expected = brute_force_gains(orders, bids)
+    expected = brute_force_value(orders, bids)
     for prune, solver in [(True, "ortools"), (False, "ortools"), (True, "python"),
                           (False, "python"), (True, "auto")]:
         a = max_gain_allocation(orders, bids, prune=prune, solver=solver)
         check_feasible(a, orders, bids)
-        assert total_gains(a, orders, bids) == expected, (prune, solver)
+        assert value(a, orders, bids) == expected, (prune, solver)
 
 
 @MEDIUM
@@ -350,9 +393,9 @@ def test_pruned_equals_unpruned_and_solvers_agree(inst: tuple[list[OrderLot], li
     unpruned = max_gain_allocation(orders, bids, prune=False, solver="ortools")
     reference = max_gain_allocation(orders, bids, prune=False, solver="python")
     check_feasible(pruned, orders, bids)
-    g = total_gains(reference, orders, bids)
-    assert total_gains(pruned, orders, bids) == g
-    assert total_gains(unpruned, orders, bids) == g
+    expected = value(reference, orders, bids)
+    assert value(pruned, orders, bids) == expected
+    assert value(unpruned, orders, bids) == expected
 
 
 @st.composite
@@ -375,7 +418,7 @@ def test_pruning_keeps_the_optimum_when_it_bites(inst: tuple[list[OrderLot], lis
     orders, bids = inst
     pruned = max_gain_allocation(orders, bids, prune=True, solver="ortools")
     reference = max_gain_allocation(orders, bids, prune=False, solver="python")
-    assert total_gains(pruned, orders, bids) == total_gains(reference, orders, bids)
+    assert value(pruned, orders, bids) == value(reference, orders, bids)
     assert brute_accountability(clear(orders, bids).matches, orders, bids) == []
 
 
@@ -385,10 +428,10 @@ def test_pruning_removes_bids() -> None:
     bids = [BidLot(f"0xb{j:02d}", M, "0x01", 1, 10 + j, (1, 4)[j % 2]) for j in range(40)]
     mo = sorted(orders, key=lambda o: o.key)
     mb = sorted(bids, key=lambda b: (b.price, b.key))
-    keep = clearing._prune(mo, mb)
+    keep, _ = clearing._prune(mo, mb)
     assert len(keep) < 15
-    assert total_gains(max_gain_allocation(orders, bids), orders, bids) == \
-        total_gains(max_gain_allocation(orders, bids, prune=False, solver="python"), orders, bids)
+    assert value(max_gain_allocation(orders, bids), orders, bids) == \
+        value(max_gain_allocation(orders, bids, prune=False, solver="python"), orders, bids)
 
 
 def test_realistic_magnitudes_agree_with_reference() -> None:
@@ -404,7 +447,8 @@ def test_realistic_magnitudes_agree_with_reference() -> None:
             for j in range(120)]
     a = max_gain_allocation(orders, bids, solver="ortools")
     ref = max_gain_allocation(orders, bids, prune=False, solver="python")
-    assert total_gains(a, orders, bids) == total_gains(ref, orders, bids) > 0
+    assert value(a, orders, bids) == value(ref, orders, bids)
+    assert total_gains(a, orders, bids) > 0
     check_clearing(clear(orders, bids), orders, bids)
 
 
@@ -497,21 +541,26 @@ def test_all_bids_too_expensive() -> None:
     assert clear(orders, bids).markets == ()
 
 
-def test_zero_gain_pairs_are_not_matched() -> None:
+def test_a_bid_at_the_max_price_fills_the_order() -> None:
+    """Users read "bid <= my max" as the rule: a bid at exactly the max price fills the order."""
     orders = [OrderLot("0xo1", M, 2, 1, 50)]
     bids = [BidLot("0xb1", M, "0x01", 5, 50, 5)]
-    assert clear(orders, bids).markets == ()
-    assert max_gain_allocation(orders, bids, solver="python") == ()
+    c = clear(orders, bids)
+    assert c.matches == (Match("0xo1", "0xb1", 2),)
+    assert c.prices == {M: 50}
+    assert max_gain_allocation(orders, bids, solver="python") == (Match("0xo1", "0xb1", 2),)
 
 
-def test_zero_gain_at_the_margin_is_avoided_by_pairing() -> None:
-    """Max price 5 meets price 5 at the margin; pairing A with Y and B with X gives
-    two positive-gain matches with the same total gains, so neither is zero-gain."""
+def test_most_gains_first_then_most_units() -> None:
+    """B at 5 gains nothing with A's max of 5 but adds a unit; it never displaces gains."""
     orders = [OrderLot("0xA", M, 1, 1, 10), OrderLot("0xB", M, 1, 1, 5)]
     bids = [BidLot("0xX", M, "0x01", 1, 1, 1), BidLot("0xY", M, "0x02", 1, 5, 1)]
     c = clear(orders, bids)
     check_clearing(c, orders, bids)
-    assert total_gains(c.matches, orders, bids) == 9
+    assert value(c.matches, orders, bids) == (9, 2)
+    # Only one unit of supply: the unit goes where it gains most, not to the tie.
+    one = clear(orders, bids[:1])
+    assert one.matches == (Match("0xA", "0xX", 1),)
 
 
 def test_uniform_price_is_cheapest_unused_bid() -> None:
@@ -559,7 +608,9 @@ def test_drop_loop() -> None:
 def test_drop_loop_drops_several_orders_at_once() -> None:
     """o2 and o3 (long, low max price) take A and B; o1 goes to W at 20: lo 20 > hi 5.
 
-    Both leave in one round (max price < 20); o1 then takes A and the unused B sets 2.
+    At the trial price 20 only o1 takes part and takes A.  The unused B at 2 would set
+    the price, but o2 and o3 did not take part, so the price stays above their max
+    prices: 7, and both are reported as priced out (each max is below 7).
     """
     orders = [OrderLot("0xo1", M, 1, 1, 100), OrderLot("0xo2", M, 1, 10, 5),
               OrderLot("0xo3", M, 1, 10, 6)]
@@ -569,24 +620,23 @@ def test_drop_loop_drops_several_orders_at_once() -> None:
     (mc,) = c.markets
     assert mc.dropped_orders == ("0xo2", "0xo3")
     assert mc.matches == (Match("0xo1", "0xA", 1),)
-    assert mc.price == 2
+    assert mc.price == 7
     check_clearing(c, orders, bids)
 
 
-def test_drop_loop_two_rounds() -> None:
-    """Round 1: o2 (only b1 lasts 10 s) on b1 at 13, o1 on b0; lo 13 > hi 8: drop o1.
-    Round 2: o0 moves onto b0; lo 13 > hi 9: drop o0.  Round 3: o2 alone, price 13
-    (the unused b0 at 4 is clamped up to lo)."""
+def test_trial_price_excludes_orders_the_first_solve_did_not_serve() -> None:
+    """First solve: o2 (only b1 lasts 10 s) on b1 at 13, o1 on b0; lo 13 > hi 8.  At the
+    trial price 13 only o2 takes part (o0's 9 and o1's 8 are below it): o2 alone, price 13
+    (the unused b0 at 4 is clamped up to lo).  Only o1 was served before: it alone is
+    reported as priced out, though o0 could not pay 13 either."""
     orders = [OrderLot("0xo0", M, 1, 1, 9), OrderLot("0xo1", M, 2, 2, 8),
               OrderLot("0xo2", M, 1, 10, 16)]
     bids = [BidLot("0xb0", M, "0x01", 2, 4, 4), BidLot("0xb1", M, "0x01", 1, 13, 10)]
     first = max_gain_allocation(orders, bids)
     assert set(first) == {Match("0xo1", "0xb0", 2), Match("0xo2", "0xb1", 1)}
-    second = max_gain_allocation([orders[0], orders[2]], bids)
-    assert set(second) == {Match("0xo0", "0xb0", 1), Match("0xo2", "0xb1", 1)}
     c = clear(orders, bids)
     (mc,) = c.markets
-    assert mc.dropped_orders == ("0xo0", "0xo1")
+    assert mc.dropped_orders == ("0xo1",)
     assert mc.matches == (Match("0xo2", "0xb1", 1),)
     assert mc.price == 13
     check_clearing(c, orders, bids)
@@ -679,5 +729,138 @@ def test_bench_instance_end_to_end() -> None:
     c = clear(orders, bids)
     assert accountability_violations(c.matches, orders, bids) == []
     check_feasible(c.matches, orders, bids)
-    assert total_gains(max_gain_allocation(orders, bids), orders, bids) == total_gains(
+    assert value(max_gain_allocation(orders, bids), orders, bids) == value(
         max_gain_allocation(orders, bids, prune=False, solver="python"), orders, bids)
+
+
+# --------------------------------------------------------------------------
+# Realistic scale: durations in seconds, 6-decimal prices, dust, int64 edges
+# --------------------------------------------------------------------------
+
+
+def by_market(orders: Sequence[OrderLot], bids: Sequence[BidLot]
+              ) -> dict[str, tuple[list[OrderLot], list[BidLot]]]:
+    out: dict[str, tuple[list[OrderLot], list[BidLot]]] = defaultdict(lambda: ([], []))
+    for o in orders:
+        out[o.market][0].append(o)
+    for b in bids:
+        out[b.market][1].append(b)
+    return out
+
+
+@pytest.mark.parametrize("variant", [{"bid_tiers": True}, {"bid_tiers": False}, {"dust": True}])
+def test_realistic_instances_are_exact_and_never_fall_back(
+    variant: dict[str, bool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seconds, 6-decimal prices, arbitrary bid durations and dust orders: OR-Tools solves every
+    market exactly (the Python solver is never reached), equal to an independent exact solve."""
+    from underbid.bench import realistic_instance
+
+    orders, bids = realistic_instance(300, 3_000, seed=5, **variant)
+
+    def no_fallback(*_: object) -> object:
+        raise AssertionError("the pure-Python solver was reached")
+
+    monkeypatch.setattr(clearing, "_solve_python", no_fallback)
+    c = clear(orders, bids)
+    fast = max_gain_allocation(orders, bids, solver="ortools")
+    monkeypatch.undo()
+    reference = max_gain_allocation(orders, bids, prune=False, solver="python")
+    assert value(fast, orders, bids) == value(reference, orders, bids)
+    assert accountability_violations(c.matches, orders, bids) == []
+    for market, (mo, mb) in by_market(orders, bids).items():
+        listed = [mc for mc in c.markets if mc.market == market]
+        if listed:
+            check_clearing(Clearing(markets=tuple(listed)), mo, mb)
+
+
+def test_dust_orders_do_not_change_the_outcome() -> None:
+    """A max price of one base unit cannot trade with any real bid: the clearing is the same
+    with and without such orders, and none of them is served or reported as priced out."""
+    from underbid.bench import realistic_instance
+
+    orders, bids = realistic_instance(300, 3_000, seed=9)
+    with_dust, _ = realistic_instance(300, 3_000, seed=9, dust=True)
+    dust = {o.key for o in with_dust[len(orders):]}
+    assert len(dust) == 100
+    assert clear(with_dust, bids) == clear(orders, bids)
+
+
+@pytest.mark.parametrize("magnitude", [2**31 - 1, 2**40, 2**47])
+def test_prices_and_durations_near_the_int64_bounds(magnitude: int) -> None:
+    """Costs of about duration x price up to 2**62 and beyond: the answer is exact either way
+    (OR-Tools when the market fits its range, the Python solver otherwise)."""
+    duration = 2**31 - 1
+    orders = [OrderLot("0xo1", M, 3, duration, magnitude), OrderLot("0xo2", M, 2, duration // 2, magnitude - 7),
+              OrderLot("0xo3", M, 1, 3600, magnitude // 3)]
+    bids = [BidLot("0xb1", M, "0x01", 2, magnitude - 5, duration),
+            BidLot("0xb2", M, "0x02", 2, magnitude // 2, duration),
+            BidLot("0xb3", M, "0x03", 4, magnitude - 9, duration // 2), BidLot("0xb4", M, "0x04", 1, 1, 3600)]
+    auto = max_gain_allocation(orders, bids)
+    assert value(auto, orders, bids) == brute_force_value(orders, bids)
+    try:
+        fast = max_gain_allocation(orders, bids, solver="ortools")
+    except ValueError as exc:  # outside OR-Tools' exact range: refused, never answered wrongly
+        assert "int64" in str(exc)
+    else:
+        assert value(fast, orders, bids) == value(auto, orders, bids)
+    check_clearing(clear(orders, bids), orders, bids)
+
+
+@MEDIUM
+@given(medium, st.integers(1, 10**6), st.integers(1, 3600))
+def test_scaling_costs_does_not_change_the_outcome(
+    inst: tuple[list[OrderLot], list[BidLot]], price_scale: int, time_scale: int
+) -> None:
+    """Prices times one factor and durations times another (bids' max durations too): gains
+    scale by their product, the matched units stay, and the prices scale with the factor (a
+    price held one base unit above a priced-out order's max scales to ``max * k + 1``)."""
+    orders, bids = inst
+    big_o = [OrderLot(o.key, o.market, o.units, o.duration * time_scale, o.max_price * price_scale)
+             for o in orders]
+    big_b = [BidLot(b.key, b.market, b.provider, b.capacity, b.price * price_scale,
+                    b.max_duration * time_scale) for b in bids]
+    small_c, big_c = clear(orders, bids), clear(big_o, big_b)
+    gains, units = value(small_c.matches, orders, bids)
+    assert value(big_c.matches, big_o, big_b) == (gains * price_scale * time_scale, units)
+    assert {m: -(-p // price_scale) for m, p in big_c.prices.items()} == small_c.prices
+    check_clearing(big_c, big_o, big_b)
+
+
+def test_many_distinct_durations_prune_to_the_same_optimum() -> None:
+    """Every order its own duration class (the case that made pruning quadratic): pruning
+    keeps few bids and the pruned optimum equals the unpruned one."""
+    import random
+
+    rng = random.Random(3)
+    orders = [OrderLot(f"0xo{i:03d}", M, rng.randint(1, 16), rng.randint(3600, 7 * 86400),
+                       rng.randint(800_000, 1_500_000)) for i in range(60)]
+    bids = [BidLot(f"0xb{j:04d}", M, "0x01", rng.randint(1, 8), rng.randint(600_000, 1_400_000),
+                   rng.randint(3600, 14 * 86400)) for j in range(900)]
+    mo = sorted(orders, key=lambda o: o.key)
+    mb = sorted(bids, key=lambda b: (b.price, b.key))
+    keep, needed = clearing._prune(mo, mb)
+    assert needed is not None and needed.shape == (len(keep), len({o.duration for o in orders}))
+    assert len(keep) < len(bids) // 3
+    assert value(max_gain_allocation(orders, bids), orders, bids) == \
+        value(max_gain_allocation(orders, bids, prune=False, solver="python"), orders, bids)
+
+
+def test_price_search_never_loses_gains() -> None:
+    """Spending solves on the trial price can only recover gains, and every outcome still
+    trades at one price that every winner accepts."""
+    from underbid.bench import realistic_instance
+
+    orders, bids = realistic_instance(400, 4_000, seed=2)
+    plain = clear(orders, bids)
+    searched = clear(orders, bids, price_search_solves=4)
+    assert total_gains(searched.matches, orders, bids) >= total_gains(plain.matches, orders, bids)
+    ob, bb = by_key(orders, bids)
+    for mc in searched.markets:
+        for m in mc.matches:
+            assert bb[m.bid_key].price <= mc.price <= ob[m.order_key].max_price
+        for k in mc.dropped_orders:
+            assert ob[k].max_price < mc.price
+    assert accountability_violations(searched.matches, orders, bids) == []
+    with pytest.raises(ValueError, match="price_search_solves"):
+        clear(orders, bids, price_search_solves=-1)

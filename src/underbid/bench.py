@@ -86,6 +86,84 @@ def instance(n_orders: int, n_bids: int, seed: int = 1) -> tuple[list[OrderLot],
     return orders, bids
 
 
+WEEK = 7 * 24 * 3600
+
+
+def realistic_instance(
+    n_orders: int, n_bids: int, *, seed: int = 1, bid_tiers: bool = True, dust: bool = False
+) -> tuple[list[OrderLot], list[BidLot]]:
+    """Orders and bids as real users write them: the same 100 markets as ``instance``.
+
+    Order durations are whole seconds drawn anywhere from 1 hour to 1 week; prices
+    are 6-decimal credit base units, not rounded to cents; bid max durations are
+    either the four tiers (``bid_tiers``) or whole seconds from 1 hour to 2 weeks.
+    ``dust`` adds one order per market of 1 unit for 3,601 s at a max price of one
+    base unit, which makes the gcd of the costs 1 (anyone can post such orders).
+    """
+    rng = random.Random(seed)
+    mk = markets()
+
+    def key() -> str:
+        return f"0x{rng.getrandbits(256):064x}"
+
+    orders = [
+        OrderLot(key=key(), market=mid, units=rng.randint(1, 16), duration=rng.randint(3600, WEEK),
+                 max_price=int(base * rng.uniform(0.8, 1.5)))
+        for mid, base in (rng.choice(mk) for _ in range(n_orders))
+    ]
+    if dust:
+        orders += [OrderLot(key=key(), market=mid, units=1, duration=3601, max_price=1) for mid, _ in mk]
+    bids = [
+        BidLot(key=key(), market=mid, provider=f"0x{rng.getrandbits(160):040x}", capacity=rng.randint(1, 8),
+               price=int(base * rng.uniform(0.6, 1.4)),
+               max_duration=(rng.choices(DURATIONS, weights=(1, 2, 3, 4))[0] if bid_tiers
+                             else rng.randint(3600, 2 * WEEK)))
+        for mid, base in (rng.choice(mk) for _ in range(n_bids))
+    ]
+    return orders, bids
+
+
+def reference_solve(orders: list[OrderLot], bids: list[BidLot]) -> int:
+    """An independent max-gain solve: OR-Tools per market on the whole unpruned duration-class
+    graph, with plain costs (no pruning, no cost shift, no bound); returns the markets solved."""
+    import numpy as np
+    from ortools.graph.python import min_cost_flow
+
+    by_market: dict[str, tuple[list[OrderLot], list[BidLot]]] = {}
+    for o in orders:
+        by_market.setdefault(o.market, ([], []))[0].append(o)
+    for b in bids:
+        if b.market in by_market:
+            by_market[b.market][1].append(b)
+    solved = 0
+    for mo, mb in by_market.values():
+        if not mb:
+            continue
+        od = np.array([o.duration for o in mo], np.int64)
+        om = np.array([o.max_price for o in mo], np.int64)
+        durs, cls = np.unique(od, return_inverse=True)
+        bp = np.array([b.price for b in mb], np.int64)
+        bd = np.array([b.max_duration for b in mb], np.int64)
+        ci, bj = np.nonzero(bd[None, :] >= durs[:, None])
+        n_c, n_b = durs.size, len(mb)
+        total = sum(o.units for o in mo)
+        sink = n_c + n_b + 1
+        smcf = min_cost_flow.SimpleMinCostFlow()
+        smcf.add_arcs_with_capacity_and_unit_cost(
+            np.concatenate([np.zeros(len(mo), np.int32), (1 + ci).astype(np.int32),
+                            (1 + n_c + np.arange(n_b)).astype(np.int32), np.zeros(1, np.int32)]),
+            np.concatenate([(1 + cls).astype(np.int32), (1 + n_c + bj).astype(np.int32),
+                            np.full(n_b, sink, np.int32), np.array([sink], np.int32)]),
+            np.concatenate([np.array([o.units for o in mo], np.int64),
+                            np.array([b.capacity for b in mb], np.int64)[bj],
+                            np.array([b.capacity for b in mb], np.int64), np.array([total], np.int64)]),
+            np.concatenate([-(od * om), durs[ci] * bp[bj], np.zeros(n_b + 1, np.int64)]),
+        )
+        smcf.set_nodes_supplies(np.array([0, sink], np.int32), np.array([total, -total], np.int64))
+        solved += smcf.solve() == smcf.OPTIMAL
+    return solved
+
+
 def _median_seconds(fn: Callable[[], object], runs: int) -> float:
     times = []
     for _ in range(runs):

@@ -178,14 +178,21 @@ def clear(
     bids: Iterable[BidLot],
     *,
     executor: Executor | None = None,
+    price_search_solves: int = 0,
 ) -> Clearing:
     """Clear a round: max-gain matches and one uniform price per market.
 
     ``executor`` (for example a long-lived ``ProcessPoolExecutor`` owned by the
     matcher service) spreads markets over workers; markets are independent,
-    so the result is identical with or without it.
+    so the result is identical with or without it.  ``price_search_solves``
+    lets a market whose max-gain allocation admits no single price spend that
+    many more solves looking for a better trial price than lo (see
+    ``_best_uniform_trial``; the gains it recovers and what it costs are
+    measured in docs/PERFORMANCE.md).
     """
-    tasks = _market_tasks(orders, bids)
+    if price_search_solves < 0:
+        raise ValueError("price_search_solves must be >= 0")
+    tasks = [(market, mo, mb, price_search_solves) for market, mo, mb in _market_tasks(orders, bids)]
     if executor is None:
         results = [_clear_market_task(t) for t in tasks]
     else:
@@ -284,6 +291,7 @@ def accountability_violations(
 # --------------------------------------------------------------------------
 
 _Task = tuple[str, list[OrderLot], list[BidLot]]
+_PricedTask = tuple[str, list[OrderLot], list[BidLot], int]
 # (order index, bid index, units), indices into the market's sorted lists.
 _Alloc = list[tuple[int, int, int]]
 
@@ -375,35 +383,93 @@ def _to_matches(orders: Sequence[OrderLot], bids: Sequence[BidLot], alloc: _Allo
     return ms
 
 
-def _clear_market_task(task: _Task) -> MarketClearing | None:
-    """Allocation, drop loop and price for one market (module-level so it pickles)."""
-    market, orders, bids = task
-    active = orders
-    dropped: list[str] = []
-    while True:
-        alloc = _max_gain_market(active, bids, prune=True, solver="auto")
-        if not alloc:
-            if dropped:  # ruled out by the argument in the module docstring
-                raise RuntimeError(f"market {market}: drop loop emptied the market")
-            return None
-        lo = max(bids[bi].price for _, bi, _ in alloc)
-        hi = min(active[oi].max_price for oi, _, _ in alloc)
-        if lo <= hi:
-            break
-        out = {oi for oi, _, _ in alloc if active[oi].max_price < lo}
-        dropped.extend(active[oi].key for oi in out)
-        active = [o for i, o in enumerate(active) if i not in out]
+def _clear_market_task(task: _PricedTask) -> MarketClearing | None:
+    """Allocation and uniform price for one market (module-level so it pickles).
 
+    When the max-gain allocation admits one price (every winning bid at most
+    every served max price) it is kept.  Otherwise the price comes first: at a
+    trial price P only orders with ``max_price >= P`` and bids with
+    ``price <= P`` take part, so the restricted optimum trades at P.  P = lo (the
+    dearest winning bid) always works; a short search over the prices between
+    hi and lo keeps the trial with the most gains (rule and figures in the
+    module docstring and docs/PROTOCOL.md).
+    """
+    market, orders, bids, search_solves = task
+    alloc = _max_gain_market(orders, bids, prune=True, solver="auto")
+    if not alloc:
+        return None
+    lo = max(bids[bi].price for _, bi, _ in alloc)
+    hi = min(orders[oi].max_price for oi, _, _ in alloc)
+    floor = lo
+    dropped: tuple[str, ...] = ()
+    if lo > hi:
+        served = {oi for oi, _, _ in alloc}
+        trial, alloc = _best_uniform_trial(orders, bids, lo, hi, search_solves)
+        # Orders below the trial price did not take part: the price stays above them.
+        floor = max((o.max_price + 1 for o in orders if o.max_price < trial), default=0)
+        dropped = tuple(sorted(orders[oi].key for oi in served if orders[oi].max_price < trial))
+        lo = max(bids[bi].price for _, bi, _ in alloc)
+        hi = min(orders[oi].max_price for oi, _, _ in alloc)
+        floor = max(floor, lo)
     used = {bi for _, bi, _ in alloc}
     # bids are sorted by (price, key): the first unused one is the cheapest.
     unused = next((b.price for i, b in enumerate(bids) if i not in used), None)
-    price = hi if unused is None else min(max(unused, lo), hi)
+    price = hi if unused is None else min(max(unused, floor), hi)
     return MarketClearing(
         market=market,
         price=price,
-        matches=tuple(_to_matches(active, bids, alloc)),
-        dropped_orders=tuple(sorted(dropped)),
+        matches=tuple(_to_matches(orders, bids, alloc)),
+        dropped_orders=dropped,
     )
+
+
+def _best_uniform_trial(
+    orders: Sequence[OrderLot], bids: Sequence[BidLot], lo: int, hi: int, search_solves: int
+) -> tuple[int, _Alloc]:
+    """The trial price in [hi, lo] whose restricted optimum has the most gains, and that optimum.
+
+    Gains are piecewise constant in P between consecutive order max prices and
+    bid prices, so only those values are tried: lo first (it keeps every order
+    the max-gain allocation could serve above lo), then a ternary search over
+    the others with ``search_solves`` more solves.  Ties go to the lower price.
+    """
+    values = sorted(
+        {o.max_price for o in orders if hi <= o.max_price <= lo}
+        | {b.price for b in bids if hi <= b.price <= lo}
+        | {lo}
+    )
+    tried: dict[int, tuple[int, _Alloc]] = {}
+
+    def gains_at(index: int) -> int:
+        if index not in tried:
+            alloc = _restricted_allocation(orders, bids, values[index])
+            tried[index] = (_alloc_gains(orders, bids, alloc), alloc)
+        return tried[index][0]
+
+    gains_at(len(values) - 1)  # P = lo
+    left, right = 0, len(values) - 2
+    for _ in range(search_solves // 2):
+        if right - left < 2:
+            break
+        third = (right - left) // 3
+        if gains_at(left + third) >= gains_at(right - third):
+            right = right - third - 1
+        else:
+            left = left + third + 1
+    best = max(tried, key=lambda index: (tried[index][0], -index))
+    return values[best], tried[best][1]
+
+
+def _restricted_allocation(orders: Sequence[OrderLot], bids: Sequence[BidLot], trial: int) -> _Alloc:
+    """The max-gain allocation among orders with max_price >= trial and bids priced <= trial."""
+    taking = [i for i, o in enumerate(orders) if o.max_price >= trial]
+    offered = bisect_right([b.price for b in bids], trial)  # bids are sorted by price
+    alloc = _max_gain_market([orders[i] for i in taking], bids[:offered], prune=True, solver="auto")
+    return [(taking[oi], bi, units) for oi, bi, units in alloc]
+
+
+def _alloc_gains(orders: Sequence[OrderLot], bids: Sequence[BidLot], alloc: _Alloc) -> int:
+    return sum(units * orders[oi].duration * (orders[oi].max_price - bids[bi].price) for oi, bi, units in alloc)
 
 
 def _max_gain_market(
@@ -414,88 +480,171 @@ def _max_gain_market(
     solver: Solver,
 ) -> _Alloc:
     """Exact max-gain allocation of one market (orders by key, bids by price then key)."""
-    if not orders or not bids:
+    servable = _servable_orders(orders, bids)
+    if not servable:
         return []
-    keep = _prune(orders, bids) if prune else list(range(len(bids)))
+    so = [orders[i] for i in servable]
+    if prune:
+        keep, needed = _prune(so, bids)
+    else:
+        keep, needed = list(range(len(bids))), None
     if not keep:
         return []
     kb = [bids[i] for i in keep]
     alloc: _Alloc | None = None
     if solver in ("auto", "ortools"):
-        alloc = _solve_ortools(orders, kb)
+        alloc = _solve_ortools(so, kb, needed)
         if alloc is None and solver == "ortools":
             raise ValueError("market outside the exact int64 range of OR-Tools")
     if alloc is None:
-        alloc = _solve_python(orders, kb)
-    _check_alloc(orders, kb, alloc)
-    return [(oi, keep[bi], u) for oi, bi, u in alloc]
+        alloc = _solve_python(so, kb)
+    _check_alloc(so, kb, alloc)
+    return [(servable[oi], keep[bi], units) for oi, bi, units in alloc]
 
 
-def _prune(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> list[int]:
-    """Indices of the bids that an optimum may need (rule in the module docstring).
+def _servable_orders(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> list[int]:
+    """Indices of the orders that some bid can serve (long enough, priced at most their max).
 
-    ``bids`` must be sorted by (price, key).  Within a tier the kept bids are
-    a cheapest-first prefix, and a tier once closed stays closed, so the scan
-    stops as soon as every tier is closed.
+    The others have no arc in any graph; leaving them out keeps a "dust" order
+    (a max price of one base unit) from widening the range of costs the solver
+    has to take exactly.
+    """
+    if not bids:
+        return []
+    # Cheapest price among bids lasting at least d, for every d: bids by max
+    # duration, longest first, with a running minimum of price.
+    by_length = sorted(bids, key=attrgetter("max_duration"), reverse=True)
+    lengths = [-b.max_duration for b in by_length]  # ascending, for bisect
+    cheapest: list[int] = []
+    best: int | None = None
+    for b in by_length:
+        best = b.price if best is None else min(best, b.price)
+        cheapest.append(best)
+    out = []
+    for i, o in enumerate(orders):
+        reach = bisect_right(lengths, -o.duration)  # bids with max_duration >= duration
+        if reach and cheapest[reach - 1] <= o.max_price:
+            out.append(i)
+    return out
+
+
+def _prune(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> tuple[list[int], np.ndarray | None]:
+    """The bids an optimum may need, and for each the duration classes it may need to serve
+    (rules in the module docstring): a bool array, kept bids x distinct order durations in
+    ascending order; ``None`` when nothing was pruned.
+
+    ``bids`` must be sorted by (price, key).  What the rule decides for a bid
+    depends only on the bids before it (kept or not), so whole chunks of bids are
+    decided at once: for each bid, the capacity per tier of the bids before it,
+    its running sums over tiers and their suffix maxima, as numpy arrays.  That
+    is O(bids x tiers) array work and no Python loop per bid; the scan stops at
+    the first chunk after which every tier is closed.
     """
     durs = sorted({o.duration for o in orders})
     k = len(durs)
-    dem = [0] * k
+    units_by_dur = [0] * k
     for o in orders:
-        dem[bisect_left(durs, o.duration)] += o.units
-    for s in range(1, k):
-        dem[s] += dem[s - 1]
+        units_by_dur[bisect_left(durs, o.duration)] += o.units
     max_price = max(o.max_price for o in orders)
-    cap = [0] * k
-    closed = [False] * k
-    n_open = k
+    # bids are sorted by price: the candidates are a prefix.
+    n = bisect_right([b.price for b in bids], max_price)
+    total_cap = sum(b.capacity for b in bids[:n])
+    if sum(units_by_dur) >= _INT64_HEADROOM or total_cap >= _INT64_HEADROOM or max(durs) >= _INT64_HEADROOM:
+        # Outside int64: keep every candidate that lasts long enough (exact, only slower).
+        return [i for i in range(n) if bids[i].max_duration >= durs[0]], None
+    dem = np.cumsum(np.array(units_by_dur, np.int64))
+    tiers = np.searchsorted(
+        np.array(durs, np.int64),
+        np.fromiter((b.max_duration for b in bids[:n]), np.int64, n),
+        side="right",
+    ) - 1
+    caps = np.fromiter((b.capacity for b in bids[:n]), np.int64, n)
+    chunk = max(16, min(1024, 4_000_000 // k))
+    before_chunk = np.zeros(k, np.int64)  # capacity per tier of every earlier candidate
+    # units of classes d and longer, for the second rule
+    demand_from = np.cumsum(np.array(units_by_dur[::-1], np.int64))[::-1]
     keep: list[int] = []
-    for i, b in enumerate(bids):
-        if b.price >= max_price:
-            break  # no positive gain with any order, nor for any dearer bid
-        t = bisect_right(durs, b.max_duration) - 1
-        if t < 0 or closed[t]:
-            continue
-        keep.append(i)
-        cap[t] += b.capacity
-        # Only ranges [u, s] with u <= t <= s gained capacity.
-        for u in range(t + 1):
-            if closed[u]:
-                continue
-            run = 0
-            for s in range(u, k):
-                run += cap[s]
-                if run >= dem[s]:
-                    closed[u] = True
-                    n_open -= 1
-                    break
-        if n_open == 0:
-            break
-    return keep
+    kept_needs: list[np.ndarray] = [np.zeros((0, k), bool)]
+    for start in range(0, n, chunk):
+        t = tiers[start:start + chunk]
+        rows = t.size
+        valid = t >= 0
+        added = np.zeros((rows, k), np.int64)
+        added[np.nonzero(valid)[0], t[valid]] = caps[start:start + chunk][valid]
+        before = before_chunk + np.cumsum(added, axis=0) - added
+        needed = _needed_classes(before, dem, demand_from) & (np.arange(k)[None, :] <= t[:, None])
+        rows_kept = np.nonzero(needed.any(axis=1))[0]
+        keep.extend((start + rows_kept).tolist())
+        kept_needs.append(needed[rows_kept])
+        before_chunk = before[-1] + added[-1]
+        if not _needed_classes(before_chunk[None, :], dem, demand_from).any():
+            break  # the capacity only grows: no later bid is needed by any class
+    return keep, np.concatenate(kept_needs)
 
 
-def _solve_ortools(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> _Alloc | None:
-    """Min-cost flow with OR-Tools on the duration-class graph; None when int64
-    exactness cannot be guaranteed (the caller then uses the Python solver).
+def _needed_classes(before: np.ndarray, dem: np.ndarray, demand_from: np.ndarray) -> np.ndarray:
+    """``needed[i, c]``: neither pruning rule rules out that bid i serves class c, given the
+    capacity ``before[i]`` per tier of the bids before it."""
+    closed = _closed_tiers(before, dem)
+    # Rule 1: earlier bids of tiers u..s (u >= c) cover everything of duration <= T_s.
+    ruled_out = np.logical_or.accumulate(closed[:, ::-1], axis=1)[:, ::-1]
+    # Rule 2: earlier bids of tiers >= c hold at least the units of classes >= c.
+    ruled_out |= np.cumsum(before[:, ::-1], axis=1)[:, ::-1] >= demand_from[None, :]
+    return ~ruled_out
+
+
+def _closed_tiers(before: np.ndarray, dem: np.ndarray) -> np.ndarray:
+    """``closed[i, t]``: with capacity ``before[i]`` per tier, some s >= t has tiers t..s
+    holding at least ``dem[s]`` units (``dem`` cumulative over tiers)."""
+    cum = np.cumsum(before, axis=1)
+    slack = cum - dem[None, :]  # cum[s] - dem[s]; tiers t..s hold cum[s] - cum[t-1]
+    best_from = np.maximum.accumulate(slack[:, ::-1], axis=1)[:, ::-1]
+    below = np.zeros_like(cum)
+    below[:, 1:] = cum[:, :-1]
+    return best_from >= below
+
+
+def _solve_ortools(
+    orders: Sequence[OrderLot], bids: Sequence[BidLot], needed: np.ndarray | None = None
+) -> _Alloc | None:
+    """Min-cost flow with OR-Tools on the duration-class graph; None when the
+    market is outside the range OR-Tools solves exactly (the caller then uses
+    the Python solver).
 
     The gain of a pair splits as ``-d*m`` (order side) plus ``d*p`` (bid side),
     and every order of one duration d can use exactly the bids with
     ``max_duration >= d``.  So orders of equal duration share one class node::
 
-        source -(one arc per order: cap units, cost -d*max_price)-> class d
-        class d -(cost d*price)-> bid -(cap capacity)-> sink;  source -> sink (cost 0)
+        source -(one arc per order: cap units)-> class d -> bid -(cap capacity)-> sink
+        source -> sink (cost 0: demand may stay unserved)
 
     That is about orders + classes*bids arcs instead of orders*bids, with the
     same optimum: which order of a class a bid serves does not change the
     gains, so units are paired afterwards in ``_pair_class``.
+
+    Costs, and why they are exact:
+
+    * Each class node d gets the potential ``d*P_d``, P_d the cheapest price
+      it can reach: the order arc costs ``-d*(m - P_d)`` and the bid arc
+      ``d*(p - P_d)``.  Every source-sink path keeps its cost, so the optimum
+      is the same, but costs now scale with the spread of prices in the
+      market, not their level (every served order has ``m >= P_d``).
+    * Divided by their gcd g, then lexicographic: ``K = units + 1``; the
+      order arc costs ``K*(gain part) - 1`` per unit.  Gains differ by at least
+      one (in units of g) between allocations that differ in gains, and the
+      unit bonus is below K in total, so the optimum maximizes gains first and
+      matched units second.
+    * OR-Tools multiplies costs by ``nodes + 1`` and refuses (BAD_COST_RANGE)
+      a cost above ``INT64_MAX / (2 * (nodes + 1))``, guards its potentials,
+      and checks its own result before it reports OPTIMAL.  The bound below is
+      that same bound, so the solver's status is the only other check.
     """
     n_o, n_b = len(orders), len(bids)
-    # Bounds in Python integers before anything touches int64.
     max_d = max(o.duration for o in orders)
     max_m = max(o.max_price for o in orders)
     total = sum(o.units for o in orders)
     if (
-        max_d * max_m >= _INT64_HEADROOM  # bounds every cost below (price < max_price)
+        max_d * max_m >= _INT64_HEADROOM  # every gain term below is under this
         or total >= _INT64_HEADROOM
         or max(b.capacity for b in bids) >= _INT64_HEADROOM
         or max(b.max_duration for b in bids) >= _INT64_HEADROOM
@@ -512,24 +661,31 @@ def _solve_ortools(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> _Alloc
     n_c = durs.size
     cls_max_m = np.zeros(n_c, np.int64)
     np.maximum.at(cls_max_m, cls, om)
-    # A class reaches a bid that lasts long enough and is cheaper than the
-    # class's best max price (a dearer bid could only trade at zero gain).
-    ci, bj = np.nonzero((bd[None, :] >= durs[:, None]) & (bp[None, :] < cls_max_m[:, None]))
+    # A class reaches a bid that lasts long enough and is priced at most the
+    # class's best max price (a dearer bid could only trade at a loss).
+    reach = (bd[None, :] >= durs[:, None]) & (bp[None, :] <= cls_max_m[:, None])
+    if needed is not None:  # arcs the pruning showed no optimum needs
+        reach &= needed.T
+    ci, bj = np.nonzero(reach)
     if ci.size == 0:
         return []
-    cost_o = -(od * om)
-    cost_cb = durs[ci] * bp[bj]
-    g = int(np.gcd(np.gcd.reduce(cost_o), np.gcd.reduce(cost_cb)))
-    if g > 1:
-        cost_o //= g
-        cost_cb //= g
-    n_e = ci.size
+    # P_d: bids are sorted by price, so the first reachable bid is the cheapest.
+    has_bid = reach.any(axis=1)
+    ref = np.where(has_bid, bp[np.argmax(reach, axis=1)], 0)
+    # Orders of a class that reaches no bid at all, or priced under its cheapest
+    # bid, cannot be served: their arcs are left out (cap 0 keeps indices aligned).
+    servable = has_bid[cls] & (om >= ref[cls])
+    gain_o = np.where(servable, durs[cls] * (om - ref[cls]), 0)
+    gain_b = durs[ci] * (bp[bj] - ref[ci])
+    g = int(np.gcd(np.gcd.reduce(gain_o), np.gcd.reduce(gain_b))) or 1
     n_nodes = n_c + n_b + 2
-    src, sink = 0, n_nodes - 1
-    # OR-Tools rejects |cost| > max/(2(n+1)) and guards its potentials; this
-    # stricter bound keeps it well inside that range so BAD_COST_RANGE stays rare.
-    if int(-cost_o.min()) * (n_nodes + 1) ** 2 * 8 > _INT64_MAX:
+    weight = int(ou[servable].sum()) + 1  # K
+    limit = _INT64_MAX // (2 * (n_nodes + 1))
+    if (int(gain_o.max()) // g) * weight + 1 > limit or (int(gain_b.max()) // g) * weight > limit:
         return None
+    cost_o = np.where(servable, -(gain_o // g) * weight - 1, 0)
+    cost_cb = (gain_b // g) * weight
+    src, sink = 0, n_nodes - 1
     tails = np.concatenate([
         np.zeros(n_o, np.int32),
         (1 + ci).astype(np.int32),
@@ -542,7 +698,7 @@ def _solve_ortools(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> _Alloc
         np.full(n_b, sink, np.int32),
         np.array([sink], np.int32),
     ])
-    caps = np.concatenate([ou, bc[bj], bc, np.array([total], np.int64)])
+    caps = np.concatenate([np.where(servable, ou, 0), bc[bj], bc, np.array([total], np.int64)])
     costs = np.concatenate([cost_o, cost_cb, np.zeros(n_b + 1, np.int64)])
     smcf = min_cost_flow.SimpleMinCostFlow()
     smcf.add_arcs_with_capacity_and_unit_cost(tails, heads, caps, costs)
@@ -550,20 +706,29 @@ def _solve_ortools(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> _Alloc
         np.array([src, sink], np.int32), np.array([total, -total], np.int64)
     )
     if smcf.solve() != smcf.OPTIMAL:
-        return None  # e.g. BAD_COST_RANGE: the exact Python solver takes over
-    flows = np.asarray(smcf.flows(np.arange(n_o + n_e, dtype=np.int32)))
+        return None  # e.g. BAD_COST_RANGE from its potentials: the exact Python solver takes over
+    flows = np.asarray(smcf.flows(np.arange(n_o + ci.size, dtype=np.int32)))
     served = flows[:n_o]
     sold = flows[n_o:]
+    # Served orders and sold units grouped by class (stable sorts keep index order).
+    o_idx = np.nonzero(served > 0)[0]
+    o_idx = o_idx[np.argsort(cls[o_idx], kind="stable")]
+    e_idx = np.nonzero(sold > 0)[0]
+    e_idx = e_idx[np.argsort(ci[e_idx], kind="stable")]
+    o_cls, e_cls = cls[o_idx].tolist(), ci[e_idx].tolist()
+    o_pairs = list(zip(o_idx.tolist(), served[o_idx].tolist(), strict=True))
+    e_pairs = list(zip(bj[e_idx].tolist(), sold[e_idx].tolist(), strict=True))
     alloc: _Alloc = []
-    for c in range(n_c):
-        o_idx = np.nonzero((cls == c) & (served > 0))[0]
-        e_idx = np.nonzero((ci == c) & (sold > 0))[0]
-        if o_idx.size or e_idx.size:
-            alloc.extend(_pair_class(
-                orders, bids,
-                list(zip(o_idx.tolist(), served[o_idx].tolist(), strict=True)),
-                list(zip(bj[e_idx].tolist(), sold[e_idx].tolist(), strict=True)),
-            ))
+    o_at = e_at = 0
+    while o_at < len(o_pairs) or e_at < len(e_pairs):
+        c = min(o_cls[o_at] if o_at < len(o_cls) else n_c, e_cls[e_at] if e_at < len(e_cls) else n_c)
+        o_end, e_end = o_at, e_at
+        while o_end < len(o_cls) and o_cls[o_end] == c:
+            o_end += 1
+        while e_end < len(e_cls) and e_cls[e_end] == c:
+            e_end += 1
+        alloc.extend(_pair_class(orders, bids, o_pairs[o_at:o_end], e_pairs[e_at:e_end]))
+        o_at, e_at = o_end, e_end
     return alloc
 
 
@@ -577,10 +742,8 @@ def _pair_class(
 
     In an optimum every served order of the class has ``max_price >=`` every
     price sold into it (else dropping that unit would raise gains), so any
-    pairing is valid and has the same gains.  Pairing both sides in ascending
-    price order keeps the lowest max prices away from the dearest bids, so a
-    zero-gain pair (``max_price == price``) is formed only when unavoidable; its
-    units are then left out, which does not change the gains.
+    pairing is valid and has the same gains and units.  Both sides are paired
+    in ascending price order, which is deterministic.
     """
     o_units.sort(key=lambda t: (orders[t[0]].max_price, orders[t[0]].key))
     b_units.sort(key=lambda t: (bids[t[0]].price, bids[t[0]].key))
@@ -596,8 +759,7 @@ def _pair_class(
         m, p = orders[oi].max_price, bids[bi].price
         if m < p:
             raise RuntimeError(f"optimum pairs {orders[oi].key} below bid {bids[bi].key}")
-        if m > p:
-            out.append((oi, bi, u))
+        out.append((oi, bi, u))
         left_o -= u
         left_b -= u
         if left_o == 0:
@@ -615,9 +777,11 @@ def _solve_python(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> _Alloc:
     Slow but unbounded: the fallback for markets OR-Tools cannot take
     exactly, and an independent reference for the tests.  It augments along
     the cheapest source-sink path while that path has negative cost (positive
-    gain), which yields a max-gain flow of any size.
+    gain, or zero gain and one more unit), which yields a flow with the most
+    gains, then the most units, of any size.
     """
     n_o, n_b = len(orders), len(bids)
+    weight = sum(o.units for o in orders) + 1
     src, sink = 0, n_o + n_b + 1
     n = n_o + n_b + 2
     head: list[int] = []
@@ -641,9 +805,10 @@ def _solve_python(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> _Alloc:
         arc(src, 1 + i, o.units, 0)
     for i, o in enumerate(orders):
         for j, b in enumerate(bids):
-            if o.duration <= b.max_duration and b.price < o.max_price:
-                g = o.duration * (o.max_price - b.price)
-                pair_arcs.append((i, j, arc(1 + i, 1 + n_o + j, min(o.units, b.capacity), -g)))
+            if o.duration <= b.max_duration and b.price <= o.max_price:
+                # Gains first, matched units second (see _solve_ortools): -(gain*K) - 1 per unit.
+                cost_of_unit = -o.duration * (o.max_price - b.price) * weight - 1
+                pair_arcs.append((i, j, arc(1 + i, 1 + n_o + j, min(o.units, b.capacity), cost_of_unit)))
     for j, b in enumerate(bids):
         arc(1 + n_o + j, sink, b.capacity, 0)
     if not pair_arcs:
@@ -701,7 +866,7 @@ def _check_alloc(orders: Sequence[OrderLot], bids: Sequence[BidLot], alloc: _All
         o, b = orders[oi], bids[bi]
         if u <= 0 or (oi, bi) in pairs:
             raise RuntimeError(f"solver returned a bad flow on {o.key}/{b.key}")
-        if not (o.duration <= b.max_duration and b.price < o.max_price):
+        if not (o.duration <= b.max_duration and b.price <= o.max_price):
             raise RuntimeError(f"solver matched incompatible {o.key}/{b.key}")
         pairs.add((oi, bi))
         used_o[oi] = used_o.get(oi, 0) + u
