@@ -196,6 +196,87 @@ def clear_10k_100k_2proc(runs: int) -> Iterator[tuple[str, float, str]]:
     yield "clear_10k_100k_2proc", bench_clear(10_000, 100_000, runs, workers=2), "s"
 
 
+def _clear_vs_reference(name: str, orders: list[OrderLot], bids: list[BidLot], runs: int,
+                        **options: int) -> Iterator[tuple[str, float, str]]:
+    """Seconds for clear() and its ratio to the independent per-market solve, in the same process."""
+    ours = _median_seconds(lambda: clear(orders, bids, **options), runs)
+    reference = _median_seconds(lambda: reference_solve(orders, bids), runs)
+    yield name, ours, "s"
+    yield f"{name}_ratio", ours / reference, "x"
+
+
+def _realistic_classes(n_orders: int, n_bids: int) -> dict[str, tuple[list[OrderLot], list[BidLot]]]:
+    return {
+        "realistic": realistic_instance(n_orders, n_bids),
+        "realistic_arbitrary": realistic_instance(n_orders, n_bids, bid_tiers=False),
+        "dust": realistic_instance(n_orders, n_bids, dust=True),
+    }
+
+
+def clear_realistic_1k_10k(runs: int) -> Iterator[tuple[str, float, str]]:
+    yield from _clear_vs_reference("clear_realistic_1k_10k", *realistic_instance(1_000, 10_000), runs)
+
+
+def clear_realistic_10k_100k(runs: int) -> Iterator[tuple[str, float, str]]:
+    """Every realistic class at 10k x 100k, and the tiered one with a price search of 4 solves."""
+    classes = _realistic_classes(10_000, 100_000)
+    for name, (orders, bids) in classes.items():
+        yield from _clear_vs_reference(f"clear_{name}_10k_100k", orders, bids, runs)
+    yield from _clear_vs_reference("clear_realistic_10k_100k_search4", *classes["realistic"], runs,
+                                   price_search_solves=4)
+
+
+def uniform_price(runs: int) -> Iterator[tuple[str, float, str]]:
+    """What one price per market costs and what buyers pay, per instance class (no timing).
+
+    ``gains_lost``: share of the max-gain allocation's gains that the uniform price gives up.
+    ``buyers_pay_of_max``: the price over the buyer's max price, weighted by units x duration.
+    ``price_over_bid``: the price over the winning bid's price, weighted the same way.
+    ``at_buyer_max``: markets whose price is a served buyer's max.  The ``scarce`` class (as many
+    bids as orders, so that every bid is used) prices by the rule and by the alternative for that
+    case, the dearest winning bid (``_alt``).
+    """
+    from underbid.matcher.clearing import gains_from_trade, max_gain_allocation
+
+    del runs  # figures, not timings
+    classes = _realistic_classes(10_000, 100_000)
+    classes["scarce"] = realistic_instance(10_000, 10_000)
+    for name, (orders, bids) in classes.items():
+        by_order = {o.key: o for o in orders}
+        by_bid = {b.key: b for b in bids}
+        best = gains_from_trade(max_gain_allocation(orders, bids), by_order, by_bid)
+        for label, options in (("", {}), ("_search4", {"price_search_solves": 4})):
+            if label and name == "scarce":
+                continue
+            result = clear(orders, bids, **options)
+            got = gains_from_trade(result.matches, by_order, by_bid)
+            yield f"gains_lost_{name}{label}", 100 * (best - got) / best, "%"
+        result = clear(orders, bids)
+        weight = paid_of_max = over_bid = alt_of_max = alt_over_bid = 0.0
+        at_max = 0
+        for market in result.markets:
+            dearest = max(by_bid[m.bid_key].price for m in market.matches)
+            at_max += any(by_order[m.order_key].max_price == market.price for m in market.matches)
+            every_bid_used = not any(
+                b.market == market.market and b.key not in {m.bid_key for m in market.matches} for b in bids
+            ) if name == "scarce" else False
+            alternative = dearest if every_bid_used else market.price
+            for m in market.matches:
+                order, bid = by_order[m.order_key], by_bid[m.bid_key]
+                w = m.units * order.duration
+                weight += w
+                paid_of_max += w * market.price / order.max_price
+                over_bid += w * (market.price - bid.price) / max(bid.price, 1)
+                alt_of_max += w * alternative / order.max_price
+                alt_over_bid += w * (alternative - bid.price) / max(bid.price, 1)
+        yield f"buyers_pay_of_max_{name}", 100 * paid_of_max / weight, "%"
+        yield f"price_over_bid_{name}", 100 * over_bid / weight, "%"
+        yield f"at_buyer_max_{name}", at_max, "markets"
+        if name == "scarce":
+            yield f"buyers_pay_of_max_{name}_alt", 100 * alt_of_max / weight, "%"
+            yield f"price_over_bid_{name}_alt", 100 * alt_over_bid / weight, "%"
+
+
 # ----- benchmarks on a real anvil (started and deployed through ape, as in the tests) -----
 
 
@@ -423,11 +504,100 @@ def round_e2e(runs: int) -> Iterator[tuple[str, float, str]]:
         devnet.close()
 
 
+def round_close_200k(runs: int) -> Iterator[tuple[str, float, str]]:
+    """A round close with 200,000 open bids (100 markets) and no order, on a real anvil and SQLite
+    store, while one client keeps submitting signed bids: seconds for ``close_round`` (median of
+    ``runs``) and the slowest intake request during the closes, beside the slowest in the half
+    second before them (after a warm-up).
+
+    The 200,000 bids are written to the store directly (the close reads what the store holds;
+    signing them one by one would take minutes): signatures are placeholders, signers 20 dev
+    accounts with consecutive nonces.
+    """
+    import tempfile
+    import threading
+
+    from underbid.chain.view import ChainView, connect
+    from underbid.devnet.node import MATCHER, dev_account
+    from underbid.matcher.rounds import Matcher
+    from underbid.matcher.store import MessageKind, Store
+    from underbid.protocol.eip712 import Bid
+
+    devnet = _Devnet()
+    try:
+        rng = random.Random(5)
+        market_ids = [m for m, _ in markets()]
+        deadline = devnet.provider.web3.eth.get_block("latest")["timestamp"] + 24 * 3600
+        signers = [str(a.address) for a in devnet.accounts[12:32]]
+        probe_providers = list(devnet.accounts[2:4])
+        for p in probe_providers:
+            devnet.stake(p, 400)
+        probes = _signed_bids(devnet, probe_providers, 400, seed=13)
+        with tempfile.TemporaryDirectory() as tmp:
+            store = Store(f"{tmp}/close.db")
+            for start in range(0, 200_000, 10_000):
+                store.add_messages(
+                    (MessageKind.BID, f"0x{rng.getrandbits(256):064x}",
+                     Bid(provider=signers[i % 20], matcher=str(devnet.matcher.address),
+                         market=rng.choice(market_ids), capacity=rng.randint(1, 8), price=rng.randint(1, 5) * CREDIT,
+                         max_duration=WEEK, deadline=deadline, nonce=i // 20),
+                     b"\x00" * 65, None)
+                    for i in range(start, start + 10_000)
+                )
+            matcher = Matcher(ChainView(connect(devnet.rpc), devnet.book), store, dev_account(MATCHER))
+            closing = threading.Event()
+            stop = threading.Event()
+            slowest = {"before": 0.0, "during": 0.0}
+            took_all: dict[str, list[float]] = {"before": [], "during": []}
+
+            for bid, sig in probes[:40]:  # warm the chain-fact cache and the store's pages
+                matcher.accept(MessageKind.BID, bid, sig)
+
+            def submit() -> None:
+                for bid, sig in probes[40:]:
+                    if stop.is_set():
+                        return
+                    phase = "during" if closing.is_set() else "before"
+                    started = time.perf_counter()
+                    matcher.accept(MessageKind.BID, bid, sig)
+                    took = time.perf_counter() - started
+                    slowest[phase] = max(slowest[phase], took)
+                    took_all[phase].append(took)
+                    time.sleep(0.01)
+
+            client = threading.Thread(target=submit)
+            client.start()
+            time.sleep(0.5)
+            seconds = []
+            for _ in range(runs):
+                closing.set()
+                started = time.perf_counter()
+                report = matcher.close_round()
+                seconds.append(time.perf_counter() - started)
+                closing.clear()
+                assert report.state == "open", report
+                time.sleep(0.2)
+            stop.set()
+            client.join()
+            store.close()
+        yield "round_close_200k_bids", statistics.median(seconds), "s"
+        yield "round_close_200k_intake_slowest", slowest["during"] * 1000, "ms"
+        yield "round_close_200k_intake_slowest_before", slowest["before"] * 1000, "ms"
+        yield "round_close_200k_intake_median", statistics.median(took_all["during"] or [0.0]) * 1000, "ms"
+        yield "round_close_200k_intake_median_before", statistics.median(took_all["before"] or [0.0]) * 1000, "ms"
+    finally:
+        devnet.close()
+
+
 BENCHMARKS: dict[str, Callable[[int], Iterator[tuple[str, float, str]]]] = {
     "clear_1k_10k": clear_1k_10k,
     "clear_10k_100k": clear_10k_100k,
     "clear_10k_100k_2proc": clear_10k_100k_2proc,
+    "clear_realistic_1k_10k": clear_realistic_1k_10k,
+    "clear_realistic_10k_100k": clear_realistic_10k_100k,
+    "uniform_price": uniform_price,
     "ingest": ingest,
+    "round_close_200k": round_close_200k,
     "round_e2e": round_e2e,
 }
 

@@ -109,6 +109,8 @@ Solver = Literal["auto", "ortools", "python"]
 # Inputs above this are kept out of numpy/OR-Tools int64 arithmetic altogether.
 _INT64_HEADROOM = 2**62
 _INT64_MAX = 2**63 - 1
+# Markets with fewer duration classes x bids than this are solved unpruned (see _max_gain_market).
+_PRUNE_FROM_ARCS = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,26 +481,36 @@ def _max_gain_market(
     prune: bool,
     solver: Solver,
 ) -> _Alloc:
-    """Exact max-gain allocation of one market (orders by key, bids by price then key)."""
-    servable = _servable_orders(orders, bids)
-    if not servable:
+    """Exact max-gain allocation of one market (orders by key, bids by price then key).
+
+    Pruning pays for itself only on big markets: below ``_PRUNE_FROM_ARCS`` arcs
+    the solver takes the whole graph faster than the pruning would take to
+    shrink it (orders no bid can serve get no arc in either case).
+    """
+    if not orders or not bids:
         return []
-    so = [orders[i] for i in servable]
-    if prune:
-        keep, needed = _prune(so, bids)
+    classes = len({o.duration for o in orders})
+    if prune and classes * len(bids) >= _PRUNE_FROM_ARCS:
+        servable = _servable_orders(orders, bids)
+        if not servable:
+            return []
+        solved_orders = [orders[i] for i in servable]
+        keep, needed = _prune(solved_orders, bids)
     else:
+        servable = list(range(len(orders)))
+        solved_orders = list(orders)
         keep, needed = list(range(len(bids))), None
     if not keep:
         return []
-    kb = [bids[i] for i in keep]
+    kept_bids = [bids[i] for i in keep]
     alloc: _Alloc | None = None
     if solver in ("auto", "ortools"):
-        alloc = _solve_ortools(so, kb, needed)
+        alloc = _solve_ortools(solved_orders, kept_bids, needed)
         if alloc is None and solver == "ortools":
             raise ValueError("market outside the exact int64 range of OR-Tools")
     if alloc is None:
-        alloc = _solve_python(so, kb)
-    _check_alloc(so, kb, alloc)
+        alloc = _solve_python(solved_orders, kept_bids)
+    _check_alloc(solved_orders, kept_bids, alloc)
     return [(servable[oi], keep[bi], units) for oi, bi, units in alloc]
 
 

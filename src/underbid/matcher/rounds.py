@@ -257,12 +257,20 @@ class Matcher:
         return self._settle_snapshot(round_id, *self._snapshot_of(round_id))
 
     def _snapshot_of(self, round_id: int) -> tuple[list[StoredMessage], list[StoredMessage]]:
-        """The open messages taken in `round_id` or before that stay valid long enough."""
+        """The open messages taken in `round_id` or before that stay valid long enough, in the
+        markets where both orders and bids are open: no other message can match, and reading (and
+        re-checking on chain) 200,000 idle bids took most of a minute."""
         self.chain.cache.invalidate()
         horizon = self._settle_horizon()
+        tradable = sorted(
+            self.store.open_markets(MessageKind.ORDER, horizon, round_upto=round_id)
+            & self.store.open_markets(MessageKind.BID, horizon, round_upto=round_id)
+        )
+        if not tradable:
+            return [], []
         return (
-            self.store.open_messages(MessageKind.ORDER, horizon, round_upto=round_id),
-            self.store.open_messages(MessageKind.BID, horizon, round_upto=round_id),
+            self.store.open_messages(MessageKind.ORDER, horizon, round_upto=round_id, markets=tradable),
+            self.store.open_messages(MessageKind.BID, horizon, round_upto=round_id, markets=tradable),
         )
 
     def _settle_horizon(self) -> int:
