@@ -197,9 +197,9 @@ def clear_10k_100k_2proc(runs: int) -> Iterator[tuple[str, float, str]]:
 
 
 def _clear_vs_reference(name: str, orders: list[OrderLot], bids: list[BidLot], runs: int,
-                        **options: int) -> Iterator[tuple[str, float, str]]:
+                        price_search_solves: int = 0) -> Iterator[tuple[str, float, str]]:
     """Seconds for clear() and its ratio to the independent per-market solve, in the same process."""
-    ours = _median_seconds(lambda: clear(orders, bids, **options), runs)
+    ours = _median_seconds(lambda: clear(orders, bids, price_search_solves=price_search_solves), runs)
     reference = _median_seconds(lambda: reference_solve(orders, bids), runs)
     yield name, ours, "s"
     yield f"{name}_ratio", ours / reference, "x"
@@ -245,10 +245,10 @@ def uniform_price(runs: int) -> Iterator[tuple[str, float, str]]:
         by_order = {o.key: o for o in orders}
         by_bid = {b.key: b for b in bids}
         best = gains_from_trade(max_gain_allocation(orders, bids), by_order, by_bid)
-        for label, options in (("", {}), ("_search4", {"price_search_solves": 4})):
+        for label, search_solves in (("", 0), ("_search4", 4)):
             if label and name == "scarce":
                 continue
-            result = clear(orders, bids, **options)
+            result = clear(orders, bids, price_search_solves=search_solves)
             got = gains_from_trade(result.matches, by_order, by_bid)
             yield f"gains_lost_{name}{label}", 100 * (best - got) / best, "%"
         result = clear(orders, bids)
