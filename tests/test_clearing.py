@@ -23,6 +23,7 @@ from underbid.matcher.clearing import (
     BidLot,
     Clearing,
     Match,
+    MarketClearing,
     OrderLot,
     accountability_violations,
     clear,
@@ -234,23 +235,24 @@ def value(matches: Sequence[Match], orders: Sequence[OrderLot], bids: Sequence[B
     return total_gains(matches, orders, bids), sum(m.units for m in matches)
 
 
-def uniform_price_problem(orders: list[OrderLot], bids: list[BidLot]
-                          ) -> tuple[list[OrderLot], list[BidLot], int | None]:
-    """The orders and bids of one market that take part at its uniform price, and the trial
-    price (None when the max-gain allocation admits one price and everyone takes part).
+def uniform_price_problem(orders: list[OrderLot], bids: list[BidLot], mc: MarketClearing
+                          ) -> tuple[list[OrderLot], list[BidLot]]:
+    """The orders and bids of one market that took part at its uniform price.
 
-    Recomputed from the module's documented rule: when the max-gain allocation's dearest
-    winning bid (lo) is above its lowest served max price (hi), the trial price is lo.
+    Everyone, when the max-gain allocation admits one price (lo, its dearest winning bid, at
+    most hi, its lowest served max price); otherwise those the clearing's trial price admits,
+    which must lie in [hi, lo].
     """
     first = max_gain_allocation(orders, bids)
     ob, bb = by_key(orders, bids)
-    if not first:
-        return orders, bids, None
     lo = max(bb[m.bid_key].price for m in first)
     hi = min(ob[m.order_key].max_price for m in first)
     if lo <= hi:
-        return orders, bids, None
-    return [o for o in orders if o.max_price >= lo], [b for b in bids if b.price <= lo], lo
+        assert mc.trial_price is None
+        return orders, bids
+    assert mc.trial_price is not None and hi <= mc.trial_price <= lo
+    return ([o for o in orders if o.max_price >= mc.trial_price],
+            [b for b in bids if b.price <= mc.trial_price])
 
 
 # --------------------------------------------------------------------------
@@ -279,7 +281,8 @@ def check_clearing(c: Clearing, orders: list[OrderLot], bids: list[BidLot]) -> N
         # The pricing rule and the allocation, recomputed independently.
         market_orders = [o for o in orders if o.market == mc.market]
         market_bids = [b for b in bids if b.market == mc.market]
-        taking, offered, trial = uniform_price_problem(market_orders, market_bids)
+        taking, offered = uniform_price_problem(market_orders, market_bids, mc)
+        trial = mc.trial_price
         lo = max(bb[m.bid_key].price for m in mc.matches)
         hi = min(ob[m.order_key].max_price for m in mc.matches)
         floor = lo
@@ -294,7 +297,15 @@ def check_clearing(c: Clearing, orders: list[OrderLot], bids: list[BidLot]) -> N
             assert ob[k].max_price < mc.price, "a priced-out order could not pay the price"
         used = {m.bid_key for m in mc.matches}
         unused = [b.price for b in market_bids if b.key not in used]
-        expected = min(max(min(unused), floor), hi) if unused else hi
+        served = {m.order_key for m in mc.matches}
+        unserved = [o.max_price for o in market_orders
+                    if o.key not in served and any(tradable(o, b) for b in market_bids)]
+        if unused:
+            expected = min(max(min(unused), floor), hi)
+        elif unserved:
+            expected = min(max(max(unserved), floor), hi)
+        else:
+            expected = (floor + hi) // 2
         assert mc.price == expected
         # The matches are an exact optimum of the orders and bids taking part.
         opt = max_gain_allocation(taking, offered, prune=False, solver="python")
@@ -363,8 +374,8 @@ def test_no_add_or_swap_raises_gains(inst: tuple[list[OrderLot], list[BidLot]]) 
     # After pricing: local optimality among the orders and bids taking part.
     c = clear(orders, bids)
     for mc in c.markets:
-        taking, offered, _ = uniform_price_problem([o for o in orders if o.market == mc.market],
-                                                   [b for b in bids if b.market == mc.market])
+        taking, offered = uniform_price_problem([o for o in orders if o.market == mc.market],
+                                                [b for b in bids if b.market == mc.market], mc)
         assert improving_moves(mc.matches, taking, offered) == []
 
 
@@ -482,7 +493,7 @@ def test_huge_units_fall_back_to_exact_python() -> None:
     bids = [BidLot("0xb1", M, "0x01", 2**69, 3, 1), BidLot("0xb2", M, "0x02", 2**71, 4, 1)]
     c = clear(orders, bids)
     assert c.matches == (Match("0xo1", "0xb1", 2**69), Match("0xo1", "0xb2", 2**69))
-    assert c.prices == {M: 10}  # every bid is used: p = hi
+    assert c.prices == {M: 7}  # every bid and order is used: the middle of [lo 4, hi 10]
 
 
 def test_solver_failure_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -578,12 +589,26 @@ def test_price_clamped_to_lowest_served_max_price() -> None:
     assert clear(orders, bids).prices == {M: 25}
 
 
-def test_price_is_hi_when_every_bid_is_used() -> None:
+def test_price_splits_the_range_when_every_bid_and_order_is_used() -> None:
+    """No losing message on either side: the middle of [lo 12, hi 25], so neither the marginal
+    buyer's max nor the dearest winning bid sets what everyone pays."""
     orders = [OrderLot("0xo1", M, 2, 1, 25), OrderLot("0xo2", M, 2, 1, 40)]
     bids = [BidLot("0xb1", M, "0x01", 2, 10, 1), BidLot("0xb2", M, "0x02", 2, 12, 1)]
     c = clear(orders, bids)
     assert {m.bid_key for m in c.matches} == {"0xb1", "0xb2"}
-    assert c.prices == {M: 25}
+    assert c.prices == {M: 18}
+
+
+def test_unserved_order_sets_the_price_when_every_bid_is_used() -> None:
+    """Demand is long: the best unserved order (max 20) sets the price, not the marginal winner's
+    own max (25).  An order no bid can serve (too long) does not count."""
+    orders = [OrderLot("0xo1", M, 2, 1, 25), OrderLot("0xo2", M, 2, 1, 40), OrderLot("0xo3", M, 1, 1, 20),
+              OrderLot("0xlong", M, 1, 9, 39)]
+    bids = [BidLot("0xb1", M, "0x01", 2, 10, 1), BidLot("0xb2", M, "0x02", 2, 12, 1)]
+    c = clear(orders, bids)
+    assert {m.order_key for m in c.matches} == {"0xo1", "0xo2"}
+    assert c.prices == {M: 20}
+    check_clearing(c, orders, bids)
 
 
 def test_drop_loop() -> None:
@@ -675,7 +700,7 @@ def test_multiple_markets_sorted_with_own_prices() -> None:
             BidLot("0xb3", MARKETS[0], "0x01", 1, 9, 1)]
     c = clear(orders, bids)
     assert [mc.market for mc in c.markets] == [MARKETS[0], MARKETS[1]]
-    assert c.prices == {MARKETS[0]: 9, MARKETS[1]: 10}
+    assert c.prices == {MARKETS[0]: 9, MARKETS[1]: 6}  # market 1: no losing message: (3 + 10) // 2
 
 
 def test_gains_from_trade() -> None:
@@ -852,8 +877,9 @@ def test_price_search_never_loses_gains() -> None:
     from underbid.bench import realistic_instance
 
     orders, bids = realistic_instance(400, 4_000, seed=2)
-    plain = clear(orders, bids)
+    plain = clear(orders, bids, price_search_solves=0)
     searched = clear(orders, bids, price_search_solves=4)
+    assert searched == clear(orders, bids)  # the default
     assert total_gains(searched.matches, orders, bids) >= total_gains(plain.matches, orders, bids)
     ob, bb = by_key(orders, bids)
     for mc in searched.markets:

@@ -20,58 +20,88 @@ Allocation
     Markets are independent, so each one is its own small flow problem; that
     is what makes clearing fast (see RESEARCH.md), not the choice of solver.
 
-Zero-gain pairs are not matched
-    Only pairs with ``order.duration <= bid.max_duration`` and
-    ``bid.price < order.max_price`` (strictly positive gain) get an arc.  A
-    zero-gain match adds no welfare, yet it would pin the clearing price to
-    ``bid.price == order.max_price``, lock stake and escrow, and cost about
-    55k gas on chain.
+Gains first, then units
+    A pair trades when ``order.duration <= bid.max_duration`` and
+    ``bid.price <= order.max_price``: a bid at exactly the max price fills the
+    order ("bid <= my max" is the rule users read).  Such a pair gains
+    nothing, so the objective is lexicographic: the most gains, then the most
+    matched units (see ``_solve_ortools`` for how one solve does both).
 
 Pruning (never changes the optimum)
     Bids are scanned cheapest first (ties by key).  Let T_0 < ... < T_k-1 be
-    the distinct order durations of the market and ``dem[s]`` the units of
-    orders with duration <= T_s.  A bid's tier is the largest t with
-    T_t <= max_duration.  A bid of tier t is dropped when the bids already
-    kept in tiers t..s hold at least ``dem[s]`` units, for some s >= t.
-    Those kept bids are no dearer, can serve every order the dropped bid can,
-    and serve only orders of duration <= T_s; so if the dropped bid were used
-    in an optimum, one of them has spare capacity and could take the unit
-    instead, without losing gains.  The same swap shows that a dropped bid can
-    never trigger the accountability rule below.  Bids that cannot serve any
-    order (too short, or priced at or above every max price) are dropped too.
+    the distinct order durations of the market (its classes), ``dem[s]`` the
+    units of orders with duration <= T_s and ``from[c]`` those with duration
+    >= T_c.  A bid's tier is the largest t with T_t <= max_duration.  Two
+    rules say that class c never needs bid b, both about the bids before b
+    (kept or not), which are no dearer:
+
+    1. for some u >= c and s >= u, those of tiers u..s hold at least
+       ``dem[s]`` units.  They serve only orders of duration <= T_s, one of
+       which b serves, so one of them has a spare unit to take over.
+    2. those of tiers >= c hold at least ``from[c]`` units.  Then one of them
+       has a spare unit or serves a class shorter than c; either it takes the
+       unit (no loss), or the two classes swap bids, which gains
+       ``(T_c - T_c') * (price(b) - price(e)) >= 0``.
+
+    Each move or swap lowers ``sum(duration * position of the bid)`` over
+    served units, so repeating them ends in an optimum that uses no ruled-out
+    (class, bid) pair.  A bid needed by no class is dropped.  Both rules look
+    only at earlier bids, so a chunk of bids is decided at once in numpy
+    (bids x classes array work, no Python loop per bid), and they stay valid
+    for any restricted problem that keeps every bid cheaper than a kept one
+    and has no more demand: the trial prices below.
 
 Exactness and overflow
-    OR-Tools works in int64 and multiplies costs by (nodes + 1) internally.
-    Arc costs are divided by their gcd (durations are usually whole hours),
-    checked against a conservative bound, and the solver status and the
-    flow's capacity constraints are checked after the solve.  If any bound or
-    check fails, the market is solved again by a pure-Python successive
-    shortest path solver on unbounded Python integers.  A wrong answer is
-    never returned silently: an impossible state raises ``RuntimeError``.
+    Costs are shifted per class by the cheapest price that class can reach,
+    so they scale with the spread of prices in a market, not with their level
+    (a "dust" order with a max price of one base unit reaches no bid at all
+    and gets no arc), divided by their gcd, and weighted for the
+    lexicographic objective.  The bound is OR-Tools' own: a cost above
+    ``INT64_MAX / (2 * (nodes + 1))`` is refused, and OR-Tools guards its
+    potentials and verifies its result before it reports OPTIMAL.  A market
+    outside that range, or any other status, is solved by a pure-Python
+    successive shortest path solver on unbounded integers: a correctness
+    fallback that realistic inputs (durations in seconds up to weeks, prices
+    in 6-decimal base units, dust orders) do not reach.  The flow's capacity
+    constraints are checked after the solve, whatever solved it; an
+    impossible state raises ``RuntimeError``.
 
 Uniform pricing rule
     1. Solve the max-gain allocation of the market.
     2. ``lo`` = highest price among winning bids; ``hi`` = lowest max price
        among served orders.
-    3. If ``lo > hi`` no single price fits: the served orders with
-       ``max_price < lo`` are dropped (reported in ``dropped_orders``) and the
-       market is solved again without them; repeat.  This terminates because
-       orders only leave, and it never empties the market: the order served
-       by the dearest winning bid has ``max_price > lo`` and stays servable.
-    4. Otherwise the price is that of the cheapest bid left entirely unused
-       in the market, clamped to ``[lo, hi]``; ``hi`` if every bid is used.
+    3. If ``lo > hi`` no single price fits that allocation.  The price comes
+       first: at a trial price P only orders with ``max_price >= P`` and bids
+       priced ``<= P`` take part, and their max-gain allocation trades at P.
+       P = lo always trades (the pair of the dearest winning bid stays).
+       Gains are piecewise constant in P, rise as bids join and fall as
+       orders leave; a golden-section search over the order and bid prices
+       in [hi, lo] with ``price_search_solves`` solves (4 by default) keeps
+       the trial with the most gains (``trial_price``).  Orders below the trial
+       price did not take part: the price stays above their max prices, and
+       those the max-gain allocation had served are reported as priced out.
+    4. The price is set by the best losing message of the long side, clamped
+       to ``[lo, hi]`` of the allocation (and above every order that did not
+       take part): the cheapest bid left entirely unused; when every bid is
+       used, the highest max price among the orders left unserved that some
+       bid could serve; when neither is left, the middle of the range.
 
-    Why: one price for all winners is budget-balanced and a winner's own bid
-    cannot raise what it is paid, so small providers do best by bidding cost
-    (unlike pay-as-bid, which invites shading).  The cheapest losing bid is the
-    competitive price the market would otherwise have to beat.
+    Why: one price for all winners is budget-balanced and a winner's own
+    message cannot move what it pays or is paid, so small providers do best by
+    bidding cost and buyers by stating their true max (unlike pay-as-bid,
+    which invites shading).  The best losing message is the competitive price
+    the winners would otherwise have to beat.  (Until this rule, a market
+    where every bid was used cleared at the lowest served max price: the
+    marginal buyer paid its own max, which invites shading the max.)  What one price
+    costs in gains, and what buyers pay, is measured in docs/PROTOCOL.md.
 
 Accountability
     In any exact optimum no winning bid W coexists with a bid B of the same
     market with ``B.price < W.price``, B not completely filled and
     ``B.max_duration >= duration`` of an order W serves: moving one unit from
     W to B would raise gains.  :func:`accountability_violations` checks this
-    and the tests exercise it, including across pruning and the drop loop.
+    and the tests exercise it, including across pruning and trial prices (a
+    trial keeps every bid cheaper than a winner, so the argument holds there).
 
 Determinism
     Orders are handled in key order and bids in (price, key) order, so the
@@ -152,7 +182,11 @@ class MarketClearing:
     market: str
     price: int  # the uniform clearing price
     matches: tuple[Match, ...]
-    dropped_orders: tuple[str, ...]  # orders priced out by the uniform price
+    dropped_orders: tuple[str, ...]  # served by the max-gain allocation, priced out by the uniform one
+    # When the max-gain allocation admitted no single price: the trial price the matches were
+    # solved at (only orders with max_price >= it and bids priced <= it took part), so that anyone
+    # can check the matches against an exact solve of that restricted market.
+    trial_price: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +214,7 @@ def clear(
     bids: Iterable[BidLot],
     *,
     executor: Executor | None = None,
-    price_search_solves: int = 0,
+    price_search_solves: int = 4,
 ) -> Clearing:
     """Clear a round: max-gain matches and one uniform price per market.
 
@@ -391,87 +425,179 @@ def _clear_market_task(task: _PricedTask) -> MarketClearing | None:
     When the max-gain allocation admits one price (every winning bid at most
     every served max price) it is kept.  Otherwise the price comes first: at a
     trial price P only orders with ``max_price >= P`` and bids with
-    ``price <= P`` take part, so the restricted optimum trades at P.  P = lo (the
-    dearest winning bid) always works; a short search over the prices between
-    hi and lo keeps the trial with the most gains (rule and figures in the
-    module docstring and docs/PROTOCOL.md).
+    ``price <= P`` take part, so the restricted optimum trades at P.  The
+    trials between hi and lo are searched for the one with the most gains
+    (rule and figures in the module docstring and docs/PROTOCOL.md).
     """
     market, orders, bids, search_solves = task
-    alloc = _max_gain_market(orders, bids, prune=True, solver="auto")
+    prepared = _prepare(orders, bids, prune=True)
+    alloc = _solve_prepared(orders, bids, prepared, "auto")
     if not alloc:
         return None
     lo = max(bids[bi].price for _, bi, _ in alloc)
     hi = min(orders[oi].max_price for oi, _, _ in alloc)
     floor = lo
     dropped: tuple[str, ...] = ()
+    trial: int | None = None
     if lo > hi:
         served = {oi for oi, _, _ in alloc}
-        trial, alloc = _best_uniform_trial(orders, bids, lo, hi, search_solves)
+        trial, alloc = _best_uniform_trial(orders, bids, prepared, lo, hi, search_solves)
         # Orders below the trial price did not take part: the price stays above them.
         floor = max((o.max_price + 1 for o in orders if o.max_price < trial), default=0)
         dropped = tuple(sorted(orders[oi].key for oi in served if orders[oi].max_price < trial))
         lo = max(bids[bi].price for _, bi, _ in alloc)
         hi = min(orders[oi].max_price for oi, _, _ in alloc)
         floor = max(floor, lo)
-    used = {bi for _, bi, _ in alloc}
-    # bids are sorted by (price, key): the first unused one is the cheapest.
-    unused = next((b.price for i, b in enumerate(bids) if i not in used), None)
-    price = hi if unused is None else min(max(unused, floor), hi)
+    price = _uniform_price(orders, bids, alloc, floor, hi)
     return MarketClearing(
         market=market,
         price=price,
         matches=tuple(_to_matches(orders, bids, alloc)),
         dropped_orders=dropped,
+        trial_price=trial,
     )
 
 
+def _uniform_price(
+    orders: Sequence[OrderLot], bids: Sequence[BidLot], alloc: _Alloc, floor: int, hi: int
+) -> int:
+    """The price of the best losing message on the long side, kept within [floor, hi].
+
+    With a bid left unused: the cheapest such bid (supply is long).  With every bid used:
+    the highest max price among the orders left unserved that some bid could serve (demand
+    is long).  With neither: the middle of [floor, hi], rounded down.  The marginal winner's
+    own message never sets the price, on either side.
+    """
+    used = {bi for _, bi, _ in alloc}
+    # bids are sorted by (price, key): the first unused one is the cheapest.
+    unused = next((b.price for i, b in enumerate(bids) if i not in used), None)
+    if unused is not None:
+        return min(max(unused, floor), hi)
+    served = {oi for oi, _, _ in alloc}
+    unserved = [orders[i].max_price for i in _servable_orders(orders, bids) if i not in served]
+    if unserved:
+        return min(max(max(unserved), floor), hi)
+    return (floor + hi) // 2
+
+
 def _best_uniform_trial(
-    orders: Sequence[OrderLot], bids: Sequence[BidLot], lo: int, hi: int, search_solves: int
+    orders: Sequence[OrderLot],
+    bids: Sequence[BidLot],
+    prepared: _Prepared,
+    lo: int,
+    hi: int,
+    search_solves: int,
 ) -> tuple[int, _Alloc]:
     """The trial price in [hi, lo] whose restricted optimum has the most gains, and that optimum.
 
     Gains are piecewise constant in P between consecutive order max prices and
-    bid prices, so only those values are tried: lo first (it keeps every order
-    the max-gain allocation could serve above lo), then a ternary search over
-    the others with ``search_solves`` more solves.  Ties go to the lower price.
+    bid prices, so only those values are tried: lo first (every winning bid of
+    the max-gain allocation still takes part, so it trades), then a
+    golden-section search over the rest with at most ``search_solves`` more
+    solves (gains rise with P as bids join and fall as orders leave; the search
+    assumes one peak and keeps the best trial it saw either way).  The best is
+    the most gains, then the most units, then the lower price.
     """
     values = sorted(
         {o.max_price for o in orders if hi <= o.max_price <= lo}
         | {b.price for b in bids if hi <= b.price <= lo}
         | {lo}
     )
-    tried: dict[int, tuple[int, _Alloc]] = {}
+    tried: dict[int, tuple[tuple[int, int], _Alloc]] = {}
 
-    def gains_at(index: int) -> int:
+    def gains_at(index: int) -> tuple[int, int]:
+        """Gains, then matched units: the order in which the allocation itself is chosen."""
         if index not in tried:
-            alloc = _restricted_allocation(orders, bids, values[index])
-            tried[index] = (_alloc_gains(orders, bids, alloc), alloc)
+            alloc = _solve_prepared(orders, bids, prepared, "auto", trial=values[index])
+            tried[index] = ((_alloc_gains(orders, bids, alloc), sum(units for _, _, units in alloc)), alloc)
         return tried[index][0]
 
-    gains_at(len(values) - 1)  # P = lo
-    left, right = 0, len(values) - 2
-    for _ in range(search_solves // 2):
-        if right - left < 2:
+    gains_at(len(values) - 1)
+    left, right = 0, len(values) - 1
+    budget = len(tried) + search_solves
+    while right - left > 2:
+        inner_left = right - round((right - left) / _GOLDEN)
+        inner_right = left + round((right - left) / _GOLDEN)
+        if len(tried) + len({inner_left, inner_right} - tried.keys()) > budget:
             break
-        third = (right - left) // 3
-        if gains_at(left + third) >= gains_at(right - third):
-            right = right - third - 1
+        if gains_at(inner_left) >= gains_at(inner_right):
+            right = inner_right
         else:
-            left = left + third + 1
+            left = inner_left
     best = max(tried, key=lambda index: (tried[index][0], -index))
+    if not tried[best][1]:  # ruled out: the trial at lo keeps a tradable pair
+        raise RuntimeError("every trial price emptied the market")
     return values[best], tried[best][1]
 
 
-def _restricted_allocation(orders: Sequence[OrderLot], bids: Sequence[BidLot], trial: int) -> _Alloc:
-    """The max-gain allocation among orders with max_price >= trial and bids priced <= trial."""
-    taking = [i for i, o in enumerate(orders) if o.max_price >= trial]
-    offered = bisect_right([b.price for b in bids], trial)  # bids are sorted by price
-    alloc = _max_gain_market([orders[i] for i in taking], bids[:offered], prune=True, solver="auto")
-    return [(taking[oi], bi, units) for oi, bi, units in alloc]
+_GOLDEN = (1 + 5**0.5) / 2
 
 
 def _alloc_gains(orders: Sequence[OrderLot], bids: Sequence[BidLot], alloc: _Alloc) -> int:
     return sum(units * orders[oi].duration * (orders[oi].max_price - bids[bi].price) for oi, bi, units in alloc)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """One market made ready to solve, once for all of its trial prices."""
+
+    orders: list[int]  # the orders some bid can serve, as indices
+    bids: list[int]  # the bids an optimum may need, as indices (price order)
+    durations: list[int]  # the distinct durations of those orders, ascending
+    needed: np.ndarray | None  # kept bids x durations: classes each bid may serve (None: all)
+
+
+def _prepare(orders: Sequence[OrderLot], bids: Sequence[BidLot], *, prune: bool) -> _Prepared:
+    """Leaves out the orders no bid can serve and, on big markets, the bids no optimum needs.
+
+    Pruning pays for itself only on big markets: below ``_PRUNE_FROM_ARCS`` arcs
+    the solver takes the whole graph faster than the pruning would take to
+    shrink it.  The pruning stays valid for every trial price: a restricted
+    problem keeps, for each kept bid, every cheaper bid, and has less demand.
+    """
+    if not orders or not bids:
+        return _Prepared([], [], [], None)
+    if not prune or len({o.duration for o in orders}) * len(bids) < _PRUNE_FROM_ARCS:
+        return _Prepared(list(range(len(orders))), list(range(len(bids))),
+                         sorted({o.duration for o in orders}), None)
+    servable = _servable_orders(orders, bids)
+    if not servable:
+        return _Prepared([], [], [], None)
+    served_orders = [orders[i] for i in servable]
+    keep, needed = _prune(served_orders, bids)
+    return _Prepared(servable, keep, sorted({o.duration for o in served_orders}), needed)
+
+
+def _solve_prepared(
+    orders: Sequence[OrderLot],
+    bids: Sequence[BidLot],
+    prepared: _Prepared,
+    solver: Solver,
+    trial: int | None = None,
+) -> _Alloc:
+    """Exact max-gain allocation of a prepared market; with ``trial``, among the orders with
+    ``max_price >= trial`` and the bids priced ``<= trial`` only."""
+    order_ids = [i for i in prepared.orders if trial is None or orders[i].max_price >= trial]
+    bid_count = len(prepared.bids)
+    if trial is not None:  # the kept bids are in price order: the offered ones are a prefix
+        bid_count = bisect_right([bids[i].price for i in prepared.bids], trial)
+    if not order_ids or not bid_count:
+        return []
+    solved_orders = [orders[i] for i in order_ids]
+    kept_bids = [bids[i] for i in prepared.bids[:bid_count]]
+    needed = None
+    if prepared.needed is not None:
+        columns = np.searchsorted(prepared.durations, sorted({o.duration for o in solved_orders}))
+        needed = prepared.needed[:bid_count][:, columns]
+    alloc: _Alloc | None = None
+    if solver in ("auto", "ortools"):
+        alloc = _solve_ortools(solved_orders, kept_bids, needed)
+        if alloc is None and solver == "ortools":
+            raise ValueError("market outside the exact int64 range of OR-Tools")
+    if alloc is None:
+        alloc = _solve_python(solved_orders, kept_bids)
+    _check_alloc(solved_orders, kept_bids, alloc)
+    return [(order_ids[oi], prepared.bids[bi], units) for oi, bi, units in alloc]
 
 
 def _max_gain_market(
@@ -481,37 +607,8 @@ def _max_gain_market(
     prune: bool,
     solver: Solver,
 ) -> _Alloc:
-    """Exact max-gain allocation of one market (orders by key, bids by price then key).
-
-    Pruning pays for itself only on big markets: below ``_PRUNE_FROM_ARCS`` arcs
-    the solver takes the whole graph faster than the pruning would take to
-    shrink it (orders no bid can serve get no arc in either case).
-    """
-    if not orders or not bids:
-        return []
-    classes = len({o.duration for o in orders})
-    if prune and classes * len(bids) >= _PRUNE_FROM_ARCS:
-        servable = _servable_orders(orders, bids)
-        if not servable:
-            return []
-        solved_orders = [orders[i] for i in servable]
-        keep, needed = _prune(solved_orders, bids)
-    else:
-        servable = list(range(len(orders)))
-        solved_orders = list(orders)
-        keep, needed = list(range(len(bids))), None
-    if not keep:
-        return []
-    kept_bids = [bids[i] for i in keep]
-    alloc: _Alloc | None = None
-    if solver in ("auto", "ortools"):
-        alloc = _solve_ortools(solved_orders, kept_bids, needed)
-        if alloc is None and solver == "ortools":
-            raise ValueError("market outside the exact int64 range of OR-Tools")
-    if alloc is None:
-        alloc = _solve_python(solved_orders, kept_bids)
-    _check_alloc(solved_orders, kept_bids, alloc)
-    return [(servable[oi], keep[bi], units) for oi, bi, units in alloc]
+    """Exact max-gain allocation of one market (orders by key, bids by price then key)."""
+    return _solve_prepared(orders, bids, _prepare(orders, bids, prune=prune), solver)
 
 
 def _servable_orders(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> list[int]:
@@ -632,7 +729,7 @@ def _solve_ortools(
 
     That is about orders + classes*bids arcs instead of orders*bids, with the
     same optimum: which order of a class a bid serves does not change the
-    gains, so units are paired afterwards in ``_pair_class``.
+    gains, so units are paired afterwards in ``_pair_classes``.
 
     Costs, and why they are exact:
 
@@ -722,65 +819,47 @@ def _solve_ortools(
     flows = np.asarray(smcf.flows(np.arange(n_o + ci.size, dtype=np.int32)))
     served = flows[:n_o]
     sold = flows[n_o:]
-    # Served orders and sold units grouped by class (stable sorts keep index order).
-    o_idx = np.nonzero(served > 0)[0]
-    o_idx = o_idx[np.argsort(cls[o_idx], kind="stable")]
-    e_idx = np.nonzero(sold > 0)[0]
-    e_idx = e_idx[np.argsort(ci[e_idx], kind="stable")]
-    o_cls, e_cls = cls[o_idx].tolist(), ci[e_idx].tolist()
-    o_pairs = list(zip(o_idx.tolist(), served[o_idx].tolist(), strict=True))
-    e_pairs = list(zip(bj[e_idx].tolist(), sold[e_idx].tolist(), strict=True))
-    alloc: _Alloc = []
-    o_at = e_at = 0
-    while o_at < len(o_pairs) or e_at < len(e_pairs):
-        c = min(o_cls[o_at] if o_at < len(o_cls) else n_c, e_cls[e_at] if e_at < len(e_cls) else n_c)
-        o_end, e_end = o_at, e_at
-        while o_end < len(o_cls) and o_cls[o_end] == c:
-            o_end += 1
-        while e_end < len(e_cls) and e_cls[e_end] == c:
-            e_end += 1
-        alloc.extend(_pair_class(orders, bids, o_pairs[o_at:o_end], e_pairs[e_at:e_end]))
-        o_at, e_at = o_end, e_end
-    return alloc
+    return _pair_classes(om, bp, cls, ci, bj, served, sold)
 
 
-def _pair_class(
-    orders: Sequence[OrderLot],
-    bids: Sequence[BidLot],
-    o_units: list[tuple[int, int]],
-    b_units: list[tuple[int, int]],
+def _pair_classes(
+    max_prices: np.ndarray,
+    prices: np.ndarray,
+    order_class: np.ndarray,
+    arc_class: np.ndarray,
+    arc_bid: np.ndarray,
+    served: np.ndarray,
+    sold: np.ndarray,
 ) -> _Alloc:
-    """Pair the served units of one duration class with the units sold into it.
+    """Pair, within each duration class, the units served to its orders with the units sold
+    into it, all classes at once.
 
-    In an optimum every served order of the class has ``max_price >=`` every
-    price sold into it (else dropping that unit would raise gains), so any
-    pairing is valid and has the same gains and units.  Both sides are paired
-    in ascending price order, which is deterministic.
+    In an optimum every served order of a class has ``max_price >=`` every price sold into it
+    (else dropping that unit would raise gains), so any pairing is valid and has the same gains
+    and units.  Both sides are laid out on one axis of units, class after class (orders by max
+    price then index, bids by index, which is price order); each stretch between consecutive
+    boundaries of either side is one (order, bid) pair, and a pair meets in one stretch only.
     """
-    o_units.sort(key=lambda t: (orders[t[0]].max_price, orders[t[0]].key))
-    b_units.sort(key=lambda t: (bids[t[0]].price, bids[t[0]].key))
-    if sum(u for _, u in o_units) != sum(u for _, u in b_units):
+    o_idx = np.nonzero(served > 0)[0]
+    o_idx = o_idx[np.lexsort((o_idx, max_prices[o_idx], order_class[o_idx]))]
+    e_idx = np.nonzero(sold > 0)[0]
+    e_idx = e_idx[np.lexsort((arc_bid[e_idx], arc_class[e_idx]))]
+    o_end = np.cumsum(served[o_idx])
+    e_end = np.cumsum(sold[e_idx])
+    if int(served.sum()) != int(sold.sum()):
+        raise RuntimeError("min-cost flow is not conserved at the duration classes")
+    # Units are conserved class by class, so the class boundaries coincide on both sides
+    # (checked below: every stretch pairs an order and a bid of the same class).
+    cuts = np.union1d(o_end, e_end)
+    starts = np.concatenate([[0], cuts[:-1]])
+    which_o = o_idx[np.searchsorted(o_end, starts, side="right")]
+    which_arc = e_idx[np.searchsorted(e_end, starts, side="right")]
+    which_b = arc_bid[which_arc]
+    if (order_class[which_o] != arc_class[which_arc]).any():
         raise RuntimeError("min-cost flow is not conserved at a duration class")
-    out: _Alloc = []
-    i = j = 0
-    left_o = o_units[0][1] if o_units else 0
-    left_b = b_units[0][1] if b_units else 0
-    while i < len(o_units) and j < len(b_units):
-        oi, bi = o_units[i][0], b_units[j][0]
-        u = min(left_o, left_b)
-        m, p = orders[oi].max_price, bids[bi].price
-        if m < p:
-            raise RuntimeError(f"optimum pairs {orders[oi].key} below bid {bids[bi].key}")
-        out.append((oi, bi, u))
-        left_o -= u
-        left_b -= u
-        if left_o == 0:
-            i += 1
-            left_o = o_units[i][1] if i < len(o_units) else 0
-        if left_b == 0:
-            j += 1
-            left_b = b_units[j][1] if j < len(b_units) else 0
-    return out
+    if (max_prices[which_o] < prices[which_b]).any():
+        raise RuntimeError("the optimum pairs an order below a bid's price")
+    return list(zip(which_o.tolist(), which_b.tolist(), (cuts - starts).tolist(), strict=True))
 
 
 def _solve_python(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> _Alloc:
