@@ -22,8 +22,8 @@ from underbid.matcher import clearing
 from underbid.matcher.clearing import (
     BidLot,
     Clearing,
-    Match,
     MarketClearing,
+    Match,
     OrderLot,
     accountability_violations,
     clear,
