@@ -838,8 +838,8 @@ def test_scaling_costs_does_not_change_the_outcome(
     inst: tuple[list[OrderLot], list[BidLot]], price_scale: int, time_scale: int
 ) -> None:
     """Prices times one factor and durations times another (bids' max durations too): gains
-    scale by their product, the matched units stay, and the prices scale with the factor (a
-    price held one base unit above a priced-out order's max scales to ``max * k + 1``)."""
+    scale by their product, the matched units stay, and the prices scale with the factor (up to
+    the rounding of the rule)."""
     orders, bids = inst
     big_o = [OrderLot(o.key, o.market, o.units, o.duration * time_scale, o.max_price * price_scale)
              for o in orders]
@@ -848,7 +848,11 @@ def test_scaling_costs_does_not_change_the_outcome(
     small_c, big_c = clear(orders, bids), clear(big_o, big_b)
     gains, units = value(small_c.matches, orders, bids)
     assert value(big_c.matches, big_o, big_b) == (gains * price_scale * time_scale, units)
-    assert {m: -(-p // price_scale) for m, p in big_c.prices.items()} == small_c.prices
+    assert big_c.prices.keys() == small_c.prices.keys()
+    for market, price in small_c.prices.items():
+        # Within one step of the scaled price: a price one base unit above a priced-out max,
+        # or the middle of a range rounded down, does not scale exactly.
+        assert (price - 1) * price_scale < big_c.prices[market] < (price + 1) * price_scale
     check_clearing(big_c, big_o, big_b)
 
 
@@ -890,3 +894,25 @@ def test_price_search_never_loses_gains() -> None:
     assert accountability_violations(searched.matches, orders, bids) == []
     with pytest.raises(ValueError, match="price_search_solves"):
         clear(orders, bids, price_search_solves=-1)
+
+
+def test_markets_outside_the_lexicographic_range_keep_exact_gains(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Units weigh the costs (gains x (units + 1)): with 2**58 units that leaves OR-Tools' range
+    while the gains alone fit.  A big market then gets OR-Tools' exact gains and its zero-gain
+    pairs added greedily (o2 can only take b2, priced at its max); a small one the exact Python
+    solver.  Both find the optimum: o1 on b1, and o2's 3 units on b2."""
+    orders = [OrderLot("0xo1", M, 2**58, 7200, 10), OrderLot("0xo2", M, 3, 3600, 5)]
+    bids = [BidLot("0xb1", M, "0x01", 2**58, 4, 7200), BidLot("0xb2", M, "0x02", 5, 5, 3600)]
+    expected = (Match("0xo1", "0xb1", 2**58), Match("0xo2", "0xb2", 3))
+    mo = sorted(orders, key=lambda o: o.key)
+    mb = sorted(bids, key=lambda b: (b.price, b.key))
+    assert clearing._solve_ortools(mo, mb) is None
+    assert clearing._solve_ortools(mo, mb, units_second=False) is not None
+    assert max_gain_allocation(orders, bids) == expected  # small: the Python solver
+    monkeypatch.setattr(clearing, "_PYTHON_EXACT_PAIRS", 0)
+
+    def no_fallback(*_: object) -> object:
+        raise AssertionError("the pure-Python solver was reached")
+
+    monkeypatch.setattr(clearing, "_solve_python", no_fallback)
+    assert max_gain_allocation(orders, bids) == expected  # big: OR-Tools, then the tie added

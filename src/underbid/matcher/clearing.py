@@ -60,7 +60,14 @@ Exactness and overflow
     ``INT64_MAX / (2 * (nodes + 1))`` is refused, and OR-Tools guards its
     potentials and verifies its result before it reports OPTIMAL.  A market
     outside that range, or any other status, is solved by a pure-Python
-    successive shortest path solver on unbounded integers: a correctness
+    successive shortest path solver on unbounded integers when it is small
+    (``_PYTHON_EXACT_PAIRS``).  A big one first gets OR-Tools without the unit
+    weight (exact gains; zero-gain pairs are then added greedily, which can
+    leave units short of the most): the weight multiplies costs by the units,
+    so an order of one unit at a huge max price (a few thousand dollars of
+    escrow) could push it out of range, while the gains alone leave it only
+    when an order's duration x max price passes ~1e15 base-unit-seconds (a
+    million dollars of escrow or more).  The Python solver is a correctness
     fallback that realistic inputs (durations in seconds up to weeks, prices
     in 6-decimal base units, dust orders) do not reach.  The flow's capacity
     constraints are checked after the solve, whatever solved it; an
@@ -139,8 +146,11 @@ Solver = Literal["auto", "ortools", "python"]
 # Inputs above this are kept out of numpy/OR-Tools int64 arithmetic altogether.
 _INT64_HEADROOM = 2**62
 _INT64_MAX = 2**63 - 1
-# Markets with fewer duration classes x bids than this are solved unpruned (see _max_gain_market).
+# Markets with fewer duration classes x bids than this are solved unpruned (see _prepare).
 _PRUNE_FROM_ARCS = 20_000
+# Outside OR-Tools' range, markets with at most this many order x bid pairs go to the exact Python
+# solver (well under a second); bigger ones to OR-Tools without the unit weight (_solve_prepared).
+_PYTHON_EXACT_PAIRS = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -594,10 +604,42 @@ def _solve_prepared(
         alloc = _solve_ortools(solved_orders, kept_bids, needed)
         if alloc is None and solver == "ortools":
             raise ValueError("market outside the exact int64 range of OR-Tools")
+    if alloc is None and solver == "auto" and len(solved_orders) * len(kept_bids) > _PYTHON_EXACT_PAIRS:
+        # Too big for the Python solver to be quick: exact gains from OR-Tools without the unit
+        # weight (it multiplies costs by the units), then zero-gain pairs added greedily.
+        alloc = _solve_ortools(solved_orders, kept_bids, needed, units_second=False)
+        if alloc is not None:
+            alloc = _add_zero_gain_pairs(solved_orders, kept_bids, alloc)
     if alloc is None:
         alloc = _solve_python(solved_orders, kept_bids)
     _check_alloc(solved_orders, kept_bids, alloc)
     return [(order_ids[oi], prepared.bids[bi], units) for oi, bi, units in alloc]
+
+
+def _add_zero_gain_pairs(orders: Sequence[OrderLot], bids: Sequence[BidLot], alloc: _Alloc) -> _Alloc:
+    """Adds, greedily in (order key, bid) order, units between orders and bids both left with
+    some, where the bid is priced exactly at the order's max price (no other pair can be left:
+    it would gain).  Gains stay the most; units are the most a greedy pass finds, which can fall
+    short of the most there are."""
+    units_of = {(oi, bi): units for oi, bi, units in alloc}
+    order_left = [o.units for o in orders]
+    bid_left = [b.capacity for b in bids]
+    for (oi, bi), units in units_of.items():
+        order_left[oi] -= units
+        bid_left[bi] -= units
+    prices = [b.price for b in bids]  # ascending
+    for oi, order in enumerate(orders):
+        start, end = bisect_left(prices, order.max_price), bisect_right(prices, order.max_price)
+        for bi in range(start, end):
+            if order_left[oi] == 0:
+                break
+            if bid_left[bi] == 0 or bids[bi].max_duration < order.duration:
+                continue
+            units = min(order_left[oi], bid_left[bi])
+            units_of[(oi, bi)] = units_of.get((oi, bi), 0) + units
+            order_left[oi] -= units
+            bid_left[bi] -= units
+    return [(oi, bi, units) for (oi, bi), units in units_of.items()]
 
 
 def _max_gain_market(
@@ -714,7 +756,11 @@ def _closed_tiers(before: np.ndarray, dem: np.ndarray) -> np.ndarray:
 
 
 def _solve_ortools(
-    orders: Sequence[OrderLot], bids: Sequence[BidLot], needed: np.ndarray | None = None
+    orders: Sequence[OrderLot],
+    bids: Sequence[BidLot],
+    needed: np.ndarray | None = None,
+    *,
+    units_second: bool = True,
 ) -> _Alloc | None:
     """Min-cost flow with OR-Tools on the duration-class graph; None when the
     market is outside the range OR-Tools solves exactly (the caller then uses
@@ -788,11 +834,12 @@ def _solve_ortools(
     gain_b = durs[ci] * (bp[bj] - ref[ci])
     g = int(np.gcd(np.gcd.reduce(gain_o), np.gcd.reduce(gain_b))) or 1
     n_nodes = n_c + n_b + 2
-    weight = int(ou[servable].sum()) + 1  # K
+    weight = int(ou[servable].sum()) + 1 if units_second else 1  # K
+    bonus = 1 if units_second else 0
     limit = _INT64_MAX // (2 * (n_nodes + 1))
-    if (int(gain_o.max()) // g) * weight + 1 > limit or (int(gain_b.max()) // g) * weight > limit:
+    if (int(gain_o.max()) // g) * weight + bonus > limit or (int(gain_b.max()) // g) * weight > limit:
         return None
-    cost_o = np.where(servable, -(gain_o // g) * weight - 1, 0)
+    cost_o = np.where(servable, -(gain_o // g) * weight - bonus, 0)
     cost_cb = (gain_b // g) * weight
     src, sink = 0, n_nodes - 1
     tails = np.concatenate([
