@@ -66,8 +66,8 @@ Exactness and overflow
     leave units short of the most): the weight multiplies costs by the units,
     so an order of one unit at a huge max price (a few thousand dollars of
     escrow) could push it out of range, while the gains alone leave it only
-    when an order's duration x max price passes ~1e15 base-unit-seconds (a
-    million dollars of escrow or more).  The Python solver is a correctness
+    when an order's duration x max price passes ~1e15 base-unit-seconds
+    (about $300,000 of escrow or more).  The Python solver is a correctness
     fallback that realistic inputs (durations in seconds up to weeks, prices
     in 6-decimal base units, dust orders) do not reach.  The flow's capacity
     constraints are checked after the solve, whatever solved it; an
