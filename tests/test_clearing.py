@@ -296,7 +296,8 @@ def check_clearing(c: Clearing, orders: list[OrderLot], bids: list[BidLot]) -> N
         for k in mc.dropped_orders:
             assert ob[k].max_price < mc.price, "a priced-out order could not pay the price"
         used = {m.bid_key for m in mc.matches}
-        unused = [b.price for b in market_bids if b.key not in used]
+        unused = [b.price for b in market_bids
+                  if b.key not in used and any(tradable(o, b) for o in market_orders)]
         served = {m.order_key for m in mc.matches}
         unserved = [o.max_price for o in market_orders
                     if o.key not in served and any(tradable(o, b) for b in market_bids)]
@@ -306,7 +307,7 @@ def check_clearing(c: Clearing, orders: list[OrderLot], bids: list[BidLot]) -> N
             expected = min(max(max(unserved), floor), hi)
         else:
             expected = (floor + hi) // 2
-        assert mc.price == expected
+        assert mc.price == min(max(expected, 1), hi)
         # The matches are an exact optimum of the orders and bids taking part.
         opt = max_gain_allocation(taking, offered, prune=False, solver="python")
         assert value(mc.matches, orders, bids) == value(opt, orders, bids)
@@ -535,8 +536,9 @@ def test_duration_incompatibility() -> None:
     bids = [BidLot("0xshort", M, "0x01", 5, 1, 9), BidLot("0xlong", M, "0x02", 5, 20, 10)]
     c = clear(orders, bids)
     assert c.matches == (Match("0xo1", "0xlong", 2),)
-    # The cheap short bid is unused: it sets no price above the winner, so p = lo.
-    assert c.prices == {M: 20}
+    # The cheap short bid is unused but can serve no order, so it sets no price: nothing is
+    # left on either side that could trade, and the price is the middle of [20, 50].
+    assert c.prices == {M: 35}
     assert brute_accountability(c.matches, orders, bids) == []
 
 
@@ -583,10 +585,30 @@ def test_uniform_price_is_cheapest_unused_bid() -> None:
     assert c.prices == {M: 30}
 
 
-def test_price_clamped_to_lowest_served_max_price() -> None:
+def test_a_bid_that_can_serve_no_order_sets_no_price() -> None:
+    """b2 at 30 is above the only max price (25): it could trade with no one, so it does not
+    pull the price up to 25; nothing else is left, so the price is the middle of [10, 25]."""
     orders = [OrderLot("0xo1", M, 1, 1, 25)]
     bids = [BidLot("0xb1", M, "0x01", 1, 10, 1), BidLot("0xb2", M, "0x02", 1, 30, 1)]
-    assert clear(orders, bids).prices == {M: 25}
+    assert clear(orders, bids).prices == {M: 17}
+
+
+def test_a_useless_cheap_bid_cannot_pull_the_price_down() -> None:
+    """A bid at price 0 lasting one second can serve none of these orders: it must not set the
+    price (it would cost its provider nothing and drag every winner down to the marginal one)."""
+    orders = [OrderLot("0xo1", M, 1, 3600, 100)]
+    bids = [BidLot("0xw", M, "0x01", 1, 50, 3600), BidLot("0xb3", M, "0x02", 1, 80, 3600)]
+    honest = clear(orders, bids)
+    assert honest.prices == {M: 80}
+    dummy = BidLot("0xdummy", M, "0x03", 1, 0, 1)
+    assert clear(orders, [*bids, dummy]).prices == {M: 80}
+
+
+def test_the_price_is_never_zero() -> None:
+    """The contract refuses a zero price (MarketNotPriced): a bid at 0 against a max of 1."""
+    assert clear([OrderLot("0xo1", M, 1, 1, 1)], [BidLot("0xb1", M, "0x01", 1, 0, 1)]).prices == {M: 1}
+    assert clear([OrderLot("0xo1", M, 1, 1, 5)], [BidLot("0xb1", M, "0x01", 1, 0, 1),
+                                                   BidLot("0xb2", M, "0x02", 1, 0, 1)]).prices == {M: 1}
 
 
 def test_price_splits_the_range_when_every_bid_and_order_is_used() -> None:
@@ -692,6 +714,18 @@ def test_accountability_helper_detects_a_violation() -> None:
     assert accountability_violations(bad, orders, bids) == [("0xcheap", "0xdear")]
     assert brute_accountability(bad, orders, bids) == [("0xcheap", "0xdear")]
     assert accountability_violations([Match("0xo1", "0xcheap", 1)], orders, bids) == []
+
+
+def test_accountability_helper_detects_a_swap() -> None:
+    """The cheap bid serves the short order while the dear one serves the long order the cheap
+    one could serve: swapping them gains (4 - 1) x (5 - 1), so the court would slash."""
+    orders = [OrderLot("0xshort", M, 1, 1, 10), OrderLot("0xlong", M, 1, 4, 10)]
+    bids = [BidLot("0xcheap", M, "0x01", 1, 1, 4), BidLot("0xdear", M, "0x02", 1, 5, 4)]
+    bad = [Match("0xshort", "0xcheap", 1), Match("0xlong", "0xdear", 1)]
+    assert accountability_violations(bad, orders, bids) == [("0xcheap", "0xdear")]
+    good = [Match("0xshort", "0xdear", 1), Match("0xlong", "0xcheap", 1)]
+    assert accountability_violations(good, orders, bids) == []
+    assert clear(orders, bids).matches == tuple(sorted(good, key=lambda m: (m.order_key, m.bid_key)))
 
 
 def test_multiple_markets_sorted_with_own_prices() -> None:
@@ -916,3 +950,31 @@ def test_markets_outside_the_lexicographic_range_keep_exact_gains(monkeypatch: p
 
     monkeypatch.setattr(clearing, "_solve_python", no_fallback)
     assert max_gain_allocation(orders, bids) == expected  # big: OR-Tools, then the tie added
+
+
+def test_an_order_beyond_every_range_sits_out_instead_of_stalling_the_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An order whose duration x max price is beyond OR-Tools' range even without the unit
+    weight (escrow for it is the only cost) must not send a big market to the slow Python
+    solver: it sits the round out and the rest of the market clears exactly as without it."""
+    import random
+
+    rng = random.Random(4)
+    orders = [OrderLot(f"0xo{i:03d}", M, rng.randint(1, 16), rng.randint(3600, 7 * 86400),
+                       rng.randint(800_000, 1_500_000)) for i in range(60)]
+    bids = [BidLot(f"0xb{j:04d}", M, "0x01", rng.randint(1, 8), rng.randint(600_000, 1_400_000),
+                   rng.randint(3600, 14 * 86400)) for j in range(400)]
+    whale = OrderLot("0xwhale", M, 1, 3600, 2**62 // 3600 + 1)
+    honest = max_gain_allocation(orders, bids)
+
+    def no_fallback(*_: object) -> object:
+        raise AssertionError("the pure-Python solver was reached")
+
+    monkeypatch.setattr(clearing, "_solve_python", no_fallback)
+    monkeypatch.setattr(clearing, "_PYTHON_EXACT_PAIRS", 0)
+    with_whale = max_gain_allocation([*orders, whale], bids)
+    assert all(m.order_key != "0xwhale" for m in with_whale)
+    assert value(with_whale, orders, bids) == value(honest, orders, bids)
+    c = clear([*orders, whale], bids)
+    assert all(m.order_key != "0xwhale" for m in c.matches)

@@ -368,6 +368,11 @@ def test_the_honest_matchers_intake_rules(market, accounts, settlement, buyers, 
     reason = api.refuse(*m.order(buyer, duration=params.min_lease_duration - 1), 400, "duration")
     assert "at least 60 seconds" in reason
     api.accept(*m.order(buyer, duration=params.min_lease_duration, units=1))
+    # An order that costs nothing at its max price (1 unit, 60 s, 59 base units an hour: 0.98 of a
+    # base unit, rounded down) could never settle and would tie up no escrow.
+    reason = api.refuse(*m.order(buyer, duration=60, units=1, max_price=59), 400, "maxPrice")
+    assert "costs nothing" in reason
+    api.accept(*m.order(buyer, duration=60, units=1, max_price=60))
 
     # Escrow is reserved across a buyer's open orders: escrow for one order does not fund two.
     thrifty = buyers[1]
@@ -807,3 +812,23 @@ def test_round_close_errors_never_escape_as_500(tmp_path):
                 time.sleep(0.01)
             assert close["status"] == "failed" and type(expected).__name__ in close["error"], close
             assert len(close["error"]) <= 2000
+
+
+def test_a_cancel_requested_bid_in_a_market_no_order_reaches_is_dropped_at_the_close(
+    market, settlement, providers, api, matcher_process
+):
+    """A round reads only markets where both sides are open, yet a bid alone in its market whose
+    provider asked to cancel its nonce must not keep holding the provider's stake at intake:
+    the close re-checks such markets' messages too (while there are few, IDLE_CANCEL_CHECKS)."""
+    m = market
+    m.stake_provider(providers[0], 2)
+    bid, signature = m.bid(providers[0], capacity=2)
+    digest = api.accept(bid, signature)
+    # The stake is reserved: a second bid of 2 units does not fit.
+    api.refuse(*m.bid(providers[0], capacity=2), 400, "capacity")
+    settlement.requestCancel([bid.nonce], sender=providers[0])
+    report = matcher_process.close_round().json()
+    assert report["state"] == "open"  # nothing to match
+    view = api.request("GET", f"/bids/{digest}").json()
+    assert view["status"] == "dropped" and "cancellation" in view["reason"]
+    api.accept(*m.bid(providers[0], capacity=2))

@@ -289,11 +289,14 @@ def accountability_violations(
 ) -> list[tuple[str, str]]:
     """Pairs (cheaper bid B, winning bid W) that break the accountability rule.
 
-    The rule: no winning W with a bid B of the same market where
+    The rule has the two forms the on-chain court proves (``MatcherCourt``):
+    a spare unit, no winning W with a bid B of the same market where
     ``B.price < W.price``, B is not completely filled and ``B.max_duration``
-    covers the duration of some order W serves.  The matcher can run this as a
-    self-check before it submits a settlement; an empty list means none.
-    One witness B (the longest-lived cheaper bid) is reported per W.
+    covers the duration of some order W serves; and a swap, no winning W
+    serving an order longer than one the cheaper winning B serves, when B
+    lasts long enough for it.  The matcher can run this as a self-check before
+    it submits a settlement; an empty list means none.  One spare-unit witness
+    B (the longest-lived cheaper bid) is reported per W, and every swap pair.
     """
     orders_by_key = {o.key: o for o in orders}
     bids_list = list(bids)
@@ -329,6 +332,17 @@ def accountability_violations(
         i = bisect_left(prices, w.price)  # bids strictly cheaper than W
         if i and best[i - 1].max_duration >= min_dur[wkey]:
             out.append((best[i - 1].key, wkey))
+    max_dur: dict[str, int] = {}
+    for m in matches:
+        d = orders_by_key[m.order_key].duration
+        max_dur[m.bid_key] = max(d, max_dur.get(m.bid_key, d))
+    for wkey in sorted(max_dur):
+        w = bids_by_key[wkey]
+        for bkey in sorted(min_dur):
+            b = bids_by_key[bkey]
+            if (b.market == w.market and b.price < w.price and min_dur[bkey] < max_dur[wkey]
+                    and b.max_duration >= max_dur[wkey] and (bkey, wkey) not in out):
+                out.append((bkey, wkey))  # a swap of those two orders would gain
     return out
 
 
@@ -473,21 +487,39 @@ def _uniform_price(
 ) -> int:
     """The price of the best losing message on the long side, kept within [floor, hi].
 
-    With a bid left unused: the cheapest such bid (supply is long).  With every bid used:
+    With a bid left unused that could serve some order: the cheapest such bid (supply is
+    long).  With every such bid used:
     the highest max price among the orders left unserved that some bid could serve (demand
     is long).  With neither: the middle of [floor, hi], rounded down.  The marginal winner's
     own message never sets the price, on either side.
     """
     used = {bi for _, bi, _ in alloc}
-    # bids are sorted by (price, key): the first unused one is the cheapest.
-    unused = next((b.price for i, b in enumerate(bids) if i not in used), None)
+    # bids are sorted by (price, key): the first unused one that could serve some order is the
+    # cheapest (a bid that can serve none, say a zero price for one second, must not set it).
+    unused = next((bids[i].price for i in _useful_bids(orders, bids) if i not in used), None)
     if unused is not None:
-        return min(max(unused, floor), hi)
-    served = {oi for oi, _, _ in alloc}
-    unserved = [orders[i].max_price for i in _servable_orders(orders, bids) if i not in served]
-    if unserved:
-        return min(max(max(unserved), floor), hi)
-    return (floor + hi) // 2
+        price = min(max(unused, floor), hi)
+    else:
+        served = {oi for oi, _, _ in alloc}
+        unserved = [orders[i].max_price for i in _servable_orders(orders, bids) if i not in served]
+        price = min(max(max(unserved), floor), hi) if unserved else (floor + hi) // 2
+    # The contract takes no zero price (intake refuses a max price of 0, so hi >= 1 in a round).
+    return min(max(price, 1), hi)
+
+
+def _useful_bids(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> list[int]:
+    """Indices of the bids that could serve some order: long enough, priced at most its max."""
+    by_duration = sorted(orders, key=attrgetter("duration"))
+    durations = [o.duration for o in by_duration]
+    best_max: list[int] = []  # the highest max price among orders up to each duration
+    for o in by_duration:
+        best_max.append(max(o.max_price, best_max[-1]) if best_max else o.max_price)
+    out = []
+    for i, b in enumerate(bids):
+        reach = bisect_right(durations, b.max_duration)  # orders no longer than the bid
+        if reach and best_max[reach - 1] >= b.price:
+            out.append(i)
+    return out
 
 
 def _best_uniform_trial(
@@ -605,15 +637,46 @@ def _solve_prepared(
         if alloc is None and solver == "ortools":
             raise ValueError("market outside the exact int64 range of OR-Tools")
     if alloc is None and solver == "auto" and len(solved_orders) * len(kept_bids) > _PYTHON_EXACT_PAIRS:
-        # Too big for the Python solver to be quick: exact gains from OR-Tools without the unit
-        # weight (it multiplies costs by the units), then zero-gain pairs added greedily.
-        alloc = _solve_ortools(solved_orders, kept_bids, needed, units_second=False)
-        if alloc is not None:
-            alloc = _add_zero_gain_pairs(solved_orders, kept_bids, alloc)
+        # Too big for the Python solver to be quick (whoever posts a huge max price must not be
+        # able to stall the round): exact gains from OR-Tools without the unit weight (it
+        # multiplies costs by the units), then zero-gain pairs added greedily.
+        alloc, order_ids, solved_orders = _solve_unweighted(solved_orders, kept_bids, needed, order_ids)
     if alloc is None:
         alloc = _solve_python(solved_orders, kept_bids)
     _check_alloc(solved_orders, kept_bids, alloc)
     return [(order_ids[oi], prepared.bids[bi], units) for oi, bi, units in alloc]
+
+
+def _solve_unweighted(
+    orders: list[OrderLot], bids: list[BidLot], needed: np.ndarray | None, order_ids: list[int]
+) -> tuple[_Alloc, list[int], list[OrderLot]]:
+    """OR-Tools on gains alone, then zero-gain pairs added greedily.
+
+    If even the gains leave OR-Tools' range, the orders with the largest duration x max
+    price sit this round out, one at a time, until the rest fit: their gain terms are what
+    widen the range (every bid a class reaches is priced at most its best max price).  That
+    takes an order whose duration x max price passes INT64_MAX / (2 * (nodes + 1)) base-unit
+    seconds, backed by escrow for at least that over 3,600; the rest of the market still
+    clears exactly.  Returns the allocation and the orders (and their ids) it is over.
+    """
+    by_size = sorted(range(len(orders)), key=lambda i: (orders[i].duration * orders[i].max_price, i))
+    while by_size:
+        kept = sorted(by_size)
+        alloc = _solve_ortools([orders[i] for i in kept], bids, _needed_for(needed, orders, kept),
+                               units_second=False)
+        if alloc is not None:
+            kept_orders = [orders[i] for i in kept]
+            return _add_zero_gain_pairs(kept_orders, bids, alloc), [order_ids[i] for i in kept], kept_orders
+        by_size.pop()
+    return [], [], []
+
+
+def _needed_for(needed: np.ndarray | None, orders: Sequence[OrderLot], kept: Sequence[int]) -> np.ndarray | None:
+    """The pruning's class mask for a subset of the orders (columns of the durations left)."""
+    if needed is None:
+        return None
+    durations = sorted({o.duration for o in orders})
+    return needed[:, np.searchsorted(durations, sorted({orders[i].duration for i in kept}))]
 
 
 def _add_zero_gain_pairs(orders: Sequence[OrderLot], bids: Sequence[BidLot], alloc: _Alloc) -> _Alloc:
@@ -887,6 +950,8 @@ def _pair_classes(
     price then index, bids by index, which is price order); each stretch between consecutive
     boundaries of either side is one (order, bid) pair, and a pair meets in one stretch only.
     """
+    if not served.any() and not sold.any():  # nothing flowed (only zero-gain pairs, unweighted)
+        return []
     o_idx = np.nonzero(served > 0)[0]
     o_idx = o_idx[np.lexsort((o_idx, max_prices[o_idx], order_class[o_idx]))]
     e_idx = np.nonzero(sold > 0)[0]

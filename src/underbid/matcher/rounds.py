@@ -55,6 +55,12 @@ class RoundReport:
     seconds: dict[str, float] | None = None
 
 
+#: A round close re-checks the cancel requests of the messages in markets with one side open only
+#: while there are at most this many (one JSON-RPC batch of that many reads); beyond that they are
+#: checked when their market can trade, or drop out at their deadline.
+IDLE_CANCEL_CHECKS = 5_000
+
+
 class Progress(StrEnum):
     """Where `_advance` left a round."""
 
@@ -259,13 +265,20 @@ class Matcher:
     def _snapshot_of(self, round_id: int) -> tuple[list[StoredMessage], list[StoredMessage]]:
         """The open messages taken in `round_id` or before that stay valid long enough, in the
         markets where both orders and bids are open: no other message can match, and reading (and
-        re-checking on chain) 200,000 idle bids took most of a minute."""
+        re-checking on chain) 200,000 idle bids took most of a minute (see IDLE_CANCEL_CHECKS)."""
         self.chain.cache.invalidate()
         horizon = self._settle_horizon()
-        tradable = sorted(
-            self.store.open_markets(MessageKind.ORDER, horizon, round_upto=round_id)
-            & self.store.open_markets(MessageKind.BID, horizon, round_upto=round_id)
-        )
+        order_markets = self.store.open_markets(MessageKind.ORDER, horizon, round_upto=round_id)
+        bid_markets = self.store.open_markets(MessageKind.BID, horizon, round_upto=round_id)
+        tradable = sorted(order_markets & bid_markets)
+        idle = sorted((order_markets | bid_markets) - set(tradable))
+        if idle and self.store.count_open(horizon, idle, round_upto=round_id) <= IDLE_CANCEL_CHECKS:
+            # Messages no round can match still hold their signer's stake or escrow at intake:
+            # drop those whose cancellation was requested, as for the rest, while that is cheap.
+            self._without_cancel_requests(
+                self.store.open_messages(MessageKind.ORDER, horizon, round_upto=round_id, markets=idle),
+                self.store.open_messages(MessageKind.BID, horizon, round_upto=round_id, markets=idle),
+            )
         if not tradable:
             return [], []
         return (

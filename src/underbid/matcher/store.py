@@ -488,6 +488,20 @@ class Store:
         with self._reading() as db:
             return {row[0] for row in db.execute(f"SELECT DISTINCT market FROM messages WHERE {query}", args)}
 
+    def count_open(self, now: int, markets: Sequence[str], round_upto: int | None = None) -> int:
+        """How many open messages of either kind (filtered as `open_messages`) `markets` hold."""
+        total = 0
+        with self._reading() as db:
+            for kind in MessageKind:
+                query, args = self._open_filter(kind, now, round_upto)
+                for start in range(0, len(markets), _SQL_VARIABLES):
+                    chunk = list(markets[start:start + _SQL_VARIABLES])
+                    total += db.execute(
+                        f"SELECT COUNT(*) FROM messages WHERE {query} AND market IN ({','.join('?' * len(chunk))})",
+                        [*args, *chunk],
+                    ).fetchone()[0]
+        return total
+
     @staticmethod
     def _open_filter(kind: MessageKind, now: int, round_upto: int | None) -> tuple[str, list[Any]]:
         query = "status = 'open' AND kind = ? AND deadline >= ?"

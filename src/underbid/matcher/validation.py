@@ -189,6 +189,15 @@ class Validator:
                 "duration",
                 f"must be at least {self.chain.min_lease_duration} seconds (the protocol's shortest lease)",
             )
+        if isinstance(message, Order) and order_cost(message.units, message.max_price, message.duration) == 0:
+            # It could never settle (the contract refuses a lease that costs nothing), and such
+            # orders would cost their poster no escrow at all.
+            raise Rejection(
+                400,
+                "maxPrice",
+                "the order costs nothing at its max price (units × maxPrice × duration / 3600 rounds"
+                " down to 0 credit base units): raise the max price",
+            )
         return Accepted(kind, "0x" + digest_bytes.hex(), message, signature)
 
     @staticmethod
