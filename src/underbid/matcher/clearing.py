@@ -119,7 +119,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from operator import attrgetter
@@ -507,19 +507,18 @@ def _uniform_price(
     return min(max(price, 1), hi)
 
 
-def _useful_bids(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> list[int]:
-    """Indices of the bids that could serve some order: long enough, priced at most its max."""
+def _useful_bids(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> Iterator[int]:
+    """Indices, in order, of the bids that could serve some order: long enough, priced at most
+    its max (lazily: the caller usually stops at one of the first)."""
     by_duration = sorted(orders, key=attrgetter("duration"))
     durations = [o.duration for o in by_duration]
     best_max: list[int] = []  # the highest max price among orders up to each duration
     for o in by_duration:
         best_max.append(max(o.max_price, best_max[-1]) if best_max else o.max_price)
-    out = []
     for i, b in enumerate(bids):
         reach = bisect_right(durations, b.max_duration)  # orders no longer than the bid
         if reach and best_max[reach - 1] >= b.price:
-            out.append(i)
-    return out
+            yield i
 
 
 def _best_uniform_trial(
