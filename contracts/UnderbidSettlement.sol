@@ -60,6 +60,10 @@ contract UnderbidSettlement is
         bytes32[] bidDigests;
         uint256[] bidLeft;
         uint256 termsBase;
+        /// The market of the previous match and its `_batchTermsFor` answer: matches come grouped
+        /// by market, so most skip the cache lookup.
+        bytes32 lastMarket;
+        uint256 lastTerms;
     }
 
     /// @dev Where a signer's account id sits in a `Book` entry, above the units left.
@@ -143,9 +147,18 @@ contract UnderbidSettlement is
     function leaseIdOf(address matcher, uint64 round, bytes32 orderDigest, bytes32 bidDigest)
         public
         pure
-        returns (bytes32)
+        returns (bytes32 id)
     {
-        return keccak256(abi.encode(matcher, round, orderDigest, bidDigest));
+        // keccak256(abi.encode(matcher, round, orderDigest, bidDigest)), hashed in free memory
+        // without allocating it: settle computes one per match.
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, and(matcher, 0xffffffffffffffffffffffffffffffffffffffff))
+            mstore(add(ptr, 0x20), and(round, 0xffffffffffffffff))
+            mstore(add(ptr, 0x40), orderDigest)
+            mstore(add(ptr, 0x60), bidDigest)
+            id := keccak256(ptr, 0x80)
+        }
     }
 
     /// @dev Settles one batch of the caller's round: verifies every message, then opens a lease per match.
@@ -244,9 +257,8 @@ contract UnderbidSettlement is
     /// @dev When a challenge naming lease `leaseId` as witness can be made until, and the lease's
     /// start and end (all zero for an unknown lease).
     function challengeTermsOf(bytes32 leaseId) external view returns (uint256 closesAt, uint256 start, uint256 end) {
-        LeaseRecord storage lease = _leases[leaseId];
-        if (lease.buyerId == 0) return (0, 0, 0);
-        BatchTerms storage batch = _batchTerms[lease.termsRef];
+        if (_leases[leaseId].buyerId == 0) return (0, 0, 0);
+        (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
         start = batch.start;
         end = lease.end;
         closesAt = start + maxRoundSpan + _termsOf(batch).challengeWindow;
@@ -269,7 +281,7 @@ contract UnderbidSettlement is
         uint256 matchIndex,
         Book memory book
     ) private {
-        (uint256 price, uint32 termsRef) = _checkTerms(round, order, bid, m, book.termsBase);
+        (uint256 price, uint32 termsRef) = _checkTerms(round, order, bid, m, book);
         uint256 units = m.units;
         uint256 orderEntry = book.orderLeft[m.orderIndex];
         if (uint128(orderEntry) < units) revert OrderOverfilled(m.orderIndex);
@@ -318,36 +330,37 @@ contract UnderbidSettlement is
         OrderLib.Order calldata order,
         BidLib.Bid calldata bid,
         Match calldata m,
-        uint256 termsBase
+        Book memory book
     ) private returns (uint256 price, uint32 termsRef) {
-        if (order.market != bid.market) revert MarketMismatch(m.orderIndex, m.bidIndex);
-        (price, termsRef) = _batchTermsFor(round, order.market, termsBase);
+        bytes32 market = order.market;
+        if (market != bid.market) revert MarketMismatch(m.orderIndex, m.bidIndex);
+        uint256 terms = book.lastTerms;
+        if (terms == 0 || market != book.lastMarket) {
+            terms = _batchTermsFor(round, market, book.termsBase);
+            (book.lastMarket, book.lastTerms) = (market, terms);
+        }
+        (price, termsRef) = (terms >> 32, uint32(terms));
         if (bid.price > price) revert BidAboveClearingPrice(m.bidIndex, bid.price, price);
         if (price > order.maxPrice) revert ClearingPriceAboveMaxPrice(m.orderIndex, order.maxPrice, price);
         if (order.duration < minLeaseDuration) revert DurationTooShort(m.orderIndex, minLeaseDuration);
         if (order.duration > bid.maxDuration) revert DurationTooLong(m.orderIndex, m.bidIndex);
     }
 
-    /// @dev The round's clearing price of `market` and the batch's terms record for it, written on
-    /// the market's first match in the batch and then found in a transient cache (EIP-1153) keyed
-    /// by the batch's `termsBase`, so later matches read neither the price nor the record.
-    /// Reverts with `MarketNotPriced`.
-    function _batchTermsFor(uint64 round, bytes32 market, uint256 termsBase)
-        private
-        returns (uint256 price, uint32 termsRef)
-    {
+    /// @dev The round's clearing price of `market` and the batch's terms record for it, packed as
+    /// `price << 32 | termsRef`. The record is written on the market's first match in the batch
+    /// and then found in a transient cache (EIP-1153) keyed by the batch's `termsBase`, so later
+    /// matches read neither the price nor the record. Reverts with `MarketNotPriced`.
+    function _batchTermsFor(uint64 round, bytes32 market, uint256 termsBase) private returns (uint256 terms) {
         bytes32 key = keccak256(abi.encode(TERMS_CACHE, termsBase, market));
-        uint256 cached;
         assembly ("memory-safe") {
-            cached := tload(key)
+            terms := tload(key)
         }
-        if (cached != 0) return (cached >> 32, uint32(cached));
-        price = clearingPrice[msg.sender][round][market];
+        if (terms != 0) return terms;
+        uint256 price = clearingPrice[msg.sender][round][market];
         if (price == 0) revert MarketNotPriced(market);
-        termsRef = _newBatchTerms(price);
-        cached = (price << 32) | termsRef;
+        terms = (price << 32) | _newBatchTerms(price);
         assembly ("memory-safe") {
-            tstore(key, cached)
+            tstore(key, terms)
         }
     }
 
@@ -409,7 +422,7 @@ contract UnderbidSettlement is
     /// only when the batch records its fills, so two such entries could fill twice.
     /// The marks live in transient storage (EIP-1153) and are cleared by `_unmark`.
     function _markOnce(address signer, uint256 nonce) private {
-        bytes32 key = keccak256(abi.encode(signer, nonce));
+        bytes32 key = _markKey(signer, nonce);
         bool seen;
         assembly ("memory-safe") {
             seen := tload(key)
@@ -420,9 +433,18 @@ contract UnderbidSettlement is
 
     /// @dev Clears a transient mark, so a second `settle` in the same transaction starts clean.
     function _unmark(address signer, uint256 nonce) private {
-        bytes32 key = keccak256(abi.encode(signer, nonce));
+        bytes32 key = _markKey(signer, nonce);
         assembly ("memory-safe") {
             tstore(key, 0)
+        }
+    }
+
+    /// @dev keccak256(abi.encode(signer, nonce)), hashed in the scratch space (no allocation).
+    function _markKey(address signer, uint256 nonce) private pure returns (bytes32 key) {
+        assembly ("memory-safe") {
+            mstore(0x00, and(signer, 0xffffffffffffffffffffffffffffffffffffffff))
+            mstore(0x20, nonce)
+            key := keccak256(0x00, 0x40)
         }
     }
 }

@@ -75,7 +75,7 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
 
     /// @dev The lease record. Reverts with `UnknownLease`.
     function getLease(bytes32 leaseId) external view returns (Lease memory) {
-        (LeaseRecord storage lease, BatchTerms storage batch) = _existingLease(leaseId);
+        (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
         return Lease(
             accountAt[lease.buyerId],
             uint32(batch.start),
@@ -100,7 +100,7 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         view
         returns (uint256 accruedUnpaid, uint256 remaining, uint256 collateral)
     {
-        (LeaseRecord storage lease, BatchTerms storage batch) = _existingLease(leaseId);
+        (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
         if (lease.closed) return (0, 0, 0);
         uint256 paid = _accrued(lease, batch, _paidUntil(lease, batch));
         uint256 covered = _lastHeartbeat(lease, batch) + _termsOf(batch).heartbeatInterval;
@@ -123,7 +123,7 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         uint32 caller = _bindings[msg.sender].id;
         for (uint256 i; i < leaseIds.length; ++i) {
             bytes32 leaseId = leaseIds[i];
-            (LeaseRecord storage lease, BatchTerms storage batch) = _existingLease(leaseId);
+            (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
             if (lease.providerId != caller) revert NotLeaseProvider(leaseId, msg.sender);
             SkipReason reason;
             if (lease.closed) reason = SkipReason.Closed;
@@ -131,6 +131,7 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
             else if (block.timestamp >= _faultAt(lease, batch)) reason = SkipReason.FaultPending;
             else {
                 lease.lastHeartbeat = uint40(block.timestamp);
+                _store(leaseId, lease);
                 emit Heartbeat(leaseId, block.timestamp);
                 continue;
             }
@@ -150,7 +151,7 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         uint32 caller = _bindings[msg.sender].id;
         for (uint256 i; i < leaseIds.length; ++i) {
             bytes32 leaseId = leaseIds[i];
-            (LeaseRecord storage lease, BatchTerms storage batch) = _existingLease(leaseId);
+            (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
             if (lease.providerId != caller) revert NotLeaseProvider(leaseId, msg.sender);
             if (lease.closed || block.timestamp >= _faultAt(lease, batch)) {
                 ++skipped;
@@ -160,6 +161,7 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
             total += block.timestamp >= lease.end
                 ? _settleAndClose(leaseId, lease, batch, block.timestamp)
                 : _payUpTo(leaseId, lease, batch, block.timestamp);
+            _store(leaseId, lease);
         }
         if (total != 0) credit.safeTransfer(msg.sender, total);
     }
@@ -169,13 +171,14 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
     /// provider and release the collateral.
     /// Reverts with `UnknownLease`, `LeaseAlreadyClosed`, `NotLeaseBuyer` and `FaultPending`.
     function close(bytes32 leaseId) external nonReentrant {
-        (LeaseRecord storage lease, BatchTerms storage batch) = _existingLease(leaseId);
+        (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
         if (lease.closed) revert LeaseAlreadyClosed(leaseId);
         if (block.timestamp < lease.end && msg.sender != accountAt[lease.buyerId]) {
             revert NotLeaseBuyer(leaseId, msg.sender);
         }
         if (block.timestamp >= _faultAt(lease, batch)) revert FaultPending(leaseId);
         uint256 paid = _settleAndClose(leaseId, lease, batch, block.timestamp);
+        _store(leaseId, lease);
         if (paid != 0) credit.safeTransfer(accountAt[lease.providerId], paid);
     }
 
@@ -184,7 +187,7 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
     /// is slashed: `slashBuyerBps` of it to the buyer, `slashReporterBps` to the caller, the rest burned.
     /// Reverts with `UnknownLease`, `LeaseAlreadyClosed` and `HeartbeatNotMissed`.
     function reportFault(bytes32 leaseId) external nonReentrant {
-        (LeaseRecord storage lease, BatchTerms storage batch) = _existingLease(leaseId);
+        (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
         if (lease.closed) revert LeaseAlreadyClosed(leaseId);
         uint256 reportableAt = _faultAt(lease, batch);
         if (block.timestamp < reportableAt) revert HeartbeatNotMissed(leaseId, reportableAt);
@@ -195,6 +198,7 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         address buyer = accountAt[lease.buyerId];
         uint256 collateral = lease.units * stakePerUnit;
         uint256 paid = _settleAndClose(leaseId, lease, batch, stopAt);
+        _store(leaseId, lease);
         if (paid != 0) credit.safeTransfer(provider, paid);
 
         uint256 slashed = collateral * terms.slashBps / BPS;
@@ -216,50 +220,27 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
     /// @dev The first time a fault on `leaseId` can be reported, or `type(uint256).max` when the
     /// provider's heartbeats already cover the lease to its end. Reverts with `UnknownLease`.
     function faultReportableAt(bytes32 leaseId) public view returns (uint256) {
-        (LeaseRecord storage lease, BatchTerms storage batch) = _existingLease(leaseId);
+        (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
         return _faultAt(lease, batch);
     }
 
     /// @dev `faultReportableAt` of a lease already read.
-    function _faultAt(LeaseRecord storage lease, BatchTerms storage batch) private view returns (uint256) {
+    function _faultAt(LeaseRecord memory lease, BatchTerms memory batch) private view returns (uint256) {
         Params storage terms = _termsOf(batch);
         uint256 stopAt = _lastHeartbeat(lease, batch) + terms.heartbeatInterval;
         if (stopAt >= lease.end) return type(uint256).max;
         return stopAt + terms.heartbeatGrace + 1;
     }
 
-    /// @dev Pays the provider up to `until`, refunds the buyer the rest, closes the lease.
+    /// @dev Pays the provider up to `until`, refunds the buyer the rest, marks `lease` closed (the
+    /// caller stores it).
     /// @return paid Credits owed to the provider; the caller transfers them.
-    function _settleAndClose(bytes32 leaseId, LeaseRecord storage lease, BatchTerms storage batch, uint256 until)
+    function _settleAndClose(bytes32 leaseId, LeaseRecord memory lease, BatchTerms memory batch, uint256 until)
         private
         returns (uint256 paid)
     {
         paid = _payUpTo(leaseId, lease, batch, until);
         uint256 refund = _accrued(lease, batch, lease.end) - _accrued(lease, batch, _paidUntil(lease, batch));
-        _close(leaseId, lease, refund);
-    }
-
-    /// @dev Moves accrual between `paidUntil` and `min(until, end, last heartbeat + interval)` out of the buyer's locked escrow.
-    /// @return amount Credits owed to the provider; the caller transfers them.
-    function _payUpTo(bytes32 leaseId, LeaseRecord storage lease, BatchTerms storage batch, uint256 until)
-        private
-        returns (uint256 amount)
-    {
-        // Only time covered by heartbeats is paid for.
-        uint256 covered = _lastHeartbeat(lease, batch) + _termsOf(batch).heartbeatInterval;
-        if (until > covered) until = covered;
-        uint256 end = lease.end;
-        if (until > end) until = end;
-        uint256 paidUntil = _paidUntil(lease, batch);
-        if (until <= paidUntil) return 0;
-        amount = _accrued(lease, batch, until) - _accrued(lease, batch, paidUntil);
-        lease.paidUntil = uint40(until);
-        escrowOf[accountAt[lease.buyerId]].locked -= uint128(amount);
-        emit LeasePaid(leaseId, accountAt[lease.providerId], amount, until);
-    }
-
-    /// @dev Refunds `refund` to the buyer's free escrow, unlocks the collateral, marks the lease closed.
-    function _close(bytes32 leaseId, LeaseRecord storage lease, uint256 refund) private {
         lease.closed = true;
         if (refund != 0) {
             EscrowAccount storage account = escrowOf[accountAt[lease.buyerId]];
@@ -271,6 +252,25 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         emit LeaseClosed(leaseId, refund, collateral);
     }
 
+    /// @dev Moves accrual between `paidUntil` and `min(until, end, last heartbeat + interval)` out
+    /// of the buyer's locked escrow and advances `lease.paidUntil` (the caller stores it).
+    /// @return amount Credits owed to the provider; the caller transfers them.
+    function _payUpTo(bytes32 leaseId, LeaseRecord memory lease, BatchTerms memory batch, uint256 until)
+        private
+        returns (uint256 amount)
+    {
+        // Only time covered by heartbeats is paid for.
+        uint256 covered = _lastHeartbeat(lease, batch) + _termsOf(batch).heartbeatInterval;
+        if (until > covered) until = covered;
+        if (until > lease.end) until = lease.end;
+        uint256 paidUntil = _paidUntil(lease, batch);
+        if (until <= paidUntil) return 0;
+        amount = _accrued(lease, batch, until) - _accrued(lease, batch, paidUntil);
+        lease.paidUntil = uint40(until);
+        escrowOf[accountAt[lease.buyerId]].locked -= uint128(amount);
+        emit LeasePaid(leaseId, accountAt[lease.providerId], amount, until);
+    }
+
     /// @dev Records the terms every lease of this batch in one market shares: `price`, the block
     /// time as start and the current parameters version. Returns the reference leases store.
     function _newBatchTerms(uint256 price) internal returns (uint32 ref) {
@@ -278,7 +278,7 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         _batchTerms[ref] = BatchTerms(uint64(price), uint40(block.timestamp), paramsVersion);
     }
 
-    /// @dev Opens a lease (one storage word, written once) and emits nothing; the caller emits
+    /// @dev Opens a lease (its one storage word, written once) and emits nothing; the caller emits
     /// `LeaseOpened`. Reverts with `DuplicateLease`.
     function _openLease(
         bytes32 leaseId,
@@ -288,28 +288,37 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         uint32 termsRef,
         uint256 duration
     ) internal {
-        LeaseRecord storage lease = _leases[leaseId];
-        if (lease.buyerId != 0) revert DuplicateLease(leaseId);
-        _leases[leaseId] = LeaseRecord(buyerId, providerId, uint32(units), termsRef, uint40(block.timestamp + duration), 0, 0, false);
+        if (_leases[leaseId].buyerId != 0) revert DuplicateLease(leaseId);
+        _store(leaseId, LeaseRecord(buyerId, providerId, uint32(units), termsRef, uint40(block.timestamp + duration), 0, 0, false));
     }
 
-    /// @dev A lease and its batch terms. Reverts with `UnknownLease`.
-    function _existingLease(bytes32 leaseId)
-        internal
-        view
-        returns (LeaseRecord storage lease, BatchTerms storage batch)
-    {
+    /// @dev Writes a lease record as one word in one SSTORE (field-by-field assignment of a
+    /// storage struct costs a read and a write per field). The layout is Solidity's own for
+    /// `LeaseRecord` (fields packed from the low-order bits in declaration order), so the
+    /// compiler's reads of `_leases` see exactly these fields.
+    function _store(bytes32 leaseId, LeaseRecord memory lease) private {
+        uint256 word = uint256(lease.buyerId) | (uint256(lease.providerId) << 32) | (uint256(lease.units) << 64)
+            | (uint256(lease.termsRef) << 96) | (uint256(lease.end) << 128) | (uint256(lease.paidUntil) << 168)
+            | (uint256(lease.lastHeartbeat) << 208) | (lease.closed ? 1 << 248 : 0);
+        LeaseRecord storage slot = _leases[leaseId];
+        assembly ("memory-safe") {
+            sstore(slot.slot, word)
+        }
+    }
+
+    /// @dev A lease and its batch terms, read once (one cold word, one usually warm word).
+    /// Reverts with `UnknownLease`.
+    function _load(bytes32 leaseId) internal view returns (LeaseRecord memory lease, BatchTerms memory batch) {
         lease = _leases[leaseId];
         if (lease.buyerId == 0) revert UnknownLease(leaseId);
         batch = _batchTerms[lease.termsRef];
     }
 
     /// @dev Credits a lease accrues from its start to `t` (capped at its end), rounded down.
-    function _accrued(LeaseRecord storage lease, BatchTerms storage batch, uint256 t) private view returns (uint256) {
+    function _accrued(LeaseRecord memory lease, BatchTerms memory batch, uint256 t) private pure returns (uint256) {
         uint256 start = batch.start;
         if (t <= start) return 0;
-        uint256 end = lease.end;
-        if (t > end) t = end;
+        if (t > lease.end) t = lease.end;
         return uint256(lease.units) * batch.price * (t - start) / 3600;
     }
 
@@ -319,17 +328,16 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
     }
 
     /// @dev The parameters the leases of `batch` opened under.
-    function _termsOf(BatchTerms storage batch) internal view returns (Params storage) {
+    function _termsOf(BatchTerms memory batch) internal view returns (Params storage) {
         return paramsAt[batch.paramsVersion];
     }
 
-
-    function _paidUntil(LeaseRecord storage lease, BatchTerms storage batch) private view returns (uint256) {
+    function _paidUntil(LeaseRecord memory lease, BatchTerms memory batch) private pure returns (uint256) {
         uint256 paidUntil = lease.paidUntil;
         return paidUntil == 0 ? batch.start : paidUntil;
     }
 
-    function _lastHeartbeat(LeaseRecord storage lease, BatchTerms storage batch) private view returns (uint256) {
+    function _lastHeartbeat(LeaseRecord memory lease, BatchTerms memory batch) private pure returns (uint256) {
         uint256 last = lease.lastHeartbeat;
         return last == 0 ? batch.start : last;
     }
