@@ -63,6 +63,10 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         uint40 start;
         /// The parameters version the batch's leases opened under.
         uint24 paramsVersion;
+        /// Copies of that version's `heartbeatInterval` and `heartbeatGrace` (the same word, so
+        /// heartbeats and claims need not read `paramsAt`).
+        uint32 heartbeatInterval;
+        uint32 heartbeatGrace;
     }
 
     // Slither: written in _openLease (a Slither false positive).
@@ -103,7 +107,7 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
         if (lease.closed) return (0, 0, 0);
         uint256 paid = _accrued(lease, batch, _paidUntil(lease, batch));
-        uint256 covered = _lastHeartbeat(lease, batch) + _termsOf(batch).heartbeatInterval;
+        uint256 covered = _lastHeartbeat(lease, batch) + batch.heartbeatInterval;
         uint256 payable_ = _accrued(lease, batch, block.timestamp < covered ? block.timestamp : covered);
         accruedUnpaid = payable_ > paid ? payable_ - paid : 0;
         remaining = _accrued(lease, batch, lease.end) - paid - accruedUnpaid;
@@ -121,22 +125,61 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
     function heartbeat(bytes32[] calldata leaseIds) external returns (uint256 skipped) {
         // Leases name their provider by id: one read of the caller's id serves the whole batch.
         uint32 caller = _bindings[msg.sender].id;
-        for (uint256 i; i < leaseIds.length; ++i) {
-            bytes32 leaseId = leaseIds[i];
-            (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
-            if (lease.providerId != caller) revert NotLeaseProvider(leaseId, msg.sender);
+        // The terms of the previous lease's batch: a provider's leases mostly share them.
+        uint256 lastRef;
+        uint256 start;
+        uint256 interval;
+        uint256 grace;
+        for (uint256 i; i < leaseIds.length;) {
+            bytes32 leaseId;
+            assembly ("memory-safe") {
+                // leaseIds[i] without the bounds check: i < leaseIds.length.
+                leaseId := calldataload(add(leaseIds.offset, shl(5, i)))
+            }
+            // The hot path works on the raw word (Solidity's `LeaseRecord` layout, see `_store`):
+            // one read, and one write of the `lastHeartbeat` bits; decoding the whole record into
+            // memory cost ~2k gas per lease.
+            LeaseRecord storage record = _leases[leaseId];
+            uint256 word;
+            assembly ("memory-safe") {
+                word := sload(record.slot)
+            }
+            if (uint32(word) == 0) revert UnknownLease(leaseId);
+            if (uint32(word >> 32) != caller) revert NotLeaseProvider(leaseId, msg.sender);
+            uint256 end = uint40(word >> 128);
             SkipReason reason;
-            if (lease.closed) reason = SkipReason.Closed;
-            else if (block.timestamp >= lease.end) reason = SkipReason.Ended;
-            else if (block.timestamp >= _faultAt(lease, batch)) reason = SkipReason.FaultPending;
-            else {
-                lease.lastHeartbeat = uint40(block.timestamp);
-                _store(leaseId, lease);
-                emit Heartbeat(leaseId, block.timestamp);
-                continue;
+            if (word >> 248 != 0) {
+                reason = SkipReason.Closed;
+            } else if (block.timestamp >= end) {
+                reason = SkipReason.Ended;
+            } else {
+                uint256 ref = uint32(word >> 96);
+                if (ref != lastRef) {
+                    BatchTerms storage batch = _batchTerms[uint32(ref)];
+                    (lastRef, start, interval, grace) = (ref, batch.start, batch.heartbeatInterval, batch.heartbeatGrace);
+                }
+                uint256 last = uint40(word >> 208);
+                if (last == 0) last = start;
+                uint256 stopAt = last + interval;
+                if (stopAt < end && block.timestamp > stopAt + grace) {
+                    reason = SkipReason.FaultPending;
+                } else {
+                    word = (word & ~(uint256(type(uint40).max) << 208)) | (block.timestamp << 208);
+                    assembly ("memory-safe") {
+                        sstore(record.slot, word)
+                    }
+                    emit Heartbeat(leaseId);
+                    unchecked {
+                        ++i;
+                    }
+                    continue;
+                }
             }
             ++skipped;
             emit LeaseSkipped(leaseId, reason);
+            unchecked {
+                ++i;
+            }
         }
     }
 
@@ -225,11 +268,10 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
     }
 
     /// @dev `faultReportableAt` of a lease already read.
-    function _faultAt(LeaseRecord memory lease, BatchTerms memory batch) private view returns (uint256) {
-        Params storage terms = _termsOf(batch);
-        uint256 stopAt = _lastHeartbeat(lease, batch) + terms.heartbeatInterval;
+    function _faultAt(LeaseRecord memory lease, BatchTerms memory batch) private pure returns (uint256) {
+        uint256 stopAt = _lastHeartbeat(lease, batch) + batch.heartbeatInterval;
         if (stopAt >= lease.end) return type(uint256).max;
-        return stopAt + terms.heartbeatGrace + 1;
+        return stopAt + batch.heartbeatGrace + 1;
     }
 
     /// @dev Pays the provider up to `until`, refunds the buyer the rest, marks `lease` closed (the
@@ -260,7 +302,7 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         returns (uint256 amount)
     {
         // Only time covered by heartbeats is paid for.
-        uint256 covered = _lastHeartbeat(lease, batch) + _termsOf(batch).heartbeatInterval;
+        uint256 covered = _lastHeartbeat(lease, batch) + batch.heartbeatInterval;
         if (until > covered) until = covered;
         if (until > lease.end) until = lease.end;
         uint256 paidUntil = _paidUntil(lease, batch);
@@ -275,7 +317,10 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
     /// time as start and the current parameters version. Returns the reference leases store.
     function _newBatchTerms(uint256 price) internal returns (uint32 ref) {
         ref = ++_batchTermsCount;
-        _batchTerms[ref] = BatchTerms(uint64(price), uint40(block.timestamp), paramsVersion);
+        Params storage current = params;
+        _batchTerms[ref] = BatchTerms(
+            uint64(price), uint40(block.timestamp), paramsVersion, current.heartbeatInterval, current.heartbeatGrace
+        );
     }
 
     /// @dev Opens a lease (its one storage word, written once) and emits nothing; the caller emits

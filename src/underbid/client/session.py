@@ -421,8 +421,22 @@ class Client:
 
     def provider(self, who: str) -> ProviderInfo:
         staked, locked, unbonding, unbonding_end, _, registered = self.settlement.functions.providers(who).call()
-        metadata = self.settlement.functions.metadataURI(who).call() if registered else ""
+        metadata = self.provider_metadata(who) if registered else ""
         return ProviderInfo(who, registered, staked, locked, unbonding, unbonding_end, metadata)
+
+    def provider_metadata(self, who: str) -> str:
+        """`who`'s metadata URI: the latest `ProviderRegistered` / `MetadataUpdated` event's (the
+        contract publishes it in events only, not in storage)."""
+        events = self.settlement.events
+        filters = {"provider": Web3.to_checksum_address(who)}
+        logs = [
+            log for event in (events.ProviderRegistered, events.MetadataUpdated)
+            for log in event.get_logs(from_block=self.book.block, argument_filters=filters)
+        ]
+        if not logs:
+            return ""
+        latest = max(logs, key=lambda log: (log["blockNumber"], log["logIndex"]))
+        return str(latest["args"]["metadataURI"])
 
     def params(self) -> dict[str, int]:
         """The core's tunable parameters by name (read from the ABI, so new fields just appear)."""
