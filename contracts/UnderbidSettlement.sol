@@ -135,10 +135,12 @@ contract UnderbidSettlement is
         return MessageHashUtils.toTypedDataHash(_domainSeparatorV4(), structHash);
     }
 
+    /// @dev The domain separator: cached for the deployment chain, rebuilt on another (a fork).
     function _domainSeparatorV4() private view returns (bytes32) {
         return block.chainid == _cachedChainId ? _cachedDomainSeparator : _buildDomainSeparator();
     }
 
+    /// @dev keccak256 of the EIP-712 domain (name, version, this chain, this contract).
     function _buildDomainSeparator() private view returns (bytes32) {
         return keccak256(abi.encode(DOMAIN_TYPEHASH, NAME_HASH, VERSION_HASH, block.chainid, address(this)));
     }

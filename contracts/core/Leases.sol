@@ -377,11 +377,13 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         return paramsAt[batch.paramsVersion];
     }
 
+    /// @dev Accrual up to this time has been paid (`paidUntil`, zero meaning the start).
     function _paidUntil(LeaseRecord memory lease, BatchTerms memory batch) private pure returns (uint256) {
         uint256 paidUntil = lease.paidUntil;
         return paidUntil == 0 ? batch.start : paidUntil;
     }
 
+    /// @dev The latest heartbeat (`lastHeartbeat`, zero meaning the start).
     function _lastHeartbeat(LeaseRecord memory lease, BatchTerms memory batch) private pure returns (uint256) {
         uint256 last = lease.lastHeartbeat;
         return last == 0 ? batch.start : last;
