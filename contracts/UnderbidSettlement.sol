@@ -293,6 +293,8 @@ contract UnderbidSettlement is
         book.bidLeft[m.bidIndex] = bidEntry - units;
 
         uint256 cost = _leaseCost(units, price, order.duration);
+        // Slither: exactly zero is the refused case (a lease that costs nothing), not a balance comparison.
+        // slither-disable-next-line incorrect-equality
         if (cost == 0) revert ZeroCostLease(matchIndex);
         _lockStake(bid.provider, units * stakePerUnit);
         _lockEscrow(order.buyer, cost);
@@ -337,6 +339,8 @@ contract UnderbidSettlement is
         bytes32 market = order.market;
         if (market != bid.market) revert MarketMismatch(m.orderIndex, m.bidIndex);
         uint256 terms = book.lastTerms;
+        // Slither: zero means no market remembered yet (a real answer has a non-zero price).
+        // slither-disable-next-line incorrect-equality
         if (terms == 0 || market != book.lastMarket) {
             terms = _batchTermsFor(round, market, book.termsBase);
             (book.lastMarket, book.lastTerms) = (market, terms);

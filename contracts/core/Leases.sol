@@ -380,12 +380,16 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
     /// @dev Accrual up to this time has been paid (`paidUntil`, zero meaning the start).
     function _paidUntil(LeaseRecord memory lease, BatchTerms memory batch) private pure returns (uint256) {
         uint256 paidUntil = lease.paidUntil;
+        // Slither: zero is the stored encoding of "the start".
+        // slither-disable-next-line incorrect-equality
         return paidUntil == 0 ? batch.start : paidUntil;
     }
 
     /// @dev The latest heartbeat (`lastHeartbeat`, zero meaning the start).
     function _lastHeartbeat(LeaseRecord memory lease, BatchTerms memory batch) private pure returns (uint256) {
         uint256 last = lease.lastHeartbeat;
+        // Slither: zero is the stored encoding of "the start".
+        // slither-disable-next-line incorrect-equality
         return last == 0 ? batch.start : last;
     }
 }
