@@ -27,6 +27,15 @@ contract MatcherCourt is IUnderbidErrors, IUnderbidEvents {
         BidLib.Bid bid;
     }
 
+    /// @dev A lease of the challenger's own bid, named by its round and order digest. The spare-unit
+    /// proof needs it only when the bid has no fill record although its nonce is claimed: the bid
+    /// was then used up by its first fill, in one round (`UnorderedNonces` writes no record for a
+    /// message filled completely in one go), and any of its leases names that round. Zero otherwise.
+    struct FillProof {
+        uint64 round;
+        bytes32 orderDigest;
+    }
+
     UnderbidSettlement public immutable settlement;
 
     /// @dev keccak256(matcher, round, bid digest) => true once a challenge with them succeeded.
@@ -61,16 +70,19 @@ contract MatcherCourt is IUnderbidErrors, IUnderbidEvents {
     /// @param witness The witness lease's round, order digest and bid.
     /// @param ownOrderDigest Zero for the spare-unit proof; else the order of `bid`'s own, shorter
     /// lease in the witness round.
+    /// @param fillProof For the spare-unit proof of a bid used up in one go (no fill record): one of
+    /// its leases; zero otherwise.
     function challenge(
         ReceiptLib.Receipt calldata receipt,
         bytes calldata receiptSig,
         BidLib.Bid calldata bid,
         bytes calldata bidSig,
         Witness calldata witness,
-        bytes32 ownOrderDigest
+        bytes32 ownOrderDigest,
+        FillProof calldata fillProof
     ) external {
         (address matcher, bytes32 bidDigest) =
-            verifyChallenge(receipt, receiptSig, bid, bidSig, witness, ownOrderDigest);
+            verifyChallenge(receipt, receiptSig, bid, bidSig, witness, ownOrderDigest, fillProof);
         if (msg.sender != bid.provider) revert NotBidProvider(msg.sender, bid.provider);
         challenged[keccak256(abi.encode(matcher, witness.round, bidDigest))] = true;
         (uint256 slashed, uint256 toChallenger, uint256 burned) = settlement.slashMatcher(matcher, msg.sender);
@@ -85,14 +97,16 @@ contract MatcherCourt is IUnderbidErrors, IUnderbidEvents {
     /// receipt from another key, bad bid signature), `WitnessNotInRound`, `ChallengeWindowClosed`,
     /// `WitnessMarketMismatch`, `WitnessNotPricier`, `WitnessDurationTooLong`, `SwapNotShorter`
     /// (swap proof), and `BidExpiredBeforeWitness`, `BidCancelled`, `BidNonceTaken`,
-    /// `BidFullyFilled`, `StakeDecreasedAfterReceipt`, `ProviderLeftMatcher` (spare-unit proof).
+    /// `BidFullyFilled`, `FillLeaseNotFound`, `StakeDecreasedAfterReceipt`, `ProviderLeftMatcher`
+    /// (spare-unit proof).
     function verifyChallenge(
         ReceiptLib.Receipt calldata receipt,
         bytes calldata receiptSig,
         BidLib.Bid calldata bid,
         bytes calldata bidSig,
         Witness calldata witness,
-        bytes32 ownOrderDigest
+        bytes32 ownOrderDigest,
+        FillProof calldata fillProof
     ) public view returns (address matcher, bytes32 bidDigest) {
         matcher = receipt.matcher;
         bidDigest = settlement.hashBid(bid);
@@ -114,7 +128,7 @@ contract MatcherCourt is IUnderbidErrors, IUnderbidEvents {
             uint256 ownDuration = ownEnd - ownStart;
             if (ownDuration >= witnessDuration) revert SwapNotShorter(ownDuration, witnessDuration);
         } else {
-            _checkSpareUnit(matcher, bid, bidDigest, witness.round, witnessStart, receipt.issuedAt);
+            _checkSpareUnit(matcher, bid, bidDigest, witness.round, witnessStart, receipt.issuedAt, fillProof);
         }
     }
 
@@ -144,7 +158,8 @@ contract MatcherCourt is IUnderbidErrors, IUnderbidEvents {
         bytes32 bidDigest,
         uint64 witnessRound,
         uint256 witnessStart,
-        uint256 issuedAt
+        uint256 issuedAt,
+        FillProof calldata fillProof
     ) private view {
         // A bid about to expire may be left out: a batch may land any time before its own deadline,
         // which an honest matcher keeps within `noticePeriod` of the state it cleared.
@@ -156,7 +171,19 @@ contract MatcherCourt is IUnderbidErrors, IUnderbidEvents {
         // slither-disable-next-line unused-return
         (bool claimed,) = settlement.nonceState(bid.provider, bid.nonce);
         (uint32 filled, uint64 lastRound) = settlement.fills(bidDigest);
-        if (claimed && filled == 0) revert BidNonceTaken(bid.provider, bid.nonce);
+        if (claimed && filled == 0) {
+            // No record yet claimed: another message took the nonce, or the bid's first fill used
+            // it up (then every lease of the bid is in that one round). Only a lease of the bid
+            // tells the two apart, and names the round.
+            if (fillProof.round == 0) revert BidNonceTaken(bid.provider, bid.nonce);
+            bytes32 fillLease = settlement.leaseIdOf(matcher, fillProof.round, fillProof.orderDigest, bidDigest);
+            // Slither: only the start (zero for an unknown lease) is needed.
+            // slither-disable-next-line unused-return
+            (, uint256 fillStart,) = settlement.challengeTermsOf(fillLease);
+            if (fillStart == 0) revert FillLeaseNotFound(fillLease);
+            filled = bid.capacity;
+            lastRound = fillProof.round;
+        }
         // Fills only grow: a bid filled in a later round had a unit left when the witness round ended.
         if (lastRound <= witnessRound && filled >= bid.capacity) revert BidFullyFilled(bidDigest);
         // Slither: only stakeDecreasedAt is needed from the provider record.

@@ -1,13 +1,12 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.28;
 
-import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {MessageHashUtils} from "@openzeppelin/contracts/utils/cryptography/MessageHashUtils.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {UnderbidBase} from "./core/UnderbidBase.sol";
 import {UnorderedNonces} from "./core/UnorderedNonces.sol";
 import {Leases} from "./core/Leases.sol";
 import {MatcherBonds} from "./core/MatcherBonds.sol";
-import {MatcherBinding} from "./core/MatcherBinding.sol";
 import {MatcherRounds} from "./core/MatcherRounds.sol";
 import {OrderLib} from "./libraries/OrderLib.sol";
 import {BidLib} from "./libraries/BidLib.sol";
@@ -24,10 +23,8 @@ import {MatcherCourt} from "./MatcherCourt.sol";
 /// provider holding a matcher's receipt can prove to the `MatcherCourt` this contract deploys
 /// that a round passed over its bid; the court then has the bond slashed here.
 contract UnderbidSettlement is
-    EIP712,
     UnorderedNonces,
     Leases,
-    MatcherBinding,
     MatcherRounds,
     MatcherBonds
 {
@@ -53,16 +50,40 @@ contract UnderbidSettlement is
         uint64 deadline;
     }
 
-    /// @dev Per-batch working state: each message's digest and the units it can still fill.
+    /// @dev Per-batch working state, by array index: each message's digest, and in `orderLeft` /
+    /// `bidLeft` the units it can still fill (low 128 bits; matches consume them) beside its
+    /// signer's compact account id (bits 128 and up), which the leases store. `termsBase` is
+    /// `_batchTermsCount` when the batch began: it keys the batch's transient terms cache.
     struct Book {
         bytes32[] orderDigests;
         uint256[] orderLeft;
         bytes32[] bidDigests;
         uint256[] bidLeft;
+        uint256 termsBase;
+        /// The market of the previous match and its `_batchTermsFor` answer: matches come grouped
+        /// by market, so most skip the cache lookup.
+        bytes32 lastMarket;
+        uint256 lastTerms;
     }
+
+    /// @dev Where a signer's account id sits in a `Book` entry, above the units left.
+    uint256 private constant ID_SHIFT = 128;
+
+    /// @dev Tags the transient keys of the (market => batch terms) cache.
+    bytes32 private constant TERMS_CACHE = keccak256("underbid.settle.batchTerms");
 
     /// @dev The court that verifies challenges; the only caller of `slashMatcher`.
     MatcherCourt public immutable court;
+
+    /// @dev The EIP-712 domain type hash, and the hashes of the domain's name ("Underbid") and version ("1").
+    bytes32 private constant DOMAIN_TYPEHASH =
+        keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
+    bytes32 private constant NAME_HASH = keccak256("Underbid");
+    bytes32 private constant VERSION_HASH = keccak256("1");
+    /// @dev The domain separator for the deployment chain, rebuilt if the chain id changes (a fork),
+    /// as OpenZeppelin's EIP712 does.
+    bytes32 private immutable _cachedDomainSeparator;
+    uint256 private immutable _cachedChainId;
 
     /// @param admin Receives the admin role (parameters); deployments hand it to a timelock.
     /// @param ubt_ The UBT token (stake, slashing).
@@ -75,8 +96,10 @@ contract UnderbidSettlement is
         UnderbidCredit credit_,
         Limits memory limits,
         Params memory params_
-    ) EIP712("Underbid", "1") UnderbidBase(admin, ubt_, credit_, limits, params_) {
+    ) UnderbidBase(admin, ubt_, credit_, limits, params_) {
         court = new MatcherCourt(this);
+        _cachedChainId = block.chainid;
+        _cachedDomainSeparator = _buildDomainSeparator();
     }
 
     /// @dev The EIP-712 digest a buyer signs for `order`.
@@ -104,13 +127,40 @@ contract UnderbidSettlement is
         return _domainSeparatorV4();
     }
 
+    /// @dev Why not OpenZeppelin's `EIP712` base: the same domain (same separator, same digests),
+    /// but its ERC-5267 `eip712Domain()` view and short-string fallbacks cost ~800 bytes of code,
+    /// which the core, at the 24 KiB limit, cannot spare. The digest itself is OpenZeppelin's
+    /// `MessageHashUtils.toTypedDataHash`.
+    function _hashTypedDataV4(bytes32 structHash) private view returns (bytes32) {
+        return MessageHashUtils.toTypedDataHash(_domainSeparatorV4(), structHash);
+    }
+
+    /// @dev The domain separator: cached for the deployment chain, rebuilt on another (a fork).
+    function _domainSeparatorV4() private view returns (bytes32) {
+        return block.chainid == _cachedChainId ? _cachedDomainSeparator : _buildDomainSeparator();
+    }
+
+    /// @dev keccak256 of the EIP-712 domain (name, version, this chain, this contract).
+    function _buildDomainSeparator() private view returns (bytes32) {
+        return keccak256(abi.encode(DOMAIN_TYPEHASH, NAME_HASH, VERSION_HASH, block.chainid, address(this)));
+    }
+
     /// @dev The id of the lease that `settle` opens for this (matcher, round, order, bid).
     function leaseIdOf(address matcher, uint64 round, bytes32 orderDigest, bytes32 bidDigest)
         public
         pure
-        returns (bytes32)
+        returns (bytes32 id)
     {
-        return keccak256(abi.encode(matcher, round, orderDigest, bidDigest));
+        // keccak256(abi.encode(matcher, round, orderDigest, bidDigest)), hashed in free memory
+        // without allocating it: settle computes one per match.
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, and(matcher, 0xffffffffffffffffffffffffffffffffffffffff))
+            mstore(add(ptr, 0x20), and(round, 0xffffffffffffffff))
+            mstore(add(ptr, 0x40), orderDigest)
+            mstore(add(ptr, 0x60), bidDigest)
+            id := keccak256(ptr, 0x80)
+        }
     }
 
     /// @dev Settles one batch of the caller's round: verifies every message, then opens a lease per match.
@@ -157,11 +207,12 @@ contract UnderbidSettlement is
         _storePrices(header.round, prices);
         _extendSlashable(msg.sender);
 
-        // Slither: every field of `book` is assigned from _verifyOrders/_verifyBids before use.
+        // Slither: every field of `book` is assigned before use.
         // slither-disable-next-line uninitialized-local
         Book memory book;
         (book.orderDigests, book.orderLeft) = _verifyOrders(orders, orderSigs);
         (book.bidDigests, book.bidLeft) = _verifyBids(bids, bidSigs);
+        book.termsBase = _batchTermsCount;
 
         for (uint256 i; i < matches.length; ++i) {
             Match calldata m = matches[i];
@@ -172,12 +223,14 @@ contract UnderbidSettlement is
 
         for (uint256 i; i < orders.length; ++i) {
             OrderLib.Order calldata order = orders[i];
-            _recordFill(book.orderDigests[i], order.buyer, order.nonce, order.units, book.orderLeft[i], 0, false);
+            uint256 left = uint128(book.orderLeft[i]);
+            _recordFill(book.orderDigests[i], order.buyer, order.nonce, order.units, left, 0, false);
             _unmark(order.buyer, order.nonce);
         }
         for (uint256 i; i < bids.length; ++i) {
             BidLib.Bid calldata bid = bids[i];
-            _recordFill(book.bidDigests[i], bid.provider, bid.nonce, bid.capacity, book.bidLeft[i], header.round, true);
+            uint256 left = uint128(book.bidLeft[i]);
+            _recordFill(book.bidDigests[i], bid.provider, bid.nonce, bid.capacity, left, header.round, true);
             _unmark(bid.provider, bid.nonce);
         }
         emit BatchSettled(header.round, msg.sender, header.batch, matches.length, header.finalBatch);
@@ -206,11 +259,11 @@ contract UnderbidSettlement is
     /// @dev When a challenge naming lease `leaseId` as witness can be made until, and the lease's
     /// start and end (all zero for an unknown lease).
     function challengeTermsOf(bytes32 leaseId) external view returns (uint256 closesAt, uint256 start, uint256 end) {
-        Lease storage lease = _leases[leaseId];
-        if (lease.buyer == address(0)) return (0, 0, 0);
-        start = lease.start;
+        if (_leases[leaseId].buyerId == 0) return (0, 0, 0);
+        (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
+        start = batch.start;
         end = lease.end;
-        closesAt = start + maxRoundSpan + _termsOf(lease).challengeWindow;
+        closesAt = start + maxRoundSpan + _termsOf(batch).challengeWindow;
     }
 
     /// @dev True if `account` is bound to `matcher` now and has not asked to change since `since`.
@@ -230,21 +283,32 @@ contract UnderbidSettlement is
         uint256 matchIndex,
         Book memory book
     ) private {
-        uint256 price = _checkTerms(round, order, bid, m);
+        (uint256 price, uint32 termsRef) = _checkTerms(round, order, bid, m, book);
         uint256 units = m.units;
-        if (book.orderLeft[m.orderIndex] < units) revert OrderOverfilled(m.orderIndex);
-        book.orderLeft[m.orderIndex] -= units;
-        if (book.bidLeft[m.bidIndex] < units) revert BidOverfilled(m.bidIndex);
-        book.bidLeft[m.bidIndex] -= units;
+        uint256 orderEntry = book.orderLeft[m.orderIndex];
+        if (uint128(orderEntry) < units) revert OrderOverfilled(m.orderIndex);
+        book.orderLeft[m.orderIndex] = orderEntry - units;
+        uint256 bidEntry = book.bidLeft[m.bidIndex];
+        if (uint128(bidEntry) < units) revert BidOverfilled(m.bidIndex);
+        book.bidLeft[m.bidIndex] = bidEntry - units;
 
         uint256 cost = _leaseCost(units, price, order.duration);
+        // Slither: exactly zero is the refused case (a lease that costs nothing), not a balance comparison.
+        // slither-disable-next-line incorrect-equality
         if (cost == 0) revert ZeroCostLease(matchIndex);
         _lockStake(bid.provider, units * stakePerUnit);
         _lockEscrow(order.buyer, cost);
         bytes32 orderDigest = book.orderDigests[m.orderIndex];
         bytes32 bidDigest = book.bidDigests[m.bidIndex];
         bytes32 leaseId = leaseIdOf(msg.sender, round, orderDigest, bidDigest);
-        _openLease(leaseId, order.buyer, bid.provider, units, price, order.duration);
+        _openLease(
+            leaseId,
+            uint32(orderEntry >> ID_SHIFT),
+            uint32(bidEntry >> ID_SHIFT),
+            units,
+            termsRef,
+            order.duration
+        );
         emit LeaseOpened(
             leaseId,
             round,
@@ -261,24 +325,52 @@ contract UnderbidSettlement is
         );
     }
 
-    /// @dev Checks a match's market, price and duration terms and returns its clearing price.
+    /// @dev Checks a match's market, price and duration terms; returns its clearing price and the
+    /// reference of the terms its lease shares with the batch's other leases in the market.
     /// Reverts with `MarketMismatch`, `MarketNotPriced`, `BidAboveClearingPrice`,
     /// `ClearingPriceAboveMaxPrice`, `DurationTooShort` and `DurationTooLong`.
-    function _checkTerms(uint64 round, OrderLib.Order calldata order, BidLib.Bid calldata bid, Match calldata m)
-        private
-        view
-        returns (uint256 price)
-    {
-        if (order.market != bid.market) revert MarketMismatch(m.orderIndex, m.bidIndex);
-        price = clearingPrice[msg.sender][round][order.market];
-        if (price == 0) revert MarketNotPriced(order.market);
+    function _checkTerms(
+        uint64 round,
+        OrderLib.Order calldata order,
+        BidLib.Bid calldata bid,
+        Match calldata m,
+        Book memory book
+    ) private returns (uint256 price, uint32 termsRef) {
+        bytes32 market = order.market;
+        if (market != bid.market) revert MarketMismatch(m.orderIndex, m.bidIndex);
+        uint256 terms = book.lastTerms;
+        // Slither: zero means no market remembered yet (a real answer has a non-zero price).
+        // slither-disable-next-line incorrect-equality
+        if (terms == 0 || market != book.lastMarket) {
+            terms = _batchTermsFor(round, market, book.termsBase);
+            (book.lastMarket, book.lastTerms) = (market, terms);
+        }
+        (price, termsRef) = (terms >> 32, uint32(terms));
         if (bid.price > price) revert BidAboveClearingPrice(m.bidIndex, bid.price, price);
         if (price > order.maxPrice) revert ClearingPriceAboveMaxPrice(m.orderIndex, order.maxPrice, price);
         if (order.duration < minLeaseDuration) revert DurationTooShort(m.orderIndex, minLeaseDuration);
         if (order.duration > bid.maxDuration) revert DurationTooLong(m.orderIndex, m.bidIndex);
     }
 
-    /// @dev Verifies every order; returns their digests and the units each can still fill.
+    /// @dev The round's clearing price of `market` and the batch's terms record for it, packed as
+    /// `price << 32 | termsRef`. The record is written on the market's first match in the batch
+    /// and then found in a transient cache (EIP-1153) keyed by the batch's `termsBase`, so later
+    /// matches read neither the price nor the record. Reverts with `MarketNotPriced`.
+    function _batchTermsFor(uint64 round, bytes32 market, uint256 termsBase) private returns (uint256 terms) {
+        bytes32 key = keccak256(abi.encode(TERMS_CACHE, termsBase, market));
+        assembly ("memory-safe") {
+            terms := tload(key)
+        }
+        if (terms != 0) return terms;
+        uint256 price = clearingPrice[msg.sender][round][market];
+        if (price == 0) revert MarketNotPriced(market);
+        terms = (price << 32) | _newBatchTerms(price);
+        assembly ("memory-safe") {
+            tstore(key, terms)
+        }
+    }
+
+    /// @dev Verifies every order; returns their digests and `Book` entries (units left, buyer id).
     /// Reverts with `OrderExpired` and the errors of `_verifySigned`.
     function _verifyOrders(OrderLib.Order[] calldata orders, bytes[] calldata sigs)
         private
@@ -294,7 +386,7 @@ contract UnderbidSettlement is
         }
     }
 
-    /// @dev Verifies every bid; returns their digests and the units each can still fill.
+    /// @dev Verifies every bid; returns their digests and `Book` entries (units left, provider id).
     /// Reverts with `BidExpired` and the errors of `_verifySigned`.
     function _verifyBids(BidLib.Bid[] calldata bids, bytes[] calldata sigs)
         private
@@ -311,7 +403,8 @@ contract UnderbidSettlement is
     }
 
     /// @dev The checks shared by orders and bids: for this matcher and bound to it, one message
-    /// per (signer, nonce) in the batch, signature, nonce. Returns the units left.
+    /// per (signer, nonce) in the batch, signature, nonce. Returns the message's `Book` entry: the
+    /// units it can still fill, with the signer's compact account id above them.
     /// Reverts with `MessageForOtherMatcher`, `AccountNotBound`, `DuplicateNonce`,
     /// `InvalidSignature`, `SignerMismatch` and `NonceUsed`.
     function _verifySigned(
@@ -323,11 +416,11 @@ contract UnderbidSettlement is
         uint256 total
     ) private returns (uint256) {
         if (matcher != msg.sender) revert MessageForOtherMatcher(digest, matcher);
-        _requireBound(signer, msg.sender);
+        uint256 id = _requireBound(signer, msg.sender);
         _markOnce(signer, nonce);
         SignatureVerification.verify(digest, signature, signer);
         uint256 filled = _requireFillable(digest, signer, nonce);
-        return total - filled;
+        return (id << ID_SHIFT) | (total - filled);
     }
 
     /// @dev Reverts with `DuplicateNonce` if a message with this (signer, nonce) was already listed
@@ -335,7 +428,7 @@ contract UnderbidSettlement is
     /// only when the batch records its fills, so two such entries could fill twice.
     /// The marks live in transient storage (EIP-1153) and are cleared by `_unmark`.
     function _markOnce(address signer, uint256 nonce) private {
-        bytes32 key = keccak256(abi.encode(signer, nonce));
+        bytes32 key = _markKey(signer, nonce);
         bool seen;
         assembly ("memory-safe") {
             seen := tload(key)
@@ -346,9 +439,18 @@ contract UnderbidSettlement is
 
     /// @dev Clears a transient mark, so a second `settle` in the same transaction starts clean.
     function _unmark(address signer, uint256 nonce) private {
-        bytes32 key = keccak256(abi.encode(signer, nonce));
+        bytes32 key = _markKey(signer, nonce);
         assembly ("memory-safe") {
             tstore(key, 0)
+        }
+    }
+
+    /// @dev keccak256(abi.encode(signer, nonce)), hashed in the scratch space (no allocation).
+    function _markKey(address signer, uint256 nonce) private pure returns (bytes32 key) {
+        assembly ("memory-safe") {
+            mstore(0x00, and(signer, 0xffffffffffffffffffffffffffffffffffffffff))
+            mstore(0x20, nonce)
+            key := keccak256(0x00, 0x40)
         }
     }
 }

@@ -71,10 +71,9 @@ abstract contract BuyerEscrow is UnderbidBase {
 
     /// @dev Moves `amount` from free to locked. Reverts with `InsufficientEscrow`.
     function _lockEscrow(address buyer, uint256 amount) internal {
-        EscrowAccount storage account = escrowOf[buyer];
-        uint256 free = account.free;
-        if (free < amount) revert InsufficientEscrow(buyer, amount, free);
-        account.free = uint128(free - amount);
-        account.locked += SafeCast.toUint128(amount);
+        EscrowAccount memory account = escrowOf[buyer];
+        if (account.free < amount) revert InsufficientEscrow(buyer, amount, account.free);
+        // One read and one write of the account's word (settle locks once per match).
+        escrowOf[buyer] = EscrowAccount(uint128(account.free - amount), account.locked + SafeCast.toUint128(amount));
     }
 }

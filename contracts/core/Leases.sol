@@ -4,16 +4,24 @@ pragma solidity 0.8.28;
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {BuyerEscrow} from "./BuyerEscrow.sol";
 import {ProviderStaking} from "./ProviderStaking.sol";
+import {MatcherBinding} from "./MatcherBinding.sol";
 
 /// @title Leases: escrow payment streams backed by provider collateral.
 /// @dev A lease pays `units * price` credit base units per hour, accrued per second from `start`
 /// to `end`. Settlement is lazy: balances move when someone touches the lease, and `leaseBalances`
 /// shows the live figures. Amounts are computed from cumulative accruals, each rounded down, so the
 /// payments of a lease add up to exactly the cost locked for it and no dust is created or lost.
-abstract contract Leases is BuyerEscrow, ProviderStaking {
+///
+/// Storage: a lease is ONE word (`LeaseRecord`), written once by `settle` and rewritten in place
+/// (a non-zero slot: ~2.9k warm, ~5k cold) by heartbeats, payments and the close. It names its
+/// buyer and provider by their compact account ids (`MatcherBinding`) and its price, start and
+/// parameters version by a reference to the `BatchTerms` word that every lease of the same batch
+/// and market shares. Before, a lease took two fresh words at opening and a third at its first
+/// heartbeat (~44k + ~22k).
+abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
     using SafeERC20 for *;
 
-    /// @dev Two words at opening; the third (`paidUntil`, `lastHeartbeat`) is written on first touch.
+    /// @dev A lease as `getLease` shows it (the fields it had before leases were packed).
     struct Lease {
         address buyer;
         uint32 start;
@@ -30,31 +38,79 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
         uint40 lastHeartbeat;
     }
 
-    // Slither: written through the storage pointer in _openLease (a Slither false positive).
+    /// @dev The stored lease: one word.
+    struct LeaseRecord {
+        /// The buyer's compact account id; never zero for a lease that exists.
+        uint32 buyerId;
+        uint32 providerId;
+        uint32 units;
+        /// Key of the `BatchTerms` (price, start, parameters version) of the lease's batch and market.
+        uint32 termsRef;
+        /// The lease's end (its start plus the order's duration).
+        uint40 end;
+        /// Accrual up to this time has been paid; zero means `start`.
+        uint40 paidUntil;
+        /// The latest heartbeat; zero means `start`.
+        uint40 lastHeartbeat;
+        bool closed;
+    }
+
+    /// @dev What every lease one batch opens in one market shares: one word per (batch, market).
+    struct BatchTerms {
+        /// The round's uniform clearing price of the market.
+        uint64 price;
+        /// The batch's block time: every lease of the batch starts then.
+        uint40 start;
+        /// The parameters version the batch's leases opened under.
+        uint24 paramsVersion;
+        /// Copies of that version's `heartbeatInterval` and `heartbeatGrace` (the same word, so
+        /// heartbeats and claims need not read `paramsAt`).
+        uint32 heartbeatInterval;
+        uint32 heartbeatGrace;
+    }
+
+    // Slither: written in _openLease (a Slither false positive).
     // slither-disable-next-line uninitialized-state
-    mapping(bytes32 => Lease) internal _leases;
+    mapping(bytes32 => LeaseRecord) internal _leases;
+    /// @dev termsRef => the terms its leases share.
+    mapping(uint32 => BatchTerms) internal _batchTerms;
+    /// @dev The last `termsRef` given.
+    uint32 internal _batchTermsCount;
 
     /// @dev The lease record. Reverts with `UnknownLease`.
     function getLease(bytes32 leaseId) external view returns (Lease memory) {
-        return _existingLease(leaseId);
+        (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
+        return Lease(
+            accountAt[lease.buyerId],
+            uint32(batch.start),
+            uint32(lease.end),
+            lease.closed,
+            batch.paramsVersion,
+            accountAt[lease.providerId],
+            lease.units,
+            batch.price,
+            lease.paidUntil,
+            lease.lastHeartbeat
+        );
     }
 
     /// @dev Live balances of a lease at the current block time.
     /// @return accruedUnpaid Credits the provider can claim now (accrual covered by heartbeats).
     /// @return remaining Credits still locked for the rest of the lease.
     /// @return collateral UBT locked from the provider's stake.
+    /// Reverts with `UnknownLease`.
     function leaseBalances(bytes32 leaseId)
         external
         view
         returns (uint256 accruedUnpaid, uint256 remaining, uint256 collateral)
     {
-        Lease storage lease = _existingLease(leaseId);
+        (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
         if (lease.closed) return (0, 0, 0);
-        uint256 paid = _accrued(lease, _paidUntil(lease));
-        uint256 covered = uint256(_lastHeartbeat(lease)) + _termsOf(lease).heartbeatInterval;
-        uint256 payable_ = _accrued(lease, block.timestamp < covered ? block.timestamp : covered);
+        uint256 paid = _accrued(lease, batch, _paidUntil(lease, batch));
+        uint256 covered = _lastHeartbeat(lease, batch) + batch.heartbeatInterval;
+        uint256 payable_ = _accrued(lease, batch, block.timestamp < covered ? block.timestamp : covered);
         accruedUnpaid = payable_ > paid ? payable_ - paid : 0;
-        remaining = _accrued(lease, lease.end) - paid - accruedUnpaid;
+        remaining = _accrued(lease, batch, lease.end) - paid - accruedUnpaid;
         collateral = lease.units * stakePerUnit;
     }
 
@@ -67,21 +123,63 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
     /// @return skipped How many leases were skipped.
     /// Reverts with `UnknownLease` and `NotLeaseProvider` (the caller's own mistakes).
     function heartbeat(bytes32[] calldata leaseIds) external returns (uint256 skipped) {
-        for (uint256 i; i < leaseIds.length; ++i) {
-            bytes32 leaseId = leaseIds[i];
-            Lease storage lease = _existingLease(leaseId);
-            if (lease.provider != msg.sender) revert NotLeaseProvider(leaseId, msg.sender);
+        // Leases name their provider by id: one read of the caller's id serves the whole batch.
+        uint32 caller = _bindings[msg.sender].id;
+        // The terms of the previous lease's batch: a provider's leases mostly share them.
+        uint256 lastRef;
+        uint256 start;
+        uint256 interval;
+        uint256 grace;
+        for (uint256 i; i < leaseIds.length;) {
+            bytes32 leaseId;
+            assembly ("memory-safe") {
+                // leaseIds[i] without the bounds check: i < leaseIds.length.
+                leaseId := calldataload(add(leaseIds.offset, shl(5, i)))
+            }
+            // The hot path works on the raw word (Solidity's `LeaseRecord` layout, see `_store`):
+            // one read, and one write of the `lastHeartbeat` bits; decoding the whole record into
+            // memory cost ~2k gas per lease.
+            LeaseRecord storage record = _leases[leaseId];
+            uint256 word;
+            assembly ("memory-safe") {
+                word := sload(record.slot)
+            }
+            if (uint32(word) == 0) revert UnknownLease(leaseId);
+            if (uint32(word >> 32) != caller) revert NotLeaseProvider(leaseId, msg.sender);
+            uint256 end = uint40(word >> 128);
             SkipReason reason;
-            if (lease.closed) reason = SkipReason.Closed;
-            else if (block.timestamp >= lease.end) reason = SkipReason.Ended;
-            else if (block.timestamp >= faultReportableAt(leaseId)) reason = SkipReason.FaultPending;
-            else {
-                lease.lastHeartbeat = uint40(block.timestamp);
-                emit Heartbeat(leaseId, block.timestamp);
-                continue;
+            if (word >> 248 != 0) {
+                reason = SkipReason.Closed;
+            } else if (block.timestamp >= end) {
+                reason = SkipReason.Ended;
+            } else {
+                uint256 ref = uint32(word >> 96);
+                if (ref != lastRef) {
+                    BatchTerms storage batch = _batchTerms[uint32(ref)];
+                    (lastRef, start, interval, grace) = (ref, batch.start, batch.heartbeatInterval, batch.heartbeatGrace);
+                }
+                uint256 last = uint40(word >> 208);
+                if (last == 0) last = start;
+                uint256 stopAt = last + interval;
+                if (stopAt < end && block.timestamp > stopAt + grace) {
+                    reason = SkipReason.FaultPending;
+                } else {
+                    word = (word & ~(uint256(type(uint40).max) << 208)) | (block.timestamp << 208);
+                    assembly ("memory-safe") {
+                        sstore(record.slot, word)
+                    }
+                    emit Heartbeat(leaseId);
+                    unchecked {
+                        ++i;
+                    }
+                    continue;
+                }
             }
             ++skipped;
             emit LeaseSkipped(leaseId, reason);
+            unchecked {
+                ++i;
+            }
         }
     }
 
@@ -93,18 +191,20 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
     /// @return skipped How many leases were skipped.
     /// Reverts with `UnknownLease` and `NotLeaseProvider`.
     function claim(bytes32[] calldata leaseIds) external nonReentrant returns (uint256 total, uint256 skipped) {
+        uint32 caller = _bindings[msg.sender].id;
         for (uint256 i; i < leaseIds.length; ++i) {
             bytes32 leaseId = leaseIds[i];
-            Lease storage lease = _existingLease(leaseId);
-            if (lease.provider != msg.sender) revert NotLeaseProvider(leaseId, msg.sender);
-            if (lease.closed || block.timestamp >= faultReportableAt(leaseId)) {
+            (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
+            if (lease.providerId != caller) revert NotLeaseProvider(leaseId, msg.sender);
+            if (lease.closed || block.timestamp >= _faultAt(lease, batch)) {
                 ++skipped;
                 emit LeaseSkipped(leaseId, lease.closed ? SkipReason.Closed : SkipReason.FaultPending);
                 continue;
             }
             total += block.timestamp >= lease.end
-                ? _settleAndClose(leaseId, lease, block.timestamp)
-                : _payUpTo(leaseId, lease, block.timestamp);
+                ? _settleAndClose(leaseId, lease, batch, block.timestamp)
+                : _payUpTo(leaseId, lease, batch, block.timestamp);
+            _store(leaseId, lease);
         }
         if (total != 0) credit.safeTransfer(msg.sender, total);
     }
@@ -114,12 +214,15 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
     /// provider and release the collateral.
     /// Reverts with `UnknownLease`, `LeaseAlreadyClosed`, `NotLeaseBuyer` and `FaultPending`.
     function close(bytes32 leaseId) external nonReentrant {
-        Lease storage lease = _existingLease(leaseId);
+        (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
         if (lease.closed) revert LeaseAlreadyClosed(leaseId);
-        if (block.timestamp < lease.end && msg.sender != lease.buyer) revert NotLeaseBuyer(leaseId, msg.sender);
-        _requireNoFault(leaseId);
-        uint256 paid = _settleAndClose(leaseId, lease, block.timestamp);
-        if (paid != 0) credit.safeTransfer(lease.provider, paid);
+        if (block.timestamp < lease.end && msg.sender != accountAt[lease.buyerId]) {
+            revert NotLeaseBuyer(leaseId, msg.sender);
+        }
+        if (block.timestamp >= _faultAt(lease, batch)) revert FaultPending(leaseId);
+        uint256 paid = _settleAndClose(leaseId, lease, batch, block.timestamp);
+        _store(leaseId, lease);
+        if (paid != 0) credit.safeTransfer(accountAt[lease.providerId], paid);
     }
 
     /// @dev Reports a missed heartbeat. Accrual stops one interval after the last heartbeat; the
@@ -127,17 +230,18 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
     /// is slashed: `slashBuyerBps` of it to the buyer, `slashReporterBps` to the caller, the rest burned.
     /// Reverts with `UnknownLease`, `LeaseAlreadyClosed` and `HeartbeatNotMissed`.
     function reportFault(bytes32 leaseId) external nonReentrant {
-        Lease storage lease = _existingLease(leaseId);
+        (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
         if (lease.closed) revert LeaseAlreadyClosed(leaseId);
-        uint256 reportableAt = faultReportableAt(leaseId);
+        uint256 reportableAt = _faultAt(lease, batch);
         if (block.timestamp < reportableAt) revert HeartbeatNotMissed(leaseId, reportableAt);
 
-        Params memory terms = _termsOf(lease);
-        uint256 stopAt = uint256(_lastHeartbeat(lease)) + terms.heartbeatInterval;
-        address provider = lease.provider;
-        address buyer = lease.buyer;
+        Params memory terms = _termsOf(batch);
+        uint256 stopAt = _lastHeartbeat(lease, batch) + terms.heartbeatInterval;
+        address provider = accountAt[lease.providerId];
+        address buyer = accountAt[lease.buyerId];
         uint256 collateral = lease.units * stakePerUnit;
-        uint256 paid = _settleAndClose(leaseId, lease, stopAt);
+        uint256 paid = _settleAndClose(leaseId, lease, batch, stopAt);
+        _store(leaseId, lease);
         if (paid != 0) credit.safeTransfer(provider, paid);
 
         uint256 slashed = collateral * terms.slashBps / BPS;
@@ -157,84 +261,110 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
     }
 
     /// @dev The first time a fault on `leaseId` can be reported, or `type(uint256).max` when the
-    /// provider's heartbeats already cover the lease to its end.
+    /// provider's heartbeats already cover the lease to its end. Reverts with `UnknownLease`.
     function faultReportableAt(bytes32 leaseId) public view returns (uint256) {
-        Lease storage lease = _existingLease(leaseId);
-        Params memory terms = _termsOf(lease);
-        uint256 stopAt = uint256(_lastHeartbeat(lease)) + terms.heartbeatInterval;
+        (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
+        return _faultAt(lease, batch);
+    }
+
+    /// @dev `faultReportableAt` of a lease already read.
+    function _faultAt(LeaseRecord memory lease, BatchTerms memory batch) private pure returns (uint256) {
+        uint256 stopAt = _lastHeartbeat(lease, batch) + batch.heartbeatInterval;
         if (stopAt >= lease.end) return type(uint256).max;
-        return stopAt + terms.heartbeatGrace + 1;
+        return stopAt + batch.heartbeatGrace + 1;
     }
 
-    /// @dev Reverts with `FaultPending` once a fault is reportable: such a lease ends only through
-    /// `reportFault`, so neither a claim nor a close after the end can dodge the slash.
-    function _requireNoFault(bytes32 leaseId) private view {
-        if (block.timestamp >= faultReportableAt(leaseId)) revert FaultPending(leaseId);
-    }
-
-    /// @dev Pays the provider up to `until`, refunds the buyer the rest, closes the lease.
+    /// @dev Pays the provider up to `until`, refunds the buyer the rest, marks `lease` closed (the
+    /// caller stores it).
     /// @return paid Credits owed to the provider; the caller transfers them.
-    function _settleAndClose(bytes32 leaseId, Lease storage lease, uint256 until) private returns (uint256 paid) {
-        paid = _payUpTo(leaseId, lease, until);
-        uint256 refund = _accrued(lease, lease.end) - _accrued(lease, _paidUntil(lease));
-        _close(leaseId, lease, refund);
-    }
-
-    /// @dev Moves accrual between `paidUntil` and `min(until, end, last heartbeat + interval)` out of the buyer's locked escrow.
-    /// @return amount Credits owed to the provider; the caller transfers them.
-    function _payUpTo(bytes32 leaseId, Lease storage lease, uint256 until) private returns (uint256 amount) {
-        // Only time covered by heartbeats is paid for.
-        uint256 covered = uint256(_lastHeartbeat(lease)) + _termsOf(lease).heartbeatInterval;
-        if (until > covered) until = covered;
-        if (until > lease.end) until = lease.end;
-        uint256 paidUntil = _paidUntil(lease);
-        if (until <= paidUntil) return 0;
-        amount = _accrued(lease, until) - _accrued(lease, paidUntil);
-        lease.paidUntil = uint40(until);
-        escrowOf[lease.buyer].locked -= uint128(amount);
-        emit LeasePaid(leaseId, lease.provider, amount, until);
-    }
-
-    /// @dev Refunds `refund` to the buyer's free escrow, unlocks the collateral, marks the lease closed.
-    function _close(bytes32 leaseId, Lease storage lease, uint256 refund) private {
+    function _settleAndClose(bytes32 leaseId, LeaseRecord memory lease, BatchTerms memory batch, uint256 until)
+        private
+        returns (uint256 paid)
+    {
+        paid = _payUpTo(leaseId, lease, batch, until);
+        uint256 refund = _accrued(lease, batch, lease.end) - _accrued(lease, batch, _paidUntil(lease, batch));
         lease.closed = true;
         if (refund != 0) {
-            EscrowAccount storage account = escrowOf[lease.buyer];
+            EscrowAccount storage account = escrowOf[accountAt[lease.buyerId]];
             account.locked -= uint128(refund);
             account.free += uint128(refund);
         }
         uint256 collateral = lease.units * stakePerUnit;
-        _unlockStake(lease.provider, collateral);
+        _unlockStake(accountAt[lease.providerId], collateral);
         emit LeaseClosed(leaseId, refund, collateral);
     }
 
-    /// @dev Opens a lease and emits nothing; the caller emits `LeaseOpened` with its context.
+    /// @dev Moves accrual between `paidUntil` and `min(until, end, last heartbeat + interval)` out
+    /// of the buyer's locked escrow and advances `lease.paidUntil` (the caller stores it).
+    /// @return amount Credits owed to the provider; the caller transfers them.
+    function _payUpTo(bytes32 leaseId, LeaseRecord memory lease, BatchTerms memory batch, uint256 until)
+        private
+        returns (uint256 amount)
+    {
+        // Only time covered by heartbeats is paid for.
+        uint256 covered = _lastHeartbeat(lease, batch) + batch.heartbeatInterval;
+        if (until > covered) until = covered;
+        if (until > lease.end) until = lease.end;
+        uint256 paidUntil = _paidUntil(lease, batch);
+        if (until <= paidUntil) return 0;
+        amount = _accrued(lease, batch, until) - _accrued(lease, batch, paidUntil);
+        lease.paidUntil = uint40(until);
+        escrowOf[accountAt[lease.buyerId]].locked -= uint128(amount);
+        emit LeasePaid(leaseId, accountAt[lease.providerId], amount, until);
+    }
+
+    /// @dev Records the terms every lease of this batch in one market shares: `price`, the block
+    /// time as start and the current parameters version. Returns the reference leases store.
+    function _newBatchTerms(uint256 price) internal returns (uint32 ref) {
+        ref = ++_batchTermsCount;
+        Params storage current = params;
+        _batchTerms[ref] = BatchTerms(
+            uint64(price), uint40(block.timestamp), paramsVersion, current.heartbeatInterval, current.heartbeatGrace
+        );
+    }
+
+    /// @dev Opens a lease (its one storage word, written once) and emits nothing; the caller emits
+    /// `LeaseOpened`. Reverts with `DuplicateLease`.
     function _openLease(
         bytes32 leaseId,
-        address buyer,
-        address provider,
+        uint32 buyerId,
+        uint32 providerId,
         uint256 units,
-        uint256 price,
+        uint32 termsRef,
         uint256 duration
     ) internal {
-        Lease storage lease = _leases[leaseId];
-        if (lease.buyer != address(0)) revert DuplicateLease(leaseId);
-        lease.buyer = buyer;
-        lease.start = uint32(block.timestamp);
-        lease.end = uint32(block.timestamp + duration);
-        lease.paramsVersion = paramsVersion;
-        lease.provider = provider;
-        lease.units = uint32(units);
-        lease.price = uint64(price);
+        if (_leases[leaseId].buyerId != 0) revert DuplicateLease(leaseId);
+        _store(leaseId, LeaseRecord(buyerId, providerId, uint32(units), termsRef, uint40(block.timestamp + duration), 0, 0, false));
+    }
+
+    /// @dev Writes a lease record as one word in one SSTORE (field-by-field assignment of a
+    /// storage struct costs a read and a write per field). The layout is Solidity's own for
+    /// `LeaseRecord` (fields packed from the low-order bits in declaration order), so the
+    /// compiler's reads of `_leases` see exactly these fields.
+    function _store(bytes32 leaseId, LeaseRecord memory lease) private {
+        uint256 word = uint256(lease.buyerId) | (uint256(lease.providerId) << 32) | (uint256(lease.units) << 64)
+            | (uint256(lease.termsRef) << 96) | (uint256(lease.end) << 128) | (uint256(lease.paidUntil) << 168)
+            | (uint256(lease.lastHeartbeat) << 208) | (lease.closed ? 1 << 248 : 0);
+        LeaseRecord storage slot = _leases[leaseId];
+        assembly ("memory-safe") {
+            sstore(slot.slot, word)
+        }
+    }
+
+    /// @dev A lease and its batch terms, read once (one cold word, one usually warm word).
+    /// Reverts with `UnknownLease`.
+    function _load(bytes32 leaseId) internal view returns (LeaseRecord memory lease, BatchTerms memory batch) {
+        lease = _leases[leaseId];
+        if (lease.buyerId == 0) revert UnknownLease(leaseId);
+        batch = _batchTerms[lease.termsRef];
     }
 
     /// @dev Credits a lease accrues from its start to `t` (capped at its end), rounded down.
-    function _accrued(Lease storage lease, uint256 t) private view returns (uint256) {
-        uint256 start = lease.start;
+    function _accrued(LeaseRecord memory lease, BatchTerms memory batch, uint256 t) private pure returns (uint256) {
+        uint256 start = batch.start;
         if (t <= start) return 0;
-        uint256 end = lease.end;
-        if (t > end) t = end;
-        return uint256(lease.units) * lease.price * (t - start) / 3600;
+        if (t > lease.end) t = lease.end;
+        return uint256(lease.units) * batch.price * (t - start) / 3600;
     }
 
     /// @dev The full cost of a lease: what `settle` locks for it.
@@ -242,23 +372,24 @@ abstract contract Leases is BuyerEscrow, ProviderStaking {
         return units * price * duration / 3600;
     }
 
-    /// @dev The parameters `lease` opened under.
-    function _termsOf(Lease storage lease) internal view returns (Params memory) {
-        return paramsAt[lease.paramsVersion];
+    /// @dev The parameters the leases of `batch` opened under.
+    function _termsOf(BatchTerms memory batch) internal view returns (Params storage) {
+        return paramsAt[batch.paramsVersion];
     }
 
-    function _paidUntil(Lease storage lease) private view returns (uint256) {
+    /// @dev Accrual up to this time has been paid (`paidUntil`, zero meaning the start).
+    function _paidUntil(LeaseRecord memory lease, BatchTerms memory batch) private pure returns (uint256) {
         uint256 paidUntil = lease.paidUntil;
-        return paidUntil == 0 ? lease.start : paidUntil;
+        // Slither: zero is the stored encoding of "the start".
+        // slither-disable-next-line incorrect-equality
+        return paidUntil == 0 ? batch.start : paidUntil;
     }
 
-    function _lastHeartbeat(Lease storage lease) private view returns (uint256) {
+    /// @dev The latest heartbeat (`lastHeartbeat`, zero meaning the start).
+    function _lastHeartbeat(LeaseRecord memory lease, BatchTerms memory batch) private pure returns (uint256) {
         uint256 last = lease.lastHeartbeat;
-        return last == 0 ? lease.start : last;
-    }
-
-    function _existingLease(bytes32 leaseId) internal view returns (Lease storage lease) {
-        lease = _leases[leaseId];
-        if (lease.buyer == address(0)) revert UnknownLease(leaseId);
+        // Slither: zero is the stored encoding of "the start".
+        // slither-disable-next-line incorrect-equality
+        return last == 0 ? batch.start : last;
     }
 }

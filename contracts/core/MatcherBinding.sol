@@ -10,6 +10,7 @@ import {UnderbidBase} from "./UnderbidBase.sol";
 /// be relying on it); any later change takes effect after `noticePeriod`, so a matcher's batches
 /// in flight always land while the binding they were simulated against still holds.
 abstract contract MatcherBinding is UnderbidBase {
+    /// @dev An account's binding as `bindingOf` returns it.
     struct Binding {
         /// The matcher bound until `changeAt` (or for good while `changeAt` is zero).
         address matcher;
@@ -21,15 +22,37 @@ abstract contract MatcherBinding is UnderbidBase {
         uint40 requestedAt;
     }
 
+    /// @dev The stored binding: `Binding` plus the account's compact id, packed into the first
+    /// word beside the matcher, so the binding read `settle` already makes yields the id for free.
+    struct BindingRecord {
+        address matcher;
+        uint40 changeAt;
+        /// The account's compact id (1, 2, ...), given at its first `bindMatcher`; leases store
+        /// ids instead of addresses so that a lease fits one storage word.
+        uint32 id;
+        address next;
+        uint40 requestedAt;
+    }
+
     // Slither: written through the storage pointer in bindMatcher (a Slither false positive).
     // slither-disable-next-line uninitialized-state
-    mapping(address => Binding) internal _bindings;
+    mapping(address => BindingRecord) internal _bindings;
+    /// @dev Compact account id => account (see `BindingRecord.id`).
+    mapping(uint32 => address) public accountAt;
+    /// @dev The last account id given.
+    uint32 internal _accountCount;
 
     /// @dev Binds the caller to `matcher`: at once if the caller is unbound with nothing pending,
     /// otherwise after `noticePeriod`. A new request replaces a pending one; `address(0)` unbinds.
     /// NOTE: while a change is pending an honest matcher takes no new messages from the account.
+    /// The first call also gives the caller its compact account id.
     function bindMatcher(address matcher) external {
-        Binding storage binding = _bindings[msg.sender];
+        BindingRecord storage binding = _bindings[msg.sender];
+        if (binding.id == 0) {
+            uint32 id = ++_accountCount;
+            binding.id = id;
+            accountAt[id] = msg.sender;
+        }
         address current = boundMatcherOf(msg.sender);
         bool pending = binding.changeAt != 0 && block.timestamp < binding.changeAt;
         uint256 effectiveAt = block.timestamp;
@@ -49,7 +72,7 @@ abstract contract MatcherBinding is UnderbidBase {
 
     /// @dev The matcher that may settle `account`'s messages now (zero: none).
     function boundMatcherOf(address account) public view returns (address) {
-        Binding storage binding = _bindings[account];
+        BindingRecord storage binding = _bindings[account];
         uint256 changeAt = binding.changeAt;
         if (changeAt != 0 && block.timestamp >= changeAt) return binding.next;
         return binding.matcher;
@@ -57,12 +80,15 @@ abstract contract MatcherBinding is UnderbidBase {
 
     /// @dev The whole binding record: current matcher, pending change and when it was asked for.
     function bindingOf(address account) external view returns (Binding memory) {
-        return _bindings[account];
+        BindingRecord storage binding = _bindings[account];
+        return Binding(binding.matcher, binding.changeAt, binding.next, binding.requestedAt);
     }
 
     /// @dev Reverts with `AccountNotBound` unless `account` is bound to `matcher` now.
-    function _requireBound(address account, address matcher) internal view {
+    /// @return id The account's compact id (non-zero: a bound account has bound once).
+    function _requireBound(address account, address matcher) internal view returns (uint32 id) {
         if (boundMatcherOf(account) != matcher) revert AccountNotBound(account, matcher);
+        return _bindings[account].id;
     }
 
     /// @dev True if `account` is bound to `matcher` now and has not asked to change since `since`.

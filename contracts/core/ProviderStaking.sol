@@ -26,22 +26,23 @@ abstract contract ProviderStaking is UnderbidBase {
     }
 
     mapping(address => ProviderAccount) public providers;
-    mapping(address => string) public metadataURI;
+    // A provider's metadata URI lives only in its `ProviderRegistered` / `MetadataUpdated` events
+    // (the latest one is current): a string in storage cost ~1 KB of the core's code, at the 24 KiB limit.
 
     /// @dev Registers the caller as a provider. Reverts with `AlreadyRegistered`.
-    /// @param uri Where the provider describes itself (hardware, region, contact).
+    /// @param uri Where the provider describes itself (hardware, region, contact); published in
+    /// the `ProviderRegistered` event, not stored.
     function register(string calldata uri) external {
         ProviderAccount storage account = providers[msg.sender];
         if (account.registered) revert AlreadyRegistered(msg.sender);
         account.registered = true;
-        metadataURI[msg.sender] = uri;
         emit ProviderRegistered(msg.sender, uri);
     }
 
-    /// @dev Replaces the caller's metadata URI. Reverts with `NotRegistered`.
+    /// @dev Replaces the caller's metadata URI (published in a `MetadataUpdated` event, which
+    /// supersedes the earlier ones). Reverts with `NotRegistered`.
     function updateMetadata(string calldata uri) external {
         if (!providers[msg.sender].registered) revert NotRegistered(msg.sender);
-        metadataURI[msg.sender] = uri;
         emit MetadataUpdated(msg.sender, uri);
     }
 

@@ -11,8 +11,12 @@ import {UnderbidBase} from "./UnderbidBase.sol";
 /// A message can fill while its nonce is unclaimed, or while it is the message that claimed it
 /// (its fill record is non-zero) and the nonce is not void. So any set of messages sharing a
 /// (signer, nonce) fills at most the units of one of them. Partial fills are recorded by digest in
-/// `fills`; bids always record their fill and the last round that filled them, which a challenge
-/// reads; an order filled completely in one go writes only its two bits.
+/// `fills`; a bid's record also keeps the last round that filled it, which a challenge reads. A
+/// message filled completely in one go (the common case) writes only its two bits, no record:
+/// for a bid, "claimed and void with no record" means exactly that its first fill used it up,
+/// and the court then takes a lease of the bid as proof of the round (see `MatcherCourt`).
+/// While a nonce is unclaimed no message can have a record, so verifying a fresh message reads only
+/// the (usually warm) bitmap word, never a cold `fills` slot.
 ///
 /// Cancelling is announced: `requestCancel` marks the nonce at once (an honest matcher drops the
 /// message, and the provider can no longer use it in a challenge), and `cancelNonces` voids it
@@ -91,13 +95,19 @@ abstract contract UnorderedNonces is UnderbidBase {
     /// @return filled Units the message has filled so far.
     function _requireFillable(bytes32 digest, address signer, uint256 nonce) internal view returns (uint256 filled) {
         (bool claimed, bool voided) = nonceState(signer, nonce);
-        filled = fills[digest].filled;
-        if (voided || (claimed && filled == 0)) revert NonceUsed(signer, nonce);
+        if (voided) revert NonceUsed(signer, nonce);
+        // An unclaimed nonce has no filled message: the first fill claims it. So the (cold) fill
+        // record is read only for a nonce already claimed, to tell its message from another one.
+        if (claimed) {
+            filled = fills[digest].filled;
+            if (filled == 0) revert NonceUsed(signer, nonce);
+        }
     }
 
-    /// @dev Records that a message now has `total - left` filled units: claims
-    /// its nonce on the first fill, voids it once nothing is left, and keeps the fill record
-    /// (always for a bid, with `round`; for an order only while it is partly filled).
+    /// @dev Records that a message now has `total - left` units filled: claims its nonce on the
+    /// first fill and voids it once nothing is left. The fill record is written only while the
+    /// message is partly filled (for a bid, with `round`, and kept up to date by every later fill);
+    /// a message used up by its first fill writes only its nonce bits.
     function _recordFill(
         bytes32 digest,
         address signer,
@@ -107,12 +117,24 @@ abstract contract UnorderedNonces is UnderbidBase {
         uint64 round,
         bool isBid
     ) internal {
+        uint256 shift = (nonce & 0x7f) << 1;
+        mapping(uint256 => uint256) storage words = nonceBitmap[signer];
+        uint256 word = words[nonce >> 7];
+        // What it had filled before this batch: nothing while its nonce was unclaimed, else its
+        // record (read when the batch verified it, so warm now).
+        uint256 before = (word >> shift) & 1 == 0 ? 0 : fills[digest].filled;
         uint256 filledNow = total - left;
-        uint256 before = fills[digest].filled;
+        // Slither: unit counts, compared exactly on purpose: nothing to record when this batch filled nothing.
+        // slither-disable-next-line incorrect-equality
         if (filledNow == before) return;
+        // Slither: unit counts: the first fill claims the nonce, a message with nothing left voids it.
+        // slither-disable-next-line incorrect-equality
         uint256 bits = (before == 0 ? 1 : 0) | (left == 0 ? 2 : 0);
-        if (bits != 0) nonceBitmap[signer][nonce >> 7] |= bits << ((nonce & 0x7f) << 1);
-        if (isBid) fills[digest] = Fill(uint32(filledNow), round);
-        else if (left != 0) fills[digest].filled = uint32(filledNow);
+        if (bits != 0) words[nonce >> 7] = word | (bits << shift);
+        if (isBid) {
+            if (before != 0 || left != 0) fills[digest] = Fill(uint32(filledNow), round);
+        } else if (left != 0) {
+            fills[digest].filled = uint32(filledNow);
+        }
     }
 }

@@ -133,7 +133,10 @@ interface IUnderbidErrors {
     /// @dev The bid had no unit left at the end of the witness round (filled in or before it).
     error BidFullyFilled(bytes32 bidDigest);
     /// @dev Another message with the bid's nonce was filled: the bid was never fillable after it.
+    /// (Also raised for a bid used up by its first fill when no `FillProof` lease is given.)
     error BidNonceTaken(address provider, uint256 nonce);
+    /// @dev The challenge's `FillProof` names no lease of the challenger's bid.
+    error FillLeaseNotFound(bytes32 leaseId);
     /// @dev The provider changed its matcher binding after the receipt, or is no longer bound.
     error ProviderLeftMatcher(address provider, address matcher);
     /// @dev The provider's stake went down (unstake request or slash) after the receipt was issued.

@@ -69,7 +69,8 @@ interface IUnderbidEvents {
         uint256 start,
         uint256 end
     );
-    event Heartbeat(bytes32 indexed leaseId, uint256 at);
+    /// @dev The lease's provider heartbeated it at this block's time (`getLease(leaseId).lastHeartbeat`).
+    event Heartbeat(bytes32 indexed leaseId);
     /// @dev A batched heartbeat or claim left this lease alone, for `reason`.
     event LeaseSkipped(bytes32 indexed leaseId, SkipReason reason);
     event LeasePaid(bytes32 indexed leaseId, address indexed provider, uint256 amount, uint256 paidUntil);

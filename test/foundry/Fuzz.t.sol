@@ -133,7 +133,8 @@ contract FuzzTest is Protocol {
         bytes32 db = settlement.hashBid(b);
         (uint32 filledA,) = settlement.fills(da);
         (uint32 filledB,) = settlement.fills(db);
-        require(filledA == first && filledB == 0, "only the first message fills");
+        // A bid used up by its first fill keeps no record; its claimed and void nonce bits say it.
+        require(filledA == (first == capA ? 0 : first) && filledB == 0, "only the first message fills");
         require(settlement.remainingOf(db, p1, nonce, capB) == 0, "the other message has nothing left");
         require(settlement.remainingOf(da, p1, nonce, capA) == capA - first, "the first keeps its remainder");
     }
@@ -217,7 +218,7 @@ contract FuzzTest is Protocol {
         MatcherCourt.Witness memory witness = MatcherCourt.Witness(round, settlement.hashOrder(o), w);
         (uint128 bondBefore,,,) = settlement.matchers(H);
         vm.prank(p1);
-        court.challenge(r, rs, b, bs, witness, bytes32(0));
+        court.challenge(r, rs, b, bs, witness, bytes32(0), MatcherCourt.FillProof(0, bytes32(0)));
         (uint128 bondAfter,,,) = settlement.matchers(H);
         require(bondAfter < bondBefore, "the matcher was slashed");
     }

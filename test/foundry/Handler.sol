@@ -87,6 +87,9 @@ contract Handler is CheatBase {
     /// keccak256(matcher, round, bid digest) => the order of that bid's shortest lease in the round.
     mapping(bytes32 => bytes32) internal ownLeaseOrder;
     mapping(bytes32 => uint256) internal ownLeaseDuration;
+    /// bid digest => its latest lease (round, order): the `FillProof` a challenger names for a
+    /// bid that its first fill used up (such a bid has no fill record).
+    mapping(bytes32 => MatcherCourt.FillProof) internal lastLeaseOf;
     /// Live messages H admitted (indices into _orders / _bids); every bid there has a receipt.
     uint256[] internal hOrders;
     uint256[] internal hBids;
@@ -979,6 +982,7 @@ contract Handler is CheatBase {
                 else _hRing[hLeaseCount % H_RING] = rec;
                 ++hLeaseCount;
             }
+            lastLeaseOf[b.digest] = MatcherCourt.FillProof(round, o.digest);
             bytes32 key = keccak256(abi.encode(matcher, round, b.digest));
             uint256 shortest = ownLeaseDuration[key];
             if (shortest == 0 || o.o.duration < shortest) {
@@ -1000,8 +1004,11 @@ contract Handler is CheatBase {
             uint256 ofill = ghostFilled[o.digest];
             uint256 bf = ghostFilled[b.digest];
             (uint32 recorded,) = settlement.fills(b.digest);
+            // A bid used up by its first fill keeps no record (its nonce bits say it all); a
+            // record missed for a partial fill would have shown as a mismatch at that settle.
+            bool recordOk = recorded == bf || (recorded == 0 && bf == b.b.capacity);
             if (
-                ofill > o.o.units || bf > b.b.capacity || recorded != bf
+                ofill > o.o.units || bf > b.b.capacity || !recordOk
                     || settlement.remainingOf(o.digest, o.o.buyer, o.o.nonce, o.o.units) > o.o.units - ofill
                     || settlement.remainingOf(b.digest, b.b.provider, b.b.nonce, b.b.capacity) > b.b.capacity - bf
             ) fillMismatch = true;
@@ -1132,10 +1139,10 @@ contract Handler is CheatBase {
         ++challengesTried;
         MatcherCourt.Witness memory witness = MatcherCourt.Witness(w.round, w.orderDigest, _bids[w.bid].b);
         vm.prank(rec.b.provider);
-        try court.challenge(rec.r, rec.rsig, rec.b, rec.sig, witness, own) {
+        try court.challenge(rec.r, rec.rsig, rec.b, rec.sig, witness, own, lastLeaseOf[rec.digest]) {
             ++challengeOutcome[bytes4(0)];
             honestChallenged = true;
-            honestChallengeInfo = abi.encode(rec.b, rec.r, witness, own, block.timestamp);
+            honestChallengeInfo = abi.encode(rec.b, rec.r, witness, own, lastLeaseOf[rec.digest], block.timestamp);
         } catch (bytes memory err) {
             bytes4 sel = bytes4(err);
             ++challengeOutcome[sel];
@@ -1163,7 +1170,7 @@ contract Handler is CheatBase {
         bytes32 own = mode % 2 == 1 ? ownLeaseOrder[keccak256(abi.encode(A, w.round, rec.digest))] : bytes32(0);
         MatcherCourt.Witness memory witness = MatcherCourt.Witness(w.round, w.orderDigest, _bids[w.bid].b);
         vm.prank(rec.b.provider);
-        try court.challenge(rec.r, rec.rsig, rec.b, rec.sig, witness, own) {
+        try court.challenge(rec.r, rec.rsig, rec.b, rec.sig, witness, own, lastLeaseOf[rec.digest]) {
             ++adversaryChallenged;
         } catch {}
     }

@@ -78,6 +78,8 @@ class Challenge:
     order: Order
     witness: Bid
     own_order: Order | None = None
+    # A lease of the bid (round, its order) when the bid was used up in one go (no fill record).
+    fill_lease: tuple[int, Order] | None = None
 
     def args(self) -> tuple:
         r, r_sig = self.receipt
@@ -90,6 +92,7 @@ class Challenge:
             b_sig,
             (self.witness_round, digest(self.order, self.m), self.witness.as_call_tuple()),
             own,
+            (self.fill_lease[0], digest(self.fill_lease[1], self.m)) if self.fill_lease else (0, ZERO32),
         )
 
     def replace(self, **changes) -> Challenge:

@@ -189,7 +189,7 @@ def test_actions_between_batches_of_a_split_round(funded, m2, chain, settlement,
                     c.verify()
             else:  # b1 against b2's lease: b1 was used up, by a lease as long as the witness's
                 with reverts(court.BidFullyFilled, bidDigest=digest(b1[0], m)):
-                    c.verify()
+                    c.replace(fill_lease=(r, o1[0])).verify()  # b1's own lease names the round
                 with reverts(court.SwapNotShorter):
                     c.replace(own_order=o1[0]).verify()
 

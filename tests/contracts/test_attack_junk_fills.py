@@ -61,8 +61,9 @@ def test_cheap_bid_used_for_a_short_order_while_a_dear_bid_serves_a_long_one(fun
     assert settlement.remainingOf(digest(b[0], m), providers[0], b[0].nonce, 2) == 0
 
     c = Challenge(m, court, providers[0], receipt, b, round_id, real[0], w[0])
+    # B's first fill used it up (no fill record); its junk lease names the round that did.
     with reverts(court.BidFullyFilled, bidDigest=digest(b[0], m)):
-        c.verify()
+        c.replace(fill_lease=(round_id, junk[0])).verify()
 
     swap = c.replace(own_order=junk[0])
     bond0, balance0 = settlement.matchers(matcher).bond, ubt.balanceOf(providers[0])
@@ -94,12 +95,19 @@ def test_junk_fill_in_a_later_round_does_not_excuse_the_earlier_one(funded, chai
     junk = m.order(buyers[2], units=3, duration=params.min_lease_duration, max_price=3 * UBC)
     m.settle([junk], [c.bid], [(0, 0, 3)], {H100: P_CHEAP})
     bid_digest = digest(c.bid[0], m)
-    filled, last_round = settlement.fills(bid_digest)
-    assert (filled, last_round) == (3, c.witness_round + 1)
-    assert settlement.isNonceUsed(providers[0], c.bid[0].nonce)
+    # B was used up by its first fill: no fill record, its nonce claimed and void; the round that
+    # used it up is proven by naming one of its leases (the court checks the lease exists).
+    assert tuple(settlement.fills(bid_digest)) == (0, 0)
+    assert tuple(settlement.nonceState(providers[0], c.bid[0].nonce)) == (True, True)
+    with reverts(court.BidNonceTaken, provider=providers[0].address, nonce=c.bid[0].nonce):
+        c.verify()  # without the proof the court cannot tell B from another message with its nonce
+    fake = c.replace(fill_lease=(c.witness_round + 1, c.order))  # B never had a lease with that order
+    fake_id = settlement.leaseIdOf(matcher, c.witness_round + 1, digest(c.order, m), bid_digest)
+    with reverts(court.FillLeaseNotFound, leaseId=fake_id):
+        fake.verify()
 
     bond0, balance0 = settlement.matchers(matcher).bond, ubt.balanceOf(providers[0])
-    tx = c.send()
+    tx = c.replace(fill_lease=(c.witness_round + 1, junk[0])).send()
     assert_slashed(settlement, ubt, matcher, providers[0], tx, params, bond0, balance0)
 
 
@@ -116,7 +124,11 @@ def test_bid_fully_filled_in_the_witness_round_is_honest(funded, chain, settleme
     o = m.order(buyers[0], units=5, duration=2 * HOUR + 1, max_price=3 * UBC)
     m.settle([o], [b, w], [(0, 0, 3), (0, 1, 2)], {H100: P_DEAR})
     c = Challenge(m, court, providers[0], receipt, b, settlement.lastRound(matcher), o[0], w[0])
+    # B was used up by its first fill, so it has no fill record: named by a lease of its own, the
+    # round that used it up is the witness round itself.
     with reverts(court.BidFullyFilled, bidDigest=digest(b[0], m)):
-        c.verify()
+        c.replace(fill_lease=(settlement.lastRound(matcher), o[0])).verify()
+    with reverts(court.BidNonceTaken, provider=providers[0].address, nonce=b[0].nonce):
+        c.verify()  # and without that proof the court refuses it as a taken nonce
     with reverts(court.SwapNotShorter, ownDuration=2 * HOUR + 1, witnessDuration=2 * HOUR + 1):
         c.replace(own_order=o[0]).verify()

@@ -4,7 +4,8 @@ The story of every challenge here: provider P's bid B was accepted (receipted) b
 its rounds from R on, and in a final round R' >= R a pricier bid W won a lease in B's market, for a
 duration B accepts, while B had a unit to spare (the spare-unit proof), or while B got a strictly
 shorter lease of its own in R' (the swap proof). P proves it to the `MatcherCourt` with
-`court.challenge(receipt, receiptSig, B, BSig, (R', order digest, W), ownOrderDigest)`.
+`court.challenge(receipt, receiptSig, B, BSig, (R', order digest, W), ownOrderDigest, fillProof)`
+(`fillProof`: a lease of B, only when B was used up by its first fill and so has no fill record).
 
 Receipts are signed with the matcher's receipt signer (the matcher account itself here), exactly as
 the off-chain matcher does. Every revert is checked by name (and by selector when ape cannot decode
@@ -28,6 +29,7 @@ from ..reverts import error_name as revert_error_name
 from ..reverts import reverts
 
 NO_SWAP = b"\x00" * 32
+NO_FILL_PROOF = (0, b"\x00" * 32)  # the spare-unit proof of a bid with a fill record, or never filled
 
 # ----------------------------------------------------------------------------------------------
 # revert names
@@ -97,9 +99,13 @@ class Scene:
     order: tuple[Order, bytes]
     witness: tuple[Bid, bytes]
     start: int
+    # (round, order digest) of a lease of `bid`, as an honest challenger names one: the court needs
+    # it only when `bid` was used up by its first fill (then it has no fill record).
+    fill_lease: tuple[int, bytes] | None = None
 
     def args(
-        self, *, round_id=None, receipt=None, bid=None, order=None, witness=None, order_digest=None, own=None
+        self, *, round_id=None, receipt=None, bid=None, order=None, witness=None, order_digest=None, own=None,
+        fill=None,
     ) -> tuple:
         r, r_sig = receipt or self.receipt
         b, b_sig = bid or self.bid
@@ -112,6 +118,7 @@ class Scene:
             b_sig,
             (self.round_id if round_id is None else round_id, o_digest, w.as_call_tuple()),
             NO_SWAP if own is None else own,
+            fill if fill is not None else (self.fill_lease or NO_FILL_PROOF),
         )
 
     def challenge(self, sender=None, **overrides):
@@ -168,7 +175,8 @@ def pass_over(
     else:
         tx = m.settle([o], [w], [(0, 0, 2)], {market: w[0].price}, round_id=rid, sender=sender)
     assert m.settlement.isRoundFinal(who, rid)
-    return Scene(m, rid, provider, b, receipt, o, w, lease_start(m, tx, o, w))
+    own = (rid, digest(o[0], m)) if fill else None
+    return Scene(m, rid, provider, b, receipt, o, w, lease_start(m, tx, o, w), own)
 
 
 def accounts_of(m, matcher, accounts, n=2):
@@ -350,9 +358,9 @@ def swap_scene(m, chain, buyers, providers, *, own_duration, witness_duration):
 def test_swap_proof_slashes_the_matcher(funded, chain, settlement, court, matcher, buyers, providers, params):
     m = funded
     s, own = swap_scene(m, chain, buyers, providers, own_duration=HOUR, witness_duration=2 * HOUR)
-    # B is used up, so the spare-unit proof fails...
+    # B is used up (by its first fill: its own lease proves the round), so the spare-unit proof fails...
     with reverts(court.BidFullyFilled, bidDigest=s.bid_digest):
-        s.challenge()
+        s.challenge(fill=(1, digest(own[0], m)))
     # ...but B's own lease is shorter than W's: swapping them gains (2 h - 1 h) x (W - B).
     who, _ = s.verify(own=digest(own[0], m))
     assert who == matcher.address
@@ -429,9 +437,11 @@ def test_honest_round_every_receipted_bid_every_lease(funded, chain, settlement,
     seen = {}
     for (b, b_sig), receipt in zip(bids, receipts, strict=True):
         provider = next(p for p in providers if p.address == b.provider)
+        mine = [x for x in leases if bytes(x.bidDigest) == digest(b, m)]
+        fill = (1, bytes(mine[0].orderDigest)) if mine else None  # as an honest challenger names it
         for lease in leases:
             scene = Scene(m, 1, provider, (b, b_sig), receipt, orders_by_digest[bytes(lease.orderDigest)],
-                          by_digest[bytes(lease.bidDigest)], lease.start)
+                          by_digest[bytes(lease.bidDigest)], lease.start, fill)
             name = error_name(settlement, scene.challenge)
             assert name == error_name(settlement, scene.verify)
             seen[(b.provider, lease.event_arguments["provider"])] = name  # (`.provider` is ape's)
@@ -686,14 +696,21 @@ def test_bid_fully_filled_after_the_round(court, scene, chain, settlement, buyer
     # B fills completely in round 2, after round 1: that does not excuse round 1, only round 2 itself.
     # Round 2: B fills completely, and a dearer bid serves another order.
     o2, w2 = m.order(buyers[1], units=2), m.bid(providers[2], price=P_DEAR)
-    m.settle([m.order(buyers[2], units=3), o2], [scene.bid, w2], [(0, 0, 3), (1, 1, 2)], {H100: P_DEAR})
-    assert tuple(settlement.fills(scene.bid_digest)) == (3, 2)
+    o3 = m.order(buyers[2], units=3)
+    m.settle([o3, o2], [scene.bid, w2], [(0, 0, 3), (1, 1, 2)], {H100: P_DEAR})
+    # Used up by its first fill: no fill record, the nonce claimed and void; B's round-2 lease
+    # proves when (a message with B's nonce that is not B could not have a lease of B).
+    assert tuple(settlement.fills(scene.bid_digest)) == (0, 0)
+    assert tuple(settlement.nonceState(providers[0], scene.bid[0].nonce)) == (True, True)
+    proof = (2, digest(o3[0], m))
+    with reverts(court.BidNonceTaken, provider=providers[0].address, nonce=scene.bid[0].nonce):
+        scene.verify()
     # Filled up in a later round: B still had its units when round 1 ended, so round 1 stays provable.
-    scene.verify()
+    scene.verify(fill=proof)
     # Filled up in the witness round itself: no unit to spare.
     with reverts(court.BidFullyFilled, bidDigest=scene.bid_digest):
-        scene.challenge(round_id=2, order=o2, witness=w2)
-    scene.challenge()
+        scene.challenge(round_id=2, order=o2, witness=w2, fill=proof)
+    scene.challenge(fill=proof)
 
 
 def test_stake_decreased_after_the_receipt(court, funded, chain, settlement, buyers, providers):

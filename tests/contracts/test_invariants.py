@@ -763,8 +763,11 @@ class ProtocolMachine(RuleBasedStateMachine):
                 state.claimed_by = msg.digest
             assert state.claimed_by == msg.digest, f"{msg} filled while another message held its nonce"
             state.void = state.void or msg.filled == msg.total
+            # A message used up by its first fill keeps no record (its nonce bits say it all); a
+            # bid's record, once it has one, follows every later fill with its round.
             if msg.kind == "bid":
-                msg.record, msg.last_round = msg.filled, round_id
+                if before[msg.digest] != 0 or msg.filled < msg.total:
+                    msg.record, msg.last_round = msg.filled, round_id
             elif msg.filled < msg.total:
                 msg.record = msg.filled
         return sorted(opened)
@@ -1266,7 +1269,8 @@ class ProtocolMachine(RuleBasedStateMachine):
                 lease.last_heartbeat = self.t
                 beats.append((lease.lease_id, self.t))
         self._check_skipped(receipt, skipped)
-        got = [(bytes(x.event_arguments["leaseId"]), x.event_arguments["at"])
+        # `Heartbeat` carries no time: a heartbeat is at its block's time.
+        got = [(bytes(x.event_arguments["leaseId"]), receipt.timestamp)
                for x in receipt.decode_logs(self.env.settlement.Heartbeat)]
         assert got == beats, f"Heartbeat events {got} != model {beats}"
 

@@ -80,14 +80,17 @@ def round_leases(settlement, round_id: int, from_block: int, to_block: int) -> l
     return [log for log in settlement.LeaseOpened.range(from_block, to_block + 1) if log.round == round_id]
 
 
-def challenge_args(http, round_id: int, receipt: dict, lease, own_order: bytes = bytes(32)) -> tuple:
-    """The arguments of `MatcherCourt.challenge` for a receipted bid and a witness lease."""
+def challenge_args(http, round_id: int, receipt: dict, lease, own_order: bytes = bytes(32),
+                   fill_lease: tuple[int, bytes] = (0, bytes(32))) -> tuple:
+    """The arguments of `MatcherCourt.challenge` for a receipted bid and a witness lease; `fill_lease`
+    (round, order digest) is a lease of the bid itself, which the court needs when the bid was used
+    up by its first fill."""
     bid, bid_sig = stored_bid(http, receipt["bidHash"])
     r = Receipt(matcher=receipt["matcher"], bid_hash=receipt["bidHash"], round=receipt["round"],
                 issued_at=receipt["issuedAt"])
     witness = stored_bid(http, "0x" + bytes(lease.bidDigest).hex())[0]
     return (r.as_call_tuple(), bytes.fromhex(receipt["signature"][2:]), bid.as_call_tuple(), bid_sig,
-            (round_id, bytes(lease.orderDigest), witness.as_call_tuple()), own_order)
+            (round_id, bytes(lease.orderDigest), witness.as_call_tuple()), own_order, fill_lease)
 
 
 def challenge_outcomes(http, court, round_id: int, receipts: dict[str, dict], leases) -> dict[tuple[str, str], str]:
@@ -98,14 +101,17 @@ def challenge_outcomes(http, court, round_id: int, receipts: dict[str, dict], le
     outcomes = {}
     for bid_digest, receipt in receipts.items():
         own = [lease for lease in leases if "0x" + bytes(lease.bidDigest).hex() == bid_digest]
+        # As an honest challenger would: name a lease of the bid, so a bid used up in this round is
+        # judged by that round (`BidFullyFilled`) rather than refused for want of proof.
+        fill = (round_id, bytes(own[0].orderDigest)) if own else (0, bytes(32))
         for lease in leases:
             lease_id = "0x" + bytes(lease.leaseId).hex()
-            args = challenge_args(http, round_id, receipt, lease)
+            args = challenge_args(http, round_id, receipt, lease, fill_lease=fill)
             outcomes[(bid_digest, lease_id)] = outcome(court, lambda args=args: court.verifyChallenge(*args))
             for mine in own:
                 if mine.leaseId == lease.leaseId:
                     continue
-                args = challenge_args(http, round_id, receipt, lease, bytes(mine.orderDigest))
+                args = challenge_args(http, round_id, receipt, lease, bytes(mine.orderDigest), fill)
                 outcomes[(bid_digest, f"swap:{lease_id}:{bytes(mine.leaseId).hex()}")] = outcome(
                     court, lambda args=args: court.verifyChallenge(*args)
                 )

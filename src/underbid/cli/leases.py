@@ -269,7 +269,7 @@ def challenge(env: Env, bid_digest: str, round_id: int | None, check: bool) -> N
         raise UnderbidError(
             f"the receipt for bid {short(entry.digest)} names no matcher: it predates this protocol version"
         )
-    candidates = _witnesses(env, client, bid, entry.digest, int(receipt["round"]), round_id)
+    candidates, fill_lease = _witnesses(env, client, bid, entry.digest, int(receipt["round"]), round_id)
     if not candidates:
         where = f"round {round_id}" if round_id is not None else f"the matcher's rounds from {receipt['round']} on"
         raise UnderbidError(
@@ -280,7 +280,8 @@ def challenge(env: Env, bid_digest: str, round_id: int | None, check: bool) -> N
     chosen = None
     for witness in candidates:
         for own in (None, *witness["own_orders"]):
-            args = client.challenge_args(receipt, bid, bid_sig, witness["round"], witness["order"], witness["bid"], own)
+            args = client.challenge_args(receipt, bid, bid_sig, witness["round"], witness["order"], witness["bid"], own,
+                                         fill_lease)
             try:
                 matcher = client.verify_challenge(args)
             except ChainError as exc:
@@ -312,22 +313,27 @@ def challenge(env: Env, bid_digest: str, round_id: int | None, check: bool) -> N
         f" {ubt_short(result.get('toChallenger', 0))} UBT to you"))
 
 
-def _witnesses(env: Env, client, bid, bid_digest: str, receipt_round: int, only_round: int | None) -> list[dict]:
+def _witnesses(env: Env, client, bid, bid_digest: str, receipt_round: int,
+               only_round: int | None) -> tuple[list[dict], tuple[int, str] | None]:
     """Candidate witness leases for `bid`, nearest round first: leases of the bid's matcher in rounds
     >= `receipt_round` (or only `only_round`), in its market, whose bid (from the matcher) is pricier
     and whose duration the bid accepts. Each lists `own_orders`: orders of the bid's own strictly
-    shorter leases in that round (for the swap proof)."""
+    shorter leases in that round (for the swap proof). Also returns the bid's own latest lease
+    (round, order digest), or None: the court's proof of the round that used up a bid filled in one go."""
     from underbid.protocol.eip712 import Bid
 
     logs = client.settlement.events.LeaseOpened.get_logs(from_block=client.book.block)
     matcher_api = env.matcher()
     mine: dict[int, list[tuple[str, int]]] = {}
     found = []
+    fill_lease: tuple[int, str] | None = None
     for log in logs:
         a = log["args"]
         if a["matcher"].lower() != bid.matcher.lower() or "0x" + bytes(a["market"]).hex() != bid.market.lower():
             continue
         r = int(a["round"])
+        if "0x" + bytes(a["bidDigest"]).hex() == bid_digest.lower() and (fill_lease is None or r > fill_lease[0]):
+            fill_lease = (r, "0x" + bytes(a["orderDigest"]).hex())
         if r < receipt_round or (only_round is not None and r != only_round):
             continue
         duration = int(a["end"]) - int(a["start"])
@@ -348,7 +354,7 @@ def _witnesses(env: Env, client, bid, bid_digest: str, receipt_round: int, only_
             continue
         candidates.append({"round": r, "order": order_d, "bid": other, "lease": lease_id,
                            "own_orders": [o for o, d in mine.get(r, []) if d < duration]})
-    return candidates
+    return candidates, fill_lease
 
 
 COMMANDS = [lease, heartbeat_loop, report, challenge]

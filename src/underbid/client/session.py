@@ -421,8 +421,22 @@ class Client:
 
     def provider(self, who: str) -> ProviderInfo:
         staked, locked, unbonding, unbonding_end, _, registered = self.settlement.functions.providers(who).call()
-        metadata = self.settlement.functions.metadataURI(who).call() if registered else ""
+        metadata = self.provider_metadata(who) if registered else ""
         return ProviderInfo(who, registered, staked, locked, unbonding, unbonding_end, metadata)
+
+    def provider_metadata(self, who: str) -> str:
+        """`who`'s metadata URI: the latest `ProviderRegistered` / `MetadataUpdated` event's (the
+        contract publishes it in events only, not in storage)."""
+        events = self.settlement.events
+        filters = {"provider": Web3.to_checksum_address(who)}
+        logs = [
+            log for event in (events.ProviderRegistered, events.MetadataUpdated)
+            for log in event.get_logs(from_block=self.book.block, argument_filters=filters)
+        ]
+        if not logs:
+            return ""
+        latest = max(logs, key=lambda log: (log["blockNumber"], log["logIndex"]))
+        return str(latest["args"]["metadataURI"])
 
     def params(self) -> dict[str, int]:
         """The core's tunable parameters by name (read from the ABI, so new fields just appear)."""
@@ -800,14 +814,18 @@ class Client:
 
     @staticmethod
     def challenge_args(receipt: dict[str, Any], bid: Bid, bid_sig: bytes, witness_round: int, witness_order: str,
-                       witness_bid: Bid, own_order: str | None = None) -> tuple:
+                       witness_bid: Bid, own_order: str | None = None,
+                       fill_lease: tuple[int, str] | None = None) -> tuple:
         """The arguments of the court's `challenge` / `verifyChallenge`; `own_order` (the order of the
-        bid's own shorter lease in the witness round) selects the swap proof, None the spare-unit proof."""
+        bid's own shorter lease in the witness round) selects the swap proof, None the spare-unit proof.
+        `fill_lease` (round, order digest) is a lease of the bid itself: the court needs one when the bid
+        was used up by its first fill (it then has no fill record; the lease names the round)."""
         r = (Web3.to_checksum_address(receipt["matcher"]), bytes.fromhex(receipt["bidHash"][2:]),
              int(receipt["round"]), int(receipt["issuedAt"]))
         own = bytes.fromhex(own_order[2:]) if own_order else bytes(32)
+        fill = (int(fill_lease[0]), bytes.fromhex(fill_lease[1][2:])) if fill_lease else (0, bytes(32))
         return (r, bytes.fromhex(receipt["signature"][2:]), bid.as_call_tuple(), bid_sig,
-                (int(witness_round), bytes.fromhex(witness_order[2:]), witness_bid.as_call_tuple()), own)
+                (int(witness_round), bytes.fromhex(witness_order[2:]), witness_bid.as_call_tuple()), own, fill)
 
     def verify_challenge(self, args: tuple) -> str:
         """Runs every check of the court's `challenge` as a call; returns the matcher who would be slashed."""
