@@ -1,6 +1,7 @@
 """Benchmarks of the matcher, printed one figure per line as ``bench <name> <value> <unit>``.
 
-Run ``python -m underbid.bench`` (all) or ``python -m underbid.bench --only clear_1k_10k``.
+Run ``bash scripts/bench.sh`` (sets up, compiles, then runs all), or ``python -m underbid.bench
+--only clear_1k_10k`` in a shell that has sourced ``scripts/env.sh``.
 The fixed line format lets CI and the docs quote figures without parsing prose.
 Each benchmark is one function registered in ``BENCHMARKS``; add new ones
 (``ingest``, ``round_e2e``, ...) the same way.  Figures are the median of
@@ -17,6 +18,9 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from underbid.matcher.clearing import BidLot, OrderLot, clear
 
@@ -291,6 +295,11 @@ class _Devnet:
         import subprocess
 
         from ape import accounts, networks
+        from ape.logging import LogLevel
+        from ape.logging import logger as ape_logger
+
+        # ape reports every transaction at INFO; among the figures that is noise.
+        ape_logger.set_level(LogLevel.ERROR)
 
         from underbid.devnet.deploy import DeployParams, address_book, deploy_protocol
 
@@ -610,9 +619,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only this benchmark (repeatable)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per figure (median)")
     args = parser.parse_args(argv)
-    for name in args.only or list(BENCHMARKS):
-        for fig, value, unit in BENCHMARKS[name](args.runs):
-            print(f"bench {fig} {value:.3f} {unit}", flush=True)
+    chosen = args.only or list(BENCHMARKS)
+    # Figures go to stdout (one parseable line each); progress goes to stderr, so that
+    # `python -m underbid.bench > figures.txt` keeps a clean file and still shows where it is.
+    progress_console = Console(stderr=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=progress_console, transient=True) as progress:
+        task = progress.add_task("benchmarks", total=len(chosen))
+        for name in chosen:
+            progress.update(task, description=f"bench {name} ({args.runs} runs)")
+            started = time.perf_counter()
+            for figure, value, unit in BENCHMARKS[name](args.runs):
+                print(f"bench {figure} {value:.3f} {unit}", flush=True)
+            progress_console.print(f"[dim]{name}: done in {time.perf_counter() - started:.1f} s[/dim]")
+            progress.advance(task)
     return 0
 
 
