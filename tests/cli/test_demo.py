@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import httpx
@@ -62,10 +64,20 @@ def test_devnet_up_demo_down(tmp_path):
         assert cli("devnet", "status")["alive"] == {"anvil": True, "matcher": True}
         # Commands find the devnet's RPC, matcher and address book without any option.
         assert cli("account", "show", "dev:7")["ubt"] == 5_000 * 10**18
-        _check_story(cli("demo", "--minutes", "3"))
+        story = cli("demo", "--minutes", "3")
+        _check_story(story)
         # A second `up` refuses while this one runs.
         cli.fails("devnet", "up", "--port", str(free_port()), "--matcher-port", str(free_port()), code=1,
                   match="already up")
+        # A crashed matcher: the advice of the unreachable error (`devnet up`) restarts it on its
+        # port with its store, so the demo's settled round is still there.
+        os.kill(up["matcher_pid"], signal.SIGKILL)
+        cli.fails("market", "list", code=1, match="`underbid devnet up` (re)starts it")
+        again = cli("devnet", "up")
+        assert again["outcome"] == "restarted matcher" and again["matcher_pid"] != up["matcher_pid"]
+        assert again["matcher_url"] == up["matcher_url"] and again["anvil_pid"] == up["anvil_pid"]
+        assert httpx.get(f"{up['matcher_url']}/rounds/{story['round']}").status_code == 200
+        up = again
     finally:
         down = cli("devnet", "down")
     assert down["stopped"] == {"matcher": True, "anvil": True}

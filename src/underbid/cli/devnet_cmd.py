@@ -19,6 +19,7 @@ from underbid.devnet.node import (
     REPORTER,
     DevnetError,
     DevnetState,
+    UpOutcome,
     dev_account,
 )
 
@@ -71,7 +72,11 @@ def _accounts_table() -> Table:
 @DIR
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def devnet_up(port: int, matcher_port: int, round_seconds: float, directory: Path | None, as_json: bool) -> None:
-    """Start anvil, deploy the contracts, fund the demo accounts and start a matcher."""
+    """Start anvil, deploy the contracts, fund the demo accounts and start a matcher.
+
+    On a recorded devnet whose matcher died, restart that matcher (same port, token and store);
+    if its anvil died, the chain is gone and a fresh devnet starts.
+    """
     from underbid.devnet import node as dn
 
     env = Env(None, None, None, None, as_json, None)
@@ -85,7 +90,9 @@ def devnet_up(port: int, matcher_port: int, round_seconds: float, directory: Pat
     def render(console: Console):
         from underbid.chain.deployment import AddressBook
 
-        console.print(kv_table(f"devnet up in {elapsed:.0f} s", _state_rows(state)))
+        title = (f"devnet up in {elapsed:.0f} s" if state.outcome is UpOutcome.STARTED
+                 else f"devnet up: its matcher was not running and is restarted ({elapsed:.0f} s), store kept")
+        console.print(kv_table(title, _state_rows(state)))
         book = AddressBook.load(state.deployment)
         contracts = Table("contract", "address", title="contracts")
         for name in book.contracts:

@@ -994,7 +994,8 @@ class MatcherClient:
             response = httpx.request(method, self.url + path, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout):
             raise MatcherError(
-                f"the matcher at {self.url} is unreachable: start one (`underbid devnet up`) or pass --matcher"
+                f"the matcher at {self.url} is unreachable: on a devnet `underbid devnet up` (re)starts it;"
+                " elsewhere pass --matcher"
             ) from None
         except httpx.HTTPError as exc:
             raise MatcherError(f"the matcher at {self.url} did not answer ({type(exc).__name__}): try again") from None

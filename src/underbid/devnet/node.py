@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from functools import cache
 from pathlib import Path
 
@@ -74,6 +75,13 @@ def state_path(directory: Path | None = None) -> Path:
     return (directory or devnet_dir()) / "devnet.json"
 
 
+class UpOutcome(str, Enum):
+    """What `up` did: started a devnet, or restarted the dead matcher of a recorded one."""
+
+    STARTED = "started"
+    RESTARTED_MATCHER = "restarted matcher"
+
+
 @dataclass
 class DevnetState:
     rpc: str
@@ -86,6 +94,13 @@ class DevnetState:
     matcher_pid: int
     logs: dict[str, str] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    #: Kept so that a restarted matcher closes rounds as the first one did (older state files: 0).
+    round_seconds: float = 0
+    #: What the last `up` did with this devnet.
+    outcome: UpOutcome = UpOutcome.STARTED
+
+    def __post_init__(self) -> None:
+        self.outcome = UpOutcome(self.outcome)  # a state file holds the value
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -266,9 +281,15 @@ def deploy(rpc: str, out: Path, log: Path) -> None:
 
 
 def start_matcher(rpc: str, deployment: Path, db: Path, port: int, token: str, log: Path,
-                  round_seconds: float = 0) -> subprocess.Popen:
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)  # a fresh chain needs a fresh store
+                  round_seconds: float = 0, *, fresh_store: bool = True) -> subprocess.Popen:
+    """Starts `underbid matcher run` for the devnet and waits until it answers `/health`.
+
+    `fresh_store=False` keeps the store: a matcher restarted on the same chain reconciles its
+    rounds with the chain from it, as after any crash, so nothing it acknowledged is lost.
+    """
+    if fresh_store:
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(db) + suffix).unlink(missing_ok=True)  # a fresh chain needs a fresh store
     cmd = [sys.executable, "-m", "underbid.cli", "matcher", "run", "--dev", "--rpc", rpc,
            "--deployment", str(deployment), "--db", str(db), "--port", str(port),
            "--round-seconds", str(round_seconds), "--admin-token", token]
@@ -295,8 +316,20 @@ def up(*, port: int = 8545, matcher_port: int = 8700, directory: Path | None = N
     directory = (directory or devnet_dir()).resolve()
     path = state_path(directory)
     existing = DevnetState.load(path)
-    if existing and any(existing.alive().values()):
-        raise DevnetError(f"a devnet is already up at {existing.rpc} (state {path}): `underbid devnet down` first")
+    if existing is not None:
+        alive = existing.alive()
+        if all(alive.values()):
+            raise DevnetError(f"a devnet is already up at {existing.rpc}, matcher {existing.matcher_url} "
+                              f"(state {path}): use it, or `underbid devnet down` first")
+        if alive["anvil"]:
+            return _restart_matcher(existing, path, progress)
+        # anvil keeps its chain in memory: with it gone, the recorded contracts and the matcher's
+        # store describe a chain that no longer exists, so the devnet starts afresh.
+        if alive["matcher"]:
+            progress("the recorded devnet's anvil is gone: stopping its matcher")
+            stop_process(existing.matcher_pid, "underbid")
+        path.unlink(missing_ok=True)
+        progress("the recorded devnet's anvil is gone (and its chain with it): starting a fresh devnet")
     for p, what in ((port, "anvil"), (matcher_port, "the matcher")):
         if port_in_use(p):
             raise DevnetError(
@@ -326,7 +359,25 @@ def up(*, port: int = 8545, matcher_port: int = 8700, directory: Path | None = N
         raise
     state = DevnetState(rpc=rpc, port=port, chain_id=DEV_CHAIN_ID, deployment=str(deployment.resolve()),
                         matcher_url=f"http://127.0.0.1:{matcher_port}", admin_token=token,
-                        anvil_pid=anvil.pid, matcher_pid=matcher.pid, logs={k: str(v) for k, v in logs.items()})
+                        anvil_pid=anvil.pid, matcher_pid=matcher.pid, logs={k: str(v) for k, v in logs.items()},
+                        round_seconds=round_seconds, outcome=UpOutcome.STARTED)
+    state.save(path)
+    return state
+
+
+def _restart_matcher(state: DevnetState, path: Path, progress: Callable[[str], None]) -> DevnetState:
+    """Starts the recorded devnet's dead matcher again: same port, admin token and store."""
+    matcher_port = int(state.matcher_url.rsplit(":", 1)[1])
+    if port_in_use(matcher_port):
+        raise DevnetError(f"the devnet's matcher is not running, but its port {matcher_port} is in use: "
+                          "stop what runs there, or `underbid devnet down` and start afresh")
+    directory = path.parent
+    log = Path(state.logs.get("matcher", str(directory / "matcher.log")))
+    progress(f"the devnet's matcher is not running: restarting it on port {matcher_port} with its store")
+    matcher = start_matcher(state.rpc, Path(state.deployment), directory / "devnet-matcher.db", matcher_port,
+                            state.admin_token, log, state.round_seconds, fresh_store=False)
+    state.matcher_pid = matcher.pid
+    state.outcome = UpOutcome.RESTARTED_MATCHER
     state.save(path)
     return state
 
