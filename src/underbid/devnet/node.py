@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from functools import cache
 from pathlib import Path
 
@@ -75,7 +75,7 @@ def state_path(directory: Path | None = None) -> Path:
     return (directory or devnet_dir()) / "devnet.json"
 
 
-class UpOutcome(str, Enum):
+class UpOutcome(StrEnum):
     """What `up` did: started a devnet, or restarted the dead matcher of a recorded one."""
 
     STARTED = "started"
