@@ -194,3 +194,34 @@ def test_ladder_refusals_are_one_line_and_post_nothing(bad_cli, chain):
     # Two rungs fit the stake alone, not beside the open bid: the matcher refuses the whole ladder.
     cli.fails(*ladder, "--price", "2", "--price", "3", code=1, match="bids.1.capacity")
     assert [b["price"] for b in cli("bid", "list", "--account", "dev:12")] == [1_000_000]
+
+
+JSON_CASES = [
+    # (id, argv, exit code, error code, custom error the chain answered)
+    ("usage", ("escrow", "deposit", "--amount", "-5", "--account", "alice"), 2, "usage", None),
+    ("revert", ("escrow", "withdraw", "--amount", "1000", "--account", "alice"), 1, "revert", "InsufficientEscrow"),
+    ("wallet", ("escrow", "deposit", "--amount", "5", "--account", "nobody"), 1, "wallet", None),
+    ("matcher", ("market", "list", "--matcher", "http://127.0.0.1:9"), 1, "matcher", None),
+]
+
+
+@pytest.mark.parametrize("argv,exit_code,code,revert", [c[1:] for c in JSON_CASES], ids=[c[0] for c in JSON_CASES])
+def test_json_errors_are_objects_with_a_code(bad_cli, alice, chain, argv, exit_code, code, revert):
+    """With --json a script reads stdout alone: on failure one JSON object naming the error's kind."""
+    import json
+
+    block = chain.blocks.height
+    result = bad_cli.run(*argv, "--json", env=PW)
+    assert result.exit_code == exit_code
+    error = json.loads(result.stdout)["error"]
+    assert error["code"] == code and error["exit_code"] == exit_code and error["message"]
+    assert error.get("revert") == revert
+    assert "\n" not in error["message"] and result.stderr.strip() == ""
+    assert chain.blocks.height == block
+
+
+def test_json_tx_hashes_carry_0x(bad_cli, alice):
+    """Transaction hashes in --json output are `0x` + 64 hex digits, as every other tool prints them."""
+    sent = bad_cli("escrow", "deposit", "--amount", "1", "--account", "alice", env=PW)
+    assert sent["tx"].startswith("0x") and len(sent["tx"]) == 66
+    int(sent["tx"], 16)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -27,8 +28,57 @@ def _one_line(text: Any) -> str:
     return " ".join(str(text).split())
 
 
-def print_error(message: str) -> None:
-    click.echo(f"error: {_one_line(message)}", err=True)
+class ErrorCode(StrEnum):
+    """The kind of a failed command, the `code` of its `--json` error object."""
+
+    USAGE = "usage"  # a bad option or argument (exit 2)
+    REVERT = "revert"  # the chain refused with a custom error (`revert` names it)
+    CHAIN = "chain"
+    MATCHER = "matcher"
+    WALLET = "wallet"
+    AMOUNT = "amount"
+    MARKET = "market"
+    SDL = "sdl"
+    DEVNET = "devnet"
+    ABORTED = "aborted"
+    INTERRUPTED = "interrupted"
+    UNEXPECTED = "unexpected"
+
+
+def print_error(message: str, code: ErrorCode = ErrorCode.UNEXPECTED, *, as_json: bool = False,
+                exit_code: int = 1, revert: str | None = None) -> None:
+    """One `error: ...` line on stderr; with --json, one JSON object on stdout instead.
+
+    With --json a script reads stdout alone: the result on success, else
+    `{"error": {"code", "message", "exit_code"[, "revert"]}}`.
+    """
+    if not as_json:
+        click.echo(f"error: {_one_line(message)}", err=True)
+        return
+    error: dict[str, Any] = {"code": code.value, "message": _one_line(message), "exit_code": exit_code}
+    if revert is not None:
+        error["revert"] = revert
+    click.echo(json.dumps({"error": error}, indent=2))
+
+
+def _error_code(exc: BaseException) -> tuple[ErrorCode, str | None]:
+    """The JSON error code of a runtime error, and the custom error's name for a revert."""
+    from underbid.client.session import ChainError, MatcherError
+    from underbid.client.wallet import WalletError
+    from underbid.protocol.markets import MarketSpecError
+    from underbid.protocol.sdl import SdlError
+
+    if isinstance(exc, ChainError):
+        decoded = getattr(exc, "decoded", None)
+        return (ErrorCode.REVERT, decoded.name) if decoded is not None else (ErrorCode.CHAIN, None)
+    codes: tuple[tuple[type[BaseException], ErrorCode], ...] = (
+        (MatcherError, ErrorCode.MATCHER), (WalletError, ErrorCode.WALLET), (AmountError, ErrorCode.AMOUNT),
+        (MarketSpecError, ErrorCode.MARKET), (SdlError, ErrorCode.SDL), (DevnetError, ErrorCode.DEVNET),
+    )
+    for kind, code in codes:
+        if isinstance(exc, kind):
+            return code, None
+    return ErrorCode.CHAIN, None  # any other UnderbidError comes from the chain side of the client
 
 
 def _runtime_errors() -> tuple[type[BaseException], ...]:
@@ -56,6 +106,7 @@ class UnderbidGroup(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D401
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        as_json = "--json" in (sys.argv[1:] if args is None else args)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
@@ -63,24 +114,26 @@ class UnderbidGroup(click.Group):
             hint = ""
             if exc.ctx is not None and not isinstance(exc, click.BadParameter):
                 hint = f" (see `{exc.ctx.command_path} --help`)"
-            print_error(message[:1].lower() + message[1:] + hint)
+            print_error(message[:1].lower() + message[1:] + hint, ErrorCode.USAGE, as_json=as_json, exit_code=2)
             sys.exit(2)
         except click.ClickException as exc:
-            print_error(exc.format_message())
+            print_error(exc.format_message(), ErrorCode.USAGE, as_json=as_json, exit_code=exc.exit_code)
             sys.exit(exc.exit_code)
         except click.Abort:
-            print_error("aborted")
+            print_error("aborted", ErrorCode.ABORTED, as_json=as_json)
             sys.exit(1)
         except KeyboardInterrupt:
-            print_error("interrupted")
+            print_error("interrupted", ErrorCode.INTERRUPTED, as_json=as_json, exit_code=130)
             sys.exit(130)
         except Exception as exc:  # noqa: BLE001 - the one place that turns anything left into one line
             if isinstance(exc, _runtime_errors()):
-                print_error(str(exc))
+                code, revert = _error_code(exc)
+                print_error(str(exc), code, as_json=as_json, revert=revert)
                 sys.exit(1)
             if os.environ.get("UNDERBID_DEBUG"):
                 raise
-            print_error(f"unexpected {type(exc).__name__}: {exc} (set UNDERBID_DEBUG=1 for the traceback)")
+            print_error(f"unexpected {type(exc).__name__}: {exc} (set UNDERBID_DEBUG=1 for the traceback)",
+                        ErrorCode.UNEXPECTED, as_json=as_json)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
 
@@ -332,7 +385,9 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (Decimal, Path)):
         return str(value)
     if hasattr(value, "hex") and callable(value.hex):
-        return value.hex()
+        # HexBytes (tx hashes) print without 0x since hexbytes 1.0; scripts expect the prefix.
+        text = value.hex()
+        return text if text.startswith("0x") else "0x" + text
     raise TypeError(f"cannot serialize {type(value).__name__}")
 
 

@@ -187,7 +187,8 @@ SERVICE = click.option("--service", default=None, help="With --sdl: the service 
 @common_options
 def order_create(env: Env, market, sdl, service, units, duration, max_price, valid) -> None:
     """Sign an EIP-712 order and post it to the matcher."""
-    from underbid.client.session import UnderbidError
+    from underbid.chain.view import DecodedError
+    from underbid.client.session import ChainError
     from underbid.protocol.eip712 import Order
     from underbid.protocol.markets import market_id
 
@@ -195,15 +196,18 @@ def order_create(env: Env, market, sdl, service, units, duration, max_price, val
     units = units or sdl_units or 1
     client = env.client()
     if duration < client.min_lease_duration:
-        raise UnderbidError(f"DurationTooShort(minimum={client.min_lease_duration} s): leases last at least"
-                            f" {client.min_lease_duration} s; order a longer --hours")
+        # The contract's own refusals, found before anything is signed.
+        raise ChainError(f"DurationTooShort(minimum={client.min_lease_duration} s): leases last at least"
+                         f" {client.min_lease_duration} s; order a longer --hours",
+                         DecodedError("DurationTooShort", {"minimum": client.min_lease_duration}))
     cost = units * max_price * duration // 3600  # the contract's lease cost at the max price
     free = client.available_escrow(client.address)
     if free < cost:
-        raise UnderbidError(
+        raise ChainError(
             f"InsufficientEscrow(buyer={client.address}, required={ubc(cost)} UBC, free={ubc(free)} UBC):"
             " deposit more credits (`underbid escrow deposit`) to cover the order at its max price"
-            " (credits announced for withdrawal do not count)"
+            " (credits announced for withdrawal do not count)",
+            DecodedError("InsufficientEscrow", {"buyer": client.address, "required": cost, "free": free}),
         )
     matcher = _messages.require_bound(env)
     message = Order(buyer=client.address, matcher=matcher, market=market_id(spec), units=units, duration=duration,

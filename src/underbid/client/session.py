@@ -36,6 +36,11 @@ HOUR = 3600
 MAX_UINT256 = 2**256 - 1
 
 
+def tx_hash_of(receipt: Any) -> str:
+    """The receipt's transaction hash as `0x…` (HexBytes 1.x prints it without the prefix)."""
+    return "0x" + bytes(receipt["transactionHash"]).hex()
+
+
 class UnderbidError(Exception):
     """A runtime error with a one-line message (the CLI prints `error: <message>`, exit code 1)."""
 
@@ -354,7 +359,7 @@ class Client:
         except Web3RPCError as exc:
             raise ChainError(self._rpc_message(exc, what)) from None
         except TimeExhausted:
-            raise ChainError(f"{what}: transaction {tx_hash.hex()} was not mined within 120 s") from None
+            raise ChainError(f"{what}: transaction 0x{bytes(tx_hash).hex()} was not mined within 120 s") from None
         if receipt["status"] != 1:
             raise ChainError(f"{what}: transaction 0x{bytes(tx_hash).hex()} reverted")
         return receipt
@@ -587,7 +592,7 @@ class Client:
         receipt = self.transact(self.bme.functions.mintCredits(ubt_in, min_out), "mint credits")
         event = self.bme.events.CreditsMinted().process_receipt(receipt, errors=DISCARD)[0]["args"]
         return {"ubt_burned": event["ubtBurned"], "credits_minted": event["creditsMinted"], "price": event["price"],
-                "tx": receipt["transactionHash"].hex()}
+                "tx": tx_hash_of(receipt)}
 
     def redeem(self, credits_in: int, slippage_bps: int = 50) -> dict[str, Any]:
         balance = self.credit_balance(self.address)
@@ -602,7 +607,7 @@ class Client:
                                 "redeem credits")
         event = self.bme.events.CreditsRedeemed().process_receipt(receipt, errors=DISCARD)[0]["args"]
         return {"credits_burned": event["creditsBurned"], "ubt_minted": event["ubtMinted"], "price": event["price"],
-                "tx": receipt["transactionHash"].hex()}
+                "tx": tx_hash_of(receipt)}
 
     def deposit(self, amount: int) -> dict[str, Any]:
         balance = self.credit_balance(self.address)
@@ -612,21 +617,23 @@ class Client:
                 f" needed={format_credits(amount)} UBC): mint credits first (`underbid credits mint`)"
             )
         receipt = self.transact(self.settlement.functions.deposit(amount), "deposit credits")
-        return {"deposited": amount, "tx": receipt["transactionHash"].hex()}
+        return {"deposited": amount, "tx": tx_hash_of(receipt)}
 
     def request_withdrawal(self, amount: int) -> dict[str, Any]:
         """Announces a withdrawal of up to `amount` free credits (replacing any earlier one); it can be
         completed with `complete_withdrawal` from `ready_at`. Checks the free escrow first."""
         free, _ = self.escrow(self.address)
         if free < amount:
-            raise UnderbidError(
+            # The contract's own refusal, found before paying gas for it.
+            raise ChainError(
                 f"InsufficientEscrow(buyer={self.address}, required={format_credits(amount)} UBC,"
-                f" free={format_credits(free)} UBC): only free escrow can be withdrawn"
+                f" free={format_credits(free)} UBC): only free escrow can be withdrawn",
+                DecodedError("InsufficientEscrow", {"buyer": self.address, "required": amount, "free": free}),
             )
         receipt = self.transact(self.settlement.functions.requestWithdrawal(amount), "announce a withdrawal")
         event = self.settlement.events.WithdrawalRequested().process_receipt(receipt, errors=DISCARD)[0]["args"]
         return {"requested": int(event["amount"]), "ready_at": int(event["readyAt"]),
-                "tx": receipt["transactionHash"].hex()}
+                "tx": tx_hash_of(receipt)}
 
     def complete_withdrawal(self) -> dict[str, Any]:
         """Completes the announced withdrawal (after its notice): sends min(announced, free escrow)."""
@@ -641,7 +648,7 @@ class Client:
             )
         receipt = self.transact(self.settlement.functions.withdraw(), "withdraw credits")
         event = self.settlement.events.Withdrawn().process_receipt(receipt, errors=DISCARD)[0]["args"]
-        return {"withdrawn": int(event["amount"]), "requested": amount, "tx": receipt["transactionHash"].hex()}
+        return {"withdrawn": int(event["amount"]), "requested": amount, "tx": tx_hash_of(receipt)}
 
     # ----- matcher binding -----
 
@@ -670,7 +677,7 @@ class Client:
         effective = int(event["effectiveAt"])
         at = int(self.w3.eth.get_block(receipt["blockNumber"])["timestamp"])
         return {"account": self.address, "matcher": matcher, "effective_at": effective, "immediate": effective <= at,
-                "tx": receipt["transactionHash"].hex()}
+                "tx": tx_hash_of(receipt)}
 
     def ensure_bound(self, matcher: str) -> dict[str, Any] | None:
         """Binds this account to `matcher` if it is unbound with no change pending (one transaction).
@@ -705,7 +712,7 @@ class Client:
 
     def register(self, uri: str) -> dict[str, Any]:
         receipt = self.transact(self.settlement.functions.register(uri), "register provider")
-        return {"registered": True, "metadata": uri, "tx": receipt["transactionHash"].hex()}
+        return {"registered": True, "metadata": uri, "tx": tx_hash_of(receipt)}
 
     def stake(self, amount: int) -> dict[str, Any]:
         info = self.provider(self.address)
@@ -719,7 +726,7 @@ class Client:
             )
         self._ensure_allowance(self.ubt, self.book.address("UnderbidSettlement"), amount, "UBT for staking")
         receipt = self.transact(self.settlement.functions.stake(amount), "stake UBT")
-        return {"staked": amount, "tx": receipt["transactionHash"].hex()}
+        return {"staked": amount, "tx": tx_hash_of(receipt)}
 
     def request_unstake(self, amount: int) -> dict[str, Any]:
         """Announces that `amount` of stake leaves after the unbonding period; it stays lockable until then."""
@@ -732,14 +739,14 @@ class Client:
             )
         receipt = self.transact(self.settlement.functions.requestUnstake(amount), "request unstake")
         event = self.settlement.events.UnstakeRequested().process_receipt(receipt, errors=DISCARD)[0]["args"]
-        return {"unbonding": amount, "unlocks_at": event["unlocksAt"], "tx": receipt["transactionHash"].hex()}
+        return {"unbonding": amount, "unlocks_at": event["unlocksAt"], "tx": tx_hash_of(receipt)}
 
     def withdraw_unbonded(self) -> dict[str, Any]:
         """Sends the unbonded stake: min(announced, free stake) once the unbonding period is over."""
         announced = self.provider(self.address).unbonding
         receipt = self.transact(self.settlement.functions.withdrawUnbonded(), "withdraw unbonded stake")
         event = self.settlement.events.UnbondedWithdrawn().process_receipt(receipt, errors=DISCARD)[0]["args"]
-        return {"withdrawn": event["amount"], "announced": announced, "tx": receipt["transactionHash"].hex()}
+        return {"withdrawn": event["amount"], "announced": announced, "tx": tx_hash_of(receipt)}
 
     # ----- leases -----
 
@@ -760,7 +767,7 @@ class Client:
             "leases": [i for i in lease_ids if i.lower() not in gone],
             "skipped": skipped,
             "at": self.w3.eth.get_block(receipt["blockNumber"])["timestamp"],
-            "tx": receipt["transactionHash"].hex(),
+            "tx": tx_hash_of(receipt),
         }
 
     def claim(self, lease_ids: list[str]) -> dict[str, Any]:
@@ -773,7 +780,7 @@ class Client:
         closed = ["0x" + bytes(e["args"]["leaseId"]).hex()
                   for e in self.settlement.events.LeaseClosed().process_receipt(receipt, errors=DISCARD)]
         return {"leases": lease_ids, "claimed": paid, "closed": closed, "skipped": self._skipped(receipt),
-                "tx": receipt["transactionHash"].hex()}
+                "tx": tx_hash_of(receipt)}
 
     def close(self, lease_id: str) -> dict[str, Any]:
         receipt = self.transact(self.settlement.functions.close(bytes.fromhex(lease_id[2:])), "close lease")
@@ -782,7 +789,7 @@ class Client:
         )
         closed = self.settlement.events.LeaseClosed().process_receipt(receipt, errors=DISCARD)[0]["args"]
         return {"lease": lease_id, "paid_to_provider": paid, "refunded": closed["refund"],
-                "collateral_unlocked": closed["collateral"], "tx": receipt["transactionHash"].hex()}
+                "collateral_unlocked": closed["collateral"], "tx": tx_hash_of(receipt)}
 
     def report(self, lease_id: str) -> dict[str, Any]:
         receipt = self.transact(self.settlement.functions.reportFault(bytes.fromhex(lease_id[2:])), "report fault")
@@ -790,7 +797,7 @@ class Client:
         refund = self.settlement.events.LeaseClosed().process_receipt(receipt, errors=DISCARD)[0]["args"]["refund"]
         return {"lease": lease_id, "slashed": event["slashed"], "to_buyer": event["toBuyer"],
                 "to_reporter": event["toReporter"], "burned": event["burned"], "buyer_refund": refund,
-                "tx": receipt["transactionHash"].hex()}
+                "tx": tx_hash_of(receipt)}
 
     # ----- matcher accountability -----
 
@@ -839,7 +846,7 @@ class Client:
         events = court.events.MatcherSlashed().process_receipt(receipt, errors=DISCARD)
         data = dict(events[0]["args"]) if events else {}
         return {**{k: ("0x" + v.hex() if isinstance(v, bytes) else v) for k, v in data.items()},
-                "tx": receipt["transactionHash"].hex()}
+                "tx": tx_hash_of(receipt)}
 
     # ----- matcher bonds -----
 
@@ -903,19 +910,19 @@ class Client:
         receipt = self.transact(self.settlement.functions.bondMatcher(amount, signer), "bond UBT as a matcher")
         event = self.settlement.events.MatcherBonded().process_receipt(receipt, errors=DISCARD)[0]["args"]
         return {"bonded": event["amount"], "bond": event["bond"], "receipt_signer": event["receiptSigner"],
-                "tx": receipt["transactionHash"].hex()}
+                "tx": tx_hash_of(receipt)}
 
     def request_matcher_exit(self) -> dict[str, Any]:
         """Stops this matcher settling and starts its exit delay."""
         receipt = self.transact(self.settlement.functions.requestMatcherExit(), "request matcher exit")
         event = self.settlement.events.MatcherExitRequested().process_receipt(receipt, errors=DISCARD)[0]["args"]
-        return {"exit_at": event["exitAt"], "tx": receipt["transactionHash"].hex()}
+        return {"exit_at": event["exitAt"], "tx": tx_hash_of(receipt)}
 
     def withdraw_matcher_bond(self) -> dict[str, Any]:
         """Sends this matcher's remaining bond back once its exit delay is over."""
         receipt = self.transact(self.settlement.functions.withdrawMatcherBond(), "withdraw the matcher bond")
         event = self.settlement.events.MatcherBondWithdrawn().process_receipt(receipt, errors=DISCARD)[0]["args"]
-        return {"withdrawn": event["amount"], "tx": receipt["transactionHash"].hex()}
+        return {"withdrawn": event["amount"], "tx": tx_hash_of(receipt)}
 
     # ----- signed messages -----
 
@@ -936,7 +943,7 @@ class Client:
             receipt = self.transact(s.requestCancel([nonce]), "request the cancellation")
             at = int(self.w3.eth.get_block(receipt["blockNumber"])["timestamp"])
             return {"nonce": nonce, "step": "requested", "cancelled": False, "claimed": claimed,
-                    "ready_at": at + notice, "tx": receipt["transactionHash"].hex()}
+                    "ready_at": at + notice, "tx": tx_hash_of(receipt)}
         ready_at = requested_at + notice
         left = ready_at - self.block_time()
         if left > 0:
@@ -946,7 +953,7 @@ class Client:
             )
         receipt = self.transact(s.cancelNonces([nonce]), "cancel nonce")
         return {"nonce": nonce, "step": "cancelled", "cancelled": True, "claimed": claimed, "ready_at": ready_at,
-                "tx": receipt["transactionHash"].hex()}
+                "tx": tx_hash_of(receipt)}
 
     def nonce_state(self, signer: str, nonce: int) -> str:
         """free, claimed (a message with it filled in part), cancelling (cancel requested),
