@@ -19,8 +19,9 @@ def test_buyer_journey(cli, settlement, credit, ubt, matcher):
     me = ["--account", "alice"]
 
     # Burn UBT for credits (the command approves the BME itself), deposit them.
-    minted = cli("credits", "mint", "--ubt", "100", *me, env=PW)
+    minted = cli("credits", "mint", "--amount", "100", *me, env=PW)
     assert minted["credits_minted"] == 199_500_000  # 100 UBT at 2 USD minus 25 bps
+    assert minted["spread_bps"] == 25
     assert ubt.balanceOf(alice) == 400 * UBT
     deposited = cli("escrow", "deposit", "--amount", "150", *me, env=PW)
     assert settlement.escrowOf(alice) == (150 * UBC, 0)
@@ -108,7 +109,7 @@ def test_buyer_journey(cli, settlement, credit, ubt, matcher):
     assert cli("escrow", "withdraw", "--complete", *me, env=PW)["withdrawn"] == free
     assert settlement.escrowOf(alice) == (0, 0) and settlement.pendingWithdrawal(alice) == (0, 0)
     held = credit.balanceOf(alice)
-    redeemed = cli("credits", "redeem", "--credits", str(held / UBC), *me, env=PW)
+    redeemed = cli("credits", "redeem", "--amount", str(held / UBC), *me, env=PW)
     assert redeemed["credits_burned"] == held and credit.balanceOf(alice) == 0
     bme = cli("bme")
     assert bme["total_ubt_burned"] == 100 * UBT and bme["total_ubt_minted"] == redeemed["ubt_minted"]

@@ -23,12 +23,33 @@ def main() -> None:
     """
 
 
+def _first_sentence(text: str) -> str:
+    paragraph = " ".join(text.strip().split("\n\n")[0].split())
+    end = paragraph.find(". ")
+    return paragraph if end < 0 else paragraph[: end + 1]
+
+
+def _whole_short_help(command: click.Command) -> None:
+    """Gives every command its whole first sentence as the line `--help` lists it by.
+
+    Click otherwise cuts the sentence to the terminal's width with "...", which at 80 columns left
+    most command lists unreadable; a set `short_help` is wrapped instead of cut.
+    """
+    if command.help and not command.short_help:
+        command.short_help = _first_sentence(command.help)
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _whole_short_help(sub)
+
+
 def _register() -> None:
     from underbid.cli import account, buyer, devnet_cmd, info, leases, matcher_cmd, provider
 
     for module in (account, buyer, provider, leases, info, matcher_cmd, devnet_cmd):
         for command in module.COMMANDS:
             main.add_command(command)
+    for command in main.commands.values():
+        _whole_short_help(command)
 
 
 _register()

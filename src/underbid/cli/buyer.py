@@ -32,21 +32,26 @@ def credits() -> None:
 
 
 @credits.command("mint")
-@click.option("--ubt", "ubt_in", type=UBT, required=True, help="UBT to burn, e.g. 100.")
+@click.option("--amount", "--ubt", "ubt_in", type=UBT, required=True, help="UBT to burn, e.g. 100.")
 @SLIPPAGE
 @common_options
 def credits_mint(env: Env, ubt_in: int, slippage: int) -> None:
-    """Burn UBT for credits (approves the BME for the UBT first)."""
+    """Burn UBT for credits (approves the BME for the UBT first).
+
+    Credits are minted at the oracle band's low end less the mint spread (0.25% on the devnet),
+    so a mint followed by a redeem never returns more UBT than it burned.
+    """
     client = env.client()
     with env.progress("minting credits"):
         result = client.mint_credits(ubt_in, slippage)
     env.emit(result, lambda c: c.print(
         f"burned {ubt_short(result['ubt_burned'])} UBT, minted [bold]{ubc(result['credits_minted'])} UBC[/bold]"
-        f" at {result['price'] / 10**8} USD/UBT"))
+        f" at {result['price'] / 10**8} USD/UBT (the oracle band's low end), less the"
+        f" {result['spread_bps'] / 100:g}% mint spread"))
 
 
 @credits.command("redeem")
-@click.option("--credits", "credits_in", type=CREDITS, required=True, help="Credits to redeem, e.g. 25.5.")
+@click.option("--amount", "--credits", "credits_in", type=CREDITS, required=True, help="Credits to redeem, e.g. 25.5.")
 @SLIPPAGE
 @common_options
 def credits_redeem(env: Env, credits_in: int, slippage: int) -> None:

@@ -16,7 +16,8 @@ def bme_rows(state: dict) -> list[tuple[str, str]]:
     net = state["net_ubt_burned"]
     return [
         ("UBT price", f"{state['price_usd']} USD ({fresh}, posted {age} ago, max age {ago(state['price_max_age'])})"),
-        ("mint spread", f"{state['mint_spread_bps']} bps, minimum mint {ubc(state['min_mint_credits'])} UBC"),
+        ("mint spread", f"{state['mint_spread_bps'] / 100:g}% ({state['mint_spread_bps']} bps) kept on every mint,"
+                        f" minimum mint {ubc(state['min_mint_credits'])} UBC"),
         ("UBT burned for credits", f"{ubt_short(state['total_ubt_burned'])} UBT"),
         ("UBT minted by redemptions", f"{ubt_short(state['total_ubt_minted'])} UBT"),
         ("net UBT burned (BME health)", f"{'-' if net < 0 else ''}{ubt_short(abs(net))} UBT"),
@@ -27,8 +28,9 @@ def bme_rows(state: dict) -> list[tuple[str, str]]:
             f"{ubt_short(state['ubt_supply'])} UBT (slashed and burned: {ubt_short(state['total_slashed_burned'])})",
         ),
         (
-            "breaker",
-            ("[red]redemptions halted[/]" if state["redemption_halted"] else "open")
+            "redemptions",
+            # "open" reads as a tripped breaker to an electrician: say what a user can do instead.
+            ("[red]halted by the circuit breaker[/]" if state["redemption_halted"] else "allowed")
             + f": {ubt_short(state['net_minted_in_window'])} of {ubt_short(state['redeem_cap'])} UBT net minted"
             f" per {ago(state['redeem_window'])}, {ubt_short(state['redeemable_ubt'])} UBT redeemable now",
         ),

@@ -592,7 +592,7 @@ class Client:
         receipt = self.transact(self.bme.functions.mintCredits(ubt_in, min_out), "mint credits")
         event = self.bme.events.CreditsMinted().process_receipt(receipt, errors=DISCARD)[0]["args"]
         return {"ubt_burned": event["ubtBurned"], "credits_minted": event["creditsMinted"], "price": event["price"],
-                "tx": tx_hash_of(receipt)}
+                "spread_bps": int(self.bme.functions.mintSpreadBps().call()), "tx": tx_hash_of(receipt)}
 
     def redeem(self, credits_in: int, slippage_bps: int = 50) -> dict[str, Any]:
         balance = self.credit_balance(self.address)
