@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from underbid.devnet.deploy import address_book
+from underbid.protocol.units import base_units
 
 from .conftest import DATA, H100_8, Matcher, free_port, make_cli
 
@@ -132,7 +133,7 @@ def test_matcher_refusal_is_one_line(bad_cli, chain):
     cli.fails("bid", "create", "--market", H100_8, "--capacity", "1", "--price", "1.1", "--account", "dev:9",
               code=1, match="the matcher refused the bid: capacity: provider's available stake covers 1 units")
     assert chain.blocks.height == block
-    assert [b["price"] for b in cli("bid", "list", "--account", "dev:9")] == [1_000_000]
+    assert [base_units(b["price"]) for b in cli("bid", "list", "--account", "dev:9")] == [1_000_000]
 
 
 def test_exact_decimals_are_accepted(bad_cli, alice, settlement):
@@ -156,7 +157,7 @@ def test_withdrawal_before_the_notice_is_one_line(bad_cli, alice, chain, settlem
               match="the announced withdrawal is 5 UBC", env=PW)
     assert chain.blocks.height == block
     again = cli("escrow", "withdraw", "--amount", "6", "--account", "alice", env=PW)
-    assert again["step"] == "requested" and again["replaced"] == 5_000_000
+    assert again["step"] == "requested" and base_units(again["replaced"]) == 5_000_000
     assert settlement.pendingWithdrawal(alice)[0] == 6_000_000
     # Announced credits do not count for new orders.
     cli.fails("order", "create", "--market", H100_8, "--units", "1", "--hours", "8", "--max-price", "4.5",
@@ -168,7 +169,7 @@ def test_password_prompt(bad_cli, alice, chain):
     made = bad_cli("account", "import", "typed", input="0x" + "07" * 32 + "\n" + "pw2\npw2\n")
     assert made["source"] == "underbid"
     shown = bad_cli("escrow", "show", "--account", "typed", input="pw2\n")
-    assert shown["address"] == made["address"] and shown["free"] == 0
+    assert shown["address"] == made["address"] and base_units(shown["free"]) == 0
     block = chain.blocks.height
     result = bad_cli.run("escrow", "deposit", "--amount", "1", "--account", "alice")  # no input at the prompt
     assert result.exit_code == 1
@@ -193,7 +194,7 @@ def test_ladder_refusals_are_one_line_and_post_nothing(bad_cli, chain):
     cli("bid", "create", "--market", H100_8, "--capacity", "1", "--price", "1", "--account", "dev:12")
     # Two rungs fit the stake alone, not beside the open bid: the matcher refuses the whole ladder.
     cli.fails(*ladder, "--price", "2", "--price", "3", code=1, match="bids.1.capacity")
-    assert [b["price"] for b in cli("bid", "list", "--account", "dev:12")] == [1_000_000]
+    assert [base_units(b["price"]) for b in cli("bid", "list", "--account", "dev:12")] == [1_000_000]
 
 
 JSON_CASES = [
@@ -225,3 +226,24 @@ def test_json_tx_hashes_carry_0x(bad_cli, alice):
     sent = bad_cli("escrow", "deposit", "--amount", "1", "--account", "alice", env=PW)
     assert sent["tx"].startswith("0x") and len(sent["tx"]) == 66
     int(sent["tx"], 16)
+
+
+def _ints(value) -> list[int]:
+    if isinstance(value, dict):
+        return [i for v in value.values() for i in _ints(v)]
+    if isinstance(value, list):
+        return [i for v in value for i in _ints(v)]
+    return [value] if isinstance(value, int) and not isinstance(value, bool) else []
+
+
+def test_json_amounts_are_exact_decimal_strings(bad_cli, alice, settlement, ubt):
+    """Amounts are `{"value": "<exact decimal>", "unit"}`: no integer a JSON parser would round (> 2^53)."""
+    status = bad_cli("status", "--account", "alice", env=PW)
+    assert status["escrow_free"] == {"value": "39.875", "unit": "UBC"}
+    assert base_units(status["ubt"]) == ubt.balanceOf(alice) and status["ubt"]["unit"] == "UBT"
+    assert status["bme"]["price"]["unit"] == "USD/UBT" and status["bme"]["ubt_supply"]["unit"] == "UBT"
+    commands = (("status", "--account", "alice"), ("bme",), ("account", "show", "alice"),
+                ("escrow", "show", "--account", "alice"))
+    for argv in commands:
+        out = bad_cli(*argv, env=PW)
+        assert all(abs(i) < 2**53 for i in _ints(out)), (argv, [i for i in _ints(out) if abs(i) >= 2**53])

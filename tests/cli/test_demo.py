@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from underbid.devnet.node import port_in_use
+from underbid.protocol.units import base_units
 
 from .conftest import Cli, free_port
 
@@ -19,15 +20,16 @@ def _check_story(out: dict) -> None:
     assert all(check["ok"] for check in out["checks"].values()), out["checks"]
     assert set(out["checks"]) == {"credits", "escrow backed", "UBT", "stake backed"}
     assert len(out["prices"]) == 2  # two markets, one uniform price each
-    assert {lease["price"] for lease in out["leases"]} == set(out["prices"].values())
-    assert out["fault"]["slashed"] > 0 and out["fault"]["burned"] > 0  # the silent provider was reported
-    assert out["claims"] and all(v > 0 for v in out["claims"].values())
-    assert out["early_close"] and all(c["refunded"] > 0 for c in out["early_close"])
+    assert {base_units(lease["price"]) for lease in out["leases"]} == {base_units(p) for p in out["prices"].values()}
+    # the silent provider was reported
+    assert base_units(out["fault"]["slashed"]) > 0 and base_units(out["fault"]["burned"]) > 0
+    assert out["claims"] and all(base_units(v) > 0 for v in out["claims"].values())
+    assert out["early_close"] and all(base_units(c["refunded"]) > 0 for c in out["early_close"])
     # The providers' heartbeat batches still named the leases the buyer closed: skipped, not reverted.
     closed = {c["lease"] for c in out["early_close"]}
     assert {s["lease"] for s in out["skipped_heartbeats"]} == closed
     assert all(s["reason"] == "closed" for s in out["skipped_heartbeats"])
-    assert out["redemptions"] and all(v > 0 for v in out["redemptions"].values())
+    assert out["redemptions"] and all(base_units(v) > 0 for v in out["redemptions"].values())
     assert set(out["balances"]) >= {f"provider-{i}" for i in range(1, 6)} | {f"buyer-{i}" for i in range(1, 4)}
 
 
@@ -63,7 +65,7 @@ def test_devnet_up_demo_down(tmp_path):
         assert book["chain_id"] == 31337
         assert cli("devnet", "status")["alive"] == {"anvil": True, "matcher": True}
         # Commands find the devnet's RPC, matcher and address book without any option.
-        assert cli("account", "show", "dev:7")["ubt"] == 5_000 * 10**18
+        assert base_units(cli("account", "show", "dev:7")["ubt"]) == 5_000 * 10**18
         story = cli("demo", "--minutes", "3")
         _check_story(story)
         # A second `up` refuses while this one runs.

@@ -3,6 +3,8 @@ anvil and a real matcher process."""
 
 from __future__ import annotations
 
+from underbid.protocol.units import base_units
+
 from ..conftest import UBC, UBT
 from .conftest import DATA, H100_8
 
@@ -20,7 +22,7 @@ def test_buyer_journey(cli, settlement, credit, ubt, matcher):
 
     # Burn UBT for credits (the command approves the BME itself), deposit them.
     minted = cli("credits", "mint", "--amount", "100", *me, env=PW)
-    assert minted["credits_minted"] == 199_500_000  # 100 UBT at 2 USD minus 25 bps
+    assert base_units(minted["credits_minted"]) == 199_500_000  # 100 UBT at 2 USD minus 25 bps
     assert minted["spread_bps"] == 25
     assert ubt.balanceOf(alice) == 400 * UBT
     deposited = cli("escrow", "deposit", "--amount", "150", *me, env=PW)
@@ -41,7 +43,7 @@ def test_buyer_journey(cli, settlement, credit, ubt, matcher):
     assert settlement.boundMatcherOf(cli("account", "show", "dev:5")["address"]) == matcher.address
     order = cli("order", "create", "--sdl", DATA / "h100.yaml", "--hours", "24", "--max-price", "2.10", *me, env=PW)
     assert order["spec"] == H100_8 and order["units"] == 2  # the SDL's count
-    assert order["max_cost"] == 2 * 2_100_000 * 24
+    assert base_units(order["max_cost"]) == 2 * 2_100_000 * 24
     listed = cli("order", "list", *me, env=PW)
     assert [(o["digest"], o["status"]) for o in listed] == [(order["digest"], "open")]
     markets = cli("market", "list")
@@ -50,11 +52,11 @@ def test_buyer_journey(cli, settlement, credit, ubt, matcher):
     # The matcher closes the round: one lease, at one uniform price.
     report = cli("matcher", "close-round")
     assert report["state"] == "confirmed" and report["matches"] == 1
-    price = int(next(iter(report["prices"].values())))
+    price = base_units(next(iter(report["prices"].values())))
     assert 1_500_000 <= price <= 2_100_000
     [lease] = cli("lease", "list", *me, env=PW)
     cost = 2 * price * 24
-    assert (lease["buyer"], lease["units"], lease["price"], lease["cost"], lease["status"]) == (
+    assert (lease["buyer"], lease["units"], base_units(lease["price"]), base_units(lease["cost"]), lease["status"]) == (
         alice,
         2,
         price,
@@ -69,12 +71,12 @@ def test_buyer_journey(cli, settlement, credit, ubt, matcher):
         assert cli("lease", "heartbeat", "--account", "dev:5")["leases"] == [lease["id"]]
         cli("devnet", "advance", "50s", "--no-price")
     status = cli("status", *me, env=PW)
-    assert status["escrow_locked"] == cost and status["leases"][0]["accrued"] > 0
+    assert base_units(status["escrow_locked"]) == cost and base_units(status["leases"][0]["accrued"]) > 0
     assert status["binding"]["matcher"] == matcher.address and not status["binding"]["pending"]
     closed = cli("lease", "close", lease["id"][:12], *me, env=PW)
-    assert closed["paid_to_provider"] + closed["refunded"] == cost
-    assert closed["paid_to_provider"] > 0
-    assert settlement.escrowOf(alice) == (150 * UBC + UBC // 2 - closed["paid_to_provider"], 0)
+    assert base_units(closed["paid_to_provider"]) + base_units(closed["refunded"]) == cost
+    assert base_units(closed["paid_to_provider"]) > 0
+    assert settlement.escrowOf(alice) == (150 * UBC + UBC // 2 - base_units(closed["paid_to_provider"]), 0)
     assert cli("lease", "list", *me, env=PW) == []
     assert cli("lease", "list", "--all", *me, env=PW)[0]["status"] == "closed"
 
@@ -96,23 +98,24 @@ def test_buyer_journey(cli, settlement, credit, ubt, matcher):
     # Everything back out: the pending withdrawal (0.5) is completed, the rest announced and completed after
     # the notice; then the credits are redeemed (oracle price re-posted first).
     done = cli("escrow", "withdraw", *me, env=PW)
-    assert (done["step"], done["withdrawn"]) == ("withdrawn", UBC // 2)
+    assert (done["step"], base_units(done["withdrawn"])) == ("withdrawn", UBC // 2)
     free = settlement.escrowOf(alice)[0]
     announced = cli("escrow", "withdraw", *me, env=PW)
-    assert (announced["step"], announced["requested"], announced["ready_in"]) == ("requested", free, 30)
+    assert (announced["step"], base_units(announced["requested"]), announced["ready_in"]) == ("requested", free, 30)
     assert settlement.escrowOf(alice)[0] == free and settlement.availableEscrow(alice) == 0
     result = cli.run("escrow", "withdraw", *me, env=PW)
     err = result.stderr.strip()
     assert result.exit_code == 1 and err.startswith("error: NoticeNotOver(readyAt=") and "\n" not in err
     assert "the notice is not over (ready in 30 s)" in err or "the notice is not over (ready in 29 s)" in err
     cli("devnet", "advance", "30s")
-    assert cli("escrow", "withdraw", "--complete", *me, env=PW)["withdrawn"] == free
+    assert base_units(cli("escrow", "withdraw", "--complete", *me, env=PW)["withdrawn"]) == free
     assert settlement.escrowOf(alice) == (0, 0) and settlement.pendingWithdrawal(alice) == (0, 0)
     held = credit.balanceOf(alice)
     redeemed = cli("credits", "redeem", "--amount", str(held / UBC), *me, env=PW)
-    assert redeemed["credits_burned"] == held and credit.balanceOf(alice) == 0
+    assert base_units(redeemed["credits_burned"]) == held and credit.balanceOf(alice) == 0
     bme = cli("bme")
-    assert bme["total_ubt_burned"] == 100 * UBT and bme["total_ubt_minted"] == redeemed["ubt_minted"]
+    assert base_units(bme["total_ubt_burned"]) == 100 * UBT
+    assert base_units(bme["total_ubt_minted"]) == base_units(redeemed["ubt_minted"])
 
 
 def test_provider_journey(cli, settlement, ubt, tmp_path, chain):
@@ -127,10 +130,10 @@ def test_provider_journey(cli, settlement, ubt, tmp_path, chain):
 
     cli("provider", "register", "--metadata", "https://bob.example/meta.json", *me)
     staked = cli("provider", "stake", "--amount", "500", *me)
-    assert staked["staked"] == 500 * UBT and staked["free"] == 500 * UBT
+    assert base_units(staked["staked"]) == 500 * UBT and base_units(staked["free"]) == 500 * UBT
     assert staked["bound"]["immediate"] and settlement.boundMatcherOf(bob) == staked["bound"]["matcher"]
     bid = cli("bid", "create", "--market", H100_8, "--capacity", "3", "--price", "1.25", "--max-hours", "12", *me)
-    assert bid["capacity"] == 3 and bid["price"] == 1_250_000 and bid["max_duration"] == 12 * 3600
+    assert bid["capacity"] == 3 and base_units(bid["price"]) == 1_250_000 and bid["max_duration"] == 12 * 3600
     assert bid["digest"].startswith("0x") and bid["round"] >= 1
 
     # A devnet buyer orders 2 of the 3 units; the round settles.
@@ -142,8 +145,8 @@ def test_provider_journey(cli, settlement, ubt, tmp_path, chain):
     assert cli("matcher", "close-round")["matches"] == 1
     assert cli("bid", "list", *me)[0]["status"] == "partly filled"
     [lease] = cli("lease", "list", "--role", "provider", *me)
-    assert lease["provider"] == bob and lease["collateral"] == 2 * 100 * UBT
-    assert cli("provider", "show", *me)["locked"] == 200 * UBT
+    assert lease["provider"] == bob and base_units(lease["collateral"]) == 2 * 100 * UBT
+    assert base_units(cli("provider", "show", *me)["locked"]) == 200 * UBT
 
     # Heartbeats keep the lease paid; claim collects what accrued.
     beat = cli("lease", "heartbeat", *me)
@@ -152,7 +155,7 @@ def test_provider_journey(cli, settlement, ubt, tmp_path, chain):
     result = cli.run("heartbeat", "--every", "1", "--count", "2", *me)
     assert result.exit_code == 0 and result.stdout.count("heartbeat for 1 lease") == 2
     claim = cli("lease", "claim", *me)
-    assert claim["claimed"] > 0 and claim["closed"] == []
+    assert base_units(claim["claimed"]) > 0 and claim["closed"] == []
     assert settlement.getLease(bytes.fromhex(lease["id"][2:])).paidUntil > 0
 
     # Bob goes silent: after interval + grace anyone can report him and is paid for it.
@@ -162,10 +165,10 @@ def test_provider_journey(cli, settlement, ubt, tmp_path, chain):
     reporter = "0x976EA74026E726554dB657fA54763abd0C3a0aa9"  # dev:6
     before = ubt.balanceOf(reporter)
     reported = cli("report", "--lease", lease["id"][:14], "--account", "dev:6")
-    assert reported["slashed"] == 100 * UBT  # 50% of the 200 UBT collateral
-    assert ubt.balanceOf(reporter) - before == reported["to_reporter"] == 10 * UBT
+    assert base_units(reported["slashed"]) == 100 * UBT  # 50% of the 200 UBT collateral
+    assert ubt.balanceOf(reporter) - before == base_units(reported["to_reporter"]) == 10 * UBT
     shown = cli("provider", "show", *me)
-    assert shown["staked"] == 400 * UBT and shown["locked"] == 0
+    assert base_units(shown["staked"]) == 400 * UBT and base_units(shown["locked"]) == 0
 
     # The rest of the bid is cancelled (request, notice, void); the stake unbonds and is withdrawn after
     # the unbonding period.
@@ -177,12 +180,13 @@ def test_provider_journey(cli, settlement, ubt, tmp_path, chain):
     unstake = cli("provider", "unstake", "--amount", "400", *me)
     assert unstake["unbonding_left"] == 600
     shown = cli("provider", "show", *me)
-    assert (shown["staked"], shown["unbonding"], shown["available"]) == (400 * UBT, 400 * UBT, 0)  # still staked
+    still_staked = (base_units(shown["staked"]), base_units(shown["unbonding"]), base_units(shown["available"]))
+    assert still_staked == (400 * UBT, 400 * UBT, 0)
     cli.fails("provider", "unstake", "--amount", "1", *me, code=1, match="InsufficientFreeStake(")
     cli.fails("provider", "withdraw", *me, code=1, match="still unbonding")
     cli("devnet", "advance", "10m", "--no-price")
     before = ubt.balanceOf(bob)
-    assert cli("provider", "withdraw", *me)["withdrawn"] == 400 * UBT
+    assert base_units(cli("provider", "withdraw", *me)["withdrawn"]) == 400 * UBT
     assert ubt.balanceOf(bob) - before == 400 * UBT
 
 
@@ -194,7 +198,7 @@ def test_ape_accounts_are_read(cli, tmp_path):
     listed = cli("account", "list", env=ape_dir)
     assert [(a["alias"], a["source"]) for a in listed] == [("carol", "ape")]
     shown = cli("account", "show", "carol", env=ape_dir)
-    assert shown["address"] == made["address"] and shown["eth"] == 0
+    assert shown["address"] == made["address"] and base_units(shown["eth"]) == 0
     # The file is plain Web3 Secret Storage: eth-account decrypts it.
     import json
 
@@ -242,7 +246,7 @@ def test_price_ladder(cli):
     rungs = cli("bid", "ladder", "--market", H100_8, "--capacity", "1", "--price", "1.90", "--price", "1.20",
                 "--price", "1.50", *provider)
     # One bid per rung, cheapest first, consecutive nonces, each with a receipt that can back a challenge.
-    assert [r["price"] for r in rungs] == [1_200_000, 1_500_000, 1_900_000]
+    assert [base_units(r["price"]) for r in rungs] == [1_200_000, 1_500_000, 1_900_000]
     assert [r["nonce"] - rungs[0]["nonce"] for r in rungs] == [0, 1, 2]
     assert all(r["status"] == "open" and r["receipt_valid"] and r["round"] >= 1 for r in rungs)
     assert sorted(b["digest"] for b in cli("bid", "list", *provider)) == sorted(r["digest"] for r in rungs)
@@ -254,7 +258,7 @@ def test_price_ladder(cli):
     cli("escrow", "deposit", "--amount", "60", *buyer)
     cli("order", "create", "--market", H100_8, "--units", "2", "--hours", "6", "--max-price", "2", *buyer)
     report = cli("matcher", "close-round")
-    assert report["matches"] == 2 and int(next(iter(report["prices"].values()))) == 1_900_000
+    assert report["matches"] == 2 and base_units(next(iter(report["prices"].values()))) == 1_900_000
     status = {b["digest"]: b["status"] for b in cli("bid", "list", *provider)}
     assert [status[r["digest"]] for r in rungs] == ["filled", "filled", "open"]
 
@@ -331,4 +335,4 @@ def test_heartbeat_batch_skips_a_closed_lease(cli, settlement):
     assert result.exit_code == 0 and result.stdout.count("heartbeat for 1 lease") == 2, result.stderr
     # Claims skip the closed lease too.
     claim = cli("lease", "claim", closed["id"], running["id"], *provider)
-    assert claim["claimed"] > 0 and claim["skipped"] == [{"lease": closed["id"], "reason": "closed"}]
+    assert base_units(claim["claimed"]) > 0 and claim["skipped"] == [{"lease": closed["id"], "reason": "closed"}]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from underbid.devnet.deploy import address_book
+from underbid.protocol.units import Unit, amount_json, base_units
 
 from ..conftest import UBT
 from .conftest import free_port, make_cli
@@ -41,13 +42,15 @@ def test_bond_unbond_withdraw(bond_cli, mia, chain, settlement, ubt, params):
     cli = bond_cli
     assert params.min_matcher_bond == 10_000 * UBT and params.matcher_exit_delay == 7200
     before = cli("matcher", "status", *ME, env=PW)
-    assert before == {**before, "address": mia, "bond": 0, "min_bond": 10_000 * UBT, "meets_minimum": False,
+    assert before == {**before, "address": mia, "bond": amount_json(0, Unit.UBT),
+                      "min_bond": amount_json(10_000 * UBT, Unit.UBT), "meets_minimum": False,
                       "bonded": False, "exiting": False, "exit_at": 0, "exit_left": 0, "withdrawable": False,
                       "challenge_window": 3600, "exit_delay": 7200}
 
     # Below the minimum: bonded, but it may not settle yet.
     part = cli("matcher", "bond", "--amount", "4000", *ME, env=PW)
-    assert (part["bonded"], part["bond"], part["meets_minimum"]) == (4000 * UBT, 4000 * UBT, False)
+    assert (base_units(part["bonded"]), base_units(part["bond"]), part["meets_minimum"]) == (
+        4000 * UBT, 4000 * UBT, False)
     assert part["tx"]
     assert part["receipt_signer"] == mia  # by default the matcher signs its own receipts
     assert settlement.matchers(mia) == (4000 * UBT, 0, 0, mia) and not settlement.isBondedMatcher(mia)
@@ -61,7 +64,8 @@ def test_bond_unbond_withdraw(bond_cli, mia, chain, settlement, ubt, params):
 
     # Anyone can look a matcher up by address, without an account.
     status = cli("matcher", "status", "--address", mia.lower())
-    assert (status["address"], status["bond"], status["bonded"], status["exiting"]) == (mia, 10_000 * UBT, True, False)
+    assert (status["address"], base_units(status["bond"]), status["bonded"], status["exiting"]) == (
+        mia, 10_000 * UBT, True, False)
     shown = cli.run("matcher", "status", "--address", mia)
     text = " ".join(shown.stdout.split())
     assert shown.exit_code == 0 and "bond 10,000 UBT" in text and "bonded (may settle) yes" in text
@@ -99,10 +103,10 @@ def test_bond_unbond_withdraw(bond_cli, mia, chain, settlement, ubt, params):
     cli("devnet", "advance", "1h", "--no-price")
     assert cli("matcher", "status", *ME, env=PW)["withdrawable"]
     done = cli("matcher", "withdraw", *ME, env=PW)
-    assert (done["withdrawn"], done["ubt"]) == (10_000 * UBT, 12_000 * UBT)
+    assert (base_units(done["withdrawn"]), base_units(done["ubt"])) == (10_000 * UBT, 12_000 * UBT)
     assert ubt.balanceOf(mia) == 12_000 * UBT and settlement.matchers(mia)[0] == 0
     after = cli("matcher", "status", *ME, env=PW)
-    assert (after["bond"], after["bonded"], after["exiting"]) == (0, False, False)
+    assert (base_units(after["bond"]), after["bonded"], after["exiting"]) == (0, False, False)
 
 
 def test_bond_withdraw_human_output(bond_cli, mia, settlement):
@@ -120,7 +124,7 @@ def test_bond_withdraw_human_output(bond_cli, mia, settlement):
 
 def test_status_of_the_deployed_matcher(bond_cli, matcher, params):
     status = bond_cli("matcher", "status", "--address", str(matcher.address))
-    assert status["bonded"] and status["bond"] == params.min_matcher_bond and not status["exiting"]
+    assert status["bonded"] and base_units(status["bond"]) == params.min_matcher_bond and not status["exiting"]
     assert status["receipt_signer"] == str(matcher.address)
 
 

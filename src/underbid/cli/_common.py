@@ -6,7 +6,7 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -18,8 +18,17 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from underbid.cli._amounts import with_amounts
 from underbid.devnet.node import DEV_MATCHER_URL, DEV_RPC, DevnetError, DevnetState
-from underbid.protocol.units import CREDIT_DECIMALS, UBT_DECIMALS, AmountError, format_credits, format_ubt, parse_amount
+from underbid.protocol.units import (
+    CREDIT_DECIMALS,
+    UBT_DECIMALS,
+    AmountError,
+    Unit,
+    format_credits,
+    format_ubt,
+    parse_amount,
+)
 
 DEFAULT_DEPLOYMENT = Path("deployments/local.json")
 
@@ -352,10 +361,15 @@ class Env:
 
     # ----- output -----
 
-    def emit(self, data: Any, render: Callable[[Console], None] | None = None) -> None:
-        """JSON on stdout with --json, else the human rendering (a rich table or lines)."""
+    def emit(self, data: Any, render: Callable[[Console], None] | None = None,
+             amounts: Mapping[str, Unit] | None = None) -> None:
+        """JSON on stdout with --json, else the human rendering (a rich table or lines).
+
+        In JSON every amount is `{"value": "<exact decimal>", "unit": ...}` (`cli._amounts`);
+        `amounts` names the fields whose key means another unit in this command's output.
+        """
         if self.json:
-            click.echo(json.dumps(data, indent=2, default=_json_default))
+            click.echo(json.dumps(with_amounts(data, amounts), indent=2, default=_json_default))
         elif render is not None:
             render(self.console)
 

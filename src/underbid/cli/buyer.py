@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from underbid.cli import _messages
+from underbid.cli._amounts import ORACLE_PRICE
 from underbid.cli._common import (
     CREDITS,
     PRICE,
@@ -47,7 +48,7 @@ def credits_mint(env: Env, ubt_in: int, slippage: int) -> None:
     env.emit(result, lambda c: c.print(
         f"burned {ubt_short(result['ubt_burned'])} UBT, minted [bold]{ubc(result['credits_minted'])} UBC[/bold]"
         f" at {result['price'] / 10**8} USD/UBT (the oracle band's low end), less the"
-        f" {result['spread_bps'] / 100:g}% mint spread"))
+        f" {result['spread_bps'] / 100:g}% mint spread"), amounts=ORACLE_PRICE)
 
 
 @credits.command("redeem")
@@ -61,7 +62,7 @@ def credits_redeem(env: Env, credits_in: int, slippage: int) -> None:
         result = client.redeem(credits_in, slippage)
     env.emit(result, lambda c: c.print(
         f"redeemed {ubc(result['credits_burned'])} UBC for [bold]{ubt_short(result['ubt_minted'])} UBT[/bold]"
-        f" at {result['price'] / 10**8} USD/UBT"))
+        f" at {result['price'] / 10**8} USD/UBT"), amounts=ORACLE_PRICE)
 
 
 @click.group()

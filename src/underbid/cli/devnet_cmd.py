@@ -22,6 +22,7 @@ from underbid.devnet.node import (
     UpOutcome,
     dev_account,
 )
+from underbid.protocol.units import Unit
 
 ETH_OR_ZERO = AmountType(18, "ETH", allow_zero=True)
 UBT_OR_ZERO = AmountType(18, "UBT", allow_zero=True)
@@ -213,8 +214,12 @@ def demo(env: Env, minutes: int, admin_token: str | None, keep: bool, directory:
             "skipped_heartbeats": result.skipped_heartbeats,
             "redemptions": result.redemptions, "balances": result.balances, "checks": result.checks,
             "conserved": result.conserved}
+    # The conservation checks compare credits (UBC) or UBT, as each check's name says.
+    checks = {f"checks.{name}.{side}": unit for name, unit in
+              (("credits", Unit.UBC), ("escrow backed", Unit.UBC), ("UBT", Unit.UBT), ("stake backed", Unit.UBT))
+              for side in ("left_value", "right_value")}
     env.emit(data, lambda c: c.print(
-        f"\n[bold green]demo complete in {result.seconds:.0f} s: credits and UBT conserved[/]"))
+        f"\n[bold green]demo complete in {result.seconds:.0f} s: credits and UBT conserved[/]"), amounts=checks)
 
 
 COMMANDS = [devnet, demo]

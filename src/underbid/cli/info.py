@@ -7,7 +7,9 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from underbid.cli._amounts import ORACLE_PRICE, STAKE
 from underbid.cli._common import Env, ago, common_options, kv_table, short, ubc, ubt_short
+from underbid.protocol.units import Unit
 
 
 def bme_rows(state: dict) -> list[tuple[str, str]]:
@@ -42,7 +44,7 @@ def bme_rows(state: dict) -> list[tuple[str, str]]:
 def bme(env: Env) -> None:
     """The burn-mint equilibrium: oracle price, burned/minted totals, circuit breaker."""
     state = env.client(account=False).bme_state()
-    env.emit(state, lambda c: c.print(kv_table("burn-mint equilibrium", bme_rows(state))))
+    env.emit(state, lambda c: c.print(kv_table("burn-mint equilibrium", bme_rows(state))), amounts=ORACLE_PRICE)
 
 
 @click.group()
@@ -165,7 +167,8 @@ def status(env: Env) -> None:
             console.print(lease_table(leases, me, _specs(env, client), title="open leases"))
         console.print(kv_table("BME", bme_rows(state)[:5]))
 
-    env.emit(data, render)
+    env.emit(data, render, amounts={**ORACLE_PRICE, "price": Unit.PRICE,
+                                    **{f"provider.{key}": unit for key, unit in STAKE.items()}})
 
 
 COMMANDS = [status, market, bme]

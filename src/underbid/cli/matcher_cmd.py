@@ -9,8 +9,10 @@ from pathlib import Path
 
 import click
 
+from underbid.cli._amounts import STAKE
 from underbid.cli._common import DEFAULT_DEPLOYMENT, UBT, Env, ago, common_options, kv_table, ubt_short
 from underbid.devnet.node import DEV_RPC, MATCHER, dev_account
+from underbid.protocol.units import Unit
 
 
 @click.group()
@@ -182,7 +184,8 @@ def matcher_bond(env: Env, amount: int, receipt_signer: str | None) -> None:
                        f" {ubt_short(info['min_bond'] - info['bond'])} UBT more before this matcher can settle")
         console.print(f"bonded {ubt_short(amount)} UBT: the bond is now {ubt_short(info['bond'])} UBT; {verdict}")
 
-    env.emit(data, render)
+    # `bonded` is the amount just bonded here (in `matcher status`, whether the matcher is bonded).
+    env.emit(data, render, amounts={"bonded": Unit.UBT})
 
 
 @matcher.command("unbond")
@@ -239,7 +242,7 @@ def matcher_withdraw(env: Env) -> None:
     data = {**result, "address": client.address, "ubt": client.ubt_balance(client.address)}
     env.emit(data, lambda c: c.print(
         f"withdrew {ubt_short(result['withdrawn'])} UBT of matcher bond; {client.address} now holds"
-        f" {ubt_short(data['ubt'])} UBT"))
+        f" {ubt_short(data['ubt'])} UBT"), amounts=STAKE)
 
 
 @matcher.command("status")

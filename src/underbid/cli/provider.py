@@ -6,6 +6,7 @@ import click
 from rich.table import Table
 
 from underbid.cli import _messages
+from underbid.cli._amounts import STAKE
 from underbid.cli._common import PRICE, UBT, DurationType, Env, ago, common_options, hours, kv_table, ubc, ubt_short
 from underbid.cli.buyer import MARKET, SDL, SERVICE
 
@@ -83,6 +84,7 @@ def provider_stake(env: Env, amount: int, no_bind: bool) -> None:
         lambda c: c.print(
             kv_table(f"staked {ubt_short(amount)} UBT", _stake_rows(client, client.provider(client.address)))
         ),
+        amounts=STAKE,
     )
 
 
@@ -101,7 +103,7 @@ def provider_unstake(env: Env, amount: int) -> None:
     result["unbonding_left"] = max(left, 0)
     env.emit(result, lambda c: c.print(
         f"unbonding {ubt_short(amount)} UBT: withdraw it with `underbid provider withdraw` in {ago(left)}"
-        " (until then it stays staked and lockable)"))
+        " (until then it stays staked and lockable)"), amounts=STAKE)
 
 
 @provider.command("withdraw")
@@ -126,7 +128,7 @@ def provider_withdraw(env: Env) -> None:
     env.emit(result, lambda c: c.print(
         f"withdrew {ubt_short(result['withdrawn'])} UBT of unbonded stake"
         + (f" ({ubt_short(short_by)} UBT of the {ubt_short(result['announced'])} announced is locked as collateral"
-           " and stays staked)" if short_by else "")))
+           " and stays staked)" if short_by else "")), amounts=STAKE)
 
 
 @provider.command("show")
@@ -135,7 +137,8 @@ def provider_show(env: Env) -> None:
     """Show your provider registration and stake."""
     client = env.client()
     data = _provider_data(client)
-    env.emit(data, lambda c: c.print(kv_table(None, _stake_rows(client, client.provider(client.address)))))
+    env.emit(data, lambda c: c.print(kv_table(None, _stake_rows(client, client.provider(client.address)))),
+             amounts=STAKE)
 
 
 @click.group()

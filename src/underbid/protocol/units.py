@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from enum import StrEnum
 
 CREDIT_DECIMALS = 6
 UBT_DECIMALS = 18
+#: The oracle's USD/UBT price has 8 decimals (as Chainlink's USD feeds).
+ORACLE_PRICE_DECIMALS = 8
+
+
+class Unit(StrEnum):
+    """The unit an on-chain integer amount is counted in, with its decimals."""
+
+    UBT = "UBT"
+    UBC = "UBC"
+    PRICE = "UBC/unit-hour"
+    ETH = "ETH"
+    USD_PER_UBT = "USD/UBT"
+
+    @property
+    def decimals(self) -> int:
+        return {Unit.UBT: UBT_DECIMALS, Unit.ETH: 18, Unit.UBC: CREDIT_DECIMALS, Unit.PRICE: CREDIT_DECIMALS,
+                Unit.USD_PER_UBT: ORACLE_PRICE_DECIMALS}[self]
 
 
 class AmountError(ValueError):
@@ -45,3 +63,17 @@ def format_credits(base_units: int) -> str:
 
 def format_ubt(wei: int) -> str:
     return format_amount(wei, UBT_DECIMALS)
+
+
+def amount_json(base_units: int, unit: Unit) -> dict[str, str]:
+    """`{"value": "199.5", "unit": "UBC"}`: exact (a decimal string, not a float), with its unit.
+
+    NOTE: JSON numbers above 2^53 lose digits in most parsers (JavaScript, jq), and wei amounts
+    are far above it; a decimal string keeps every digit.
+    """
+    return {"value": format_amount(base_units, unit.decimals), "unit": unit.value}
+
+
+def base_units(amount: dict[str, str]) -> int:
+    """The inverse of `amount_json`: base units of `{"value": ..., "unit": ...}`."""
+    return parse_amount(amount["value"], Unit(amount["unit"]).decimals, allow_zero=True, what=amount["unit"])
