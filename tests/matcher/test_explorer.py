@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -67,12 +68,18 @@ def test_the_explorer_page_shows_two_settled_rounds(accounts, market, settlement
         assert second["state"] == "confirmed", second
         settled = {first["round_id"]: first["prices"], second["round_id"]: second["prices"]}
 
-        # A provider heartbeats its leases: the uptime table counts them.
+        # Provider 0 heartbeats its leases in time; the others miss theirs, and one lease of provider 1
+        # is reported: the uptime table counts heartbeats, the fault report and the overdue heartbeats.
         leases = list(settlement.LeaseOpened.range(0, chain.blocks.height + 1))
         lease_provider = {bytes(lg.leaseId): lg.event_arguments["provider"] for lg in leases}
         own = [lease for lease, provider in lease_provider.items() if provider == providers[0].address]
+        reported = next(lease for lease, provider in lease_provider.items() if provider == providers[1].address)
         assert own
+        overdue_after = m.params.heartbeat_interval + m.params.heartbeat_grace + 1
+        chain.mine(1, timestamp=chain.pending_timestamp + overdue_after // 2)
         settlement.heartbeat(own, sender=providers[0])
+        chain.mine(1, timestamp=chain.pending_timestamp + overdue_after // 2 + 2)
+        settlement.reportFault(reported, sender=accounts[30])
 
         # Bad parameters are 4xx naming the field; a market that never traded is a 404 naming it.
         for path, status, field in (("/explorer/api/book?market=0x12", 422, "market"),
@@ -86,8 +93,13 @@ def test_the_explorer_page_shows_two_settled_rounds(accounts, market, settlement
         book = http.get(f"/explorer/api/book?market={H100}").json()
         uptime = {row["provider"]: row for row in http.get("/explorer/api/providers").json()}
     assert set(uptime) == set(lease_provider.values())
-    assert uptime[providers[0].address]["heartbeats"] == len(own)
-    assert all(row["faults"] == 0 and row["uptime"] == 1 for row in uptime.values())
+    leases_of = Counter(lease_provider.values())
+    assert uptime.pop(providers[0].address) == {
+        "provider": providers[0].address, "leases": len(own), "heartbeats": len(own), "faults": 0, "missed": 0,
+        "uptime": 1.0,
+    }
+    assert uptime[providers[1].address]["faults"] == 1
+    assert all(row["faults"] + row["missed"] == leases_of[p] and row["uptime"] == 0 for p, row in uptime.items())
 
     expected_points = {
         market: [rid for rid, prices in sorted(settled.items()) if market in prices] for market in (H100, A100)
@@ -133,8 +145,11 @@ def test_the_explorer_page_shows_two_settled_rounds(accounts, market, settlement
             lease_rows = page.locator("#leases tbody tr")
             assert lease_rows.count() == len(leases)
             assert "H100 80GB ×8 · us-east" in page.inner_text("#leases")
-            provider_text = page.inner_text("#providers")
-            assert provider_text.count("100.0 %") == len(uptime)
+            shown_uptime = page.locator("#providers tbody td:last-child").all_inner_texts()
+            assert sorted(shown_uptime) == sorted(["100.0 %"] + ["0.0 %"] * len(uptime))
+            statuses = page.locator("#leases td[class^='status-']").all_inner_texts()
+            assert sorted(statuses) == sorted(["faulted"] + ["running"] * len(own)
+                                              + ["faulty"] * (len(leases) - len(own) - 1))
             assert "bonded" in page.inner_text("#standing")
             assert not failed, f"requests failed: {failed}"
 

@@ -160,7 +160,10 @@ class ProviderUptime(BaseModel):
     leases: int = Field(description="leases opened (among the latest leases read)")
     heartbeats: int = Field(description="heartbeats sent on those leases")
     faults: int = Field(description="fault reports against those leases")
-    uptime: float = Field(ge=0, le=1, description="share of those leases with no fault reported")
+    missed: int = Field(description="leases among the latest listed whose heartbeat is overdue (reportable, not"
+                        " reported yet)")
+    uptime: float = Field(ge=0, le=1, description="share of those leases with neither a fault report nor an overdue"
+                          " heartbeat")
 
 
 class Challenge(BaseModel):
@@ -298,6 +301,8 @@ class Explorer:
                 buyer=view.buyer, provider=view.provider, units=view.units, price=format_credits(view.price),
                 start=view.start, end=view.end, last_heartbeat=view.last_heartbeat, status=view.status,
             ))
+        # Overdue heartbeats are known only for the leases whose live state was read (the listed ones).
+        overdue = {lease.id for lease in leases if lease.status == "faulty"}
         by_provider: dict[str, list[str]] = defaultdict(list)
         for event in events:
             by_provider[Web3.to_checksum_address(event["provider"])].append("0x" + bytes(event["leaseId"]).hex())
@@ -307,7 +312,8 @@ class Explorer:
                 leases=len(ids),
                 heartbeats=sum(heartbeats[i] for i in ids),
                 faults=sum(i in faulted for i in ids),
-                uptime=round(1 - sum(i in faulted for i in ids) / len(ids), 4),
+                missed=sum(i in overdue for i in ids),
+                uptime=round(1 - sum(i in faulted or i in overdue for i in ids) / len(ids), 4),
             )
             for provider, ids in sorted(by_provider.items())
         ]

@@ -152,7 +152,7 @@ async function load() {
     cell(l.status, `status-${l.status}`),
   ]), "no leases yet");
   fill("providers", providers.map((p) => [
-    cell(short(p.provider), "mono"), cell(p.leases, "num"), cell(p.heartbeats, "num"), cell(p.faults, "num"),
+    cell(short(p.provider), "mono"), cell(p.leases, "num"), cell(p.heartbeats, "num"), cell(p.faults, "num"), cell(p.missed, "num"),
     cell(`${(p.uptime * 100).toFixed(1)} %`, "num"),
   ]), "no provider has a lease yet");
   fill("challenges", standing.challenges.map((c) => [
