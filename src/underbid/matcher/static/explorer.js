@@ -62,6 +62,7 @@ function drawPrices(histories) {
       options: {
         animation: false,
         maintainAspectRatio: false,
+        plugins: { legend: { labels: { usePointStyle: true } } },
         scales: {
           x: { title: { display: true, text: "round" }, ticks: { stepSize: 0.5, callback: (v) => (Number.isInteger(v) ? v : "") } },
           y: { title: { display: true, text: "UBC per unit-hour" }, beginAtZero: true },
