@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar, cast
 
 import requests
 from fastapi import APIRouter, FastAPI, Query
@@ -140,6 +140,10 @@ class BookCurves(BaseModel):
     demand: list[Step]
 
 
+#: `LeaseView.status`'s values (a str there).
+LeaseStatus = Literal["running", "ended", "faulty", "closed", "faulted"]
+
+
 class ExplorerLease(BaseModel):
     id: str
     round: int
@@ -152,7 +156,10 @@ class ExplorerLease(BaseModel):
     start: int
     end: int
     last_heartbeat: int
-    status: str = Field(description="running, ended, faulty (reportable), closed or faulted")
+    status: LeaseStatus = Field(
+        description="running; ended (past its end); faulty (a heartbeat is overdue: reportable); closed; faulted"
+        " (closed by a fault report)"
+    )
 
 
 class ProviderUptime(BaseModel):
@@ -210,6 +217,9 @@ class Explorer:
         self._client: Client | None = None
         self.store_facts = Cached(STORE_TTL, self._read_store)
         self.chain_facts = Cached(CHAIN_TTL, self._read_chain)
+        #: market -> its cached curves; only markets a confirmed round traded in get an entry.
+        self._books: dict[str, Cached[BookCurves]] = {}
+        self._books_lock = threading.Lock()
 
     def _read_store(self) -> StoreFacts:
         store = self.matcher.store
@@ -245,11 +255,16 @@ class Explorer:
         return StoreFacts(markets=markets, history=history, rounds=rounds)
 
     def book(self, market: str) -> BookCurves | None:
-        """The supply and demand steps of the last confirmed round that traded in `market`."""
-        facts = self.store_facts.get()
-        history = facts.history.get(market)
-        if history is None or not history.points:
+        """The supply and demand steps of the last confirmed round that traded in `market` (cached)."""
+        if market not in self.store_facts.get().history:
             return None
+        with self._books_lock:
+            cached = self._books.setdefault(market, Cached(STORE_TTL, lambda: self._read_book(market)))
+        return cached.get()
+
+    def _read_book(self, market: str) -> BookCurves:
+        facts = self.store_facts.get()
+        history = facts.history[market]
         last = history.points[-1]
         stored = facts.rounds[last.round]
         traded: Counter[str] = Counter()
@@ -299,7 +314,8 @@ class Explorer:
                 id=view.id, round=view.round, market=view.market,
                 label=market_label(specs.get(view.market), view.market),
                 buyer=view.buyer, provider=view.provider, units=view.units, price=format_credits(view.price),
-                start=view.start, end=view.end, last_heartbeat=view.last_heartbeat, status=view.status,
+                start=view.start, end=view.end, last_heartbeat=view.last_heartbeat,
+                status=cast(LeaseStatus, view.status),  # pydantic checks it is one of them
             ))
         # Overdue heartbeats are known only for the leases whose live state was read (the listed ones).
         overdue = {lease.id for lease in leases if lease.status == "faulty"}
