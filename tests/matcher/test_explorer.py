@@ -91,6 +91,9 @@ def test_the_explorer_page_shows_two_settled_rounds(accounts, market, settlement
             assert response.status_code == status, (path, response.text)
             assert response.json()["detail"][0]["field"] == field, (path, response.text)
         book = http.get(f"/explorer/api/book?market={H100}").json()
+        documented = set(http.get("/openapi.json").json()["paths"])
+        assert {f"/explorer/api/{name}" for name in ("markets", "prices", "book", "leases", "providers", "matcher")} \
+            <= documented
         uptime = {row["provider"]: row for row in http.get("/explorer/api/providers").json()}
     assert set(uptime) == set(lease_provider.values())
     leases_of = Counter(lease_provider.values())

@@ -49,7 +49,7 @@ Leases = Annotated[int, Query(ge=1, le=LATEST_LEASES, description="at most this 
 #: Seconds an answer is reused: the page polls every few seconds, and many viewers share one read.
 STORE_TTL = 1.0
 CHAIN_TTL = 3.0
-#: Leases (the latest) whose heartbeats and faults the provider uptime counts; events beyond are not read.
+#: The provider uptime counts the heartbeats and faults of the latest this many leases.
 UPTIME_LEASES = 500
 
 
