@@ -7,7 +7,8 @@ cd "$UNDERBID_ROOT"
 
 stamp=".venv/.underbid-setup"
 want="$(cat pyproject.toml constraints.txt package.json package-lock.json | sha256sum | cut -d' ' -f1)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x node_modules/.bin/anvil ]; then
+chart="src/underbid/matcher/static/vendor/chart.umd.min.js"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x node_modules/.bin/anvil ] && [ -f "$chart" ]; then
   exit 0
 fi
 
@@ -15,10 +16,14 @@ echo "setup: creating .venv and installing pinned Python packages (a few minutes
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
 
-echo "setup: installing anvil, solc and OpenZeppelin Contracts from npm..."
-# `npm ci` refuses this lock file (anvil lists optional per-platform packages that npm does not
-# record), so install by the exact versions pinned in package.json and the lock file.
-npm install --no-audit --no-fund --loglevel=error
+echo "setup: installing anvil, solc, OpenZeppelin Contracts and Chart.js from npm..."
+# `npm ci` installs exactly what package-lock.json pins and never rewrites it, so a first run
+# leaves the tree clean. The lock lists every platform package of anvil and forge (optional; npm
+# fetches only this machine's).
+npm ci --no-audit --no-fund --loglevel=error
+# The market explorer page serves Chart.js itself (no CDN): a copy inside the package, as package data.
+mkdir -p "$(dirname "$chart")"
+cp node_modules/chart.js/dist/chart.umd.min.js "$chart"
 
 node_modules/.bin/anvil --version | head -1
 tools/solc/solc-v0.8.28 --version | tail -1

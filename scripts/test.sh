@@ -5,6 +5,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$UNDERBID_ROOT/scripts/setup.sh"
+bash "$UNDERBID_ROOT/scripts/chromium.sh"  # the explorer page test drives a real headless Chromium
 cd "$UNDERBID_ROOT"
 compile_contracts
 # The whole run (no arguments) starts with the lint step (ruff, mypy) and the assurance step: forge

@@ -68,6 +68,13 @@ def test_devnet_up_demo_down(tmp_path):
         assert base_units(cli("account", "show", "dev:7")["ubt"]) == 5_000 * 10**18
         story = cli("demo", "--minutes", "3")
         _check_story(story)
+        # The README's explorer URL: the page and its Chart.js come from the matcher; the demo's markets
+        # are labelled and priced.
+        page = httpx.get(up["matcher_url"] + "/explorer")
+        assert page.status_code == 200 and "/explorer/static/vendor/chart.umd.min.js" in page.text
+        assert httpx.get(up["matcher_url"] + "/explorer/static/vendor/chart.umd.min.js").status_code == 200
+        markets = httpx.get(up["matcher_url"] + "/explorer/api/markets").json()
+        assert len(markets) >= 2 and all(m["rounds_traded"] >= 1 and not m["label"].startswith("0x") for m in markets)
         # A second `up` refuses while this one runs.
         cli.fails("devnet", "up", "--port", str(free_port()), "--matcher-port", str(free_port()), code=1,
                   match="already up")

@@ -217,3 +217,37 @@ def test_matcher_started_while_the_node_is_down_waits_for_it(market, provider, c
     finally:
         starter.join(timeout=90)
         process.stop()
+
+
+def test_explorer_reads_on_a_slow_node_do_not_hold_up_intake(market, provider, proxy, behind_proxy, capsys):
+    """The explorer reads the chain through its own connection, one refresh at a time, serving the
+    previous answer meanwhile: 30 page reads at once over a slow node leave intake as fast as alone."""
+    paths = ("/explorer/api/leases", "/explorer/api/providers", "/explorer/api/matcher", "/explorer/api/markets")
+    with behind_proxy.client() as http:
+        for path in paths:  # the first answers, cached
+            assert http.get(path).status_code == 200, path
+        proxy.set("slow", delay_ms=300)
+        time.sleep(3.2)  # the explorer's chain answers (3 s) and intake's facts (2 s) are stale now
+
+        explorer: list[tuple[int, float]] = []
+
+        def read(path: str) -> None:
+            with httpx.Client(base_url=behind_proxy.url, timeout=60) as client:
+                r, took = timed(lambda: client.get(path))
+                explorer.append((r.status_code, took))
+
+        with ThreadPoolExecutor(30) as pool:
+            for i in range(30):
+                pool.submit(read, paths[i % len(paths)])
+            time.sleep(0.2)  # a refresh is under way now
+            r, took = timed(lambda: http.post("/bids", json=order_body(*market.bid(provider, capacity=1))))
+        assert r.status_code == 201, r.text
+        statuses = {status for status, _ in explorer}
+        fastest_half = sorted(t for _, t in explorer)[: len(explorer) // 2]
+        with capsys.disabled():
+            print(f"\nslow node (300 ms/request): POST /bids 201 in {took:.2f}s beside {len(explorer)} explorer"
+                  f" reads (statuses {sorted(statuses)}, slowest {max(t for _, t in explorer):.2f}s,"
+                  f" median {fastest_half[-1]:.2f}s)")
+        assert statuses == {200}
+        assert took < INTAKE_LIMIT, took
+        assert max(fastest_half) < 1.0, fastest_half  # served the previous answer, not queued behind the refresh

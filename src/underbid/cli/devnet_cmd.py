@@ -46,6 +46,7 @@ def _state_rows(state: DevnetState) -> list[tuple[str, str]]:
         ("RPC", f"{state.rpc} (chain {state.chain_id}, anvil pid {state.anvil_pid}"
                 f"{'' if alive['anvil'] else ', NOT RUNNING'})"),
         ("matcher", f"{state.matcher_url} (pid {state.matcher_pid}{'' if alive['matcher'] else ', NOT RUNNING'})"),
+        ("explorer", f"{state.matcher_url}/explorer (the market explorer page, read-only)"),
         ("admin token", f"{state.admin_token} (for `underbid matcher close-round`)"),
         ("address book", state.deployment),
         *((f"{name} log", path) for name, path in state.logs.items()),

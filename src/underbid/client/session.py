@@ -251,9 +251,10 @@ class LeaseView:
 class Client:
     """A connection to one Underbid deployment, optionally acting as one account."""
 
-    def __init__(self, rpc: str, deployment: str | Path, account: LocalAccount | None = None, *, timeout: float = 30):
+    def __init__(self, rpc: str, deployment: str | Path | AddressBook, account: LocalAccount | None = None, *,
+                 timeout: float = 30):
         try:
-            self.book = AddressBook.load(deployment)
+            self.book = deployment if isinstance(deployment, AddressBook) else AddressBook.load(deployment)
         except FileNotFoundError:
             raise UnderbidError(
                 f"no address book at {deployment}: start a devnet (`underbid devnet up`) or pass --deployment"

@@ -609,4 +609,7 @@ def create_app(matcher: Matcher, admin_token: str | None = None, max_body_bytes:
             open_round=_intake_round(matcher),
         )
 
+    from underbid.matcher.explorer import mount_explorer  # imported here: the explorer builds on this module
+
+    mount_explorer(app, matcher)
     return app

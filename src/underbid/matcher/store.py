@@ -797,6 +797,17 @@ class Store:
             batches=tuple(_batch(b) for b in batches),
         )
 
+    def market_book(self, market: str, round_upto: int) -> list[StoredMessage]:
+        """The market's messages taken in `round_upto` or before that are not dropped, oldest first:
+        the explorer rebuilds a round's order book from them (a read; never waits for the writer)."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT * FROM messages WHERE market = ? AND status != 'dropped'"
+                " AND (intake_round IS NULL OR intake_round <= ?) ORDER BY received_at, digest",
+                (market, round_upto),
+            ).fetchall()
+        return [_message(r) for r in rows]
+
     def last_prices(self) -> dict[str, tuple[int, int]]:
         """market -> (round id, clearing price) of the latest confirmed round that traded in it."""
         prices: dict[str, tuple[int, int]] = {}
