@@ -65,6 +65,12 @@ def test_buyer_journey(cli, settlement, credit, ubt, matcher):
     )
     assert settlement.escrowOf(alice) == (150 * UBC + UBC // 2 - cost, cost)
     assert cli("order", "list", *me, env=PW)[0]["status"] == "filled"
+    assert lease["end_reason"] is None and lease["heartbeat_due"] == lease["reportable_at"]
+    # The buyer's table fits 80 columns and names the provider; the provider's says when to heartbeat.
+    for who, other in ((me, lease["provider"]), (["--account", "dev:5"], alice)):
+        shown = cli.run("lease", "list", *who, env={**PW, "COLUMNS": "80"}).stdout
+        assert all(len(line) <= 80 for line in shown.splitlines()), shown
+        assert other[:6] in shown and "heartbeat due" in " ".join(shown.split()), shown
 
     # Time passes (the provider heartbeats), then the buyer closes early and gets the rest back.
     for _ in range(3):
@@ -78,7 +84,9 @@ def test_buyer_journey(cli, settlement, credit, ubt, matcher):
     assert base_units(closed["paid_to_provider"]) > 0
     assert settlement.escrowOf(alice) == (150 * UBC + UBC // 2 - base_units(closed["paid_to_provider"]), 0)
     assert cli("lease", "list", *me, env=PW) == []
-    assert cli("lease", "list", "--all", *me, env=PW)[0]["status"] == "closed"
+    [ended] = cli("lease", "list", "--all", *me, env=PW)
+    assert (ended["status"], ended["end_reason"]) == ("closed", "closed by buyer")
+    assert "closed by buyer" in " ".join(cli.run("lease", "list", "--all", "--wide", *me, env=PW).stdout.split())
 
     # A second order is cancelled on chain by its nonce, in two steps: a request, then the void after the notice.
     second = cli("order", "create", "--market", H100_8, "--units", "1", "--hours", "1", "--max-price", "3", *me, env=PW)

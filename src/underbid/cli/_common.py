@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -464,6 +465,15 @@ def ago(seconds: int) -> str:
     if seconds >= 60:
         return f"{sign}{seconds // 60}m{seconds % 60:02d}s"
     return f"{sign}{seconds}s"
+
+
+def when(timestamp: int, now: int) -> str:
+    """`12-05 14:20 (in 3h20m)`: an absolute UTC time and how far it is from the chain's `now`.
+
+    Relative to the chain's clock, not the wall clock: a devnet's clock may have been advanced.
+    """
+    stamp = time.strftime("%m-%d %H:%M", time.gmtime(timestamp))
+    return f"{stamp} (in {ago(timestamp - now)})" if timestamp > now else f"{stamp} ({ago(now - timestamp)} ago)"
 
 
 def kv_table(title: str | None, rows: list[tuple[str, Any]]) -> Table:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from underbid.cli._common import Env, ago, common_options, short, ubc, ubt_short
+from underbid.cli._common import Env, common_options, short, ubc, ubt_short, when
 
 
 @click.group()
@@ -25,25 +26,54 @@ def _specs(env: Env, client) -> dict[str, str]:
     return {e.message["market"]: e.spec for e in entries if e.spec}
 
 
-def lease_table(leases, me: str | None, specs: dict[str, str], title: str = "leases") -> Table:
-    table = Table("lease", "role", "market", "units", "price", "ends in", "accrued", "claimable", "locked left",
-                  "status", title=title)
+def _lease_status(v) -> str:
+    """The status with what a user acts on: why it ended, or when its next heartbeat is due."""
+    if v.status == "faulty":
+        return "[red]faulty (reportable)[/]"
+    reason = v.end_reason
+    if v.closed and reason is not None:
+        return f"closed: {reason}"
+    if v.status == "ended":
+        return "ended: claim or close it"
+    due = v.heartbeat_due
+    return f"running\nheartbeat due {when(due, v.now)}" if due is not None else v.status
+
+
+def lease_table(leases, me: str | None, specs: dict[str, str], title: str = "leases", *, wide: bool = False) -> Table:
+    """Leases as a table that fits 80 columns; `wide` adds the role, accrued, claimable and locked credits.
+
+    Each row names the other side: the provider on a buyer's lease, the buyer on a provider's.
+    """
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    # Ids are never cut (a prefix is what `lease close`/`report` take); text columns wrap instead.
+    table.add_column("lease", no_wrap=True)
+    table.add_column("market", overflow="fold")
+    if wide:
+        table.add_column("role")
+    table.add_column("with", no_wrap=True)
+    table.add_column("units×price")
+    table.add_column("ends", min_width=11)
+    for name in ("accrued", "claimable", "locked left") if wide else ():
+        table.add_column(name)
+    table.add_column("status", min_width=16)
     for v in leases:
         role = ("buyer" if me and v.buyer == me else "provider" if me and v.provider == me else "-")
-        ends = "-" if v.closed else ago(v.end - v.now) if v.end > v.now else "ended"
-        status = v.status
-        if status == "faulty":
-            status = "[red]faulty (reportable)[/]"
-        table.add_row(short(v.id), role, specs.get(v.market) or short(v.market), str(v.units), ubc(v.price), ends,
-                      ubc(v.accrued), ubc(v.claimable), ubc(v.remaining), status)
+        other = v.buyer if role == "provider" else v.provider
+        row = [short(v.id, 4), specs.get(v.market) or short(v.market, 4), short(other, 4),
+               f"{v.units} × {ubc(v.price)}", when(v.end, v.now).replace(" (", "\n(")]
+        if wide:
+            row[2:2] = [role]
+            row += [ubc(v.accrued), ubc(v.claimable), ubc(v.remaining)]
+        table.add_row(*row, _lease_status(v))
     return table
 
 
 @lease.command("list")
 @click.option("--role", type=click.Choice(["buyer", "provider", "any"]), default="any", show_default=True)
 @click.option("--all", "include_closed", is_flag=True, help="Include closed leases.")
+@click.option("--wide", is_flag=True, help="More columns (role, claimable, locked), for terminals over 80 columns.")
 @common_options
-def lease_list(env: Env, role: str, include_closed: bool) -> None:
+def lease_list(env: Env, role: str, include_closed: bool, wide: bool) -> None:
     """Your leases, as buyer or provider, with live accrued cost and claimable credits."""
     client = env.client()
     me = client.address
@@ -55,7 +85,7 @@ def lease_list(env: Env, role: str, include_closed: bool) -> None:
         if not leases:
             console.print("no leases" + ("" if include_closed else " open (--all shows closed ones)"))
             return
-        console.print(lease_table(leases, me, specs))
+        console.print(lease_table(leases, me, specs, wide=wide))
 
     env.emit([v.as_json() for v in leases], render)
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,14 @@ class ProviderInfo:
         return max(self.staked - self.locked - self.unbonding, 0)
 
 
+class LeaseEnd(StrEnum):
+    """Why a lease ended, as the buyer and the provider are told."""
+
+    EXPIRED = "expired"
+    CLOSED_BY_BUYER = "closed by buyer"
+    FAULT_REPORTED = "fault reported"
+
+
 @dataclass(frozen=True)
 class LeaseView:
     id: str
@@ -242,9 +251,28 @@ class LeaseView:
         """Running and still heartbeat-able."""
         return self.status == "running"
 
+    @property
+    def end_reason(self) -> LeaseEnd | None:
+        """Why the lease ended (None while it runs): its term ran out, its buyer closed it early, or
+        a missed heartbeat was reported. A lease closed by a claim after its end counts as expired."""
+        if self.faulted:
+            return LeaseEnd.FAULT_REPORTED
+        if self.closed:
+            return LeaseEnd.EXPIRED if self.paid_until >= self.end else LeaseEnd.CLOSED_BY_BUYER
+        if self.now >= self.end:
+            return LeaseEnd.EXPIRED
+        return None
+
+    @property
+    def heartbeat_due(self) -> int | None:
+        """When the lease becomes reportable without a new heartbeat (None once it cannot be)."""
+        return self.reportable_at if self.active else None
+
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(status=self.status, cost=self.cost, accrued=self.accrued, paid=self.paid)
+        reason = self.end_reason
+        data.update(status=self.status, cost=self.cost, accrued=self.accrued, paid=self.paid,
+                    end_reason=None if reason is None else reason.value, heartbeat_due=self.heartbeat_due)
         return data
 
 
