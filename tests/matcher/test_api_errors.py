@@ -273,6 +273,9 @@ def test_deadline_nonce_and_spec_are_checked(market, chain, settlement, buyers, 
                      "gpu=nvidia-h100;vram=eighty;gpus=8", "gpu=NVIDIA H100;vram=80;gpus=8",
                      "gpu=nvidia-h100;gpu=nvidia-h100;vram=80;gpus=8", ";;;="):
         api.refuse(*m.order(buyer), 400, "spec", spec=bad_spec)
+    # A typo is not a new market: the catalogue refuses it with what was meant.
+    assert "did you mean us-east?" in api.refuse(*m.order(buyer), 400, "spec",
+                                                 spec="gpu=nvidia-h100;vram=80;gpus=8;region=useast")
     api.refuse_body("order", 422, "spec", json={**order_body(*m.order(buyer)), "spec": 42})
     # A spec that normalizes to the market is accepted, and names the market.
     api.accept(*m.order(buyer), spec="Region=us-east; GPU=NVIDIA-H100; gpus=08; vram=80")

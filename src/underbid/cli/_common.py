@@ -208,10 +208,11 @@ class MarketSpecType(click.ParamType):
     name = "spec"
 
     def convert(self, value, param, ctx):
-        from underbid.protocol.markets import MarketSpecError, canonical_spec
+        from underbid.protocol.catalogue import checked_spec
+        from underbid.protocol.markets import MarketSpecError
 
         try:
-            return canonical_spec(value)
+            return checked_spec(value)
         except MarketSpecError as exc:
             self.fail(f"unknown market {value!r}: {exc}", param, ctx)
 

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich import box
 from rich.table import Table
 
 from underbid.cli._common import Env, hours, short, ubc
+from underbid.protocol.catalogue import market_label
 
 
 def resolve_market(market: str | None, sdl: Path | None, service: str | None) -> tuple[str, int | None]:
@@ -231,9 +233,10 @@ def render_rows(env: Env, kind: str, rows: list[dict[str, Any]]) -> None:
         price_col = "max price" if kind == "order" else "price"
         duration_col = "duration" if kind == "order" else "max duration"
         table = Table("digest", "market", "units" if kind == "order" else "capacity", "filled", price_col,
-                      duration_col, "status", title=f"{kind}s")
+                      duration_col, "status", title=f"{kind}s", box=box.SIMPLE_HEAD, pad_edge=False)
         for r in rows:
-            table.add_row(short(r["digest"]), r["spec"] or short(r["market"]), str(r["units"]), str(r["filled"]),
+            table.add_row(short(r["digest"], 6), market_label(r["spec"]) if r["spec"] else short(r["market"], 6),
+                          str(r["units"]), str(r["filled"]),
                           ubc(r["price"]), hours(r["duration"]), r["status"])
         console.print(table)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich import box
 from rich.table import Table
 
 from underbid.cli._amounts import ORACLE_PRICE, STAKE
 from underbid.cli._common import Env, ago, common_options, kv_table, short, ubc, ubt_short
+from underbid.protocol.catalogue import GPU_MODELS, REGIONS, market_label
 from underbid.protocol.units import Unit
 
 
@@ -62,14 +64,32 @@ def market_list(env: Env) -> None:
         if not rows:
             console.print("the matcher has no markets yet: post an order or a bid")
             return
-        table = Table("market", "spec", "open orders", "open bids", "last price", "round", title="markets")
+        table = Table("market", "id", "open orders", "open bids", "last price", "round", title="markets",
+                      box=box.SIMPLE_HEAD, pad_edge=False)
         for r in rows:
             price = f"{ubc(int(r['last_price']))} UBC" if r.get("last_price") is not None else "-"
-            table.add_row(short(r["market"]), r.get("spec") or "?", str(r.get("open_orders") or 0),
-                          str(r.get("open_bids") or 0), price, str(r.get("last_round") or "-"))
+            table.add_row(market_label(r["spec"]) if r.get("spec") else "?", short(r["market"], 6),
+                          str(r.get("open_orders") or 0), str(r.get("open_bids") or 0), price,
+                          str(r.get("last_round") or "-"))
         console.print(table)
 
-    env.emit(rows, render)
+    env.emit([{**r, "label": market_label(r["spec"]) if r.get("spec") else None} for r in rows], render)
+
+
+@market.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def market_models(as_json: bool) -> None:
+    """The GPU models and regions a market spec may name (the catalogue specs are checked against)."""
+    models = [{"gpu": m.name, "vendor": m.vendor, "model": m.model, "vram": list(m.vram_gb)} for m in GPU_MODELS]
+
+    def render(console):
+        table = Table("gpu=", "vram= (GB per GPU)", title="GPU models", box=box.SIMPLE_HEAD, pad_edge=False)
+        for m in GPU_MODELS:
+            table.add_row(m.name, " or ".join(str(size) for size in m.vram_gb))
+        console.print(table)
+        console.print("regions (region=): " + ", ".join(REGIONS) + " (no region: any)")
+
+    Env(None, None, None, None, as_json, None).emit({"models": models, "regions": list(REGIONS)}, render)
 
 
 @market.command("id")
@@ -87,9 +107,10 @@ def market_id_cmd(spec: str | None, sdl: Path | None, service: str | None, as_js
 
     canonical = MarketSpecType().convert(spec, None, click.get_current_context()) if spec else None
     canonical, units = resolve_market(canonical, sdl, service)
-    data = {"spec": canonical, "market": market_id(canonical), "units": units}
+    data = {"spec": canonical, "label": market_label(canonical), "market": market_id(canonical), "units": units}
     env = Env(None, None, None, None, as_json, None)
-    env.emit(data, lambda c: c.print(kv_table(None, [("spec", canonical), ("market", data["market"])]
+    env.emit(data, lambda c: c.print(kv_table(None, [("market", data["label"]), ("spec", canonical),
+                                                     ("id", data["market"])]
                                               + ([("units (SDL count)", units)] if units else []))))
 
 
@@ -160,7 +181,8 @@ def status(env: Env) -> None:
             )
             for kind, rows_ in (("order", orders), ("bid", bids)):
                 for r in rows_:
-                    table.add_row(kind, short(r["digest"]), r["spec"] or short(r["market"]), str(r["units"]),
+                    label = market_label(r["spec"]) if r["spec"] else short(r["market"], 6)
+                    table.add_row(kind, short(r["digest"], 6), label, str(r["units"]),
                                   str(r["filled"]), ubc(r["price"]), r["status"])
             console.print(table)
         if leases:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from underbid.cli._common import Env, common_options, short, ubc, ubt_short, when
+from underbid.protocol.catalogue import market_label
 
 
 @click.group()
@@ -18,12 +19,12 @@ def lease() -> None:
 
 
 def _specs(env: Env, client) -> dict[str, str]:
-    """Market id -> spec, from this machine's journal (best effort, for display)."""
+    """Market id -> its short label, from this machine's journal (best effort, for display)."""
     try:
         entries = env.journal().entries(client.deployment_key())
     except Exception:  # noqa: BLE001 - display only
         return {}
-    return {e.message["market"]: e.spec for e in entries if e.spec}
+    return {e.message["market"]: market_label(e.spec) for e in entries if e.spec}
 
 
 def _lease_status(v) -> str:

@@ -33,6 +33,7 @@ from underbid.client.session import Client, UnderbidError
 from underbid.matcher.api import _COMMON, _error, _errors
 from underbid.matcher.rounds import Matcher
 from underbid.matcher.store import BatchState, MessageKind, RoundState, StoredMessage, StoredRound
+from underbid.protocol import catalogue
 from underbid.protocol.eip712 import BYTES32_PATTERN
 from underbid.protocol.units import format_credits, format_ubt
 
@@ -54,18 +55,10 @@ UPTIME_LEASES = 500
 
 
 def market_label(spec: str | None, market: str) -> str:
-    """A short label for a market: `H100 80GB ×8 · us-east`, or the id shortened when no spec is known.
-
-    A local formatter of the canonical spec; the catalogue's label function replaces it."""
+    """A short label for a market: `H100 80GB ×8 · us-east`, or the id shortened when no spec is known."""
     if not spec:
         return f"{market[:8]}…{market[-4:]}"
-    fields: dict[str, str] = {}
-    for part in spec.split(";"):
-        key, _, value = part.partition("=")
-        fields[key] = value
-    model = fields.get("gpu", "?").split("-", 1)[-1].upper()
-    region = fields.get("region", "any")
-    return f"{model} {fields.get('vram', '?')}GB ×{fields.get('gpus', '?')} · {region}"
+    return catalogue.market_label(spec)
 
 
 class Cached(Generic[T]):

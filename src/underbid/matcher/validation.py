@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from underbid.chain.view import BlockRef, ChainView
 from underbid.matcher.store import MessageKind, Store
+from underbid.protocol.catalogue import checked_spec
 from underbid.protocol.eip712 import Bid, Domain, Order, SignatureError, SignedMessage, recover_signer
 from underbid.protocol.markets import market_id
 from underbid.protocol.units import format_credits
@@ -176,7 +177,7 @@ class Validator:
             if _LONG_NUMBER.search(submission.spec):
                 raise Rejection(400, "spec", f"numbers in a market spec have at most {MAX_SPEC_DIGITS} digits")
             try:
-                derived = market_id(submission.spec)
+                derived = market_id(checked_spec(submission.spec))
             except ValueError as exc:  # MarketSpecError, or anything else a spec string could raise
                 raise Rejection(400, "spec", str(exc)) from None
             if derived != message.market:

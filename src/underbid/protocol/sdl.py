@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from underbid.protocol.markets import MarketSpecError, canonical_spec, market_id
+from underbid.protocol.catalogue import checked_spec, gpu_model
+from underbid.protocol.markets import MarketSpecError, market_id
 
 
 class SdlError(ValueError):
@@ -83,18 +84,24 @@ def _gpu_spec(profile_name: str, profile: Any) -> tuple[str, int, int]:
         raise SdlError(f"{where}.attributes.vendor.{vendor} names no model (any model cannot be one market)")
     if not isinstance(models, list):
         raise SdlError(f"{where}.attributes.vendor.{vendor} must be a list of models")
-    if len(models) != 1:
-        names = ", ".join(str(m.get("model")) if isinstance(m, dict) else str(m) for m in models)
-        raise SdlError(
-            f"{where}.attributes.vendor.{vendor} lists {len(models)} models ({names}); a market needs exactly one"
-        )
+    # Akash reads a list of models as "any of these"; one order trades in one market, so the
+    # first model listed (the SDL's first choice) sets it.
     model = _mapping(models[0], f"{where}.attributes.vendor.{vendor}[0]")
     if not model.get("model"):
         raise SdlError(f"{where}.attributes.vendor.{vendor}[0] has no model")
+    name = f"{vendor}-{model['model']}".lower()
     if model.get("ram") is None:
-        raise SdlError(f"{where}.attributes.vendor.{vendor}[0].ram is missing: the market needs the GPU's memory")
+        # Without `ram`, the catalogue knows the memory when the model is sold in one size.
+        try:
+            sizes = gpu_model(name).vram_gb
+        except MarketSpecError as exc:
+            raise SdlError(f"{where}.attributes.vendor.{vendor}[0]: {exc}") from None
+        if len(sizes) != 1:
+            raise SdlError(f"{where}.attributes.vendor.{vendor}[0].ram is missing and {name} comes with"
+                           f" {' or '.join(f'{size}Gi' for size in sizes)}: say which")
+        return name, sizes[0], units
     vram = _ram_gb(model["ram"], f"{where}.attributes.vendor.{vendor}[0]")
-    return f"{vendor}-{model['model']}".lower(), vram, units
+    return name, vram, units
 
 
 def _region(placement_name: str, placement: Any) -> str | None:
@@ -149,7 +156,7 @@ def parse_sdl(text: str, *, service: str | None = None, source: str = "SDL") -> 
             region = _region(placement_name, placements[placement_name]) if placement_name in placements else None
             raw = f"gpu={gpu};vram={vram};gpus={gpus}" + (f";region={region}" if region else "")
             try:
-                spec = canonical_spec(raw)
+                spec = checked_spec(raw)
             except MarketSpecError as exc:
                 raise SdlError(f"profiles.compute.{profile_name}: {exc}") from None
             found.setdefault(spec, []).append(name)
