@@ -170,6 +170,10 @@ def test_provider_journey(cli, settlement, ubt, tmp_path, chain):
     cli("devnet", "advance", "200s", "--no-price")
     reportable = cli("report")
     assert [v["id"] for v in reportable] == [lease["id"]]
+    # Too late to heartbeat: the provider is told why its listed lease gets none.
+    late = cli("lease", "heartbeat", *me)
+    assert late["leases"] == [] and late["not_running"] == [{"lease": lease["id"], "status": "faulty"}]
+    assert "faulty (reportable" in " ".join(cli.run("lease", "heartbeat", *me).stdout.split())
     reporter = "0x976EA74026E726554dB657fA54763abd0C3a0aa9"  # dev:6
     before = ubt.balanceOf(reporter)
     reported = cli("report", "--lease", lease["id"][:14], "--account", "dev:6")

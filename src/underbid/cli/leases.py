@@ -181,7 +181,14 @@ def lease_heartbeat(env: Env, lease_ids: tuple[str, ...]) -> None:
     with env.progress("sending heartbeats"):
         result = _heartbeat_once(env, lease_ids)
     if result is None:
-        env.emit({"leases": [], "skipped": [], "at": None}, lambda c: c.print("no running leases to heartbeat"))
+        # Say why: a lease that `lease list` shows may be past its end or already reportable.
+        client = env.client()
+        others = [v for v in client.leases(provider=client.address, include_closed=False) if not v.active]
+        faulty = "faulty (reportable: a heartbeat no longer helps)"
+        reasons = ", ".join(f"{short(v.id, 4)} {faulty if v.status == 'faulty' else v.status}" for v in others)
+        env.emit({"leases": [], "skipped": [], "at": None, "not_running": [
+            {"lease": v.id, "status": v.status} for v in others]},
+            lambda c: c.print("no running leases to heartbeat" + (f"; not running: {reasons}" if reasons else "")))
         return
 
     def render(console: Console) -> None:
