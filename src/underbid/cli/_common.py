@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -25,10 +25,12 @@ from underbid.protocol.units import (
     CREDIT_DECIMALS,
     UBT_DECIMALS,
     AmountError,
+    DurationError,
     Unit,
     format_credits,
     format_ubt,
     parse_amount,
+    parse_duration,
 )
 
 DEFAULT_DEPLOYMENT = Path("deployments/local.json")
@@ -49,6 +51,7 @@ class ErrorCode(StrEnum):
     AMOUNT = "amount"
     MARKET = "market"
     SDL = "sdl"
+    CONFIG = "config"  # a provider agent configuration that cannot run
     DEVNET = "devnet"
     ABORTED = "aborted"
     INTERRUPTED = "interrupted"
@@ -73,6 +76,7 @@ def print_error(message: str, code: ErrorCode = ErrorCode.UNEXPECTED, *, as_json
 
 def _error_code(exc: BaseException) -> tuple[ErrorCode, str | None]:
     """The JSON error code of a runtime error, and the custom error's name for a revert."""
+    from underbid.agent.config import ConfigError
     from underbid.client.session import ChainError, MatcherError
     from underbid.client.wallet import WalletError
     from underbid.protocol.markets import MarketSpecError
@@ -84,6 +88,7 @@ def _error_code(exc: BaseException) -> tuple[ErrorCode, str | None]:
     codes: tuple[tuple[type[BaseException], ErrorCode], ...] = (
         (MatcherError, ErrorCode.MATCHER), (WalletError, ErrorCode.WALLET), (AmountError, ErrorCode.AMOUNT),
         (MarketSpecError, ErrorCode.MARKET), (SdlError, ErrorCode.SDL), (DevnetError, ErrorCode.DEVNET),
+        (ConfigError, ErrorCode.CONFIG),
     )
     for kind, code in codes:
         if isinstance(exc, kind):
@@ -92,12 +97,13 @@ def _error_code(exc: BaseException) -> tuple[ErrorCode, str | None]:
 
 
 def _runtime_errors() -> tuple[type[BaseException], ...]:
+    from underbid.agent.config import ConfigError
     from underbid.client.session import UnderbidError
     from underbid.client.wallet import WalletError
     from underbid.protocol.markets import MarketSpecError
     from underbid.protocol.sdl import SdlError
 
-    return UnderbidError, WalletError, SdlError, DevnetError, AmountError, MarketSpecError
+    return UnderbidError, WalletError, SdlError, DevnetError, AmountError, MarketSpecError, ConfigError
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -171,7 +177,6 @@ CREDITS = AmountType(CREDIT_DECIMALS, "UBC")
 UBT = AmountType(UBT_DECIMALS, "UBT")
 PRICE = AmountType(CREDIT_DECIMALS, "UBC/unit-hour")
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class DurationType(click.ParamType):
@@ -185,21 +190,10 @@ class DurationType(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, int):
             return value
-        text = str(value).strip().lower()
-        unit = text[-1] if text and text[-1] in _UNITS else self.default_unit
-        number = text[:-1] if text and text[-1] in _UNITS else text
         try:
-            amount = Decimal(number)
-        except InvalidOperation:
-            self.fail(f"{value!r} is not a duration such as 90s, 30m, 2h or 1.5d", param, ctx)
-        if not amount.is_finite() or amount <= 0:
-            self.fail(f"duration must be greater than zero, got {value}", param, ctx)
-        seconds = amount * _UNITS[unit]
-        if seconds != seconds.to_integral_value():
-            self.fail(f"duration {value} is not a whole number of seconds", param, ctx)
-        if seconds > self.maximum:
-            self.fail(f"duration {value} is too long", param, ctx)
-        return int(seconds)
+            return parse_duration(value, self.default_unit, maximum=self.maximum)
+        except DurationError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 class MarketSpecType(click.ParamType):

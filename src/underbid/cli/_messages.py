@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,27 +35,16 @@ def resolve_market(market: str | None, sdl: Path | None, service: str | None) ->
     return found.spec, found.units
 
 
-#: how long the matcher may judge by a cached head block (its chain reads' TTL), plus a margin
-_MATCHER_CACHE_SECONDS = 2.5
-
-
 def require_bound(env: Env) -> str:
     """The matcher's address, once this account is bound to it with no change pending (what the
     matcher and settlement require). Raises UnderbidError with the remedy otherwise; sends nothing."""
+    from underbid.client.posting import binding_problem
     from underbid.client.session import UnderbidError
 
-    client = env.client()
     matcher = env.matcher_address()
-    state = client.binding(client.address)
-    if state["pending"]:
-        raise UnderbidError(
-            f"the account {client.address} has a pending matcher change to {state['next'] or 'none'}"
-            f" (effective in {state['change_left']} s): the matcher takes no messages from it until then")
-    if state["matcher"] != matcher:
-        where = f"bound to {state['matcher']}" if state["matcher"] else "not bound to any matcher"
-        raise UnderbidError(
-            f"AccountNotBound(account={client.address}, matcher={matcher}): the account is {where};"
-            f" bind it first (`underbid account bind`)")
+    problem = binding_problem(env.client(), matcher)
+    if problem:
+        raise UnderbidError(problem)
     return matcher
 
 
@@ -92,46 +80,14 @@ def post(env: Env, kind: str, message, spec: str) -> dict[str, Any]:
 def post_many(env: Env, kind: str, messages: list, spec: str) -> list[dict[str, Any]]:
     """Signs and posts messages of one kind (several bids go in one all-or-none request) and
     journals each. Returns the matcher's answers + extras, in order."""
-    from underbid.client.session import JournalEntry, MatcherError
+    from underbid.client.posting import post_messages
 
-    client = env.client()
     matcher = env.matcher()
-    signed = [(message, client.sign(message)) for message in messages]
-
-    def send() -> list[dict[str, Any]]:
-        if len(signed) > 1:
-            return matcher.post_bids(signed, spec)
-        ((message, signature),) = signed
-        post_one = matcher.post_order if kind == "order" else matcher.post_bid
-        return [post_one(message, signature, spec)]
-
-    try:
-        acks = send()
-    except MatcherError as exc:
-        # The matcher judges bindings against a head block it caches for a moment (about 2 s): an
-        # account bound a moment ago (`escrow deposit` / `provider stake` bind it) can look unbound
-        # to it. The chain says bound (checked before posting), so ask once more after the cache expired.
-        if "not bound to this matcher" not in str(exc):
-            raise
-        time.sleep(_MATCHER_CACHE_SECONDS)
-        acks = send()
-    results = []
-    for (message, signature), ack in zip(signed, acks, strict=True):
-        receipt = ack.get("receipt")
-        if kind == "bid" and receipt is None:  # older matchers: the stored bid may still carry one
-            receipt = (matcher.get_message(kind, ack["digest"]) or {}).get("receipt")
-        receipt_problem = check_receipt(client, message, receipt) if kind == "bid" else None
-        if receipt_problem:
-            click.echo(f"warning: the matcher's receipt cannot back a challenge: {receipt_problem}", err=True)
-        env.journal().add(JournalEntry(
-            kind=kind, deployment=client.deployment_key(), digest=ack["digest"], signer=client.address,
-            nonce=message.nonce, message=message.model_dump(by_alias=True), signature="0x" + signature.hex(),
-            spec=spec, matcher=matcher.url, receipt=receipt,
-        ))
-        results.append({"digest": ack["digest"], "status": ack["status"], "receipt": receipt,
-                        "round": receipt.get("round") if receipt else None,
-                        "receipt_valid": None if kind != "bid" else receipt_problem is None,
-                        "signature": "0x" + signature.hex()})
+    posted = post_messages(env.client(), matcher, env.journal(), messages, spec)
+    for one in posted:
+        if one.receipt_problem:
+            click.echo(f"warning: the matcher's receipt cannot back a challenge: {one.receipt_problem}", err=True)
+    results = [one.as_json() for one in posted]
     if any(result["round"] is None for result in results):
         try:
             open_round = matcher.health().get("open_round")
@@ -140,38 +96,6 @@ def post_many(env: Env, kind: str, messages: list, spec: str) -> list[dict[str, 
         for result in results:
             result["round"] = result["round"] if result["round"] is not None else open_round
     return results
-
-
-def check_receipt(client, bid, receipt: dict[str, Any] | None) -> str | None:
-    """Why `receipt` could not back a challenge, or None if it can: it must name this bid and the
-    bid's matcher, carry a plausible time and round, and be signed by that matcher's receipt signer
-    (`matchers(matcher).receiptSigner`), the matcher being bonded."""
-    from underbid.protocol.eip712 import Receipt, SignatureError, recover_signer
-
-    if not receipt:
-        return "the matcher returned no receipt"
-    try:
-        parsed = Receipt(matcher=receipt["matcher"], bid_hash=receipt["bidHash"], round=receipt["round"],
-                         issued_at=receipt["issuedAt"])
-        signer = recover_signer(parsed.digest(client.domain), bytes.fromhex(receipt["signature"].removeprefix("0x")))
-    except (KeyError, ValueError, SignatureError) as exc:
-        return f"malformed receipt ({_one(exc)})"
-    if parsed.bid_hash != "0x" + bid.digest(client.domain).hex():
-        return "it names another bid"
-    if parsed.matcher != bid.matcher:
-        return f"it names matcher {parsed.matcher}, but the bid names {bid.matcher}"
-    if parsed.round == 0 or parsed.issued_at == 0 or parsed.issued_at > client.block_time() + 300:
-        return f"implausible round {parsed.round} or time {parsed.issued_at}"
-    _, _, _, receipt_signer = client.settlement.functions.matchers(parsed.matcher).call()
-    if signer != receipt_signer:
-        return f"it is signed by {signer}, not by the matcher's receipt signer {receipt_signer}"
-    if not client.settlement.functions.isBondedMatcher(parsed.matcher).call():
-        return f"matcher {parsed.matcher} is not bonded"
-    return None
-
-
-def _one(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]
 
 
 def message_rows(env: Env, kind: str, *, only_open: bool) -> list[dict[str, Any]]:

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+from rich import box
 from rich.table import Table
 
 from underbid.cli import _messages
 from underbid.cli._amounts import STAKE
-from underbid.cli._common import PRICE, UBT, DurationType, Env, ago, common_options, hours, kv_table, ubc, ubt_short
+from underbid.cli._common import (
+    PRICE,
+    UBT,
+    DurationType,
+    Env,
+    MarketSpecType,
+    ago,
+    common_options,
+    hours,
+    kv_table,
+    short,
+    ubc,
+    ubt_short,
+    when,
+)
 from underbid.cli.buyer import MARKET, SDL, SERVICE
+from underbid.protocol.catalogue import market_label
+from underbid.protocol.units import format_credits
 
 
 @click.group()
@@ -297,3 +316,142 @@ def bid_cancel(env: Env, digest: str | None, nonce: int | None) -> None:
 
 
 COMMANDS = [provider, bid]
+
+
+@provider.command("run")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A TOML file of offers (markets, capacity, prices) and the schedule (README: Providers).")
+@click.option("--market", type=MarketSpecType(), default=None,
+              help="Instead of --config: the one market to offer capacity in"
+              " (e.g. gpu=nvidia-h100;vram=80;gpus=8;region=us-east).")
+@click.option("--capacity", type=click.IntRange(1, 2**32 - 1), default=None,
+              help="With --market: the units you have there; the agent keeps those not leased offered.")
+@click.option("--price", type=PRICE, default=None, help="With --market: your price per unit-hour, in credits.")
+@click.option("--max-hours", "max_duration", type=DurationType("h"), default="24h", show_default=True,
+              help="With --market: the longest lease you accept.")
+@click.option("--valid", type=DurationType("h"), default="1h", show_default=True,
+              help="With --market: each bid's lifetime (a new one is posted when it expires).")
+@click.option("--heartbeat-every", type=DurationType("s"), default=None,
+              help="Heartbeat when the oldest heartbeat is this old (default: half the protocol's interval).")
+@click.option("--claim-every", type=DurationType("s"), default="10m", show_default=True,
+              help="Claim accrued payment this often (ended leases are claimed at once).")
+@click.option("--poll", type=click.FloatRange(0.2, 60), default=2.0, show_default=True, metavar="SECONDS",
+              help="Wall-clock seconds between passes.")
+@click.option("--ticks", type=click.IntRange(min=1), default=None,
+              help="Stop after this many passes (default: until Ctrl-C).")
+@common_options
+def provider_run(env: Env, config_file: Path | None, market: str | None, capacity: int | None, price: int | None,
+                 max_duration: int, valid: int, heartbeat_every: int | None, claim_every: int, poll: float,
+                 ticks: int | None) -> None:
+    """Run the provider agent: keep every running lease heartbeated, claim what they accrue and keep
+    your capacity offered (a new bid when a bid fills or expires or a lease ends), until Ctrl-C.
+
+    Errors of the node or the matcher are shown with their reason and retried with a backoff; the
+    agent keeps going. With --json, one JSON object per event on stdout.
+    """
+    from underbid.agent.config import load_config, parse_config
+
+    if config_file is not None and market is not None:
+        raise click.UsageError("give --config or --market, not both")
+    if config_file is not None:
+        config = load_config(config_file)
+        overrides = {"heartbeat_every": heartbeat_every, "claim_every": claim_every, "poll": poll}
+        ctx = click.get_current_context()
+        chosen = {name: value for name, value in overrides.items()
+                  if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+        config = config.model_copy(update=chosen)
+    elif market is not None:
+        if capacity is None or price is None:
+            raise click.UsageError("--market needs --capacity and --price")
+        config = parse_config({"offer": [{"market": market, "capacity": capacity, "price": format_credits(price),
+                                          "max_duration": max_duration, "valid": valid}],
+                               "heartbeat_every": heartbeat_every, "claim_every": claim_every, "poll": poll},
+                              "options")
+    else:
+        raise click.UsageError("give the offers: --config <file.toml>, or --market with --capacity and --price")
+    _run_agent(env, config, ticks)
+
+
+def _run_agent(env: Env, config, ticks: int | None) -> None:
+    import json
+    import time
+
+    from underbid.agent.loop import ProviderAgent
+    from underbid.client.session import UnderbidError
+
+    client = env.client()
+    info = client.provider(client.address)
+    if not info.registered:
+        raise UnderbidError(f"NotRegistered(provider={client.address}): register first"
+                            " (`underbid provider register --metadata <uri>`) and stake")
+    matcher_address = _messages.require_bound(env)
+    agent = ProviderAgent(client, env.matcher(), env.journal(), config, matcher_address)
+    if agent.heartbeat_every >= agent.heartbeat_interval:
+        raise click.BadParameter(f"{agent.heartbeat_every} s is not below the protocol's heartbeat interval"
+                                 f" ({agent.heartbeat_interval} s): leases would become reportable",
+                                 param_hint="--heartbeat-every")
+    offers = "; ".join(f"{o.capacity} unit(s) of {market_label(o.market)} at {ubc(o.price)}" for o in config.offers)
+    start = {"event": "started", "provider": client.address, "matcher": matcher_address,
+             "heartbeat_every": agent.heartbeat_every, "claim_every": config.claim_every,
+             "offers": [o.model_dump() for o in config.offers]}
+    if env.json:
+        click.echo(json.dumps(start))
+    else:
+        env.console.print(f"provider agent for {client.address}: {offers} UBC/unit-hour; heartbeat every"
+                          f" {agent.heartbeat_every} s, claim every {ago(config.claim_every)} (Ctrl-C stops)")
+    live = None
+    if not env.json and env.console.is_terminal:
+        from rich.live import Live
+
+        live = Live(_agent_table(agent), console=env.console, refresh_per_second=2, transient=False)
+        live.start()
+    done = 0
+    try:
+        while ticks is None or done < ticks:
+            for event in agent.tick():
+                if env.json:
+                    click.echo(json.dumps(event.as_json()), nl=True)
+                elif live is not None:
+                    live.console.print(f"[{time.strftime('%H:%M:%S')}] {event.text}")
+                else:
+                    line = f"[{time.strftime('%H:%M:%S')}] {event.text}"
+                    click.echo(line, err=event.kind.value == "error")
+            done += 1
+            if live is not None:
+                live.update(_agent_table(agent))
+            if ticks is not None and done >= ticks:
+                break
+            time.sleep(config.poll)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if live is not None:
+            live.stop()
+    summary = {"event": "stopped", "ticks": done, "claimed": str(agent.status.claimed_total)}
+    if env.json:
+        click.echo(json.dumps(summary))
+    else:
+        env.console.print(f"provider agent stopped after {done} pass(es);"
+                          f" claimed {ubc(agent.status.claimed_total)} UBC")
+
+
+def _agent_table(agent) -> Table:
+    """The live status: each offer's units, each running lease's next heartbeat, each step's health."""
+    status = agent.status
+    table = Table(title=f"provider agent · chain time {when(status.now, status.now) if status.now else '…'}",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("what", "state"):
+        table.add_column(column)
+    for offer in status.offers:
+        table.add_row(offer.label, f"{offer.leased} leased, {offer.posted} in {offer.open_bids} open bid(s),"
+                      f" {offer.unoffered} unoffered of {offer.offer.capacity}")
+    for view in status.leases:
+        due = view.heartbeat_due
+        state = f"{view.status}, {view.units} unit(s), ends {when(view.end, status.now)}"
+        if due is not None:
+            state += f", reportable {when(due, status.now)} without a heartbeat"
+        table.add_row(f"lease {short(view.id, 6)}", state)
+    for step, error in status.errors.items():
+        table.add_row(f"[red]{step.value}[/red]", f"[red]failing: {error}[/red]")
+    table.add_row("claimed", f"{ubc(status.claimed_total)} UBC since start")
+    return table

@@ -48,6 +48,38 @@ def parse_amount(text: str | int | Decimal, decimals: int, *, allow_zero: bool =
     return int(scaled)
 
 
+class DurationError(ValueError):
+    """A duration that is not a positive whole number of seconds such as `90s`, `30m`, `2h`, `1.5d`."""
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str | int, default_unit: str = "h", *, maximum: int = 2**32 - 1) -> int:
+    """`"90s"`, `"30m"`, `"2h"`, `"1.5d"` -> seconds; a bare number is in `default_unit`. An int is
+    taken as seconds. Raises DurationError with a one-line reason."""
+    if isinstance(text, int):
+        seconds = Decimal(text)
+    else:
+        value = str(text).strip().lower()
+        unit = value[-1] if value and value[-1] in DURATION_UNITS else default_unit
+        number = value[:-1] if value and value[-1] in DURATION_UNITS else value
+        try:
+            amount = Decimal(number)
+        except InvalidOperation:
+            raise DurationError(f"{text!r} is not a duration such as 90s, 30m, 2h or 1.5d") from None
+        if not amount.is_finite():
+            raise DurationError(f"{text!r} is not a duration such as 90s, 30m, 2h or 1.5d")
+        seconds = amount * DURATION_UNITS[unit]
+    if seconds <= 0:
+        raise DurationError(f"duration must be greater than zero, got {text}")
+    if seconds != seconds.to_integral_value():
+        raise DurationError(f"duration {text} is not a whole number of seconds")
+    if seconds > maximum:
+        raise DurationError(f"duration {text} is too long")
+    return int(seconds)
+
+
 def format_amount(base_units: int, decimals: int, places: int | None = None) -> str:
     """1_250_000 with 6 decimals -> "1.25" (trailing zeros trimmed unless `places` is given)."""
     value = Decimal(base_units).scaleb(-decimals)

@@ -1,0 +1,1 @@
+"""The provider agent (`underbid provider run`): heartbeats, claims and keeps capacity offered."""
