@@ -128,6 +128,8 @@ from typing import Literal
 import numpy as np
 from ortools.graph.python import min_cost_flow
 
+from underbid.protocol.pricing import PriceRule
+
 __all__ = [
     "BidLot",
     "Clearing",
@@ -197,6 +199,8 @@ class MarketClearing:
     # solved at (only orders with max_price >= it and bids priced <= it took part), so that anyone
     # can check the matches against an exact solve of that restricted market.
     trial_price: int | None = None
+    #: what set `price` (the losing message that priced the market, or a bound it hit)
+    price_rule: PriceRule = PriceRule.MIDPOINT
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +216,10 @@ class Clearing:
     @property
     def prices(self) -> dict[str, int]:
         return {mc.market: mc.price for mc in self.markets}
+
+    @property
+    def price_rules(self) -> dict[str, PriceRule]:
+        return {mc.market: mc.price_rule for mc in self.markets}
 
 
 # --------------------------------------------------------------------------
@@ -472,39 +480,54 @@ def _clear_market_task(task: _PricedTask) -> MarketClearing | None:
         lo = max(bids[bi].price for _, bi, _ in alloc)
         hi = min(orders[oi].max_price for oi, _, _ in alloc)
         floor = max(floor, lo)
-    price = _uniform_price(orders, bids, alloc, floor, hi)
+    price, rule = _uniform_price(orders, bids, alloc, floor, hi, winning_bid=lo)
     return MarketClearing(
         market=market,
         price=price,
         matches=tuple(_to_matches(orders, bids, alloc)),
         dropped_orders=dropped,
         trial_price=trial,
+        price_rule=rule,
     )
 
 
 def _uniform_price(
-    orders: Sequence[OrderLot], bids: Sequence[BidLot], alloc: _Alloc, floor: int, hi: int
-) -> int:
-    """The price of the best losing message on the long side, kept within [floor, hi].
+    orders: Sequence[OrderLot], bids: Sequence[BidLot], alloc: _Alloc, floor: int, hi: int, *, winning_bid: int
+) -> tuple[int, PriceRule]:
+    """The price of the best losing message on the long side, kept within [floor, hi], and the
+    rule that set it.
 
     With a bid left unused that could serve some order: the cheapest such bid (supply is
     long).  With every such bid used:
     the highest max price among the orders left unserved that some bid could serve (demand
     is long).  With neither: the middle of [floor, hi], rounded down.  The marginal winner's
-    own message never sets the price, on either side.
+    own message never sets the price, on either side.  ``winning_bid`` (the dearest winning
+    bid) tells which bound ``floor`` is.
     """
     used = {bi for _, bi, _ in alloc}
     # bids are sorted by (price, key): the first unused one that could serve some order is the
     # cheapest (a bid that can serve none, say a zero price for one second, must not set it).
     unused = next((bids[i].price for i in _useful_bids(orders, bids) if i not in used), None)
     if unused is not None:
-        price = min(max(unused, floor), hi)
+        price, rule = unused, PriceRule.CHEAPEST_UNUSED_BID
     else:
         served = {oi for oi, _, _ in alloc}
         unserved = [orders[i].max_price for i in _servable_orders(orders, bids) if i not in served]
-        price = min(max(max(unserved), floor), hi) if unserved else (floor + hi) // 2
+        if unserved:
+            price, rule = max(unserved), PriceRule.BEST_UNSERVED_ORDER
+        else:
+            price, rule = (floor + hi) // 2, PriceRule.MIDPOINT
+    bounded = min(max(price, floor), hi)
+    if bounded != price:
+        if bounded == hi and price > hi:
+            rule = PriceRule.LOWEST_WINNING_MAX
+        else:
+            rule = PriceRule.DEAREST_WINNING_BID if bounded == winning_bid else PriceRule.ABOVE_PRICED_OUT
+        price = bounded
     # The contract takes no zero price (intake refuses a max price of 0, so hi >= 1 in a round).
-    return min(max(price, 1), hi)
+    if price < 1:
+        price, rule = min(1, hi), PriceRule.MINIMUM
+    return price, rule
 
 
 def _useful_bids(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> Iterator[int]:
