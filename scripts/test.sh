@@ -13,5 +13,9 @@ compile_contracts
 if [ "$#" -eq 0 ]; then
   bash "$UNDERBID_ROOT/scripts/lint.sh"
   bash "$UNDERBID_ROOT/scripts/assurance.sh"
+  # Two pytest-xdist workers, each with its own anvil (ape-config: host auto) and its own copy of
+  # the session fixtures; a test file stays on one worker, so its module fixtures and order hold.
+  # Most of a test's time is spent waiting on anvil and the matcher processes it starts.
+  set -- -n 2 --dist loadfile --durations=25
 fi
 exec ape test "$@"

@@ -246,6 +246,19 @@ def funded(market, buyers, providers) -> Market:
 GAS_LINES: list[str] = []
 
 
+def pytest_sessionfinish(session):
+    # Under pytest-xdist (scripts/test.sh runs the suite on several workers) each worker's lines
+    # travel to the controller with the worker's output, and the controller prints them.
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["gas_lines"] = list(GAS_LINES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    GAS_LINES.extend(getattr(node, "workeroutput", {}).get("gas_lines", []))
+
+
 def pytest_terminal_summary(terminalreporter):
     if GAS_LINES:
         terminalreporter.section("gas report")

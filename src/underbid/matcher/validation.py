@@ -82,6 +82,12 @@ _LONG_NUMBER = re.compile(rf"[0-9]{{{MAX_SPEC_DIGITS + 1},}}")
 
 #: How an account binds itself to a matcher (the CLI command).
 BIND_HINT = "underbid account bind {matcher}"
+#: A deadline within this many seconds of the cached head block is judged by a head read now.
+#: NOTE: chain time can run far ahead of the wall clock within one cache lifetime (a devnet mines
+#: a block per transaction, each a second later than the last, and can travel in time), so a
+#: margin of a few TTLs let a just-expired message through; deadlines are hours away in practice,
+#: so the extra read is rare.
+FRESH_HEAD_MARGIN = 3600
 
 
 class Validator:
@@ -108,7 +114,7 @@ class Validator:
         so a batch costs little more per message than its signature recovery.
         """
         now = self.chain.head().timestamp
-        if any(submission.message.deadline <= now + self.chain.cache.ttl + 1 for submission in submissions):
+        if any(submission.message.deadline <= now + FRESH_HEAD_MARGIN for submission in submissions):
             # A deadline this close to the cached head (which may be a TTL old) is judged by a
             # fresh one: otherwise a message that expired a moment ago would get through.
             now = self.chain.refreshed_head().timestamp
