@@ -201,7 +201,7 @@ def clear_10k_100k_2proc(runs: int) -> Iterator[tuple[str, float, str]]:
 
 
 def _clear_vs_reference(name: str, orders: list[OrderLot], bids: list[BidLot], runs: int,
-                        price_search_solves: int = 4) -> Iterator[tuple[str, float, str]]:
+                        price_search_solves: int = 1) -> Iterator[tuple[str, float, str]]:
     """Seconds for clear() and its ratio to the independent per-market solve, in the same process."""
     ours = _median_seconds(lambda: clear(orders, bids, price_search_solves=price_search_solves), runs)
     reference = _median_seconds(lambda: reference_solve(orders, bids), runs)
@@ -222,19 +222,25 @@ def clear_realistic_1k_10k(runs: int) -> Iterator[tuple[str, float, str]]:
 
 
 def clear_realistic_10k_100k(runs: int) -> Iterator[tuple[str, float, str]]:
-    """Every realistic class at 10k x 100k, and the tiered one with no price search (trial at lo)."""
+    """Every realistic class at 10k x 100k, and the tiered one with no price search (trial at lo)
+    and with two trial solves (``_search2``)."""
     classes = _realistic_classes(10_000, 100_000)
     for name, (orders, bids) in classes.items():
         yield from _clear_vs_reference(f"clear_{name}_10k_100k", orders, bids, runs)
     yield from _clear_vs_reference("clear_realistic_10k_100k_no_search", *classes["realistic"], runs,
                                    price_search_solves=0)
+    yield from _clear_vs_reference("clear_realistic_10k_100k_search2", *classes["realistic"], runs,
+                                   price_search_solves=2)
 
 
 def uniform_price(runs: int) -> Iterator[tuple[str, float, str]]:
     """What one price per market costs and what buyers pay, per instance class (no timing).
 
     ``gains_lost``: share of the max-gain allocation's gains that the uniform price gives up, with
-    the default price search and with none (``_no_search``: the trial price is lo).
+    the default price search (one solve at the candidate price where the max-gain allocation keeps
+    the most), with two (``_search2``) and with none (``_no_search``: the trial price is lo).
+    ``gains_lost_{name}_best_price``: the same with every candidate price of every market solved
+    exactly (what the best single price per market gives up; one solve per candidate, so slow).
     ``buyers_pay_of_max``: the price over the buyer's max price, weighted by units x duration.
     ``price_over_bid``: the price over the winning bid's price, weighted the same way.
     ``every_bid_used``: markets where no bid was left unused.  The ``scarce`` class (10k orders,
@@ -253,10 +259,12 @@ def uniform_price(runs: int) -> Iterator[tuple[str, float, str]]:
         by_order = {o.key: o for o in orders}
         by_bid = {b.key: b for b in bids}
         best = gains_from_trade(max_gain_allocation(orders, bids), by_order, by_bid)
-        for label, search_solves in (("", 4), ("_no_search", 0)):
+        for label, search_solves in (("", 1), ("_search2", 2), ("_no_search", 0)):
             result = clear(orders, bids, price_search_solves=search_solves)
             got = gains_from_trade(result.matches, by_order, by_bid)
             yield f"gains_lost_{name}{label}", 100 * (best - got) / best, "%"
+        if name != "dust":  # the same markets as "realistic" plus an order no bid reaches
+            yield f"gains_lost_{name}_best_price", 100 * (best - _best_single_price_gains(orders, bids)) / best, "%"
         result = clear(orders, bids)
         bids_of: dict[str, set[str]] = {}
         for b in bids:
@@ -281,6 +289,30 @@ def uniform_price(runs: int) -> Iterator[tuple[str, float, str]]:
         for rule in ("", "_old_rule") if every_bid_used else ("",):
             yield f"buyers_pay_of_max_{name}{rule}", 100 * paid[rule] / weight, "%"
             yield f"price_over_bid_{name}{rule}", 100 * over[rule] / weight, "%"
+
+
+def _best_single_price_gains(orders: list[OrderLot], bids: list[BidLot]) -> int:
+    """Gains of the best uniform-price outcome per market: every candidate trial price in
+    [hi, lo] solved exactly (what ``clear``'s search approximates with one or two solves)."""
+    from underbid.matcher import clearing
+
+    total = 0
+    for _market, mo, mb in clearing._market_tasks(orders, bids):
+        prepared = clearing._prepare(mo, mb, prune=True)
+        alloc = clearing._solve_prepared(mo, mb, prepared, "auto")
+        if not alloc:
+            continue
+        lo = max(mb[bi].price for _, bi, _ in alloc)
+        hi = min(mo[oi].max_price for oi, _, _ in alloc)
+        if lo <= hi:
+            total += clearing._alloc_gains(mo, mb, alloc)
+            continue
+        candidates = {o.max_price for o in mo if hi <= o.max_price <= lo} | {b.price for b in mb if hi <= b.price <= lo}
+        total += max(
+            clearing._alloc_gains(mo, mb, clearing._solve_prepared(mo, mb, prepared, "auto", trial=p))
+            for p in candidates
+        )
+    return total
 
 
 # ----- benchmarks on a real anvil (started and deployed through ape, as in the tests) -----
