@@ -80,13 +80,19 @@ Uniform pricing rule
     3. If ``lo > hi`` no single price fits that allocation.  The price comes
        first: at a trial price P only orders with ``max_price >= P`` and bids
        priced ``<= P`` take part, and their max-gain allocation trades at P.
-       P = lo always trades (the pair of the dearest winning bid stays).
-       Gains are piecewise constant in P, rise as bids join and fall as
-       orders leave; a golden-section search over the order and bid prices
-       in [hi, lo] with ``price_search_solves`` solves (4 by default) keeps
-       the trial with the most gains (``trial_price``).  Orders below the trial
-       price did not take part: the price stays above their max prices, and
-       those the max-gain allocation had served are reported as priced out.
+       Gains are piecewise constant in P, so the candidates are the order
+       max prices and bid prices in [hi, lo].  They are ranked without a
+       solve by what the max-gain allocation keeps at P (the gains, then
+       units, of its pairs with ``bid price <= P <= order max``: a feasible
+       allocation at P, so a lower bound on the optimum there; one sweep over
+       its pairs), and the best ``price_search_solves`` candidates (1 by
+       default; 0 means P = lo) are solved exactly; the one with the most
+       gains, then units, then the lower price is kept (``trial_price``).
+       The first-ranked one trades: it keeps at least what the allocation
+       keeps at lo, where the pair of the dearest winning bid stays.  Orders
+       below the trial price did not take part: the price stays above their
+       max prices, and those the max-gain allocation had served are reported
+       as priced out.
     4. The price is set by the best losing message of the long side, clamped
        to ``[lo, hi]`` of the allocation (and above every order that did not
        take part): the cheapest bid left entirely unused; when every bid is
@@ -239,10 +245,10 @@ def clear(
     ``executor`` (for example a long-lived ``ProcessPoolExecutor`` owned by the
     matcher service) spreads markets over workers; markets are independent,
     so the result is identical with or without it.  ``price_search_solves``
-    lets a market whose max-gain allocation admits no single price spend that
-    many more solves looking for a better trial price than lo (see
-    ``_best_uniform_trial``; the gains it recovers and what it costs are
-    measured in docs/PERFORMANCE.md).
+    is how many candidate trial prices a market whose max-gain allocation
+    admits no single price solves exactly (0: only lo; see
+    ``_best_uniform_trial``; the gains each setting keeps and what it costs
+    are measured in docs/PROTOCOL.md and docs/PERFORMANCE.md).
     """
     if price_search_solves < 0:
         raise ValueError("price_search_solves must be >= 0")
