@@ -656,27 +656,29 @@ def _arrays(orders: Sequence[OrderLot], bids: Sequence[BidLot], order_ids: list[
     ``_solve_ortools`` works in int64 (such a market keeps the list path and its fallbacks)."""
     if not order_ids or not bid_ids:
         return None
-    kept_o = [orders[i] for i in order_ids]
-    kept_b = [bids[i] for i in bid_ids]
-    max_m = max(o.max_price for o in kept_o)
+    try:
+        o = np.array([(orders[i].duration, orders[i].max_price, orders[i].units) for i in order_ids], np.int64)
+        b = np.array([(bids[i].price, bids[i].max_duration, bids[i].capacity) for i in bid_ids], np.int64)
+    except OverflowError:  # a value of 2**63 or more
+        return None
+    max_m = int(o[:, 1].max())
     if (
-        max(o.duration for o in kept_o) * max_m >= _INT64_HEADROOM
-        or sum(o.units for o in kept_o) >= _INT64_HEADROOM
-        or max(b.capacity for b in kept_b) >= _INT64_HEADROOM
-        or max(b.max_duration for b in kept_b) >= _INT64_HEADROOM
+        int(o[:, 0].max()) * max_m >= _INT64_HEADROOM
+        or int(o[:, 2].max()) * len(order_ids) >= _INT64_HEADROOM  # bounds the total units
+        or int(b[:, 2].max()) >= _INT64_HEADROOM
+        or int(b[:, 1].max()) >= _INT64_HEADROOM
     ):
         return None
-    n_o, n_b = len(kept_o), len(kept_b)
     return _Arrays(
         order_ids=np.array(order_ids, np.int64),
-        durations=np.fromiter((o.duration for o in kept_o), np.int64, n_o),
-        max_prices=np.fromiter((o.max_price for o in kept_o), np.int64, n_o),
-        units=np.fromiter((o.units for o in kept_o), np.int64, n_o),
+        durations=o[:, 0].copy(),
+        max_prices=o[:, 1].copy(),
+        units=o[:, 2].copy(),
         bid_ids=np.array(bid_ids, np.int64),
         # a bid dearer than every max price never trades: its price only needs to stay above
-        prices=np.fromiter((min(b.price, max_m + 1) for b in kept_b), np.int64, n_b),
-        max_durations=np.fromiter((b.max_duration for b in kept_b), np.int64, n_b),
-        capacities=np.fromiter((b.capacity for b in kept_b), np.int64, n_b),
+        prices=np.minimum(b[:, 0], max_m + 1),
+        max_durations=b[:, 1].copy(),
+        capacities=b[:, 2].copy(),
     )
 
 
