@@ -866,6 +866,20 @@ def _servable_orders(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> list
     """
     if not bids:
         return []
+    try:
+        bd = np.array([b.max_duration for b in bids], np.int64)
+        bp = np.array([b.price for b in bids], np.int64)
+        od = np.array([o.duration for o in orders], np.int64)
+        om = np.array([o.max_price for o in orders], np.int64)
+    except OverflowError:  # a value of 2**63 or more: the same on Python integers below
+        pass
+    else:
+        longest_first = np.argsort(-bd, kind="stable")
+        cheapest_from = np.minimum.accumulate(bp[longest_first])  # over bids lasting at least ...
+        lasting = np.searchsorted(-bd[longest_first], -od, side="right")  # bids lasting >= duration
+        ok = lasting > 0
+        ok[ok] = cheapest_from[lasting[ok] - 1] <= om[ok]
+        return [int(i) for i in np.nonzero(ok)[0]]
     # Cheapest price among bids lasting at least d, for every d: bids by max
     # duration, longest first, with a running minimum of price.
     by_length = sorted(bids, key=attrgetter("max_duration"), reverse=True)
