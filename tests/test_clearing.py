@@ -30,6 +30,7 @@ from underbid.matcher.clearing import (
     gains_from_trade,
     max_gain_allocation,
 )
+from underbid.protocol.pricing import PriceRule
 
 MARKETS = ("0x" + "aa" * 32, "0x" + "bb" * 32, "0x" + "cc" * 32)
 M = MARKETS[0]
@@ -637,37 +638,55 @@ def test_drop_loop() -> None:
     """The long order o2 gains most from the cheap bid A, pushing o1 onto W at 7 > o2's 5.
 
     Optimum: o2-A (gain 10*(5-1)=40) + o1-W (gain 1*(10-7)=3) = 43 > o1-A alone (9).
-    lo = 7 > hi = 5, so o2 is dropped; the re-solve gives o1-A, lo 1, hi 10, and the
-    cheapest unused bid W sets the price 7.
+    lo = 7 > hi = 5: no single price fits.  At the trial price lo = 7 (no search) o2 is
+    priced out; the re-solve gives o1-A, and the cheapest unused bid W sets the price 7.
+    The search ranks the candidates 5 and 7 by what the optimum keeps there: o2-A (40) at 5,
+    o1-W (3) at 7.  At 5 only A takes part and goes to o2 (40 > 9): o2 stays, o1 is left
+    unserved, and the unused W (7) is clamped to the lowest winning max, 5.
     """
     orders = [OrderLot("0xo1", M, 1, 1, 10), OrderLot("0xo2", M, 1, 10, 5)]
     bids = [BidLot("0xA", M, "0x01", 1, 1, 10), BidLot("0xW", M, "0x02", 1, 7, 10)]
     alloc = max_gain_allocation(orders, bids)
     assert set(alloc) == {Match("0xo2", "0xA", 1), Match("0xo1", "0xW", 1)}
-    c = clear(orders, bids)
+    c = clear(orders, bids, price_search_solves=0)
     (mc,) = c.markets
-    assert mc.dropped_orders == ("0xo2",)
+    assert (mc.trial_price, mc.dropped_orders) == (7, ("0xo2",))
     assert mc.matches == (Match("0xo1", "0xA", 1),)
     assert mc.price == 7
+    check_clearing(c, orders, bids)
+    c = clear(orders, bids)
+    (mc,) = c.markets
+    assert (mc.trial_price, mc.dropped_orders) == (5, ())
+    assert mc.matches == (Match("0xo2", "0xA", 1),)
+    assert (mc.price, mc.price_rule) == (5, PriceRule.LOWEST_WINNING_MAX)
     check_clearing(c, orders, bids)
 
 
 def test_drop_loop_drops_several_orders_at_once() -> None:
     """o2 and o3 (long, low max price) take A and B; o1 goes to W at 20: lo 20 > hi 5.
 
-    At the trial price 20 only o1 takes part and takes A.  The unused B at 2 would set
-    the price, but o2 and o3 did not take part, so the price stays above their max
-    prices: 7, and both are reported as priced out (each max is below 7).
+    With no search, at the trial price 20 only o1 takes part and takes A.  The unused B at 2
+    would set the price, but o2 and o3 did not take part, so the price stays above their max
+    prices: 7, and both are reported as priced out (each max is below 7).  The search ranks
+    5 first (the optimum keeps o2-A and o3-B there, 80 and 2 units, against o1-W's 80 and 1
+    unit at 20): at 5, A and B take part and go to o3 and o1 (50 + 98 > 99 + 40), nobody is
+    priced out, and the unused W is clamped to the lowest winning max, 6.
     """
     orders = [OrderLot("0xo1", M, 1, 1, 100), OrderLot("0xo2", M, 1, 10, 5),
               OrderLot("0xo3", M, 1, 10, 6)]
     bids = [BidLot("0xA", M, "0x01", 1, 1, 10), BidLot("0xB", M, "0x02", 1, 2, 10),
             BidLot("0xW", M, "0x03", 1, 20, 10)]
-    c = clear(orders, bids)
+    c = clear(orders, bids, price_search_solves=0)
     (mc,) = c.markets
     assert mc.dropped_orders == ("0xo2", "0xo3")
     assert mc.matches == (Match("0xo1", "0xA", 1),)
     assert mc.price == 7
+    check_clearing(c, orders, bids)
+    c = clear(orders, bids)
+    (mc,) = c.markets
+    assert (mc.trial_price, mc.dropped_orders) == (5, ())
+    assert mc.matches == (Match("0xo1", "0xB", 1), Match("0xo3", "0xA", 1))
+    assert (mc.price, mc.price_rule) == (6, PriceRule.LOWEST_WINNING_MAX)
     check_clearing(c, orders, bids)
 
 
@@ -909,23 +928,50 @@ def test_many_distinct_durations_prune_to_the_same_optimum() -> None:
         value(max_gain_allocation(orders, bids, prune=False, solver="python"), orders, bids)
 
 
-def test_price_search_never_loses_gains() -> None:
-    """Spending solves on the trial price can only recover gains, and every outcome still
-    trades at one price that every winner accepts."""
+def test_price_search_keeps_what_the_max_gain_allocation_keeps() -> None:
+    """The trial price is chosen by what the max-gain allocation keeps at each candidate price
+    (its pairs with bid price <= P <= order max, a feasible allocation at P): the exact solve at
+    the first-ranked candidate keeps at least that much at every candidate, more solves only
+    add candidates, and every outcome trades at one price every winner accepts, exactly."""
     from underbid.bench import realistic_instance
 
     orders, bids = realistic_instance(400, 4_000, seed=2)
-    plain = clear(orders, bids, price_search_solves=0)
-    searched = clear(orders, bids, price_search_solves=4)
-    assert searched == clear(orders, bids)  # the default
-    assert total_gains(searched.matches, orders, bids) >= total_gains(plain.matches, orders, bids)
     ob, bb = by_key(orders, bids)
-    for mc in searched.markets:
-        for m in mc.matches:
-            assert bb[m.bid_key].price <= mc.price <= ob[m.order_key].max_price
-        for k in mc.dropped_orders:
-            assert ob[k].max_price < mc.price
-    assert accountability_violations(searched.matches, orders, bids) == []
+    results = {k: clear(orders, bids, price_search_solves=k) for k in (0, 1, 2, 4)}
+    assert results[1] == clear(orders, bids)  # the default
+    first = max_gain_allocation(orders, bids)
+    searched = 0
+    for k, result in results.items():
+        for mc in result.markets:
+            for m in mc.matches:
+                assert bb[m.bid_key].price <= mc.price <= ob[m.order_key].max_price
+            for key in mc.dropped_orders:
+                assert ob[key].max_price < mc.price
+            if mc.trial_price is None:
+                continue
+            # exact at the trial price: the same gains as an unpruned solve of that market
+            market_o = [o for o in orders if o.market == mc.market and o.max_price >= mc.trial_price]
+            market_b = [b for b in bids if b.market == mc.market and b.price <= mc.trial_price]
+            got = total_gains(mc.matches, orders, bids)
+            assert got == total_gains(max_gain_allocation(market_o, market_b, prune=False), orders, bids)
+            if k:
+                searched += 1
+                mine = [m for m in first if ob[m.order_key].market == mc.market]
+                prices = {o.max_price for o in orders if o.market == mc.market} | \
+                    {b.price for b in bids if b.market == mc.market}
+                best_kept = max(
+                    sum(m.units * ob[m.order_key].duration * (ob[m.order_key].max_price - bb[m.bid_key].price)
+                        for m in mine if bb[m.bid_key].price <= p <= ob[m.order_key].max_price)
+                    for p in prices if mc.trial_price is not None
+                    and any(bb[m.bid_key].price <= p <= ob[m.order_key].max_price for m in mine)
+                    and p <= max(bb[m.bid_key].price for m in mine)
+                    and p >= min(ob[m.order_key].max_price for m in mine)
+                )
+                assert got >= best_kept
+        assert accountability_violations(result.matches, orders, bids) == []
+    assert searched
+    gains = {k: total_gains(r.matches, orders, bids) for k, r in results.items()}
+    assert gains[4] >= gains[2] >= gains[1]
     with pytest.raises(ValueError, match="price_search_solves"):
         clear(orders, bids, price_search_solves=-1)
 

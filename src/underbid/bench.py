@@ -169,12 +169,20 @@ def reference_solve(orders: list[OrderLot], bids: list[BidLot]) -> int:
 
 
 def _median_seconds(fn: Callable[[], object], runs: int) -> float:
-    times = []
+    return _median_wall_and_cpu(fn, runs)[0]
+
+
+def _median_wall_and_cpu(fn: Callable[[], object], runs: int) -> tuple[float, float]:
+    """Median wall-clock and median CPU seconds of this process over ``runs`` runs.  The
+    clearing is single-threaded, so on an idle core the two agree; on a shared machine the CPU
+    figure is the one that does not count time spent waiting for the core."""
+    wall, cpu = [], []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def bench_clear(n_orders: int, n_bids: int, runs: int, workers: int = 1) -> float:
@@ -201,12 +209,16 @@ def clear_10k_100k_2proc(runs: int) -> Iterator[tuple[str, float, str]]:
 
 
 def _clear_vs_reference(name: str, orders: list[OrderLot], bids: list[BidLot], runs: int,
-                        price_search_solves: int = 4) -> Iterator[tuple[str, float, str]]:
-    """Seconds for clear() and its ratio to the independent per-market solve, in the same process."""
-    ours = _median_seconds(lambda: clear(orders, bids, price_search_solves=price_search_solves), runs)
-    reference = _median_seconds(lambda: reference_solve(orders, bids), runs)
+                        price_search_solves: int = 1) -> Iterator[tuple[str, float, str]]:
+    """Seconds for clear() and its ratio to the independent per-market solve, in the same process
+    (wall clock, and ``_cpu``: this process's CPU time, for a shared machine)."""
+    ours, ours_cpu = _median_wall_and_cpu(
+        lambda: clear(orders, bids, price_search_solves=price_search_solves), runs)
+    reference, reference_cpu = _median_wall_and_cpu(lambda: reference_solve(orders, bids), runs)
     yield name, ours, "s"
     yield f"{name}_ratio", ours / reference, "x"
+    yield f"{name}_cpu", ours_cpu, "s"
+    yield f"{name}_cpu_ratio", ours_cpu / reference_cpu, "x"
 
 
 def _realistic_classes(n_orders: int, n_bids: int) -> dict[str, tuple[list[OrderLot], list[BidLot]]]:
@@ -222,19 +234,37 @@ def clear_realistic_1k_10k(runs: int) -> Iterator[tuple[str, float, str]]:
 
 
 def clear_realistic_10k_100k(runs: int) -> Iterator[tuple[str, float, str]]:
-    """Every realistic class at 10k x 100k, and the tiered one with no price search (trial at lo)."""
+    """Every realistic class at 10k x 100k, and the tiered one with no price search (trial at lo)
+    and with two trial solves (``_search2``)."""
     classes = _realistic_classes(10_000, 100_000)
     for name, (orders, bids) in classes.items():
         yield from _clear_vs_reference(f"clear_{name}_10k_100k", orders, bids, runs)
     yield from _clear_vs_reference("clear_realistic_10k_100k_no_search", *classes["realistic"], runs,
                                    price_search_solves=0)
+    yield from _clear_vs_reference("clear_realistic_10k_100k_search2", *classes["realistic"], runs,
+                                   price_search_solves=2)
+
+
+def clear_distinct_durations(runs: int) -> Iterator[tuple[str, float, str]]:
+    """The realistic 1k x 10k round plus 100,000 one-unit orders in one market, each with its own
+    duration (3,600 s + i) and a max price of 1.2x that market's cheapest bid, so every one of
+    them is servable and is its own duration class: what a flood of small orders costs."""
+    orders, bids = realistic_instance(1_000, 10_000)
+    market = orders[0].market
+    cheapest = min(b.price for b in bids if b.market == market)
+    flood = [OrderLot(key=f"0x{i:064x}", market=market, units=1, duration=3600 + i, max_price=cheapest * 6 // 5)
+             for i in range(100_000)]
+    yield from _clear_vs_reference("clear_distinct_durations_100k", orders + flood, bids, runs)
 
 
 def uniform_price(runs: int) -> Iterator[tuple[str, float, str]]:
     """What one price per market costs and what buyers pay, per instance class (no timing).
 
     ``gains_lost``: share of the max-gain allocation's gains that the uniform price gives up, with
-    the default price search and with none (``_no_search``: the trial price is lo).
+    the default price search (one solve at the candidate price where the max-gain allocation keeps
+    the most), with two (``_search2``) and with none (``_no_search``: the trial price is lo).
+    ``gains_lost_{name}_best_price``: the same with every candidate price of every market solved
+    exactly (what the best single price per market gives up; one solve per candidate, so slow).
     ``buyers_pay_of_max``: the price over the buyer's max price, weighted by units x duration.
     ``price_over_bid``: the price over the winning bid's price, weighted the same way.
     ``every_bid_used``: markets where no bid was left unused.  The ``scarce`` class (10k orders,
@@ -253,10 +283,12 @@ def uniform_price(runs: int) -> Iterator[tuple[str, float, str]]:
         by_order = {o.key: o for o in orders}
         by_bid = {b.key: b for b in bids}
         best = gains_from_trade(max_gain_allocation(orders, bids), by_order, by_bid)
-        for label, search_solves in (("", 4), ("_no_search", 0)):
+        for label, search_solves in (("", 1), ("_search2", 2), ("_no_search", 0)):
             result = clear(orders, bids, price_search_solves=search_solves)
             got = gains_from_trade(result.matches, by_order, by_bid)
             yield f"gains_lost_{name}{label}", 100 * (best - got) / best, "%"
+        if name != "dust":  # the same markets as "realistic" plus an order no bid reaches
+            yield f"gains_lost_{name}_best_price", 100 * (best - _best_single_price_gains(orders, bids)) / best, "%"
         result = clear(orders, bids)
         bids_of: dict[str, set[str]] = {}
         for b in bids:
@@ -281,6 +313,30 @@ def uniform_price(runs: int) -> Iterator[tuple[str, float, str]]:
         for rule in ("", "_old_rule") if every_bid_used else ("",):
             yield f"buyers_pay_of_max_{name}{rule}", 100 * paid[rule] / weight, "%"
             yield f"price_over_bid_{name}{rule}", 100 * over[rule] / weight, "%"
+
+
+def _best_single_price_gains(orders: list[OrderLot], bids: list[BidLot]) -> int:
+    """Gains of the best uniform-price outcome per market: every candidate trial price in
+    [hi, lo] solved exactly (what ``clear``'s search approximates with one or two solves)."""
+    from underbid.matcher import clearing
+
+    total = 0
+    for _market, mo, mb in clearing._market_tasks(orders, bids):
+        prepared = clearing._prepare(mo, mb, prune=True)
+        alloc = clearing._solve_prepared(mo, mb, prepared, "auto")
+        if not alloc:
+            continue
+        lo = max(mb[bi].price for _, bi, _ in alloc)
+        hi = min(mo[oi].max_price for oi, _, _ in alloc)
+        if lo <= hi:
+            total += clearing._alloc_gains(mo, mb, alloc)
+            continue
+        candidates = {o.max_price for o in mo if hi <= o.max_price <= lo} | {b.price for b in mb if hi <= b.price <= lo}
+        total += max(
+            clearing._alloc_gains(mo, mb, clearing._solve_prepared(mo, mb, prepared, "auto", trial=p))
+            for p in candidates
+        )
+    return total
 
 
 # ----- benchmarks on a real anvil (started and deployed through ape, as in the tests) -----
@@ -606,6 +662,7 @@ BENCHMARKS: dict[str, Callable[[int], Iterator[tuple[str, float, str]]]] = {
     "clear_10k_100k_2proc": clear_10k_100k_2proc,
     "clear_realistic_1k_10k": clear_realistic_1k_10k,
     "clear_realistic_10k_100k": clear_realistic_10k_100k,
+    "clear_distinct_durations": clear_distinct_durations,
     "uniform_price": uniform_price,
     "ingest": ingest,
     "round_close_200k": round_close_200k,

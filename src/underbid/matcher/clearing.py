@@ -80,13 +80,19 @@ Uniform pricing rule
     3. If ``lo > hi`` no single price fits that allocation.  The price comes
        first: at a trial price P only orders with ``max_price >= P`` and bids
        priced ``<= P`` take part, and their max-gain allocation trades at P.
-       P = lo always trades (the pair of the dearest winning bid stays).
-       Gains are piecewise constant in P, rise as bids join and fall as
-       orders leave; a golden-section search over the order and bid prices
-       in [hi, lo] with ``price_search_solves`` solves (4 by default) keeps
-       the trial with the most gains (``trial_price``).  Orders below the trial
-       price did not take part: the price stays above their max prices, and
-       those the max-gain allocation had served are reported as priced out.
+       Gains are piecewise constant in P, so the candidates are the order
+       max prices and bid prices in [hi, lo].  They are ranked without a
+       solve by what the max-gain allocation keeps at P (the gains, then
+       units, of its pairs with ``bid price <= P <= order max``: a feasible
+       allocation at P, so a lower bound on the optimum there; one sweep over
+       its pairs), and the best ``price_search_solves`` candidates (1 by
+       default; 0 means P = lo) are solved exactly; the one with the most
+       gains, then units, then the lower price is kept (``trial_price``).
+       The first-ranked one trades: it keeps at least what the allocation
+       keeps at lo, where the pair of the dearest winning bid stays.  Orders
+       below the trial price did not take part: the price stays above their
+       max prices, and those the max-gain allocation had served are reported
+       as priced out.
     4. The price is set by the best losing message of the long side, clamped
        to ``[lo, hi]`` of the allocation (and above every order that did not
        take part): the cheapest bid left entirely unused; when every bid is
@@ -232,17 +238,17 @@ def clear(
     bids: Iterable[BidLot],
     *,
     executor: Executor | None = None,
-    price_search_solves: int = 4,
+    price_search_solves: int = 1,
 ) -> Clearing:
     """Clear a round: max-gain matches and one uniform price per market.
 
     ``executor`` (for example a long-lived ``ProcessPoolExecutor`` owned by the
     matcher service) spreads markets over workers; markets are independent,
     so the result is identical with or without it.  ``price_search_solves``
-    lets a market whose max-gain allocation admits no single price spend that
-    many more solves looking for a better trial price than lo (see
-    ``_best_uniform_trial``; the gains it recovers and what it costs are
-    measured in docs/PERFORMANCE.md).
+    is how many candidate trial prices a market whose max-gain allocation
+    admits no single price solves exactly (0: only lo; see
+    ``_best_uniform_trial``; the gains each setting keeps and what it costs
+    are measured in docs/PROTOCOL.md and docs/PERFORMANCE.md).
     """
     if price_search_solves < 0:
         raise ValueError("price_search_solves must be >= 0")
@@ -473,7 +479,7 @@ def _clear_market_task(task: _PricedTask) -> MarketClearing | None:
     trial: int | None = None
     if lo > hi:
         served = {oi for oi, _, _ in alloc}
-        trial, alloc = _best_uniform_trial(orders, bids, prepared, lo, hi, search_solves)
+        trial, alloc = _best_uniform_trial(orders, bids, prepared, alloc, lo, hi, search_solves)
         # Orders below the trial price did not take part: the price stays above them.
         floor = max((o.max_price + 1 for o in orders if o.max_price < trial), default=0)
         dropped = tuple(sorted(orders[oi].key for oi in served if orders[oi].max_price < trial))
@@ -548,53 +554,69 @@ def _best_uniform_trial(
     orders: Sequence[OrderLot],
     bids: Sequence[BidLot],
     prepared: _Prepared,
+    first: _Alloc,
     lo: int,
     hi: int,
     search_solves: int,
 ) -> tuple[int, _Alloc]:
-    """The trial price in [hi, lo] whose restricted optimum has the most gains, and that optimum.
+    """A trial price in [hi, lo] and the exact optimum of the market restricted to it.
 
-    Gains are piecewise constant in P between consecutive order max prices and
-    bid prices, so only those values are tried: lo first (every winning bid of
-    the max-gain allocation still takes part, so it trades), then a
-    golden-section search over the rest with at most ``search_solves`` more
-    solves (gains rise with P as bids join and fall as orders leave; the search
-    assumes one peak and keeps the best trial it saw either way).  The best is
-    the most gains, then the most units, then the lower price.
+    Gains are piecewise constant in P between consecutive order max prices and bid prices, so
+    only those values are candidates.  With ``search_solves == 0`` the trial is lo (every
+    winning bid of the max-gain allocation ``first`` still takes part, so it trades).
+    Otherwise the candidates are ranked, without a solve, by what ``first`` keeps at P: the
+    gains, then units, of its pairs with ``bid price <= P <= order max`` (a feasible allocation
+    of the market restricted to P, so a lower bound on its optimum), ties to the lower price;
+    the best ``search_solves`` are solved exactly and the one with the most gains, then units,
+    then the lower price, is kept.  The first-ranked one alone keeps at least what ``first``
+    keeps at any candidate, and at lo that includes the pair of the dearest winning bid, so it
+    trades.  (Measured against solving every candidate in docs/PROTOCOL.md.)
     """
     values = sorted(
         {o.max_price for o in orders if hi <= o.max_price <= lo}
         | {b.price for b in bids if hi <= b.price <= lo}
         | {lo}
     )
-    tried: dict[int, tuple[tuple[int, int], _Alloc]] = {}
-
-    def gains_at(index: int) -> tuple[int, int]:
-        """Gains, then matched units: the order in which the allocation itself is chosen."""
-        if index not in tried:
-            alloc = _solve_prepared(orders, bids, prepared, "auto", trial=values[index])
-            tried[index] = ((_alloc_gains(orders, bids, alloc), sum(units for _, _, units in alloc)), alloc)
-        return tried[index][0]
-
-    gains_at(len(values) - 1)
-    left, right = 0, len(values) - 1
-    budget = len(tried) + search_solves
-    while right - left > 2:
-        inner_left = right - round((right - left) / _GOLDEN)
-        inner_right = left + round((right - left) / _GOLDEN)
-        if len(tried) + len({inner_left, inner_right} - tried.keys()) > budget:
-            break
-        if gains_at(inner_left) >= gains_at(inner_right):
-            right = inner_right
-        else:
-            left = inner_left
-    best = max(tried, key=lambda index: (tried[index][0], -index))
-    if not tried[best][1]:  # ruled out: the trial at lo keeps a tradable pair
+    ranked = _rank_by_kept(orders, bids, first, values)[:search_solves] if search_solves else [len(values) - 1]
+    best: tuple[tuple[int, int, int], int, _Alloc] | None = None
+    for index in ranked:
+        alloc = _solve_prepared(orders, bids, prepared, "auto", trial=values[index])
+        key = (_alloc_gains(orders, bids, alloc), sum(units for _, _, units in alloc), -index)
+        if best is None or key > best[0]:
+            best = (key, index, alloc)
+    if best is None or not best[2]:  # ruled out: the first-ranked trial keeps a tradable pair
         raise RuntimeError("every trial price emptied the market")
-    return values[best], tried[best][1]
+    return values[best[1]], best[2]
 
 
-_GOLDEN = (1 + 5**0.5) / 2
+def _rank_by_kept(orders: Sequence[OrderLot], bids: Sequence[BidLot], alloc: _Alloc,
+                  values: Sequence[int]) -> list[int]:
+    """Indices of ``values`` (ascending prices), best first by the gains and then the units of
+    the pairs of ``alloc`` that trade at that price (``bid price <= P <= order max``), ties to
+    the lower price.  One sweep: a pair counts on the run of values from its bid's price to
+    its order's max."""
+    gains = [0] * (len(values) + 1)
+    units = [0] * (len(values) + 1)
+    for oi, bi, u in alloc:
+        o, price = orders[oi], bids[bi].price
+        start, end = bisect_left(values, price), bisect_right(values, o.max_price)
+        if start < end:
+            gain = u * o.duration * (o.max_price - price)
+            gains[start] += gain
+            gains[end] -= gain
+            units[start] += u
+            units[end] -= u
+    kept: list[tuple[int, int, int]] = []
+    g = n = 0
+    for index in range(len(values)):
+        g += gains[index]
+        n += units[index]
+        kept.append((-g, -n, index))
+    kept.sort()
+    return [index for _, _, index in kept]
+
+
+_EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
 def _alloc_gains(orders: Sequence[OrderLot], bids: Sequence[BidLot], alloc: _Alloc) -> int:
@@ -609,6 +631,55 @@ class _Prepared:
     bids: list[int]  # the bids an optimum may need, as indices (price order)
     durations: list[int]  # the distinct durations of those orders, ascending
     needed: np.ndarray | None  # kept bids x durations: classes each bid may serve (None: all)
+    # The kept orders' and bids' fields as int64 arrays (same positions as ``orders`` and
+    # ``bids``), built once for every trial; None when a value is outside int64's comfort zone
+    # (such a market takes the list path, with its range checks and fallbacks).
+    arrays: _Arrays | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Arrays:
+    order_ids: np.ndarray
+    durations: np.ndarray
+    max_prices: np.ndarray
+    units: np.ndarray
+    bid_ids: np.ndarray
+    prices: np.ndarray
+    max_durations: np.ndarray
+    capacities: np.ndarray
+
+
+def _arrays(orders: Sequence[OrderLot], bids: Sequence[BidLot], order_ids: list[int],
+            bid_ids: list[int]) -> _Arrays | None:
+    """The fields of the kept orders and bids as int64 arrays, or None when a gain term
+    (duration x max price), the units or a capacity could leave the range where
+    ``_solve_ortools`` works in int64 (such a market keeps the list path and its fallbacks)."""
+    if not order_ids or not bid_ids:
+        return None
+    try:
+        o = np.array([(orders[i].duration, orders[i].max_price, orders[i].units) for i in order_ids], np.int64)
+        b = np.array([(bids[i].price, bids[i].max_duration, bids[i].capacity) for i in bid_ids], np.int64)
+    except OverflowError:  # a value of 2**63 or more
+        return None
+    max_m = int(o[:, 1].max())
+    if (
+        int(o[:, 0].max()) * max_m >= _INT64_HEADROOM
+        or int(o[:, 2].max()) * len(order_ids) >= _INT64_HEADROOM  # bounds the total units
+        or int(b[:, 2].max()) >= _INT64_HEADROOM
+        or int(b[:, 1].max()) >= _INT64_HEADROOM
+    ):
+        return None
+    return _Arrays(
+        order_ids=np.array(order_ids, np.int64),
+        durations=o[:, 0].copy(),
+        max_prices=o[:, 1].copy(),
+        units=o[:, 2].copy(),
+        bid_ids=np.array(bid_ids, np.int64),
+        # a bid dearer than every max price never trades: its price only needs to stay above
+        prices=np.minimum(b[:, 0], max_m + 1),
+        max_durations=b[:, 1].copy(),
+        capacities=b[:, 2].copy(),
+    )
 
 
 def _prepare(orders: Sequence[OrderLot], bids: Sequence[BidLot], *, prune: bool) -> _Prepared:
@@ -622,14 +693,16 @@ def _prepare(orders: Sequence[OrderLot], bids: Sequence[BidLot], *, prune: bool)
     if not orders or not bids:
         return _Prepared([], [], [], None)
     if not prune or len({o.duration for o in orders}) * len(bids) < _PRUNE_FROM_ARCS:
-        return _Prepared(list(range(len(orders))), list(range(len(bids))),
-                         sorted({o.duration for o in orders}), None)
+        all_o, all_b = list(range(len(orders))), list(range(len(bids)))
+        return _Prepared(all_o, all_b, sorted({o.duration for o in orders}), None,
+                         _arrays(orders, bids, all_o, all_b))
     servable = _servable_orders(orders, bids)
     if not servable:
         return _Prepared([], [], [], None)
     served_orders = [orders[i] for i in servable]
     keep, needed = _prune(served_orders, bids)
-    return _Prepared(servable, keep, sorted({o.duration for o in served_orders}), needed)
+    return _Prepared(servable, keep, sorted({o.duration for o in served_orders}), needed,
+                     _arrays(orders, bids, servable, keep))
 
 
 def _solve_prepared(
@@ -641,6 +714,10 @@ def _solve_prepared(
 ) -> _Alloc:
     """Exact max-gain allocation of a prepared market; with ``trial``, among the orders with
     ``max_price >= trial`` and the bids priced ``<= trial`` only."""
+    if prepared.arrays is not None and solver in ("auto", "ortools"):
+        fast = _solve_prepared_arrays(prepared, prepared.arrays, trial)
+        if fast is not None:
+            return fast
     order_ids = [i for i in prepared.orders if trial is None or orders[i].max_price >= trial]
     bid_count = len(prepared.bids)
     if trial is not None:  # the kept bids are in price order: the offered ones are a prefix
@@ -667,6 +744,48 @@ def _solve_prepared(
         alloc = _solve_python(solved_orders, kept_bids)
     _check_alloc(solved_orders, kept_bids, alloc)
     return [(order_ids[oi], prepared.bids[bi], units) for oi, bi, units in alloc]
+
+
+def _solve_prepared_arrays(prepared: _Prepared, a: _Arrays, trial: int | None) -> _Alloc | None:
+    """``_solve_prepared`` on the market's arrays: no per-trial lists of lots.  None when
+    OR-Tools cannot take the (restricted) market exactly; the caller then takes the list path,
+    which has the fallbacks."""
+    if trial is None:
+        o_sel = np.arange(a.order_ids.size)
+        bid_count = a.bid_ids.size
+    else:
+        o_sel = np.nonzero(a.max_prices >= trial)[0]
+        bid_count = int(np.searchsorted(a.prices, trial, side="right"))  # kept bids: price order
+    if not o_sel.size or not bid_count:
+        return []
+    od = a.durations[o_sel]
+    needed = None
+    if prepared.needed is not None:
+        columns = np.searchsorted(prepared.durations, np.unique(od))
+        needed = prepared.needed[:bid_count][:, columns]
+    solved = _solve_ortools_arrays(
+        od, a.max_prices[o_sel], a.units[o_sel],
+        a.prices[:bid_count], a.max_durations[:bid_count], a.capacities[:bid_count], needed,
+    )
+    if solved is None:
+        return None
+    oi, bi, units = solved
+    _check_alloc_arrays(od, a.max_prices[o_sel], a.units[o_sel], a.prices[:bid_count],
+                        a.max_durations[:bid_count], a.capacities[:bid_count], oi, bi, units)
+    return list(zip(a.order_ids[o_sel][oi].tolist(), a.bid_ids[bi].tolist(), units.tolist(), strict=True))
+
+
+def _check_alloc_arrays(od: np.ndarray, om: np.ndarray, ou: np.ndarray, bp: np.ndarray, bd: np.ndarray,
+                        bc: np.ndarray, oi: np.ndarray, bi: np.ndarray, units: np.ndarray) -> None:
+    """``_check_alloc`` in numpy, for an allocation of int64 arrays."""
+    if (units <= 0).any() or np.unique(oi * bp.size + bi).size != oi.size:
+        raise RuntimeError("solver returned a bad flow")
+    if ((od[oi] > bd[bi]) | (bp[bi] > om[oi])).any():
+        raise RuntimeError("solver matched an incompatible pair")
+    if (np.bincount(oi, units, od.size) > ou).any():
+        raise RuntimeError("solver overfilled an order")
+    if (np.bincount(bi, units, bp.size) > bc).any():
+        raise RuntimeError("solver overfilled a bid")
 
 
 def _solve_unweighted(
@@ -747,6 +866,20 @@ def _servable_orders(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> list
     """
     if not bids:
         return []
+    try:
+        bd = np.array([b.max_duration for b in bids], np.int64)
+        bp = np.array([b.price for b in bids], np.int64)
+        od = np.array([o.duration for o in orders], np.int64)
+        om = np.array([o.max_price for o in orders], np.int64)
+    except OverflowError:  # a value of 2**63 or more: the same on Python integers below
+        pass
+    else:
+        longest_first = np.argsort(-bd, kind="stable")
+        cheapest_from = np.minimum.accumulate(bp[longest_first])  # over bids lasting at least ...
+        lasting = np.searchsorted(-bd[longest_first], -od, side="right")  # bids lasting >= duration
+        ok = lasting > 0
+        ok[ok] = cheapest_from[lasting[ok] - 1] <= om[ok]
+        return [int(i) for i in np.nonzero(ok)[0]]
     # Cheapest price among bids lasting at least d, for every d: bids by max
     # duration, longest first, with a running minimum of price.
     by_length = sorted(bids, key=attrgetter("max_duration"), reverse=True)
@@ -890,13 +1023,31 @@ def _solve_ortools(
         or max(b.max_duration for b in bids) >= _INT64_HEADROOM
     ):
         return None
-    od = np.fromiter((o.duration for o in orders), np.int64, n_o)
-    om = np.fromiter((o.max_price for o in orders), np.int64, n_o)
-    ou = np.fromiter((o.units for o in orders), np.int64, n_o)
-    bp = np.fromiter((b.price for b in bids), np.int64, n_b)
-    bd = np.fromiter((b.max_duration for b in bids), np.int64, n_b)
-    bc = np.fromiter((b.capacity for b in bids), np.int64, n_b)
+    # A bid dearer than every max price gets no arc: its price only needs to stay above them.
+    solved = _solve_ortools_arrays(
+        np.fromiter((o.duration for o in orders), np.int64, n_o),
+        np.fromiter((o.max_price for o in orders), np.int64, n_o),
+        np.fromiter((o.units for o in orders), np.int64, n_o),
+        np.fromiter((min(b.price, max_m + 1) for b in bids), np.int64, n_b),
+        np.fromiter((b.max_duration for b in bids), np.int64, n_b),
+        np.fromiter((b.capacity for b in bids), np.int64, n_b),
+        needed, units_second=units_second,
+    )
+    if solved is None:
+        return None
+    return list(zip(*(x.tolist() for x in solved), strict=True))
 
+
+def _solve_ortools_arrays(
+    od: np.ndarray, om: np.ndarray, ou: np.ndarray, bp: np.ndarray, bd: np.ndarray, bc: np.ndarray,
+    needed: np.ndarray | None = None, *, units_second: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``_solve_ortools`` on int64 arrays (orders: durations, max prices, units; bids in price
+    order: prices, max durations, capacities), whose gain terms ``duration * max_price`` and
+    totals the caller has checked to be under ``_INT64_HEADROOM``.  Returns the allocation as
+    arrays (order index, bid index, units), or None outside OR-Tools' exact range."""
+    n_o, n_b = od.size, bp.size
+    total = int(ou.sum())
     durs, cls = np.unique(od, return_inverse=True)
     n_c = durs.size
     cls_max_m = np.zeros(n_c, np.int64)
@@ -908,7 +1059,7 @@ def _solve_ortools(
         reach &= needed.T
     ci, bj = np.nonzero(reach)
     if ci.size == 0:
-        return []
+        return _EMPTY
     # P_d: bids are sorted by price, so the first reachable bid is the cheapest.
     has_bid = reach.any(axis=1)
     ref = np.where(has_bid, bp[np.argmax(reach, axis=1)], 0)
@@ -962,7 +1113,7 @@ def _pair_classes(
     arc_bid: np.ndarray,
     served: np.ndarray,
     sold: np.ndarray,
-) -> _Alloc:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pair, within each duration class, the units served to its orders with the units sold
     into it, all classes at once.
 
@@ -973,7 +1124,7 @@ def _pair_classes(
     boundaries of either side is one (order, bid) pair, and a pair meets in one stretch only.
     """
     if not served.any() and not sold.any():  # nothing flowed (only zero-gain pairs, unweighted)
-        return []
+        return _EMPTY
     o_idx = np.nonzero(served > 0)[0]
     o_idx = o_idx[np.lexsort((o_idx, max_prices[o_idx], order_class[o_idx]))]
     e_idx = np.nonzero(sold > 0)[0]
@@ -993,7 +1144,7 @@ def _pair_classes(
         raise RuntimeError("min-cost flow is not conserved at a duration class")
     if (max_prices[which_o] < prices[which_b]).any():
         raise RuntimeError("the optimum pairs an order below a bid's price")
-    return list(zip(which_o.tolist(), which_b.tolist(), (cuts - starts).tolist(), strict=True))
+    return which_o, which_b, cuts - starts
 
 
 def _solve_python(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> _Alloc:
