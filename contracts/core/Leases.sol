@@ -325,6 +325,9 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
 
     /// @dev Opens a lease (its one storage word, written once) and emits nothing; the caller emits
     /// `LeaseOpened`. Reverts with `DuplicateLease`.
+    /// NOTE: builds the word of `_store` (paid-until, last heartbeat and closed all zero) from the
+    /// arguments, without a `LeaseRecord` in memory: `settle` opens one lease per match, and a
+    /// memory record per lease grew memory, whose cost is quadratic, by 8 words each.
     function _openLease(
         bytes32 leaseId,
         uint32 buyerId,
@@ -333,8 +336,17 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         uint32 termsRef,
         uint256 duration
     ) internal {
-        if (_leases[leaseId].buyerId != 0) revert DuplicateLease(leaseId);
-        _store(leaseId, LeaseRecord(buyerId, providerId, uint32(units), termsRef, uint40(block.timestamp + duration), 0, 0, false));
+        LeaseRecord storage record = _leases[leaseId];
+        uint256 existing;
+        assembly ("memory-safe") {
+            existing := sload(record.slot)
+        }
+        if (uint32(existing) != 0) revert DuplicateLease(leaseId);
+        uint256 word = uint256(buyerId) | (uint256(providerId) << 32) | (uint256(uint32(units)) << 64)
+            | (uint256(termsRef) << 96) | (uint256(uint40(block.timestamp + duration)) << 128);
+        assembly ("memory-safe") {
+            sstore(record.slot, word)
+        }
     }
 
     /// @dev Writes a lease record as one word in one SSTORE (field-by-field assignment of a
