@@ -225,9 +225,10 @@ contract UnderbidSettlement is
 
         for (uint256 i; i < matches.length; ++i) {
             Match calldata m = matches[i];
-            if (m.orderIndex >= orders.length || m.bidIndex >= bids.length) revert MatchIndexOutOfRange(i);
-            if (m.units == 0) revert ZeroUnits(i);
-            _applyMatch(header.round, orders[m.orderIndex], bids[m.bidIndex], m, i, book);
+            (uint256 orderIndex, uint256 bidIndex, uint256 units) = (m.orderIndex, m.bidIndex, m.units);
+            if (orderIndex >= orders.length || bidIndex >= bids.length) revert MatchIndexOutOfRange(i);
+            if (units == 0) revert ZeroUnits(i);
+            _applyMatch(header.round, orders[orderIndex], bids[bidIndex], orderIndex, bidIndex, units, i, book);
         }
 
         for (uint256 i; i < orders.length; ++i) {
@@ -278,57 +279,55 @@ contract UnderbidSettlement is
         return _boundSince(account, matcher, since);
     }
 
-    /// @dev Checks one match against its order and bid, consumes their units in `book`, locks
-    /// collateral and escrow, and opens the lease.
+    /// @dev Checks one match (`units` of `orders[orderIndex]` served by `bids[bidIndex]`) against
+    /// its order and bid, consumes their units in `book`, locks collateral and escrow, and opens
+    /// the lease. Each calldata field is read once (a read re-validates it).
     /// Reverts with the errors of `_checkTerms`, `ZeroCostLease`, `OrderOverfilled`,
     /// `BidOverfilled`, `InsufficientFreeStake`, `InsufficientEscrow` and `DuplicateLease`.
     function _applyMatch(
         uint64 round,
         OrderLib.Order calldata order,
         BidLib.Bid calldata bid,
-        Match calldata m,
+        uint256 orderIndex,
+        uint256 bidIndex,
+        uint256 units,
         uint256 matchIndex,
         Book memory book
     ) private {
-        (uint256 price, uint32 termsRef) = _checkTerms(round, order, bid, m, book);
-        uint256 units = m.units;
-        uint256 orderEntry = book.orderLeft[m.orderIndex];
-        if (uint128(orderEntry) < units) revert OrderOverfilled(m.orderIndex);
-        book.orderLeft[m.orderIndex] = orderEntry - units;
-        uint256 bidEntry = book.bidLeft[m.bidIndex];
-        if (uint128(bidEntry) < units) revert BidOverfilled(m.bidIndex);
-        book.bidLeft[m.bidIndex] = bidEntry - units;
+        uint256 duration = order.duration;
+        (uint256 price, uint32 termsRef) = _checkTerms(round, order, bid, orderIndex, bidIndex, duration, book);
+        uint256 orderEntry = book.orderLeft[orderIndex];
+        if (uint128(orderEntry) < units) revert OrderOverfilled(orderIndex);
+        book.orderLeft[orderIndex] = orderEntry - units;
+        uint256 bidEntry = book.bidLeft[bidIndex];
+        if (uint128(bidEntry) < units) revert BidOverfilled(bidIndex);
+        book.bidLeft[bidIndex] = bidEntry - units;
 
-        uint256 cost = _leaseCost(units, price, order.duration);
+        uint256 cost = _leaseCost(units, price, duration);
         // Slither: exactly zero is the refused case (a lease that costs nothing), not a balance comparison.
         // slither-disable-next-line incorrect-equality
         if (cost == 0) revert ZeroCostLease(matchIndex);
-        _lockStake(bid.provider, units * stakePerUnit);
-        _lockEscrow(order.buyer, cost);
-        bytes32 orderDigest = book.orderDigests[m.orderIndex];
-        bytes32 bidDigest = book.bidDigests[m.bidIndex];
+        address provider = bid.provider;
+        address buyer = order.buyer;
+        _lockStake(provider, units * stakePerUnit);
+        _lockEscrow(buyer, cost);
+        bytes32 orderDigest = book.orderDigests[orderIndex];
+        bytes32 bidDigest = book.bidDigests[bidIndex];
         bytes32 leaseId = leaseIdOf(msg.sender, round, orderDigest, bidDigest);
-        _openLease(
-            leaseId,
-            uint32(orderEntry >> ID_SHIFT),
-            uint32(bidEntry >> ID_SHIFT),
-            units,
-            termsRef,
-            order.duration
-        );
+        _openLease(leaseId, uint32(orderEntry >> ID_SHIFT), uint32(bidEntry >> ID_SHIFT), units, termsRef, duration);
         emit LeaseOpened(
             leaseId,
             round,
-            order.buyer,
+            buyer,
             msg.sender,
-            bid.provider,
+            provider,
             order.market,
             orderDigest,
             bidDigest,
             units,
             price,
             block.timestamp,
-            block.timestamp + order.duration
+            block.timestamp + duration
         );
     }
 
@@ -340,11 +339,13 @@ contract UnderbidSettlement is
         uint64 round,
         OrderLib.Order calldata order,
         BidLib.Bid calldata bid,
-        Match calldata m,
+        uint256 orderIndex,
+        uint256 bidIndex,
+        uint256 duration,
         Book memory book
     ) private returns (uint256 price, uint32 termsRef) {
         bytes32 market = order.market;
-        if (market != bid.market) revert MarketMismatch(m.orderIndex, m.bidIndex);
+        if (market != bid.market) revert MarketMismatch(orderIndex, bidIndex);
         uint256 terms = book.lastTerms;
         // Slither: zero means no market remembered yet (a real answer has a non-zero price).
         // slither-disable-next-line incorrect-equality
@@ -353,10 +354,12 @@ contract UnderbidSettlement is
             (book.lastMarket, book.lastTerms) = (market, terms);
         }
         (price, termsRef) = (terms >> 32, uint32(terms));
-        if (bid.price > price) revert BidAboveClearingPrice(m.bidIndex, bid.price, price);
-        if (price > order.maxPrice) revert ClearingPriceAboveMaxPrice(m.orderIndex, order.maxPrice, price);
-        if (order.duration < minLeaseDuration) revert DurationTooShort(m.orderIndex, minLeaseDuration);
-        if (order.duration > bid.maxDuration) revert DurationTooLong(m.orderIndex, m.bidIndex);
+        uint256 bidPrice = bid.price;
+        if (bidPrice > price) revert BidAboveClearingPrice(bidIndex, bidPrice, price);
+        uint256 maxPrice = order.maxPrice;
+        if (price > maxPrice) revert ClearingPriceAboveMaxPrice(orderIndex, maxPrice, price);
+        if (duration < minLeaseDuration) revert DurationTooShort(orderIndex, minLeaseDuration);
+        if (duration > bid.maxDuration) revert DurationTooLong(orderIndex, bidIndex);
     }
 
     /// @dev The round's clearing price of `market` and the batch's terms record for it, packed as
