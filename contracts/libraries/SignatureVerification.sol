@@ -5,14 +5,15 @@ import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {IUnderbidErrors} from "../interfaces/IUnderbidErrors.sol";
 
 /// @title The one place where Underbid checks a signature.
-/// @dev OpenZeppelin's ECDSA rejects high-s (malleated) signatures and bad lengths; chain id and
-/// contract binding come from the EIP-712 domain separator folded into `digest` by the caller.
+/// @dev Only 65-byte signatures are accepted, and OpenZeppelin's ECDSA rejects high-s (malleated)
+/// ones and bad `v` values; chain id and contract binding come from the EIP-712 domain separator
+/// folded into `digest` by the caller.
 library SignatureVerification {
     /// @dev Reverts unless `signature` over `digest` was made by `signer`.
     /// @param digest The EIP-712 digest (domain separator and struct hash).
     /// @param signature A 65-byte (r, s, v) signature.
     /// @param signer The address that must have signed.
-    /// Reverts with `InvalidSignature` when the signature cannot be recovered, and with
+    /// Reverts with `InvalidSignature` when the signature is not 65 bytes or cannot be recovered, and with
     /// `SignerMismatch` when it recovers to another address.
     function verify(bytes32 digest, bytes calldata signature, address signer) internal pure {
         // Same checks as `ECDSA.tryRecover(digest, signature)` (a 65-byte (r, s, v) signature,
