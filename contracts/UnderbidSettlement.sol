@@ -50,15 +50,18 @@ contract UnderbidSettlement is
         uint64 deadline;
     }
 
-    /// @dev Per-batch working state, by array index: each message's digest, and in `orderLeft` /
+    /// @dev Per-batch working state, by array index: each message's digest and nonce word slot, and in `orderLeft` /
     /// `bidLeft` the units it can still fill (low 128 bits; matches consume them) beside its
     /// signer's compact account id (bits 128 and up), which the leases store. `termsBase` is
     /// `_batchTermsCount` when the batch began: it keys the batch's transient terms cache.
     struct Book {
         bytes32[] orderDigests;
         uint256[] orderLeft;
+        /// The storage slot of each order's nonce bitmap word (see `_requireFillable`).
+        uint256[] orderSlots;
         bytes32[] bidDigests;
         uint256[] bidLeft;
+        uint256[] bidSlots;
         uint256 termsBase;
         /// The market of the previous match and its `_batchTermsFor` answer: matches come grouped
         /// by market, so most skip the cache lookup.
@@ -68,6 +71,11 @@ contract UnderbidSettlement is
 
     /// @dev Where a signer's account id sits in a `Book` entry, above the units left.
     uint256 private constant ID_SHIFT = 128;
+
+    /// @dev The transient slot counting the `settle` calls begun in this transaction: a batch's
+    /// duplicate-nonce marks hold its number, so the next batch's marks never match them and
+    /// nothing needs clearing at the end of a batch.
+    bytes32 private constant SETTLE_EPOCH = keccak256("underbid.settle.epoch");
 
     /// @dev Tags the transient keys of the (market => batch terms) cache.
     bytes32 private constant TERMS_CACHE = keccak256("underbid.settle.batchTerms");
@@ -210,28 +218,28 @@ contract UnderbidSettlement is
         // Slither: every field of `book` is assigned before use.
         // slither-disable-next-line uninitialized-local
         Book memory book;
-        (book.orderDigests, book.orderLeft) = _verifyOrders(orders, orderSigs);
-        (book.bidDigests, book.bidLeft) = _verifyBids(bids, bidSigs);
+        uint256 epoch = _nextSettleEpoch();
+        (book.orderDigests, book.orderLeft, book.orderSlots) = _verifyOrders(orders, orderSigs, epoch);
+        (book.bidDigests, book.bidLeft, book.bidSlots) = _verifyBids(bids, bidSigs, epoch);
         book.termsBase = _batchTermsCount;
 
         for (uint256 i; i < matches.length; ++i) {
             Match calldata m = matches[i];
-            if (m.orderIndex >= orders.length || m.bidIndex >= bids.length) revert MatchIndexOutOfRange(i);
-            if (m.units == 0) revert ZeroUnits(i);
-            _applyMatch(header.round, orders[m.orderIndex], bids[m.bidIndex], m, i, book);
+            (uint256 orderIndex, uint256 bidIndex, uint256 units) = (m.orderIndex, m.bidIndex, m.units);
+            if (orderIndex >= orders.length || bidIndex >= bids.length) revert MatchIndexOutOfRange(i);
+            if (units == 0) revert ZeroUnits(i);
+            _applyMatch(header.round, orders[orderIndex], bids[bidIndex], orderIndex, bidIndex, units, i, book);
         }
 
         for (uint256 i; i < orders.length; ++i) {
             OrderLib.Order calldata order = orders[i];
             uint256 left = uint128(book.orderLeft[i]);
-            _recordFill(book.orderDigests[i], order.buyer, order.nonce, order.units, left, 0, false);
-            _unmark(order.buyer, order.nonce);
+            _recordFill(book.orderSlots[i], book.orderDigests[i], order.nonce, order.units, left, 0, false);
         }
         for (uint256 i; i < bids.length; ++i) {
             BidLib.Bid calldata bid = bids[i];
             uint256 left = uint128(book.bidLeft[i]);
-            _recordFill(book.bidDigests[i], bid.provider, bid.nonce, bid.capacity, left, header.round, true);
-            _unmark(bid.provider, bid.nonce);
+            _recordFill(book.bidSlots[i], book.bidDigests[i], bid.nonce, bid.capacity, left, header.round, true);
         }
         emit BatchSettled(header.round, msg.sender, header.batch, matches.length, header.finalBatch);
     }
@@ -271,57 +279,55 @@ contract UnderbidSettlement is
         return _boundSince(account, matcher, since);
     }
 
-    /// @dev Checks one match against its order and bid, consumes their units in `book`, locks
-    /// collateral and escrow, and opens the lease.
+    /// @dev Checks one match (`units` of `orders[orderIndex]` served by `bids[bidIndex]`) against
+    /// its order and bid, consumes their units in `book`, locks collateral and escrow, and opens
+    /// the lease. Each calldata field is read once (a read re-validates it).
     /// Reverts with the errors of `_checkTerms`, `ZeroCostLease`, `OrderOverfilled`,
     /// `BidOverfilled`, `InsufficientFreeStake`, `InsufficientEscrow` and `DuplicateLease`.
     function _applyMatch(
         uint64 round,
         OrderLib.Order calldata order,
         BidLib.Bid calldata bid,
-        Match calldata m,
+        uint256 orderIndex,
+        uint256 bidIndex,
+        uint256 units,
         uint256 matchIndex,
         Book memory book
     ) private {
-        (uint256 price, uint32 termsRef) = _checkTerms(round, order, bid, m, book);
-        uint256 units = m.units;
-        uint256 orderEntry = book.orderLeft[m.orderIndex];
-        if (uint128(orderEntry) < units) revert OrderOverfilled(m.orderIndex);
-        book.orderLeft[m.orderIndex] = orderEntry - units;
-        uint256 bidEntry = book.bidLeft[m.bidIndex];
-        if (uint128(bidEntry) < units) revert BidOverfilled(m.bidIndex);
-        book.bidLeft[m.bidIndex] = bidEntry - units;
+        uint256 duration = order.duration;
+        (uint256 price, uint32 termsRef) = _checkTerms(round, order, bid, orderIndex, bidIndex, duration, book);
+        uint256 orderEntry = book.orderLeft[orderIndex];
+        if (uint128(orderEntry) < units) revert OrderOverfilled(orderIndex);
+        book.orderLeft[orderIndex] = orderEntry - units;
+        uint256 bidEntry = book.bidLeft[bidIndex];
+        if (uint128(bidEntry) < units) revert BidOverfilled(bidIndex);
+        book.bidLeft[bidIndex] = bidEntry - units;
 
-        uint256 cost = _leaseCost(units, price, order.duration);
+        uint256 cost = _leaseCost(units, price, duration);
         // Slither: exactly zero is the refused case (a lease that costs nothing), not a balance comparison.
         // slither-disable-next-line incorrect-equality
         if (cost == 0) revert ZeroCostLease(matchIndex);
-        _lockStake(bid.provider, units * stakePerUnit);
-        _lockEscrow(order.buyer, cost);
-        bytes32 orderDigest = book.orderDigests[m.orderIndex];
-        bytes32 bidDigest = book.bidDigests[m.bidIndex];
+        address provider = bid.provider;
+        address buyer = order.buyer;
+        _lockStake(provider, units * stakePerUnit);
+        _lockEscrow(buyer, cost);
+        bytes32 orderDigest = book.orderDigests[orderIndex];
+        bytes32 bidDigest = book.bidDigests[bidIndex];
         bytes32 leaseId = leaseIdOf(msg.sender, round, orderDigest, bidDigest);
-        _openLease(
-            leaseId,
-            uint32(orderEntry >> ID_SHIFT),
-            uint32(bidEntry >> ID_SHIFT),
-            units,
-            termsRef,
-            order.duration
-        );
+        _openLease(leaseId, uint32(orderEntry >> ID_SHIFT), uint32(bidEntry >> ID_SHIFT), units, termsRef, duration);
         emit LeaseOpened(
             leaseId,
             round,
-            order.buyer,
+            buyer,
             msg.sender,
-            bid.provider,
+            provider,
             order.market,
             orderDigest,
             bidDigest,
             units,
             price,
             block.timestamp,
-            block.timestamp + order.duration
+            block.timestamp + duration
         );
     }
 
@@ -333,11 +339,13 @@ contract UnderbidSettlement is
         uint64 round,
         OrderLib.Order calldata order,
         BidLib.Bid calldata bid,
-        Match calldata m,
+        uint256 orderIndex,
+        uint256 bidIndex,
+        uint256 duration,
         Book memory book
     ) private returns (uint256 price, uint32 termsRef) {
         bytes32 market = order.market;
-        if (market != bid.market) revert MarketMismatch(m.orderIndex, m.bidIndex);
+        if (market != bid.market) revert MarketMismatch(orderIndex, bidIndex);
         uint256 terms = book.lastTerms;
         // Slither: zero means no market remembered yet (a real answer has a non-zero price).
         // slither-disable-next-line incorrect-equality
@@ -346,10 +354,12 @@ contract UnderbidSettlement is
             (book.lastMarket, book.lastTerms) = (market, terms);
         }
         (price, termsRef) = (terms >> 32, uint32(terms));
-        if (bid.price > price) revert BidAboveClearingPrice(m.bidIndex, bid.price, price);
-        if (price > order.maxPrice) revert ClearingPriceAboveMaxPrice(m.orderIndex, order.maxPrice, price);
-        if (order.duration < minLeaseDuration) revert DurationTooShort(m.orderIndex, minLeaseDuration);
-        if (order.duration > bid.maxDuration) revert DurationTooLong(m.orderIndex, m.bidIndex);
+        uint256 bidPrice = bid.price;
+        if (bidPrice > price) revert BidAboveClearingPrice(bidIndex, bidPrice, price);
+        uint256 maxPrice = order.maxPrice;
+        if (price > maxPrice) revert ClearingPriceAboveMaxPrice(orderIndex, maxPrice, price);
+        if (duration < minLeaseDuration) revert DurationTooShort(orderIndex, minLeaseDuration);
+        if (duration > bid.maxDuration) revert DurationTooLong(orderIndex, bidIndex);
     }
 
     /// @dev The round's clearing price of `market` and the batch's terms record for it, packed as
@@ -372,39 +382,46 @@ contract UnderbidSettlement is
 
     /// @dev Verifies every order; returns their digests and `Book` entries (units left, buyer id).
     /// Reverts with `OrderExpired` and the errors of `_verifySigned`.
-    function _verifyOrders(OrderLib.Order[] calldata orders, bytes[] calldata sigs)
+    function _verifyOrders(OrderLib.Order[] calldata orders, bytes[] calldata sigs, uint256 epoch)
         private
-        returns (bytes32[] memory digests, uint256[] memory left)
+        returns (bytes32[] memory digests, uint256[] memory left, uint256[] memory slots)
     {
         digests = new bytes32[](orders.length);
         left = new uint256[](orders.length);
+        slots = new uint256[](orders.length);
         for (uint256 i; i < orders.length; ++i) {
             OrderLib.Order calldata order = orders[i];
             if (order.deadline < block.timestamp) revert OrderExpired(i);
-            digests[i] = hashOrder(order);
-            left[i] = _verifySigned(digests[i], sigs[i], order.buyer, order.matcher, order.nonce, order.units);
+            bytes32 digest = hashOrder(order);
+            digests[i] = digest;
+            (left[i], slots[i]) =
+                _verifySigned(digest, sigs[i], order.buyer, order.matcher, order.nonce, order.units, epoch);
         }
     }
 
     /// @dev Verifies every bid; returns their digests and `Book` entries (units left, provider id).
     /// Reverts with `BidExpired` and the errors of `_verifySigned`.
-    function _verifyBids(BidLib.Bid[] calldata bids, bytes[] calldata sigs)
+    function _verifyBids(BidLib.Bid[] calldata bids, bytes[] calldata sigs, uint256 epoch)
         private
-        returns (bytes32[] memory digests, uint256[] memory left)
+        returns (bytes32[] memory digests, uint256[] memory left, uint256[] memory slots)
     {
         digests = new bytes32[](bids.length);
         left = new uint256[](bids.length);
+        slots = new uint256[](bids.length);
         for (uint256 i; i < bids.length; ++i) {
             BidLib.Bid calldata bid = bids[i];
             if (bid.deadline < block.timestamp) revert BidExpired(i);
-            digests[i] = hashBid(bid);
-            left[i] = _verifySigned(digests[i], sigs[i], bid.provider, bid.matcher, bid.nonce, bid.capacity);
+            bytes32 digest = hashBid(bid);
+            digests[i] = digest;
+            (left[i], slots[i]) =
+                _verifySigned(digest, sigs[i], bid.provider, bid.matcher, bid.nonce, bid.capacity, epoch);
         }
     }
 
     /// @dev The checks shared by orders and bids: for this matcher and bound to it, one message
     /// per (signer, nonce) in the batch, signature, nonce. Returns the message's `Book` entry: the
-    /// units it can still fill, with the signer's compact account id above them.
+    /// units it can still fill, with the signer's compact account id above them, and the slot of
+    /// its nonce bitmap word.
     /// Reverts with `MessageForOtherMatcher`, `AccountNotBound`, `DuplicateNonce`,
     /// `InvalidSignature`, `SignerMismatch` and `NonceUsed`.
     function _verifySigned(
@@ -413,35 +430,41 @@ contract UnderbidSettlement is
         address signer,
         address matcher,
         uint256 nonce,
-        uint256 total
-    ) private returns (uint256) {
+        uint256 total,
+        uint256 epoch
+    ) private returns (uint256 entry, uint256 slot) {
         if (matcher != msg.sender) revert MessageForOtherMatcher(digest, matcher);
         uint256 id = _requireBound(signer, msg.sender);
-        _markOnce(signer, nonce);
+        _markOnce(signer, nonce, epoch);
         SignatureVerification.verify(digest, signature, signer);
-        uint256 filled = _requireFillable(digest, signer, nonce);
-        return (id << ID_SHIFT) | (total - filled);
+        uint256 filled;
+        (filled, slot) = _requireFillable(digest, signer, nonce);
+        entry = (id << ID_SHIFT) | (total - filled);
     }
 
     /// @dev Reverts with `DuplicateNonce` if a message with this (signer, nonce) was already listed
     /// in this batch: fills are tracked per array entry during a batch, and nonces are claimed
     /// only when the batch records its fills, so two such entries could fill twice.
-    /// The marks live in transient storage (EIP-1153) and are cleared by `_unmark`.
-    function _markOnce(address signer, uint256 nonce) private {
+    /// The marks live in transient storage (EIP-1153) and hold the batch's `epoch`: a mark left
+    /// by an earlier `settle` of the same transaction holds a smaller number and does not count,
+    /// so marks are never cleared (the transaction's end clears them).
+    function _markOnce(address signer, uint256 nonce, uint256 epoch) private {
         bytes32 key = _markKey(signer, nonce);
         bool seen;
         assembly ("memory-safe") {
-            seen := tload(key)
-            tstore(key, 1)
+            seen := eq(tload(key), epoch)
+            tstore(key, epoch)
         }
         if (seen) revert DuplicateNonce(signer, nonce);
     }
 
-    /// @dev Clears a transient mark, so a second `settle` in the same transaction starts clean.
-    function _unmark(address signer, uint256 nonce) private {
-        bytes32 key = _markKey(signer, nonce);
+    /// @dev Starts a `settle` call: the transaction's count of them, plus one (never zero, so no
+    /// unset mark equals it).
+    function _nextSettleEpoch() private returns (uint256 epoch) {
+        bytes32 slot = SETTLE_EPOCH;
         assembly ("memory-safe") {
-            tstore(key, 0)
+            epoch := add(tload(slot), 1)
+            tstore(slot, epoch)
         }
     }
 

@@ -70,10 +70,20 @@ abstract contract BuyerEscrow is UnderbidBase {
     }
 
     /// @dev Moves `amount` from free to locked. Reverts with `InsufficientEscrow`.
+    /// NOTE: one read and one write of the account's raw word (`free` in the low 128 bits,
+    /// `locked` in the high ones: Solidity's layout of `EscrowAccount`); `settle` locks once per match.
     function _lockEscrow(address buyer, uint256 amount) internal {
-        EscrowAccount memory account = escrowOf[buyer];
-        if (account.free < amount) revert InsufficientEscrow(buyer, amount, account.free);
-        // One read and one write of the account's word (settle locks once per match).
-        escrowOf[buyer] = EscrowAccount(uint128(account.free - amount), account.locked + SafeCast.toUint128(amount));
+        EscrowAccount storage account = escrowOf[buyer];
+        uint256 word;
+        assembly ("memory-safe") {
+            word := sload(account.slot)
+        }
+        uint256 free = uint128(word);
+        if (free < amount) revert InsufficientEscrow(buyer, amount, free);
+        uint256 locked = SafeCast.toUint128((word >> 128) + amount);
+        // Safe: free - amount and locked both fit 128 bits (checked above).
+        assembly ("memory-safe") {
+            sstore(account.slot, or(sub(free, amount), shl(128, locked)))
+        }
     }
 }

@@ -139,13 +139,7 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
             // The hot path works on the raw word (Solidity's `LeaseRecord` layout, see `_store`):
             // one read, and one write of the `lastHeartbeat` bits; decoding the whole record into
             // memory cost ~2k gas per lease.
-            LeaseRecord storage record = _leases[leaseId];
-            uint256 word;
-            assembly ("memory-safe") {
-                word := sload(record.slot)
-            }
-            if (uint32(word) == 0) revert UnknownLease(leaseId);
-            if (uint32(word >> 32) != caller) revert NotLeaseProvider(leaseId, msg.sender);
+            (LeaseRecord storage record, uint256 word) = _providerLease(leaseId, caller);
             uint256 end = uint40(word >> 128);
             SkipReason reason;
             if (word >> 248 != 0) {
@@ -190,23 +184,86 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
     /// @return total Credits sent to the caller.
     /// @return skipped How many leases were skipped.
     /// Reverts with `UnknownLease` and `NotLeaseProvider`.
+    /// NOTE: a running lease is paid on its raw word, like `heartbeat` (one read, one write of
+    /// the `paidUntil` bits, the batch terms of the previous lease remembered), and the payments
+    /// of consecutive leases of one buyer leave its locked escrow in one write (`_takeLocked`):
+    /// the sums are the same as one write per payment, so every balance ends where it did. A
+    /// lease past its end takes the general path (`_settleAndClose`), once in its life.
     function claim(bytes32[] calldata leaseIds) external nonReentrant returns (uint256 total, uint256 skipped) {
         uint32 caller = _bindings[msg.sender].id;
+        // The terms of the previous lease's batch: a provider's leases mostly share them.
+        uint256 lastRef;
+        BatchTerms memory batch;
+        // The buyer of the current run of payments, and what the run has paid so far.
+        uint256 runBuyer;
+        uint256 runPaid;
         for (uint256 i; i < leaseIds.length; ++i) {
             bytes32 leaseId = leaseIds[i];
-            (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
-            if (lease.providerId != caller) revert NotLeaseProvider(leaseId, msg.sender);
-            if (lease.closed || block.timestamp >= _faultAt(lease, batch)) {
+            (LeaseRecord storage record, uint256 word) = _providerLease(leaseId, caller);
+            uint256 ref = uint32(word >> 96);
+            if (ref != lastRef) (lastRef, batch) = (ref, _batchTerms[uint32(ref)]);
+            uint256 end = uint40(word >> 128);
+            uint256 last = uint40(word >> 208);
+            if (last == 0) last = batch.start;
+            uint256 stopAt = last + batch.heartbeatInterval;
+            bool closed = word >> 248 != 0;
+            // `_faultAt`: a fault is reportable once the heartbeats stop short of the end and
+            // the grace after the last covered second has passed.
+            if (closed || (stopAt < end && block.timestamp > stopAt + batch.heartbeatGrace)) {
                 ++skipped;
-                emit LeaseSkipped(leaseId, lease.closed ? SkipReason.Closed : SkipReason.FaultPending);
+                emit LeaseSkipped(leaseId, closed ? SkipReason.Closed : SkipReason.FaultPending);
                 continue;
             }
-            total += block.timestamp >= lease.end
-                ? _settleAndClose(leaseId, lease, batch, block.timestamp)
-                : _payUpTo(leaseId, lease, batch, block.timestamp);
-            _store(leaseId, lease);
+            if (block.timestamp >= end) {
+                (LeaseRecord memory lease,) = _load(leaseId);
+                total += _settleAndClose(leaseId, lease, batch, block.timestamp);
+                _store(leaseId, lease);
+                continue;
+            }
+            // `_payUpTo(now)` for a running lease: now < end, so `until` needs no cap at the end.
+            uint256 until = block.timestamp < stopAt ? block.timestamp : stopAt;
+            uint256 paidUntil = uint40(word >> 168);
+            uint256 start = batch.start;
+            if (paidUntil == 0) paidUntil = start;
+            if (until <= paidUntil) continue;
+            uint256 perHour = uint256(uint32(word >> 64)) * batch.price;
+            uint256 amount = perHour * (until - start) / 3600 - perHour * (paidUntil - start) / 3600;
+            word = (word & ~(uint256(type(uint40).max) << 168)) | (until << 168);
+            assembly ("memory-safe") {
+                sstore(record.slot, word)
+            }
+            total += amount;
+            uint256 buyer = uint32(word);
+            if (buyer != runBuyer) {
+                _takeLocked(runBuyer, runPaid);
+                (runBuyer, runPaid) = (buyer, 0);
+            }
+            runPaid += amount;
+            emit LeasePaid(leaseId, msg.sender, amount, until);
         }
+        _takeLocked(runBuyer, runPaid);
         if (total != 0) credit.safeTransfer(msg.sender, total);
+    }
+
+    /// @dev The raw word of lease `leaseId`, served by the provider with account id `caller`
+    /// (`heartbeat` and `claim` work on it). Reverts with `UnknownLease` and `NotLeaseProvider`.
+    function _providerLease(bytes32 leaseId, uint32 caller)
+        private
+        view
+        returns (LeaseRecord storage record, uint256 word)
+    {
+        record = _leases[leaseId];
+        assembly ("memory-safe") {
+            word := sload(record.slot)
+        }
+        if (uint32(word) == 0) revert UnknownLease(leaseId);
+        if (uint32(word >> 32) != caller) revert NotLeaseProvider(leaseId, msg.sender);
+    }
+
+    /// @dev Takes `amount` paid out of the locked escrow of the account with id `buyerId` (no-op
+    /// for zero, which also stands for "no run yet" in `claim`).
+    function _takeLocked(uint256 buyerId, uint256 amount) private {
+        if (amount != 0) escrowOf[accountAt[uint32(buyerId)]].locked -= uint128(amount);
     }
 
     /// @dev Closes a lease. Before its end only the buyer may: the provider is paid what accrued
@@ -325,6 +382,9 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
 
     /// @dev Opens a lease (its one storage word, written once) and emits nothing; the caller emits
     /// `LeaseOpened`. Reverts with `DuplicateLease`.
+    /// NOTE: builds the word of `_store` (paid-until, last heartbeat and closed all zero) from the
+    /// arguments, without a `LeaseRecord` in memory: `settle` opens one lease per match, and a
+    /// memory record per lease grew memory, whose cost is quadratic, by 8 words each.
     function _openLease(
         bytes32 leaseId,
         uint32 buyerId,
@@ -333,8 +393,17 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         uint32 termsRef,
         uint256 duration
     ) internal {
-        if (_leases[leaseId].buyerId != 0) revert DuplicateLease(leaseId);
-        _store(leaseId, LeaseRecord(buyerId, providerId, uint32(units), termsRef, uint40(block.timestamp + duration), 0, 0, false));
+        LeaseRecord storage record = _leases[leaseId];
+        uint256 existing;
+        assembly ("memory-safe") {
+            existing := sload(record.slot)
+        }
+        if (uint32(existing) != 0) revert DuplicateLease(leaseId);
+        uint256 word = uint256(buyerId) | (uint256(providerId) << 32) | (uint256(uint32(units)) << 64)
+            | (uint256(termsRef) << 96) | (uint256(uint40(block.timestamp + duration)) << 128);
+        assembly ("memory-safe") {
+            sstore(record.slot, word)
+        }
     }
 
     /// @dev Writes a lease record as one word in one SSTORE (field-by-field assignment of a

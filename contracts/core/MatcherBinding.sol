@@ -86,9 +86,19 @@ abstract contract MatcherBinding is UnderbidBase {
 
     /// @dev Reverts with `AccountNotBound` unless `account` is bound to `matcher` now.
     /// @return id The account's compact id (non-zero: a bound account has bound once).
+    /// NOTE: `boundMatcherOf` on the raw first word of the record, which holds the matcher, the
+    /// change time and the id (Solidity's layout of `BindingRecord`): `settle` calls this for
+    /// every message, and reading the fields one by one cost a second hash and read.
     function _requireBound(address account, address matcher) internal view returns (uint32 id) {
-        if (boundMatcherOf(account) != matcher) revert AccountNotBound(account, matcher);
-        return _bindings[account].id;
+        BindingRecord storage binding = _bindings[account];
+        uint256 word;
+        assembly ("memory-safe") {
+            word := sload(binding.slot)
+        }
+        uint256 changeAt = uint40(word >> 160);
+        address current = changeAt != 0 && block.timestamp >= changeAt ? binding.next : address(uint160(word));
+        if (current != matcher) revert AccountNotBound(account, matcher);
+        return uint32(word >> 200);
     }
 
     /// @dev True if `account` is bound to `matcher` now and has not asked to change since `since`.

@@ -104,12 +104,22 @@ abstract contract ProviderStaking is UnderbidBase {
     }
 
     /// @dev Locks `amount` of free stake as collateral for a lease. Reverts with `InsufficientFreeStake`.
+    /// NOTE: one read and one write of the raw first word of the account (`staked` in the low
+    /// 128 bits, `locked` in the high ones: Solidity's layout of `ProviderAccount`); `settle`
+    /// locks once per match, and the field-by-field update read the word three times.
     function _lockStake(address provider, uint256 amount) internal {
         ProviderAccount storage account = providers[provider];
-        uint256 staked = account.staked;
-        uint256 locked = account.locked;
+        uint256 word;
+        assembly ("memory-safe") {
+            word := sload(account.slot)
+        }
+        uint256 staked = uint128(word);
+        uint256 locked = word >> 128;
         if (staked - locked < amount) revert InsufficientFreeStake(provider, amount, staked - locked);
-        account.locked = uint128(locked + amount);
+        // Safe: locked + amount <= staked < 2^128, so the new `locked` fits its 128 bits.
+        assembly ("memory-safe") {
+            sstore(account.slot, or(staked, shl(128, add(locked, amount))))
+        }
     }
 
     /// @dev Unlocks `amount` of collateral.

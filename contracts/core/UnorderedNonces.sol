@@ -93,12 +93,28 @@ abstract contract UnorderedNonces is UnderbidBase {
 
     /// @dev Reverts with `NonceUsed` unless a message with `digest` may still fill with `nonce`.
     /// @return filled Units the message has filled so far.
-    function _requireFillable(bytes32 digest, address signer, uint256 nonce) internal view returns (uint256 filled) {
-        (bool claimed, bool voided) = nonceState(signer, nonce);
-        if (voided) revert NonceUsed(signer, nonce);
+    /// @return slot The storage slot of the nonce's bitmap word, for `_recordFill` (which then
+    /// need not hash the two mapping keys again).
+    function _requireFillable(bytes32 digest, address signer, uint256 nonce)
+        internal
+        view
+        returns (uint256 filled, uint256 slot)
+    {
+        mapping(uint256 => uint256) storage words = nonceBitmap[signer];
+        uint256 position = nonce >> 7;
+        uint256 word;
+        // The slot of `words[position]`, kept for `_recordFill`; the read is the mapping read.
+        assembly ("memory-safe") {
+            mstore(0x00, position)
+            mstore(0x20, words.slot)
+            slot := keccak256(0x00, 0x40)
+            word := sload(slot)
+        }
+        uint256 bits = word >> ((nonce & 0x7f) << 1);
+        if (bits & 2 != 0) revert NonceUsed(signer, nonce);
         // An unclaimed nonce has no filled message: the first fill claims it. So the (cold) fill
         // record is read only for a nonce already claimed, to tell its message from another one.
-        if (claimed) {
+        if (bits & 1 != 0) {
             filled = fills[digest].filled;
             if (filled == 0) revert NonceUsed(signer, nonce);
         }
@@ -108,9 +124,10 @@ abstract contract UnorderedNonces is UnderbidBase {
     /// first fill and voids it once nothing is left. The fill record is written only while the
     /// message is partly filled (for a bid, with `round`, and kept up to date by every later fill);
     /// a message used up by its first fill writes only its nonce bits.
+    /// @param slot The nonce's bitmap word, as `_requireFillable` returned it for this message.
     function _recordFill(
+        uint256 slot,
         bytes32 digest,
-        address signer,
         uint256 nonce,
         uint256 total,
         uint256 left,
@@ -118,8 +135,11 @@ abstract contract UnorderedNonces is UnderbidBase {
         bool isBid
     ) internal {
         uint256 shift = (nonce & 0x7f) << 1;
-        mapping(uint256 => uint256) storage words = nonceBitmap[signer];
-        uint256 word = words[nonce >> 7];
+        uint256 word;
+        // Safe: `slot` is `nonceBitmap[signer][nonce >> 7]`, computed by `_requireFillable`.
+        assembly ("memory-safe") {
+            word := sload(slot)
+        }
         // What it had filled before this batch: nothing while its nonce was unclaimed, else its
         // record (read when the batch verified it, so warm now).
         uint256 before = (word >> shift) & 1 == 0 ? 0 : fills[digest].filled;
@@ -130,7 +150,12 @@ abstract contract UnorderedNonces is UnderbidBase {
         // Slither: unit counts: the first fill claims the nonce, a message with nothing left voids it.
         // slither-disable-next-line incorrect-equality
         uint256 bits = (before == 0 ? 1 : 0) | (left == 0 ? 2 : 0);
-        if (bits != 0) words[nonce >> 7] = word | (bits << shift);
+        if (bits != 0) {
+            word |= bits << shift;
+            assembly ("memory-safe") {
+                sstore(slot, word)
+            }
+        }
         if (isBid) {
             if (before != 0 || left != 0) fills[digest] = Fill(uint32(filledNow), round);
         } else if (left != 0) {
