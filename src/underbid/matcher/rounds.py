@@ -53,6 +53,8 @@ class RoundReport:
     prices: dict[str, int] | None = None
     gas_used: int = 0
     seconds: dict[str, float] | None = None
+    #: market -> what set its price (`underbid.protocol.pricing.PriceRule` values)
+    price_rules: dict[str, str] | None = None
 
 
 #: A round close re-checks the cancel requests of the messages in markets with one side open only
@@ -328,12 +330,16 @@ class Matcher:
         # Each pass drops a message, or follows a first batch that never landed; a few spare
         # passes bound the latter, after which the round waits for the next close.
         for _ in range(len(orders) + len(bids) + 3):
-            clearing, dropped = self._clear_fundable(orders, bids)
+            clearing, dropped, lots = self._clear_fundable(orders, bids)
             dropped_total += dropped
             live = self.store.stored_digests([s.digest for s in orders + bids], only_open=True)
             orders = [s for s in orders if s.digest in live]
             bids = [s for s in bids if s.digest in live]
             t_clear = time.perf_counter()
+            # Every order left (partly) unmatched is told why, as of this clearing (a later pass
+            # of the same round, or a later round, says it again).
+            self.store.note_unmatched({key: outcome.line(round_id)
+                                       for key, outcome in unmatched_orders(*lots, clearing).items()})
             if not clearing.matches:
                 return RoundReport(round_id, RoundState.OPEN.value, len(orders), len(bids), dropped=dropped_total)
 
@@ -347,6 +353,7 @@ class Matcher:
             block_gas_limit = retry_rpc(lambda: self.chain.w3.eth.get_block("latest")["gasLimit"])
             record = {
                 "prices": {k: str(v) for k, v in prices.items()},
+                "price_rules": {k: rule.value for k, rule in clearing.price_rules.items()},
                 "matches": [m.__dict__ for m in matches],
                 "priced_out_orders": [d for mc in clearing.markets for d in mc.dropped_orders],
             }
@@ -394,6 +401,7 @@ class Matcher:
             dropped=dropped,
             prices=prices,
             gas_used=sum(b.gas_used or 0 for b in mined),
+            price_rules=dict((stored.clearing or {}).get("price_rules", {})),
         )
 
     def _advance(self, round_id: int, timeout: float) -> Advance:
@@ -493,7 +501,9 @@ class Matcher:
             self.store.drop(digest, "its signer requested the cancellation of its nonce")
         return [s for s in orders if s.digest not in cancelled], [s for s in bids if s.digest not in cancelled]
 
-    def _clear_fundable(self, orders: list[StoredMessage], bids: list[StoredMessage]) -> tuple[Clearing, int]:
+    def _clear_fundable(
+        self, orders: list[StoredMessage], bids: list[StoredMessage]
+    ) -> tuple[Clearing, int, tuple[list[OrderLot], list[BidLot]]]:
         """Clears, then corrects for what the chain can no longer honour, and clears again.
 
         Checked with fresh (uncached) reads at one block: each matched message's remaining units
@@ -502,19 +512,19 @@ class Matcher:
         its nonce's cancellation request and its signer's binding (dropped unless bound to this
         matcher with no change pending), each buyer's available escrow against its matched cost,
         and each provider's available stake against its matched collateral (the account's newest
-        matched message is dropped). Returns the final clearing and how many messages were dropped.
+        matched message is dropped). Returns the final clearing, how many messages were dropped and
+        the lots it was cleared from.
         """
         by_digest = {s.digest: s for s in orders + bids}
         caps: dict[str, int] = {}
         dropped = 0
         while True:
-            clearing = clear(
-                [_order_lot(s, caps) for s in orders if s.digest in by_digest],
-                [_bid_lot(s, caps) for s in bids if s.digest in by_digest],
-            )
+            order_lots = [_order_lot(s, caps) for s in orders if s.digest in by_digest]
+            bid_lots = [_bid_lot(s, caps) for s in bids if s.digest in by_digest]
+            clearing = clear(order_lots, bid_lots)
             corrections = self._unfundable(clearing, by_digest)
             if not corrections:
-                return clearing, dropped
+                return clearing, dropped, (order_lots, bid_lots)
             for digest, left, reason in corrections:
                 if left > 0:
                     log.warning("capping %s to %s units: %s", digest, left, reason)
