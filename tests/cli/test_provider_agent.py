@@ -62,7 +62,7 @@ class AgentProcess:
             self.events.append(event)
             if wanted(event):
                 return event
-        raise AssertionError(f"no {what} within {timeout} s; events: {self.events[-10:]}")
+        raise AssertionError(f"{what}: none within {timeout} s; events: {self.events[-10:]}")
 
     def seen_since(self, index: int, wanted: Callable[[Event], bool], what: str) -> Event:
         """The first event after `events[index]` that `wanted` accepts, already read or still to come."""
