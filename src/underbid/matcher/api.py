@@ -133,7 +133,8 @@ class UnmatchedView(BaseModel):
     """Why the last round that left an order (partly) unmatched did so."""
 
     round: int = Field(ge=0, description="the round")
-    reason: NoMatch = Field(description="no bids; duration too long; max price too low; priced out; outbid")
+    reason: NoMatch = Field(description="no bids; duration too long; max price too low; priced out;"
+                            " too few units offered; outbid")
     detail: str = Field(description="the reason for people, with the figures that decided it")
     matched: int = Field(ge=0, description="units that round matched")
     wanted: int = Field(ge=0, description="units the order still wanted in that round")

@@ -3,8 +3,8 @@ clearing, so that the reason is the one that held for that round.
 
 Pure, like the clearing: lots and a clearing in, a reason per order out. The reasons are checked
 from the plainest to the subtlest: no bid in the market; no bid long enough; every long enough
-bid priced above the order's max; the uniform price above its max; and otherwise the bids it
-could take went to orders that gained more from them.
+bid priced above the order's max; the uniform price above its max; the order got every unit it
+could take; and otherwise those units went to orders that gained more from them.
 """
 
 from __future__ import annotations
