@@ -37,12 +37,20 @@ class AgentProcess:
             env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.events: list[Event] = []
         self._queue: queue.Queue[Event] = queue.Queue()
+        #: stderr's lines, drained as they come: a full pipe would block the agent's next write
+        self.stderr: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             self._queue.put(json.loads(line))
+
+    def _drain_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.stderr.append(line)
 
     def wait_for(self, wanted: Callable[[Event], bool], what: str, timeout: float = 60) -> Event:
         """The first event from now on that `wanted` accepts (all events are kept in `events`).
@@ -56,8 +64,9 @@ class AgentProcess:
                 event = self._queue.get(timeout=0.2)
             except queue.Empty:
                 if self.process.poll() is not None:
+                    time.sleep(0.5)  # the rest of stderr, drained by its thread
                     raise AssertionError(f"the agent exited ({self.process.returncode}) before {what}:"
-                                         f" {self.process.stderr.read() if self.process.stderr else ''}") from None
+                                         f" {''.join(self.stderr)[-3000:]}") from None
                 continue
             self.events.append(event)
             if wanted(event):
@@ -72,9 +81,17 @@ class AgentProcess:
         return self.wait_for(wanted, what)
 
     def stop(self) -> Event:
+        """Ctrl-C: the agent finishes the step it is in and prints its summary. The wait is long
+        (a pass under load can take a while); an agent that never stops fails with its stderr."""
         self.process.send_signal(signal.SIGINT)
-        self.process.wait(timeout=30)
-        return self.wait_for(lambda event: event["event"] == "stopped", "the stop summary", timeout=5)
+        try:
+            self.process.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+            stderr = "".join(self.stderr)[-3000:]
+            raise AssertionError(f"the agent did not stop within 180 s of SIGINT; stderr: {stderr}") from None
+        return self.wait_for(lambda event: event["event"] == "stopped", "the stop summary", timeout=30)
 
 
 def _kind(name: str, **fields: Any) -> Callable[[Event], bool]:
