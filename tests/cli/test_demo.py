@@ -20,6 +20,12 @@ def _check_story(out: dict) -> None:
     assert all(check["ok"] for check in out["checks"].values()), out["checks"]
     assert set(out["checks"]) == {"credits", "escrow backed", "UBT", "stake backed"}
     assert len(out["prices"]) == 2  # two markets, one uniform price each
+    # Both markets have competition: a losing bid (the cheapest left unused) set each price, below
+    # every winning buyer's max, and each price comes with that reason.
+    assert set(out["price_rules"].values()) == {"cheapest unused bid"}
+    for market, price in out["prices"].items():
+        assert out["price_reasons"][market].startswith(f"{price['value']} = the cheapest bid left unused")
+    assert {lease["provider_name"] for lease in out["leases"]} <= {"provider-1", "provider-2", "provider-4"}
     assert {base_units(lease["price"]) for lease in out["leases"]} == {base_units(p) for p in out["prices"].values()}
     # the silent provider was reported
     assert base_units(out["fault"]["slashed"]) > 0 and base_units(out["fault"]["burned"]) > 0
@@ -44,7 +50,10 @@ def test_demo_human_output(cli):
     text = result.stdout
     for needle in ("Providers bid in two markets", "uniform prices", "leases opened", "reported",
                    "closed lease", "redeemed", "balances before → after", "conservation", "credits and UBT conserved",
-                   "bound to the matcher", "skipped (closed)", "announced escrow withdrawals", "evm_increaseTime"):
+                   "bound to the matcher", "skipped (closed)", "announced escrow withdrawals", "evm_increaseTime",
+                   "why H100 us-east cleared there: 2.5 = the cheapest bid left unused",
+                   "why A100 eu-west cleared there: 1.45 = the cheapest bid left unused",
+                   "provider-1 (agent)", "provider-1's agent: bid 3 unit(s)"):
         assert needle in text, needle
     assert "VIOLATED" not in text
 

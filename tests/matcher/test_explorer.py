@@ -132,6 +132,18 @@ def test_the_explorer_page_shows_two_settled_rounds(accounts, market, settlement
             h100, a100 = by_label["H100 80GB ×8 · us-east"], by_label["A100 80GB ×8 · eu-west"]
             assert h100["rounds"] == expected_points[H100] and a100["rounds"] == expected_points[A100]
             assert h100["prices"] == [settled[r][H100] / UBC for r in expected_points[H100]]
+            # Each point, and each traded market's row, says why the round cleared at that price.
+            points = page.evaluate(
+                "() => Chart.getChart('price-chart').data.datasets.flatMap(d => d.data.map(p => [p.y, p.reason]))")
+            assert len(points) == 3, points
+            for price, reason in points:  # "2.4 = the cheapest bid left unused (…)": the point's price, then why
+                shown, why = reason.split(" = ", 1)
+                assert float(shown) == price and len(why) > 20, reason
+            shown_markets = page.inner_text("#markets")
+            traded = [m for m in httpx.get(matcher_process.url + "/explorer/api/markets").json() if m["last_price"]]
+            assert len(traded) == 2
+            for market in traded:
+                assert market["last_price_reason"].split(" = ", 1)[1] in shown_markets
 
             curves = page.evaluate(
                 "() => Object.fromEntries(Chart.getChart('book-chart').data.datasets.map(d => [d.label, d.data]))"

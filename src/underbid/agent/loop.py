@@ -310,12 +310,14 @@ class ProviderAgent:
     def _rebid(self, leases: list[LeaseView], events: list[AgentEvent]) -> None:
         now = self.status.now
         open_bids = self._open_bids(now)
-        statuses = []
-        for offer in self.config.offers:
-            market = market_id(offer.market)
-            leased = sum(v.units for v in leases if v.market == market and v.active)
-            posted = sum(bid.remaining for bid in open_bids.get(market, []))
-            statuses.append(OfferStatus(offer, leased, posted, len(open_bids.get(market, []))))
+        statuses = self._offer_statuses(leases, open_bids)
+        if any(status.unoffered > 0 for status in statuses):
+            # The tick's leases were read before the bids: a settlement mined in between moves units
+            # out of the bids (read after it) into leases (read before it), so they look unoffered and
+            # would be offered twice. Leases read after the bids can count a unit twice instead, which
+            # only delays an offer to the next pass.
+            leases = self.client.leases(provider=self.me)
+            statuses = self._offer_statuses(leases, open_bids)
         self.status.offers = statuses
         wanted = [status for status in statuses if status.unoffered > 0]
         if not wanted:
@@ -345,6 +347,16 @@ class ProviderAgent:
         if note and note != self._stake_note:
             events.append(AgentEvent(EventKind.STAKE_SHORT, note, Step.BIDS, now))
         self._stake_note = note
+
+    def _offer_statuses(self, leases: list[LeaseView], open_bids: dict[str, list[_OpenBid]]) -> list[OfferStatus]:
+        """Each offer's units: leased (running leases), posted (open bids' remaining) and the rest."""
+        statuses = []
+        for offer in self.config.offers:
+            market = market_id(offer.market)
+            leased = sum(v.units for v in leases if v.market == market and v.active)
+            posted = sum(bid.remaining for bid in open_bids.get(market, []))
+            statuses.append(OfferStatus(offer, leased, posted, len(open_bids.get(market, []))))
+        return statuses
 
     def _post(self, offer: Offer, units: int, now: int) -> str:
         bid = Bid(provider=self.me, matcher=self.matcher_address, market=market_id(offer.market), capacity=units,

@@ -118,8 +118,10 @@ def message_rows(env: Env, kind: str, *, only_open: bool) -> list[dict[str, Any]
                 reachable = False
         nonce = client.nonce_state(client.address, entry.nonce)
         total = message.units if kind == "order" else message.capacity
-        remaining = client.settlement.functions.remainingOf(
-            bytes.fromhex(entry.digest[2:]), client.address, entry.nonce, total).call()
+        digest = bytes.fromhex(entry.digest[2:])
+        remaining = client.settlement.functions.remainingOf(digest, client.address, entry.nonce, total).call()
+        # A void nonce leaves nothing to fill, but what did fill is in the message's fill record.
+        filled = int(client.settlement.functions.fills(digest).call()[0]) if nonce == "cancelled" else total - remaining
         if nonce == "cancelled":
             status = "cancelled"
         elif nonce == "cancelling" and remaining:
@@ -136,13 +138,15 @@ def message_rows(env: Env, kind: str, *, only_open: bool) -> list[dict[str, Any]
             continue
         rows.append({
             "digest": entry.digest, "nonce": entry.nonce, "market": message.market, "spec": entry.spec,
-            "units": total, "filled": total - remaining, "status": status,
+            "units": total, "filled": filled, "status": status,
             "price": message.max_price if kind == "order" else message.price,
             "duration": message.duration if kind == "order" else message.max_duration,
             "deadline": message.deadline, "expires_in": message.deadline - now,
             "matcher_status": stored.get("status") if stored else None,
             "matcher_reason": stored.get("reason") if stored else None,
             "receipt": stored.get("receipt") if stored else None,
+            # why the last round left it (partly) unmatched; only while it can still be matched
+            "unmatched": stored.get("unmatched") if stored and status in ("open", "partly filled") else None,
         })
     if not reachable and not env.json:
         click.echo(f"note: the matcher at {matcher.url} is unreachable; showing chain state only", err=True)
@@ -163,6 +167,10 @@ def render_rows(env: Env, kind: str, rows: list[dict[str, Any]]) -> None:
                           str(r["units"]), str(r["filled"]),
                           ubc(r["price"]), hours(r["duration"]), r["status"])
         console.print(table)
+        # Why no match, one line per order, below the table (it would not fit 80 columns in one).
+        for r in rows:
+            if r.get("unmatched"):
+                console.print(f"{short(r['digest'], 6)} {r['unmatched']['line']}")
 
     env.emit(rows, render)
 
@@ -196,6 +204,16 @@ def cancel(env: Env, kind: str, prefix: str | None, nonce: int | None) -> None:
         result = client.cancel_nonce(nonce)
     result["digest"] = digest
     result["ready_in"] = max(result["ready_at"] - client.block_time(), 0)
+    if result["step"] == "requested" and digest is not None:
+        # The matcher would see the request at its next round close; told now, it drops the
+        # message at once (no longer open in `market list`).
+        from underbid.client.session import MatcherError
+
+        try:
+            env.matcher().recheck(kind, digest)
+        except MatcherError as exc:
+            if not env.json:
+                click.echo(f"note: the matcher was not told ({exc}); it drops the {kind} at its next round", err=True)
 
     def render(console):
         what = f"{kind} {short(digest)}" if digest else f"nonce {nonce}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -67,8 +68,10 @@ def _accounts_table() -> Table:
 
 
 @devnet.command("up")
-@click.option("--port", type=click.IntRange(1, 65535), default=8545, show_default=True, help="anvil's port.")
-@click.option("--matcher-port", type=click.IntRange(1, 65535), default=8700, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8545, show_default=True, envvar="UNDERBID_DEVNET_PORT",
+              show_envvar=True, help="anvil's port.")
+@click.option("--matcher-port", type=click.IntRange(1, 65535), default=8700, show_default=True,
+              envvar="UNDERBID_MATCHER_PORT", show_envvar=True, help="The matcher's (and the explorer's) port.")
 @click.option("--round-seconds", type=click.FloatRange(min=0), default=0, show_default=True,
               help="Close matcher rounds on this timer; 0: only on demand (`underbid matcher close-round`).")
 @DIR
@@ -197,7 +200,7 @@ def demo(env: Env, minutes: int, admin_token: str | None, keep: bool, directory:
         env._devnet = DevnetState.load(dn.state_path(directory))
     if env.rpc_option is None and env.devnet is None:
         with env.progress("no devnet is up: starting one") as update:
-            env._devnet = started = dn.up(directory=directory, progress=update)
+            env._devnet = started = dn.up(directory=directory, progress=update, **_ports_from_env())
         started_here = True
         if not env.json:
             console.print(f"started a devnet at {started.rpc} (matcher {started.matcher_url})")
@@ -211,6 +214,7 @@ def demo(env: Env, minutes: int, admin_token: str | None, keep: bool, directory:
         if started_here and not keep:
             dn.down(directory)
     data = {"seconds": round(result.seconds, 1), "round": result.round_id, "prices": result.prices,
+            "price_rules": result.price_rules, "price_reasons": result.price_reasons,
             "leases": result.leases, "fault": result.fault, "claims": result.claims, "early_close": result.early_close,
             "skipped_heartbeats": result.skipped_heartbeats,
             "redemptions": result.redemptions, "balances": result.balances, "checks": result.checks,
@@ -221,6 +225,19 @@ def demo(env: Env, minutes: int, admin_token: str | None, keep: bool, directory:
               for side in ("left_value", "right_value")}
     env.emit(data, lambda c: c.print(
         f"\n[bold green]demo complete in {result.seconds:.0f} s: credits and UBT conserved[/]"), amounts=checks)
+
+
+def _ports_from_env() -> dict[str, int]:
+    """The ports `devnet up` would take from $UNDERBID_DEVNET_PORT / $UNDERBID_MATCHER_PORT, for the
+    devnet `demo` starts itself; a value that is not a port is one clear line."""
+    ports = {}
+    for name, key in (("UNDERBID_DEVNET_PORT", "port"), ("UNDERBID_MATCHER_PORT", "matcher_port")):
+        text = os.environ.get(name)
+        if text:
+            if not text.isdigit() or not 1 <= int(text) <= 65535:
+                raise click.BadParameter(f"{text!r} is not a port (1-65535)", param_hint=f"${name}")
+            ports[key] = int(text)
+    return ports
 
 
 COMMANDS = [devnet, demo]

@@ -72,6 +72,11 @@ def market_list(env: Env) -> None:
                           str(r.get("open_orders") or 0), str(r.get("open_bids") or 0), price,
                           str(r.get("last_round") or "-"))
         console.print(table)
+        # Why each last price: a sentence each, below the table (a column would not fit 80 columns).
+        for r in rows:
+            if r.get("last_price_reason"):
+                label = market_label(r["spec"]) if r.get("spec") else short(r["market"], 6)
+                console.print(f"{label}, round {r['last_round']}: {r['last_price_reason']}")
 
     env.emit([{**r, "label": market_label(r["spec"]) if r.get("spec") else None} for r in rows], render)
 

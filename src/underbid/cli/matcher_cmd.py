@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -80,9 +81,7 @@ def matcher_close_round(env: Env, admin_token: str | None) -> None:
         rows = [("round", report.get("round_id")), ("state", report.get("state")), ("orders", report.get("orders")),
                 ("bids", report.get("bids")), ("matches", report.get("matches")), ("dropped", report.get("dropped")),
                 ("gas used", report.get("gas_used"))]
-        from underbid.protocol.units import format_credits
-
-        rows += [(f"price {m[:10]}…", f"{format_credits(int(p))} UBC/unit-hour") for m, p in prices.items()]
+        rows += _price_rows(env, prices, report.get("price_rules") or {})
         console.print(kv_table("round closed" if report.get("matches") else "nothing to match: round stays open", rows))
 
     env.emit(report, render)
@@ -96,20 +95,33 @@ def matcher_round(env: Env, round_id: int) -> None:
     data = env.matcher().round(round_id)
 
     def render(console):
-        from underbid.protocol.units import format_credits
-
         clearing = data.get("clearing") or {}
         rows = [("round", data["id"]), ("state", data["state"])]
-        rows += [
-            (f"price {m[:10]}…", f"{format_credits(int(p))} UBC/unit-hour")
-            for m, p in clearing.get("prices", {}).items()
-        ]
+        rows += _price_rows(env, clearing.get("prices", {}), clearing.get("price_rules", {}))
         rows.append(("matches", len(clearing.get("matches", []))))
         for b in data.get("batches", []):
             rows.append((f"batch {b['batch']}", f"{b['state']} tx {b['tx_hash']} gas {b['gas_used']}"))
         console.print(kv_table(None, rows))
 
     env.emit(data, render)
+
+
+def _price_rows(env: Env, prices: dict[str, Any], rules: dict[str, str]) -> list[tuple[str, str]]:
+    """One row per market: its short label, and its price (UBC per unit-hour) with the reason."""
+    from underbid.protocol.catalogue import market_label
+    from underbid.protocol.pricing import explain_price
+
+    specs: dict[str, str | None] = {}
+    if prices:
+        try:
+            specs = {row["market"]: row.get("spec") for row in env.matcher().markets()}
+        except Exception:  # noqa: BLE001 - the labels are decoration: fall back to the market id
+            specs = {}
+    def label(market: str) -> str:
+        spec = specs.get(market)
+        return market_label(spec) if spec else f"{market[:10]}…"
+
+    return [(f"price, {label(m)}", explain_price(int(p), rules.get(m))) for m, p in prices.items()]
 
 
 # ----- the matcher's bond -----

@@ -32,7 +32,7 @@ from underbid.protocol.units import format_credits
 
 @click.group()
 def provider() -> None:
-    """Providers: register, stake UBT as collateral, unbond and withdraw it."""
+    """Providers: register, stake UBT as collateral, run the provider agent, unbond and withdraw."""
 
 
 def _stake_rows(client, info) -> list[tuple[str, str]]:

@@ -1067,6 +1067,11 @@ class MatcherClient:
     def markets(self) -> list[dict[str, Any]]:
         return self._request("GET", "/markets", "the market list")
 
+    def recheck(self, kind: str, digest: str) -> dict[str, Any] | None:
+        """Asks the matcher to re-read the message's nonce now (it drops a message whose
+        cancellation was requested); the message as stored after, or None if it has none."""
+        return self._request("POST", f"/{kind}s/{digest}/recheck", f"the {kind} recheck", missing_ok=True)
+
     def round(self, round_id: int) -> dict[str, Any]:
         return self._request("GET", f"/rounds/{round_id}", f"round {round_id}")
 

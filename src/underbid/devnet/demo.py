@@ -1,12 +1,14 @@
 """`underbid demo`: a whole market on a devnet, narrated.
 
-Five providers bind to the matcher, stake and bid in two markets at different prices, three buyers
-mint credits, bind, deposit and order, a round clears at one uniform price per market, time advances
-while providers heartbeat, providers claim, one provider misses heartbeats and is reported and
-slashed, a buyer closes early and is refunded (the providers' next heartbeats skip the closed
-leases), and credits are withdrawn from escrow through the notice period and redeemed. It ends with
-every balance before and after and checks that credits and UBT are conserved; a violation raises
-`ConservationError`.
+Five providers bind to the matcher and stake; four run the provider agent (`underbid provider
+run`'s loop), which bids their capacity and heartbeats their leases, and one bids by hand and goes
+silent. Each market has more capacity offered than bought, so a losing bid sets its price. Three
+buyers mint credits, bind, deposit and order, a round clears at one uniform price per market (each
+explained by the rule that set it), time advances while the agents heartbeat, providers claim,
+the silent provider is reported and slashed, a buyer closes early and is refunded (the providers'
+next heartbeats skip the closed leases), and credits are withdrawn from escrow through the notice
+period and redeemed. It ends with every balance before and after and checks that credits and UBT
+are conserved; a violation raises `ConservationError`.
 
 The demo drives the same library the CLI commands use (`underbid.client.session`).
 """
@@ -14,10 +16,12 @@ The demo drives the same library the CLI commands use (`underbid.client.session`
 from __future__ import annotations
 
 import secrets
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -32,10 +36,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from underbid.client.session import Client, MatcherClient, UnderbidError
+from underbid.agent.config import AgentConfig, Offer
+from underbid.agent.loop import AgentEvent, EventKind, ProviderAgent
+from underbid.client.session import Client, Journal, MatcherClient, UnderbidError
 from underbid.devnet.node import BUYERS, DEPLOYER, PROVIDERS, REPORTER, advance, dev_account, repost_oracle_price
 from underbid.protocol.eip712 import Bid, Order
 from underbid.protocol.markets import canonical_spec, market_id
+from underbid.protocol.pricing import explain_price
 from underbid.protocol.units import format_credits
 
 UBT = 10**18
@@ -73,13 +80,18 @@ class BuyerPlan:
     closes_early: bool = False
 
 
+# Both markets have a bid left unused that the buyers could have taken: its price is the market's
+# (the cheapest bid left unused), below every winning buyer's max, so no buyer pays its max.
 PROVIDER_PLANS = (
     ProviderPlan("provider-1", PROVIDERS[0], H100, 3, "2.10", 4),
     ProviderPlan("provider-2", PROVIDERS[1], H100, 2, "2.35", 3, misses_heartbeats=True),
-    ProviderPlan("provider-3", PROVIDERS[2], H100, 4, "2.90", 4),
-    ProviderPlan("provider-4", PROVIDERS[3], A100, 2, "1.20", 3),
+    ProviderPlan("provider-3", PROVIDERS[2], H100, 4, "2.50", 4),
+    ProviderPlan("provider-4", PROVIDERS[3], A100, 3, "1.20", 3),
     ProviderPlan("provider-5", PROVIDERS[4], A100, 3, "1.45", 3),
 )
+#: the agents bid for hours at a time and leave claims to the demo's own stage (which narrates them)
+AGENT_BID_VALID = 2 * 3600
+AGENT_CLAIM_EVERY = 365 * 86400
 BUYER_PLANS = (
     BuyerPlan("buyer-1", BUYERS[0], H100, 3, 8, "2.60", 50, 80),
     BuyerPlan("buyer-2", BUYERS[1], H100, 2, 4, "3.00", 30, 40),
@@ -88,7 +100,7 @@ BUYER_PLANS = (
 STAGES = (
     "Set the stage: fund the actors, post a fresh oracle price",
     "Providers bind to the matcher, register and stake UBT",
-    "Providers bid in two markets",
+    "Providers bid in two markets (four through the provider agent)",
     "Buyers burn UBT for credits, bind, deposit and order",
     "The matcher closes the round",
     "Time passes; providers heartbeat",
@@ -127,6 +139,9 @@ class Snapshot:
 class DemoResult:
     seconds: float = 0.0
     prices: dict[str, int] = field(default_factory=dict)
+    #: market -> the rule that set its price, and the price with its reason for people
+    price_rules: dict[str, str] = field(default_factory=dict)
+    price_reasons: dict[str, str] = field(default_factory=dict)
     round_id: int | None = None
     leases: list[dict[str, Any]] = field(default_factory=list)
     fault: dict[str, Any] | None = None
@@ -158,6 +173,9 @@ class Demo:
         for b in BUYER_PLANS:
             self.actors[b.name] = self.base.with_account(dev_account(b.index))
         self.actors["reporter"] = self.base.with_account(dev_account(REPORTER))
+        #: provider name -> its agent (the honest providers), made once the matcher's address is known
+        self.agents: dict[str, ProviderAgent] = {}
+        self._journal_dir = tempfile.TemporaryDirectory(prefix="underbid-demo-")
         self._progress: Progress | None = None
         self._task: TaskID | None = None
 
@@ -191,7 +209,8 @@ class Demo:
                  self.stage_balances)
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
                    TimeElapsedColumn())
-        with Progress(*columns, console=self.console, transient=True, disable=self.quiet) as progress:
+        with self._journal_dir, Progress(*columns, console=self.console, transient=True,
+                                         disable=self.quiet) as progress:
             self._progress = progress
             self._task = task = progress.add_task("demo", total=len(steps))
             self._stage_task = progress.add_task("", total=None)
@@ -240,11 +259,35 @@ class Demo:
             actor.stake(amount)
             self.say(f"{p.name} {bound}registered and staked {_ubt(amount, 0)} UBT (covers {p.stake_units} units)")
 
+    def _tick(self, name: str) -> list[AgentEvent]:
+        """One pass of provider `name`'s agent; its events are narrated, an error stops the demo."""
+        events = self.agents[name].tick()
+        for event in events:
+            if event.kind is EventKind.ERROR:
+                raise UnderbidError(f"{name}'s agent: {event.text}")
+            if event.kind in (EventKind.BID, EventKind.SKIPPED, EventKind.LEASE_ENDED, EventKind.STAKE_SHORT):
+                self.say(f"{name}'s agent: {event.text}")
+        return events
+
     def stage_bid(self) -> None:
         table = Table("provider", "market", "capacity", "price (UBC/unit-hour)", "digest", title="sealed bids")
         self.bids: dict[str, str] = {}
+        journal = Journal(Path(self._journal_dir.name) / "messages.jsonl")
         for p in PROVIDER_PLANS:
             actor = self.actors[p.name]
+            if not p.misses_heartbeats:
+                # The agent offers the provider's capacity itself (its first pass posts the bid).
+                # As a config file states it: the price in credits, as a string.
+                offer = Offer.model_validate({"market": p.market, "capacity": p.capacity, "price": p.price,
+                                              "valid": AGENT_BID_VALID})
+                config = AgentConfig(offer=(offer,), claim_every=AGENT_CLAIM_EVERY)
+                self.agents[p.name] = ProviderAgent(actor, self.matcher, journal, config, self.matcher_address)
+                [posted] = [e for e in self._tick(p.name) if e.kind is EventKind.BID]
+                digest = str(posted.data["digest"])
+                self.bids[digest] = p.name
+                table.add_row(f"{p.name} (agent)", MARKET_NAMES[market_id(p.market)], str(p.capacity), p.price,
+                              digest[:12] + "…")
+                continue
             bid = Bid(
                 provider=actor.address,
                 matcher=self.matcher_address,
@@ -291,10 +334,15 @@ class Demo:
             raise UnderbidError(f"the round cleared no matches: {report}")
         self.result.round_id = report["round_id"]
         self.result.prices = {m: int(p) for m, p in (report.get("prices") or {}).items()}
+        self.result.price_rules = dict(report.get("price_rules") or {})
+        self.result.price_reasons = {m: explain_price(p, self.result.price_rules.get(m))
+                                     for m, p in self.result.prices.items()}
         prices = ", ".join(f"{MARKET_NAMES.get(m, m[:10])} at [bold]{format_credits(p)} UBC[/]/unit-hour"
                            for m, p in self.result.prices.items())
         self.say(f"round {report['round_id']}: {report['matches']} matches, gas {report['gas_used']:,};"
                  f" uniform prices: {prices}")
+        for market, reason in self.result.price_reasons.items():
+            self.say(f"  why {MARKET_NAMES.get(market, market[:10])} cleared there: {reason}")
         for market, price in self.result.prices.items():
             on_chain = self.base.settlement.functions.clearingPrice(
                 self.matcher_address, report["round_id"], bytes.fromhex(market[2:])).call()
@@ -329,15 +377,16 @@ class Demo:
         for i in range(steps):
             advance(self.base, step, repost_price=False)
             for name, ids in by_provider.items():
-                if name in faulty and i >= 1:
-                    continue  # this provider's machine went dark after its first heartbeat
-                self.actors[name].heartbeat(ids)
+                if name in self.agents:
+                    self._tick(name)  # the agent heartbeats every running lease once half the interval passed
+                elif i < 1:  # the silent provider's machine went dark after its first heartbeat
+                    self.actors[name].heartbeat(ids)
             if progress is not None and clock is not None:
                 progress.update(clock, completed=i + 1, description=f"  chain time +{(i + 1) * step // 60} min")
         if progress is not None and clock is not None:
             progress.remove_task(clock)
         self.say(f"{steps * step // 60} minutes of chain time passed in {steps} steps of {step} s;"
-                 f" {', '.join(sorted(set(by_provider) - faulty))} heartbeat every step,"
+                 f" the agents of {', '.join(sorted(set(by_provider) - faulty))} heartbeat every step,"
                  f" {', '.join(sorted(faulty & set(by_provider))) or 'nobody'} went silent")
         self.show(self._live_leases("leases now"))
 
@@ -386,13 +435,8 @@ class Demo:
         # One more heartbeat interval passes, so the early close pays the provider what accrued since its claim.
         interval = self.base.params()["heartbeatInterval"]
         advance(self.base, max(interval - 5, 1), repost_price=False)
-        for p in PROVIDER_PLANS:
-            if p.misses_heartbeats:
-                continue
-            actor = self.actors[p.name]
-            running = [v.id for v in actor.leases(provider=actor.address, include_closed=False) if v.active]
-            if running:
-                actor.heartbeat(running)
+        for name in self.agents:
+            self._tick(name)
         for b in BUYER_PLANS:
             if not b.closes_early:
                 continue

@@ -44,6 +44,7 @@ from underbid.protocol.eip712 import (
     Uint64,
     checksum,
 )
+from underbid.protocol.pricing import NoMatch, PriceRule, explain_price, known_rule
 
 log = logging.getLogger("underbid.matcher.api")
 
@@ -128,6 +129,18 @@ class BatchAcknowledgement(BaseModel):
     accepted: list[Acknowledgement]
 
 
+class UnmatchedView(BaseModel):
+    """Why the last round that left an order (partly) unmatched did so."""
+
+    round: int = Field(ge=0, description="the round")
+    reason: NoMatch = Field(description="no bids; duration too long; max price too low; priced out;"
+                            " too few units offered; outbid")
+    detail: str = Field(description="the reason for people, with the figures that decided it")
+    matched: int = Field(ge=0, description="units that round matched")
+    wanted: int = Field(ge=0, description="units the order still wanted in that round")
+    line: str = Field(description="one line for people: the units, the round and the reason")
+
+
 class MessageView(BaseModel):
     """A stored order or bid, as any machine can look it up."""
 
@@ -140,6 +153,9 @@ class MessageView(BaseModel):
     status: str = Field(description="open, filled or dropped")
     reason: str | None = Field(description="why the message was dropped")
     receipt: SignedReceipt | None = Field(description="a bid's receipt; null for orders")
+    unmatched: UnmatchedView | None = Field(
+        default=None, description="an order's last 'why no match': null for bids, for orders no round has passed"
+        " over yet, and for orders the last round served in full")
 
 
 class MarketView(BaseModel):
@@ -149,6 +165,8 @@ class MarketView(BaseModel):
     open_bids: int | None
     last_round: int | None
     last_price: int | None
+    last_price_rule: PriceRule | None = Field(default=None, description="what set the last price")
+    last_price_reason: str | None = Field(default=None, description="the last price with its reason, for people")
 
 
 class BatchView(BaseModel):
@@ -173,6 +191,9 @@ class RoundReportView(BaseModel):
     dropped: int = 0
     prices: dict[str, int] | None = None
     gas_used: int | None = 0
+    price_rules: dict[str, PriceRule] | None = Field(default=None, description="market -> what set its price")
+    price_reasons: dict[str, str] | None = Field(
+        default=None, description='market -> its price with the reason, e.g. "2.1 = the cheapest bid left unused …"')
 
 
 class CloseStatus(BaseModel):
@@ -263,6 +284,8 @@ def _message_view(stored: StoredMessage) -> dict[str, Any]:
         "status": stored.status,
         "reason": stored.reason,
         "receipt": stored.receipt,
+        "unmatched": None if stored.unmatched is None else {**dataclasses.asdict(stored.unmatched),
+                                                            "line": stored.unmatched.line()},
     }
 
 
@@ -545,6 +568,23 @@ def create_app(matcher: Matcher, admin_token: str | None = None, max_body_bytes:
     def get_bid(digest: Digest) -> Any:
         return _get(MessageKind.BID, digest)
 
+    def _recheck(kind: MessageKind, digest: str) -> Any:
+        stored = matcher.recheck_cancel(kind, digest.lower())
+        if stored is None:
+            return _error(404, "digest", f"no {kind.value} with digest {digest}")
+        return _message_view(stored)
+
+    @app.post("/orders/{digest}/recheck", response_model=MessageView, responses=_errors(404, 422, *_COMMON))
+    def recheck_order(digest: Digest) -> Any:
+        """Re-reads the order's nonce on chain now: if its signer requested the cancellation, the
+        order is dropped at once (else at the next round close). Anyone may ask: it only reads."""
+        return _recheck(MessageKind.ORDER, digest)
+
+    @app.post("/bids/{digest}/recheck", response_model=MessageView, responses=_errors(404, 422, *_COMMON))
+    def recheck_bid(digest: Digest) -> Any:
+        """Re-reads the bid's nonce on chain now: a bid whose cancellation was requested is dropped at once."""
+        return _recheck(MessageKind.BID, digest)
+
     @app.get("/markets", response_model=list[MarketView], responses=_errors(*_COMMON))
     def get_markets() -> Any:
         """Markets with open orders or bids, and each market's last clearing price."""
@@ -553,7 +593,9 @@ def create_app(matcher: Matcher, admin_token: str | None = None, max_body_bytes:
         rows = matcher.store.market_summary(now)
         for row in rows:
             last = prices.get(row["market"])
-            row["last_round"], row["last_price"] = (last if last else (None, None))
+            row["last_round"], row["last_price"] = (last.round, last.price) if last else (None, None)
+            row["last_price_rule"] = known_rule(last.rule) if last else None
+            row["last_price_reason"] = explain_price(last.price, last.rule) if last else None
         return rows
 
     @app.get("/rounds/{round_id}", response_model=RoundView, responses=_errors(404, 422, *_COMMON))

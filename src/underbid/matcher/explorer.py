@@ -35,6 +35,7 @@ from underbid.matcher.rounds import Matcher
 from underbid.matcher.store import BatchState, MessageKind, RoundState, StoredMessage, StoredRound
 from underbid.protocol import catalogue
 from underbid.protocol.eip712 import BYTES32_PATTERN
+from underbid.protocol.pricing import PriceRule, explain_price, known_rule
 from underbid.protocol.units import format_credits, format_ubt
 
 STATIC = Path(__file__).parent / "static"
@@ -100,12 +101,16 @@ class ExplorerMarket(BaseModel):
     rounds_traded: int = Field(description="confirmed rounds with a clearing price in this market")
     last_round: int | None
     last_price: str | None = Field(description="last clearing price, UBC per unit-hour (decimal string)")
+    last_price_reason: str | None = Field(default=None, description="the last price with the reason for it")
 
 
 class PricePoint(BaseModel):
     round: int
     price: str = Field(description="clearing price, UBC per unit-hour (decimal string)")
     cleared_at: float | None = Field(description="unix time the round was cleared")
+    rule: PriceRule | None = Field(default=None, description="what set the price (null: a round recorded before"
+                                   " rules were)")
+    reason: str = Field(default="", description='the price with its reason: "2.1 = the cheapest bid left unused …"')
 
 
 class PriceHistory(BaseModel):
@@ -225,9 +230,12 @@ class Explorer:
             counts[row["market"]] = (int(row["open_orders"] or 0), int(row["open_bids"] or 0))
         points: dict[str, list[PricePoint]] = defaultdict(list)
         for stored in sorted(rounds.values(), key=lambda r: r.id):
+            rules = (stored.clearing or {}).get("price_rules", {})
             for market, price in (stored.clearing or {}).get("prices", {}).items():
+                rule = known_rule(rules.get(market))
                 points[market].append(PricePoint(round=stored.id, price=format_credits(int(price)),
-                                                 cleared_at=stored.cleared_at))
+                                                 cleared_at=stored.cleared_at, rule=rule,
+                                                 reason=explain_price(int(price), rule)))
         history = {
             market: PriceHistory(market=market, label=market_label(specs.get(market), market), points=series)
             for market, series in points.items()
@@ -242,6 +250,7 @@ class Explorer:
                 rounds_traded=len(points.get(market, [])),
                 last_round=points[market][-1].round if points.get(market) else None,
                 last_price=points[market][-1].price if points.get(market) else None,
+                last_price_reason=points[market][-1].reason if points.get(market) else None,
             )
             for market in sorted(set(specs) | set(points))
         ]

@@ -22,6 +22,7 @@ from underbid.chain.retry import retry_rpc
 from underbid.chain.view import ChainView, to_binding
 from underbid.matcher import failpoints
 from underbid.matcher.clearing import BidLot, Clearing, OrderLot, clear
+from underbid.matcher.explain import NO_BIDS_DETAIL, unmatched_orders
 from underbid.matcher.store import (
     BatchState,
     DuplicateMessage,
@@ -36,6 +37,7 @@ from underbid.matcher.submission import Landed, Refused, StillPending, Submitter
 from underbid.matcher.validation import Accepted, Rejection, Rejections, Submission, Validator, order_cost
 from underbid.protocol.eip712 import Receipt, sign_digest
 from underbid.protocol.markets import canonical_spec
+from underbid.protocol.pricing import explain_price
 
 log = logging.getLogger("underbid.matcher.rounds")
 
@@ -53,6 +55,10 @@ class RoundReport:
     prices: dict[str, int] | None = None
     gas_used: int = 0
     seconds: dict[str, float] | None = None
+    #: market -> what set its price (`underbid.protocol.pricing.PriceRule` values)
+    price_rules: dict[str, str] | None = None
+    #: market -> the price with its reason, for people (`PriceRule.explain`)
+    price_reasons: dict[str, str] | None = None
 
 
 #: A round close re-checks the cancel requests of the messages in markets with one side open only
@@ -279,6 +285,11 @@ class Matcher:
                 self.store.open_messages(MessageKind.ORDER, horizon, round_upto=round_id, markets=idle),
                 self.store.open_messages(MessageKind.BID, horizon, round_upto=round_id, markets=idle),
             )
+            # The orders of markets without a bid are not cleared: tell them why here (within the
+            # same bound, so a round over many idle messages does not rewrite them all each time).
+            without_bids = sorted(order_markets - bid_markets)
+            if without_bids:
+                self.store.note_no_bids(round_id, horizon, without_bids, NO_BIDS_DETAIL)
         if not tradable:
             return [], []
         return (
@@ -328,12 +339,17 @@ class Matcher:
         # Each pass drops a message, or follows a first batch that never landed; a few spare
         # passes bound the latter, after which the round waits for the next close.
         for _ in range(len(orders) + len(bids) + 3):
-            clearing, dropped = self._clear_fundable(orders, bids)
+            clearing, dropped, lots = self._clear_fundable(orders, bids)
             dropped_total += dropped
             live = self.store.stored_digests([s.digest for s in orders + bids], only_open=True)
             orders = [s for s in orders if s.digest in live]
             bids = [s for s in bids if s.digest in live]
             t_clear = time.perf_counter()
+            # Every order left (partly) unmatched is told why, as of this clearing (a later pass
+            # of the same round, or a later round, says it again); one served in full forgets it.
+            order_lots, bid_lots = lots
+            notes = unmatched_orders(order_lots, bid_lots, clearing, round_id)
+            self.store.note_unmatched(notes, served=[lot.key for lot in order_lots if lot.key not in notes])
             if not clearing.matches:
                 return RoundReport(round_id, RoundState.OPEN.value, len(orders), len(bids), dropped=dropped_total)
 
@@ -347,6 +363,7 @@ class Matcher:
             block_gas_limit = retry_rpc(lambda: self.chain.w3.eth.get_block("latest")["gasLimit"])
             record = {
                 "prices": {k: str(v) for k, v in prices.items()},
+                "price_rules": {k: rule.value for k, rule in clearing.price_rules.items()},
                 "matches": [m.__dict__ for m in matches],
                 "priced_out_orders": [d for mc in clearing.markets for d in mc.dropped_orders],
             }
@@ -385,6 +402,7 @@ class Matcher:
         if advance.progress is not Progress.CONFIRMED:
             log.warning("round %s is %s: %s", round_id, stored.state.value, advance.reason)
         prices = {k: int(v) for k, v in (stored.clearing or {}).get("prices", {}).items()}
+        rules = {k: str(v) for k, v in (stored.clearing or {}).get("price_rules", {}).items()}
         return RoundReport(
             round_id=round_id,
             state=stored.state.value,
@@ -394,6 +412,8 @@ class Matcher:
             dropped=dropped,
             prices=prices,
             gas_used=sum(b.gas_used or 0 for b in mined),
+            price_rules=rules,
+            price_reasons={market: explain_price(price, rules.get(market)) for market, price in prices.items()},
         )
 
     def _advance(self, round_id: int, timeout: float) -> Advance:
@@ -493,7 +513,9 @@ class Matcher:
             self.store.drop(digest, "its signer requested the cancellation of its nonce")
         return [s for s in orders if s.digest not in cancelled], [s for s in bids if s.digest not in cancelled]
 
-    def _clear_fundable(self, orders: list[StoredMessage], bids: list[StoredMessage]) -> tuple[Clearing, int]:
+    def _clear_fundable(
+        self, orders: list[StoredMessage], bids: list[StoredMessage]
+    ) -> tuple[Clearing, int, tuple[list[OrderLot], list[BidLot]]]:
         """Clears, then corrects for what the chain can no longer honour, and clears again.
 
         Checked with fresh (uncached) reads at one block: each matched message's remaining units
@@ -502,19 +524,19 @@ class Matcher:
         its nonce's cancellation request and its signer's binding (dropped unless bound to this
         matcher with no change pending), each buyer's available escrow against its matched cost,
         and each provider's available stake against its matched collateral (the account's newest
-        matched message is dropped). Returns the final clearing and how many messages were dropped.
+        matched message is dropped). Returns the final clearing, how many messages were dropped and
+        the lots it was cleared from.
         """
         by_digest = {s.digest: s for s in orders + bids}
         caps: dict[str, int] = {}
         dropped = 0
         while True:
-            clearing = clear(
-                [_order_lot(s, caps) for s in orders if s.digest in by_digest],
-                [_bid_lot(s, caps) for s in bids if s.digest in by_digest],
-            )
+            order_lots = [_order_lot(s, caps) for s in orders if s.digest in by_digest]
+            bid_lots = [_bid_lot(s, caps) for s in bids if s.digest in by_digest]
+            clearing = clear(order_lots, bid_lots)
             corrections = self._unfundable(clearing, by_digest)
             if not corrections:
-                return clearing, dropped
+                return clearing, dropped, (order_lots, bid_lots)
             for digest, left, reason in corrections:
                 if left > 0:
                     log.warning("capping %s to %s units: %s", digest, left, reason)
@@ -589,6 +611,20 @@ class Matcher:
 
     def round(self, round_id: int) -> StoredRound | None:
         return self.store.get_round(round_id)
+
+    def recheck_cancel(self, kind: MessageKind, digest: str) -> StoredMessage | None:
+        """The stored message after re-reading its nonce on chain: an open message whose signer
+        requested the cancellation is dropped now, instead of at the next round close (so it stops
+        counting as open at once). One fresh read, no retry: an unreachable node raises."""
+        stored = self.store.get_message(digest, kind)
+        if stored is None or stored.status != "open":
+            return stored
+        requested, _ = self.chain.read_fresh([("cancel", stored.message.signer, stored.message.nonce)])
+        if requested[0]:
+            log.info("dropping %s: its signer asked the matcher to see its cancellation request", digest)
+            self.store.drop(digest, "its signer requested the cancellation of its nonce")
+            return self.store.get_message(digest, kind)
+        return stored
 
 
 def _order_lot(s: StoredMessage, caps: dict[str, int]) -> OrderLot:

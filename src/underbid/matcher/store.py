@@ -25,6 +25,7 @@ from typing import Any
 from pydantic_core import to_json
 
 from underbid.protocol.eip712 import Bid, Order, SignedMessage
+from underbid.protocol.pricing import NoMatch, Unmatched
 
 _INT64_MAX = 2**63 - 1
 # Bound variables per statement; SQLite's default limit is 32,766 since 3.32, 999 before.
@@ -46,7 +47,12 @@ CREATE TABLE IF NOT EXISTS messages (
     signature   BLOB NOT NULL,
     receipt     TEXT,
     received_at REAL NOT NULL,
-    intake_round INTEGER
+    intake_round INTEGER,
+    unmatched_round  INTEGER,
+    unmatched_reason TEXT,
+    unmatched_detail TEXT,
+    unmatched_matched INTEGER,
+    unmatched_wanted INTEGER
 );
 -- The round snapshot reads every open message of a kind; keyed without the market, new messages
 -- append to one place in this index instead of landing in one of 100 market groups.
@@ -184,6 +190,9 @@ class StoredMessage:
     reason: str | None
     receipt: dict[str, Any] | None
     received_at: float
+    #: an order's outcome in the last round that left it (partly) unmatched; None for bids, and
+    #: for orders no round has passed over (or that the last round served in full)
+    unmatched: Unmatched | None = None
 
     @property
     def order(self) -> Order:
@@ -287,6 +296,10 @@ class Store:
             self._db.execute("ALTER TABLE messages ADD COLUMN nonce TEXT")
         if "intake_round" not in columns:  # older rows keep NULL: they belong to every round
             self._db.execute("ALTER TABLE messages ADD COLUMN intake_round INTEGER")
+        # Why no match: older rows keep NULL (not told yet); the next round that passes over them tells.
+        for column, kind in _UNMATCHED_COLUMNS:
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE messages ADD COLUMN {column} {kind}")
         rows = self._db.execute("SELECT digest, body FROM messages WHERE nonce IS NULL").fetchall()
         if rows:
             self._db.executemany(
@@ -596,6 +609,36 @@ class Store:
             self._reserved.clear()
             self._reserved_generation += 1
 
+    def note_unmatched(self, notes: dict[str, Unmatched], served: Sequence[str] = ()) -> None:
+        """Records why each order in `notes` (by digest) was left with units unmatched, and clears
+        the note of the orders in `served` (a later round served them in full): one transaction."""
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE messages SET unmatched_round = ?, unmatched_reason = ?, unmatched_detail = ?,"
+                " unmatched_matched = ?, unmatched_wanted = ? WHERE digest = ? AND kind = 'order'",
+                [(n.round, n.reason.value, n.detail, n.matched, n.wanted, digest.lower())
+                 for digest, n in notes.items()],
+            )
+            db.executemany(
+                "UPDATE messages SET unmatched_round = NULL, unmatched_reason = NULL, unmatched_detail = NULL,"
+                " unmatched_matched = NULL, unmatched_wanted = NULL WHERE digest = ? AND unmatched_round IS NOT NULL",
+                [(digest.lower(),) for digest in served if digest not in notes],
+            )
+
+    def note_no_bids(self, round_id: int, now: int, markets: Sequence[str], detail: str) -> None:
+        """Tells every open order of `markets` taken in `round_id` or before (filtered as
+        `open_messages`) that round `round_id` found no bid in its market."""
+        query, args = self._open_filter(MessageKind.ORDER, now, round_id)
+        with self._tx() as db:
+            for start in range(0, len(markets), _SQL_VARIABLES):
+                chunk = list(markets[start:start + _SQL_VARIABLES])
+                db.execute(
+                    "UPDATE messages SET unmatched_round = ?, unmatched_reason = ?, unmatched_detail = ?,"
+                    " unmatched_matched = 0, unmatched_wanted = total - filled"
+                    f" WHERE {query} AND market IN ({','.join('?' * len(chunk))})",
+                    [round_id, NoMatch.NO_BIDS.value, detail, *args, *chunk],
+                )
+
     def drop(self, digest: str, reason: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE messages SET status = 'dropped', reason = ? WHERE digest = ?", (reason, digest))
@@ -808,13 +851,25 @@ class Store:
             ).fetchall()
         return [_message(r) for r in rows]
 
-    def last_prices(self) -> dict[str, tuple[int, int]]:
-        """market -> (round id, clearing price) of the latest confirmed round that traded in it."""
-        prices: dict[str, tuple[int, int]] = {}
+    def last_prices(self) -> dict[str, LastPrice]:
+        """market -> the clearing price (with its rule) of the latest confirmed round that traded in it."""
+        prices: dict[str, LastPrice] = {}
         for stored in self.rounds_in(RoundState.CONFIRMED):
-            for market, price in (stored.clearing or {}).get("prices", {}).items():
-                prices[market] = (stored.id, int(price))
+            clearing = stored.clearing or {}
+            rules = clearing.get("price_rules", {})
+            for market, price in clearing.get("prices", {}).items():
+                prices[market] = LastPrice(stored.id, int(price), rules.get(market))
         return prices
+
+
+@dataclass(frozen=True)
+class LastPrice:
+    """A market's latest clearing price: its round, the price and the rule that set it (None in
+    rounds recorded before rules were)."""
+
+    round: int
+    price: int
+    rule: str | None
 
 
 def _total(message: SignedMessage) -> int:
@@ -851,4 +906,23 @@ def _message(row: sqlite3.Row) -> StoredMessage:
         reason=row["reason"],
         receipt=json.loads(row["receipt"]) if row["receipt"] else None,
         received_at=row["received_at"],
+        unmatched=_unmatched(row),
     )
+
+
+#: the columns of an order's last "why no match" (added to stores made before them by `_migrate`)
+_UNMATCHED_COLUMNS = (
+    ("unmatched_round", "INTEGER"), ("unmatched_reason", "TEXT"), ("unmatched_detail", "TEXT"),
+    ("unmatched_matched", "INTEGER"), ("unmatched_wanted", "INTEGER"),
+)
+
+
+def _unmatched(row: sqlite3.Row) -> Unmatched | None:
+    if row["unmatched_round"] is None:
+        return None
+    try:
+        reason = NoMatch(row["unmatched_reason"])
+    except ValueError:  # written by a newer version with a reason this one does not know
+        return None
+    return Unmatched(round=row["unmatched_round"], reason=reason, detail=row["unmatched_detail"] or "",
+                     matched=row["unmatched_matched"] or 0, wanted=row["unmatched_wanted"] or 0)

@@ -7,6 +7,7 @@ names them, so that the CLI and the explorer can explain a price without importi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 from underbid.protocol.units import format_credits
@@ -48,6 +49,15 @@ _EXPLANATIONS = {
 }
 
 
+def known_rule(rule: str | None) -> PriceRule | None:
+    """The rule named `rule`, if this version knows it (a store written by a newer matcher may
+    name others; one written before rules were names none)."""
+    try:
+        return PriceRule(rule) if rule else None
+    except ValueError:
+        return None
+
+
 def explain_price(price: int, rule: str | None) -> str:
     """The price with its reason; a rule this version does not know (an older or newer matcher)
     leaves the bare price."""
@@ -55,3 +65,38 @@ def explain_price(price: int, rule: str | None) -> str:
         return PriceRule(rule).explain(price) if rule else format_credits(price)
     except ValueError:
         return format_credits(price)
+
+
+class NoMatch(StrEnum):
+    """Why an order left a round with units unmatched (docs/PROTOCOL.md, "Why no match")."""
+
+    #: no bid was open in the order's market
+    NO_BIDS = "no bids"
+    #: bids were open, but none accepts a lease as long as the order's
+    DURATION_TOO_LONG = "duration too long"
+    #: every bid long enough asks more than the order's max price
+    PRICE_TOO_LOW = "max price too low"
+    #: a bid could serve it, but the market's one price came out above the order's max
+    PRICED_OUT = "priced out"
+    #: the bids it could take went to orders that gain more from them (higher max, longer lease)
+    OUTBID = "outbid"
+    #: every unit it could take went to it, and it wanted more
+    TOO_FEW_UNITS = "too few units offered"
+
+
+@dataclass(frozen=True)
+class Unmatched:
+    """An order's outcome in the last round that left it with units unmatched: the reason, a
+    sentence for people, and the units matched of those it still wanted in that round."""
+
+    round: int
+    reason: NoMatch
+    detail: str
+    matched: int
+    wanted: int
+
+    def line(self) -> str:
+        """`"1 of 2 units matched in round 4: outbid: ..."`."""
+        part = (f"{self.matched} of {self.wanted} units matched in round {self.round}" if self.matched
+                else f"not matched in round {self.round}")
+        return f"{part}: {self.reason.value}: {self.detail}"

@@ -48,7 +48,7 @@ function when(unix) { return new Date(unix * 1000).toISOString().replace("T", " 
 function drawPrices(histories) {
   const datasets = histories.map((h, i) => ({
     label: h.label,
-    data: h.points.map((p) => ({ x: p.round, y: Number(p.price) })),
+    data: h.points.map((p) => ({ x: p.round, y: Number(p.price), reason: p.reason })),
     borderColor: COLORS[i % COLORS.length],
     backgroundColor: COLORS[i % COLORS.length],
     showLine: true,
@@ -62,7 +62,11 @@ function drawPrices(histories) {
       options: {
         animation: false,
         maintainAspectRatio: false,
-        plugins: { legend: { labels: { usePointStyle: true } } },
+        plugins: {
+          legend: { labels: { usePointStyle: true } },
+          // Each point says why the round cleared at that price.
+          tooltip: { callbacks: { label: (ctx) => `${ctx.dataset.label}, round ${ctx.raw.x}: ${ctx.raw.reason || ctx.raw.y}` } },
+        },
         scales: {
           x: { title: { display: true, text: "round" }, ticks: { stepSize: 0.5, callback: (v) => (Number.isInteger(v) ? v : "") } },
           y: { title: { display: true, text: "UBC per unit-hour" }, beginAtZero: true },
@@ -131,6 +135,7 @@ async function load() {
   fill("markets", markets.map((m) => [
     cell(m.label), cell(m.open_orders, "num"), cell(m.open_bids, "num"), cell(m.rounds_traded, "num"),
     cell(m.last_round ?? "–", "num"), cell(m.last_price ?? "–", "num"),
+    cell(m.last_price_reason ? m.last_price_reason.replace(/^[^=]*= /, "") : "–", "why"),
   ]), "no markets yet");
 
   const traded = markets.filter((m) => m.rounds_traded > 0);
