@@ -1,0 +1,472 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+import {Protocol} from "./Protocol.sol";
+import {UnderbidSettlement} from "../../contracts/UnderbidSettlement.sol";
+import {MatcherRounds} from "../../contracts/core/MatcherRounds.sol";
+import {OrderLib} from "../../contracts/libraries/OrderLib.sol";
+import {BidLib} from "../../contracts/libraries/BidLib.sol";
+import {IUnderbidErrors} from "../../contracts/interfaces/IUnderbidErrors.sol";
+
+/// @dev Attacks on the gas-saving paths of settle and claim:
+/// - epoch-numbered transient duplicate-nonce marks: a forge test function is ONE transaction, so
+///   every `settle` below shares transient storage with the ones before it (the case the old
+///   clearing loop existed for);
+/// - signatures read from calldata: every non-canonical form must still be refused;
+/// - claim's buyer runs and remembered terms: interleaved buyers, repeated ids, ended, closed and
+///   faulted leases in one claim must move exactly what per-lease payment would.
+/// Run: forge test --match-contract SettleClaimAttackTest
+contract SettleClaimAttackTest is Protocol {
+    bytes32 internal constant MARKET = keccak256("gpu=nvidia-h100;vram=80;gpus=8;region=us-east");
+    bytes32 internal constant MARKET2 = keccak256("gpu=nvidia-a100;vram=80;gpus=8;region=us-east");
+    uint256 internal constant X_PK = 0xB0;
+    uint256 internal constant Y_PK = 0xB1;
+    uint256 internal constant P1_PK = 0x90;
+    uint256 internal constant H_PK = 0xA11CE;
+    uint256 internal constant RH_PK = 0x5161;
+    uint256 internal constant SECP_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
+    address internal X;
+    address internal Y;
+    address internal p1;
+    address internal H;
+    uint64 internal round;
+    uint32 internal batchNo;
+
+    function assertEq(uint256 a, uint256 b, string memory why) internal pure {
+        require(a == b, why);
+    }
+
+    function assertLe(uint256 a, uint256 b, string memory why) internal pure {
+        require(a <= b, why);
+    }
+
+    function assertTrue(bool c, string memory why) internal pure {
+        require(c, why);
+    }
+
+    function assertFalse(bool c, string memory why) internal pure {
+        require(!c, why);
+    }
+
+    function setUp() public {
+        _deploy();
+        X = vm.addr(X_PK);
+        Y = vm.addr(Y_PK);
+        p1 = vm.addr(P1_PK);
+        H = vm.addr(H_PK);
+        ubt.transfer(H, 1_000_000e18);
+        vm.startPrank(H);
+        ubt.approve(address(settlement), type(uint256).max);
+        settlement.bondMatcher(MIN_BOND * 10, vm.addr(RH_PK));
+        vm.stopPrank();
+        address[2] memory bs = [X, Y];
+        for (uint256 i; i < 2; ++i) {
+            ubt.transfer(bs[i], 1_000_000e18);
+            vm.startPrank(bs[i]);
+            ubt.approve(address(bme), type(uint256).max);
+            bme.mintCredits(100_000e18, 0);
+            settlement.deposit(credit.balanceOf(bs[i]));
+            settlement.bindMatcher(H);
+            vm.stopPrank();
+        }
+        ubt.transfer(p1, 1_000_000e18);
+        vm.startPrank(p1);
+        ubt.approve(address(settlement), type(uint256).max);
+        settlement.register("ipfs://p");
+        settlement.stake(100_000e18);
+        settlement.bindMatcher(H);
+        vm.stopPrank();
+    }
+
+    // ------------------------------------------------------------------ helpers
+
+    function _order(uint256 pk, bytes32 market, uint32 units, uint32 duration, uint256 nonce)
+        internal
+        view
+        returns (OrderLib.Order memory o, bytes memory sig)
+    {
+        o = OrderLib.Order(vm.addr(pk), H, market, units, duration, 3e6, uint64(block.timestamp + 3_600), nonce);
+        sig = _sig(pk, settlement.hashOrder(o));
+    }
+
+    function _bid(bytes32 market, uint32 capacity, uint256 nonce)
+        internal
+        view
+        returns (BidLib.Bid memory b, bytes memory sig)
+    {
+        b = BidLib.Bid(p1, H, market, capacity, 1e6, 7_200, uint64(block.timestamp + 3_600), nonce);
+        sig = _sig(P1_PK, settlement.hashBid(b));
+    }
+
+    function _prices() internal pure returns (MatcherRounds.MarketPrice[] memory prices) {
+        prices = new MatcherRounds.MarketPrice[](2);
+        prices[0] = MatcherRounds.MarketPrice(MARKET, 2e6);
+        prices[1] = MatcherRounds.MarketPrice(MARKET2, 2e6);
+    }
+
+    /// @dev External so that expectRevert sees the revert: H settles the next batch of `round`.
+    function settleAs(
+        uint64 r,
+        uint32 b,
+        bool fin,
+        OrderLib.Order[] memory orders,
+        bytes[] memory orderSigs,
+        BidLib.Bid[] memory bids,
+        bytes[] memory bidSigs,
+        UnderbidSettlement.Match[] memory matches
+    ) external {
+        vm.prank(H);
+        settlement.settle(
+            UnderbidSettlement.BatchHeader(r, b, fin, uint64(block.timestamp)),
+            orders,
+            orderSigs,
+            bids,
+            bidSigs,
+            matches,
+            _prices()
+        );
+    }
+
+    function _m(uint256 o, uint256 b, uint256 u) internal pure returns (UnderbidSettlement.Match memory) {
+        return UnderbidSettlement.Match(uint32(o), uint32(b), uint32(u));
+    }
+
+    // ------------------------------------------------------------------ transient marks
+
+    /// @dev Attack: in ONE transaction, a first settle marks (X, n); later settles of the same
+    /// transaction must still (a) let the partly filled message fill again (no stale mark reads as
+    /// a duplicate) and (b) refuse two messages with one (signer, nonce) inside one batch, also
+    /// after a settle that reverted (its epoch rolled back) and across many epochs.
+    function test_marksAcrossSettlesInOneTx() public {
+        (OrderLib.Order memory o, bytes memory os) = _order(X_PK, MARKET, 4, 3_600, 7);
+        (OrderLib.Order memory o2, bytes memory o2s) = _order(X_PK, MARKET, 3, 3_601, 7); // same nonce
+        (BidLib.Bid memory b, bytes memory bsig) = _bid(MARKET, 40, 1);
+        OrderLib.Order[] memory orders = new OrderLib.Order[](1);
+        bytes[] memory osigs = new bytes[](1);
+        BidLib.Bid[] memory bids = new BidLib.Bid[](1);
+        bytes[] memory bsigs = new bytes[](1);
+        UnderbidSettlement.Match[] memory ms = new UnderbidSettlement.Match[](1);
+        (orders[0], osigs[0], bids[0], bsigs[0], ms[0]) = (o, os, b, bsig, _m(0, 0, 1));
+
+        // batch 0: O fills 1 (epoch 1 marks (X,7) and (p1,1))
+        this.settleAs(1, 0, false, orders, osigs, bids, bsigs, ms);
+        // batch 1, same tx (epoch 2): O again (with another bid: one lease per (order, bid) and
+        // round), fills 1 more: must NOT be DuplicateNonce
+        (bids[0], bsigs[0]) = _bid(MARKET, 40, 2);
+        this.settleAs(1, 1, false, orders, osigs, bids, bsigs, ms);
+        (bids[0], bsigs[0]) = _bid(MARKET, 40, 3);
+        (b, bsig) = (bids[0], bsigs[0]);
+
+        // a batch that reverts after marking (bad match index): its epoch and marks roll back
+        UnderbidSettlement.Match[] memory bad = new UnderbidSettlement.Match[](1);
+        bad[0] = _m(5, 0, 1);
+        vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.MatchIndexOutOfRange.selector, 0));
+        this.settleAs(1, 2, false, orders, osigs, bids, bsigs, bad);
+
+        // batch 2 (epoch 3): O and O' share (X, 7): DuplicateNonce, in this tx as in a fresh one
+        OrderLib.Order[] memory two = new OrderLib.Order[](2);
+        bytes[] memory twoSigs = new bytes[](2);
+        (two[0], twoSigs[0], two[1], twoSigs[1]) = (o, os, o2, o2s);
+        UnderbidSettlement.Match[] memory m2 = new UnderbidSettlement.Match[](2);
+        (m2[0], m2[1]) = (_m(0, 0, 1), _m(1, 0, 3));
+        vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.DuplicateNonce.selector, X, uint256(7)));
+        this.settleAs(1, 2, false, two, twoSigs, bids, bsigs, m2);
+        // and the same message twice
+        (two[1], twoSigs[1]) = (o, os);
+        (m2[0], m2[1]) = (_m(0, 0, 2), _m(1, 0, 2));
+        vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.DuplicateNonce.selector, X, uint256(7)));
+        this.settleAs(1, 2, false, two, twoSigs, bids, bsigs, m2);
+        // the bid twice (provider side)
+        BidLib.Bid[] memory twoBids = new BidLib.Bid[](2);
+        bytes[] memory twoBidSigs = new bytes[](2);
+        (twoBids[0], twoBidSigs[0], twoBids[1], twoBidSigs[1]) = (b, bsig, b, bsig);
+        (m2[0], m2[1]) = (_m(0, 0, 1), _m(0, 1, 1));
+        vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.DuplicateNonce.selector, p1, uint256(3)));
+        this.settleAs(1, 2, false, orders, osigs, twoBids, twoBidSigs, m2);
+
+        // O fills its last 2 units: 4 in all, never more, across all the epochs of this tx
+        ms[0] = _m(0, 0, 2);
+        this.settleAs(1, 2, true, orders, osigs, bids, bsigs, ms);
+        (bool claimed, bool voided) = settlement.nonceState(X, 7);
+        assertTrue(claimed && voided, "O used up");
+        ms[0] = _m(0, 0, 1);
+        vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.NonceUsed.selector, X, uint256(7)));
+        this.settleAs(2, 0, true, orders, osigs, bids, bsigs, ms);
+        assertEq(settlement.remainingOf(settlement.hashOrder(o), X, 7, 4), 0, "nothing left");
+    }
+
+    // ------------------------------------------------------------------ signatures from calldata
+
+    function _expectBadSig(OrderLib.Order memory o, bytes memory sig, bytes memory err) internal {
+        (BidLib.Bid memory b, bytes memory bsig) = _bid(MARKET, 4, 99);
+        OrderLib.Order[] memory orders = new OrderLib.Order[](1);
+        bytes[] memory osigs = new bytes[](1);
+        BidLib.Bid[] memory bids = new BidLib.Bid[](1);
+        bytes[] memory bsigs = new bytes[](1);
+        UnderbidSettlement.Match[] memory ms = new UnderbidSettlement.Match[](1);
+        (orders[0], osigs[0], bids[0], bsigs[0], ms[0]) = (o, sig, b, bsig, _m(0, 0, 1));
+        vm.expectRevert(err);
+        this.settleAs(round + 1, 0, true, orders, osigs, bids, bsigs, ms);
+    }
+
+    /// @dev Attack: a matcher submits non-canonical signatures (EIP-2098 64-byte, trailing byte,
+    /// high-s twin, v = 0/1, v = 29, empty) for a genuine order: each must be refused.
+    function test_signatureForms() public {
+        (OrderLib.Order memory o, bytes memory sig) = _order(X_PK, MARKET, 1, 3_600, 11);
+        bytes32 digest = settlement.hashOrder(o);
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(X_PK, digest);
+        bytes memory invalid = abi.encodeWithSelector(IUnderbidErrors.InvalidSignature.selector);
+        // 64-byte compact form (r, yParityAndS)
+        bytes32 vs = bytes32(uint256(s) | (uint256(v - 27) << 255));
+        _expectBadSig(o, abi.encodePacked(r, vs), invalid);
+        // 66 bytes: the valid signature plus a trailing byte
+        _expectBadSig(o, abi.encodePacked(sig, uint8(0)), invalid);
+        // the high-s twin (n - s, flipped v)
+        _expectBadSig(o, abi.encodePacked(r, bytes32(SECP_N - uint256(s)), v == 27 ? uint8(28) : uint8(27)), invalid);
+        // v as 0/1 and 29
+        _expectBadSig(o, abi.encodePacked(r, s, uint8(v - 27)), invalid);
+        _expectBadSig(o, abi.encodePacked(r, s, uint8(29)), invalid);
+        // empty
+        _expectBadSig(o, "", invalid);
+        // another signer's valid signature
+        (uint8 v2, bytes32 r2, bytes32 s2) = vm.sign(Y_PK, digest);
+        _expectBadSig(
+            o, abi.encodePacked(r2, s2, v2), abi.encodeWithSelector(IUnderbidErrors.SignerMismatch.selector, X, vm.addr(Y_PK))
+        );
+    }
+
+    /// @dev Attack on the calldata reads: a hand-built settle call whose order signature's offset
+    /// points so that its 65 bytes would run past the end of calldata (the signature "borrows"
+    /// whatever follows). The ABI decoder must refuse it; it must not read zero-padding as `v`.
+    function test_signatureOffsetPastCalldataEnd() public {
+        (OrderLib.Order memory o, bytes memory sig) = _order(X_PK, MARKET, 1, 3_600, 12);
+        (BidLib.Bid memory b, bytes memory bsig) = _bid(MARKET, 4, 98);
+        OrderLib.Order[] memory orders = new OrderLib.Order[](1);
+        bytes[] memory osigs = new bytes[](1);
+        BidLib.Bid[] memory bids = new BidLib.Bid[](1);
+        bytes[] memory bsigs = new bytes[](1);
+        UnderbidSettlement.Match[] memory ms = new UnderbidSettlement.Match[](1);
+        (orders[0], osigs[0], bids[0], bsigs[0], ms[0]) = (o, sig, b, bsig, _m(0, 0, 1));
+        bytes memory data = abi.encodeCall(
+            settlement.settle,
+            (UnderbidSettlement.BatchHeader(1, 0, true, uint64(block.timestamp)), orders, osigs, bids, bsigs, ms, _prices())
+        );
+        // Cut the last 40 bytes of calldata: the trailing prices array / sig tails become short.
+        bytes memory cut = new bytes(data.length - 40);
+        for (uint256 i; i < cut.length; ++i) cut[i] = data[i];
+        vm.prank(H);
+        (bool ok,) = address(settlement).call(cut);
+        assertFalse(ok, "truncated calldata accepted");
+        assertEq(settlement.lastRound(H), 0, "no round");
+    }
+
+    // ------------------------------------------------------------------ claim
+
+    struct Snap {
+        uint256 xFree;
+        uint256 xLocked;
+        uint256 yFree;
+        uint256 yLocked;
+        uint256 pCredit;
+        uint256 pLocked;
+    }
+
+    function _snap() internal view returns (Snap memory s) {
+        (s.xFree, s.xLocked) = _escrow(X);
+        (s.yFree, s.yLocked) = _escrow(Y);
+        s.pCredit = credit.balanceOf(p1);
+        (, s.pLocked,,,,) = settlement.providers(p1);
+    }
+
+    function _escrow(address who) internal view returns (uint256 free, uint256 locked) {
+        (uint128 f, uint128 l) = settlement.escrowOf(who);
+        (free, locked) = (f, l);
+    }
+
+    /// @dev Opens, in one round, leases of X and Y in two markets (two terms refs), one of them short.
+    function _openMix() internal returns (bytes32[] memory ids) {
+        OrderLib.Order[] memory orders = new OrderLib.Order[](5);
+        bytes[] memory osigs = new bytes[](5);
+        (orders[0], osigs[0]) = _order(X_PK, MARKET, 2, 3_600, 101);
+        (orders[1], osigs[1]) = _order(Y_PK, MARKET, 3, 3_600, 102);
+        (orders[2], osigs[2]) = _order(X_PK, MARKET, 1, 600, 103); // ends first
+        (orders[3], osigs[3]) = _order(X_PK, MARKET2, 2, 3_600, 104);
+        (orders[4], osigs[4]) = _order(Y_PK, MARKET2, 1, 3_600, 105);
+        BidLib.Bid[] memory bids = new BidLib.Bid[](2);
+        bytes[] memory bsigs = new bytes[](2);
+        (bids[0], bsigs[0]) = _bid(MARKET, 20, 201);
+        (bids[1], bsigs[1]) = _bid(MARKET2, 20, 202);
+        UnderbidSettlement.Match[] memory ms = new UnderbidSettlement.Match[](5);
+        (ms[0], ms[1], ms[2], ms[3], ms[4]) = (_m(0, 0, 2), _m(1, 0, 3), _m(2, 0, 1), _m(3, 1, 2), _m(4, 1, 1));
+        ++round;
+        this.settleAs(round, 0, true, orders, osigs, bids, bsigs, ms);
+        ids = new bytes32[](5);
+        for (uint256 i; i < 5; ++i) {
+            ids[i] = settlement.leaseIdOf(
+                H, round, settlement.hashOrder(orders[i]), settlement.hashBid(i < 3 ? bids[0] : bids[1])
+            );
+        }
+    }
+
+    function _heartbeatUntil(bytes32[] memory ids, uint256 t0, uint256 upTo) internal {
+        for (uint256 t = t0 + 50; t <= upTo; t += 50) {
+            vm.warp(t);
+            vm.prank(p1);
+            settlement.heartbeat(ids);
+        }
+    }
+
+    /// @dev Attack: the provider orders one claim so that runs of one buyer's payments break and
+    /// resume (X, Y, X ...), repeats ids, mixes two terms refs, puts an ended lease (general path)
+    /// inside X's run, a lease the buyer already closed, and a faulted lease. Every balance must
+    /// end where per-lease payment puts it: the provider gets exactly accrued, X and Y lose exactly
+    /// that plus refunds, credits are conserved, nothing closed or faulted is paid.
+    function test_claimInterleavedRuns() public {
+        uint256 t0 = START; // not block.timestamp: via-ir may re-read it after a warp
+        bytes32[] memory ids = _openMix();
+        // Y closes lease 4 at once (closed lease in the claim)
+        vm.warp(t0 + 10);
+        vm.prank(Y);
+        settlement.close(ids[4]);
+        // heartbeat 0..3 until t0+550 (lease 2 covered to its end: last 550 + 60 >= 600)
+        bytes32[] memory hb = new bytes32[](4);
+        for (uint256 i; i < 4; ++i) hb[i] = ids[i];
+        _heartbeatUntil(hb, t0, t0 + 550);
+        vm.warp(t0 + 605); // lease 2 ended; others running, covered to 610
+
+        uint256[5] memory owed;
+        for (uint256 i; i < 5; ++i) (owed[i],,) = settlement.leaseBalances(ids[i]);
+        (, uint256 refund2,) = settlement.leaseBalances(ids[2]);
+        refund2 = 0; // lease 2 was covered to its end: paid in full, nothing refunded
+        Snap memory a = _snap();
+        uint256 creditsBefore = credit.balanceOf(address(settlement));
+
+        bytes32[] memory order = new bytes32[](9);
+        (order[0], order[1], order[2], order[3], order[4], order[5], order[6], order[7], order[8]) =
+            (ids[0], ids[1], ids[0], ids[2], ids[3], ids[4], ids[1], ids[3], ids[0]);
+        vm.prank(p1);
+        (uint256 total, uint256 skipped) = settlement.claim(order);
+        _log("skipped", skipped);
+        _log("total", total);
+        for (uint256 i; i < 5; ++i) _log("owed", owed[i]);
+
+        uint256 xOwed = owed[0] + owed[2] + owed[3];
+        uint256 yOwed = owed[1];
+        assertEq(owed[4], 0, "closed lease owes nothing");
+        assertEq(skipped, 1, "only the closed lease skipped");
+        assertEq(total, xOwed + yOwed, "paid = accrued");
+        Snap memory b = _snap();
+        assertEq(b.pCredit - a.pCredit, total, "provider got total");
+        assertEq(a.xLocked - b.xLocked, xOwed + refund2, "X locked down by its payments");
+        assertEq(a.yLocked - b.yLocked, yOwed, "Y locked down by its payments");
+        assertEq(b.xFree, a.xFree + refund2, "X free");
+        assertEq(b.yFree, a.yFree, "Y free");
+        assertEq(creditsBefore - credit.balanceOf(address(settlement)), total, "credits conserved");
+        assertEq(a.pLocked - b.pLocked, 1 * STAKE_PER_UNIT, "lease 2's collateral released");
+        // what is left locked is exactly the unpaid remainder of the open leases
+        uint256 xRem;
+        uint256 yRem;
+        for (uint256 i; i < 4; ++i) {
+            (uint256 u, uint256 rem,) = settlement.leaseBalances(ids[i]);
+            assertEq(u, 0, "nothing accrued unpaid");
+            if (i == 1) yRem += rem;
+            else xRem += rem;
+        }
+        assertEq(b.xLocked, xRem, "X locked = remainder of X's leases");
+        assertEq(b.yLocked, yRem, "Y locked = remainder of Y's leases");
+        // a second claim in the same block pays nothing
+        vm.prank(p1);
+        (total,) = settlement.claim(order);
+        assertEq(total, 0, "no double pay");
+    }
+
+    /// @dev Attack: a faulted lease of X sits between two of X's paid leases in one claim: it must
+    /// be skipped (not paid past its coverage), and the fault stays reportable.
+    function test_claimSkipsFaultInsideRun() public {
+        uint256 t0 = START; // not block.timestamp: via-ir may re-read it after a warp
+        bytes32[] memory ids = _openMix();
+        bytes32[] memory hb = new bytes32[](3);
+        (hb[0], hb[1], hb[2]) = (ids[0], ids[1], ids[4]); // lease 3 (X, MARKET2) never heartbeats
+        _heartbeatUntil(hb, t0, t0 + 300);
+        vm.warp(t0 + 320);
+        uint256 at3 = settlement.faultReportableAt(ids[3]);
+        assertLe(at3, block.timestamp, "lease 3 faulted");
+        (uint256 owed0,,) = settlement.leaseBalances(ids[0]);
+        (uint256 owed1,,) = settlement.leaseBalances(ids[1]);
+        (uint256 owed4,,) = settlement.leaseBalances(ids[4]);
+        bytes32[] memory order = new bytes32[](4);
+        (order[0], order[1], order[2], order[3]) = (ids[0], ids[3], ids[4], ids[1]);
+        Snap memory a = _snap();
+        vm.prank(p1);
+        (uint256 total, uint256 skipped) = settlement.claim(order);
+        _log("skipped", skipped);
+        _log("total", total);
+        _log("owed0", owed0);
+        _log("owed1", owed1);
+        _log("owed4", owed4);
+        Snap memory b = _snap();
+        assertEq(skipped, 1, "faulted lease skipped");
+        assertEq(total, owed0 + owed1 + owed4, "paid = accrued of the healthy leases");
+        assertEq(a.xLocked - b.xLocked, owed0, "X");
+        assertEq(a.yLocked - b.yLocked, owed1 + owed4, "Y");
+        settlement.reportFault(ids[3]); // still reportable
+    }
+
+    // ------------------------------------------------------------------ nonce word slot kept from verification
+
+    /// @dev Attack on the kept nonce-word slot: X signs, in ONE batch, an order (nonce 5, partly
+    /// filled) and a bid (nonce 6, used up) whose nonces share one bitmap word, so both
+    /// `_recordFill`s write the same slot: neither may lose the other's bits. Then X's order and a
+    /// bid with the order's nonce (one (signer, nonce) across sides) must be `DuplicateNonce`.
+    function test_sharedNonceWordAcrossSides() public {
+        vm.startPrank(X);
+        ubt.approve(address(settlement), type(uint256).max);
+        settlement.register("ipfs://x");
+        settlement.stake(10_000e18);
+        vm.stopPrank();
+        OrderLib.Order[] memory orders = new OrderLib.Order[](1);
+        bytes[] memory osigs = new bytes[](1);
+        (orders[0], osigs[0]) = _order(X_PK, MARKET, 4, 3_600, 5);
+        BidLib.Bid[] memory bids = new BidLib.Bid[](2);
+        bytes[] memory bsigs = new bytes[](2);
+        (bids[0], bsigs[0]) = _bid(MARKET, 2, 300); // p1 serves X's order
+        bids[1] = BidLib.Bid(X, H, MARKET, 2, 1e6, 7_200, uint64(block.timestamp + 3_600), 6);
+        bsigs[1] = _sig(X_PK, settlement.hashBid(bids[1]));
+        OrderLib.Order[] memory yo = new OrderLib.Order[](2);
+        bytes[] memory yos = new bytes[](2);
+        (yo[0], yos[0]) = (orders[0], osigs[0]);
+        (yo[1], yos[1]) = _order(Y_PK, MARKET, 2, 3_600, 5);
+        UnderbidSettlement.Match[] memory ms = new UnderbidSettlement.Match[](2);
+        (ms[0], ms[1]) = (_m(0, 0, 2), _m(1, 1, 2)); // X's order 2 of 4 (by p1); Y's order by X's bid (used up)
+        this.settleAs(1, 0, true, yo, yos, bids, bsigs, ms);
+        (bool c5, bool v5) = settlement.nonceState(X, 5);
+        (bool c6, bool v6) = settlement.nonceState(X, 6);
+        assertTrue(c5 && !v5, "order nonce claimed, not void");
+        assertTrue(c6 && v6, "bid nonce claimed and void");
+        assertEq(settlement.remainingOf(settlement.hashOrder(orders[0]), X, 5, 4), 2, "order has 2 left");
+        assertEq(settlement.remainingOf(settlement.hashBid(bids[1]), X, 6, 2), 0, "bid used up");
+        // X's bid reused: NonceUsed
+        ms = new UnderbidSettlement.Match[](1);
+        BidLib.Bid[] memory one = new BidLib.Bid[](1);
+        bytes[] memory oneSig = new bytes[](1);
+        (one[0], oneSig[0]) = (bids[1], bsigs[1]);
+        OrderLib.Order[] memory yOnly = new OrderLib.Order[](1);
+        bytes[] memory yOnlySig = new bytes[](1);
+        (yOnly[0], yOnlySig[0]) = _order(Y_PK, MARKET, 1, 3_600, 77);
+        ms[0] = _m(0, 0, 1);
+        vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.NonceUsed.selector, X, uint256(6)));
+        this.settleAs(2, 0, true, yOnly, yOnlySig, one, oneSig, ms);
+        // X's order (nonce 5) and an X bid with nonce 5 in one batch: DuplicateNonce
+        one[0] = BidLib.Bid(X, H, MARKET, 2, 1e6, 7_200, uint64(block.timestamp + 3_600), 5);
+        oneSig[0] = _sig(X_PK, settlement.hashBid(one[0]));
+        vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.DuplicateNonce.selector, X, uint256(5)));
+        this.settleAs(2, 0, true, orders, osigs, one, oneSig, ms);
+        // the order's last 2 units fill, then it is void
+        (one[0], oneSig[0]) = _bid(MARKET, 2, 301);
+        ms[0] = _m(0, 0, 2);
+        this.settleAs(2, 0, true, orders, osigs, one, oneSig, ms);
+        (c5, v5) = settlement.nonceState(X, 5);
+        (c6, v6) = settlement.nonceState(X, 6);
+        assertTrue(c5 && v5 && c6 && v6, "both void");
+    }
+}
