@@ -131,6 +131,26 @@ contract SettleClaimAttackTest is Protocol {
         return UnderbidSettlement.Match(uint32(o), uint32(b), uint32(u));
     }
 
+    /// @dev A batch of one order filled by one bid for one unit.
+    function _oneMatch(OrderLib.Order memory o, bytes memory osig, BidLib.Bid memory b, bytes memory bsig)
+        internal
+        pure
+        returns (
+            OrderLib.Order[] memory orders,
+            bytes[] memory osigs,
+            BidLib.Bid[] memory bids,
+            bytes[] memory bsigs,
+            UnderbidSettlement.Match[] memory ms
+        )
+    {
+        orders = new OrderLib.Order[](1);
+        osigs = new bytes[](1);
+        bids = new BidLib.Bid[](1);
+        bsigs = new bytes[](1);
+        ms = new UnderbidSettlement.Match[](1);
+        (orders[0], osigs[0], bids[0], bsigs[0], ms[0]) = (o, osig, b, bsig, _m(0, 0, 1));
+    }
+
     // ------------------------------------------------------------------ transient marks
 
     /// @dev Attack: in ONE transaction, a first settle marks (X, n); later settles of the same
@@ -141,12 +161,13 @@ contract SettleClaimAttackTest is Protocol {
         (OrderLib.Order memory o, bytes memory os) = _order(X_PK, MARKET, 4, 3_600, 7);
         (OrderLib.Order memory o2, bytes memory o2s) = _order(X_PK, MARKET, 3, 3_601, 7); // same nonce
         (BidLib.Bid memory b, bytes memory bsig) = _bid(MARKET, 40, 1);
-        OrderLib.Order[] memory orders = new OrderLib.Order[](1);
-        bytes[] memory osigs = new bytes[](1);
-        BidLib.Bid[] memory bids = new BidLib.Bid[](1);
-        bytes[] memory bsigs = new bytes[](1);
-        UnderbidSettlement.Match[] memory ms = new UnderbidSettlement.Match[](1);
-        (orders[0], osigs[0], bids[0], bsigs[0], ms[0]) = (o, os, b, bsig, _m(0, 0, 1));
+        (
+            OrderLib.Order[] memory orders,
+            bytes[] memory osigs,
+            BidLib.Bid[] memory bids,
+            bytes[] memory bsigs,
+            UnderbidSettlement.Match[] memory ms
+        ) = _oneMatch(o, os, b, bsig);
 
         // batch 0: O fills 1 (epoch 1 marks (X,7) and (p1,1))
         this.settleAs(1, 0, false, orders, osigs, bids, bsigs, ms);
@@ -199,12 +220,13 @@ contract SettleClaimAttackTest is Protocol {
 
     function _expectBadSig(OrderLib.Order memory o, bytes memory sig, bytes memory err) internal {
         (BidLib.Bid memory b, bytes memory bsig) = _bid(MARKET, 4, 99);
-        OrderLib.Order[] memory orders = new OrderLib.Order[](1);
-        bytes[] memory osigs = new bytes[](1);
-        BidLib.Bid[] memory bids = new BidLib.Bid[](1);
-        bytes[] memory bsigs = new bytes[](1);
-        UnderbidSettlement.Match[] memory ms = new UnderbidSettlement.Match[](1);
-        (orders[0], osigs[0], bids[0], bsigs[0], ms[0]) = (o, sig, b, bsig, _m(0, 0, 1));
+        (
+            OrderLib.Order[] memory orders,
+            bytes[] memory osigs,
+            BidLib.Bid[] memory bids,
+            bytes[] memory bsigs,
+            UnderbidSettlement.Match[] memory ms
+        ) = _oneMatch(o, sig, b, bsig);
         vm.expectRevert(err);
         this.settleAs(round + 1, 0, true, orders, osigs, bids, bsigs, ms);
     }
@@ -241,12 +263,13 @@ contract SettleClaimAttackTest is Protocol {
     function test_signatureOffsetPastCalldataEnd() public {
         (OrderLib.Order memory o, bytes memory sig) = _order(X_PK, MARKET, 1, 3_600, 12);
         (BidLib.Bid memory b, bytes memory bsig) = _bid(MARKET, 4, 98);
-        OrderLib.Order[] memory orders = new OrderLib.Order[](1);
-        bytes[] memory osigs = new bytes[](1);
-        BidLib.Bid[] memory bids = new BidLib.Bid[](1);
-        bytes[] memory bsigs = new bytes[](1);
-        UnderbidSettlement.Match[] memory ms = new UnderbidSettlement.Match[](1);
-        (orders[0], osigs[0], bids[0], bsigs[0], ms[0]) = (o, sig, b, bsig, _m(0, 0, 1));
+        (
+            OrderLib.Order[] memory orders,
+            bytes[] memory osigs,
+            BidLib.Bid[] memory bids,
+            bytes[] memory bsigs,
+            UnderbidSettlement.Match[] memory ms
+        ) = _oneMatch(o, sig, b, bsig);
         bytes memory data = abi.encodeCall(
             settlement.settle,
             (UnderbidSettlement.BatchHeader(1, 0, true, uint64(block.timestamp)), orders, osigs, bids, bsigs, ms, _prices())
