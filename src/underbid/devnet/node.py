@@ -256,9 +256,14 @@ def _health(url: str) -> bool:
         return False
 
 
-def start_anvil(port: int, log: Path) -> subprocess.Popen:
-    cmd = [find_anvil(), "--host", "127.0.0.1", "--port", str(port), "--mnemonic", DEV_MNEMONIC,
-           "--accounts", str(ANVIL_ACCOUNTS), "--balance", "10000", "--chain-id", str(DEV_CHAIN_ID)]
+def start_anvil(port: int, log: Path, *, chain_id: int = DEV_CHAIN_ID, mnemonic: str = DEV_MNEMONIC,
+                block_time: float | None = None) -> subprocess.Popen:
+    """Starts anvil on `port` and waits until it answers; the devnet's by default. Another chain id,
+    mnemonic and a block time make it stand in for a public chain (the tests' "remote" chain)."""
+    cmd = [find_anvil(), "--host", "127.0.0.1", "--port", str(port), "--mnemonic", mnemonic,
+           "--accounts", str(ANVIL_ACCOUNTS), "--balance", "10000", "--chain-id", str(chain_id)]
+    if block_time is not None:
+        cmd += ["--block-time", f"{block_time:g}"]
     log.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
