@@ -6,8 +6,8 @@ README's: ape's `base:sepolia:node` pointed at the node by the global ape-config
 temporary ape data folder, a funded key imported with `ape accounts import`, `ape run deploy
 --account`, the matcher signing with that ape keystore, and buyers and providers on `--network
 base-sepolia` with a keystore and an environment secret. One round clears and settles; every
-devnet-only command refuses in one line. About 75 s, most of it waiting for 2 s blocks (about 30
-transactions, one after another).
+devnet-only command refuses in one line. About 85 s (deploy 45, the rest 40), most of it waiting
+for 2 s blocks (about 30 transactions, one after another).
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def _anvil_keys(mnemonic: str, count: int) -> list:
     return [Account.from_mnemonic(mnemonic, account_path=f"m/44'/60'/0'/0/{i}") for i in range(count)]
 
 
-def _ape(args: list[str], env: dict[str, str], *, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def _ape(args: list[str], env: dict[str, str], *, stdin: str | None = None,
+         timeout: float = 300) -> subprocess.CompletedProcess:
+    """`ape <args>` in the project, as a user runs it."""
     return subprocess.run([find_ape(), *args], cwd=project_root(), env=env, input=stdin, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -66,13 +68,14 @@ def test_deploy_and_trade_on_a_remote_chain(tmp_path, remote):
     imported = _ape(["accounts", "import", "deployer"], ape_env,
                     stdin=f"{deployer_key.key.hex()}\n{PASSPHRASE}\n{PASSPHRASE}\n")
     assert imported.returncode == 0, imported.stdout + imported.stderr
-    assert json.loads((ape_data / "accounts" / "deployer.json").read_text())["address"].lower() in (
-        deployer_key.address.lower(), deployer_key.address.lower()[2:])
+    keystore = json.loads((ape_data / "accounts" / "deployer.json").read_text())
+    assert "0x" + keystore["address"].lower().removeprefix("0x") == deployer_key.address.lower()
 
     # The public dev keys are refused off the devnet, before anything is sent.
     refused = _ape(["run", "deploy", "--network", "base:sepolia:node", "--dev"], ape_env)
     assert refused.returncode != 0
-    assert "refusing to deploy from a public dev key on base:sepolia:node (chain 84532)" in refused.stdout + refused.stderr
+    said = refused.stdout + refused.stderr
+    assert "refusing to deploy from a public dev key on base:sepolia:node (chain 84532)" in said, said
     assert not books.exists()
 
     # README step 3: deploy from the keystore account, unlocked by ape's passphrase variable.
@@ -105,6 +108,12 @@ def test_deploy_and_trade_on_a_remote_chain(tmp_path, remote):
         # The operator posts the oracle price and hands out UBT (no faucet here).
         deployer = ["--account", "deployer"]
         assert base_units(cli("oracle", "post", "--price", "2", *deployer)["price"]) == 2 * 10**8
+        # The same network by ape's name, and by its RPC URL alone (the book in the folder for its chain id).
+        no_network = {"UNDERBID_NETWORK": None}
+        for target in (("--network", "base:sepolia"), ("--rpc", rpc)):
+            assert cli("bme", *target, env=no_network)["price_usd"] == "2.0"
+        cli.fails("bme", "--network", "arbitrum-sepolia", code=1, env=no_network,
+                  match="no address book for network 'arbitrum-sepolia'")
         (tmp_path / "buyer.key").write_text(buyer_key.key.hex())
         cli("account", "import", "buyer", "--key-file", tmp_path / "buyer.key", env=PW)
         cli("ubt", "send", "buyer", "--amount", "200", *deployer)
@@ -114,9 +123,12 @@ def test_deploy_and_trade_on_a_remote_chain(tmp_path, remote):
         provider = ["--account", "env:PROVIDER_KEY"]
         cli("provider", "register", "--metadata", "https://gpu.example/remote.json", *provider)
         cli("provider", "stake", "--amount", "200", *provider)
-        bid = cli("bid", "create", "--market", H100_8, "--capacity", "2", "--price", "1.50", "--valid", "2h",
-                  *provider)
-        assert bid["status"] == "open"
+        # The provider agent, on the network by name like every command here, offers its 2 units in one pass.
+        ran = cli.run("provider", "run", "--market", H100_8, "--capacity", "2", "--price", "1.50", "--valid", "2h",
+                      "--ticks", "1", "--json", *provider)
+        assert ran.exit_code == 0, ran.stdout + ran.stderr
+        events = [json.loads(line) for line in ran.stdout.splitlines()]
+        assert [(e["event"], e.get("units")) for e in events if e["event"] in ("bid", "error")] == [("bid", 2)]
         buyer = ["--account", "buyer"]
         cli("credits", "mint", "--amount", "100", *buyer, env=PW)
         cli("escrow", "deposit", "--amount", "150", *buyer, env=PW)

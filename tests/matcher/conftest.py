@@ -43,7 +43,8 @@ class MatcherProcess:
         env.update(self.extra_env)
         if failpoint:
             env["UNDERBID_FAILPOINT"] = failpoint
-        target = ["--network", self.network] if self.network else ["--rpc", str(self.rpc), "--deployment", str(self.book)]
+        target = (["--network", self.network] if self.network
+                  else ["--rpc", str(self.rpc), "--deployment", str(self.book)])
         cmd = [
             sys.executable, "-m", "underbid.cli", "matcher", "run", *self.signer, *target, "--db", str(self.db),
             "--port", str(self.port), "--round-seconds", str(self.round_seconds), "--admin-token", ADMIN_TOKEN,
