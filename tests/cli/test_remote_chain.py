@@ -108,8 +108,12 @@ def test_deploy_and_trade_on_a_remote_chain(tmp_path, remote):
         # The operator posts the oracle price and hands out UBT (no faucet here).
         deployer = ["--account", "deployer"]
         assert base_units(cli("oracle", "post", "--price", "2", *deployer)["price"]) == 2 * 10**8
-        # The same network by ape's name, and by its RPC URL alone (the book in the folder for its chain id).
+        # A book that claims to be a devnet's is not enough: the chain is not the devnet's.
         no_network = {"UNDERBID_NETWORK": None}
+        (tmp_path / "forged.json").write_text(json.dumps({**book, "devnet": True}))
+        cli.fails("devnet", "advance", "60s", "--deployment", tmp_path / "forged.json", "--rpc", rpc, code=1,
+                  env=no_network, match=f"the node is chain {CHAIN_ID}, a devnet is chain 31337")
+        # The same network by ape's name, and by its RPC URL alone (the book in the folder for its chain id).
         for target in (("--network", "base:sepolia"), ("--rpc", rpc)):
             assert cli("bme", *target, env=no_network)["price_usd"] == "2.0"
         cli.fails("bme", "--network", "arbitrum-sepolia", code=1, env=no_network,

@@ -298,7 +298,9 @@ def start_matcher(rpc: str, deployment: Path, db: Path, port: int, token: str, l
     cmd = [sys.executable, "-m", "underbid.cli", "matcher", "run", "--dev", "--rpc", rpc,
            "--deployment", str(deployment), "--db", str(db), "--port", str(port),
            "--round-seconds", str(round_seconds), "--admin-token", token]
-    env = {k: v for k, v in os.environ.items() if k not in ("UNDERBID_MATCHER_KEY", "UNDERBID_FAILPOINT")}
+    # The devnet's matcher runs on the devnet whatever network the caller's shell names.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("UNDERBID_MATCHER_KEY", "UNDERBID_FAILPOINT", "UNDERBID_NETWORK")}
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)
     _wait(lambda: _health(f"http://127.0.0.1:{port}"), proc, "the matcher", log, 60)
