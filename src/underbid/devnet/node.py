@@ -415,8 +415,12 @@ def devnet_refusal(w3, book) -> str | None:
     chain_id = int(w3.eth.chain_id)
     if chain_id != DEV_CHAIN_ID:
         return f"the node is chain {chain_id}, a devnet is chain {DEV_CHAIN_ID}"
+    from underbid.chain.retry import TRANSIENT
+
     try:
         version = str(w3.client_version)
+    except TRANSIENT:
+        raise  # a node not answering yet is waited for (the matcher's start-up retries), not judged
     except Exception:  # noqa: BLE001 - a node that does not say what it is is not a known devnet node
         version = ""
     if not any(name in version.lower() for name in ("anvil", "hardhat")):
