@@ -1069,52 +1069,61 @@ def _solve_ortools_arrays(
     trial price it uses the trial's smaller demand, which the market-wide ``needed`` cannot."""
     n_o, n_b = od.size, bp.size
     total = int(ou.sum())
-    durs, cls = np.unique(od, return_inverse=True)
+    durs, cls = _classes(od)
     n_c = durs.size
     cls_max_m = np.zeros(n_c, np.int64)
     np.maximum.at(cls_max_m, cls, om)
     # A class reaches a bid that lasts long enough and is priced at most the
     # class's best max price (a dearer bid could only trade at a loss).
-    reach = (bd[None, :] >= durs[:, None]) & (bp[None, :] <= cls_max_m[:, None])
+    lasting = bd[None, :] >= durs[:, None]
+    reach = lasting & (bp[None, :] <= cls_max_m[:, None])
     if needed is not None:  # arcs the pruning showed no optimum needs
         reach &= needed.T
     if prune:
-        reach &= _rule_two(durs, cls, ou, bd, bc)
+        reach &= _rule_two(lasting, cls, ou, bc)
     ci, bj = np.nonzero(reach)
     if ci.size == 0:
         return _EMPTY
-    # P_d: bids are sorted by price, so the first reachable bid is the cheapest.
-    has_bid = reach.any(axis=1)
-    ref = np.where(has_bid, bp[np.argmax(reach, axis=1)], 0)
+    # P_d: bids are sorted by price and np.nonzero walks rows in order, so the first reachable
+    # bid of each class is its cheapest.
+    has_bid = np.zeros(n_c, bool)
+    has_bid[ci] = True
+    first_arc = np.searchsorted(ci, np.arange(n_c))
+    ref = np.where(has_bid, bp[bj[np.minimum(first_arc, ci.size - 1)]], 0)
     # Orders of a class that reaches no bid at all, or priced under its cheapest
     # bid, cannot be served: their arcs are left out (cap 0 keeps indices aligned).
-    servable = has_bid[cls] & (om >= ref[cls])
-    gain_o = np.where(servable, durs[cls] * (om - ref[cls]), 0)
+    ref_o = ref[cls]
+    servable = has_bid[cls] & (om >= ref_o)
+    gain_o = np.where(servable, durs[cls] * (om - ref_o), 0)
     gain_b = durs[ci] * (bp[bj] - ref[ci])
-    g = int(np.gcd(np.gcd.reduce(gain_o), np.gcd.reduce(gain_b))) or 1
+    g = int(np.gcd.reduce(np.concatenate([gain_o, gain_b]))) or 1
     n_nodes = n_c + n_b + 2
     weight = int(ou[servable].sum()) + 1 if units_second else 1  # K
     bonus = 1 if units_second else 0
     limit = _INT64_MAX // (2 * (n_nodes + 1))
     if (int(gain_o.max()) // g) * weight + bonus > limit or (int(gain_b.max()) // g) * weight > limit:
         return None
-    cost_o = np.where(servable, -(gain_o // g) * weight - bonus, 0)
-    cost_cb = (gain_b // g) * weight
     src, sink = 0, n_nodes - 1
-    tails = np.concatenate([
-        np.zeros(n_o, np.int32),
-        (1 + ci).astype(np.int32),
-        (1 + n_c + np.arange(n_b)).astype(np.int32),
-        np.array([src], np.int32),
-    ])
-    heads = np.concatenate([
-        (1 + cls).astype(np.int32),
-        (1 + n_c + bj).astype(np.int32),
-        np.full(n_b, sink, np.int32),
-        np.array([sink], np.int32),
-    ])
-    caps = np.concatenate([np.where(servable, ou, 0), bc[bj], bc, np.array([total], np.int64)])
-    costs = np.concatenate([cost_o, cost_cb, np.zeros(n_b + 1, np.int64)])
+    n_arcs = n_o + ci.size + n_b + 1
+    # One array per field, filled by slices: orders, then class -> bid arcs, bids -> sink, bypass.
+    tails = np.empty(n_arcs, np.int32)
+    heads = np.empty(n_arcs, np.int32)
+    caps = np.empty(n_arcs, np.int64)
+    costs = np.zeros(n_arcs, np.int64)
+    e, f = n_o, n_o + ci.size
+    tails[:e] = src
+    heads[:e] = cls + 1
+    caps[:e] = np.where(servable, ou, 0)
+    costs[:e] = np.where(servable, -(gain_o // g) * weight - bonus, 0)
+    tails[e:f] = ci + 1
+    heads[e:f] = bj + (1 + n_c)
+    caps[e:f] = bc[bj]
+    costs[e:f] = (gain_b // g) * weight
+    tails[f:-1] = np.arange(1 + n_c, 1 + n_c + n_b, dtype=np.int32)
+    heads[f:] = sink
+    caps[f:-1] = bc
+    tails[-1] = src
+    caps[-1] = total
     smcf = min_cost_flow.SimpleMinCostFlow()
     smcf.add_arcs_with_capacity_and_unit_cost(tails, heads, caps, costs)
     smcf.set_nodes_supplies(
@@ -1122,20 +1131,60 @@ def _solve_ortools_arrays(
     )
     if smcf.solve() != smcf.OPTIMAL:
         return None  # e.g. BAD_COST_RANGE from its potentials: the exact Python solver takes over
-    flows = np.asarray(smcf.flows(np.arange(n_o + ci.size, dtype=np.int32)))
+    flows = np.asarray(smcf.flows(np.arange(f, dtype=np.int32)))
     served = flows[:n_o]
     sold = flows[n_o:]
+    if n_c == n_o:  # one order per class (durations in seconds: the usual case)
+        return _pair_single_orders(om, bp, cls, ci, bj, served, sold)
     return _pair_classes(om, bp, cls, ci, bj, served, sold)
 
 
-def _rule_two(durs: np.ndarray, cls: np.ndarray, ou: np.ndarray, bd: np.ndarray, bc: np.ndarray) -> np.ndarray:
+def _classes(durations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct durations, ascending, and each order's index among them
+    (``np.unique(..., return_inverse=True)`` in fewer steps)."""
+    by_duration = np.argsort(durations, kind="stable")
+    ordered = durations[by_duration]
+    starts = np.empty(ordered.size, bool)
+    starts[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    cls = np.empty(ordered.size, np.int64)
+    cls[by_duration] = np.cumsum(starts) - 1
+    return ordered[starts], cls
+
+
+def _pair_single_orders(
+    max_prices: np.ndarray,
+    prices: np.ndarray,
+    order_class: np.ndarray,
+    arc_class: np.ndarray,
+    arc_bid: np.ndarray,
+    served: np.ndarray,
+    sold: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_pair_classes`` when every class holds exactly one order: each class -> bid arc with
+    flow is one (order, bid) pair, once the flow is checked to be conserved at every class."""
+    order_of_class = np.empty(order_class.size, np.int64)
+    order_of_class[order_class] = np.arange(order_class.size)
+    arcs = np.nonzero(sold)[0]
+    into_class = np.zeros(order_class.size, np.int64)
+    np.add.at(into_class, arc_class[arcs], sold[arcs])
+    if (into_class[order_class] != served).any():
+        raise RuntimeError("min-cost flow is not conserved at a duration class")
+    which_o = order_of_class[arc_class[arcs]]
+    which_b = arc_bid[arcs]
+    if (max_prices[which_o] < prices[which_b]).any():
+        raise RuntimeError("the optimum pairs an order below a bid's price")
+    return which_o, which_b, sold[arcs]
+
+
+def _rule_two(lasting: np.ndarray, cls: np.ndarray, ou: np.ndarray, bc: np.ndarray) -> np.ndarray:
     """``mask[c, j]``: pruning rule 2 (module docstring) does not rule out that bid j serves
-    class c: the bids before j (no dearer: bids are in price order) that last at least T_c hold
-    fewer units than the classes >= c want.  One (classes x bids) cumulative sum."""
-    lasting = bd[None, :] >= durs[:, None]
-    cap = np.where(lasting, bc[None, :], 0)
+    class c: the bids before j (no dearer: bids are in price order) that last at least T_c
+    (``lasting[c, j]``) hold fewer units than the classes >= c want.  One (classes x bids)
+    cumulative sum."""
+    cap = lasting * bc[None, :]
     before = np.cumsum(cap, axis=1) - cap
-    class_units = np.zeros(durs.size, np.int64)
+    class_units = np.zeros(lasting.shape[0], np.int64)
     np.add.at(class_units, cls, ou)
     demand_from = np.cumsum(class_units[::-1])[::-1]
     return before < demand_from[:, None]
