@@ -581,6 +581,9 @@ def _best_uniform_trial(
     best: tuple[tuple[int, int, int], int, _Alloc] | None = None
     for index in ranked:
         alloc = _solve_prepared(orders, bids, prepared, "auto", trial=values[index])
+        if len(ranked) == 1:  # nothing to compare with (the default): no need to value it
+            best = ((0, 0, 0), index, alloc)
+            break
         key = (_alloc_gains(orders, bids, alloc), sum(units for _, _, units in alloc), -index)
         if best is None or key > best[0]:
             best = (key, index, alloc)
