@@ -51,6 +51,13 @@ Pruning (never changes the optimum)
     for any restricted problem that keeps every bid cheaper than a kept one
     and has no more demand: the trial prices below.
 
+    Rule 2 alone is also applied inside every solve, on the (restricted)
+    market that solve takes: one cumulative sum over a classes x bids array
+    it builds anyway.  On a small market (under ``_PRUNE_FROM_ARCS``) that is
+    the only pruning, because the chunked scan costs more than it saves there;
+    at a trial price it uses the trial's own, smaller demand, which the
+    market-wide mask cannot.
+
 Exactness and overflow
     Costs are shifted per class by the cheapest price that class can reach,
     so they scale with the spread of prices in a market, not with their level
