@@ -950,10 +950,10 @@ def _prune(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> tuple[list[int
         side="right",
     ) - 1
     caps = np.fromiter((b.capacity for b in bids[:n]), np.int64, n)
-    # Chunks grow from a small first one: on a market whose last needed bid comes early (most of
-    # them: ~400 of 1,000 bids at 10k x 100k) the scan stops well before a full-size chunk.
-    max_chunk = max(16, min(1024, 4_000_000 // k))
-    chunk = min(max_chunk, 128)
+    # Chunks of 256 bids (fewer when classes are many, to bound memory): the last needed bid
+    # of a market comes early (~400 of 1,000 at 10k x 100k), and a 1,024-bid chunk scanned all
+    # of them; 256 measured as fast as 128 and faster than 1,024 or chunks growing from 128.
+    chunk = max(16, min(256, 4_000_000 // k))
     before_chunk = np.zeros(k, np.int64)  # capacity per tier of every earlier candidate
     # units of classes d and longer, for the second rule
     demand_from = np.cumsum(np.array(units_by_dur[::-1], np.int64))[::-1]
@@ -975,7 +975,6 @@ def _prune(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> tuple[list[int
         if not _needed_classes(before_chunk[None, :], dem, demand_from).any():
             break  # the capacity only grows: no later bid is needed by any class
         start += rows
-        chunk = min(max_chunk, 2 * chunk)
     return keep, np.concatenate(kept_needs)
 
 
