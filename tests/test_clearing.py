@@ -1024,3 +1024,57 @@ def test_an_order_beyond_every_range_sits_out_instead_of_stalling_the_round(
     assert value(with_whale, orders, bids) == value(honest, orders, bids)
     c = clear([*orders, whale], bids)
     assert all(m.order_key != "0xwhale" for m in c.matches)
+
+
+@st.composite
+def trial_instances(draw: st.DrawFn) -> tuple[list[OrderLot], list[BidLot], bool]:
+    """One market, small or big enough to be pruned, with every order its own duration class
+    or with few classes; plus whether to force the pruned path."""
+    n_o = draw(st.integers(1, 12))
+    distinct = draw(st.booleans())
+    durations = (draw(st.lists(st.integers(1, 40), min_size=n_o, max_size=n_o, unique=True)) if distinct
+                 else [draw(st.sampled_from(DURATIONS)) for _ in range(n_o)])
+    orders = [OrderLot(f"0xo{i:03d}", M, draw(st.integers(1, 6)), durations[i], draw(st.integers(0, 20)))
+              for i in range(n_o)]
+    n_b = draw(st.integers(1, 60))
+    bids = [BidLot(f"0xb{j:04d}", M, "0x01", draw(st.integers(1, 5)), draw(st.integers(0, 20)),
+                   draw(st.integers(0, 45)))
+            for j in range(n_b)]
+    return orders, bids, draw(st.booleans())
+
+
+@MEDIUM
+@given(trial_instances())
+def test_every_trial_price_solves_exactly_on_each_path(inst: tuple[list[OrderLot], list[BidLot], bool]) -> None:
+    """At every price, the solve restricted to it (pruning rule 2 applied to the trial's own
+    demand; on small markets the only pruning) has the value of an unpruned exact solve of the
+    restricted market, on the pruned path and the small-market path alike, with one order per
+    class (the direct pairing) or several."""
+    orders, bids, force_prune = inst
+    mo = sorted(orders, key=lambda o: o.key)
+    mb = sorted(bids, key=lambda b: (b.price, b.key))
+    with pytest.MonkeyPatch.context() as patch:
+        if force_prune:
+            patch.setattr(clearing, "_PRUNE_FROM_ARCS", 0)
+        prepared = clearing._prepare(mo, mb, prune=True)
+    assert (prepared.needed is not None or not prepared.bids) if force_prune else prepared.needed is None
+    for price in sorted({o.max_price for o in orders} | {b.price for b in bids}):
+        alloc = clearing._solve_prepared(mo, mb, prepared, "auto", trial=price)
+        got = [Match(mo[oi].key, mb[bi].key, units) for oi, bi, units in alloc]
+        taking = [o for o in orders if o.max_price >= price]
+        offered = [b for b in bids if b.price <= price]
+        check_feasible(got, taking, offered)
+        expected = max_gain_allocation(taking, offered, prune=False, solver="python")
+        assert value(got, orders, bids) == value(expected, orders, bids), price
+
+
+@FAST
+@given(st.lists(st.integers(0, 9), max_size=30))
+def test_classes_match_numpy_unique(durations: list[int]) -> None:
+    import numpy as np
+
+    arr = np.array(durations, np.int64)
+    distinct, inverse = clearing._classes(arr)
+    expected_distinct, expected_inverse = np.unique(arr, return_inverse=True)
+    assert distinct.tolist() == expected_distinct.tolist()
+    assert inverse.tolist() == expected_inverse.tolist()

@@ -211,10 +211,19 @@ def clear_10k_100k_2proc(runs: int) -> Iterator[tuple[str, float, str]]:
 def _clear_vs_reference(name: str, orders: list[OrderLot], bids: list[BidLot], runs: int,
                         price_search_solves: int = 1) -> Iterator[tuple[str, float, str]]:
     """Seconds for clear() and its ratio to the independent per-market solve, in the same process
-    (wall clock, and ``_cpu``: this process's CPU time, for a shared machine)."""
-    ours, ours_cpu = _median_wall_and_cpu(
-        lambda: clear(orders, bids, price_search_solves=price_search_solves), runs)
-    reference, reference_cpu = _median_wall_and_cpu(lambda: reference_solve(orders, bids), runs)
+    (wall clock, and ``_cpu``: this process's CPU time, for a shared machine).  The two alternate
+    run by run, so that a change in the machine's load during the benchmark hits both alike."""
+    ours_wall, ours_cpus, reference_wall, reference_cpus = [], [], [], []
+    for _ in range(runs):
+        wall, cpu = _median_wall_and_cpu(
+            lambda: clear(orders, bids, price_search_solves=price_search_solves), 1)
+        ours_wall.append(wall)
+        ours_cpus.append(cpu)
+        wall, cpu = _median_wall_and_cpu(lambda: reference_solve(orders, bids), 1)
+        reference_wall.append(wall)
+        reference_cpus.append(cpu)
+    ours, ours_cpu = statistics.median(ours_wall), statistics.median(ours_cpus)
+    reference, reference_cpu = statistics.median(reference_wall), statistics.median(reference_cpus)
     yield name, ours, "s"
     yield f"{name}_ratio", ours / reference, "x"
     yield f"{name}_cpu", ours_cpu, "s"

@@ -51,6 +51,13 @@ Pruning (never changes the optimum)
     for any restricted problem that keeps every bid cheaper than a kept one
     and has no more demand: the trial prices below.
 
+    Rule 2 alone is also applied inside every solve, on the (restricted)
+    market that solve takes: one cumulative sum over a classes x bids array
+    it builds anyway.  On a small market (under ``_PRUNE_FROM_ARCS``) that is
+    the only pruning, because the chunked scan costs more than it saves there;
+    at a trial price it uses the trial's own, smaller demand, which the
+    market-wide mask cannot.
+
 Exactness and overflow
     Costs are shifted per class by the cheapest price that class can reach,
     so they scale with the spread of prices in a market, not with their level
@@ -581,6 +588,9 @@ def _best_uniform_trial(
     best: tuple[tuple[int, int, int], int, _Alloc] | None = None
     for index in ranked:
         alloc = _solve_prepared(orders, bids, prepared, "auto", trial=values[index])
+        if len(ranked) == 1:  # nothing to compare with (the default): no need to value it
+            best = ((0, 0, 0), index, alloc)
+            break
         key = (_alloc_gains(orders, bids, alloc), sum(units for _, _, units in alloc), -index)
         if best is None or key > best[0]:
             best = (key, index, alloc)
@@ -635,6 +645,9 @@ class _Prepared:
     # ``bids``), built once for every trial; None when a value is outside int64's comfort zone
     # (such a market takes the list path, with its range checks and fallbacks).
     arrays: _Arrays | None = None
+    # Whether each solve may also drop the arcs rule 2 rules out in the (restricted) market it
+    # solves; False for ``prune=False``, the unpruned reference the tests compare with.
+    prune_solves: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -656,29 +669,36 @@ def _arrays(orders: Sequence[OrderLot], bids: Sequence[BidLot], order_ids: list[
     ``_solve_ortools`` works in int64 (such a market keeps the list path and its fallbacks)."""
     if not order_ids or not bid_ids:
         return None
-    try:
-        o = np.array([(orders[i].duration, orders[i].max_price, orders[i].units) for i in order_ids], np.int64)
-        b = np.array([(bids[i].price, bids[i].max_duration, bids[i].capacity) for i in bid_ids], np.int64)
+    kept_orders = [orders[i] for i in order_ids]
+    kept_bids = [bids[i] for i in bid_ids]
+    n_o, n_b = len(kept_orders), len(kept_bids)
+    try:  # one fromiter per field: far cheaper than an array of tuples on small markets
+        durations = np.fromiter((o.duration for o in kept_orders), np.int64, n_o)
+        max_prices = np.fromiter((o.max_price for o in kept_orders), np.int64, n_o)
+        units = np.fromiter((o.units for o in kept_orders), np.int64, n_o)
+        prices = np.fromiter((b.price for b in kept_bids), np.int64, n_b)
+        max_durations = np.fromiter((b.max_duration for b in kept_bids), np.int64, n_b)
+        capacities = np.fromiter((b.capacity for b in kept_bids), np.int64, n_b)
     except OverflowError:  # a value of 2**63 or more
         return None
-    max_m = int(o[:, 1].max())
+    max_m = int(max_prices.max())
     if (
-        int(o[:, 0].max()) * max_m >= _INT64_HEADROOM
-        or int(o[:, 2].max()) * len(order_ids) >= _INT64_HEADROOM  # bounds the total units
-        or int(b[:, 2].max()) >= _INT64_HEADROOM
-        or int(b[:, 1].max()) >= _INT64_HEADROOM
+        int(durations.max()) * max_m >= _INT64_HEADROOM
+        or int(units.max()) * n_o >= _INT64_HEADROOM  # bounds the total units
+        or int(capacities.max()) >= _INT64_HEADROOM
+        or int(max_durations.max()) >= _INT64_HEADROOM
     ):
         return None
     return _Arrays(
         order_ids=np.array(order_ids, np.int64),
-        durations=o[:, 0].copy(),
-        max_prices=o[:, 1].copy(),
-        units=o[:, 2].copy(),
+        durations=durations,
+        max_prices=max_prices,
+        units=units,
         bid_ids=np.array(bid_ids, np.int64),
         # a bid dearer than every max price never trades: its price only needs to stay above
-        prices=np.minimum(b[:, 0], max_m + 1),
-        max_durations=b[:, 1].copy(),
-        capacities=b[:, 2].copy(),
+        prices=np.minimum(prices, max_m + 1),
+        max_durations=max_durations,
+        capacities=capacities,
     )
 
 
@@ -695,14 +715,14 @@ def _prepare(orders: Sequence[OrderLot], bids: Sequence[BidLot], *, prune: bool)
     if not prune or len({o.duration for o in orders}) * len(bids) < _PRUNE_FROM_ARCS:
         all_o, all_b = list(range(len(orders))), list(range(len(bids)))
         return _Prepared(all_o, all_b, sorted({o.duration for o in orders}), None,
-                         _arrays(orders, bids, all_o, all_b))
+                         _arrays(orders, bids, all_o, all_b), prune_solves=prune)
     servable = _servable_orders(orders, bids)
     if not servable:
         return _Prepared([], [], [], None)
     served_orders = [orders[i] for i in servable]
     keep, needed = _prune(served_orders, bids)
     return _Prepared(servable, keep, sorted({o.duration for o in served_orders}), needed,
-                     _arrays(orders, bids, servable, keep))
+                     _arrays(orders, bids, servable, keep), prune_solves=True)
 
 
 def _solve_prepared(
@@ -766,6 +786,8 @@ def _solve_prepared_arrays(prepared: _Prepared, a: _Arrays, trial: int | None) -
     solved = _solve_ortools_arrays(
         od, a.max_prices[o_sel], a.units[o_sel],
         a.prices[:bid_count], a.max_durations[:bid_count], a.capacities[:bid_count], needed,
+        # The market-wide mask already holds rule 2 for the whole demand; a trial has less.
+        prune=prepared.prune_solves and (needed is None or trial is not None),
     )
     if solved is None:
         return None
@@ -928,13 +950,17 @@ def _prune(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> tuple[list[int
         side="right",
     ) - 1
     caps = np.fromiter((b.capacity for b in bids[:n]), np.int64, n)
-    chunk = max(16, min(1024, 4_000_000 // k))
+    # Chunks of 256 bids (fewer when classes are many, to bound memory): the last needed bid
+    # of a market comes early (~400 of 1,000 at 10k x 100k), and a 1,024-bid chunk scanned all
+    # of them; 256 measured as fast as 128 and faster than 1,024 or chunks growing from 128.
+    chunk = max(16, min(256, 4_000_000 // k))
     before_chunk = np.zeros(k, np.int64)  # capacity per tier of every earlier candidate
     # units of classes d and longer, for the second rule
     demand_from = np.cumsum(np.array(units_by_dur[::-1], np.int64))[::-1]
     keep: list[int] = []
     kept_needs: list[np.ndarray] = [np.zeros((0, k), bool)]
-    for start in range(0, n, chunk):
+    start = 0
+    while start < n:
         t = tiers[start:start + chunk]
         rows = t.size
         valid = t >= 0
@@ -948,6 +974,7 @@ def _prune(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> tuple[list[int
         before_chunk = before[-1] + added[-1]
         if not _needed_classes(before_chunk[None, :], dem, demand_from).any():
             break  # the capacity only grows: no later bid is needed by any class
+        start += rows
     return keep, np.concatenate(kept_needs)
 
 
@@ -1040,58 +1067,72 @@ def _solve_ortools(
 
 def _solve_ortools_arrays(
     od: np.ndarray, om: np.ndarray, ou: np.ndarray, bp: np.ndarray, bd: np.ndarray, bc: np.ndarray,
-    needed: np.ndarray | None = None, *, units_second: bool = True,
+    needed: np.ndarray | None = None, *, units_second: bool = True, prune: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """``_solve_ortools`` on int64 arrays (orders: durations, max prices, units; bids in price
     order: prices, max durations, capacities), whose gain terms ``duration * max_price`` and
     totals the caller has checked to be under ``_INT64_HEADROOM``.  Returns the allocation as
-    arrays (order index, bid index, units), or None outside OR-Tools' exact range."""
+    arrays (order index, bid index, units), or None outside OR-Tools' exact range.  With
+    ``prune``, the arcs pruning rule 2 rules out in exactly this market are left out too: on a
+    small market that is the only pruning done (cheaper than the solve it shrinks), and at a
+    trial price it uses the trial's smaller demand, which the market-wide ``needed`` cannot."""
     n_o, n_b = od.size, bp.size
     total = int(ou.sum())
-    durs, cls = np.unique(od, return_inverse=True)
+    durs, cls = _classes(od)
     n_c = durs.size
     cls_max_m = np.zeros(n_c, np.int64)
     np.maximum.at(cls_max_m, cls, om)
     # A class reaches a bid that lasts long enough and is priced at most the
     # class's best max price (a dearer bid could only trade at a loss).
-    reach = (bd[None, :] >= durs[:, None]) & (bp[None, :] <= cls_max_m[:, None])
+    lasting = bd[None, :] >= durs[:, None]
+    reach = lasting & (bp[None, :] <= cls_max_m[:, None])
     if needed is not None:  # arcs the pruning showed no optimum needs
         reach &= needed.T
+    if prune:
+        reach &= _rule_two(lasting, cls, ou, bc)
     ci, bj = np.nonzero(reach)
     if ci.size == 0:
         return _EMPTY
-    # P_d: bids are sorted by price, so the first reachable bid is the cheapest.
-    has_bid = reach.any(axis=1)
-    ref = np.where(has_bid, bp[np.argmax(reach, axis=1)], 0)
+    # P_d: bids are sorted by price and np.nonzero walks rows in order, so the first reachable
+    # bid of each class is its cheapest.
+    has_bid = np.zeros(n_c, bool)
+    has_bid[ci] = True
+    first_arc = np.searchsorted(ci, np.arange(n_c))
+    ref = np.where(has_bid, bp[bj[np.minimum(first_arc, ci.size - 1)]], 0)
     # Orders of a class that reaches no bid at all, or priced under its cheapest
     # bid, cannot be served: their arcs are left out (cap 0 keeps indices aligned).
-    servable = has_bid[cls] & (om >= ref[cls])
-    gain_o = np.where(servable, durs[cls] * (om - ref[cls]), 0)
+    ref_o = ref[cls]
+    servable = has_bid[cls] & (om >= ref_o)
+    gain_o = np.where(servable, durs[cls] * (om - ref_o), 0)
     gain_b = durs[ci] * (bp[bj] - ref[ci])
-    g = int(np.gcd(np.gcd.reduce(gain_o), np.gcd.reduce(gain_b))) or 1
+    g = int(np.gcd.reduce(np.concatenate([gain_o, gain_b]))) or 1
     n_nodes = n_c + n_b + 2
     weight = int(ou[servable].sum()) + 1 if units_second else 1  # K
     bonus = 1 if units_second else 0
     limit = _INT64_MAX // (2 * (n_nodes + 1))
     if (int(gain_o.max()) // g) * weight + bonus > limit or (int(gain_b.max()) // g) * weight > limit:
         return None
-    cost_o = np.where(servable, -(gain_o // g) * weight - bonus, 0)
-    cost_cb = (gain_b // g) * weight
     src, sink = 0, n_nodes - 1
-    tails = np.concatenate([
-        np.zeros(n_o, np.int32),
-        (1 + ci).astype(np.int32),
-        (1 + n_c + np.arange(n_b)).astype(np.int32),
-        np.array([src], np.int32),
-    ])
-    heads = np.concatenate([
-        (1 + cls).astype(np.int32),
-        (1 + n_c + bj).astype(np.int32),
-        np.full(n_b, sink, np.int32),
-        np.array([sink], np.int32),
-    ])
-    caps = np.concatenate([np.where(servable, ou, 0), bc[bj], bc, np.array([total], np.int64)])
-    costs = np.concatenate([cost_o, cost_cb, np.zeros(n_b + 1, np.int64)])
+    n_arcs = n_o + ci.size + n_b + 1
+    # One array per field, filled by slices: orders, then class -> bid arcs, bids -> sink, bypass.
+    tails = np.empty(n_arcs, np.int32)
+    heads = np.empty(n_arcs, np.int32)
+    caps = np.empty(n_arcs, np.int64)
+    costs = np.zeros(n_arcs, np.int64)
+    e, f = n_o, n_o + ci.size
+    tails[:e] = src
+    heads[:e] = cls + 1
+    caps[:e] = np.where(servable, ou, 0)
+    costs[:e] = np.where(servable, -(gain_o // g) * weight - bonus, 0)
+    tails[e:f] = ci + 1
+    heads[e:f] = bj + (1 + n_c)
+    caps[e:f] = bc[bj]
+    costs[e:f] = (gain_b // g) * weight
+    tails[f:-1] = np.arange(1 + n_c, 1 + n_c + n_b, dtype=np.int32)
+    heads[f:] = sink
+    caps[f:-1] = bc
+    tails[-1] = src
+    caps[-1] = total
     smcf = min_cost_flow.SimpleMinCostFlow()
     smcf.add_arcs_with_capacity_and_unit_cost(tails, heads, caps, costs)
     smcf.set_nodes_supplies(
@@ -1099,10 +1140,63 @@ def _solve_ortools_arrays(
     )
     if smcf.solve() != smcf.OPTIMAL:
         return None  # e.g. BAD_COST_RANGE from its potentials: the exact Python solver takes over
-    flows = np.asarray(smcf.flows(np.arange(n_o + ci.size, dtype=np.int32)))
+    flows = np.asarray(smcf.flows(np.arange(f, dtype=np.int32)))
     served = flows[:n_o]
     sold = flows[n_o:]
+    if n_c == n_o:  # one order per class (durations in seconds: the usual case)
+        return _pair_single_orders(om, bp, cls, ci, bj, served, sold)
     return _pair_classes(om, bp, cls, ci, bj, served, sold)
+
+
+def _classes(durations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct durations, ascending, and each order's index among them
+    (``np.unique(..., return_inverse=True)`` in fewer steps)."""
+    by_duration = np.argsort(durations, kind="stable")
+    ordered = durations[by_duration]
+    starts = np.empty(ordered.size, bool)
+    starts[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    cls = np.empty(ordered.size, np.int64)
+    cls[by_duration] = np.cumsum(starts) - 1
+    return ordered[starts], cls
+
+
+def _pair_single_orders(
+    max_prices: np.ndarray,
+    prices: np.ndarray,
+    order_class: np.ndarray,
+    arc_class: np.ndarray,
+    arc_bid: np.ndarray,
+    served: np.ndarray,
+    sold: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_pair_classes`` when every class holds exactly one order: each class -> bid arc with
+    flow is one (order, bid) pair, once the flow is checked to be conserved at every class."""
+    order_of_class = np.empty(order_class.size, np.int64)
+    order_of_class[order_class] = np.arange(order_class.size)
+    arcs = np.nonzero(sold)[0]
+    into_class = np.zeros(order_class.size, np.int64)
+    np.add.at(into_class, arc_class[arcs], sold[arcs])
+    if (into_class[order_class] != served).any():
+        raise RuntimeError("min-cost flow is not conserved at a duration class")
+    which_o = order_of_class[arc_class[arcs]]
+    which_b = arc_bid[arcs]
+    if (max_prices[which_o] < prices[which_b]).any():
+        raise RuntimeError("the optimum pairs an order below a bid's price")
+    return which_o, which_b, sold[arcs]
+
+
+def _rule_two(lasting: np.ndarray, cls: np.ndarray, ou: np.ndarray, bc: np.ndarray) -> np.ndarray:
+    """``mask[c, j]``: pruning rule 2 (module docstring) does not rule out that bid j serves
+    class c: the bids before j (no dearer: bids are in price order) that last at least T_c
+    (``lasting[c, j]``) hold fewer units than the classes >= c want.  One (classes x bids)
+    cumulative sum."""
+    cap = lasting * bc[None, :]
+    before = np.cumsum(cap, axis=1) - cap
+    class_units = np.zeros(lasting.shape[0], np.int64)
+    np.add.at(class_units, cls, ou)
+    demand_from = np.cumsum(class_units[::-1])[::-1]
+    return before < demand_from[:, None]
 
 
 def _pair_classes(
