@@ -34,7 +34,7 @@ def test_kill_after_store_commit_keeps_every_accepted_message(market, funded, ma
         assert http.get(f"/bids/{bid_digest}").json()["status"] == "open"
 
 
-@pytest.mark.parametrize("failpoint", ["after_clearing", "after_broadcast"])
+@pytest.mark.parametrize("failpoint", ["after_clearing", "after_signing", "after_broadcast"])
 def test_kill_during_round_settles_it_exactly_once(
     market, funded, matcher_process, settlement, chain, matcher, failpoint
 ):

@@ -39,8 +39,9 @@ def _matcher_account(key_env: str, dev: bool):
 @click.option("--rpc", default=DEV_RPC, show_default=True, help="Ethereum JSON-RPC URL.")
 @click.option("--deployment", type=click.Path(path_type=Path), default=DEFAULT_DEPLOYMENT, show_default=True,
               help="Address book written by `ape run deploy`.")
-@click.option("--db", type=click.Path(path_type=Path), default=Path(".underbid/matcher.db"), show_default=True,
-              help="SQLite store.")
+@click.option("--db", default=".underbid/matcher.db", show_default=True,
+              help="The store: a SQLite file path (one process), or a postgresql:// URL (several processes may"
+                   " share it; one, elected by a Postgres advisory lock, closes rounds and submits).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8700, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--round-seconds", default=10.0, show_default=True, type=click.FloatRange(min=0),

@@ -235,6 +235,9 @@ class Health(BaseModel):
     settlement: Address
     matcher: Address
     open_round: int | None
+    leader: bool = Field(description="whether this process leads: closes rounds and submits settlements (a"
+                         " follower on a shared Postgres store only takes messages and answers reads)")
+    leadership: dict[str, Any] = Field(default_factory=dict, description="how the leader is chosen, and who it is")
 
 
 class FieldError(BaseModel):
@@ -322,8 +325,8 @@ class BodyLimit:
 
 
 def _intake_round(matcher: Matcher) -> int | None:
-    """The round taking messages, read from memory (not `store.open_round()`, which may write)."""
-    return getattr(matcher, "_intake_round", None)
+    """The round taking messages (not `store.open_round()`, which may write)."""
+    return matcher.intake_round()
 
 
 def _report_dict(report: Any) -> dict[str, Any]:
@@ -631,6 +634,13 @@ def create_app(matcher: Matcher, admin_token: str | None = None, max_body_bytes:
             return _error(401, "authorization", "missing 'Authorization: Bearer <admin token>' header")
         if not hmac.compare_digest(supplied.encode("utf-8", "replace"), admin_token.encode("utf-8")):
             return _error(403, "authorization", "wrong admin token")
+        if not matcher.leads():
+            # Several processes share one Postgres store and only the leader closes rounds: this
+            # one is a follower (or lost the lock). Not forwarded: the caller picks the leader.
+            state = matcher.leadership.describe()
+            leader = state.get("leader_process") or "none right now (a follower takes over within seconds)"
+            return _error(503, "leader", f"this matcher process ({state.get('process')}) is a follower and does not"
+                          f" close rounds now; the leader is {leader}: ask the leader's API, or retry shortly")
         round_id, job = closer.request()
         poll = f"/rounds/{round_id}"
         return JSONResponse(
@@ -649,6 +659,8 @@ def create_app(matcher: Matcher, admin_token: str | None = None, max_body_bytes:
             settlement=matcher.chain.book.address("UnderbidSettlement"),
             matcher=matcher.account.address,
             open_round=_intake_round(matcher),
+            leader=matcher.leadership.is_leader,
+            leadership=matcher.leadership.describe(),
         )
 
     from underbid.matcher.explorer import mount_explorer  # imported here: the explorer builds on this module
