@@ -27,7 +27,7 @@ def free_port() -> int:
 class MatcherProcess:
     """`underbid matcher run` in a subprocess; can be killed with SIGKILL and started again."""
 
-    def __init__(self, rpc: str, book: Path, db: Path, log: Path, *, round_seconds: float = 0):
+    def __init__(self, rpc: str, book: Path, db: Path | str, log: Path, *, round_seconds: float = 0):
         self.rpc, self.book, self.db, self.log = rpc, book, db, log
         #: The round timer's period; 0: rounds close only through the API.
         self.round_seconds = round_seconds
@@ -117,3 +117,32 @@ def matcher_process(tmp_path, book_path, chain):
 
 def order_body(order, signature: bytes, **extra) -> dict:
     return {**order.model_dump(by_alias=True), "signature": "0x" + signature.hex(), **extra}
+
+
+def post_pair(market, http, buyer, provider, order_http=None) -> tuple[str, str]:
+    """Posts one bid (to `http`) and one order (to `order_http`, default the same) that match each
+    other in full (2 units at 1 UBC against at most 2); returns their digests (order, bid)."""
+    from ..conftest import HOUR, UBC
+
+    bid = market.bid(provider, capacity=2, price=UBC)
+    order = market.order(buyer, units=2, duration=HOUR, max_price=2 * UBC)
+    assert http.post("/bids", json=order_body(*bid)).status_code == 201
+    assert (order_http or http).post("/orders", json=order_body(*order)).status_code == 201
+    return "0x" + order[0].digest(market.domain).hex(), "0x" + bid[0].digest(market.domain).hex()
+
+
+@pytest.fixture
+def crash_pair(accounts, market):
+    """A buyer (100 UBC of escrow) and a provider (8 units of stake) of their own, for the crash and
+    failover tests: (buyer, provider)."""
+    from ..conftest import UBC
+
+    buyer, provider = accounts[10], accounts[20]
+    market.fund_buyer(buyer, 100 * UBC)
+    market.stake_provider(provider, 8)
+    return buyer, provider
+
+
+def leases_of_round(settlement, chain, round_id: int) -> list:
+    """The LeaseOpened events of a round, from the chain's logs."""
+    return [log for log in settlement.LeaseOpened.range(0, chain.blocks.height + 1) if log.round == round_id]
