@@ -161,6 +161,9 @@ class Matcher:
         with self._intake_lock.shared(), ExitStack() as held:
             for provider in providers:  # in sorted order, so two batches cannot deadlock
                 held.enter_context(self._provider_lock(provider))
+            # Other matcher processes sharing a Postgres store wait while this one checks these
+            # signers' stake or escrow and commits (a no-op with SQLite, which one process owns).
+            held.enter_context(self.store.admission(s.message.signer for s in submissions))
             # Validation holds the intake lock (shared) throughout: the stake it reads and the
             # reservations it counts then stand at the same block (fills are applied exclusively).
             # No retry here: a request handler answers 503 at once rather than wait on the node.

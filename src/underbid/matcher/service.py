@@ -33,11 +33,12 @@ WORKER_THREADS = 128
 
 
 def build_matcher(
-    rpc_url: str, deployment: Path, db_path: Path, account: LocalAccount, rpc_timeout: float = RPC_TIMEOUT
+    rpc_url: str, deployment: Path, db: str | Path, account: LocalAccount, rpc_timeout: float = RPC_TIMEOUT
 ) -> Matcher:
-    """The matcher over the node at `rpc_url`. While that node is down or not answering, waits for
-    it (logging each failed attempt, with backoff) instead of failing; a node on the wrong chain
-    is a ValueError."""
+    """The matcher over the node at `rpc_url`, with its store at `db` (a SQLite file's path or a
+    postgresql:// URL). While that node is down or not answering, waits for it (logging each
+    failed attempt, with backoff) instead of failing; a node on the wrong chain is a ValueError,
+    a store that cannot be opened a StoreError."""
     book = AddressBook.load(deployment)
 
     def attach() -> ChainView:
@@ -49,7 +50,7 @@ def build_matcher(
         return ChainView(w3, book)
 
     chain = wait_for(attach, what=f"waiting for the node at {rpc_url}")
-    return Matcher(chain, Store(db_path), account)
+    return Matcher(chain, Store(db), account)
 
 
 def serve(matcher: Matcher, host: str, port: int, round_seconds: float, admin_token: str | None) -> None:
