@@ -102,6 +102,19 @@ class MatcherProcess:
             time.sleep(0.1)
 
 
+#: The store back ends every store test, and the matcher tests that exercise the store, run on.
+STORE_BACKENDS = ("sqlite", "postgres")
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_url(request, tmp_path) -> str:
+    """Where a fresh store lives, once per back end: a SQLite file's path, or the URL of a fresh
+    database in this worker's throwaway PostgreSQL cluster."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return str(tmp_path / "matcher.db")
+
+
 @pytest.fixture
 def book_path(tmp_path, protocol, deployer, params) -> Path:
     return address_book(protocol, "local", deployer, params).save(tmp_path / "local.json")

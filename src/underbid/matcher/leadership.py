@@ -19,9 +19,9 @@ dedicated connection:
 Intake spans processes too. A bid's receipt names the round its message is committed in, and the
 round's snapshot must hold every receipted bid, so intake (shared) and the leader's close of
 intake and application of fills (exclusive) exclude each other across processes through a second
-advisory lock, taken shared or exclusive on a pooled connection; a provider's bids are validated
-and committed under an advisory lock of that provider, so two processes cannot together reserve
-more stake than the provider has.
+advisory lock, taken shared or exclusive on a pooled connection. (A signer's messages are
+validated and committed under the store's per-signer admission lock, so two processes cannot
+together reserve more stake or escrow than the signer has.)
 
 With a SQLite store (the default: one process) `SoleLeader` is used: always the leader, and the
 in-process locks are the whole story.
@@ -36,8 +36,8 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 log = logging.getLogger("underbid.matcher.leadership")
@@ -81,7 +81,7 @@ class SoleLeader:
         pass
 
     @contextmanager
-    def intake_shared(self, providers: Sequence[str] = ()) -> Iterator[None]:
+    def intake_shared(self) -> Iterator[None]:
         yield
 
     @contextmanager
@@ -295,19 +295,16 @@ class PostgresLeadership(SoleLeader):
             conn.close()
 
     @contextmanager
-    def intake_shared(self, providers: Sequence[str] = ()) -> Iterator[None]:
-        """Holds the intake lock shared (any number of processes' requests at once) and each of
-        `providers`' locks exclusively, in sorted order, until the block's commit is done."""
-        with ExitStack() as stack:
-            conn = stack.enter_context(self.pooled())
-            keys = [_lock_key("provider", p) for p in sorted(set(providers))]
+    def intake_shared(self) -> Iterator[None]:
+        """Holds the intake lock shared (any number of processes' requests at once) until the
+        block's commit is done. (Per-signer exclusion across processes is the store's
+        `admission`.)"""
+        with self.pooled() as conn:
             conn.execute("SELECT pg_advisory_lock_shared(%s)", (self.intake_key,))
             try:
-                for key in keys:
-                    conn.execute("SELECT pg_advisory_lock(%s)", (key,))
                 yield
             finally:
-                conn.execute("SELECT pg_advisory_unlock_all()")
+                conn.execute("SELECT pg_advisory_unlock(%s)", (self.intake_key,))
 
     @contextmanager
     def intake_exclusive(self) -> Iterator[None]:
@@ -317,4 +314,4 @@ class PostgresLeadership(SoleLeader):
             try:
                 yield
             finally:
-                conn.execute("SELECT pg_advisory_unlock_all()")
+                conn.execute("SELECT pg_advisory_unlock(%s)", (self.intake_key,))

@@ -203,8 +203,11 @@ class Matcher:
         with self._intake_lock.shared(), ExitStack() as held:
             for provider in providers:  # in sorted order, so two batches cannot deadlock
                 held.enter_context(self._provider_lock(provider))
-            # Over a shared store, the same locks across processes (no-ops over SQLite).
-            held.enter_context(self.leadership.intake_shared(providers))
+            # Other matcher processes sharing a Postgres store wait while this one checks these
+            # signers' stake or escrow and commits (a no-op with SQLite, which one process owns).
+            held.enter_context(self.store.admission(s.message.signer for s in submissions))
+            # ...and the intake lock across processes: the leader's close of intake waits for it.
+            held.enter_context(self.leadership.intake_shared())
             # Validation holds the intake lock (shared) throughout: the stake it reads and the
             # reservations it counts then stand at the same block (fills are applied exclusively).
             # No retry here: a request handler answers 503 at once rather than wait on the node.

@@ -39,17 +39,13 @@ log = logging.getLogger("underbid.matcher.service")
 WORKER_THREADS = 128
 
 
-def is_postgres_url(db: str | Path) -> bool:
-    """Whether `--db` names a Postgres database (a URL) rather than a SQLite file."""
-    return str(db).startswith(("postgresql://", "postgres://"))
-
-
 def build_matcher(
-    rpc_url: str, deployment: Path, db_path: str | Path, account: LocalAccount, rpc_timeout: float = RPC_TIMEOUT
+    rpc_url: str, deployment: Path, db: str | Path, account: LocalAccount, rpc_timeout: float = RPC_TIMEOUT
 ) -> Matcher:
-    """The matcher over the node at `rpc_url`. While that node is down or not answering, waits for
-    it (logging each failed attempt, with backoff) instead of failing; a node on the wrong chain
-    is a ValueError."""
+    """The matcher over the node at `rpc_url`, with its store at `db` (a SQLite file's path or a
+    postgresql:// URL). While that node is down or not answering, waits for it (logging each
+    failed attempt, with backoff) instead of failing; a node on the wrong chain is a ValueError,
+    a store that cannot be opened a StoreError."""
     book = AddressBook.load(deployment)
 
     def attach() -> ChainView:
@@ -61,12 +57,12 @@ def build_matcher(
         return ChainView(w3, book)
 
     chain = wait_for(attach, what=f"waiting for the node at {rpc_url}")
-    if is_postgres_url(db_path):
+    store = Store(db)
+    if store.backend == "postgres":
         # One lock per matcher identity: the processes of one matcher contend for it.
-        leadership: SoleLeader | PostgresLeadership = PostgresLeadership(str(db_path), account.address)
-        store = Store(str(db_path))  # the Postgres store (branch pg-store) takes the URL
+        leadership: SoleLeader | PostgresLeadership = PostgresLeadership(str(db), account.address)
     else:
-        leadership, store = SoleLeader(), Store(Path(db_path))
+        leadership = SoleLeader()
     return Matcher(chain, store, account, leadership)
 
 
