@@ -156,6 +156,16 @@ def crash_pair(accounts, market):
     return buyer, provider
 
 
+def wait_until(what: str, condition, timeout: float) -> float:
+    """Polls `condition()` until it holds and returns the seconds that took; fails naming `what`
+    after `timeout` seconds."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"not within {timeout}s: {what}"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
 def leases_of_round(settlement, chain, round_id: int) -> list:
     """The LeaseOpened events of a round, from the chain's logs."""
     return [log for log in settlement.LeaseOpened.range(0, chain.blocks.height + 1) if log.round == round_id]
