@@ -236,6 +236,12 @@ class Matcher:
         # the exclusive lock); this covers a store another process is creating right now.
         return current if current is not None else self.store.open_round()
 
+    def _fail_round(self, round_id: int, why: str) -> None:
+        """Marks a round failed, fenced: unlike the store's other round transitions this one is not
+        conditional on the round's state, so a zombie leader must not make it."""
+        self.leadership.ensure_leader()
+        self.store.fail_round(round_id, why)
+
     def _raced(self, kind: MessageKind, accepted: list[Accepted]) -> Rejections:
         """The refusal of a request that lost a race to another request with the same message
         (409 naming `signature`) or the same (signer, nonce) (409 naming `nonce`)."""
@@ -286,7 +292,7 @@ class Matcher:
                     # covers its round and every later one).
                     log.warning("round id %s is not above this matcher's last round on chain (%s); skipping it",
                                 round_id, last)
-                    self.store.fail_round(round_id, f"round id not above the last round on chain ({last})")
+                    self._fail_round(round_id, f"round id not above the last round on chain ({last})")
                     round_id = self.store.open_round(min_id=last + 1)
                 self._intake_round = round_id
             if self.leadership.is_leader:
@@ -315,7 +321,7 @@ class Matcher:
             if report.state == RoundState.OPEN.value:
                 # Nothing is left to match: the round never settles, so none of its receipts can
                 # be used in a challenge, and its open messages go to the next round.
-                self.store.fail_round(round_id, "nothing left to match when the round was finished")
+                self._fail_round(round_id, "nothing left to match when the round was finished")
             elif report.state != RoundState.CONFIRMED.value:
                 return done, report
             done.append(round_id)
@@ -521,7 +527,7 @@ class Matcher:
                 # The round takes no more batches (its span passed, say, or a later round opened):
                 # the batches left out hold only the pricier bids of their markets.
                 if on_chain.batches == 0:
-                    self.store.fail_round(round_id, "the round closed on chain before any batch landed")
+                    self._fail_round(round_id, "the round closed on chain before any batch landed")
                     return Advance(Progress.FAILED, "closed on chain with nothing landed", dropped=dropped)
                 for rest in stored.batches[batch.batch:]:
                     why = f"round final on chain after {on_chain.batches} batches"
