@@ -8,6 +8,12 @@ from ..conftest import HOUR, UBC
 from .conftest import order_body
 
 
+@pytest.fixture
+def matcher_db(store_url) -> str:
+    """These tests run on both store back ends: SQLite, then Postgres."""
+    return store_url
+
+
 def _post_pair(m, http, buyer, provider):
     bid = m.bid(provider, capacity=2, price=UBC)
     order = m.order(buyer, units=2, duration=HOUR, max_price=2 * UBC)
