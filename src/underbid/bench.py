@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import random
 import statistics
 import sys
@@ -431,9 +432,12 @@ def _signed_bids(devnet: _Devnet, providers, n: int, seed: int = 7):
     return out
 
 
-def ingest(runs: int) -> Iterator[tuple[str, float, str]]:
-    """Signed bids through validation + the SQLite store (no HTTP), on a real anvil with a warm
-    chain-fact cache; every commit is durable (synchronous=FULL) before its request is answered.
+def ingest(runs: int, store_url: str | None = None) -> Iterator[tuple[str, float, str]]:
+    """Signed bids through validation + the store (no HTTP), on a real anvil with a warm
+    chain-fact cache; every commit is durable (SQLite: synchronous=FULL; Postgres:
+    synchronous_commit=on) before its request is answered. SQLite in a temporary file, or, with
+    `store_url`, the Postgres database there (it must be empty); Postgres figures are named
+    ``..._postgres``. One matcher process: the server's own processes are not pinned.
     The process is pinned to one CPU where the OS allows it, so the figures are one core's.
 
     ``ingest_bids``: each bid its own request, from 32 threads (uvicorn's pool is 40), commits
@@ -464,15 +468,17 @@ def ingest(runs: int) -> Iterator[tuple[str, float, str]]:
         signed = _signed_bids(devnet, providers, n_single + n_batched)
         with tempfile.TemporaryDirectory() as tmp:
             matcher = Matcher(
-                ChainView(connect(devnet.rpc), devnet.book), Store(f"{tmp}/bench.db"), dev_account(MATCHER)
+                ChainView(connect(devnet.rpc), devnet.book), Store(store_url or f"{tmp}/bench.db"),
+                dev_account(MATCHER),
             )
+            suffix = "_postgres" if store_url else ""
             for bid, sig in signed[:20]:  # warm the chain-fact cache
                 matcher.accept(MessageKind.BID, bid, sig)
             single = signed[20:n_single]
             started = time.perf_counter()
             with ThreadPoolExecutor(max_workers=32) as pool:
                 list(pool.map(lambda item: matcher.accept(MessageKind.BID, *item), single))
-            yield "ingest_bids", len(single) / (time.perf_counter() - started), "msg/s"
+            yield f"ingest_bids{suffix}", len(single) / (time.perf_counter() - started), "msg/s"
 
             rates = []
             for run in range(runs):
@@ -488,8 +494,8 @@ def ingest(runs: int) -> Iterator[tuple[str, float, str]]:
                 with ThreadPoolExecutor(max_workers=2) as pool:
                     list(pool.map(lambda request: matcher.accept_batch(MessageKind.BID, request), requests))
                 rates.append(n_run / (time.perf_counter() - started))
-            yield "ingest_bids_batch", statistics.median(rates), "msg/s"
-            yield "ingest_bids_batch_slowest_run", min(rates), "msg/s"
+            yield f"ingest_bids_batch{suffix}", statistics.median(rates), "msg/s"
+            yield f"ingest_bids_batch_slowest_run{suffix}", min(rates), "msg/s"
             matcher.store.close()
     finally:
         if cpus:
@@ -665,6 +671,7 @@ BENCHMARKS: dict[str, Callable[[int], Iterator[tuple[str, float, str]]]] = {
     "clear_distinct_durations": clear_distinct_durations,
     "uniform_price": uniform_price,
     "ingest": ingest,
+    "ingest_postgres": ingest,  # with main's --postgres URL
     "round_close_200k": round_close_200k,
     "round_e2e": round_e2e,
 }
@@ -675,8 +682,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append",
                         help="run only this benchmark (repeatable)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per figure (median)")
+    parser.add_argument("--postgres", metavar="URL", default=os.environ.get("UNDERBID_BENCH_POSTGRES"),
+                        help="an empty Postgres database (postgresql://...; or $UNDERBID_BENCH_POSTGRES) for"
+                             " ingest_postgres, which runs only when one is given")
     args = parser.parse_args(argv)
-    chosen = args.only or list(BENCHMARKS)
+    if args.only and "ingest_postgres" in args.only and not args.postgres:
+        parser.error("ingest_postgres needs --postgres URL (an empty database)")
+    chosen = args.only or [name for name in BENCHMARKS if name != "ingest_postgres" or args.postgres]
     # Figures go to stdout (one parseable line each); progress goes to stderr, so that
     # `python -m underbid.bench > figures.txt` keeps a clean file and still shows where it is.
     progress_console = Console(stderr=True)
@@ -686,7 +698,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in chosen:
             progress.update(task, description=f"bench {name} ({args.runs} runs)")
             started = time.perf_counter()
-            for figure, value, unit in BENCHMARKS[name](args.runs):
+            figures = ingest(args.runs, args.postgres) if name == "ingest_postgres" else BENCHMARKS[name](args.runs)
+            for figure, value, unit in figures:
                 print(f"bench {figure} {value:.3f} {unit}", flush=True)
             progress_console.print(f"[dim]{name}: done in {time.perf_counter() - started:.1f} s[/dim]")
             progress.advance(task)

@@ -1,14 +1,21 @@
-"""A real matcher process (real HTTP, real SQLite) against the test anvil and contracts."""
+"""A real matcher process (real HTTP, a real SQLite file or PostgreSQL server) against the test
+anvil and contracts.
+
+`matcher_process` stores in SQLite; a test module runs its tests on both back ends by overriding
+the `matcher_db` fixture with one returning `store_url`."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,7 +34,7 @@ def free_port() -> int:
 class MatcherProcess:
     """`underbid matcher run` in a subprocess; can be killed with SIGKILL and started again."""
 
-    def __init__(self, rpc: str, book: Path, db: Path | str, log: Path, *, round_seconds: float = 0):
+    def __init__(self, rpc: str, book: Path, db: str | Path, log: Path, *, round_seconds: float = 0):
         self.rpc, self.book, self.db, self.log = rpc, book, db, log
         #: The round timer's period; 0: rounds close only through the API.
         self.round_seconds = round_seconds
@@ -121,11 +128,32 @@ def book_path(tmp_path, protocol, deployer, params) -> Path:
 
 
 @pytest.fixture
-def matcher_process(tmp_path, book_path, chain):
-    process = MatcherProcess(chain.provider.uri, book_path, tmp_path / "matcher.db", tmp_path / "matcher.log")
+def matcher_db(tmp_path) -> str:
+    """The store `matcher_process` runs on: a SQLite file, unless a module overrides this."""
+    return str(tmp_path / "matcher.db")
+
+
+@pytest.fixture
+def matcher_process(tmp_path, book_path, chain, matcher_db):
+    process = MatcherProcess(chain.provider.uri, book_path, matcher_db, tmp_path / "matcher.log")
     process.start()
     yield process
     process.stop()
+
+
+def store_rows(db: str | Path, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    """Rows of one query on a store's database, read past the matcher (SQLite file or Postgres
+    URL); `sql` takes `?` placeholders on both."""
+    if str(db).startswith(("postgresql://", "postgres://")):
+        import psycopg
+
+        with psycopg.connect(str(db), autocommit=True) as conn:
+            return [tuple(row) for row in conn.execute(sql.replace("?", "%s"), params).fetchall()]
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
 
 
 def order_body(order, signature: bytes, **extra) -> dict:

@@ -8,6 +8,7 @@ message is in the store while every accepted one still is.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,13 @@ from underbid.devnet.node import MATCHER, dev_account
 from underbid.protocol.eip712 import Order, Receipt, recover_signer
 
 from ..conftest import A100, H100, HOUR, UBC
-from .conftest import ADMIN_TOKEN, order_body
+from .conftest import ADMIN_TOKEN, order_body, store_rows
+
+
+@pytest.fixture
+def matcher_db(store_url) -> str:
+    """These tests run on both store back ends: SQLite, then Postgres."""
+    return store_url
 
 #: The matcher's chain cache lifetime (ChainView's default).
 CHAIN_CACHE_TTL = ChainView.__init__.__defaults__[-1]
@@ -613,18 +620,22 @@ def test_request_bodies_are_limited_before_they_are_read(api, matcher_process):
 
 
 def test_health_only_reads(api, matcher_process):
-    import sqlite3
-
-    db = sqlite3.connect(matcher_process.db)
+    """GET /health writes nothing: every round row is as it was (on Postgres down to its row
+    version, `xmin`, which any UPDATE changes; on SQLite the file's data_version too)."""
+    postgres = str(matcher_process.db).startswith("postgresql://")
+    rounds = "SELECT id, state, closed_at" + (", xmin::text" if postgres else "") + " FROM rounds ORDER BY id"
+    before = store_rows(matcher_process.db, rounds)
+    db = None if postgres else sqlite3.connect(matcher_process.db)
     try:
-        before = db.execute("PRAGMA data_version").fetchone()[0], db.execute("SELECT COUNT(*) FROM rounds").fetchone()
+        version = db.execute("PRAGMA data_version").fetchone()[0] if db else None
         for _ in range(5):
             r = api.request("GET", "/health")
             assert r.status_code == 200 and r.json()["open_round"] >= 1, r.text
-        after = db.execute("PRAGMA data_version").fetchone()[0], db.execute("SELECT COUNT(*) FROM rounds").fetchone()
+        assert (db.execute("PRAGMA data_version").fetchone()[0] if db else None) == version
     finally:
-        db.close()
-    assert before == after
+        if db:
+            db.close()
+    assert before and store_rows(matcher_process.db, rounds) == before
 
 
 def test_round_ids_beyond_sqlite_range_are_not_a_500(api):

@@ -7,6 +7,12 @@ import pytest
 from .conftest import leases_of_round, post_pair
 
 
+@pytest.fixture
+def matcher_db(store_url) -> str:
+    """These tests run on both store back ends: SQLite, then Postgres."""
+    return store_url
+
+
 def test_kill_after_store_commit_keeps_every_accepted_message(market, crash_pair, matcher_process):
     with matcher_process.client() as http:
         order_digest, bid_digest = post_pair(market, http, *crash_pair)

@@ -118,9 +118,13 @@ _LOCK_CLASS_STORE = 0x75620000  # objects below
 _LOCK_SCHEMA = 0  # migrations: processes starting at once migrate one after the other
 _LOCK_ROUNDS = 1  # round bookkeeping that reads before it writes (open_round, reset_clearing)
 _LOCK_CLASS_ADMISSION = 0x75620001  # one lock per signer (a 32-bit hash of its address)
-#: Connections per process for reads and admission (one per intake request in flight); requests
-#: beyond it wait for a connection. The writer has its own connection.
-_PG_POOL_SIZE = 24
+#: Postgres connections per process, at most: reads (store-only requests, the round worker), and
+#: admission (one per intake request in flight, held while it is validated, chain reads
+#: included). Apart, so reads never queue behind intake waiting on a slow node; requests beyond a
+#: pool's size wait for a connection. The writer has its own one. Two processes at most use
+#: 2 × (1 + 12 + 16) = 58 of the server's default 100.
+_PG_READERS = 12
+_PG_ADMISSIONS = 16
 
 
 class StoreError(Exception):
@@ -350,10 +354,11 @@ class _PostgresBackend:
             reason = " ".join(str(exc).split())
             raise StoreError(f"cannot connect to the Postgres store at {_redacted(url)}: {reason}") from None
         self._writer = pool(1, "underbid-writer")
-        self._readers = pool(_PG_POOL_SIZE, "underbid-readers")
+        self._readers = pool(_PG_READERS, "underbid-readers")
+        self._admissions = pool(_PG_ADMISSIONS, "underbid-admissions")
         try:
-            self._writer.open(wait=True, timeout=10)
-            self._readers.open(wait=True, timeout=10)
+            for opening in (self._writer, self._readers, self._admissions):
+                opening.open(wait=True, timeout=10)
         except Exception as exc:  # PoolTimeout: the server refused or did not answer
             self.close()
             raise StoreError(f"cannot connect to the Postgres store at {_redacted(url)}: {exc}") from None
@@ -380,7 +385,7 @@ class _PostgresBackend:
         """Takes each signer's transaction-scoped advisory lock (in sorted order, so two requests
         cannot deadlock) on a connection of its own, and reads through it until the caller is
         done: any process admitting for these signers waits, then reads what this one committed."""
-        with self._readers.connection() as conn:
+        with self._admissions.connection() as conn:
             db = _PgConnection(conn)
             db.execute("BEGIN")
             try:
@@ -400,6 +405,7 @@ class _PostgresBackend:
     def close(self) -> None:
         self._writer.close()
         self._readers.close()
+        self._admissions.close()
 
 
 def _redacted(url: str) -> str:
