@@ -108,6 +108,7 @@ class PostgresLeadership(SoleLeader):
         self._conn: Any = None  # the lock session; used only under _conn_lock
         self._conn_lock = threading.Lock()
         self._leader = threading.Event()
+        self._first_try = threading.Event()  # set once the first try for the lock has ended
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool: queue.LifoQueue[tuple[Any, float]] = queue.LifoQueue()
@@ -242,7 +243,13 @@ class PostgresLeadership(SoleLeader):
                     self._lose("taking over failed")
             elif not held:
                 self._lose("the leader lock session is gone")
+            self._first_try.set()
             self._stop.wait(self.period)
+
+    def wait_first_try(self, timeout: float) -> bool:
+        """Waits for the first try for the lock to end; True if it made this process the leader."""
+        self._first_try.wait(timeout)
+        return self.is_leader
 
     def stop(self) -> None:
         """Stops contending and gives the lock up (closing the lock session)."""

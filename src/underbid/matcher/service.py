@@ -82,16 +82,24 @@ def take_over(matcher: Matcher) -> None:
 
 
 def serve(matcher: Matcher, host: str, port: int, round_seconds: float, admin_token: str | None) -> None:
-    """Blocks until interrupted. A sole process reconciles every unfinished round first; over a
-    shared Postgres store, the process that becomes leader does, in the background."""
-    if matcher.leadership.shared_store:
-        # Not in the election thread: it must keep renewing the lock while reconcile waits on
-        # the chain.
-        matcher.leadership.start(
-            on_elected=lambda: threading.Thread(target=take_over, args=(matcher,), name="take-over",
-                                                daemon=True).start(),
-            on_lost=matcher.lost_leadership,
-        )
+    """Blocks until interrupted. The leader reconciles every unfinished round first: a sole
+    process (SQLite), or over a shared Postgres store the process that wins the leader lock at
+    start; a process elected later reconciles in the background while it serves."""
+    if isinstance(matcher.leadership, PostgresLeadership):
+        takeovers: list[threading.Thread] = []
+
+        def elected() -> None:
+            # Not in the election thread: it must keep renewing the lock while reconcile waits on
+            # the chain.
+            takeover = threading.Thread(target=take_over, args=(matcher,), name="take-over", daemon=True)
+            takeovers.append(takeover)
+            takeover.start()
+
+        matcher.leadership.start(on_elected=elected, on_lost=matcher.lost_leadership)
+        # As after a restart, a process that leads from the start reconciles before it serves; one
+        # elected later serves first (as a follower it already did) and reconciles meanwhile.
+        if matcher.leadership.wait_first_try(timeout=60) and takeovers:
+            takeovers[0].join()
     else:
         take_over(matcher)
     # Every process runs the timer; it closes rounds only while this process leads.
