@@ -194,6 +194,27 @@ def wait_until(what: str, condition, timeout: float) -> float:
     return time.monotonic() - started
 
 
+def assert_killed_at(failpoint: str, db: str | Path, chain, settlement, matcher) -> None:
+    """Checks, from the store and the node, that a matcher killed at `failpoint` during round 1
+    stopped exactly there: after clearing nothing was signed; after signing the transaction is
+    stored but the node never saw it; after broadcasting the node has it (mined, or still pending:
+    a loaded node may not have mined it yet)."""
+    from web3.exceptions import TransactionNotFound
+
+    rows = store_rows(db, "SELECT tx_hash FROM batches WHERE round_id = 1 AND tx_hash IS NOT NULL")
+    signed = [row[0] for row in rows]
+    if failpoint == "after_clearing":
+        assert signed == [] and settlement.rounds(matcher, 1).batches == 0
+        return
+    assert len(signed) == 1
+    if failpoint == "after_signing":
+        with pytest.raises(TransactionNotFound):
+            chain.provider.web3.eth.get_transaction(signed[0])
+        assert settlement.rounds(matcher, 1).batches == 0
+    else:
+        assert chain.provider.web3.eth.get_transaction(signed[0])["hash"].hex().removeprefix("0x") == signed[0][2:]
+
+
 def leases_of_round(settlement, chain, round_id: int) -> list:
     """The LeaseOpened events of a round, from the chain's logs."""
     return [log for log in settlement.LeaseOpened.range(0, chain.blocks.height + 1) if log.round == round_id]

@@ -59,7 +59,8 @@ def test_leader_killed_mid_round_is_replaced_and_the_round_settles_once(
     with pytest.raises(httpx.HTTPError):
         leader.close_round()  # the leader kills itself at the failpoint, mid-request
     assert leader.wait_dead() == -9
-    assert settlement.rounds(matcher, 1).batches == (1 if failpoint == "after_broadcast" else 0)
+    # Where exactly it died is checked by test_crash (assert_killed_at); here the follower may
+    # already be acting on the store and the chain.
 
     took = wait_until("the follower leads and round 1 is confirmed", lambda: _leads(follower) and httpx.get(
         follower.url + "/rounds/1", timeout=5).json()["state"] == "confirmed", TAKEOVER_SECONDS)
