@@ -53,7 +53,9 @@ def _free_port() -> int:
 class PostgresCluster:
     """One throwaway cluster: `initdb` into a temp dir, `pg_ctl start` on 127.0.0.1:<free port>."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        #: False (tests): fsync and synchronous commit off; True (benchmarks): the server's defaults.
+        self.durable = durable
         self.bindir = _server_bindir()
         # Under root the server must run as an unprivileged user; `postgres` exists wherever
         # Debian's package is installed.
@@ -94,10 +96,9 @@ class PostgresCluster:
                   "--locale=C", "--no-sync")
         # Durability is not under test here (a SIGKILLed *matcher* is; the server stays up), so
         # fsync is off; the socket lives in the data dir so nothing is written to /var/run.
-        options = (
-            f"-c listen_addresses=127.0.0.1 -c unix_socket_directories={self.datadir} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=64MB"
-        )
+        options = f"-c listen_addresses=127.0.0.1 -c unix_socket_directories={self.datadir} -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=64MB"
         for _ in range(5):  # a free port can be taken between probing it and the server binding it
             self.port = _free_port()
             try:
@@ -126,9 +127,9 @@ class PostgresCluster:
 
 
 @contextmanager
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    """A started throwaway cluster, stopped and deleted on exit."""
-    cluster = PostgresCluster()
+def postgres_cluster(*, durable: bool = False) -> Iterator[PostgresCluster]:
+    """A started throwaway cluster, stopped and deleted on exit (`durable`: see PostgresCluster)."""
+    cluster = PostgresCluster(durable=durable)
     try:
         cluster.start()
         yield cluster
