@@ -817,7 +817,7 @@ def test_round_close_errors_never_escape_as_500(tmp_path):
         raise raised.pop(0)
 
     matcher = SimpleNamespace(
-        _intake_round=7, close_round=close_round,
+        intake_round=lambda: 7, leads=lambda: True, close_round=close_round,
         round=lambda i: StoredRound(id=i, state=RoundState.OPEN, opened_at=1.0, cleared_at=None, confirmed_at=None,
                                     clearing=None, error=None, closed_at=None, batches=()) if i == 7 else None,
     )
