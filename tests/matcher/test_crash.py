@@ -5,13 +5,10 @@ import httpx
 import pytest
 
 from ..conftest import HOUR, UBC
-from .conftest import order_body
+from .conftest import on_both_stores, order_body
 
-
-@pytest.fixture
-def matcher_db(store_url) -> str:
-    """These tests run on both store back ends: SQLite, then Postgres."""
-    return store_url
+# Intake, the round, its settlement and recovery all go through the store.
+pytestmark = on_both_stores
 
 
 def _post_pair(m, http, buyer, provider):
