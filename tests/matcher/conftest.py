@@ -1,8 +1,7 @@
 """A real matcher process (real HTTP, a real SQLite file or PostgreSQL server) against the test
 anvil and contracts.
 
-`matcher_process` stores in SQLite; a test module runs its tests on both back ends by overriding
-the `matcher_db` fixture with one returning `store_url`."""
+`matcher_process` stores in SQLite; a test marked `on_both_stores` runs on both back ends."""
 
 from __future__ import annotations
 
@@ -128,9 +127,17 @@ def book_path(tmp_path, protocol, deployer, params) -> Path:
 
 
 @pytest.fixture
-def matcher_db(tmp_path) -> str:
-    """The store `matcher_process` runs on: a SQLite file, unless a module overrides this."""
+def matcher_db(request, tmp_path) -> str:
+    """The store `matcher_process` runs on: a SQLite file, or, parametrized by `on_both_stores`,
+    each back end in turn."""
+    if getattr(request, "param", "sqlite") == "postgres":
+        return request.getfixturevalue("postgres_url")
     return str(tmp_path / "matcher.db")
+
+
+#: Runs a test using `matcher_process` once per store back end (`[sqlite]`, `[postgres]`): the
+#: tests whose requests and rounds reach the store; the others stay on SQLite alone.
+on_both_stores = pytest.mark.parametrize("matcher_db", STORE_BACKENDS, indirect=True)
 
 
 @pytest.fixture

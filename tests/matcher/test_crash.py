@@ -4,13 +4,10 @@ accepted message is still there and each round is settled on chain exactly once.
 import httpx
 import pytest
 
-from .conftest import assert_killed_at, leases_of_round, post_pair
+from .conftest import assert_killed_at, leases_of_round, on_both_stores, post_pair
 
-
-@pytest.fixture
-def matcher_db(store_url) -> str:
-    """These tests run on both store back ends: SQLite, then Postgres."""
-    return store_url
+# Intake, the round, its settlement and recovery all go through the store.
+pytestmark = on_both_stores
 
 
 def test_kill_after_store_commit_keeps_every_accepted_message(market, crash_pair, matcher_process):

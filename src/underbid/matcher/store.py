@@ -342,10 +342,13 @@ class _PostgresBackend:
             conn.execute("SET synchronous_commit = on")
             conn.execute("SET application_name = 'underbid-matcher'")
 
-        def pool(size: int, name: str) -> ConnectionPool[Any]:
+        def pool(size: int, name: str, *, checked: bool) -> ConnectionPool[Any]:
+            # A checked pool tries each connection (one round trip) before handing it out, so a
+            # server restart costs no failed commit. Reads and admissions, one checkout each per
+            # request, skip it: a connection that broke fails that one request and is discarded.
             return ConnectionPool(
                 url, min_size=1, max_size=size, kwargs={"autocommit": True}, configure=configure,
-                check=ConnectionPool.check_connection, name=name, open=False, timeout=30,
+                check=ConnectionPool.check_connection if checked else None, name=name, open=False, timeout=30,
             )
 
         try:  # one connection first, for the server's own words on why it cannot be reached
@@ -353,9 +356,9 @@ class _PostgresBackend:
         except psycopg.Error as exc:
             reason = " ".join(str(exc).split())
             raise StoreError(f"cannot connect to the Postgres store at {_redacted(url)}: {reason}") from None
-        self._writer = pool(1, "underbid-writer")
-        self._readers = pool(_PG_READERS, "underbid-readers")
-        self._admissions = pool(_PG_ADMISSIONS, "underbid-admissions")
+        self._writer = pool(1, "underbid-writer", checked=True)
+        self._readers = pool(_PG_READERS, "underbid-readers", checked=False)
+        self._admissions = pool(_PG_ADMISSIONS, "underbid-admissions", checked=False)
         try:
             for opening in (self._writer, self._readers, self._admissions):
                 opening.open(wait=True, timeout=10)
