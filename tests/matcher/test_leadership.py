@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from underbid.matcher.leadership import LEASE, PERIOD, NotLeader, PostgresLeadership
+from underbid.matcher.leadership import LEASE, PERIOD, IntakeLockUnavailable, NotLeader, PostgresLeadership
 
 from .conftest import wait_until
 
@@ -101,3 +101,24 @@ def test_ensure_leader_refuses_a_follower_and_after_the_session_dies(postgres_ur
     finally:
         first.stop()
         second.stop()
+
+
+def test_intake_is_held_off_by_the_leaders_exclusive_intake_lock(postgres_url):
+    """Across processes (here two lock holders, each with its own sessions), intake requests share
+    the intake lock while the leader's close of intake holds it exclusively; an intake request
+    waits at most the lease for it, then is refused by name."""
+    leader = PostgresLeadership(postgres_url, MATCHER)
+    intake = PostgresLeadership(postgres_url, MATCHER, lease=1.0)
+    try:
+        with intake.intake_shared(), intake.intake_shared():  # concurrent requests do not wait
+            pass
+        with leader.intake_exclusive():
+            started = time.monotonic()
+            with pytest.raises(IntakeLockUnavailable, match="statement timeout"), intake.intake_shared():
+                pass
+            assert 0.9 <= time.monotonic() - started < 3
+        with intake.intake_shared():  # free again once the leader let go
+            pass
+    finally:
+        leader.stop()
+        intake.stop()

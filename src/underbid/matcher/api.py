@@ -30,6 +30,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from underbid.chain.view import ChainReadError
+from underbid.matcher.leadership import IntakeLockUnavailable
 from underbid.matcher.rounds import Matcher
 from underbid.matcher.store import MessageKind, StoredMessage
 from underbid.matcher.validation import MAX_SPEC_LENGTH, Accepted, Rejection, Rejections, Submission
@@ -478,6 +479,10 @@ def create_app(matcher: Matcher, admin_token: str | None = None, max_body_bytes:
     @app.exception_handler(requests.RequestException)  # what web3's HTTP provider raises
     async def _chain_down(_: Request, exc: Exception) -> JSONResponse:
         return _error(503, "chain", f"the chain RPC is unreachable ({type(exc).__name__}): try again shortly")
+
+    @app.exception_handler(IntakeLockUnavailable)
+    async def _store_busy(_: Request, exc: IntakeLockUnavailable) -> JSONResponse:
+        return _error(503, "store", f"{exc}: try again shortly")
 
     @app.exception_handler(ChainReadError)
     async def _chain_refused(_: Request, exc: ChainReadError) -> JSONResponse:

@@ -53,6 +53,11 @@ class NotLeader(RuntimeError):
     """This process does not hold the matcher's leader lock (now), so it must not close or submit."""
 
 
+class IntakeLockUnavailable(RuntimeError):
+    """The cross-process intake lock could not be taken (the database is unreachable, or the lock
+    was not granted within the lease): the request is refused and may be retried."""
+
+
 def _lock_key(purpose: str, identity: str) -> int:
     """A signed 64-bit advisory-lock key for `purpose` of this matcher identity (its address)."""
     digest = hashlib.sha256(f"underbid:{purpose}:{identity.lower()}".encode()).digest()
@@ -286,7 +291,7 @@ class PostgresLeadership(SoleLeader):
         broken = False
         try:
             yield conn
-        except self._psycopg.Error:
+        except (self._psycopg.Error, IntakeLockUnavailable):
             broken = True
             self._discard(conn)
             raise
@@ -306,19 +311,31 @@ class PostgresLeadership(SoleLeader):
         """Holds the intake lock shared (any number of processes' requests at once) until the
         block's commit is done. (Per-signer exclusion across processes is the store's
         `admission`.)"""
-        with self.pooled() as conn:
-            conn.execute("SELECT pg_advisory_lock_shared(%s)", (self.intake_key,))
-            try:
-                yield
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (self.intake_key,))
+        with self._locked("SELECT pg_advisory_lock_shared(%s)", "SELECT pg_advisory_unlock_shared(%s)"):
+            yield
 
     @contextmanager
     def intake_exclusive(self) -> Iterator[None]:
         """Holds the intake lock exclusively: no process commits a message meanwhile."""
+        with self._locked("SELECT pg_advisory_lock(%s)", "SELECT pg_advisory_unlock(%s)"):
+            yield
+
+    @contextmanager
+    def _locked(self, lock: str, unlock: str) -> Iterator[None]:
+        """Holds the intake lock (`lock`/`unlock`: its shared or exclusive SQL) on a pooled
+        connection; a database failure taking it is IntakeLockUnavailable (a statement waits at
+        most the lease: the session's statement_timeout)."""
         with self.pooled() as conn:
-            conn.execute("SELECT pg_advisory_lock(%s)", (self.intake_key,))
+            self._lock_statement(conn, lock)
             try:
                 yield
             finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (self.intake_key,))
+                self._lock_statement(conn, unlock)
+
+    def _lock_statement(self, conn: Any, statement: str) -> None:
+        try:
+            conn.execute(statement, (self.intake_key,))
+        except self._psycopg.Error as error:
+            raise IntakeLockUnavailable(
+                f"the matcher's intake lock on the Postgres store is unavailable ({type(error).__name__}: {error})"
+            ) from error
