@@ -14,8 +14,9 @@ echo "assurance: forge build + invariant and fuzz tests (foundry.toml: [invarian
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e
+# --threads: 0 is every core; scripts/test.sh passes 1 while the tests run beside it.
 # -vv: forge prints the invariant campaign's coverage counters (InvariantsTest.afterInvariant)
-forge test -vv 2>&1 | tee "$log" | grep -E '^\[(PASS|FAIL)|^Suite result|Failing tests|counterexample|\[Sequence\]|sender=|Encountered|Error'
+forge test -vv --threads "${UNDERBID_FORGE_THREADS:-0}" 2>&1 | tee "$log" | grep -E '^\[(PASS|FAIL)|^Suite result|Failing tests|counterexample|\[Sequence\]|sender=|Encountered|Error'
 status=${PIPESTATUS[0]}
 set -e
 # forge prints "invariant_x() (runs: R, calls: C, reverts: V)" per invariant.

@@ -33,8 +33,11 @@ def free_port() -> int:
 class MatcherProcess:
     """`underbid matcher run` in a subprocess; can be killed with SIGKILL and started again."""
 
-    def __init__(self, rpc: str, book: Path, db: str | Path, log: Path, *, round_seconds: float = 0):
+    def __init__(self, rpc: str | None, book: Path | None, db: str | Path, log: Path, *, round_seconds: float = 0,
+                 network: str | None = None, signer: tuple[str, ...] = ("--dev",), env: dict[str, str] | None = None):
         self.rpc, self.book, self.db, self.log = rpc, book, db, log
+        #: `--network NAME` instead of --rpc and --deployment; the options naming the matcher's key; extra env
+        self.network, self.signer, self.extra_env = network, signer, env or {}
         #: The round timer's period; 0: rounds close only through the API.
         self.round_seconds = round_seconds
         self.port = free_port()
@@ -43,11 +46,13 @@ class MatcherProcess:
 
     def start(self, failpoint: str | None = None, timeout: float = 60.0) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("UNDERBID_FAILPOINT", "UNDERBID_MATCHER_KEY")}
+        env.update(self.extra_env)
         if failpoint:
             env["UNDERBID_FAILPOINT"] = failpoint
+        target = (["--network", self.network] if self.network
+                  else ["--rpc", str(self.rpc), "--deployment", str(self.book)])
         cmd = [
-            sys.executable, "-m", "underbid.cli", "matcher", "run", "--dev",
-            "--rpc", self.rpc, "--deployment", str(self.book), "--db", str(self.db),
+            sys.executable, "-m", "underbid.cli", "matcher", "run", *self.signer, *target, "--db", str(self.db),
             "--port", str(self.port), "--round-seconds", str(self.round_seconds), "--admin-token", ADMIN_TOKEN,
         ]
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)

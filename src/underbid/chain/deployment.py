@@ -41,6 +41,14 @@ class AddressBook(BaseModel):
     deployer: str
     contracts: dict[str, DeployedContract]
     params: dict[str, Any] = Field(default_factory=dict, description="Parameters the contracts were deployed with.")
+    devnet: bool = Field(
+        default=False,
+        description="Deployed on a local devnet from its public dev keys: devnet-only commands may run on it.",
+    )
+    rpc: str | None = Field(default=None, description="The RPC URL commands use with `--network <name>`.")
+    ape_network: str | None = Field(
+        default=None, description="ape's `ecosystem:network:provider` it was deployed with."
+    )
 
     @classmethod
     def load(cls, path: str | Path) -> AddressBook:

@@ -1,7 +1,7 @@
 """The `underbid` command: one click group per concern. Thin: it parses, calls the library and prints.
 
 Groups: account, credits, escrow, order, provider, bid, lease, heartbeat, report, challenge,
-market, bme, status, matcher, devnet, demo. Every command has --json; errors are one line
+market, bme, status, matcher, oracle, ubt, devnet, demo. Every command has --json; errors are one line
 (`error: ...`) with exit code 1 (runtime) or 2 (usage).
 """
 
@@ -43,9 +43,9 @@ def _whole_short_help(command: click.Command) -> None:
 
 
 def _register() -> None:
-    from underbid.cli import account, buyer, devnet_cmd, info, leases, matcher_cmd, provider
+    from underbid.cli import account, buyer, devnet_cmd, info, leases, matcher_cmd, operator, provider
 
-    for module in (account, buyer, provider, leases, info, matcher_cmd, devnet_cmd):
+    for module in (account, buyer, provider, leases, info, matcher_cmd, operator, devnet_cmd):
         for command in module.COMMANDS:
             main.add_command(command)
     for command in main.commands.values():

@@ -53,6 +53,7 @@ class ErrorCode(StrEnum):
     SDL = "sdl"
     CONFIG = "config"  # a provider agent configuration that cannot run
     DEVNET = "devnet"
+    NETWORK = "network"  # an unknown network name, or no address book for the node's chain
     ABORTED = "aborted"
     INTERRUPTED = "interrupted"
     UNEXPECTED = "unexpected"
@@ -77,6 +78,7 @@ def print_error(message: str, code: ErrorCode = ErrorCode.UNEXPECTED, *, as_json
 def _error_code(exc: BaseException) -> tuple[ErrorCode, str | None]:
     """The JSON error code of a runtime error, and the custom error's name for a revert."""
     from underbid.agent.config import ConfigError
+    from underbid.chain.networks import NetworkError
     from underbid.client.session import ChainError, MatcherError
     from underbid.client.wallet import WalletError
     from underbid.protocol.markets import MarketSpecError
@@ -88,7 +90,7 @@ def _error_code(exc: BaseException) -> tuple[ErrorCode, str | None]:
     codes: tuple[tuple[type[BaseException], ErrorCode], ...] = (
         (MatcherError, ErrorCode.MATCHER), (WalletError, ErrorCode.WALLET), (AmountError, ErrorCode.AMOUNT),
         (MarketSpecError, ErrorCode.MARKET), (SdlError, ErrorCode.SDL), (DevnetError, ErrorCode.DEVNET),
-        (ConfigError, ErrorCode.CONFIG),
+        (ConfigError, ErrorCode.CONFIG), (NetworkError, ErrorCode.NETWORK),
     )
     for kind, code in codes:
         if isinstance(exc, kind):
@@ -98,12 +100,13 @@ def _error_code(exc: BaseException) -> tuple[ErrorCode, str | None]:
 
 def _runtime_errors() -> tuple[type[BaseException], ...]:
     from underbid.agent.config import ConfigError
+    from underbid.chain.networks import NetworkError
     from underbid.client.session import UnderbidError
     from underbid.client.wallet import WalletError
     from underbid.protocol.markets import MarketSpecError
     from underbid.protocol.sdl import SdlError
 
-    return UnderbidError, WalletError, SdlError, DevnetError, AmountError, MarketSpecError, ConfigError
+    return UnderbidError, WalletError, SdlError, DevnetError, AmountError, MarketSpecError, ConfigError, NetworkError
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -229,22 +232,48 @@ class Env:
     deployment_option: Path | None
     json: bool
     password_file: Path | None
+    network_option: str | None = None
     console: Console = field(default_factory=lambda: make_console())
     _client: Any = None
     _devnet: Any = False
     _matcher_address: str | None = None
+    _deployment: Path | None = None
 
-    # defaults: an explicit option, then $UNDERBID_*, then the running devnet, then the devnet's fixed ports
+    # defaults: an explicit option, then $UNDERBID_*, then --network's address book, then the
+    # running devnet, then the devnet's fixed ports
 
     @property
     def devnet(self) -> DevnetState | None:
         if self._devnet is False:
-            self._devnet = _devnet_defaults()
+            # With --network the command runs against that network's book and RPC, never the devnet's.
+            self._devnet = None if self.network_option else _devnet_defaults()
         return self._devnet
+
+    def _network_book(self) -> Path | None:
+        """The address book --network names (None without --network). Raises NetworkError."""
+        if not self.network_option:
+            return None
+        from underbid.chain.networks import book_path
+
+        if self.deployment_option:
+            raise click.UsageError("--network and --deployment (or $UNDERBID_DEPLOYMENT) both name an address"
+                                   " book: pass one of them")
+        return book_path(self.network_option)
 
     @property
     def rpc(self) -> str:
-        return self.rpc_option or (self.devnet.rpc if self.devnet else DEV_RPC)
+        if self.rpc_option:
+            return self.rpc_option
+        book = self._network_book()
+        if book is not None:
+            from underbid.chain.deployment import AddressBook
+            from underbid.chain.networks import NetworkError
+
+            recorded = AddressBook.load(book).rpc
+            if not recorded:
+                raise NetworkError(f"the address book {book} records no RPC URL: pass --rpc (or set $UNDERBID_RPC)")
+            return recorded
+        return self.devnet.rpc if self.devnet else DEV_RPC
 
     @property
     def matcher_url(self) -> str:
@@ -252,10 +281,23 @@ class Env:
 
     @property
     def deployment(self) -> Path:
+        if self._deployment is None:
+            self._deployment = self._find_deployment()
+        return self._deployment
+
+    def _find_deployment(self) -> Path:
         if self.deployment_option:
             return self.deployment_option
-        if self.devnet:
+        book = self._network_book()
+        if book is not None:
+            return book
+        if self.devnet and (self.rpc_option is None or self.rpc_option == self.devnet.rpc):
             return Path(self.devnet.deployment)
+        if self.rpc_option:
+            # A node named by its URL alone: the address book deployed to its chain.
+            from underbid.chain.networks import book_for_chain, chain_id_at
+
+            return book_for_chain(chain_id_at(self.rpc_option), self.rpc_option)
         from underbid.devnet.node import project_root
 
         root = project_root()
@@ -273,6 +315,10 @@ class Env:
 
         if self.password_file:
             return read_password_file(self.password_file)
+        # ape's own variable for one ape account (`ape run` reads it too), before the general one.
+        ape_passphrase = os.environ.get(f"APE_ACCOUNTS_{alias}_PASSPHRASE")
+        if ape_passphrase is not None and self.account_entry().source == "ape":
+            return ape_passphrase
         if os.environ.get(PASSWORD_ENV) is not None:
             return os.environ[PASSWORD_ENV]
         from underbid.client.wallet import WalletError
@@ -289,17 +335,18 @@ class Env:
 
     def client(self, *, account: bool = True):
         """The chain client; with `account`, the account is found and unlocked first (before any RPC)."""
-        from underbid.client.session import Client, UnderbidError
-        from underbid.client.wallet import DEV_CHAIN_ID, unlock
+        from underbid.client.session import Client
+        from underbid.client.wallet import unlock
+        from underbid.devnet.node import require_devnet
 
         if self._client is not None and (not account or self._client.account is not None):
             return self._client
         entry = self.account_entry() if account else None
         client = self._client or Client(self.rpc, self.deployment)
         if entry is not None:
-            if entry.is_dev and client.chain_id != DEV_CHAIN_ID:
-                raise UnderbidError(f"{entry.alias} accounts exist only on a local devnet (chain {DEV_CHAIN_ID})")
-            signer = unlock(entry, None if entry.is_dev else self.password(entry.alias))
+            if entry.is_dev:
+                require_devnet(client, f"the public dev key {entry.alias}")
+            signer = unlock(entry, self.password(entry.alias) if entry.needs_password else None)
             client = client.with_account(signer)
         self._client = client
         return client
@@ -401,11 +448,19 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialize {type(value).__name__}")
 
 
+network_option = click.option(
+    "--network", envvar="UNDERBID_NETWORK", default=None, metavar="NAME",
+    help="Run against a deployed network: its address book deployments/NAME.json (`base-sepolia`, or ape's"
+         " `base:sepolia`) and the RPC URL it records (--rpc overrides). [$UNDERBID_NETWORK]",
+)
+
+
 def common_options(f: Callable) -> Callable:
-    """Adds --account, --password-file, --rpc, --matcher, --deployment and --json; passes `env`."""
+    """Adds --account, --password-file, --rpc, --matcher, --deployment, --network and --json; passes `env`."""
 
     @click.option("--account", "-a", "account_name", envvar="UNDERBID_ACCOUNT", default=None, metavar="NAME",
-                  help="Keystore account (alias or address; `dev:<n>` for devnet test keys). [$UNDERBID_ACCOUNT]")
+                  help="Keystore account (alias or address; `env:<VAR>` for a key in $VAR; `dev:<n>` for devnet"
+                       " test keys). [$UNDERBID_ACCOUNT]")
     @click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
                   help="Read the account password from this file (else $UNDERBID_PASSWORD, else a prompt).")
     @click.option("--rpc", envvar="UNDERBID_RPC", default=None, metavar="URL",
@@ -414,10 +469,11 @@ def common_options(f: Callable) -> Callable:
                   help=f"Matcher API URL. [$UNDERBID_MATCHER; default: the devnet's, else {DEV_MATCHER_URL}]")
     @click.option("--deployment", type=click.Path(path_type=Path, dir_okay=False), envvar="UNDERBID_DEPLOYMENT",
                   default=None, help=f"Address book. [$UNDERBID_DEPLOYMENT; default: {DEFAULT_DEPLOYMENT}]")
+    @network_option
     @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
     @functools.wraps(f)
-    def wrapper(account_name, password_file, rpc, matcher_option, deployment, as_json, **kwargs):
-        env = Env(account_name, rpc, matcher_option, deployment, as_json, password_file)
+    def wrapper(account_name, password_file, rpc, matcher_option, deployment, network, as_json, **kwargs):
+        env = Env(account_name, rpc, matcher_option, deployment, as_json, password_file, network)
         return f(env, **kwargs)
 
     return wrapper

@@ -198,7 +198,7 @@ def demo(env: Env, minutes: int, admin_token: str | None, keep: bool, directory:
     started_here = False
     if directory is not None:
         env._devnet = DevnetState.load(dn.state_path(directory))
-    if env.rpc_option is None and env.devnet is None:
+    if env.rpc_option is None and env.network_option is None and env.devnet is None:
         with env.progress("no devnet is up: starting one") as update:
             env._devnet = started = dn.up(directory=directory, progress=update, **_ports_from_env())
         started_here = True
@@ -209,6 +209,7 @@ def demo(env: Env, minutes: int, admin_token: str | None, keep: bool, directory:
         raise click.UsageError("pass --admin-token: the demo closes the matcher's round on demand")
     try:
         client = env.client(account=False)
+        dn.require_devnet(client, "the demo (it trades as the dev keys and moves the clock)")
         result = run_demo(client, env.matcher(), token, minutes=minutes, console=console, quiet=env.json)
     finally:
         if started_here and not keep:

@@ -9,9 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import click
+from eth_account.signers.local import LocalAccount
 
 from underbid.cli._amounts import STAKE
-from underbid.cli._common import DEFAULT_DEPLOYMENT, UBT, Env, ago, common_options, kv_table, ubt_short
+from underbid.cli._common import (
+    DEFAULT_DEPLOYMENT,
+    UBT,
+    Env,
+    ago,
+    common_options,
+    kv_table,
+    network_option,
+    ubt_short,
+)
 from underbid.devnet.node import DEV_RPC, MATCHER, dev_account
 from underbid.protocol.units import Unit
 
@@ -36,7 +46,16 @@ def matcher() -> None:
     """Run the off-chain matcher, close a round on one, or manage a matcher's UBT bond."""
 
 
-def _matcher_account(key_env: str, dev: bool):
+def _matcher_account(env: Env, key_env: str, dev: bool) -> LocalAccount:
+    """The matcher's key: a keystore (--account), else the environment secret $KEY_ENV, else with
+    --dev the devnet's public matcher key (the caller checks the chain is a devnet)."""
+    if env.account_name:
+        from underbid.client.wallet import unlock
+
+        entry = env.account_entry()
+        if entry.is_dev and not dev:
+            raise click.UsageError(f"{entry.alias} is a public dev key: pass --dev as well (a local devnet only)")
+        return unlock(entry, env.password(entry.alias) if entry.needs_password else None)
     key = os.environ.get(key_env)
     if key:
         from eth_account import Account
@@ -47,13 +66,17 @@ def _matcher_account(key_env: str, dev: bool):
             raise click.BadParameter(f"${key_env} is not a private key: {exc}", param_hint="--key-env") from None
     if dev:
         return dev_account(MATCHER)
-    raise click.UsageError(f"set ${key_env} to the matcher's private key, or pass --dev on a local devnet")
+    raise click.UsageError(f"say which key the matcher signs with: --account <keystore alias>, ${key_env} holding"
+                           " its private key, or --dev on a local devnet")
 
 
 @matcher.command("run")
-@click.option("--rpc", default=DEV_RPC, show_default=True, help="Ethereum JSON-RPC URL.")
-@click.option("--deployment", type=click.Path(path_type=Path), default=DEFAULT_DEPLOYMENT, show_default=True,
-              help="Address book written by `ape run deploy`.")
+@click.option("--rpc", envvar="UNDERBID_RPC", default=None, metavar="URL",
+              help=f"Ethereum JSON-RPC URL. [$UNDERBID_RPC; default: --network's, the devnet's, else {DEV_RPC}]")
+@click.option("--deployment", type=click.Path(path_type=Path), envvar="UNDERBID_DEPLOYMENT", default=None,
+              help=f"Address book written by `ape run deploy`. [default: --network's, the node's chain's, else"
+                   f" {DEFAULT_DEPLOYMENT}]")
+@network_option
 @click.option("--db", type=DatabaseType(), default=".underbid/matcher.db", show_default=True,
               help="The store: a SQLite file's path (one process), or a postgresql://user:password@host:port/dbname"
                    " URL (a Postgres database several processes of one matcher can share: each takes messages,"
@@ -64,21 +87,30 @@ def _matcher_account(key_env: str, dev: bool):
               help="Close a round this often; 0 closes rounds only on POST /rounds/close.")
 @click.option("--admin-token", envvar="UNDERBID_ADMIN_TOKEN", default=None,
               help="Bearer token for POST /rounds/close (or $UNDERBID_ADMIN_TOKEN).")
+@click.option("--account", "-a", "account_name", default=None, metavar="NAME",
+              help="Sign with this keystore account (underbid's or ape's; password from --password-file,"
+                   " $APE_ACCOUNTS_<alias>_PASSPHRASE or $UNDERBID_PASSWORD), or `env:<VAR>`.")
+@click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Read the keystore password from this file.")
 @click.option("--key-env", default="UNDERBID_MATCHER_KEY", show_default=True,
-              help="Environment variable holding the matcher's private key.")
-@click.option("--dev", is_flag=True, help="Use the devnet's well-known matcher key when no key is set.")
-def matcher_run(rpc, deployment, db, host, port, round_seconds, admin_token, key_env, dev) -> None:
+              help="Environment variable holding the matcher's private key (without --account).")
+@click.option("--dev", is_flag=True, help="Use the devnet's well-known matcher key when no key is set (a local"
+                                          " devnet only).")
+def matcher_run(rpc, deployment, network, db, host, port, round_seconds, admin_token, account_name, password_file,
+                key_env, dev) -> None:
     """Start the matcher: reconcile unfinished rounds, serve the API, close rounds on a timer."""
     from underbid.matcher.service import build_matcher, serve
     from underbid.matcher.store import StoreError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
-    account = _matcher_account(key_env, dev)
+    env = Env(account_name, rpc, None, deployment, False, password_file, network)
+    account = _matcher_account(env, key_env, dev)
     try:
-        service = build_matcher(rpc, deployment, db, account)
+        service = build_matcher(env.rpc, env.deployment, db, account, devnet_only="--dev" if dev else None)
     except (FileNotFoundError, ConnectionError, ValueError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"matcher {account.address} on {rpc}, API http://{host}:{port} (OpenAPI at /openapi.json)", err=True)
+    click.echo(f"matcher {account.address} on {env.rpc}, API http://{host}:{port} (OpenAPI at /openapi.json)",
+               err=True)
     serve(service, host, port, round_seconds, admin_token)
 
 

@@ -321,6 +321,8 @@ class Client:
         self._block_gas_limit: int | None = None
         #: called with a short description before each transaction is sent (progress displays)
         self.on_tx: Callable[[str], None] | None = None
+        #: set by `underbid.devnet.node.require_devnet` once this chain is known to be a local devnet
+        self._devnet_ok = False
 
     def with_account(self, account: LocalAccount | None) -> Client:
         """The same connection acting as `account` (no new RPC connection)."""
@@ -401,8 +403,8 @@ class Client:
     def _rpc_message(self, exc: Web3RPCError, what: str) -> str:
         text = _one_line(getattr(exc, "message", None) or exc)
         if "insufficient funds" in text.lower():
-            return (f"{what}: account {self.address} has too little ETH for gas"
-                    " (devnet: `underbid devnet fund`)")
+            where = "`underbid devnet fund` on a devnet" if self.book.devnet else "send it ETH on this chain"
+            return f"{what}: account {self.address} has too little ETH for gas ({where})"
         return f"{what}: the node refused the transaction: {text[:300]}"
 
     # ----- reads -----

@@ -6,6 +6,8 @@ with `ape accounts generate` or `ape accounts import` work here unchanged, and f
 with `--ape` show up in `ape accounts list`.
 
 On a local devnet (chain 31337) `dev:<n>` names the n-th well-known test key (no password).
+`env:<VAR>` names the private key held in the environment variable VAR (a secret a service
+manager or container runtime injects; no keystore, no password).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from eth_utils import is_hex_address, to_checksum_address
 from underbid.devnet.node import dev_account
 
 DEV_PREFIX = "dev:"
+ENV_PREFIX = "env:"
 #: chain id of anvil / hardhat devnets: the only chains where `dev:<n>` accounts may be used.
 DEV_CHAIN_ID = 31337
 PASSWORD_ENV = "UNDERBID_PASSWORD"
@@ -53,11 +56,15 @@ class KeystoreEntry:
     alias: str
     address: str
     path: Path | None
-    source: str  # "underbid", "ape" or "dev"
+    source: str  # "underbid", "ape", "dev" or "env"
 
     @property
     def is_dev(self) -> bool:
         return self.source == "dev"
+
+    @property
+    def needs_password(self) -> bool:
+        return self.source in ("underbid", "ape")
 
 
 def _read_entry(path: Path, source: str) -> KeystoreEntry | None:
@@ -92,6 +99,8 @@ def find_account(name: str) -> KeystoreEntry:
         if not index.isdigit() or int(index) > 1000:
             raise WalletError(f"dev account {name!r}: use dev:<n> with n a small whole number, e.g. dev:2")
         return KeystoreEntry(name, dev_account(int(index)).address, None, "dev")
+    if name.startswith(ENV_PREFIX):
+        return KeystoreEntry(name, _env_key(name).address, None, "env")
     accounts = list_accounts()
     for entry in accounts:
         if entry.alias == name:
@@ -106,10 +115,24 @@ def find_account(name: str) -> KeystoreEntry:
     )
 
 
+def _env_key(name: str) -> LocalAccount:
+    """The account whose private key is in the environment variable `env:<VAR>` names."""
+    var = name[len(ENV_PREFIX):]
+    text = os.environ.get(var) if var else None
+    if not text:
+        raise WalletError(f"account {name!r}: ${var or '<VAR>'} is not set (env:<VAR> names a private key held there)")
+    try:
+        return parse_private_key(text)
+    except WalletError:
+        raise WalletError(f"account {name!r}: ${var} is not a private key (64 hex digits)") from None
+
+
 def unlock(entry: KeystoreEntry, password: str | None) -> LocalAccount:
     """Decrypts the keystore. Raises WalletError for a wrong password or an unreadable file."""
     if entry.is_dev:
         return dev_account(int(entry.alias[len(DEV_PREFIX):]))
+    if entry.source == "env":
+        return _env_key(entry.alias)
     assert entry.path is not None
     try:
         keyfile = json.loads(entry.path.read_text())

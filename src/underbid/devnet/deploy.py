@@ -148,9 +148,31 @@ def deploy_protocol(
     )
 
 
-def address_book(deployed: Deployed, network: str, deployer: Any, params: DeployParams) -> AddressBook:
-    """The address book for `deployed`, with each contract's ABI."""
+def is_dev_key(account: Any) -> bool:
+    """True if `account` is one of ape's test accounts: the public dev keys (`TEST::<n>`, `dev:<n>`)."""
+    from ape.api.accounts import TestAccountAPI
+
+    return isinstance(account, TestAccountAPI)
+
+
+def address_book(
+    deployed: Deployed,
+    network: str,
+    deployer: Any,
+    params: DeployParams,
+    *,
+    rpc: str | None = None,
+    ape_network: str | None = None,
+) -> AddressBook:
+    """The address book for `deployed`, with each contract's ABI.
+
+    It is marked a devnet's (`devnet`: devnet-only commands may run on it) only when a public dev
+    key deployed it on the devnet's chain id: whoever holds a deployment's admin keys decides
+    whether its clock and faucet may be played with, and on a real chain nobody may.
+    """
     from ape import chain
+
+    from underbid.devnet.node import DEV_CHAIN_ID
 
     contracts = {
         name: DeployedContract(
@@ -168,4 +190,7 @@ def address_book(deployed: Deployed, network: str, deployer: Any, params: Deploy
         deployer=str(deployer.address),
         contracts=contracts,
         params=asdict(params),
+        devnet=is_dev_key(deployer) and chain.chain_id == DEV_CHAIN_ID,
+        rpc=rpc,
+        ape_network=ape_network,
     )

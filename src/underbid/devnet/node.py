@@ -256,9 +256,14 @@ def _health(url: str) -> bool:
         return False
 
 
-def start_anvil(port: int, log: Path) -> subprocess.Popen:
-    cmd = [find_anvil(), "--host", "127.0.0.1", "--port", str(port), "--mnemonic", DEV_MNEMONIC,
-           "--accounts", str(ANVIL_ACCOUNTS), "--balance", "10000", "--chain-id", str(DEV_CHAIN_ID)]
+def start_anvil(port: int, log: Path, *, chain_id: int = DEV_CHAIN_ID, mnemonic: str = DEV_MNEMONIC,
+                block_time: float | None = None) -> subprocess.Popen:
+    """Starts anvil on `port` and waits until it answers; the devnet's by default. Another chain id,
+    mnemonic and a block time make it stand in for a public chain (the tests' "remote" chain)."""
+    cmd = [find_anvil(), "--host", "127.0.0.1", "--port", str(port), "--mnemonic", mnemonic,
+           "--accounts", str(ANVIL_ACCOUNTS), "--balance", "10000", "--chain-id", str(chain_id)]
+    if block_time is not None:
+        cmd += ["--block-time", f"{block_time:g}"]
     log.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -293,7 +298,9 @@ def start_matcher(rpc: str, deployment: Path, db: Path, port: int, token: str, l
     cmd = [sys.executable, "-m", "underbid.cli", "matcher", "run", "--dev", "--rpc", rpc,
            "--deployment", str(deployment), "--db", str(db), "--port", str(port),
            "--round-seconds", str(round_seconds), "--admin-token", token]
-    env = {k: v for k, v in os.environ.items() if k not in ("UNDERBID_MATCHER_KEY", "UNDERBID_FAILPOINT")}
+    # The devnet's matcher runs on the devnet whatever network the caller's shell names.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("UNDERBID_MATCHER_KEY", "UNDERBID_FAILPOINT", "UNDERBID_NETWORK")}
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)
     _wait(lambda: _health(f"http://127.0.0.1:{port}"), proc, "the matcher", log, 60)
@@ -396,14 +403,49 @@ def down(directory: Path | None = None) -> dict[str, bool] | None:
 # ----- time travel and faucet (local chains only) -----
 
 
+def devnet_refusal(w3, book) -> str | None:
+    """Why the chain behind `w3` is not a local devnet, or None if it is one.
+
+    A devnet is all of: an address book deployed from the public dev keys (`book.devnet`), the
+    devnet chain id, and a node that is anvil or hardhat (the only ones with time travel). The
+    chain id alone would not do: anvil serves any chain id, and a public chain could reuse 31337.
+    """
+    if not book.devnet:
+        return f"its address book ({book.network}) was not deployed from the devnet's dev keys"
+    chain_id = int(w3.eth.chain_id)
+    if chain_id != DEV_CHAIN_ID:
+        return f"the node is chain {chain_id}, a devnet is chain {DEV_CHAIN_ID}"
+    from underbid.chain.retry import TRANSIENT
+
+    try:
+        version = str(w3.client_version)
+    except TRANSIENT:
+        raise  # a node not answering yet is waited for (the matcher's start-up retries), not judged
+    except Exception:  # noqa: BLE001 - a node that does not say what it is is not a known devnet node
+        version = ""
+    if not any(name in version.lower() for name in ("anvil", "hardhat")):
+        return f"the node ({version or 'unnamed'}) is not anvil or hardhat"
+    return None
+
+
+def require_devnet(client, what: str) -> None:
+    """Raises DevnetError (one line) unless `client` is on a local devnet; `what` names the refused thing."""
+    if getattr(client, "_devnet_ok", False):
+        return
+    reason = devnet_refusal(client.w3, client.book)
+    if reason is not None:
+        raise DevnetError(
+            f"{what} works only on a local devnet; {client.book.network} (chain {client.book.chain_id})"
+            f" is not one: {reason}"
+        )
+    client._devnet_ok = True  # a client stays on one chain: checked once
+
+
 def advance(client, seconds: int, *, repost_price: bool = True) -> int:
     """Moves the chain's clock forward `seconds` and mines a block; re-posts the oracle price (the
     deployer is the devnet's updater) so minting and redeeming keep working. Returns the new time."""
+    require_devnet(client, "time travel (`devnet advance`)")
     w3 = client.w3
-    if client.chain_id != DEV_CHAIN_ID:
-        raise DevnetError(
-            f"time travel works only on a local devnet (chain {DEV_CHAIN_ID}), not chain {client.chain_id}"
-        )
     if seconds > 0:
         w3.provider.make_request("evm_increaseTime", [int(seconds)])
     w3.provider.make_request("evm_mine", [])
@@ -413,6 +455,7 @@ def advance(client, seconds: int, *, repost_price: bool = True) -> int:
 
 
 def repost_oracle_price(client) -> None:
+    require_devnet(client, "re-posting the oracle price as the dev deployer")
     price, _ = client.oracle.functions.lastPosted().call()
     if not price:
         return
@@ -422,10 +465,7 @@ def repost_oracle_price(client) -> None:
 
 def fund(client, address: str, *, eth: int = 0, ubt: int = 0) -> None:
     """Devnet faucet: sets ETH with anvil_setBalance (adds `eth`) and sends UBT from the deployer."""
-    if client.chain_id != DEV_CHAIN_ID:
-        raise DevnetError(
-            f"the faucet works only on a local devnet (chain {DEV_CHAIN_ID}), not chain {client.chain_id}"
-        )
+    require_devnet(client, "the faucet (`devnet fund`)")
     if eth:
         balance = client.w3.eth.get_balance(address)
         client.w3.provider.make_request("anvil_setBalance", [address, hex(balance + eth)])

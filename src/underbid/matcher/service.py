@@ -40,12 +40,14 @@ WORKER_THREADS = 128
 
 
 def build_matcher(
-    rpc_url: str, deployment: Path, db: str | Path, account: LocalAccount, rpc_timeout: float = RPC_TIMEOUT
+    rpc_url: str, deployment: Path, db: str | Path, account: LocalAccount, rpc_timeout: float = RPC_TIMEOUT,
+    *, devnet_only: str | None = None,
 ) -> Matcher:
     """The matcher over the node at `rpc_url`, with its store at `db` (a SQLite file's path or a
     postgresql:// URL). While that node is down or not answering, waits for it (logging each
     failed attempt, with backoff) instead of failing; a node on the wrong chain is a ValueError,
-    a store that cannot be opened a StoreError."""
+    a store that cannot be opened a StoreError. `devnet_only` names what was asked for that only
+    a local devnet allows (`--dev`): on any other chain it is a DevnetError."""
     book = AddressBook.load(deployment)
 
     def attach() -> ChainView:
@@ -54,6 +56,13 @@ def build_matcher(
             raise ValueError(
                 f"the node at {rpc_url} is chain {w3.eth.chain_id}, the address book is for {book.chain_id}"
             )
+        if devnet_only:
+            from underbid.devnet.node import DevnetError, devnet_refusal
+
+            reason = devnet_refusal(w3, book)
+            if reason is not None:
+                raise DevnetError(f"{devnet_only} (the devnet's public matcher key) works only on a local devnet;"
+                                  f" {book.network} (chain {book.chain_id}) is not one: {reason}")
         return ChainView(w3, book)
 
     chain = wait_for(attach, what=f"waiting for the node at {rpc_url}")
