@@ -6,6 +6,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$UNDERBID_ROOT/scripts/setup.sh"
 bash "$UNDERBID_ROOT/scripts/chromium.sh"  # the explorer page test drives a real headless Chromium
+bash "$UNDERBID_ROOT/scripts/postgres.sh"  # the Postgres store and failover tests start their own cluster
 cd "$UNDERBID_ROOT"
 compile_contracts
 # The whole run (no arguments) adds the lint step (ruff, mypy) and the assurance step: forge

@@ -241,6 +241,24 @@ def funded(market, buyers, providers) -> Market:
     return market
 
 
+# ----- a throwaway PostgreSQL (tests/postgres.py): one cluster per worker, a fresh database per test -----
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A private PostgreSQL cluster for this pytest worker, started on first use, deleted at the end."""
+    from tests.postgres import postgres_cluster
+
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster) -> str:
+    """The URL of a fresh, empty database in this worker's cluster (`postgresql://…`)."""
+    return postgres_cluster.create_database()
+
+
 # ----- the gas report: lines printed at the end of the run and compared with gas-snapshots/ -----
 
 GAS_LINES: list[str] = []

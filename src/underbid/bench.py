@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import random
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack, contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -440,9 +442,12 @@ def _signed_bids(devnet: _Devnet, providers, n: int, seed: int = 7):
     return out
 
 
-def ingest(runs: int) -> Iterator[tuple[str, float, str]]:
-    """Signed bids through validation + the SQLite store (no HTTP), on a real anvil with a warm
-    chain-fact cache; every commit is durable (synchronous=FULL) before its request is answered.
+def ingest(runs: int, store_url: str | None = None) -> Iterator[tuple[str, float, str]]:
+    """Signed bids through validation + the store (no HTTP), on a real anvil with a warm
+    chain-fact cache; every commit is durable (SQLite: synchronous=FULL; Postgres:
+    synchronous_commit=on) before its request is answered. SQLite in a temporary file, or, with
+    `store_url`, the Postgres database there (it must be empty); Postgres figures are named
+    ``..._postgres``. One matcher process: the server's own processes are not pinned.
     The process is pinned to one CPU where the OS allows it, so the figures are one core's.
 
     ``ingest_bids``: each bid its own request, from 32 threads (uvicorn's pool is 40), commits
@@ -473,15 +478,17 @@ def ingest(runs: int) -> Iterator[tuple[str, float, str]]:
         signed = _signed_bids(devnet, providers, n_single + n_batched)
         with tempfile.TemporaryDirectory() as tmp:
             matcher = Matcher(
-                ChainView(connect(devnet.rpc), devnet.book), Store(f"{tmp}/bench.db"), dev_account(MATCHER)
+                ChainView(connect(devnet.rpc), devnet.book), Store(store_url or f"{tmp}/bench.db"),
+                dev_account(MATCHER),
             )
+            suffix = "_postgres" if store_url else ""
             for bid, sig in signed[:20]:  # warm the chain-fact cache
                 matcher.accept(MessageKind.BID, bid, sig)
             single = signed[20:n_single]
             started = time.perf_counter()
             with ThreadPoolExecutor(max_workers=32) as pool:
                 list(pool.map(lambda item: matcher.accept(MessageKind.BID, *item), single))
-            yield "ingest_bids", len(single) / (time.perf_counter() - started), "msg/s"
+            yield f"ingest_bids{suffix}", len(single) / (time.perf_counter() - started), "msg/s"
 
             rates = []
             for run in range(runs):
@@ -497,8 +504,8 @@ def ingest(runs: int) -> Iterator[tuple[str, float, str]]:
                 with ThreadPoolExecutor(max_workers=2) as pool:
                     list(pool.map(lambda request: matcher.accept_batch(MessageKind.BID, request), requests))
                 rates.append(n_run / (time.perf_counter() - started))
-            yield "ingest_bids_batch", statistics.median(rates), "msg/s"
-            yield "ingest_bids_batch_slowest_run", min(rates), "msg/s"
+            yield f"ingest_bids_batch{suffix}", statistics.median(rates), "msg/s"
+            yield f"ingest_bids_batch_slowest_run{suffix}", min(rates), "msg/s"
             matcher.store.close()
     finally:
         if cpus:
@@ -507,16 +514,38 @@ def ingest(runs: int) -> Iterator[tuple[str, float, str]]:
 
 
 def round_e2e(runs: int) -> Iterator[tuple[str, float, str]]:
-    """100 orders + 1,000 bids posted over HTTP to a real matcher process, then one round closed
-    and settled on anvil: seconds from the first POST to the confirmed settlement."""
+    """100 orders + 1,000 bids posted over HTTP to a real matcher process (SQLite store), then one
+    round closed and settled on anvil: seconds from the first POST to the confirmed settlement."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        yield from _round_over_http(f"{tmp}/m.db", 1, "round_e2e")
+
+
+def round_postgres_processes(runs: int, store_url: str, processes: int) -> Iterator[tuple[str, float, str]]:
+    """`round_e2e` with `processes` matcher processes on one (empty) Postgres database: the
+    messages are posted to the processes in turn, and the round closed through the leader.
+    Figures ``round_pg_<n>proc_...``. On a 2-core machine every process, the server, anvil and
+    the clients share the cores, so a second process adds no CPU."""
+    yield from _round_over_http(store_url, processes, f"round_pg_{processes}proc")
+
+
+def _round_over_http(store: str, processes: int, name: str) -> Iterator[tuple[str, float, str]]:
+    """1,000 signed bids then 100 orders POSTed one per request from 8 client threads, spread over
+    `processes` matcher processes on `store` in turn, then one round closed through the leader
+    and settled on anvil. ``<name>_100x1000``: first POST to confirmed settlement;
+    ``<name>_post_1100`` and ``<name>_ingest``: the posting, in seconds and messages per second;
+    ``<name>_close_and_settle``: the close request to the confirmed settlement."""
     import subprocess
     import tempfile
+    from concurrent.futures import ThreadPoolExecutor
 
     import httpx
 
     from underbid.protocol.eip712 import Order
 
     devnet = _Devnet()
+    procs: list[subprocess.Popen] = []
     try:
         buyers, providers = list(devnet.accounts[2:12]), list(devnet.accounts[12:32])
         for b in buyers:
@@ -536,51 +565,71 @@ def round_e2e(runs: int) -> Iterator[tuple[str, float, str]]:
             orders.append((order, "0x" + order.sign(b.private_key, devnet.book.domain).hex()))
         with tempfile.TemporaryDirectory() as tmp:
             book_path = devnet.book.save(f"{tmp}/local.json")
-            port = 8791
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "underbid.cli", "matcher", "run", "--dev", "--rpc", devnet.rpc,
-                 "--deployment", str(book_path), "--db", f"{tmp}/m.db", "--port", str(port),
-                 "--round-seconds", "0", "--admin-token", "bench"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-            url = f"http://127.0.0.1:{port}"
-            try:
-                for _ in range(300):
+            urls = []
+            for n in range(processes):
+                port = 8791 + n
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "underbid.cli", "matcher", "run", "--dev", "--rpc", devnet.rpc,
+                     "--deployment", str(book_path), "--db", store, "--port", str(port),
+                     "--round-seconds", "0", "--admin-token", "bench"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                ))
+                urls.append(f"http://127.0.0.1:{port}")
+            leader = None
+            for _ in range(600):
+                states = []
+                for url in urls:
                     try:
-                        if httpx.get(url + "/health", timeout=1).status_code == 200:
-                            break
+                        states.append(httpx.get(url + "/health", timeout=1).json()["leader"])
                     except httpx.HTTPError:
-                        time.sleep(0.1)
-                from concurrent.futures import ThreadPoolExecutor
+                        states.append(None)
+                if None not in states and True in states:
+                    leader = urls[states.index(True)]
+                    break
+                time.sleep(0.1)
+            assert leader is not None, "no matcher process became leader"
+            clients = [httpx.Client(base_url=url, timeout=60) for url in urls]
+            try:
+                items = [(item, "/bids") for item in bids] + [(item, "/orders") for item in orders]
 
-                with httpx.Client(base_url=url, timeout=60) as http, ThreadPoolExecutor(max_workers=8) as pool:
-                    def post(item, path):
-                        message, sig = item
-                        r = http.post(path, json={**message.model_dump(by_alias=True), "signature": sig})
-                        assert r.status_code == 201, r.text
+                def post(numbered: tuple[int, tuple]) -> None:
+                    i, ((message, sig), path) = numbered
+                    r = clients[i % len(clients)].post(path, json={**message.model_dump(by_alias=True),
+                                                                   "signature": sig})
+                    assert r.status_code == 201, r.text
 
-                    started = time.perf_counter()
-                    list(pool.map(lambda it: post(it, "/bids"), bids))
-                    list(pool.map(lambda it: post(it, "/orders"), orders))
-                    posted = time.perf_counter()
-                    report = http.post("/rounds/close", headers={"Authorization": "Bearer bench"}, timeout=300).json()
-                    done = time.perf_counter()
-                assert report["state"] == "confirmed", report
+                started = time.perf_counter()
+                with ThreadPoolExecutor(max_workers=8) as pool:
+                    list(pool.map(post, enumerate(items[:len(bids)])))  # bids first: orders then find them
+                    list(pool.map(post, enumerate(items[len(bids):])))
+                posted = time.perf_counter()
+                with httpx.Client(base_url=leader, timeout=60) as http:
+                    asked = http.post("/rounds/close", headers={"Authorization": "Bearer bench"})
+                    assert asked.status_code == 202, asked.text
+                    while (close := http.get(asked.json()["poll"]).json()["close"])["status"] == "running":
+                        time.sleep(0.05)
+                done = time.perf_counter()
             finally:
-                proc.terminate()
-                proc.wait(timeout=10)
-        yield "round_e2e_100x1000", done - started, "s"
-        yield "round_e2e_post_1100", posted - started, "s"
-        yield "round_e2e_close_and_settle", done - posted, "s"
+                for client in clients:
+                    client.close()
+        assert close["status"] == "done" and close["report"]["state"] == "confirmed", close
+        report = close["report"]
+        yield f"{name}_100x1000", done - started, "s"
+        yield f"{name}_post_1100", posted - started, "s"
+        yield f"{name}_ingest", len(items) / (posted - started), "msg/s"
+        yield f"{name}_close_and_settle", done - posted, "s"
         for stage, seconds in (report.get("seconds") or {}).items():
-            yield f"round_e2e_stage_{stage}", seconds, "s"
-        yield "round_e2e_matches", report["matches"], "matches"
-        yield "round_e2e_gas", report["gas_used"], "gas"
+            yield f"{name}_stage_{stage}", seconds, "s"
+        yield f"{name}_matches", report["matches"], "matches"
+        yield f"{name}_gas", report["gas_used"], "gas"
     finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=20)
         devnet.close()
 
 
-def round_close_200k(runs: int) -> Iterator[tuple[str, float, str]]:
+def round_close_200k(runs: int, store_url: str | None = None) -> Iterator[tuple[str, float, str]]:
     """A round close with 200,000 open bids (100 markets) and no order, on a real anvil and SQLite
     store, while one client keeps submitting signed bids: seconds for ``close_round`` (median of
     ``runs``) and the slowest intake request during the closes, beside the slowest in the half
@@ -588,7 +637,8 @@ def round_close_200k(runs: int) -> Iterator[tuple[str, float, str]]:
 
     The 200,000 bids are written to the store directly (the close reads what the store holds;
     signing them one by one would take minutes): signatures are placeholders, signers 20 dev
-    accounts with consecutive nonces.
+    accounts with consecutive nonces. With `store_url` the store is that (empty) Postgres database
+    and the figures are named ``round_close_200k_postgres...``.
     """
     import tempfile
     import threading
@@ -610,7 +660,7 @@ def round_close_200k(runs: int) -> Iterator[tuple[str, float, str]]:
             devnet.stake(p, 400)
         probes = _signed_bids(devnet, probe_providers, 400, seed=13)
         with tempfile.TemporaryDirectory() as tmp:
-            store = Store(f"{tmp}/close.db")
+            store = Store(store_url or f"{tmp}/close.db")
             for start in range(0, 200_000, 10_000):
                 store.add_messages(
                     (MessageKind.BID, f"0x{rng.getrandbits(256):064x}",
@@ -656,11 +706,12 @@ def round_close_200k(runs: int) -> Iterator[tuple[str, float, str]]:
             stop.set()
             client.join()
             store.close()
-        yield "round_close_200k_bids", statistics.median(seconds), "s"
-        yield "round_close_200k_intake_slowest", slowest["during"] * 1000, "ms"
-        yield "round_close_200k_intake_slowest_before", slowest["before"] * 1000, "ms"
-        yield "round_close_200k_intake_median", statistics.median(took_all["during"] or [0.0]) * 1000, "ms"
-        yield "round_close_200k_intake_median_before", statistics.median(took_all["before"] or [0.0]) * 1000, "ms"
+        name = "round_close_200k_postgres" if store_url else "round_close_200k"
+        yield f"{name}_bids", statistics.median(seconds), "s"
+        yield f"{name}_intake_slowest", slowest["during"] * 1000, "ms"
+        yield f"{name}_intake_slowest_before", slowest["before"] * 1000, "ms"
+        yield f"{name}_intake_median", statistics.median(took_all["during"] or [0.0]) * 1000, "ms"
+        yield f"{name}_intake_median_before", statistics.median(took_all["before"] or [0.0]) * 1000, "ms"
     finally:
         devnet.close()
 
@@ -679,13 +730,46 @@ BENCHMARKS: dict[str, Callable[[int], Iterator[tuple[str, float, str]]]] = {
 }
 
 
+#: The benchmarks on Postgres: run when `--postgres URL` is given, each on a fresh database it
+#: creates on that server (and drops after), so the user in the URL needs CREATEDB.
+ON_POSTGRES: dict[str, Callable[[int, str], Iterator[tuple[str, float, str]]]] = {
+    "ingest_postgres": lambda runs, url: ingest(runs, url),
+    "round_close_200k_postgres": lambda runs, url: round_close_200k(runs, url),
+    "round_pg_1proc": lambda runs, url: round_postgres_processes(runs, url, 1),
+    "round_pg_2proc": lambda runs, url: round_postgres_processes(runs, url, 2),
+}
+
+
+@contextmanager
+def _fresh_database(url: str, name: str) -> Iterator[str]:
+    """A new, empty database on the server of `url`, dropped afterwards; yields its URL."""
+    import psycopg
+    from psycopg import sql
+
+    database = f"underbid_bench_{name}_{os.getpid()}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    base, _, query = url.partition("?")
+    try:
+        yield base.rsplit("/", 1)[0] + "/" + database + (f"?{query}" if query else "")
+    finally:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m underbid.bench", description=__doc__)
-    parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append",
+    parser.add_argument("--only", choices=sorted([*BENCHMARKS, *ON_POSTGRES]), action="append",
                         help="run only this benchmark (repeatable)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per figure (median)")
+    parser.add_argument("--postgres", metavar="URL", default=os.environ.get("UNDERBID_BENCH_POSTGRES"),
+                        help="a Postgres database URL (postgresql://...; or $UNDERBID_BENCH_POSTGRES) whose user"
+                             " may create databases: the Postgres benchmarks (each on a fresh database) run only"
+                             " when one is given")
     args = parser.parse_args(argv)
-    chosen = args.only or list(BENCHMARKS)
+    if args.only and set(args.only) & set(ON_POSTGRES) and not args.postgres:
+        parser.error(f"{', '.join(sorted(set(args.only) & set(ON_POSTGRES)))}: needs --postgres URL")
+    chosen = args.only or [*BENCHMARKS, *(ON_POSTGRES if args.postgres else [])]
     # Figures go to stdout (one parseable line each); progress goes to stderr, so that
     # `python -m underbid.bench > figures.txt` keeps a clean file and still shows where it is.
     progress_console = Console(stderr=True)
@@ -695,8 +779,14 @@ def main(argv: list[str] | None = None) -> int:
         for name in chosen:
             progress.update(task, description=f"bench {name} ({args.runs} runs)")
             started = time.perf_counter()
-            for figure, value, unit in BENCHMARKS[name](args.runs):
-                print(f"bench {figure} {value:.3f} {unit}", flush=True)
+            with ExitStack() as stack:
+                if name in ON_POSTGRES:
+                    fresh = stack.enter_context(_fresh_database(args.postgres, name))
+                    figures = ON_POSTGRES[name](args.runs, fresh)
+                else:
+                    figures = BENCHMARKS[name](args.runs)
+                for figure, value, unit in figures:
+                    print(f"bench {figure} {value:.3f} {unit}", flush=True)
             progress_console.print(f"[dim]{name}: done in {time.perf_counter() - started:.1f} s[/dim]")
             progress.advance(task)
     return 0

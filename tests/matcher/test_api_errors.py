@@ -8,6 +8,7 @@ message is in the store while every accepted one still is.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from underbid.devnet.node import MATCHER, dev_account
 from underbid.protocol.eip712 import Order, Receipt, recover_signer
 
 from ..conftest import A100, H100, HOUR, UBC
-from .conftest import ADMIN_TOKEN, order_body
+from .conftest import ADMIN_TOKEN, on_both_stores, order_body, store_rows
 
 #: The matcher's chain cache lifetime (ChainView's default).
 CHAIN_CACHE_TTL = ChainView.__init__.__defaults__[-1]
@@ -159,6 +160,7 @@ def api(matcher_process, domain):
 # ----- signatures -----
 
 
+@on_both_stores
 def test_bad_signatures_are_refused(market, buyers, providers, api):
     m = market
     buyer, other_buyer = buyers[0], buyers[1]
@@ -217,6 +219,7 @@ def test_bad_signatures_are_refused(market, buyers, providers, api):
 # ----- deadline, nonce, market and spec -----
 
 
+@on_both_stores
 def test_deadline_nonce_and_spec_are_checked(market, chain, settlement, buyers, providers, api):
     m = market
     buyer, provider = buyers[0], providers[0]
@@ -290,6 +293,7 @@ def test_deadline_nonce_and_spec_are_checked(market, chain, settlement, buyers, 
 # ----- on-chain facts: stake and escrow; zero amounts; duplicates -----
 
 
+@on_both_stores
 def test_stake_escrow_zero_amounts_and_duplicates(market, accounts, buyers, providers, api):
     m = market
     rich, exact, short, unfunded = buyers[0], buyers[1], buyers[2], accounts[11]
@@ -342,6 +346,7 @@ def test_stake_escrow_zero_amounts_and_duplicates(market, accounts, buyers, prov
 # ----- the honest matcher's intake rules: binding, matcher, minimum lease, cumulative escrow, one nonce -----
 
 
+@on_both_stores
 def test_the_honest_matchers_intake_rules(market, accounts, settlement, buyers, providers, outsider, params, api):
     m = market
     buyer, provider = buyers[0], providers[0]
@@ -478,6 +483,7 @@ def test_schema_errors_name_the_field(market, buyers, providers, api):
 # ----- lookups and the admin endpoint -----
 
 
+@on_both_stores
 def test_lookups_and_round_close_auth(market, buyers, providers, api, matcher_process):
     m = market
     m.fund_buyer(buyers[0], 1_000 * UBC)
@@ -612,21 +618,27 @@ def test_request_bodies_are_limited_before_they_are_read(api, matcher_process):
     assert api.request("GET", "/health").status_code == 200
 
 
+@on_both_stores
 def test_health_only_reads(api, matcher_process):
-    import sqlite3
-
-    db = sqlite3.connect(matcher_process.db)
+    """GET /health writes nothing: every round row is as it was (on Postgres down to its row
+    version, `xmin`, which any UPDATE changes; on SQLite the file's data_version too)."""
+    postgres = str(matcher_process.db).startswith("postgresql://")
+    rounds = "SELECT id, state, closed_at" + (", xmin::text" if postgres else "") + " FROM rounds ORDER BY id"
+    before = store_rows(matcher_process.db, rounds)
+    db = None if postgres else sqlite3.connect(matcher_process.db)
     try:
-        before = db.execute("PRAGMA data_version").fetchone()[0], db.execute("SELECT COUNT(*) FROM rounds").fetchone()
+        version = db.execute("PRAGMA data_version").fetchone()[0] if db else None
         for _ in range(5):
             r = api.request("GET", "/health")
             assert r.status_code == 200 and r.json()["open_round"] >= 1, r.text
-        after = db.execute("PRAGMA data_version").fetchone()[0], db.execute("SELECT COUNT(*) FROM rounds").fetchone()
+        assert (db.execute("PRAGMA data_version").fetchone()[0] if db else None) == version
     finally:
-        db.close()
-    assert before == after
+        if db:
+            db.close()
+    assert before and store_rows(matcher_process.db, rounds) == before
 
 
+@on_both_stores
 def test_round_ids_beyond_sqlite_range_are_not_a_500(api):
     for round_id in (2**63 - 1, 2**63, 2**64 - 1):
         r = api.http.get(f"/rounds/{round_id}")
@@ -640,6 +652,7 @@ def test_non_ascii_admin_token_is_a_403(api):
     expect_error(r, 403, "authorization")
 
 
+@on_both_stores
 def test_concurrent_duplicates_are_409(market, buyers, api):
     m = market
     m.fund_buyer(buyers[0], 1_000 * UBC)
@@ -672,6 +685,7 @@ def batch_body(kind: str, signed: list[tuple[object, bytes | str]]) -> dict:
     return {f"{kind}s": [order_body(message, signature) for message, signature in signed]}
 
 
+@on_both_stores
 def test_a_price_ladder_is_accepted_in_one_request(market, buyers, providers, api):
     m = market
     m.stake_provider(providers[0], 6)
@@ -717,6 +731,7 @@ def test_a_price_ladder_is_accepted_in_one_request(market, buyers, providers, ap
     api.verify_store()
 
 
+@on_both_stores
 def test_a_batch_with_a_bad_message_is_refused_whole(market, buyers, providers, api):
     m = market
     m.stake_provider(providers[0], 4)
@@ -806,7 +821,7 @@ def test_round_close_errors_never_escape_as_500(tmp_path):
         raise raised.pop(0)
 
     matcher = SimpleNamespace(
-        _intake_round=7, close_round=close_round,
+        intake_round=lambda: 7, leads=lambda: True, close_round=close_round,
         round=lambda i: StoredRound(id=i, state=RoundState.OPEN, opened_at=1.0, cleared_at=None, confirmed_at=None,
                                     clearing=None, error=None, closed_at=None, batches=()) if i == 7 else None,
     )
@@ -822,6 +837,7 @@ def test_round_close_errors_never_escape_as_500(tmp_path):
             assert len(close["error"]) <= 2000
 
 
+@on_both_stores
 def test_a_cancel_requested_bid_in_a_market_no_order_reaches_is_dropped_at_the_close(
     market, settlement, providers, api, matcher_process
 ):

@@ -1,7 +1,10 @@
 """End to end: providers and buyers post through the HTTP API, a round clears and settles on anvil."""
 
 from ..conftest import A100, H100, HOUR, UBC
-from .conftest import order_body
+from .conftest import on_both_stores, order_body
+
+# Intake, the round, its settlement and recovery all go through the store.
+pytestmark = on_both_stores
 
 
 def test_round_end_to_end(accounts, market, settlement, matcher, matcher_process, chain):

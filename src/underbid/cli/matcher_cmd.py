@@ -26,6 +26,21 @@ from underbid.devnet.node import DEV_RPC, MATCHER, dev_account
 from underbid.protocol.units import Unit
 
 
+class DatabaseType(click.ParamType):
+    """A store location: a file path (SQLite) or a postgresql:// URL; any other URL is refused."""
+
+    name = "PATH|URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from underbid.matcher.store import StoreError, database_kind  # the store's imports only when run
+
+        try:
+            database_kind(str(value))
+        except StoreError as exc:
+            self.fail(str(exc), param, ctx)
+        return str(value)
+
+
 @click.group()
 def matcher() -> None:
     """Run the off-chain matcher, close a round on one, or manage a matcher's UBT bond."""
@@ -62,8 +77,10 @@ def _matcher_account(env: Env, key_env: str, dev: bool) -> LocalAccount:
               help=f"Address book written by `ape run deploy`. [default: --network's, the node's chain's, else"
                    f" {DEFAULT_DEPLOYMENT}]")
 @network_option
-@click.option("--db", type=click.Path(path_type=Path), default=Path(".underbid/matcher.db"), show_default=True,
-              help="SQLite store.")
+@click.option("--db", type=DatabaseType(), default=".underbid/matcher.db", show_default=True,
+              help="The store: a SQLite file's path (one process), or a postgresql://user:password@host:port/dbname"
+                   " URL (a Postgres database several processes of one matcher can share: each takes messages,"
+                   " and one, elected by a Postgres advisory lock, closes rounds and submits).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8700, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--round-seconds", default=10.0, show_default=True, type=click.FloatRange(min=0),
@@ -83,13 +100,14 @@ def matcher_run(rpc, deployment, network, db, host, port, round_seconds, admin_t
                 key_env, dev) -> None:
     """Start the matcher: reconcile unfinished rounds, serve the API, close rounds on a timer."""
     from underbid.matcher.service import build_matcher, serve
+    from underbid.matcher.store import StoreError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     env = Env(account_name, rpc, None, deployment, False, password_file, network)
     account = _matcher_account(env, key_env, dev)
     try:
         service = build_matcher(env.rpc, env.deployment, db, account, devnet_only="--dev" if dev else None)
-    except (FileNotFoundError, ConnectionError, ValueError) as exc:
+    except (FileNotFoundError, ConnectionError, ValueError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"matcher {account.address} on {env.rpc}, API http://{host}:{port} (OpenAPI at /openapi.json)",
                err=True)

@@ -30,6 +30,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from underbid.chain.view import ChainReadError
+from underbid.matcher.leadership import IntakeLockUnavailable
 from underbid.matcher.rounds import Matcher
 from underbid.matcher.store import MessageKind, StoredMessage
 from underbid.matcher.validation import MAX_SPEC_LENGTH, Accepted, Rejection, Rejections, Submission
@@ -235,6 +236,9 @@ class Health(BaseModel):
     settlement: Address
     matcher: Address
     open_round: int | None
+    leader: bool = Field(description="whether this process leads: closes rounds and submits settlements (a"
+                         " follower on a shared Postgres store only takes messages and answers reads)")
+    leadership: dict[str, Any] = Field(default_factory=dict, description="how the leader is chosen, and who it is")
 
 
 class FieldError(BaseModel):
@@ -322,8 +326,8 @@ class BodyLimit:
 
 
 def _intake_round(matcher: Matcher) -> int | None:
-    """The round taking messages, read from memory (not `store.open_round()`, which may write)."""
-    return getattr(matcher, "_intake_round", None)
+    """The round taking messages (not `store.open_round()`, which may write)."""
+    return matcher.intake_round()
 
 
 def _report_dict(report: Any) -> dict[str, Any]:
@@ -475,6 +479,10 @@ def create_app(matcher: Matcher, admin_token: str | None = None, max_body_bytes:
     @app.exception_handler(requests.RequestException)  # what web3's HTTP provider raises
     async def _chain_down(_: Request, exc: Exception) -> JSONResponse:
         return _error(503, "chain", f"the chain RPC is unreachable ({type(exc).__name__}): try again shortly")
+
+    @app.exception_handler(IntakeLockUnavailable)
+    async def _store_busy(_: Request, exc: IntakeLockUnavailable) -> JSONResponse:
+        return _error(503, "store", f"{exc}: try again shortly")
 
     @app.exception_handler(ChainReadError)
     async def _chain_refused(_: Request, exc: ChainReadError) -> JSONResponse:
@@ -631,6 +639,13 @@ def create_app(matcher: Matcher, admin_token: str | None = None, max_body_bytes:
             return _error(401, "authorization", "missing 'Authorization: Bearer <admin token>' header")
         if not hmac.compare_digest(supplied.encode("utf-8", "replace"), admin_token.encode("utf-8")):
             return _error(403, "authorization", "wrong admin token")
+        if not matcher.leads():
+            # Several processes share one Postgres store and only the leader closes rounds: this
+            # one is a follower (or lost the lock). Not forwarded: the caller picks the leader.
+            state = matcher.leadership.describe()
+            leader = state.get("leader_process") or "none right now (a follower takes over within seconds)"
+            return _error(503, "leader", f"this matcher process ({state.get('process')}) is a follower and does not"
+                          f" close rounds now; the leader is {leader}: ask the leader's API, or retry shortly")
         round_id, job = closer.request()
         poll = f"/rounds/{round_id}"
         return JSONResponse(
@@ -649,6 +664,8 @@ def create_app(matcher: Matcher, admin_token: str | None = None, max_body_bytes:
             settlement=matcher.chain.book.address("UnderbidSettlement"),
             matcher=matcher.account.address,
             open_round=_intake_round(matcher),
+            leader=matcher.leadership.is_leader,
+            leadership=matcher.leadership.describe(),
         )
 
     from underbid.matcher.explorer import mount_explorer  # imported here: the explorer builds on this module

@@ -10,7 +10,7 @@ import os
 import signal
 
 #: The points the matcher passes, in pipeline order.
-POINTS = ("after_clearing", "after_broadcast")
+POINTS = ("after_clearing", "after_signing", "after_broadcast")
 
 
 def hit(name: str) -> None:

@@ -23,6 +23,7 @@ from underbid.chain.view import ChainView, to_binding
 from underbid.matcher import failpoints
 from underbid.matcher.clearing import BidLot, Clearing, OrderLot, clear
 from underbid.matcher.explain import NO_BIDS_DETAIL, unmatched_orders
+from underbid.matcher.leadership import NotLeader, PostgresLeadership, SoleLeader
 from underbid.matcher.store import (
     BatchState,
     DuplicateMessage,
@@ -88,8 +89,19 @@ class Advance:
 
 
 class Matcher:
-    def __init__(self, chain: ChainView, store: Store, account: LocalAccount):
+    def __init__(
+        self, chain: ChainView, store: Store, account: LocalAccount,
+        leadership: SoleLeader | PostgresLeadership | None = None,
+    ):
         self.chain = chain
+        #: Whether this process may close rounds and submit (always, over a SQLite store); with
+        #: several processes on one Postgres store also the cross-process intake locks.
+        self.leadership = leadership or SoleLeader()
+        #: Set once this process, as leader, has reconciled: only then does it close rounds. A
+        #: sole process (SQLite) leads from the start, as before leadership existed.
+        self._took_over = threading.Event()
+        if not self.leadership.shared_store:
+            self._took_over.set()
         self.store = store
         self.account = account
         self.domain = chain.book.domain
@@ -106,9 +118,37 @@ class Matcher:
         self._provider_locks_guard = threading.Lock()
         self.submitter = Submitter(chain, store, account)
         self._signing_key = coincurve.PrivateKey(bytes(account.key))
-        #: The round taking messages; changes only under the exclusive intake lock.
-        self._intake_round = store.open_round()
+        #: The round taking messages; changes only under the exclusive intake lock. With several
+        #: processes on one store the leader changes it in the store, so intake reads it there.
+        with self._intake_exclusive():
+            self._intake_round = store.open_round()
 
+    @contextmanager
+    def _intake_exclusive(self) -> Iterator[None]:
+        """Pauses intake in this process and, over a shared store, in every process."""
+        with self._intake_lock.exclusive(), self.leadership.intake_exclusive():
+            yield
+
+    def intake_round(self) -> int | None:
+        """The round taking messages now (a read: creates nothing)."""
+        if self.leadership.shared_store:
+            return self.store.current_round()
+        return self._intake_round
+
+    def _require_leader(self) -> None:
+        """Raises NotLeader unless this process leads and has finished taking over (reconciled)."""
+        self.leadership.ensure_leader()
+        if not self._took_over.is_set():
+            raise NotLeader("this matcher process is taking over as leader (reconciling): try again shortly")
+
+    def leads(self) -> bool:
+        """Whether this process leads and has taken over (a cheap check, no round trip)."""
+        return self.leadership.is_leader and self._took_over.is_set()
+
+    def lost_leadership(self) -> None:
+        """Stops leading at once: no new close starts, and a round waiting on the chain returns."""
+        self._took_over.clear()
+        self.stop()
     @contextmanager
     def _provider_lock(self, provider: str) -> Iterator[None]:
         """Holds the provider's lock; the lock is forgotten once no request holds or awaits it."""
@@ -131,10 +171,12 @@ class Matcher:
         self.submitter.stopping.set()
 
     def shutdown(self) -> None:
-        """Stops waiting on the chain, waits for a round being settled to return, then closes
-        the store: whoever closes rounds (timer or API), the store is never closed under them."""
+        """Stops waiting on the chain, waits for a round being settled to return, then gives the
+        leader lock up and closes the store: whoever closes rounds (timer or API), the store is
+        never closed under them."""
         self.stop()
         with self._round_lock:
+            self.leadership.stop()
             self.store.close()
 
     # ----- intake -----
@@ -161,11 +203,17 @@ class Matcher:
         with self._intake_lock.shared(), ExitStack() as held:
             for provider in providers:  # in sorted order, so two batches cannot deadlock
                 held.enter_context(self._provider_lock(provider))
+            # Other matcher processes sharing a Postgres store wait while this one checks these
+            # signers' stake or escrow and commits (a no-op with SQLite, which one process owns).
+            held.enter_context(self.store.admission(s.message.signer for s in submissions))
+            # ...and the intake lock across processes: the leader's close of intake waits for it.
+            held.enter_context(self.leadership.intake_shared())
             # Validation holds the intake lock (shared) throughout: the stake it reads and the
             # reservations it counts then stand at the same block (fills are applied exclusively).
             # No retry here: a request handler answers 503 at once rather than wait on the node.
             accepted = self.validator.check(kind, submissions)
-            round_id = self._intake_round  # stable while the intake lock is held shared
+            # Stable while the intake lock is held shared (here and, over a shared store, everywhere).
+            round_id = self._intake_round_for_intake()
             if kind is MessageKind.BID:
                 for a in accepted:
                     assert a.stake_read_at is not None
@@ -179,6 +227,20 @@ class Matcher:
         if named:
             self.store.name_markets(named)
         return accepted
+
+    def _intake_round_for_intake(self) -> int:
+        if not self.leadership.shared_store:
+            return self._intake_round
+        current = self.store.current_round()
+        # Some round is always open once any process started (each opens one at start, under
+        # the exclusive lock); this covers a store another process is creating right now.
+        return current if current is not None else self.store.open_round()
+
+    def _fail_round(self, round_id: int, why: str) -> None:
+        """Marks a round failed, fenced: unlike the store's other round transitions this one is not
+        conditional on the round's state, so a zombie leader must not make it."""
+        self.leadership.ensure_leader()
+        self.store.fail_round(round_id, why)
 
     def _raced(self, kind: MessageKind, accepted: list[Accepted]) -> Rejections:
         """The refusal of a request that lost a race to another request with the same message
@@ -215,13 +277,14 @@ class Matcher:
         """Finishes rounds a crash interrupted, and makes new round ids exceed the matcher's last
         round on chain (the contract takes only increasing ids). A transaction the chain has not
         decided within `timeout` is left signed, for the next close to follow again."""
+        self.leadership.ensure_leader()
         signer = retry_rpc(lambda: self.chain.receipt_signer(self.address))
         if signer != self.address:
             log.error("this matcher's receipt signer on chain is %s, not its own key %s: its receipts will not"
                       " verify (bond with bondMatcher(amount, %s))", signer, self.address, self.address)
         with self._round_lock:
             done, _ = self._finish_unfinished(timeout)
-            with self._intake_lock.exclusive():
+            with self._intake_exclusive():
                 last = retry_rpc(lambda: self.chain.last_round(self.address))
                 round_id = self.store.open_round(min_id=last + 1)
                 if round_id <= last:
@@ -229,9 +292,11 @@ class Matcher:
                     # covers its round and every later one).
                     log.warning("round id %s is not above this matcher's last round on chain (%s); skipping it",
                                 round_id, last)
-                    self.store.fail_round(round_id, f"round id not above the last round on chain ({last})")
+                    self._fail_round(round_id, f"round id not above the last round on chain ({last})")
                     round_id = self.store.open_round(min_id=last + 1)
                 self._intake_round = round_id
+            if self.leadership.is_leader:
+                self._took_over.set()
             return done
 
     def _finish_unfinished(self, timeout: float) -> tuple[list[int], RoundReport | None]:
@@ -256,7 +321,7 @@ class Matcher:
             if report.state == RoundState.OPEN.value:
                 # Nothing is left to match: the round never settles, so none of its receipts can
                 # be used in a challenge, and its open messages go to the next round.
-                self.store.fail_round(round_id, "nothing left to match when the round was finished")
+                self._fail_round(round_id, "nothing left to match when the round was finished")
             elif report.state != RoundState.CONFIRMED.value:
                 return done, report
             done.append(round_id)
@@ -311,19 +376,20 @@ class Matcher:
         no new round starts (its report is returned). A round with nothing to match stays open
         (no transaction is sent for it).
         """
+        self._require_leader()
         with self._round_lock:
             started = time.perf_counter()
             _, waiting = self._finish_unfinished(self.submitter.receipt_timeout)
             if waiting is not None:
                 return waiting
-            with self._intake_lock.exclusive():
-                round_id = self._intake_round
+            with self._intake_exclusive():
+                round_id = self._intake_round_for_intake()
                 self._intake_round = self.store.close_intake(round_id)
             # Messages committed from here on belong to the next round: the snapshot needs no lock.
             orders, bids = self._snapshot_of(round_id)
             report = self._settle_snapshot(round_id, orders, bids, started)
             if report.state == RoundState.OPEN.value:
-                with self._intake_lock.exclusive():
+                with self._intake_exclusive():
                     self._intake_round = self.store.reopen_intake(round_id, self._intake_round)
             return report
 
@@ -438,7 +504,7 @@ class Matcher:
                 if not isinstance(landed, Landed):
                     return Advance(Progress.STUCK, f"batch {batch.batch} is on chain but its transaction is not"
                                    " the one stored", dropped=dropped)
-                with self._intake_lock.exclusive():
+                with self._intake_exclusive():
                     self.store.record_mined(round_id, batch.batch, landed.gas_used, landed.fills)
                     self.chain.cache.invalidate()
                 continue
@@ -450,7 +516,7 @@ class Matcher:
                 if isinstance(outcome, Landed):
                     # Applied while intake pauses: validation never mixes stake read before the
                     # settlement with reservations counted after it.
-                    with self._intake_lock.exclusive():
+                    with self._intake_exclusive():
                         self.store.record_mined(round_id, batch.batch, outcome.gas_used, outcome.fills)
                         self.chain.cache.invalidate()
                 else:
@@ -461,7 +527,7 @@ class Matcher:
                 # The round takes no more batches (its span passed, say, or a later round opened):
                 # the batches left out hold only the pricier bids of their markets.
                 if on_chain.batches == 0:
-                    self.store.fail_round(round_id, "the round closed on chain before any batch landed")
+                    self._fail_round(round_id, "the round closed on chain before any batch landed")
                     return Advance(Progress.FAILED, "closed on chain with nothing landed", dropped=dropped)
                 for rest in stored.batches[batch.batch:]:
                     why = f"round final on chain after {on_chain.batches} batches"
@@ -489,8 +555,13 @@ class Matcher:
                                            batch.payload.without(prepared.culprit))
                 dropped += 1
                 continue
+            # Fenced: a zombie leader (paused or cut off while another process took over) finds
+            # its lock session gone here and stops, before it signs and again before it sends.
+            self.leadership.ensure_leader()
             tx = self.submitter.sign(round_id, batch.batch, final, batch.payload, prepared)
             self.store.record_signed(round_id, batch.batch, batch.payload, tx)  # before broadcast: the recovery handle
+            failpoints.hit("after_signing")
+            self.leadership.ensure_leader()
             self.submitter.broadcast(tx.raw or b"")
             just_sent = tx.tx_hash
             failpoints.hit("after_broadcast")
@@ -703,7 +774,11 @@ class RoundTimer:
 
     def _run(self) -> None:
         while not self._stop.wait(self.seconds):
+            if not self.matcher.leads():
+                continue  # a follower (or a leader still reconciling) closes nothing
             try:
                 self.matcher.close_round()
+            except NotLeader as lost:
+                log.warning("round not closed: %s", lost)
             except Exception:  # noqa: BLE001 - a failed round is logged; the next one still runs
                 log.exception("round failed")

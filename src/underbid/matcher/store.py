@@ -1,4 +1,5 @@
-"""The matcher's store: SQLite in WAL mode.
+"""The matcher's store: a SQLite file in WAL mode (the default), or a Postgres database that
+several matcher processes share (`postgresql://…`), with one schema and numbered migrations.
 
 Every accepted order and bid is committed before the API answers, so an acknowledged message is
 never lost, with the round it was taken in (`intake_round`), from which a round's snapshot is
@@ -11,16 +12,19 @@ is broadcast, so after a crash or a lost answer the same transaction is sent aga
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic_core import to_json
 
@@ -31,67 +35,408 @@ _INT64_MAX = 2**63 - 1
 # Bound variables per statement; SQLite's default limit is 32,766 since 3.32, 999 before.
 _SQL_VARIABLES = 900
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
+# The schema, in numbered migrations shared by both back ends. Each step runs once, in one
+# transaction, and is recorded in `schema_version`; a store is brought up to the last step when
+# it is opened. `{int}`, `{real}`, `{blob}` are the dialect's column types (SQLite's `INTEGER`
+# keeps `rounds.id` the rowid, as in stores made before versioning), `{message_seq}` a column
+# only Postgres needs (messages in insertion order: SQLite has its rowid). Add a step to change
+# the schema; never edit a step a store may have run.
+_V1_TABLES = (
+    """CREATE TABLE IF NOT EXISTS messages (
     digest      TEXT PRIMARY KEY,
     kind        TEXT NOT NULL CHECK (kind IN ('order', 'bid')),
     signer      TEXT NOT NULL,
     nonce       TEXT,
     market      TEXT NOT NULL,
-    total       INTEGER NOT NULL,
-    filled      INTEGER NOT NULL DEFAULT 0,
-    deadline    INTEGER NOT NULL,
+    total       {int} NOT NULL,
+    filled      {int} NOT NULL DEFAULT 0,
+    deadline    {int} NOT NULL,
     status      TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'filled', 'dropped')),
     reason      TEXT,
     body        TEXT NOT NULL,
-    signature   BLOB NOT NULL,
+    signature   {blob} NOT NULL,
     receipt     TEXT,
-    received_at REAL NOT NULL,
-    intake_round INTEGER,
-    unmatched_round  INTEGER,
+    received_at {real} NOT NULL,
+    intake_round {int},
+    unmatched_round  {int},
     unmatched_reason TEXT,
     unmatched_detail TEXT,
-    unmatched_matched INTEGER,
-    unmatched_wanted INTEGER
-);
--- The round snapshot reads every open message of a kind; keyed without the market, new messages
--- append to one place in this index instead of landing in one of 100 market groups.
-DROP INDEX IF EXISTS messages_open;
-CREATE INDEX IF NOT EXISTS messages_open_kind ON messages (status, kind);
--- A round close lists the markets with open messages of each kind without reading the messages.
-CREATE INDEX IF NOT EXISTS messages_open_market ON messages (status, kind, market, deadline, intake_round);
--- Covers live_bid_capacity (checked for every bid), so the sum never reads the table itself.
-DROP INDEX IF EXISTS messages_signer;
-CREATE INDEX IF NOT EXISTS messages_reserved ON messages (signer, kind, status, deadline, total, filled);
-CREATE TABLE IF NOT EXISTS markets (
+    unmatched_matched {int},
+    unmatched_wanted {int}{message_seq}
+)""",
+    """CREATE TABLE IF NOT EXISTS markets (
     market TEXT PRIMARY KEY,
     spec   TEXT
-);
-CREATE TABLE IF NOT EXISTS rounds (
-    id           INTEGER PRIMARY KEY,
+)""",
+    """CREATE TABLE IF NOT EXISTS rounds (
+    id           {int} PRIMARY KEY,
     state        TEXT NOT NULL CHECK (state IN ('open', 'cleared', 'submitted', 'confirmed', 'failed')),
-    opened_at    REAL NOT NULL,
-    closed_at    REAL,
-    cleared_at   REAL,
-    confirmed_at REAL,
+    opened_at    {real} NOT NULL,
+    closed_at    {real},
+    cleared_at   {real},
+    confirmed_at {real},
     clearing     TEXT,
     error        TEXT
-);
-CREATE TABLE IF NOT EXISTS batches (
-    round_id  INTEGER NOT NULL REFERENCES rounds (id),
-    batch     INTEGER NOT NULL,
+)""",
+    """CREATE TABLE IF NOT EXISTS batches (
+    round_id  {int} NOT NULL REFERENCES rounds (id),
+    batch     {int} NOT NULL,
     payload   TEXT NOT NULL,
     state     TEXT NOT NULL CHECK (state IN ('pending', 'signed', 'mined', 'dead')),
-    deadline  INTEGER,
-    tx_nonce  INTEGER,
-    raw_tx    BLOB,
+    deadline  {int},
+    tx_nonce  {int},
+    raw_tx    {blob},
     tx_hash   TEXT,
-    gas_used  INTEGER,
+    gas_used  {int},
     fills     TEXT,
     reason    TEXT,
     PRIMARY KEY (round_id, batch)
-);
-"""
+)""",
+)
+_V1_INDEXES = (
+    # The round snapshot reads every open message of a kind; keyed without the market, new
+    # messages append to one place in this index instead of landing in one of 100 market groups.
+    "CREATE INDEX IF NOT EXISTS messages_open_kind ON messages (status, kind)",
+    # A round close lists the markets with open messages of each kind without reading the messages.
+    "CREATE INDEX IF NOT EXISTS messages_open_market ON messages (status, kind, market, deadline, intake_round)",
+    # Covers live_bid_capacity (checked for every bid), so the sum never reads the table itself.
+    "CREATE INDEX IF NOT EXISTS messages_reserved ON messages (signer, kind, status, deadline, total, filled)",
+    # One open message per (signer, nonce): the contract lets any number of messages sharing a
+    # nonce fill no more than one of them, so a second one could only displace the first. The
+    # index also settles two requests (or two matcher processes) racing in with the same nonce.
+    "CREATE UNIQUE INDEX IF NOT EXISTS messages_open_nonce ON messages (signer, nonce) WHERE status = 'open'",
+)
+#: migration n is `_MIGRATIONS[n - 1]`
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _V1_TABLES + _V1_INDEXES,
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+# Postgres advisory locks in the two-int4 key space (apart from the one-bigint space, which the
+# matcher leaves to others such as leader election): the class names what is locked.
+_LOCK_CLASS_STORE = 0x75620000  # objects below
+_LOCK_SCHEMA = 0  # migrations: processes starting at once migrate one after the other
+_LOCK_ROUNDS = 1  # round bookkeeping that reads before it writes (open_round, reset_clearing)
+_LOCK_CLASS_ADMISSION = 0x75620001  # one lock per signer (a 32-bit hash of its address)
+#: Postgres connections per process, at most: reads (store-only requests, the round worker), and
+#: admission (one per intake request in flight, held while it is validated, chain reads
+#: included). Apart, so reads never queue behind intake waiting on a slow node; requests beyond a
+#: pool's size wait for a connection. The writer has its own one. Two processes at most use
+#: 2 × (1 + 12 + 16) = 58 of the server's default 100.
+_PG_READERS = 12
+_PG_ADMISSIONS = 16
+
+
+class StoreError(Exception):
+    """The store cannot be opened: a bad database URL, an unreachable server, a newer schema."""
+
+
+class DuplicateMessage(Exception):
+    """The message (by digest) is already in the store."""
+
+
+class _Connection(Protocol):
+    """What the store needs of a connection: sqlite3's, or `_PgConnection` around psycopg's."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Any, /) -> Any: ...
+
+
+class _Backend(Protocol):
+    """What differs between SQLite and Postgres; the SQL and the logic are the store's."""
+
+    #: `sqlite` or `postgres`
+    name: str
+    #: the statement opening a write transaction
+    begin: str
+    #: the errors a constraint violation raises
+    integrity_errors: tuple[type[BaseException], ...]
+    #: the column types and extra columns of the schema (`_MIGRATIONS`' placeholders)
+    types: dict[str, str]
+    #: the column ordering messages as inserted
+    insertion_order: str
+    #: `LIMIT` with no bound
+    limit_all: str
+    #: whether this process may cache sums over its own inserts (no other process writes)
+    caches_reservations: bool
+
+    def writer(self) -> AbstractContextManager[_Connection]:
+        """The write connection (the caller holds the store's lock)."""
+
+    def reader(self) -> AbstractContextManager[_Connection]:
+        """A connection for reads, outside any write transaction."""
+
+    def serialize(self, db: _Connection, what: int) -> None:
+        """Makes the rest of the write transaction on `db` exclusive across processes."""
+
+    def admission(self, signers: Sequence[str]) -> AbstractContextManager[None]:
+        """Holds the signers' admission locks; reads in between go through one connection."""
+
+    def legacy_tables(self, db: _Connection) -> set[str]:
+        """The store's tables, in a store made before versioned migrations (else empty)."""
+
+    def close(self) -> None: ...
+
+
+class _SqliteBackend:
+    """One file in WAL mode: one writer connection (the store's lock serializes writers, as
+    SQLite allows one at a time anyway), and one reader connection per thread, which in WAL mode
+    never waits for the writer. `synchronous=FULL` makes each commit durable before it returns.
+    One process owns the file, so the per-provider reservation cache is safe."""
+
+    name = "sqlite"
+    begin = "BEGIN IMMEDIATE"
+    integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
+    types = {"int": "INTEGER", "real": "REAL", "blob": "BLOB", "message_seq": ""}
+    insertion_order = "rowid"
+    limit_all = "-1"
+    caches_reservations = True
+
+    def __init__(self, path: str):
+        self.path = path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        # Inserts land at random places in the digest index; a 64 MiB page cache keeps them in memory.
+        self._db.execute("PRAGMA cache_size=-65536")
+        self._db.execute("PRAGMA wal_autocheckpoint=10000")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._readers = threading.local()
+        #: Every reader connection opened, so `close` closes them all (threads do not).
+        self._reader_dbs: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        #: held by an in-memory store's reads, which share the writer connection
+        self._memory_lock = threading.RLock()
+
+    @contextmanager
+    def writer(self) -> Iterator[_Connection]:
+        with self._memory_lock:
+            yield self._db
+
+    @contextmanager
+    def reader(self) -> Iterator[_Connection]:
+        if self.path == ":memory:":
+            with self._memory_lock:
+                yield self._db
+            return
+        db = getattr(self._readers, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            # Each batch looks up its digests at random places in the index: keep it in memory.
+            db.execute("PRAGMA cache_size=-16384")
+            self._readers.db = db
+            with self._readers_lock:
+                self._reader_dbs.append(db)
+        yield db
+
+    def serialize(self, db: _Connection, what: int) -> None:
+        """Nothing to do: `BEGIN IMMEDIATE` already excludes every other writer of the file."""
+
+    @contextmanager
+    def admission(self, signers: Sequence[str]) -> Iterator[None]:
+        """Nothing to do: one process owns the file, and the matcher's own per-provider locks
+        serialize its requests."""
+        yield
+
+    def legacy_tables(self, db: _Connection) -> set[str]:
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "schema_version" in names:
+            return set()
+        return names & {"messages", "markets", "rounds", "batches"}
+
+    def close(self) -> None:
+        with self._memory_lock:
+            self._db.close()
+        with self._readers_lock:
+            for db in self._reader_dbs:
+                db.close()
+            self._reader_dbs.clear()
+
+
+class _PgRow(tuple):
+    """A row read by column name or index, like sqlite3.Row (the store's code reads both ways)."""
+
+    _index: dict[str, int]
+
+    def __new__(cls, values: Sequence[Any], index: dict[str, int]) -> _PgRow:
+        row = super().__new__(cls, values)
+        row._index = index
+        return row
+
+    def __getitem__(self, key: Any) -> Any:
+        return super().__getitem__(self._index[key] if isinstance(key, str) else key)
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+
+def _pg_rows(cursor: Any) -> Any:
+    """psycopg row factory making `_PgRow`s."""
+    index = {column.name: i for i, column in enumerate(cursor.description or ())}
+
+    def make(values: Sequence[Any]) -> _PgRow:
+        return _PgRow(values, index)
+
+    return make
+
+
+@lru_cache(maxsize=512)
+def _pg_sql(sql: str) -> str:
+    """The store's SQL (qmark placeholders, as sqlite3 takes them) in psycopg's format style."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _PgConnection:
+    """A psycopg connection taking the store's SQL as it is written for SQLite."""
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        return self.conn.execute(_pg_sql(sql), parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> Any:
+        cursor = self.conn.cursor()
+        cursor.executemany(_pg_sql(sql), list(parameters))
+        return cursor
+
+
+def _advisory_key(signer: str) -> int:
+    """A signer's admission lock key: a signed 32-bit hash (a collision only serializes two signers)."""
+    return int.from_bytes(hashlib.blake2b(signer.lower().encode(), digest_size=4).digest(), "big", signed=True)
+
+
+class _PostgresBackend:
+    """A Postgres database shared by any number of matcher processes, through psycopg 3.
+
+    Writes go through one connection per process (the store's lock serializes this process's
+    writers and groups their commits, as with SQLite); reads through a pool, in autocommit, so
+    each statement sees every commit before it. `synchronous_commit=on` makes each commit durable
+    (flushed to the server's WAL) before it returns. What one process must not decide alone is
+    decided under advisory locks: admission per signer, migrations, round bookkeeping. No
+    reservation is cached, since other processes insert bids too.
+    """
+
+    name = "postgres"
+    begin = "BEGIN"
+    types = {"int": "BIGINT", "real": "DOUBLE PRECISION", "blob": "BYTEA",
+             "message_seq": ",\n    seq BIGINT GENERATED ALWAYS AS IDENTITY"}
+    insertion_order = "seq"
+    limit_all = "ALL"
+    caches_reservations = False
+
+    def __init__(self, url: str):
+        import psycopg
+        from psycopg_pool import ConnectionPool
+
+        self.integrity_errors: tuple[type[BaseException], ...] = (psycopg.IntegrityError,)
+        self._admitting = threading.local()
+
+        def configure(conn: psycopg.Connection[Any]) -> None:
+            conn.row_factory = _pg_rows
+            conn.execute("SET synchronous_commit = on")
+            conn.execute("SET application_name = 'underbid-matcher'")
+
+        def pool(size: int, name: str, *, checked: bool) -> ConnectionPool[Any]:
+            # A checked pool tries each connection (one round trip) before handing it out, so a
+            # server restart costs no failed commit. Reads and admissions, one checkout each per
+            # request, skip it: a connection that broke fails that one request and is discarded.
+            return ConnectionPool(
+                url, min_size=1, max_size=size, kwargs={"autocommit": True}, configure=configure,
+                check=ConnectionPool.check_connection if checked else None, name=name, open=False, timeout=30,
+            )
+
+        try:  # one connection first, for the server's own words on why it cannot be reached
+            psycopg.connect(url, connect_timeout=10).close()
+        except psycopg.Error as exc:
+            reason = " ".join(str(exc).split())
+            raise StoreError(f"cannot connect to the Postgres store at {_redacted(url)}: {reason}") from None
+        self._writer = pool(1, "underbid-writer", checked=True)
+        self._readers = pool(_PG_READERS, "underbid-readers", checked=False)
+        self._admissions = pool(_PG_ADMISSIONS, "underbid-admissions", checked=False)
+        try:
+            for opening in (self._writer, self._readers, self._admissions):
+                opening.open(wait=True, timeout=10)
+        except Exception as exc:  # PoolTimeout: the server refused or did not answer
+            self.close()
+            raise StoreError(f"cannot connect to the Postgres store at {_redacted(url)}: {exc}") from None
+
+    @contextmanager
+    def writer(self) -> Iterator[_Connection]:
+        with self._writer.connection() as conn:
+            yield _PgConnection(conn)
+
+    @contextmanager
+    def reader(self) -> Iterator[_Connection]:
+        held = getattr(self._admitting, "db", None)
+        if held is not None:  # inside `admission`: read under its locks, on its connection
+            yield held
+            return
+        with self._readers.connection() as conn:
+            yield _PgConnection(conn)
+
+    def serialize(self, db: _Connection, what: int) -> None:
+        db.execute("SELECT pg_advisory_xact_lock(?, ?)", (_LOCK_CLASS_STORE, what))
+
+    @contextmanager
+    def admission(self, signers: Sequence[str]) -> Iterator[None]:
+        """Takes each signer's transaction-scoped advisory lock (in sorted order, so two requests
+        cannot deadlock) on a connection of its own, and reads through it until the caller is
+        done: any process admitting for these signers waits, then reads what this one committed."""
+        with self._admissions.connection() as conn:
+            db = _PgConnection(conn)
+            db.execute("BEGIN")
+            try:
+                for key in sorted({_advisory_key(signer) for signer in signers}):
+                    db.execute("SELECT pg_advisory_xact_lock(?, ?)", (_LOCK_CLASS_ADMISSION, key))
+                self._admitting.db = db
+                yield
+            finally:
+                self._admitting.db = None
+                if not conn.closed:
+                    conn.rollback()  # ends the transaction: releases the locks (it wrote nothing)
+
+    def legacy_tables(self, db: _Connection) -> set[str]:
+        """None: Postgres stores were versioned from the first."""
+        return set()
+
+    def close(self) -> None:
+        self._writer.close()
+        self._readers.close()
+        self._admissions.close()
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+#: URL schemes of a Postgres store (libpq's two spellings)
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def database_kind(location: str | Path) -> str:
+    """`postgres` for a `postgresql://` (or `postgres://`) URL, `sqlite` for a file path or
+    `:memory:`; a StoreError for any other URL."""
+    text = str(location)
+    scheme, sep, _ = text.partition("://")
+    if not sep:
+        return "sqlite"
+    if scheme.lower() in POSTGRES_SCHEMES:
+        return "postgres"
+    raise StoreError(
+        f"unsupported database URL {_redacted(text)!r}: give a file path (SQLite) or a postgresql:// URL"
+    )
 
 
 class MessageKind(StrEnum):
@@ -175,10 +520,6 @@ class SignedTx:
     deadline: int
 
 
-class DuplicateMessage(Exception):
-    """The message (by digest) is already in the store."""
-
-
 @dataclass(frozen=True)
 class StoredMessage:
     kind: MessageKind
@@ -254,123 +595,154 @@ class _PendingWrite:
 
 
 class Store:
-    """A SQLite database shared by the API threads and the round worker.
+    """The matcher's store, shared by the API threads and the round worker: a SQLite file (the
+    default) or a Postgres database (`postgresql://…`), chosen by `location`.
 
-    One connection, serialized by a lock: SQLite allows one writer at a time anyway, and every
-    statement here is short. `synchronous=FULL` makes each commit durable before it returns.
+    The SQL, the schema and the logic are shared; what differs (connections, durability settings,
+    locking across processes) is the back end's (`_SqliteBackend`, `_PostgresBackend`). Writes are
+    serialized within a process by one lock, and every statement here is short.
     """
 
-    def __init__(self, path: str | Path):
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
+    def __init__(self, location: str | Path):
+        self.location = str(location)
+        self._backend: _Backend = (
+            _PostgresBackend(self.location) if database_kind(self.location) == "postgres"
+            else _SqliteBackend(self.location)
+        )
         self._lock = threading.RLock()
         self._pending_lock = threading.Lock()
         self._pending: list[_PendingWrite] = []
-        self._readers = threading.local()
-        #: Every reader connection opened, so `close` closes them all (threads do not).
-        self._reader_dbs: list[sqlite3.Connection] = []
         #: provider -> (chain time, units its open bids reserved at that time): spares a SQL sum
-        #: over the provider's open bids for every new bid. The store's own inserts add to it;
-        #: fills and drops clear it (and bump the generation, so a sum read meanwhile is not kept).
+        #: over the provider's open bids for every new bid (SQLite only: with Postgres another
+        #: process may have added bids). The store's own inserts add to it; fills and drops
+        #: clear it (and bump the generation, so a sum read meanwhile is not kept).
         self._reserved: dict[str, tuple[int, int]] = {}
         self._reserved_lock = threading.Lock()
         self._reserved_generation = 0
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        # Inserts land at random places in the digest index; a 64 MiB page cache keeps them in memory.
-        self._db.execute("PRAGMA cache_size=-65536")
-        self._db.execute("PRAGMA wal_autocheckpoint=10000")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate_batches()
-        self._db.executescript(_SCHEMA)
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._backend.close()
+            raise
+
+    @property
+    def backend(self) -> str:
+        """`sqlite` or `postgres`."""
+        return self._backend.name
+
+    def schema_version(self) -> int:
+        """The last migration this store has run."""
+        with self._reading() as db:
+            return int(db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
 
     def _migrate(self) -> None:
-        """Brings a store made by an earlier version up to date: messages gained their nonce (as
-        decimal text: a uint256 does not fit SQLite's integers), unique among open messages."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
+        """Runs the migrations this store has not run yet, in one transaction (several processes
+        opening one Postgres store at once migrate it once). A SQLite store made before versioned
+        migrations is first brought to the layout of migration 1 by `_upgrade_unversioned`."""
+        with self._tx() as db:
+            self._backend.serialize(db, _LOCK_SCHEMA)
+            legacy = self._backend.legacy_tables(db)
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at "
+                f"{self._backend.types['real']} NOT NULL)"
+            )
+            current = int(db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the store's schema is version {current}, newer than this matcher's ({SCHEMA_VERSION}):"
+                    " upgrade the matcher"
+                )
+            if legacy:
+                self._upgrade_unversioned(db, legacy)
+                db.execute("INSERT INTO schema_version (version, applied_at) VALUES (1, ?)", (time.time(),))
+                current = 1
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[version - 1]:
+                    db.execute(statement.format(**self._backend.types))
+                db.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, time.time()))
+
+    def _upgrade_unversioned(self, db: _Connection, tables: set[str]) -> None:
+        """Brings a SQLite store of an earlier, unversioned layout to migration 1's: batches kept
+        only their hash (`_upgrade_batches`); messages gained their nonce (as decimal text: a
+        uint256 does not fit SQLite's integers), unique among open messages, their intake round
+        and their last "why no match"; two indexes were replaced."""
+        db.execute("DROP INDEX IF EXISTS messages_open")
+        db.execute("DROP INDEX IF EXISTS messages_signer")
+        if "batches" in tables:
+            self._upgrade_batches(db)
+        for statement in _V1_TABLES:
+            db.execute(statement.format(**self._backend.types))
+        columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
         if "nonce" not in columns:
-            self._db.execute("ALTER TABLE messages ADD COLUMN nonce TEXT")
+            db.execute("ALTER TABLE messages ADD COLUMN nonce TEXT")
         if "intake_round" not in columns:  # older rows keep NULL: they belong to every round
-            self._db.execute("ALTER TABLE messages ADD COLUMN intake_round INTEGER")
+            db.execute("ALTER TABLE messages ADD COLUMN intake_round INTEGER")
         # Why no match: older rows keep NULL (not told yet); the next round that passes over them tells.
         for column, kind in _UNMATCHED_COLUMNS:
             if column not in columns:
-                self._db.execute(f"ALTER TABLE messages ADD COLUMN {column} {kind}")
-        rows = self._db.execute("SELECT digest, body FROM messages WHERE nonce IS NULL").fetchall()
+                db.execute(f"ALTER TABLE messages ADD COLUMN {column} {kind}")
+        rows = db.execute("SELECT digest, body FROM messages WHERE nonce IS NULL").fetchall()
         if rows:
-            self._db.executemany(
+            db.executemany(
                 "UPDATE messages SET nonce = ? WHERE digest = ?",
                 [(str(json.loads(body)["nonce"]), digest) for digest, body in rows],
             )
-        # One open message per (signer, nonce): the contract lets any number of messages sharing a
-        # nonce fill no more than one of them, so a second one could only displace the first.
-        # The index also settles two requests racing in with the same nonce.
-        self._db.execute(
-            "CREATE UNIQUE INDEX IF NOT EXISTS messages_open_nonce ON messages (signer, nonce) WHERE status = 'open'"
-        )
+        for statement in _V1_INDEXES:
+            db.execute(statement)
 
-    def _migrate_batches(self) -> None:
+    def _upgrade_batches(self, db: _Connection) -> None:
         """Rebuilds a batches table of the earlier layout (hash only; pending/sent/confirmed).
 
         A sent batch, or a landed one of a round not yet confirmed (whose fills the earlier
         version applied only at confirmation), becomes `signed` with no raw transaction: the
         reconciler then asks the chain for its receipt and applies the fills of what landed.
         """
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(batches)")}
-        if not columns or "raw_tx" in columns:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(batches)")}
+        if "raw_tx" in columns:
             return
-        self._db.execute("ALTER TABLE batches RENAME TO batches_v1")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(
+        db.execute("ALTER TABLE batches RENAME TO batches_v1")
+        db.execute(_V1_TABLES[3].format(**self._backend.types))  # batches
+        db.execute(
             "INSERT INTO batches (round_id, batch, payload, state, tx_hash, gas_used)"
             " SELECT b.round_id, b.batch, b.payload,"
             " CASE WHEN b.state = 'confirmed' AND r.state = 'confirmed' THEN 'mined'"
             "      WHEN b.tx_hash IS NOT NULL THEN 'signed' ELSE 'pending' END,"
             " b.tx_hash, b.gas_used FROM batches_v1 b JOIN rounds r ON r.id = b.round_id"
         )
-        self._db.execute("DROP TABLE batches_v1")
+        db.execute("DROP TABLE batches_v1")
 
     def close(self) -> None:
-        """Closes the writer and every reader connection."""
+        """Closes every connection."""
         with self._lock:
-            self._db.close()
-            for db in self._reader_dbs:
-                db.close()
-            self._reader_dbs.clear()
+            self._backend.close()
 
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        """A connection for reads. In WAL mode readers never wait for the writer, so each thread
-        reads through its own connection instead of queueing behind a commit's fsync."""
-        if self.path == ":memory:":
-            with self._lock:
-                yield self._db
-            return
-        db = getattr(self._readers, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.row_factory = sqlite3.Row
-            # Each batch looks up its digests at random places in the index: keep it in memory.
-            db.execute("PRAGMA cache_size=-16384")
-            self._readers.db = db
-            with self._lock:
-                self._reader_dbs.append(db)
-        yield db
+    def _reading(self) -> Iterator[_Connection]:
+        """A connection for reads, which never wait for the writer (SQLite: one per thread in
+        WAL mode; Postgres: one from the pool, or the admission's)."""
+        with self._backend.reader() as db:
+            yield db
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+    def _tx(self) -> Iterator[_Connection]:
+        with self._lock, self._backend.writer() as db:
+            db.execute(self._backend.begin)
             try:
-                yield self._db
+                yield db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                _rollback(db)
                 raise
-            self._db.execute("COMMIT")
+            db.execute("COMMIT")
+
+    def admission(self, signers: Iterable[str]) -> AbstractContextManager[None]:
+        """Admits messages of `signers` exclusively: with Postgres, every matcher process sharing
+        the database waits while another checks these signers' reservations (stake, escrow)
+        and commits their messages; the store's reads meanwhile see every commit made before.
+        With SQLite (one process) it does nothing; the matcher's own locks serialize requests.
+
+        Hold it from before the reservations are read until `add_messages` has returned.
+        """
+        return self._backend.admission(sorted(set(signers)))
 
     # ----- messages -----
 
@@ -415,33 +787,35 @@ class Store:
             raise request.error
 
     def _commit_group(self, batch: list[_PendingWrite]) -> None:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for i, request in enumerate(batch):
-                db.execute(f"SAVEPOINT w{i}")
-                try:
-                    db.executemany(
-                        "INSERT INTO messages (digest, kind, signer, market, total, deadline, body, signature,"
-                        " receipt, received_at, nonce, intake_round) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        request.rows,
-                    )
-                except sqlite3.IntegrityError as exc:
-                    db.execute(f"ROLLBACK TO w{i}")
-                    request.error = DuplicateMessage(str(exc))
-                db.execute(f"RELEASE w{i}")
-            db.execute("COMMIT")
-            for request in batch:
-                if request.error is None:
-                    self._reserve(request.rows)
-        except BaseException as exc:
-            db.execute("ROLLBACK")
-            for request in batch:
-                request.error = request.error or exc
-            raise
-        finally:
-            for request in batch:
-                request.done = True
+        """Writes every queued request in one transaction, one savepoint each (the caller holds
+        the store's lock)."""
+        with self._backend.writer() as db:
+            db.execute(self._backend.begin)
+            try:
+                for i, request in enumerate(batch):
+                    db.execute(f"SAVEPOINT w{i}")
+                    try:
+                        db.executemany(
+                            "INSERT INTO messages (digest, kind, signer, market, total, deadline, body, signature,"
+                            " receipt, received_at, nonce, intake_round) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            request.rows,
+                        )
+                    except self._backend.integrity_errors as exc:
+                        db.execute(f"ROLLBACK TO SAVEPOINT w{i}")
+                        request.error = DuplicateMessage(str(exc))
+                    db.execute(f"RELEASE SAVEPOINT w{i}")
+                db.execute("COMMIT")
+                for request in batch:
+                    if request.error is None:
+                        self._reserve(request.rows)
+            except BaseException as exc:
+                _rollback(db)
+                for request in batch:
+                    request.error = request.error or exc
+                raise
+            finally:
+                for request in batch:
+                    request.done = True
 
     def add_message(
         self, kind: MessageKind, digest: str, message: SignedMessage, signature: bytes, receipt: dict | None = None,
@@ -536,9 +910,10 @@ class Store:
         if status is not None:
             query += " AND status = ?"
             args.append(status)
+        query += f" ORDER BY received_at, {self._backend.insertion_order}"
+        query += f" LIMIT {self._backend.limit_all} OFFSET ?" if limit < 0 else " LIMIT ? OFFSET ?"
         with self._reading() as db:
-            query += " ORDER BY received_at, rowid LIMIT ? OFFSET ?"
-            rows = db.execute(query, [*args, limit, offset]).fetchall()
+            rows = db.execute(query, [*args, offset] if limit < 0 else [*args, limit, offset]).fetchall()
         return [_message(r) for r in rows]
 
     def open_nonce_holders(self, pairs: Sequence[tuple[str, int]]) -> dict[tuple[str, int], tuple[str, int]]:
@@ -580,9 +955,10 @@ class Store:
 
     def live_bid_capacity(self, provider: str, now: int) -> int:
         """Units the provider's open, unexpired bids can still fill: the stake they reserve."""
+        caching = self._backend.caches_reservations
         with self._reserved_lock:
             cached = self._reserved.get(provider)
-            if cached is not None and cached[0] == now:
+            if caching and cached is not None and cached[0] == now:
                 return cached[1]
             generation = self._reserved_generation
         with self._reading() as db:
@@ -593,7 +969,7 @@ class Store:
             ).fetchone()
         reserved = int(row[0])
         with self._reserved_lock:
-            if generation == self._reserved_generation:
+            if caching and generation == self._reserved_generation:
                 self._reserved[provider] = (now, reserved)
         return reserved
 
@@ -649,18 +1025,23 @@ class Store:
     def name_markets(self, specs: dict[str, str]) -> None:
         """Remembers each market's canonical spec string (market id -> spec), for `GET /markets`."""
         with self._tx() as db:
-            db.executemany("INSERT OR IGNORE INTO markets (market, spec) VALUES (?, ?)", specs.items())
+            db.executemany("INSERT INTO markets (market, spec) VALUES (?, ?) ON CONFLICT DO NOTHING", specs.items())
 
     def market_summary(self, now: int) -> list[dict[str, Any]]:
         with self._reading() as db:
             rows = db.execute(
                 "SELECT m.market, k.spec,"
-                " SUM(m.kind = 'order' AND m.status = 'open' AND m.deadline >= ?) AS open_orders,"
-                " SUM(m.kind = 'bid' AND m.status = 'open' AND m.deadline >= ?) AS open_bids"
-                " FROM messages m LEFT JOIN markets k ON k.market = m.market GROUP BY m.market ORDER BY m.market",
+                " SUM(CASE WHEN m.kind = 'order' AND m.status = 'open' AND m.deadline >= ? THEN 1 ELSE 0 END)"
+                " AS open_orders,"
+                " SUM(CASE WHEN m.kind = 'bid' AND m.status = 'open' AND m.deadline >= ? THEN 1 ELSE 0 END)"
+                " AS open_bids"
+                " FROM messages m LEFT JOIN markets k ON k.market = m.market"
+                " GROUP BY m.market, k.spec ORDER BY m.market",
                 (now, now),
             ).fetchall()
-        return [dict(r) for r in rows]
+        # Postgres sums integers as numeric (Decimal): the counts are made ints for both back ends.
+        return [{"market": r["market"], "spec": r["spec"], "open_orders": int(r["open_orders"]),
+                 "open_bids": int(r["open_bids"])} for r in rows]
 
     # ----- rounds -----
 
@@ -677,12 +1058,13 @@ class Store:
         every round stored, and at least `min_id` (round ids must exceed the matcher's last round
         on chain)."""
         with self._tx() as db:
+            self._backend.serialize(db, _LOCK_ROUNDS)  # two processes would both insert the next id
             row = db.execute(
                 "SELECT id FROM rounds WHERE state = 'open' AND closed_at IS NULL ORDER BY id LIMIT 1"
             ).fetchone()
             if row is not None:
                 return int(row["id"])
-            next_id = max(min_id, db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM rounds").fetchone()[0])
+            next_id = max(min_id, int(db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM rounds").fetchone()[0]))
             db.execute("INSERT INTO rounds (id, state, opened_at) VALUES (?, 'open', ?)", (next_id, time.time()))
             return next_id
 
@@ -784,6 +1166,7 @@ class Store:
         landed or may still land, dropping the message `drop` if given, so the round is cleared
         again. Returns False (and changes nothing) if a batch is signed or mined."""
         with self._tx() as db:
+            self._backend.serialize(db, _LOCK_ROUNDS)  # no batch may be signed between the count and the reset
             live = db.execute(
                 "SELECT COUNT(*) FROM batches WHERE round_id = ? AND state IN ('signed', 'mined')", (round_id,)
             ).fetchone()[0]
@@ -862,6 +1245,16 @@ class Store:
         return prices
 
 
+def _rollback(db: _Connection) -> None:
+    """Rolls back the transaction on `db`; a connection that broke mid-transaction (a Postgres
+    server gone) has none left to roll back, and its error is the one worth raising."""
+    try:
+        db.execute("ROLLBACK")
+    except Exception:  # noqa: BLE001 - the caller re-raises the error that ended the transaction
+        if not getattr(getattr(db, "conn", None), "closed", False):
+            raise
+
+
 @dataclass(frozen=True)
 class LastPrice:
     """A market's latest clearing price: its round, the price and the rule that set it (None in
@@ -877,7 +1270,7 @@ def _total(message: SignedMessage) -> int:
     return message.units if isinstance(message, Order) else message.capacity if isinstance(message, Bid) else 0
 
 
-def _batch(row: sqlite3.Row) -> StoredBatch:
+def _batch(row: Any) -> StoredBatch:
     tx = None
     if row["tx_hash"] is not None:
         raw = bytes(row["raw_tx"]) if row["raw_tx"] is not None else None
@@ -894,7 +1287,7 @@ def _batch(row: sqlite3.Row) -> StoredBatch:
     )
 
 
-def _message(row: sqlite3.Row) -> StoredMessage:
+def _message(row: Any) -> StoredMessage:
     kind = MessageKind(row["kind"])
     return StoredMessage(
         kind=kind,
@@ -917,7 +1310,7 @@ _UNMATCHED_COLUMNS = (
 )
 
 
-def _unmatched(row: sqlite3.Row) -> Unmatched | None:
+def _unmatched(row: Any) -> Unmatched | None:
     if row["unmatched_round"] is None:
         return None
     try:
