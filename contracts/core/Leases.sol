@@ -193,6 +193,9 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
     /// however many buyers its leases have, and emits nothing per running lease: every balance it
     /// changes (the provider's credits, this contract's) shows in the credit's `Transfer`, and each
     /// lease's paid-until is its `getLease`. A lease past its end takes the general path, once.
+    /// IMPORTANT: the assembly loop reads and writes the raw `LeaseRecord` and `BatchTerms` words
+    /// at fixed bit offsets (Solidity's packed layouts, see `_store`); a change to either struct
+    /// must change those offsets, and `test/foundry/SettleClaimAttacks.t.sol` checks the sums.
     function claim(bytes32[] calldata leaseIds) external nonReentrant returns (uint256 total, uint256 skipped) {
         uint256 callerId = _bindings[msg.sender].id;
         // What the hot path needs of a lease's word: its provider is the caller, its terms are the
