@@ -6,10 +6,13 @@ import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {UnderbidBase} from "./UnderbidBase.sol";
 
 /// @title Buyer escrow: credits deposited to pay for leases.
-/// @dev `free` can be withdrawn or committed to new leases; `locked` backs open leases and only
-/// leaves as lease payments to providers or refunds back to `free`. A withdrawal is announced
-/// `noticePeriod` ahead: until then the credits stay free for settlement, so no withdrawal can
-/// land between a matcher's simulation and its batch and make the batch revert.
+/// @dev `free` can be withdrawn or committed to new leases; `locked` is the whole cost of the
+/// buyer's open leases: a lease's cost leaves it when the lease closes, its unpaid part back to
+/// `free` and its paid part (already sent to the provider by claims and the close) gone. Claims
+/// do not touch it, so while a lease runs `locked` also counts what the lease has paid so far
+/// (see `Leases._settleAndClose`). A withdrawal is announced `noticePeriod` ahead: until then
+/// the credits stay free for settlement, so no withdrawal can land between a matcher's
+/// simulation and its batch and make the batch revert.
 abstract contract BuyerEscrow is UnderbidBase {
     using SafeERC20 for *;
 

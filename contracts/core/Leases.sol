@@ -177,72 +177,131 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         }
     }
 
-    /// @dev Pays the caller what its leases have accrued while covered by heartbeats. A lease past
-    /// its end is also closed: uncovered time is refunded to the buyer and the collateral unlocked.
+    /// @dev Pays the caller what its leases have accrued while covered by heartbeats, in one
+    /// credit transfer (the credit token's `Transfer` from this contract to the caller is the
+    /// payment's record; no per-lease event: see NOTE). A lease past its end is also closed:
+    /// uncovered time is refunded to the buyer and the collateral unlocked (`LeaseClosed`).
     /// A closed lease, or one with a reportable fault, is skipped with a `LeaseSkipped` event.
     /// @param leaseIds Leases served by the caller.
     /// @return total Credits sent to the caller.
     /// @return skipped How many leases were skipped.
     /// Reverts with `UnknownLease` and `NotLeaseProvider`.
-    /// NOTE: a running lease is paid on its raw word, like `heartbeat` (one read, one write of
-    /// the `paidUntil` bits, the batch terms of the previous lease remembered), and the payments
-    /// of consecutive leases of one buyer leave its locked escrow in one write (`_takeLocked`):
-    /// the sums are the same as one write per payment, so every balance ends where it did. A
-    /// lease past its end takes the general path (`_settleAndClose`), once in its life.
+    /// NOTE: a running lease is paid on its raw word alone: one read, one write of its
+    /// `paidUntil` bits (the batch terms of the previous lease remembered). Its buyer's escrow is
+    /// not touched: `locked` holds a lease's whole cost until the lease closes, and what has been
+    /// paid of it is the lease's own `paidUntil` (see `_settleAndClose`). So a claim costs the same
+    /// however many buyers its leases have, and emits nothing per running lease: every balance it
+    /// changes (the provider's credits, this contract's) shows in the credit's `Transfer`, and each
+    /// lease's paid-until is its `getLease`. A lease past its end takes the general path, once.
+    /// IMPORTANT: the assembly loop reads and writes the raw `LeaseRecord` and `BatchTerms` words
+    /// at fixed bit offsets (Solidity's packed layouts, see `_store`); a change to either struct
+    /// must change those offsets, and `test/foundry/SettleClaimAttacks.t.sol` checks the sums.
     function claim(bytes32[] calldata leaseIds) external nonReentrant returns (uint256 total, uint256 skipped) {
-        uint32 caller = _bindings[msg.sender].id;
-        // The terms of the previous lease's batch: a provider's leases mostly share them.
-        uint256 lastRef;
-        BatchTerms memory batch;
-        // The buyer of the current run of payments, and what the run has paid so far.
-        uint256 runBuyer;
-        uint256 runPaid;
-        for (uint256 i; i < leaseIds.length; ++i) {
-            bytes32 leaseId = leaseIds[i];
-            (LeaseRecord storage record, uint256 word) = _providerLease(leaseId, caller);
-            uint256 ref = uint32(word >> 96);
-            if (ref != lastRef) (lastRef, batch) = (ref, _batchTerms[uint32(ref)]);
-            uint256 end = uint40(word >> 128);
-            uint256 last = uint40(word >> 208);
-            if (last == 0) last = batch.start;
-            uint256 stopAt = last + batch.heartbeatInterval;
-            bool closed = word >> 248 != 0;
-            // `_faultAt`: a fault is reportable once the heartbeats stop short of the end and
-            // the grace after the last covered second has passed.
-            if (closed || (stopAt < end && block.timestamp > stopAt + batch.heartbeatGrace)) {
-                ++skipped;
-                emit LeaseSkipped(leaseId, closed ? SkipReason.Closed : SkipReason.FaultPending);
-                continue;
-            }
-            if (block.timestamp >= end) {
-                (LeaseRecord memory lease,) = _load(leaseId);
-                total += _settleAndClose(leaseId, lease, batch, block.timestamp);
-                _store(leaseId, lease);
-                continue;
-            }
-            // `_payUpTo(now)` for a running lease: now < end, so `until` needs no cap at the end.
-            uint256 until = block.timestamp < stopAt ? block.timestamp : stopAt;
-            uint256 paidUntil = uint40(word >> 168);
-            uint256 start = batch.start;
-            if (paidUntil == 0) paidUntil = start;
-            if (until <= paidUntil) continue;
-            uint256 perHour = uint256(uint32(word >> 64)) * batch.price;
-            uint256 amount = perHour * (until - start) / 3600 - perHour * (paidUntil - start) / 3600;
-            word = (word & ~(uint256(type(uint40).max) << 168)) | (until << 168);
-            assembly ("memory-safe") {
-                sstore(record.slot, word)
-            }
-            total += amount;
-            uint256 buyer = uint32(word);
-            if (buyer != runBuyer) {
-                _takeLocked(runBuyer, runPaid);
-                (runBuyer, runPaid) = (buyer, 0);
-            }
-            runPaid += amount;
-            emit LeasePaid(leaseId, msg.sender, amount, until);
+        uint256 callerId = _bindings[msg.sender].id;
+        // What the hot path needs of a lease's word: its provider is the caller, its terms are the
+        // remembered ones, it is open. `key` is the expected value of those bits.
+        uint256 mask = (uint256(type(uint32).max) << 32) | (uint256(type(uint32).max) << 96) | (uint256(0xff) << 248);
+        uint256 key;
+        // The remembered batch terms (a provider's leases mostly share them), from their raw word.
+        uint256 price;
+        uint256 start;
+        uint256 interval;
+        uint256 grace;
+        // leaseIds[i] is at calldata offset `at`.
+        uint256 at;
+        uint256 atEnd;
+        assembly ("memory-safe") {
+            at := leaseIds.offset
+            atEnd := add(at, shl(5, leaseIds.length))
         }
-        _takeLocked(runBuyer, runPaid);
+        while (true) {
+            bytes32 leaseId;
+            bool other;
+            // The hot path, one assembly loop (in Solidity it spent ~670 gas of execution a
+            // lease): it pays the caller's running open leases under the remembered terms and
+            // stops at any other lease (`other`), or when done. Paying is `_payUpTo(now)` on the
+            // raw word, after the general path's tests in its order (closed, fault reportable,
+            // ended), the first of which the key covers.
+            // Times and spans are below 2^41, units below 2^32 and the price below 2^64, so no
+            // sum, difference or product below can wrap (products stay below 2^137).
+            assembly ("memory-safe") {
+                let m40 := 0xffffffffff
+                for {} lt(at, atEnd) { at := add(at, 0x20) } {
+                    leaseId := calldataload(at)
+                    mstore(0, leaseId)
+                    mstore(0x20, _leases.slot)
+                    let slot := keccak256(0, 0x40)
+                    let word := sload(slot)
+                    let end := and(shr(128, word), m40)
+                    let stopAt := and(shr(208, word), m40)
+                    if iszero(stopAt) { stopAt := start }
+                    stopAt := add(stopAt, interval)
+                    // Not the key; `_faultAt` (reportable once the heartbeats stop short of the end
+                    // and the grace after the last covered second has passed); ended.
+                    if or(
+                        or(iszero(eq(and(word, mask), key)), iszero(lt(timestamp(), end))),
+                        and(lt(stopAt, end), gt(timestamp(), add(stopAt, grace)))
+                    ) {
+                        other := 1
+                        break
+                    }
+                    // Running: pay up to min(now, covered); now < end needs no cap.
+                    let until := timestamp()
+                    if lt(stopAt, until) { until := stopAt }
+                    let paidUntil := and(shr(168, word), m40)
+                    if iszero(paidUntil) { paidUntil := start }
+                    if gt(until, paidUntil) {
+                        let perHour := mul(and(shr(64, word), 0xffffffff), price)
+                        total := add(
+                            total,
+                            sub(div(mul(perHour, sub(until, start)), 3600), div(mul(perHour, sub(paidUntil, start)), 3600))
+                        )
+                        sstore(slot, or(and(word, not(shl(168, m40))), shl(168, until)))
+                    }
+                }
+            }
+            if (!other) break;
+            // Any other lease, in Solidity, in the general path's order. (No lease is a zero
+            // word, which is caught here: the key's terms ref is never zero once set, and before
+            // that a zero key matches only an unbound caller's zero word, whose end 0 is past.)
+            LeaseRecord storage record = _leases[leaseId];
+            uint256 word;
+            assembly ("memory-safe") {
+                word := sload(record.slot)
+            }
+            if (uint32(word) == 0) revert UnknownLease(leaseId);
+            if (uint32(word >> 32) != callerId) revert NotLeaseProvider(leaseId, msg.sender);
+            uint256 ref = uint32(word >> 96);
+            if (word & mask != key && word >> 248 == 0) {
+                // New terms: remember them, and take this lease again under them.
+                BatchTerms storage batch = _batchTerms[uint32(ref)];
+                uint256 t;
+                assembly ("memory-safe") {
+                    t := sload(batch.slot)
+                }
+                (price, start, interval, grace) = (uint64(t), uint40(t >> 64), uint32(t >> 128), uint32(t >> 160));
+                key = (callerId << 32) | (ref << 96);
+                continue;
+            }
+            at += 0x20;
+            if (word >> 248 != 0) {
+                ++skipped;
+                emit LeaseSkipped(leaseId, SkipReason.Closed);
+            } else if (block.timestamp >= _faultAt(_leases[leaseId], _batchTerms[uint32(ref)])) {
+                ++skipped;
+                emit LeaseSkipped(leaseId, SkipReason.FaultPending);
+            } else {
+                total += _closeEnded(leaseId);
+            }
+        }
         if (total != 0) credit.safeTransfer(msg.sender, total);
+    }
+
+    /// @dev Pays and closes a lease past its end (the general path, once in a lease's life);
+    /// returns what the provider is owed. Reverts with `UnknownLease`.
+    function _closeEnded(bytes32 leaseId) private returns (uint256 paid) {
+        (LeaseRecord memory lease, BatchTerms memory batch) = _load(leaseId);
+        paid = _settleAndClose(leaseId, lease, batch, block.timestamp);
     }
 
     /// @dev The raw word of lease `leaseId`, served by the provider with account id `caller`
@@ -260,12 +319,6 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         if (uint32(word >> 32) != caller) revert NotLeaseProvider(leaseId, msg.sender);
     }
 
-    /// @dev Takes `amount` paid out of the locked escrow of the account with id `buyerId` (no-op
-    /// for zero, which also stands for "no run yet" in `claim`).
-    function _takeLocked(uint256 buyerId, uint256 amount) private {
-        if (amount != 0) escrowOf[accountAt[uint32(buyerId)]].locked -= uint128(amount);
-    }
-
     /// @dev Closes a lease. Before its end only the buyer may: the provider is paid what accrued
     /// and the buyer is refunded the rest into free escrow. After its end anyone may, to pay the
     /// provider and release the collateral.
@@ -278,7 +331,6 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         }
         if (block.timestamp >= _faultAt(lease, batch)) revert FaultPending(leaseId);
         uint256 paid = _settleAndClose(leaseId, lease, batch, block.timestamp);
-        _store(leaseId, lease);
         if (paid != 0) credit.safeTransfer(accountAt[lease.providerId], paid);
     }
 
@@ -298,7 +350,6 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         address buyer = accountAt[lease.buyerId];
         uint256 collateral = lease.units * stakePerUnit;
         uint256 paid = _settleAndClose(leaseId, lease, batch, stopAt);
-        _store(leaseId, lease);
         if (paid != 0) credit.safeTransfer(provider, paid);
 
         uint256 slashed = collateral * terms.slashBps / BPS;
@@ -331,31 +382,38 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         return stopAt + batch.heartbeatGrace + 1;
     }
 
-    /// @dev Pays the provider up to `until`, refunds the buyer the rest, marks `lease` closed (the
-    /// caller stores it).
+    /// @dev Pays the provider up to `until`, refunds the buyer the rest, marks `lease` closed and
+    /// stores it.
+    /// IMPORTANT: this is where a lease's escrow leaves `locked`, all of it at once: its whole
+    /// cost (`settle` locked exactly `_leaseCost`, which is `_accrued(end)`), of which the
+    /// unpaid part (`refund`) goes back to the buyer's free escrow and the paid part has already
+    /// gone to the provider (claims, and `paid` here). So `locked` is always the whole cost of the
+    /// buyer's open leases, no withdrawal can reach what a running lease still owes, and the
+    /// payments and refund of a lease add up to its cost exactly.
     /// @return paid Credits owed to the provider; the caller transfers them.
     function _settleAndClose(bytes32 leaseId, LeaseRecord memory lease, BatchTerms memory batch, uint256 until)
         private
         returns (uint256 paid)
     {
-        paid = _payUpTo(leaseId, lease, batch, until);
-        uint256 refund = _accrued(lease, batch, lease.end) - _accrued(lease, batch, _paidUntil(lease, batch));
+        paid = _payUpTo(lease, batch, until);
+        uint256 cost = _accrued(lease, batch, lease.end);
+        uint256 refund = cost - _accrued(lease, batch, _paidUntil(lease, batch));
         lease.closed = true;
-        if (refund != 0) {
-            EscrowAccount storage account = escrowOf[accountAt[lease.buyerId]];
-            account.locked -= uint128(refund);
-            account.free += uint128(refund);
-        }
+        EscrowAccount storage account = escrowOf[accountAt[lease.buyerId]];
+        account.locked -= uint128(cost);
+        if (refund != 0) account.free += uint128(refund);
         uint256 collateral = lease.units * stakePerUnit;
         _unlockStake(accountAt[lease.providerId], collateral);
+        _store(leaseId, lease);
         emit LeaseClosed(leaseId, refund, collateral);
     }
 
-    /// @dev Moves accrual between `paidUntil` and `min(until, end, last heartbeat + interval)` out
-    /// of the buyer's locked escrow and advances `lease.paidUntil` (the caller stores it).
-    /// @return amount Credits owed to the provider; the caller transfers them.
-    function _payUpTo(bytes32 leaseId, LeaseRecord memory lease, BatchTerms memory batch, uint256 until)
+    /// @dev Advances `lease.paidUntil` to `min(until, end, last heartbeat + interval)` (the
+    /// caller stores it); the buyer's escrow leaves `locked` at the close (`_settleAndClose`).
+    /// @return amount Credits owed to the provider for that span; the caller transfers them.
+    function _payUpTo(LeaseRecord memory lease, BatchTerms memory batch, uint256 until)
         private
+        pure
         returns (uint256 amount)
     {
         // Only time covered by heartbeats is paid for.
@@ -366,8 +424,6 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
         if (until <= paidUntil) return 0;
         amount = _accrued(lease, batch, until) - _accrued(lease, batch, paidUntil);
         lease.paidUntil = uint40(until);
-        escrowOf[accountAt[lease.buyerId]].locked -= uint128(amount);
-        emit LeasePaid(leaseId, accountAt[lease.providerId], amount, until);
     }
 
     /// @dev Records the terms every lease of this batch in one market shares: `price`, the block

@@ -73,8 +73,11 @@ interface IUnderbidEvents {
     event Heartbeat(bytes32 indexed leaseId);
     /// @dev A batched heartbeat or claim left this lease alone, for `reason`.
     event LeaseSkipped(bytes32 indexed leaseId, SkipReason reason);
-    event LeasePaid(bytes32 indexed leaseId, address indexed provider, uint256 amount, uint256 paidUntil);
-    /// @dev `refund` went back to the buyer's free escrow; `collateral` was unlocked from stake.
+    /// @dev The lease closed: its whole cost left the buyer's locked escrow, `refund` (the part
+    /// not paid to the provider) went back to its free escrow; `collateral` was unlocked from stake.
+    /// NOTE: payments to providers (claim, close, reportFault) have no event here: each is the
+    /// credit token's `Transfer` from this contract to the provider, and a lease's paid-until is
+    /// `getLease(leaseId).paidUntil`; at the close, paid = cost - refund.
     event LeaseClosed(bytes32 indexed leaseId, uint256 refund, uint256 collateral);
     event FaultReported(
         bytes32 indexed leaseId,

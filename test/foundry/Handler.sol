@@ -119,6 +119,10 @@ contract Handler is CheatBase {
     uint256 public steps;
     uint256 public honestRounds;
     uint256 public honestLeases;
+    /// @dev What open leases have paid their providers so far (each lease's accrual to its
+    /// paid-until, from `getLease`), kept across every lease action: a claim leaves the buyer's
+    /// `locked` alone, so the settlement holds free + locked minus this.
+    uint256 public ghostPaidOpen;
     uint256 public adversaryRounds;
     uint256 public adversaryLeases;
     /// H batches that landed with other actions between their simulation and their inclusion,
@@ -1040,23 +1044,37 @@ contract Handler is CheatBase {
         LeaseRec storage l = _leases[pick % _leases.length];
         bytes32[] memory ids = new bytes32[](1);
         ids[0] = l.id;
+        uint256 before = _paidOpen(l.id);
         vm.prank(_bids[l.bid].b.provider);
         settlement.claim(ids);
+        ghostPaidOpen = ghostPaidOpen + _paidOpen(l.id) - before;
     }
 
     function close(uint256 pick, uint256 byBuyer) public {
         if (_leases.length == 0) return;
         LeaseRec storage l = _leases[pick % _leases.length];
         address caller = byBuyer % 2 == 0 ? settlement.getLease(l.id).buyer : REPORTER;
+        uint256 before = _paidOpen(l.id);
         vm.prank(caller);
         try settlement.close(l.id) {} catch {}
+        ghostPaidOpen = ghostPaidOpen + _paidOpen(l.id) - before;
     }
 
     function reportFault(uint256 pick) public {
         if (_leases.length == 0) return;
         LeaseRec storage l = _leases[pick % _leases.length];
+        uint256 before = _paidOpen(l.id);
         vm.prank(REPORTER);
         try settlement.reportFault(l.id) {} catch {}
+        ghostPaidOpen = ghostPaidOpen + _paidOpen(l.id) - before;
+    }
+
+    /// @dev What lease `id` has paid so far while open (zero once closed), from `getLease`.
+    function _paidOpen(bytes32 id) internal view returns (uint256) {
+        UnderbidSettlement.Lease memory l = settlement.getLease(id);
+        if (l.closed) return 0;
+        uint256 until = l.paidUntil == 0 ? l.start : l.paidUntil;
+        return uint256(l.units) * l.price * (until - l.start) / 3_600;
     }
 
     // =====================================================================================

@@ -306,6 +306,41 @@ contract SettleClaimAttackTest is Protocol {
         (free, locked) = (f, l);
     }
 
+    /// @dev A lease's whole cost (what settle locked) and what it has paid so far, from `getLease`.
+    function _costPaid(bytes32 id) internal view returns (uint256 cost, uint256 paid, bool closed) {
+        UnderbidSettlement.Lease memory l = settlement.getLease(id);
+        uint256 perHour = uint256(l.units) * l.price;
+        cost = perHour * (l.end - l.start) / 3_600;
+        uint256 until = l.paidUntil == 0 ? l.start : l.paidUntil;
+        paid = perHour * (until - l.start) / 3_600;
+        closed = l.closed;
+    }
+
+    /// @dev Escrow conservation over `ids` (every lease of X and Y): `locked` is exactly the whole
+    /// cost of each buyer's open leases, and the settlement holds exactly free + locked minus what
+    /// the open leases have already paid.
+    function _checkEscrow(bytes32[] memory ids) internal view {
+        uint256 xCost;
+        uint256 yCost;
+        uint256 paidOpen;
+        for (uint256 i; i < ids.length; ++i) {
+            (uint256 cost, uint256 paid, bool closed) = _costPaid(ids[i]);
+            if (closed) continue;
+            if (settlement.getLease(ids[i]).buyer == X) xCost += cost;
+            else yCost += cost;
+            paidOpen += paid;
+        }
+        (uint256 xFree, uint256 xLocked) = _escrow(X);
+        (uint256 yFree, uint256 yLocked) = _escrow(Y);
+        assertEq(xLocked, xCost, "X locked = whole cost of its open leases");
+        assertEq(yLocked, yCost, "Y locked = whole cost of its open leases");
+        assertEq(
+            credit.balanceOf(address(settlement)) + paidOpen,
+            xFree + xLocked + yFree + yLocked,
+            "settlement credits = escrow - paid on open leases"
+        );
+    }
+
     /// @dev Opens, in one round, leases of X and Y in two markets (two terms refs), one of them short.
     function _openMix() internal returns (bytes32[] memory ids) {
         OrderLib.Order[] memory orders = new OrderLib.Order[](5);
@@ -361,6 +396,8 @@ contract SettleClaimAttackTest is Protocol {
         for (uint256 i; i < 5; ++i) (owed[i],,) = settlement.leaseBalances(ids[i]);
         (, uint256 refund2,) = settlement.leaseBalances(ids[2]);
         refund2 = 0; // lease 2 was covered to its end: paid in full, nothing refunded
+        (uint256 cost2,,) = _costPaid(ids[2]);
+        _checkEscrow(ids);
         Snap memory a = _snap();
         uint256 creditsBefore = credit.balanceOf(address(settlement));
 
@@ -380,23 +417,29 @@ contract SettleClaimAttackTest is Protocol {
         assertEq(total, xOwed + yOwed, "paid = accrued");
         Snap memory b = _snap();
         assertEq(b.pCredit - a.pCredit, total, "provider got total");
-        assertEq(a.xLocked - b.xLocked, xOwed + refund2, "X locked down by its payments");
-        assertEq(a.yLocked - b.yLocked, yOwed, "Y locked down by its payments");
+        // Payments leave `locked` alone; lease 2's close takes its whole cost out of X's.
+        assertEq(a.xLocked - b.xLocked, cost2, "X locked down by the closed lease's cost");
+        assertEq(b.yLocked, a.yLocked, "Y locked untouched by payments");
         assertEq(b.xFree, a.xFree + refund2, "X free");
         assertEq(b.yFree, a.yFree, "Y free");
         assertEq(creditsBefore - credit.balanceOf(address(settlement)), total, "credits conserved");
         assertEq(a.pLocked - b.pLocked, 1 * STAKE_PER_UNIT, "lease 2's collateral released");
-        // what is left locked is exactly the unpaid remainder of the open leases
+        // what each buyer's escrow still holds for its open leases is exactly their unpaid remainder
         uint256 xRem;
         uint256 yRem;
+        uint256 xPaid;
+        uint256 yPaid;
         for (uint256 i; i < 4; ++i) {
             (uint256 u, uint256 rem,) = settlement.leaseBalances(ids[i]);
             assertEq(u, 0, "nothing accrued unpaid");
-            if (i == 1) yRem += rem;
-            else xRem += rem;
+            (, uint256 paid, bool closed) = _costPaid(ids[i]);
+            if (closed) continue;
+            if (i == 1) (yRem, yPaid) = (yRem + rem, yPaid + paid);
+            else (xRem, xPaid) = (xRem + rem, xPaid + paid);
         }
-        assertEq(b.xLocked, xRem, "X locked = remainder of X's leases");
-        assertEq(b.yLocked, yRem, "Y locked = remainder of Y's leases");
+        assertEq(b.xLocked - xPaid, xRem, "X locked - paid = remainder of X's leases");
+        assertEq(b.yLocked - yPaid, yRem, "Y locked - paid = remainder of Y's leases");
+        _checkEscrow(ids);
         // a second claim in the same block pays nothing
         vm.prank(p1);
         (total,) = settlement.claim(order);
@@ -430,9 +473,117 @@ contract SettleClaimAttackTest is Protocol {
         Snap memory b = _snap();
         assertEq(skipped, 1, "faulted lease skipped");
         assertEq(total, owed0 + owed1 + owed4, "paid = accrued of the healthy leases");
-        assertEq(a.xLocked - b.xLocked, owed0, "X");
-        assertEq(a.yLocked - b.yLocked, owed1 + owed4, "Y");
+        assertEq(b.pCredit - a.pCredit, total, "provider got total");
+        assertEq(b.xLocked, a.xLocked, "X locked untouched by payments");
+        assertEq(b.yLocked, a.yLocked, "Y locked untouched by payments");
+        _checkEscrow(ids);
         settlement.reportFault(ids[3]); // still reportable
+        _checkEscrow(ids);
+    }
+
+    /// @dev Attack on escrow left locked until the close: the provider claims lease 0 twice while it
+    /// runs (its paid part stays in X's `locked`), then X tries to get at credits the lease owes:
+    /// a withdrawal of everything it ever deposited pays out only its free escrow, and X's early
+    /// close refunds exactly the lease's cost minus everything it paid (not only the last claim's
+    /// share). Conservation holds at every step and the provider keeps every paid credit.
+    function test_buyerCannotWithdrawWhatALeaseOwes() public {
+        uint256 t0 = START;
+        bytes32[] memory ids = _openMix();
+        bytes32[] memory one = new bytes32[](1);
+        one[0] = ids[0];
+        (uint256 xFree0, uint256 xLocked0) = _escrow(X);
+        vm.prank(X);
+        settlement.requestWithdrawal(xFree0 + xLocked0);
+        _heartbeatUntil(ids, t0, t0 + 100);
+        vm.prank(p1);
+        (uint256 first,) = settlement.claim(one);
+        _heartbeatUntil(ids, t0 + 100, t0 + 300);
+        vm.prank(p1);
+        (uint256 second,) = settlement.claim(one);
+        assertTrue(first > 0 && second > 0, "two payments");
+        (, uint256 paid0,) = _costPaid(ids[0]);
+        assertEq(first + second, paid0, "paid = the lease's accrual to its paid-until");
+        _checkEscrow(ids);
+        vm.warp(t0 + 300 + NOTICE);
+        vm.prank(X);
+        uint256 out = settlement.withdraw();
+        assertEq(out, xFree0, "only free escrow leaves");
+        (uint256 xFree, uint256 xLocked) = _escrow(X);
+        assertEq(xFree, 0, "free drained");
+        assertEq(xLocked, xLocked0, "locked untouched by claims and the withdrawal");
+        _checkEscrow(ids);
+        // X closes lease 0 early (its heartbeats cover it to t0 + 300 + 60, so no fault yet)
+        (uint256 cost0,,) = _costPaid(ids[0]);
+        (uint256 owedNow,,) = settlement.leaseBalances(ids[0]);
+        uint256 pBefore = credit.balanceOf(p1);
+        vm.warp(t0 + 330);
+        (owedNow,,) = settlement.leaseBalances(ids[0]);
+        vm.prank(X);
+        settlement.close(ids[0]);
+        (, uint256 paidAll,) = _costPaid(ids[0]);
+        assertEq(credit.balanceOf(p1) - pBefore, owedNow, "the close pays what accrued since");
+        assertEq(paidAll, first + second + owedNow, "every payment counted once");
+        (xFree, xLocked) = _escrow(X);
+        assertEq(xFree, cost0 - paidAll, "refund = cost - everything paid");
+        assertEq(xLocked, xLocked0 - cost0, "the whole cost left locked");
+        _checkEscrow(ids);
+    }
+
+    /// @dev Attacks on the claim's assembly path: a second claim of the same leases in the same
+    /// block pays nothing; a lease past its end is paid and closed once, then skipped as closed;
+    /// an unknown id reverts `UnknownLease` (also for an unbound caller, whose id 0 would match a
+    /// missing lease's zero word); another provider's lease reverts `NotLeaseProvider`.
+    function test_claimTwicePastEndAndForeignIds() public {
+        uint256 t0 = START;
+        bytes32[] memory ids = _openMix();
+        _heartbeatUntil(ids, t0, t0 + 550);
+        vm.warp(t0 + 580);
+        bytes32[] memory twice = new bytes32[](6);
+        (twice[0], twice[1], twice[2], twice[3], twice[4], twice[5]) = (ids[0], ids[2], ids[1], ids[0], ids[2], ids[1]);
+        uint256 owed;
+        for (uint256 i; i < 3; ++i) {
+            (uint256 u,,) = settlement.leaseBalances(ids[i]);
+            owed += u;
+        }
+        uint256 pBefore = credit.balanceOf(p1);
+        vm.prank(p1);
+        (uint256 total, uint256 skipped) = settlement.claim(twice);
+        assertEq(total, owed, "each lease paid once");
+        assertEq(skipped, 0, "nothing skipped");
+        assertEq(credit.balanceOf(p1) - pBefore, owed, "transfer = total");
+        vm.prank(p1);
+        (total,) = settlement.claim(twice);
+        assertEq(total, 0, "no double pay in the same block");
+        // lease 2 (600 s) ends: paid to its end and closed once, then skipped as closed
+        vm.warp(t0 + 620);
+        (uint256 owed2,,) = settlement.leaseBalances(ids[2]);
+        bytes32[] memory two = new bytes32[](2);
+        (two[0], two[1]) = (ids[2], ids[2]);
+        vm.prank(p1);
+        (total, skipped) = settlement.claim(two);
+        assertEq(total, owed2, "ended lease paid once");
+        assertEq(skipped, 1, "then skipped as closed");
+        (,, bool closed2) = _costPaid(ids[2]);
+        assertTrue(closed2, "closed by the claim");
+        _checkEscrow(ids);
+        // unknown ids and foreign leases
+        bytes32[] memory bad = new bytes32[](2);
+        (bad[0], bad[1]) = (ids[1], keccak256("no such lease"));
+        vm.prank(p1);
+        vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.UnknownLease.selector, bad[1]));
+        settlement.claim(bad);
+        address nobody = address(0xBEEF);
+        bytes32[] memory missing = new bytes32[](1);
+        missing[0] = bad[1];
+        vm.prank(nobody);
+        vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.UnknownLease.selector, bad[1]));
+        settlement.claim(missing);
+        vm.prank(X);
+        vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.NotLeaseProvider.selector, ids[0], X));
+        settlement.claim(ids);
+        vm.prank(nobody);
+        vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.NotLeaseProvider.selector, ids[0], nobody));
+        settlement.claim(ids);
     }
 
     // ------------------------------------------------------------------ nonce word slot kept from verification

@@ -210,7 +210,8 @@ def test_escrow_views_free_versus_locked(market, settlement, credit, buyers, pro
     free, locked = settlement.escrowOf(buyer)
     assert (free, locked) == (100 * UBC - cost_a - cost_b, cost_a + cost_b)
 
-    # A claim pays the provider out of locked escrow; free escrow does not move.
+    # A claim pays the provider; the buyer's escrow does not move at all: `locked` keeps each open
+    # lease's whole cost until the lease closes (what lease a has paid is its paid-until).
     start_a = settlement.getLease(lease_a).start
     start_b = settlement.getLease(lease_b).start
     claim_at = start_b + 40
@@ -218,16 +219,19 @@ def test_escrow_views_free_versus_locked(market, settlement, credit, buyers, pro
     chain.pending_timestamp = claim_at
     settlement.claim([lease_a], sender=providers[0])
     paid_a = 3 * 1_234_567 * (claim_at - start_a) // HOUR
-    assert tuple(settlement.escrowOf(buyer)) == (free, locked - paid_a)
+    assert tuple(settlement.escrowOf(buyer)) == (free, locked)
+    assert settlement.getLease(lease_a).paidUntil == claim_at
     assert credit.balanceOf(providers[0]) == paid_a
 
-    # Closing lease b refunds its unpaid part to free; only lease a stays locked.
+    # Closing lease b takes its whole cost out of locked and refunds its unpaid part to free;
+    # only lease a's whole cost stays locked.
     chain.pending_timestamp = start_b + 45
     settlement.close(lease_b, sender=buyer)
     paid_b = 2_000_003 * 45 // HOUR
     free_now, locked_now = settlement.escrowOf(buyer)
-    assert locked_now == cost_a - paid_a
+    assert locked_now == cost_a
     assert free_now == free + cost_b - paid_b
-    # Nothing is created or lost: free + locked + paid out == deposited.
-    assert free_now + locked_now + paid_a + paid_b == 100 * UBC
+    # Nothing is created or lost: free + locked (which still counts the open lease's paid part)
+    # + what the closed lease paid == deposited; the provider of the open lease holds paid_a.
+    assert free_now + locked_now + paid_b == 100 * UBC
     assert credit.balanceOf(providers[1]) == paid_b

@@ -20,9 +20,11 @@ SNAPSHOT = Path(__file__).resolve().parents[2] / "gas-snapshots" / "settlement.j
 MAX_GAS_PER_MATCH = 60_000
 # The gas issue's goal for a batched heartbeat, per lease (the transaction's total over 10 leases).
 MAX_HEARTBEAT_PER_LEASE = 10_000
-# A regression bound for a batched claim, per lease, a little above what the raw-word claim path
-# measures (~16,200); the gas issue's goal is 12,000 (docs/PROTOCOL.md, Gas, says what is left).
-MAX_CLAIM_PER_LEASE = 17_000
+# A regression bound for a batched claim of 10 leases, per lease, a little above what the
+# assembly claim path measures (~12,450); the gas issue's goal is 12,000, which this scenario (the
+# provider's first credits, so a fresh balance slot) does not meet: docs/PROTOCOL.md, Gas, says
+# exactly what is left.
+MAX_CLAIM_PER_LEASE = 12_700
 
 
 def _record(name: str, gas: int, line: str, measured: dict) -> None:
@@ -125,3 +127,32 @@ def test_gas_lease_lifecycle(chain, market, many, measured, settlement):
     assert receipt.return_value == 10 * UBC
     gas = receipt.gas_used
     _record("withdraw", gas, f"gas withdraw total={gas}", measured)
+
+
+def test_gas_claim_100(chain, market, many, measured, settlement):
+    """A larger batch beside claim_10 (NOT the issue's yardstick, which stays claim_10): one
+    provider's 100 leases with 10 buyers interleaved, heartbeated, then claimed. A claim no longer
+    touches the buyers' escrow, so its cost does not grow with how many buyers the leases have."""
+    buyers, providers = many
+    provider = providers[0]
+    market.stake_provider(provider, 100)
+    orders = [market.order(buyers[i % 10], units=1, duration=HOUR, nonce=1 + i // 10) for i in range(100)]
+    bids = [market.bid(provider, capacity=1, nonce=1 + i) for i in range(100)]
+    leases = market.lease_ids(market.settle(orders, bids, [(i, i, 1) for i in range(100)], {H100: 2 * UBC}))
+    chain.pending_timestamp += 30
+    settlement.heartbeat(leases, sender=provider)
+    chain.pending_timestamp += 30
+    receipt = settlement.claim(leases, sender=provider)
+    assert receipt.return_value.total > 0 and receipt.return_value.skipped == 0
+    gas = receipt.gas_used
+    _record("claim_100", gas, f"gas claim leases=100 total={gas} per_lease={gas // 100}", measured)
+    # The same provider's next claim of 10 of them: it already holds credits (every claim after
+    # its first), so the transfer writes a non-zero balance instead of a fresh slot.
+    chain.pending_timestamp += 30
+    settlement.heartbeat(leases[:10], sender=provider)
+    chain.pending_timestamp += 30
+    receipt = settlement.claim(leases[:10], sender=provider)
+    assert receipt.return_value.total > 0 and receipt.return_value.skipped == 0
+    gas = receipt.gas_used
+    _record("claim_10_paid_before", gas,
+            f"gas claim leases=10 provider_holds_credits total={gas} per_lease={gas // 10}", measured)

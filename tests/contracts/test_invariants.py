@@ -10,8 +10,11 @@ matcher's round ids only grow. It keeps an exact integer model of every balance 
 checks each transaction's outcome and events against it, and after every step checks, against the
 chain, with no tolerance:
 
-1. credit conservation: credit supply == buyer escrow (free + locked) + credits held by users, and
-   the settlement's credit balance == all escrow (with announced withdrawals as the model has them);
+1. credit conservation: credit supply == buyer escrow (free + locked) - what open leases have paid
+   + credits held by users, and the settlement's credit balance == all escrow - what open leases
+   have paid (a claim leaves `locked` alone: a lease's whole cost leaves it at the close); each
+   buyer's `locked` == the whole cost of its open leases (with announced withdrawals as the model
+   has them);
 2. UBT conservation: UBT supply == genesis + BME mints - BME burns - burned part of slashes;
 3. per lease: paid so far + still locked <= units * price * duration / 3600 (and the lease's
    payments add up to exactly that, as Leases.sol promises); per order and bid: units filled
@@ -125,7 +128,8 @@ class Msg:
 @dataclass(eq=False)
 class LeaseM:
     """The model of one lease. `paid`/`paid_until`/`last_heartbeat` are the model's expectations;
-    `chain_paid`/`chain_refund` are summed from the contract's LeasePaid/LeaseClosed events."""
+    `chain_paid` is the accrual to the chain's `getLease(id).paidUntil` (payments have no event of
+    their own) and `chain_refund` is summed from the contract's LeaseClosed events."""
 
     lease_id: bytes
     number: int
@@ -434,7 +438,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         amount = lease.accrued(until) - lease.accrued(lease.paid_until)
         lease.paid_until = until
         lease.paid += amount
-        self.escrow[lease.buyer][1] -= amount
+        # The buyer's locked escrow is untouched: the lease's whole cost leaves it at the close.
         paid_events.append((lease.lease_id, lease.provider, amount, until))
         return amount
 
@@ -442,7 +446,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         paid = self._pay_up_to(lease, until, paid_events)
         refund = lease.accrued(lease.end) - lease.accrued(lease.paid_until)
         lease.closed = True
-        self.escrow[lease.buyer][1] -= refund
+        self.escrow[lease.buyer][1] -= lease.cost
         self.escrow[lease.buyer][0] += refund
         collateral = lease.units * self.spu
         self.stakes[lease.provider][1] -= collateral
@@ -452,15 +456,26 @@ class ProtocolMachine(RuleBasedStateMachine):
     def _check_lease_events(self, receipt, paid_events: list, closed_events: list, skipped: list | None = None) -> None:
         s = self.env.settlement
         # Event fields are read from `event_arguments`: on an ape log, `.provider` is the RPC provider.
-        paid_logs = [x.event_arguments for x in receipt.decode_logs(s.LeasePaid)]
+        # Payments have no event of their own: each is the credit's Transfer from the settlement to
+        # the provider (one per transaction), and each lease's paid-until is read back from the chain.
         closed_logs = [x.event_arguments for x in receipt.decode_logs(s.LeaseClosed)]
-        got_paid = [(bytes(x["leaseId"]), x["provider"], x["amount"], x["paidUntil"]) for x in paid_logs]
         got_closed = [(bytes(x["leaseId"]), x["refund"], x["collateral"]) for x in closed_logs]
-        for lease_id, _, amount, _ in got_paid:
-            self.leases[lease_id].chain_paid += amount
+        # (decode_logs matches an event by its signature only: UBT's Transfer has the same one.)
+        credit = self.env.credit.address
+        transfers = [x.event_arguments for x in receipt.decode_logs(self.env.credit.Transfer)
+                     if x.contract_address == credit]
+        got_transfers = [(x["from"], x["to"], x["value"]) for x in transfers]
+        want_total = sum(amount for _, _, amount, _ in paid_events)
+        providers = {provider for _, provider, _, _ in paid_events}
+        want_transfers = [(str(s.address), providers.pop(), want_total)] if want_total else []
+        assert got_transfers == want_transfers, f"credit Transfers {got_transfers} != model {want_transfers}"
+        for lease_id, _, _, until in paid_events:
+            lease = self.leases[lease_id]
+            chain_until = s.getLease(lease_id).paidUntil
+            assert chain_until == until, f"{lease}: paidUntil {chain_until} != model {until}"
+            lease.chain_paid = lease.accrued(chain_until)
         for lease_id, refund, _ in got_closed:
             self.leases[lease_id].chain_refund += refund
-        assert got_paid == paid_events, f"LeasePaid events {got_paid} != model {paid_events}"
         assert got_closed == closed_events, f"LeaseClosed events {got_closed} != model {closed_events}"
         if skipped is not None:
             self._check_skipped(receipt, skipped)
@@ -1605,12 +1620,15 @@ class ProtocolMachine(RuleBasedStateMachine):
             for b in self.buyer_addrs
         }
         escrow_total = sum(free + locked for free, locked in escrow.values())
+        # What open leases have paid is still counted in their buyers' `locked` (until the close).
+        paid_open = sum(x.chain_paid for x in self._open())
         in_settlement = v["credit", "balanceOf", settlement]
-        assert in_settlement == escrow_total, (
-            f"settlement holds {in_settlement} credits, escrow adds up to {escrow_total}"
+        assert in_settlement == escrow_total - paid_open, (
+            f"settlement holds {in_settlement} credits, escrow {escrow_total} - paid on open leases {paid_open}"
         )
-        assert supply == escrow_total + sum(held.values()), (
-            f"credit supply {supply} != escrow {escrow_total} + held by users {sum(held.values())}"
+        assert supply == escrow_total - paid_open + sum(held.values()), (
+            f"credit supply {supply} != escrow {escrow_total} - paid open {paid_open} + held by users"
+            f" {sum(held.values())}"
         )
         minted, burned = v["bme", "totalCreditsMinted"], v["bme", "totalCreditsBurned"]
         assert supply == minted - burned, f"credit supply {supply} != BME minted {minted} - burned {burned}"
@@ -1625,8 +1643,8 @@ class ProtocolMachine(RuleBasedStateMachine):
             available = v["settlement", "availableEscrow", buyer]
             assert available == self._available_escrow(buyer), f"{buyer}: availableEscrow {available}"
         for buyer, (_, locked) in escrow.items():
-            owed = sum(x.cost - x.chain_paid for x in self._open() if x.buyer == buyer)
-            assert locked == owed, f"{buyer}: locked escrow {locked} != unpaid cost of its open leases {owed}"
+            owed = sum(x.cost for x in self._open() if x.buyer == buyer)
+            assert locked == owed, f"{buyer}: locked escrow {locked} != whole cost of its open leases {owed}"
 
     def _check_ubt_conservation(self, v) -> None:
         """Invariant 2."""

@@ -787,6 +787,14 @@ class Client:
                  "reason": SKIP_REASONS.get(int(e["args"]["reason"]), str(e["args"]["reason"]))}
                 for e in self.settlement.events.LeaseSkipped().process_receipt(receipt, errors=DISCARD)]
 
+    def _paid_out(self, receipt) -> int:
+        """Credits a claim or close paid to providers: the credit token's `Transfer`s from the
+        settlement (lease payments have no settlement event of their own; only the settlement moves
+        credits, and a claim or close moves them only to providers)."""
+        credit, settlement = self.credit.address, self.settlement.address
+        return sum(e["args"]["value"] for e in self.credit.events.Transfer().process_receipt(receipt, errors=DISCARD)
+                   if e["address"] == credit and e["args"]["from"] == settlement)
+
     def heartbeat(self, lease_ids: list[str]) -> dict[str, Any]:
         """Heartbeats `lease_ids` in one transaction; closed, ended and fault-pending leases are skipped
         by the contract (listed in `skipped` with the reason), the rest in `leases`."""
@@ -805,9 +813,7 @@ class Client:
         """Claims what `lease_ids` accrued; closed and fault-pending leases are skipped (in `skipped`)."""
         receipt = self.transact(self.settlement.functions.claim([bytes.fromhex(i[2:]) for i in lease_ids]),
                                 f"claim {len(lease_ids)} lease(s)")
-        paid = sum(
-            e["args"]["amount"] for e in self.settlement.events.LeasePaid().process_receipt(receipt, errors=DISCARD)
-        )
+        paid = self._paid_out(receipt)
         closed = ["0x" + bytes(e["args"]["leaseId"]).hex()
                   for e in self.settlement.events.LeaseClosed().process_receipt(receipt, errors=DISCARD)]
         return {"leases": lease_ids, "claimed": paid, "closed": closed, "skipped": self._skipped(receipt),
@@ -815,9 +821,7 @@ class Client:
 
     def close(self, lease_id: str) -> dict[str, Any]:
         receipt = self.transact(self.settlement.functions.close(bytes.fromhex(lease_id[2:])), "close lease")
-        paid = sum(
-            e["args"]["amount"] for e in self.settlement.events.LeasePaid().process_receipt(receipt, errors=DISCARD)
-        )
+        paid = self._paid_out(receipt)
         closed = self.settlement.events.LeaseClosed().process_receipt(receipt, errors=DISCARD)[0]["args"]
         return {"lease": lease_id, "paid_to_provider": paid, "refunded": closed["refund"],
                 "collateral_unlocked": closed["collateral"], "tx": tx_hash_of(receipt)}

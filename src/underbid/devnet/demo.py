@@ -537,15 +537,24 @@ def conservation(client: Client) -> dict[str, dict[str, Any]]:
         holders.add(log["args"]["account"])
     for log in s.events.Deposited.get_logs(from_block=start):
         buyers.add(log["args"]["buyer"])
-    for log in s.events.LeasePaid.get_logs(from_block=start):
-        holders.add(log["args"]["provider"])
+    # Lease payments are the credit's Transfers from the settlement (they have no settlement event).
+    settlement_address = client.book.address("UnderbidSettlement")
+    for log in client.credit.events.Transfer.get_logs(from_block=start, argument_filters={"from": settlement_address}):
+        holders.add(log["args"]["to"])
     for log in s.events.Staked.get_logs(from_block=start):
         providers.add(log["args"]["provider"])
     holders |= buyers
     credit_supply = client.credit.functions.totalSupply().call()
     wallets = sum(client.credit_balance(h) for h in holders)
     escrow = sum(sum(client.escrow(b)) for b in buyers)
-    escrow_held = client.credit_balance(client.book.address("UnderbidSettlement"))
+    escrow_held = client.credit_balance(settlement_address)
+    # A lease's whole cost stays in its buyer's `locked` until the lease closes, so what open
+    # leases have already paid their providers is counted there and in the providers' wallets.
+    paid_open = 0
+    for log in s.events.LeaseOpened.get_logs(from_block=start):
+        _, l_start, _, closed, _, _, units, price, paid_until, _ = s.functions.getLease(log["args"]["leaseId"]).call()
+        if not closed:
+            paid_open += units * price * ((paid_until or l_start) - l_start) // 3600
     ubt_supply = client.ubt.functions.totalSupply().call()
     genesis = int(client.book.params.get("genesis_supply", 0))
     minted, burned = bme.functions.totalUbtMinted().call(), bme.functions.totalUbtBurned().call()
@@ -563,8 +572,10 @@ def conservation(client: Client) -> dict[str, dict[str, Any]]:
                 "left_value": left, "right_value": right}
 
     return {
-        "credits": check(credit_supply, wallets + escrow, _ubc, "credit supply", "wallets + escrow (free + locked)"),
-        "escrow backed": check(escrow_held, escrow, _ubc, "credits held by settlement", "escrow (free + locked)"),
+        "credits": check(credit_supply, wallets + escrow - paid_open, _ubc, "credit supply",
+                         "wallets + escrow (free + locked) − paid on open leases"),
+        "escrow backed": check(escrow_held, escrow - paid_open, _ubc, "credits held by settlement",
+                               "escrow (free + locked) − paid on open leases"),
         "UBT": check(ubt_supply, genesis + minted - burned - slashed_burned, _ubt, "UBT supply",
                      "genesis + BME minted − BME burned − slash burned"),
         "stake backed": check(stake_held, stake + bonds, _ubt, "UBT held by settlement",
