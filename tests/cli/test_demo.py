@@ -12,6 +12,7 @@ import httpx
 from underbid.devnet.node import port_in_use
 from underbid.protocol.units import base_units
 
+from ..matcher.conftest import wait_until
 from .conftest import Cli, free_port
 
 
@@ -90,6 +91,9 @@ def test_devnet_up_demo_down(tmp_path):
         # A crashed matcher: the advice of the unreachable error (`devnet up`) restarts it on its
         # port with its store, so the demo's settled round is still there.
         os.kill(up["matcher_pid"], signal.SIGKILL)
+        # SIGKILL is delivered asynchronously: until the dying process's socket is closed, a
+        # connection can still be taken into its backlog and then reset (a ReadError, not refused).
+        wait_until("the killed matcher's port is closed", lambda: not port_in_use(matcher_port), timeout=10)
         cli.fails("market", "list", code=1, match="`underbid devnet up` (re)starts it")
         again = cli("devnet", "up")
         assert again["outcome"] == "restarted matcher" and again["matcher_pid"] != up["matcher_pid"]
