@@ -35,7 +35,7 @@ from underbid.protocol.eip712 import Bid, Receipt, recover_signer
 
 from ..conftest import A100, H100, HOUR, UBC
 from ..reverts import error_name
-from .conftest import MatcherProcess, order_body
+from .conftest import MatcherProcess, on_both_stores, order_body
 
 #: Reasons an honest round gives for refusing a challenge.
 SUBSTANTIVE = {
@@ -444,6 +444,8 @@ def test_an_order_about_to_expire_does_not_strand_a_cheaper_bid(
     assert short_view["filled"] == 0, short_view
 
 
+# Postgres too: there the per-signer admission lock, not a process's cache, prevents it.
+@on_both_stores
 def test_concurrent_bids_cannot_overbook_the_stake(market, chain, settlement, players, matcher_process):
     """The reservation rule must hold under concurrency: a provider firing many bids at once gets
     receipts for no more units than its free stake covers. (Otherwise it can make the matcher

@@ -22,7 +22,7 @@ from underbid.protocol.eip712 import Order
 
 from ..conftest import H100, HOUR, UBC
 from ..rpc_proxy import RpcProxy
-from .conftest import MatcherProcess, free_port, order_body
+from .conftest import MatcherProcess, free_port, on_both_stores, order_body
 
 #: The matcher's chain cache lifetime: after it, intake must ask the node again.
 CHAIN_CACHE_TTL = ChainView.__init__.__defaults__[-1]
@@ -39,8 +39,8 @@ def proxy(chain):
 
 
 @pytest.fixture
-def behind_proxy(tmp_path, book_path, proxy):
-    process = MatcherProcess(proxy.url, book_path, tmp_path / "matcher.db", tmp_path / "matcher.log")
+def behind_proxy(tmp_path, book_path, proxy, matcher_db):
+    process = MatcherProcess(proxy.url, book_path, matcher_db, tmp_path / "matcher.log")
     process.start()
     yield process
     process.stop()
@@ -114,6 +114,8 @@ def test_intake_fails_fast_and_store_reads_answer(market, provider, proxy, behin
         assert r.status_code == 201, r.text
 
 
+# Postgres too: intake and store reads draw on separate connection pools there.
+@on_both_stores
 def test_many_stalled_intake_requests_do_not_starve_store_reads(market, provider, proxy, behind_proxy, capsys):
     with behind_proxy.client() as http:
         r = http.post("/bids", json=order_body(*market.bid(provider, capacity=1)))
