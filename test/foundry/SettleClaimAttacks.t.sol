@@ -586,6 +586,109 @@ contract SettleClaimAttackTest is Protocol {
         settlement.claim(ids);
     }
 
+    /// @dev Attack on the assembly loop's calldata walk: the provider hand-encodes `claim`'s array
+    /// (the loop reads ids at `leaseIds.offset` up to `offset + 32 * length` itself). A length past
+    /// the end of the calldata, a huge length and an offset past the end must revert (not read the
+    /// zeros past the calldata, nor wrap `atEnd`); a valid but non-canonical encoding (the array
+    /// placed after a stray word holding another lease's id) pays exactly the ids in the array.
+    function test_claimCraftedCalldata() public {
+        uint256 t0 = START;
+        bytes32[] memory ids = _openMix();
+        _heartbeatUntil(ids, t0, t0 + 100);
+        vm.warp(t0 + 120);
+        bytes4 sel = settlement.claim.selector;
+        bytes[4] memory bad = [
+            abi.encodePacked(sel, uint256(0x20), uint256(3), ids[0]), // length 3, one id present
+            abi.encodePacked(sel, uint256(0x20), uint256(1) << 64, ids[0]), // a length whose 32x wraps nothing
+            abi.encodePacked(sel, uint256(0x20), type(uint256).max >> 5, ids[0]), // 32 * length near 2^256
+            abi.encodePacked(sel, uint256(0x1000), uint256(1), ids[0]) // offset past the end
+        ];
+        uint256 pBefore = credit.balanceOf(p1);
+        for (uint256 i; i < bad.length; ++i) {
+            vm.prank(p1);
+            (bool ok,) = address(settlement).call(bad[i]);
+            assertFalse(ok, "malformed claim calldata must revert");
+        }
+        assertEq(credit.balanceOf(p1), pBefore, "nothing paid by malformed calls");
+        (uint256 owed1,,) = settlement.leaseBalances(ids[1]);
+        assertTrue(owed1 > 0, "lease 1 owes");
+        // offset 0x40: the word at 0x20 (ids[0]) is outside the array; the array is [ids[1], ids[1]]
+        bytes memory skewed = abi.encodePacked(sel, uint256(0x40), ids[0], uint256(2), ids[1], ids[1]);
+        vm.prank(p1);
+        (bool okSkewed, bytes memory ret) = address(settlement).call(skewed);
+        assertTrue(okSkewed, "a valid non-canonical encoding is accepted");
+        (uint256 total, uint256 skipped) = abi.decode(ret, (uint256, uint256));
+        assertEq(total, owed1, "only the array's lease paid, once");
+        assertEq(skipped, 0, "nothing skipped");
+        assertEq(credit.balanceOf(p1) - pBefore, owed1, "transfer = total");
+        (uint256 owed0,,) = settlement.leaseBalances(ids[0]);
+        assertTrue(owed0 > 0, "the stray word's lease is still owed");
+        _checkEscrow(ids);
+    }
+
+    /// @dev Attack on the close/fault/claim-past-end ordering with escrow settled at the close:
+    /// leases are claimed part-way, then heartbeats stop and lease 2 runs past its end with its fault
+    /// pending. A claim must pay none of them (all faulted: skipped, lease 2 not closed past its
+    /// end), a close by anyone must revert `FaultPending`, and the report must pay the provider only
+    /// the covered remainder, refund cost minus everything paid, and take the whole cost out of
+    /// `locked` once; X cannot withdraw what the faulted leases still hold; a second report and a
+    /// claim of the closed lease move nothing. Conservation holds after every step.
+    function test_faultPastEndAfterClaims() public {
+        uint256 t0 = START;
+        bytes32[] memory ids = _openMix();
+        _heartbeatUntil(ids, t0, t0 + 200); // covered to t0 + 260
+        vm.warp(t0 + 250);
+        vm.prank(p1);
+        (uint256 first,) = settlement.claim(ids);
+        assertTrue(first > 0, "first claim pays");
+        _checkEscrow(ids);
+        (uint256 xFree0, uint256 xLocked0) = _escrow(X);
+        vm.prank(X);
+        settlement.requestWithdrawal(xFree0 + xLocked0);
+        vm.warp(t0 + 700); // lease 2 (600 s) ended; every lease's fault reportable since t0 + 291
+        uint256 pBefore = credit.balanceOf(p1);
+        vm.prank(p1);
+        (uint256 total, uint256 skipped) = settlement.claim(ids);
+        assertEq(total, 0, "faulted leases are not paid by a claim");
+        assertEq(skipped, 5, "all five skipped as faulted");
+        (,, bool closed2) = _costPaid(ids[2]);
+        assertFalse(closed2, "a faulted lease past its end is not closed by a claim");
+        vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.FaultPending.selector, ids[2]));
+        settlement.close(ids[2]);
+        _checkEscrow(ids);
+        vm.prank(X);
+        uint256 out = settlement.withdraw();
+        assertEq(out, xFree0, "only free escrow leaves");
+        (uint256 cost2, uint256 paidBefore,) = _costPaid(ids[2]);
+        UnderbidSettlement.Lease memory l2 = settlement.getLease(ids[2]);
+        uint256 perHour = uint256(l2.units) * l2.price;
+        uint256 owedToCover = perHour * (t0 + 260 - l2.start) / 3_600 - paidBefore;
+        settlement.reportFault(ids[2]);
+        (, uint256 paidAll, bool closedNow) = _costPaid(ids[2]);
+        assertTrue(closedNow, "closed by the report");
+        assertEq(credit.balanceOf(p1) - pBefore, owedToCover, "the report pays the covered remainder only");
+        assertEq(paidAll, paidBefore + owedToCover, "paid up to the last covered second");
+        (uint256 xFree, uint256 xLocked) = _escrow(X);
+        assertEq(xFree, cost2 - paidAll, "refund = cost - everything paid");
+        assertEq(xLocked, xLocked0 - cost2, "the whole cost left locked once");
+        _checkEscrow(ids);
+        vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.LeaseAlreadyClosed.selector, ids[2]));
+        settlement.reportFault(ids[2]);
+        bytes32[] memory one = new bytes32[](1);
+        one[0] = ids[2];
+        vm.prank(p1);
+        (total, skipped) = settlement.claim(one);
+        assertEq(total, 0, "nothing paid for the closed lease");
+        assertEq(skipped, 1, "the closed lease is skipped");
+        for (uint256 i; i < 5; ++i) {
+            if (i != 2) settlement.reportFault(ids[i]);
+        }
+        (xFree, xLocked) = _escrow(X);
+        (, uint256 yLocked) = _escrow(Y);
+        assertEq(xLocked + yLocked, 0, "nothing locked once every lease closed");
+        _checkEscrow(ids);
+    }
+
     // ------------------------------------------------------------------ nonce word slot kept from verification
 
     /// @dev Attack on the kept nonce-word slot: X signs, in ONE batch, an order (nonce 5, partly

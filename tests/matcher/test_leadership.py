@@ -122,3 +122,26 @@ def test_intake_is_held_off_by_the_leaders_exclusive_intake_lock(postgres_url):
     finally:
         leader.stop()
         intake.stop()
+
+
+def test_a_slow_intake_request_keeps_the_intake_lock_past_the_lease(postgres_url):
+    """Attack: a follower's intake request whose validation (chain reads, a big batch) outlasts the
+    lease. The intake lock lived on a session the server ends after the lease idle, so the request's
+    shared lock vanished while it was still to read its round and commit: the leader's close of
+    intake (or its application of a batch's fills) went ahead meanwhile, and the request then
+    committed a bid, with a receipt naming a round whose snapshot was already taken (or admitted it
+    on stake read before fills counted after). A live request must keep the lock to its end."""
+    leader = PostgresLeadership(postgres_url, MATCHER, lease=1.0)
+    intake = PostgresLeadership(postgres_url, MATCHER, lease=1.0)
+    try:
+        with intake.intake_shared():
+            time.sleep(2.5)  # validating, longer than the lease; the process is not paused
+            started = time.monotonic()
+            with pytest.raises(IntakeLockUnavailable, match="statement timeout"), leader.intake_exclusive():
+                pass  # the leader closed intake under a request that still holds it
+            assert time.monotonic() - started >= 0.9
+        with leader.intake_exclusive():  # free once the request let go
+            pass
+    finally:
+        leader.stop()
+        intake.stop()

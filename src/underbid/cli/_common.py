@@ -337,14 +337,14 @@ class Env:
         """The chain client; with `account`, the account is found and unlocked first (before any RPC)."""
         from underbid.client.session import Client
         from underbid.client.wallet import unlock
-        from underbid.devnet.node import require_devnet
+        from underbid.devnet.node import is_dev_address, require_devnet
 
         if self._client is not None and (not account or self._client.account is not None):
             return self._client
         entry = self.account_entry() if account else None
         client = self._client or Client(self.rpc, self.deployment)
         if entry is not None:
-            if entry.is_dev:
+            if entry.is_dev or is_dev_address(entry.address):  # also a dev key under env:<VAR> or a keystore alias
                 require_devnet(client, f"the public dev key {entry.alias}")
             signer = unlock(entry, self.password(entry.alias) if entry.needs_password else None)
             client = client.with_account(signer)

@@ -99,14 +99,18 @@ def _matcher_account(env: Env, key_env: str, dev: bool) -> LocalAccount:
 def matcher_run(rpc, deployment, network, db, host, port, round_seconds, admin_token, account_name, password_file,
                 key_env, dev) -> None:
     """Start the matcher: reconcile unfinished rounds, serve the API, close rounds on a timer."""
+    from underbid.devnet.node import is_dev_address
     from underbid.matcher.service import build_matcher, serve
     from underbid.matcher.store import StoreError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     env = Env(account_name, rpc, None, deployment, False, password_file, network)
     account = _matcher_account(env, key_env, dev)
+    # A public dev key is refused off a devnet however it came (--dev, dev:<n>, env:<VAR>, a keystore, $KEY_ENV).
+    devnet_only = ("--dev (the devnet's public matcher key)" if dev
+                   else f"the public dev key {account.address}" if is_dev_address(account.address) else None)
     try:
-        service = build_matcher(env.rpc, env.deployment, db, account, devnet_only="--dev" if dev else None)
+        service = build_matcher(env.rpc, env.deployment, db, account, devnet_only=devnet_only)
     except (FileNotFoundError, ConnectionError, ValueError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"matcher {account.address} on {env.rpc}, API http://{host}:{port} (OpenAPI at /openapi.json)",

@@ -149,10 +149,13 @@ def deploy_protocol(
 
 
 def is_dev_key(account: Any) -> bool:
-    """True if `account` is one of ape's test accounts: the public dev keys (`TEST::<n>`, `dev:<n>`)."""
+    """True if `account` is one of ape's test accounts: the public dev keys (`TEST::<n>`, `dev:<n>`),
+    or holds one of those keys under another name (a keystore it was imported into, say)."""
     from ape.api.accounts import TestAccountAPI
 
-    return isinstance(account, TestAccountAPI)
+    from underbid.devnet.node import is_dev_address
+
+    return isinstance(account, TestAccountAPI) or is_dev_address(str(account.address))
 
 
 def address_book(

@@ -119,6 +119,10 @@ class PostgresLeadership(SoleLeader):
         self._pool: queue.LifoQueue[tuple[Any, float]] = queue.LifoQueue()
         self._pool_all: list[Any] = []
         self._pool_guard = threading.Lock()
+        #: Intake-lock connections holding the lock now: the keeper pings them (see `_locked`).
+        self._held: dict[int, Any] = {}
+        self._held_guard = threading.Lock()
+        self._keeper: threading.Thread | None = None
         self.since: float | None = None
 
     # ----- the lock session -----
@@ -327,10 +331,37 @@ class PostgresLeadership(SoleLeader):
         most the lease: the session's statement_timeout)."""
         with self.pooled() as conn:
             self._lock_statement(conn, lock)
+            # The session ends after `lease` seconds idle (so a paused process's locks are freed), and
+            # with it this lock: a request still validating (chain reads) after that would read its
+            # round and commit after the leader closed that round's intake. So while the lock is
+            # held, the keeper pings the session: only a paused (or cut-off) process loses it.
+            self._hold(conn)
             try:
                 yield
             finally:
+                self._release(conn)
                 self._lock_statement(conn, unlock)
+
+    def _hold(self, conn: Any) -> None:
+        with self._held_guard:
+            self._held[id(conn)] = conn
+            if self._keeper is None or not self._keeper.is_alive():
+                self._keeper = threading.Thread(target=self._keep_held, name="intake-lock-keeper", daemon=True)
+                self._keeper.start()
+
+    def _release(self, conn: Any) -> None:
+        with self._held_guard:
+            self._held.pop(id(conn), None)
+
+    def _keep_held(self) -> None:
+        """Pings every held intake-lock session a few times per lease (psycopg serializes a ping
+        with the holder's own statements on the connection)."""
+        while not self._stop.wait(self.lease / 4):
+            with self._held_guard:
+                held = list(self._held.values())
+            for conn in held:
+                with suppress(Exception):  # a broken session fails its holder's unlock, which says so
+                    conn.execute("SELECT 1")
 
     def _lock_statement(self, conn: Any, statement: str) -> None:
         try:

@@ -116,6 +116,8 @@ class Matcher:
         #: provider -> (its lock, how many requests hold or wait for it): freed when unused.
         self._provider_locks: dict[str, tuple[threading.Lock, int]] = {}
         self._provider_locks_guard = threading.Lock()
+        #: `store.fills_applied()` when this process last made sure its chain cache postdates them.
+        self._fills_seen = -1
         self.submitter = Submitter(chain, store, account)
         self._signing_key = coincurve.PrivateKey(bytes(account.key))
         #: The round taking messages; changes only under the exclusive intake lock. With several
@@ -208,6 +210,8 @@ class Matcher:
             held.enter_context(self.store.admission(s.message.signer for s in submissions))
             # ...and the intake lock across processes: the leader's close of intake waits for it.
             held.enter_context(self.leadership.intake_shared())
+            if self.leadership.shared_store:
+                self._forget_stale_chain_reads()
             # Validation holds the intake lock (shared) throughout: the stake it reads and the
             # reservations it counts then stand at the same block (fills are applied exclusively).
             # No retry here: a request handler answers 503 at once rather than wait on the node.
@@ -227,6 +231,19 @@ class Matcher:
         if named:
             self.store.name_markets(named)
         return accepted
+
+    def _forget_stale_chain_reads(self) -> None:
+        """Over a shared store the leader applies a batch's fills under the exclusive intake lock,
+        but invalidates only its own chain cache. Stake or escrow this process cached before that
+        settlement, beside reservations counted after its fills (a filled bid reserves nothing),
+        would admit more than the signer has, and a receipted bid its stake cannot back makes the
+        matcher challengeable. The store's count of batches whose fills were applied (stable while
+        the intake lock is held shared) says when to read the chain afresh. (Call it holding the
+        intake lock shared.)"""
+        applied = self.store.fills_applied()
+        if applied != self._fills_seen:
+            self.chain.cache.invalidate()
+            self._fills_seen = applied
 
     def _intake_round_for_intake(self) -> int:
         if not self.leadership.shared_store:

@@ -61,7 +61,7 @@ def build_matcher(
 
             reason = devnet_refusal(w3, book)
             if reason is not None:
-                raise DevnetError(f"{devnet_only} (the devnet's public matcher key) works only on a local devnet;"
+                raise DevnetError(f"{devnet_only} works only on a local devnet;"
                                   f" {book.network} (chain {book.chain_id}) is not one: {reason}")
         return ChainView(w3, book)
 

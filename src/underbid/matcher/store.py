@@ -1134,6 +1134,13 @@ class Store:
                 )
         self._forget_reservations()
 
+    def fills_applied(self) -> int:
+        """How many batches' fills the store has applied (`record_mined`). It only grows: nothing
+        moves a mined batch back or deletes it. Another process compares it to know when chain
+        reads it cached may predate fills applied since."""
+        with self._reading() as db:
+            return int(db.execute("SELECT COUNT(*) FROM batches WHERE state = 'mined'").fetchone()[0])
+
     def record_dead(self, round_id: int, batch: int, reason: str) -> None:
         """signed (or pending, in a round the chain closed) -> dead: known never to land."""
         with self._tx() as db:
