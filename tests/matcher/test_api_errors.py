@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import psycopg
 import pytest
 
 from underbid.chain.view import ChainView
@@ -856,3 +857,25 @@ def test_a_cancel_requested_bid_in_a_market_no_order_reaches_is_dropped_at_the_c
     view = api.request("GET", f"/bids/{digest}").json()
     assert view["status"] == "dropped" and "cancellation" in view["reason"]
     api.accept(*m.bid(providers[0], capacity=2))
+
+
+@pytest.mark.parametrize("matcher_db", ["postgres"], indirect=True)
+def test_lost_database_sessions_answer_503_store_then_recover(matcher_process, matcher_db):
+    """Every Postgres session of the matcher is killed on the server (a failover of the database,
+    an administrator's pg_terminate_backend): the requests that meet a dead pooled connection
+    answer 503 naming the store, never a 500, and the pools reconnect by themselves."""
+    signer = "0x" + "11" * 20
+    with matcher_process.client() as http:
+        assert http.get(f"/bids?signer={signer}").status_code == 200
+        with psycopg.connect(matcher_db, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()[0]
+        assert killed >= 1
+        answers = [http.get(f"/bids?signer={signer}") for _ in range(20)]
+        failed = [answer for answer in answers if answer.status_code != 200]
+        assert all(answer.status_code == 503 and answer.json()["detail"][0]["field"] == "store" for answer in failed), [
+            (answer.status_code, answer.text) for answer in failed
+        ]
+        assert answers[-1].status_code == 200

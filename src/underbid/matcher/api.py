@@ -484,6 +484,15 @@ def create_app(matcher: Matcher, admin_token: str | None = None, max_body_bytes:
     async def _store_busy(_: Request, exc: IntakeLockUnavailable) -> JSONResponse:
         return _error(503, "store", f"{exc}: try again shortly")
 
+    # A Postgres store's pooled connection can die under a request (the server restarted, the
+    # session was terminated, the pool timed out); the pool discards it, so a retry gets a fresh
+    # one. psycopg is imported here so that a SQLite matcher never loads it.
+    import psycopg
+
+    @app.exception_handler(psycopg.OperationalError)  # PoolTimeout and AdminShutdown among them
+    async def _store_unavailable(_: Request, exc: psycopg.OperationalError) -> JSONResponse:
+        return _error(503, "store", f"the database did not answer ({type(exc).__name__}): try again shortly")
+
     @app.exception_handler(ChainReadError)
     async def _chain_refused(_: Request, exc: ChainReadError) -> JSONResponse:
         return _error(503, "chain", f"the chain RPC refused a read ({exc}): try again shortly")
