@@ -95,9 +95,12 @@ contract UnderbidSettlement is
 
     /// @param admin Receives the admin role (parameters); deployments hand it to a timelock.
     /// @param ubt_ The UBT token (stake, slashing).
-    /// @param credit_ The credit token (escrow); it must bind this contract as its escrow.
+    /// @param credit_ The credit token (escrow), constructed with this contract's (predicted)
+    /// address as its `escrow`.
     /// @param limits The values fixed for good (stake per unit, bond, notice, round span, minimum lease).
     /// @param params_ The first version of the tunable parameters.
+    /// Reverts with `InvalidParameter("credit")` if the credit's escrow is another address, and
+    /// `InvalidParameter` naming any zero limit or bad parameter.
     constructor(
         address admin,
         UnderbidToken ubt_,

@@ -90,6 +90,9 @@ abstract contract UnderbidBase is Ownable, ReentrancyGuardTransient, IUnderbidEr
         if (limits.noticePeriod == 0) revert InvalidParameter("noticePeriod");
         if (limits.maxRoundSpan == 0) revert InvalidParameter("maxRoundSpan");
         if (limits.minLeaseDuration == 0) revert InvalidParameter("minLeaseDuration");
+        // The credit fixes its escrow at construction (a predicted address): one bound to
+        // another contract would refuse every transfer this one makes.
+        if (credit_.escrow() != address(this)) revert InvalidParameter("credit");
         ubt = ubt_;
         credit = credit_;
         stakePerUnit = limits.stakePerUnit;

@@ -315,13 +315,13 @@ def test_stale_oracle_blocks_mint_and_redeem(chain, oracle, ubt, credit, bme, de
 
 def test_price_not_set_blocks_fresh_bme(project, deployer, buyers, params):
     ubt = project.UnderbidToken.deploy(deployer, 1_000 * UBT, sender=deployer)
-    credit = project.UnderbidCredit.deploy(sender=deployer)
+    credit = project.UnderbidCredit.deploy(deployer, sender=deployer)
     oracle = project.PriceOracle.deploy(deployer, 3600, 3600, sender=deployer)
     bme = project.BurnMintEquilibrium.deploy(
         deployer, ubt, credit, oracle, 25, params.min_mint_credits, 10**6 * UBT, 86_400, sender=deployer
     )
     ubt.bindMinter(bme, sender=deployer)
-    credit.bindProtocol(bme, deployer, sender=deployer)
+    credit.bindProtocol(bme, sender=deployer)
     ubt.approve(bme, 100 * UBT, sender=deployer)
     with reverts(bme.PriceNotSet):
         bme.mintCredits(100 * UBT, 0, sender=deployer)

@@ -219,14 +219,15 @@ def test_ubt_burn_and_burn_from(market, ubt, buyers, outsider):
 
 
 @pytest.fixture
-def fresh_credit(project, deployer):
-    return project.UnderbidCredit.deploy(sender=deployer)
+def fresh_credit(project, deployer, providers):
+    """A UBC whose escrow is a plain account (providers[1]), its BME not bound yet."""
+    return project.UnderbidCredit.deploy(providers[1], sender=deployer)
 
 
 @pytest.fixture
 def eoa_bound_credit(fresh_credit, deployer, providers):
     """A UBC bound to two plain accounts acting as the BME (providers[0]) and the escrow (providers[1])."""
-    fresh_credit.bindProtocol(providers[0], providers[1], sender=deployer)
+    fresh_credit.bindProtocol(providers[0], sender=deployer)
     return fresh_credit
 
 
@@ -356,35 +357,46 @@ def test_ubc_bound_bme_mints_and_burns(eoa_bound_credit, providers, buyers, depl
         token.burn(buyers[0], 1, sender=deployer)
 
 
-def test_ubc_bind_protocol_once_by_deployer(fresh_credit, deployer, providers, outsider, buyers):
+def test_ubc_bind_protocol_once_by_deployer(project, fresh_credit, deployer, providers, outsider, buyers):
     token = fresh_credit
-    assert token.bme() == ZERO_ADDRESS and token.escrow() == ZERO_ADDRESS
+    assert token.bme() == ZERO_ADDRESS and token.escrow() == providers[1].address
+    with reverts(token.InvalidParameter, name="escrow"):
+        project.UnderbidCredit.deploy(ZERO_ADDRESS, sender=deployer)
     with reverts(token.UnauthorizedCaller, caller=providers[0]):
         token.mint(buyers[0], 1, sender=providers[0])  # unbound: nobody mints
     with reverts(token.UnauthorizedCaller, caller=outsider):
-        token.bindProtocol(outsider, outsider, sender=outsider)
-    with reverts(token.InvalidParameter, name="protocol"):
-        token.bindProtocol(ZERO_ADDRESS, providers[1], sender=deployer)
-    with reverts(token.InvalidParameter, name="protocol"):
-        token.bindProtocol(providers[0], ZERO_ADDRESS, sender=deployer)
+        token.bindProtocol(outsider, sender=outsider)
+    with reverts(token.InvalidParameter, name="bme"):
+        token.bindProtocol(ZERO_ADDRESS, sender=deployer)
 
-    receipt = token.bindProtocol(providers[0], providers[1], sender=deployer)
+    receipt = token.bindProtocol(providers[0], sender=deployer)
     [event] = receipt.decode_logs(token.ProtocolBound)
     assert event.bme == providers[0].address and event.escrow == providers[1].address
     assert token.bme() == providers[0].address and token.escrow() == providers[1].address
 
     with reverts(token.AlreadyBound):
-        token.bindProtocol(outsider, outsider, sender=deployer)
+        token.bindProtocol(outsider, sender=deployer)
     with reverts(token.UnauthorizedCaller, caller=outsider):
-        token.bindProtocol(outsider, outsider, sender=outsider)
+        token.bindProtocol(outsider, sender=outsider)
     assert token.bme() == providers[0].address and token.escrow() == providers[1].address
+
+
+def test_settlement_refuses_a_credit_bound_to_another_escrow(project, deployer, ubt, params, providers):
+    """A credit token whose fixed escrow is not the settlement being deployed (a wrong prediction,
+    or a token made for another deployment) would refuse every transfer the settlement makes:
+    the constructor refuses it instead."""
+    credit = project.UnderbidCredit.deploy(providers[1], sender=deployer)
+    with reverts(credit.InvalidParameter, name="credit"):
+        project.UnderbidSettlement.deploy(
+            deployer, ubt, credit, params.core_limits(), params.core_params(), sender=deployer
+        )
 
 
 def test_ubc_bind_protocol_on_deployment_is_final(credit, bme, settlement, deployer, outsider):
     with reverts(credit.AlreadyBound):
-        credit.bindProtocol(outsider, outsider, sender=deployer)
+        credit.bindProtocol(outsider, sender=deployer)
     with reverts(credit.UnauthorizedCaller, caller=outsider):
-        credit.bindProtocol(outsider, outsider, sender=outsider)
+        credit.bindProtocol(outsider, sender=outsider)
     assert credit.bme() == bme.address and credit.escrow() == settlement.address
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from web3.utils.address import get_create_address
+
 from underbid.chain.deployment import CONTRACT_NAMES, AddressBook, DeployedContract
 
 
@@ -107,8 +109,18 @@ def deploy_protocol(
 
     block = chain.blocks.height + 1
     ubt = project.UnderbidToken.deploy(deployer, params.genesis_supply, sender=deployer)
-    credit = project.UnderbidCredit.deploy(sender=deployer)
     oracle = project.PriceOracle.deploy(deployer, params.oracle_max_age, params.oracle_price_lag, sender=deployer)
+    timelock = project.UnderbidTimelock.deploy(
+        params.admin_delay, [deployer], [deployer], "0x0000000000000000000000000000000000000000", sender=deployer
+    )
+    # The credit fixes its escrow at construction, and the settlement needs the credit's address:
+    # the credit is given the address the settlement will get from the deployer's next nonce, and
+    # the settlement's constructor refuses a credit bound to any other (so a transaction of the
+    # deployer's landing in between fails the deployment instead of misbinding it).
+    credit = project.UnderbidCredit.deploy(get_create_address(deployer.address, deployer.nonce + 1), sender=deployer)
+    settlement = project.UnderbidSettlement.deploy(
+        timelock, ubt, credit, params.core_limits(), params.core_params(), sender=deployer
+    )
     bme = project.BurnMintEquilibrium.deploy(
         deployer,
         ubt,
@@ -120,14 +132,8 @@ def deploy_protocol(
         params.redeem_window,
         sender=deployer,
     )
-    timelock = project.UnderbidTimelock.deploy(
-        params.admin_delay, [deployer], [deployer], "0x0000000000000000000000000000000000000000", sender=deployer
-    )
-    settlement = project.UnderbidSettlement.deploy(
-        timelock, ubt, credit, params.core_limits(), params.core_params(), sender=deployer
-    )
     ubt.bindMinter(bme, sender=deployer)
-    credit.bindProtocol(bme, settlement, sender=deployer)
+    credit.bindProtocol(bme, sender=deployer)
     for matcher in matchers:
         if matcher.address != deployer.address:
             ubt.transfer(matcher, params.min_matcher_bond, sender=deployer)
