@@ -56,6 +56,10 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
     }
 
     /// @dev What every lease one batch opens in one market shares: one word per (batch, market).
+    /// @dev The bits of a `LeaseRecord` word that `claim`'s hot path matches: provider id (bits
+    /// 32-63), batch terms ref (96-127) and closed state (248-255). A literal, for assembly.
+    uint256 private constant _CLAIM_KEY_MASK = 0xff000000000000000000000000000000ffffffff00000000ffffffff00000000;
+
     struct BatchTerms {
         /// The round's uniform clearing price of the market.
         uint64 price;
@@ -196,17 +200,12 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
     /// IMPORTANT: the assembly loop reads and writes the raw `LeaseRecord` and `BatchTerms` words
     /// at fixed bit offsets (Solidity's packed layouts, see `_store`); a change to either struct
     /// must change those offsets, and `test/foundry/SettleClaimAttacks.t.sol` checks the sums.
-    function claim(bytes32[] calldata leaseIds) external nonReentrant returns (uint256 total, uint256 skipped) {
+    function claimRevenue(bytes32[] calldata leaseIds) external nonReentrant returns (uint256 total, uint256 skipped) {
         uint256 callerId = _bindings[msg.sender].id;
-        // What the hot path needs of a lease's word: its provider is the caller, its terms are the
-        // remembered ones, it is open. `key` is the expected value of those bits.
-        uint256 mask = (uint256(type(uint32).max) << 32) | (uint256(type(uint32).max) << 96) | (uint256(0xff) << 248);
+        // What `_payRunning` needs of a lease's word (`_CLAIM_KEY_MASK`): its provider is the
+        // caller, its terms are the remembered ones (`terms`, their raw word), it is open.
         uint256 key;
-        // The remembered batch terms (a provider's leases mostly share them), from their raw word.
-        uint256 price;
-        uint256 start;
-        uint256 interval;
-        uint256 grace;
+        uint256 terms;
         // leaseIds[i] is at calldata offset `at`.
         uint256 at;
         uint256 atEnd;
@@ -214,56 +213,14 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
             at := leaseIds.offset
             atEnd := add(at, shl(5, leaseIds.length))
         }
-        while (true) {
+        while (at != atEnd) {
+            // The lease at `at`, in Solidity, in the general path's order: the first lease, and
+            // then each lease `_payRunning` stopped at. (No lease is a zero word, which is caught
+            // here.)
             bytes32 leaseId;
-            bool other;
-            // The hot path, one assembly loop (in Solidity it spent ~670 gas of execution a
-            // lease): it pays the caller's running open leases under the remembered terms and
-            // stops at any other lease (`other`), or when done. Paying is `_payUpTo(now)` on the
-            // raw word, after the general path's tests in its order (closed, fault reportable,
-            // ended), the first of which the key covers.
-            // Times and spans are below 2^41, units below 2^32 and the price below 2^64, so no
-            // sum, difference or product below can wrap (products stay below 2^137).
             assembly ("memory-safe") {
-                let m40 := 0xffffffffff
-                for {} lt(at, atEnd) { at := add(at, 0x20) } {
-                    leaseId := calldataload(at)
-                    mstore(0, leaseId)
-                    mstore(0x20, _leases.slot)
-                    let slot := keccak256(0, 0x40)
-                    let word := sload(slot)
-                    let end := and(shr(128, word), m40)
-                    let stopAt := and(shr(208, word), m40)
-                    if iszero(stopAt) { stopAt := start }
-                    stopAt := add(stopAt, interval)
-                    // Not the key; `_faultAt` (reportable once the heartbeats stop short of the end
-                    // and the grace after the last covered second has passed); ended.
-                    if or(
-                        or(iszero(eq(and(word, mask), key)), iszero(lt(timestamp(), end))),
-                        and(lt(stopAt, end), gt(timestamp(), add(stopAt, grace)))
-                    ) {
-                        other := 1
-                        break
-                    }
-                    // Running: pay up to min(now, covered); now < end needs no cap.
-                    let until := timestamp()
-                    if lt(stopAt, until) { until := stopAt }
-                    let paidUntil := and(shr(168, word), m40)
-                    if iszero(paidUntil) { paidUntil := start }
-                    if gt(until, paidUntil) {
-                        let perHour := mul(and(shr(64, word), 0xffffffff), price)
-                        total := add(
-                            total,
-                            sub(div(mul(perHour, sub(until, start)), 3600), div(mul(perHour, sub(paidUntil, start)), 3600))
-                        )
-                        sstore(slot, or(and(word, not(shl(168, m40))), shl(168, until)))
-                    }
-                }
+                leaseId := calldataload(at)
             }
-            if (!other) break;
-            // Any other lease, in Solidity, in the general path's order. (No lease is a zero
-            // word, which is caught here: the key's terms ref is never zero once set, and before
-            // that a zero key matches only an unbound caller's zero word, whose end 0 is past.)
             LeaseRecord storage record = _leases[leaseId];
             uint256 word;
             assembly ("memory-safe") {
@@ -272,29 +229,90 @@ abstract contract Leases is BuyerEscrow, ProviderStaking, MatcherBinding {
             if (uint32(word) == 0) revert UnknownLease(leaseId);
             if (uint32(word >> 32) != callerId) revert NotLeaseProvider(leaseId, msg.sender);
             uint256 ref = uint32(word >> 96);
-            if (word & mask != key && word >> 248 == 0) {
-                // New terms: remember them, and take this lease again under them.
+            if (word & _CLAIM_KEY_MASK != key && word >> 248 == 0) {
+                // New terms: remember them, and let `_payRunning` take this lease under them.
+                // (It stops at it again only if it has ended or has a reportable fault, and
+                // then the key matches here, so every pass moves on.)
                 BatchTerms storage batch = _batchTerms[uint32(ref)];
-                uint256 t;
                 assembly ("memory-safe") {
-                    t := sload(batch.slot)
+                    terms := sload(batch.slot)
                 }
-                (price, start, interval, grace) = (uint64(t), uint40(t >> 64), uint32(t >> 128), uint32(t >> 160));
                 key = (callerId << 32) | (ref << 96);
-                continue;
-            }
-            at += 0x20;
-            if (word >> 248 != 0) {
-                ++skipped;
-                emit LeaseSkipped(leaseId, SkipReason.Closed);
-            } else if (block.timestamp >= _faultAt(_leases[leaseId], _batchTerms[uint32(ref)])) {
-                ++skipped;
-                emit LeaseSkipped(leaseId, SkipReason.FaultPending);
             } else {
-                total += _closeEnded(leaseId);
+                at += 0x20;
+                if (word >> 248 != 0) {
+                    ++skipped;
+                    emit LeaseSkipped(leaseId, SkipReason.Closed);
+                } else if (block.timestamp >= _faultAt(_leases[leaseId], _batchTerms[uint32(ref)])) {
+                    ++skipped;
+                    emit LeaseSkipped(leaseId, SkipReason.FaultPending);
+                } else {
+                    total += _closeEnded(leaseId);
+                }
             }
+            uint256 paid;
+            (at, paid) = _payRunning(at, atEnd, key, terms);
+            total += paid;
         }
         if (total != 0) credit.safeTransfer(msg.sender, total);
+    }
+
+    /// @dev The hot path of `claim`: pays the caller's running open leases under one set of
+    /// batch terms, from calldata offset `at` on, and stops at the first other lease (returning
+    /// its offset) or at `atEnd`. Paying is `_payUpTo(now)` on the raw word, after the general
+    /// path's tests in its order (closed, fault reportable, ended), the first of which `key`
+    /// covers. A function of its own so that its loop has the stack to itself: inside `claim`,
+    /// solc moved its variables to memory (~100 gas a lease).
+    /// @param key The expected `_CLAIM_KEY_MASK` bits of a lease word (caller, terms ref, open).
+    /// @param terms The raw `BatchTerms` word of those terms.
+    /// @return stopAt The offset of the first lease not paid here (`atEnd` if none).
+    /// @return paid Credits accrued by the leases paid.
+    /// Times and spans are below 2^41, units below 2^32 and the price below 2^64, so no sum,
+    /// difference or product below can wrap (products stay below 2^137).
+    function _payRunning(uint256 at, uint256 atEnd, uint256 key, uint256 terms)
+        private
+        returns (uint256 stopAt, uint256 paid)
+    {
+        assembly ("memory-safe") {
+            let price := and(terms, 0xffffffffffffffff)
+            let start := and(shr(64, terms), 0xffffffffff)
+            let interval := and(shr(128, terms), 0xffffffff)
+            // `_faultAt`'s "now > covered + grace" as "covered < late", one compare a lease.
+            let late := 0
+            if gt(timestamp(), and(shr(160, terms), 0xffffffff)) {
+                late := sub(timestamp(), and(shr(160, terms), 0xffffffff))
+            }
+            mstore(0x20, _leases.slot)
+            // Branch-free but for the stop: each `if` cost a jump and solc's stack shuffles around it.
+            for {} lt(at, atEnd) { at := add(at, 0x20) } {
+                mstore(0, calldataload(at))
+                let slot := keccak256(0, 0x40)
+                let word := sload(slot)
+                // The last covered second: the last heartbeat (or the start, if none) + interval.
+                let covered := and(shr(208, word), 0xffffffffff)
+                covered := add(add(covered, mul(iszero(covered), start)), interval)
+                // Not the key; ended; a fault reportable (the heartbeats stop short of the end
+                // and the grace after the last covered second has passed).
+                let end := and(shr(128, word), 0xffffffffff)
+                if or(
+                    or(xor(and(word, _CLAIM_KEY_MASK), key), iszero(lt(timestamp(), end))),
+                    and(lt(covered, end), lt(covered, late))
+                ) { break }
+                // Running: pay from paid-until (or the start) up to min(now, covered), which
+                // never lies before paid-until (both only grow); now < end needs no cap.
+                let paidUntil := and(shr(168, word), 0xffffffffff)
+                paidUntil := add(paidUntil, mul(iszero(paidUntil), start))
+                covered := xor(covered, mul(xor(covered, timestamp()), lt(timestamp(), covered)))
+                let perHour := mul(and(shr(64, word), 0xffffffff), price)
+                paid := add(
+                    paid,
+                    sub(div(mul(perHour, sub(covered, start)), 3600), div(mul(perHour, sub(paidUntil, start)), 3600))
+                )
+                // Unchanged (a second claim in the same second) costs a warm no-op write.
+                sstore(slot, or(and(word, not(shl(168, 0xffffffffff))), shl(168, covered)))
+            }
+            stopAt := at
+        }
     }
 
     /// @dev Pays and closes a lease past its end (the general path, once in a lease's life);

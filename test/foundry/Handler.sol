@@ -1046,7 +1046,7 @@ contract Handler is CheatBase {
         ids[0] = l.id;
         uint256 before = _paidOpen(l.id);
         vm.prank(_bids[l.bid].b.provider);
-        settlement.claim(ids);
+        settlement.claimRevenue(ids);
         ghostPaidOpen = ghostPaidOpen + _paidOpen(l.id) - before;
     }
 

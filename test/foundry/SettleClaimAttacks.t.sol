@@ -405,7 +405,7 @@ contract SettleClaimAttackTest is Protocol {
         (order[0], order[1], order[2], order[3], order[4], order[5], order[6], order[7], order[8]) =
             (ids[0], ids[1], ids[0], ids[2], ids[3], ids[4], ids[1], ids[3], ids[0]);
         vm.prank(p1);
-        (uint256 total, uint256 skipped) = settlement.claim(order);
+        (uint256 total, uint256 skipped) = settlement.claimRevenue(order);
         _log("skipped", skipped);
         _log("total", total);
         for (uint256 i; i < 5; ++i) _log("owed", owed[i]);
@@ -442,7 +442,7 @@ contract SettleClaimAttackTest is Protocol {
         _checkEscrow(ids);
         // a second claim in the same block pays nothing
         vm.prank(p1);
-        (total,) = settlement.claim(order);
+        (total,) = settlement.claimRevenue(order);
         assertEq(total, 0, "no double pay");
     }
 
@@ -464,7 +464,7 @@ contract SettleClaimAttackTest is Protocol {
         (order[0], order[1], order[2], order[3]) = (ids[0], ids[3], ids[4], ids[1]);
         Snap memory a = _snap();
         vm.prank(p1);
-        (uint256 total, uint256 skipped) = settlement.claim(order);
+        (uint256 total, uint256 skipped) = settlement.claimRevenue(order);
         _log("skipped", skipped);
         _log("total", total);
         _log("owed0", owed0);
@@ -496,10 +496,10 @@ contract SettleClaimAttackTest is Protocol {
         settlement.requestWithdrawal(xFree0 + xLocked0);
         _heartbeatUntil(ids, t0, t0 + 100);
         vm.prank(p1);
-        (uint256 first,) = settlement.claim(one);
+        (uint256 first,) = settlement.claimRevenue(one);
         _heartbeatUntil(ids, t0 + 100, t0 + 300);
         vm.prank(p1);
-        (uint256 second,) = settlement.claim(one);
+        (uint256 second,) = settlement.claimRevenue(one);
         assertTrue(first > 0 && second > 0, "two payments");
         (, uint256 paid0,) = _costPaid(ids[0]);
         assertEq(first + second, paid0, "paid = the lease's accrual to its paid-until");
@@ -547,12 +547,12 @@ contract SettleClaimAttackTest is Protocol {
         }
         uint256 pBefore = credit.balanceOf(p1);
         vm.prank(p1);
-        (uint256 total, uint256 skipped) = settlement.claim(twice);
+        (uint256 total, uint256 skipped) = settlement.claimRevenue(twice);
         assertEq(total, owed, "each lease paid once");
         assertEq(skipped, 0, "nothing skipped");
         assertEq(credit.balanceOf(p1) - pBefore, owed, "transfer = total");
         vm.prank(p1);
-        (total,) = settlement.claim(twice);
+        (total,) = settlement.claimRevenue(twice);
         assertEq(total, 0, "no double pay in the same block");
         // lease 2 (600 s) ends: paid to its end and closed once, then skipped as closed
         vm.warp(t0 + 620);
@@ -560,7 +560,7 @@ contract SettleClaimAttackTest is Protocol {
         bytes32[] memory two = new bytes32[](2);
         (two[0], two[1]) = (ids[2], ids[2]);
         vm.prank(p1);
-        (total, skipped) = settlement.claim(two);
+        (total, skipped) = settlement.claimRevenue(two);
         assertEq(total, owed2, "ended lease paid once");
         assertEq(skipped, 1, "then skipped as closed");
         (,, bool closed2) = _costPaid(ids[2]);
@@ -571,19 +571,19 @@ contract SettleClaimAttackTest is Protocol {
         (bad[0], bad[1]) = (ids[1], keccak256("no such lease"));
         vm.prank(p1);
         vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.UnknownLease.selector, bad[1]));
-        settlement.claim(bad);
+        settlement.claimRevenue(bad);
         address nobody = address(0xBEEF);
         bytes32[] memory missing = new bytes32[](1);
         missing[0] = bad[1];
         vm.prank(nobody);
         vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.UnknownLease.selector, bad[1]));
-        settlement.claim(missing);
+        settlement.claimRevenue(missing);
         vm.prank(X);
         vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.NotLeaseProvider.selector, ids[0], X));
-        settlement.claim(ids);
+        settlement.claimRevenue(ids);
         vm.prank(nobody);
         vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.NotLeaseProvider.selector, ids[0], nobody));
-        settlement.claim(ids);
+        settlement.claimRevenue(ids);
     }
 
     /// @dev Attack on the assembly loop's calldata walk: the provider hand-encodes `claim`'s array
@@ -596,7 +596,7 @@ contract SettleClaimAttackTest is Protocol {
         bytes32[] memory ids = _openMix();
         _heartbeatUntil(ids, t0, t0 + 100);
         vm.warp(t0 + 120);
-        bytes4 sel = settlement.claim.selector;
+        bytes4 sel = settlement.claimRevenue.selector;
         bytes[4] memory bad = [
             abi.encodePacked(sel, uint256(0x20), uint256(3), ids[0]), // length 3, one id present
             abi.encodePacked(sel, uint256(0x20), uint256(1) << 64, ids[0]), // a length whose 32x wraps nothing
@@ -639,7 +639,7 @@ contract SettleClaimAttackTest is Protocol {
         _heartbeatUntil(ids, t0, t0 + 200); // covered to t0 + 260
         vm.warp(t0 + 250);
         vm.prank(p1);
-        (uint256 first,) = settlement.claim(ids);
+        (uint256 first,) = settlement.claimRevenue(ids);
         assertTrue(first > 0, "first claim pays");
         _checkEscrow(ids);
         (uint256 xFree0, uint256 xLocked0) = _escrow(X);
@@ -648,7 +648,7 @@ contract SettleClaimAttackTest is Protocol {
         vm.warp(t0 + 700); // lease 2 (600 s) ended; every lease's fault reportable since t0 + 291
         uint256 pBefore = credit.balanceOf(p1);
         vm.prank(p1);
-        (uint256 total, uint256 skipped) = settlement.claim(ids);
+        (uint256 total, uint256 skipped) = settlement.claimRevenue(ids);
         assertEq(total, 0, "faulted leases are not paid by a claim");
         assertEq(skipped, 5, "all five skipped as faulted");
         (,, bool closed2) = _costPaid(ids[2]);
@@ -677,7 +677,7 @@ contract SettleClaimAttackTest is Protocol {
         bytes32[] memory one = new bytes32[](1);
         one[0] = ids[2];
         vm.prank(p1);
-        (total, skipped) = settlement.claim(one);
+        (total, skipped) = settlement.claimRevenue(one);
         assertEq(total, 0, "nothing paid for the closed lease");
         assertEq(skipped, 1, "the closed lease is skipped");
         for (uint256 i; i < 5; ++i) {

@@ -17,6 +17,8 @@ interface Vm {
     function setEnv(string calldata name, string calldata value) external;
     function envOr(string calldata name, uint256 defaultValue) external view returns (uint256);
     function toString(uint256 value) external pure returns (string memory);
+    function getNonce(address account) external view returns (uint64 nonce);
+    function computeCreateAddress(address deployer, uint256 nonce) external pure returns (address);
 }
 
 

@@ -68,7 +68,7 @@ def test_buyer_closing_before_the_batched_claim(funded, chain, settlement, credi
     settlement.close(leases[0], sender=buyers[0])
     at(chain, t0 + 50)
     balance = credit.balanceOf(provider)
-    tx = settlement.claim(leases, sender=provider)
+    tx = settlement.claimRevenue(leases, sender=provider)
     total, skipped = tx.return_value
     assert skipped == 1 and total > 0
     # Each of the two others paid 50 s of one unit at the clearing price.

@@ -217,7 +217,7 @@ def test_escrow_views_free_versus_locked(market, settlement, credit, buyers, pro
     claim_at = start_b + 40
     assert claim_at - start_a < 60  # still covered by lease a's first interval
     chain.pending_timestamp = claim_at
-    settlement.claim([lease_a], sender=providers[0])
+    settlement.claimRevenue([lease_a], sender=providers[0])
     paid_a = 3 * 1_234_567 * (claim_at - start_a) // HOUR
     assert tuple(settlement.escrowOf(buyer)) == (free, locked)
     assert settlement.getLease(lease_a).paidUntil == claim_at

@@ -1213,8 +1213,8 @@ class ProtocolMachine(RuleBasedStateMachine):
         leases = self._provider_leases(data, first, self.lease_order)
         foreign = any(x.provider != provider for x in leases)
         expected = _error("NotLeaseProvider") if foreign else None
-        receipt = self._send(f"claim {leases}", expected, self.env.settlement.claim, [x.lease_id for x in leases],
-                             sender=self._sender(provider))
+        receipt = self._send(f"claim {leases}", expected, self.env.settlement.claimRevenue,
+                             [x.lease_id for x in leases], sender=self._sender(provider))
         if receipt is None:
             return
         paid_events, closed_events, skipped, total = [], [], [], 0

@@ -132,7 +132,7 @@ def test_unknown_lease_everywhere(funded, settlement, providers, outsider):
     with ape.reverts(settlement.UnknownLease, leaseId=UNKNOWN):
         settlement.heartbeat([UNKNOWN], sender=providers[0])
     with ape.reverts(settlement.UnknownLease, leaseId=UNKNOWN):
-        settlement.claim([UNKNOWN], sender=providers[0])
+        settlement.claimRevenue([UNKNOWN], sender=providers[0])
     with ape.reverts(settlement.UnknownLease, leaseId=UNKNOWN):
         settlement.close(UNKNOWN, sender=outsider)
     with ape.reverts(settlement.UnknownLease, leaseId=UNKNOWN):
@@ -208,7 +208,7 @@ def test_claim_in_batches_pays_exact_accruals(funded, settlement, credit, buyers
     at(chain, base + 40)
     settlement.heartbeat([a.id, b.id], sender=provider)
     at(chain, base + 70)
-    receipt = settlement.claim([a.id, b.id], sender=provider)
+    receipt = settlement.claimRevenue([a.id, b.id], sender=provider)
     due_a, due_b = a.acc(base + 70), b.acc(base + 70)
     assert receipt.return_value == (due_a + due_b, 0)
     assert paid_to(receipt, credit, settlement, provider) == due_a + due_b
@@ -223,7 +223,7 @@ def test_claim_in_batches_pays_exact_accruals(funded, settlement, credit, buyers
     # Claiming late pays only up to the last heartbeat plus one interval (the fault becomes
     # reportable at base + 186, after which a claim skips the lease).
     at(chain, base + 180)
-    receipt = settlement.claim([b.id, a.id], sender=provider)
+    receipt = settlement.claimRevenue([b.id, a.id], sender=provider)
     covered = base + 95 + 60
     more_a, more_b = a.acc(covered) - due_a, b.acc(covered) - due_b
     assert receipt.return_value == (more_a + more_b, 0)
@@ -233,7 +233,7 @@ def test_claim_in_batches_pays_exact_accruals(funded, settlement, credit, buyers
 
     # Nothing new has accrued under cover: a second claim pays nothing and emits nothing.
     at(chain, base + 181)
-    receipt = settlement.claim([a.id, b.id], sender=provider)
+    receipt = settlement.claimRevenue([a.id, b.id], sender=provider)
     assert receipt.return_value == (0, 0)
     assert paid_to(receipt, credit, settlement, provider) == 0
     assert credit.balanceOf(provider) == a.acc(covered) + b.acc(covered)
@@ -243,10 +243,10 @@ def test_claim_in_batches_pays_exact_accruals(funded, settlement, credit, buyers
 def test_claim_without_heartbeat_stops_at_one_interval(funded, settlement, credit, buyers, providers, chain):
     lease = open_lease(funded, buyers[0], providers[0], units=7, price=P2)
     at(chain, lease.start + 50)
-    settlement.claim([lease.id], sender=lease.provider)
+    settlement.claimRevenue([lease.id], sender=lease.provider)
     assert credit.balanceOf(lease.provider) == lease.acc(lease.start + 50)
     at(chain, lease.start + 80)
-    receipt = settlement.claim([lease.id], sender=lease.provider)
+    receipt = settlement.claimRevenue([lease.id], sender=lease.provider)
     assert receipt.return_value == (lease.acc(lease.start + 60) - lease.acc(lease.start + 50), 0)
     assert credit.balanceOf(lease.provider) == lease.acc(lease.start + 60)
 
@@ -256,7 +256,7 @@ def test_only_the_provider_claims(funded, settlement, buyers, providers, outside
     at(chain, lease.start + 30)
     for caller in (outsider, lease.buyer, providers[1]):
         with ape.reverts(settlement.NotLeaseProvider, caller=caller.address):
-            settlement.claim([lease.id], sender=caller)
+            settlement.claimRevenue([lease.id], sender=caller)
     assert settlement.getLease(lease.id).paidUntil == 0
 
 
@@ -268,12 +268,12 @@ def test_claim_after_end_closes_and_unlocks_collateral(
     assert settlement.providers(lease.provider).locked == 3 * params.stake_per_unit
     heartbeat_every(chain, settlement, lease, (55, 110))
     at(chain, lease.start + 120)
-    settlement.claim([lease.id], sender=lease.provider)
+    settlement.claimRevenue([lease.id], sender=lease.provider)
     first = lease.acc(lease.start + 120)
     heartbeat_every(chain, settlement, lease, (165, 220, 275))
 
     at(chain, lease.end + 10)
-    receipt = settlement.claim([lease.id], sender=lease.provider)
+    receipt = settlement.claimRevenue([lease.id], sender=lease.provider)
 
     assert receipt.return_value == (lease.cost - first, 0)
     assert credit.balanceOf(lease.provider) == lease.cost
@@ -288,7 +288,7 @@ def test_claim_after_end_closes_and_unlocks_collateral(
     assert tuple(settlement.escrowOf(lease.buyer)) == (free_before, 0)
 
     # A claim skips the closed lease and pays nothing; everything else refuses it.
-    receipt = settlement.claim([lease.id], sender=lease.provider)
+    receipt = settlement.claimRevenue([lease.id], sender=lease.provider)
     assert receipt.return_value == (0, 1)
     [skipped] = receipt.decode_logs(settlement.LeaseSkipped)
     assert (skipped.leaseId, skipped.reason) == (lease.id, SKIP_CLOSED)
@@ -312,7 +312,7 @@ def test_claim_batch_skips_a_closed_lease(funded, settlement, credit, buyers, pr
     paid_on_close = credit.balanceOf(providers[0])
     assert paid_on_close == a.acc(b.start + 10)
     at(chain, b.start + 30)
-    receipt = settlement.claim([b.id, a.id], sender=providers[0])
+    receipt = settlement.claimRevenue([b.id, a.id], sender=providers[0])
     assert receipt.return_value == (b.acc(b.start + 30), 1)
     [skipped] = receipt.decode_logs(settlement.LeaseSkipped)
     assert (skipped.leaseId, skipped.reason) == (a.id, SKIP_CLOSED)
@@ -329,7 +329,7 @@ def test_claim_after_end_refunds_uncovered_time(funded, settlement, credit, buye
     assert settlement.faultReportableAt(lease.id) == covered + params.heartbeat_grace + 1
 
     at(chain, lease.end + 5)
-    receipt = settlement.claim([lease.id], sender=lease.provider)
+    receipt = settlement.claimRevenue([lease.id], sender=lease.provider)
 
     paid = lease.acc(covered)
     assert receipt.return_value == (paid, 0) and credit.balanceOf(lease.provider) == paid
@@ -347,7 +347,7 @@ def test_buyer_closes_early_and_is_refunded_exactly(funded, settlement, credit, 
     free_before = settlement.escrowOf(lease.buyer).free
     assert settlement.escrowOf(lease.buyer).locked == lease.cost
     at(chain, lease.start + 30)
-    settlement.claim([lease.id], sender=lease.provider)
+    settlement.claimRevenue([lease.id], sender=lease.provider)
     heartbeat_every(chain, settlement, lease, (50,))
 
     at(chain, lease.start + 97)
@@ -411,7 +411,7 @@ def test_report_fault_settles_and_slashes(funded, settlement, credit, ubt, buyer
     free_before = settlement.escrowOf(buyer).free
     heartbeat_every(chain, settlement, lease, (40,))
     at(chain, lease.start + 70)
-    settlement.claim([lease.id], sender=provider)
+    settlement.claimRevenue([lease.id], sender=provider)
     claimed = lease.acc(lease.start + 70)
 
     ubt_before = {who: ubt.balanceOf(who) for who in (buyer, outsider, provider, settlement)}
@@ -490,7 +490,7 @@ def test_fault_cannot_be_dodged_by_closing_after_end(
     at(chain, lease.end)
     if how == "provider_claims":
         # The claim skips the lease (the fault is pending) and pays nothing.
-        receipt = settlement.claim([lease.id], sender=lease.provider)
+        receipt = settlement.claimRevenue([lease.id], sender=lease.provider)
         assert receipt.return_value == (0, 1)
         [skipped] = receipt.decode_logs(settlement.LeaseSkipped)
         assert (skipped.leaseId, skipped.reason) == (lease.id, SKIP_FAULT_PENDING)
@@ -522,7 +522,7 @@ def test_lease_balances_live_figures(funded, settlement, buyers, providers, chai
     )
 
     at(chain, lease.start + 45)
-    settlement.claim([lease.id], sender=lease.provider)
+    settlement.claimRevenue([lease.id], sender=lease.provider)
     chain.mine(timestamp=lease.start + 52)
     paid = lease.acc(lease.start + 45)
     now = lease.acc(lease.start + 52)
@@ -540,7 +540,7 @@ def test_lease_balances_at_end_and_after_close(funded, settlement, buyers, provi
     chain.mine(timestamp=lease.end + 300)
     assert tuple(settlement.leaseBalances(lease.id)) == (lease.cost, 0, 2 * params.stake_per_unit)
     at(chain, lease.end + 301)
-    settlement.claim([lease.id], sender=lease.provider)
+    settlement.claimRevenue([lease.id], sender=lease.provider)
     assert tuple(settlement.leaseBalances(lease.id)) == (0, 0, 0)
 
 
@@ -591,7 +591,7 @@ def test_no_lease_pays_more_than_it_locked(
             last_hb = t
             continue
         if action == "claim":
-            receipts.append(settlement.claim([lease.id], sender=lease.provider))
+            receipts.append(settlement.claimRevenue([lease.id], sender=lease.provider))
         elif action == "close":
             receipts.append(settlement.close(lease.id, sender=lease.buyer))
         elif action == "close_outsider":

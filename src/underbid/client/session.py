@@ -811,7 +811,7 @@ class Client:
 
     def claim(self, lease_ids: list[str]) -> dict[str, Any]:
         """Claims what `lease_ids` accrued; closed and fault-pending leases are skipped (in `skipped`)."""
-        receipt = self.transact(self.settlement.functions.claim([bytes.fromhex(i[2:]) for i in lease_ids]),
+        receipt = self.transact(self.settlement.functions.claimRevenue([bytes.fromhex(i[2:]) for i in lease_ids]),
                                 f"claim {len(lease_ids)} lease(s)")
         paid = self._paid_out(receipt)
         closed = ["0x" + bytes(e["args"]["leaseId"]).hex()
