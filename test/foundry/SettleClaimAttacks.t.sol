@@ -4,6 +4,8 @@ pragma solidity 0.8.28;
 import {Protocol} from "./Protocol.sol";
 import {UnderbidSettlement} from "../../contracts/UnderbidSettlement.sol";
 import {MatcherRounds} from "../../contracts/core/MatcherRounds.sol";
+import {UnderbidBase} from "../../contracts/core/UnderbidBase.sol";
+import {UnderbidCredit} from "../../contracts/tokens/UnderbidCredit.sol";
 import {OrderLib} from "../../contracts/libraries/OrderLib.sol";
 import {BidLib} from "../../contracts/libraries/BidLib.sol";
 import {IUnderbidErrors} from "../../contracts/interfaces/IUnderbidErrors.sol";
@@ -687,6 +689,331 @@ contract SettleClaimAttackTest is Protocol {
         (, uint256 yLocked) = _escrow(Y);
         assertEq(xLocked + yLocked, 0, "nothing locked once every lease closed");
         _checkEscrow(ids);
+    }
+
+    // ------------------------------------------------------------------ claim against a reference model
+
+    /// @dev The model's view of one lease: fixed facts read once at its opening (start, end, rate)
+    /// and the terms the test set (interval, grace), and the moving state the model keeps itself
+    /// (never read back from the chain): last heartbeat, paid-until (both never zero) and closed.
+    struct Ref {
+        bytes32 id;
+        address buyer;
+        uint256 start;
+        uint256 end;
+        uint256 perHour;
+        uint256 interval;
+        uint256 grace;
+        uint256 lastHb;
+        uint256 paidUntil;
+        bool closed;
+    }
+
+    Ref[] internal refs;
+    /// @dev The model's clock (via-ir may re-read block.timestamp after a warp).
+    uint256 internal now_;
+    /// @dev Credits the model says the provider has been paid.
+    uint256 internal refPaid;
+
+    function _rand(uint256 seed, uint256 i) internal pure returns (uint256) {
+        return uint256(keccak256(abi.encode(seed, i)));
+    }
+
+    function _setTerms(uint32 interval, uint32 grace) internal {
+        UnderbidBase.Params memory p = _params();
+        (p.heartbeatInterval, p.heartbeatGrace) = (interval, grace);
+        settlement.setParams(p);
+    }
+
+    /// @dev Opens one round of four leases (X and Y, two markets: two terms refs) under the
+    /// current parameters, whose interval and grace the model takes from the arguments.
+    function _openRefRound(uint256 seed, uint32 interval, uint32 grace) internal {
+        uint256 nb = 1_000 * (round + 1);
+        OrderLib.Order[] memory orders = new OrderLib.Order[](4);
+        bytes[] memory osigs = new bytes[](4);
+        uint32[4] memory units = [uint32(2), 3, 1, 4];
+        for (uint256 i; i < 4; ++i) {
+            uint32 duration = uint32(_bound(_rand(seed, 900 + i), MIN_LEASE, 1_800));
+            (orders[i], osigs[i]) = _order(i % 2 == 0 ? X_PK : Y_PK, i < 2 ? MARKET : MARKET2, units[i], duration, nb + i);
+        }
+        BidLib.Bid[] memory bids = new BidLib.Bid[](2);
+        bytes[] memory bsigs = new bytes[](2);
+        (bids[0], bsigs[0]) = _bid(MARKET, 20, nb + 10);
+        (bids[1], bsigs[1]) = _bid(MARKET2, 20, nb + 11);
+        UnderbidSettlement.Match[] memory ms = new UnderbidSettlement.Match[](4);
+        (ms[0], ms[1], ms[2], ms[3]) = (_m(0, 0, 2), _m(1, 0, 3), _m(2, 1, 1), _m(3, 1, 4));
+        ++round;
+        this.settleAs(round, 0, true, orders, osigs, bids, bsigs, ms);
+        for (uint256 i; i < 4; ++i) {
+            bytes32 id = settlement.leaseIdOf(
+                H, round, settlement.hashOrder(orders[i]), settlement.hashBid(i < 2 ? bids[0] : bids[1])
+            );
+            UnderbidSettlement.Lease memory l = settlement.getLease(id);
+            assertEq(l.start, now_, "a lease starts at its batch's time");
+            refs.push(
+                Ref(id, l.buyer, l.start, l.end, uint256(l.units) * l.price, interval, grace, now_, now_, false)
+            );
+        }
+    }
+
+    function _acc(Ref storage r, uint256 t) internal view returns (uint256) {
+        if (t > r.end) t = r.end;
+        return r.perHour * (t - r.start) / 3_600;
+    }
+
+    function _covered(Ref storage r) internal view returns (uint256) {
+        return r.lastHb + r.interval;
+    }
+
+    function _faulted(Ref storage r) internal view returns (bool) {
+        uint256 c = _covered(r);
+        return c < r.end && now_ > c + r.grace;
+    }
+
+    /// @dev Pays `r` up to min(until, covered, end) if that is past its paid-until.
+    function _refPay(Ref storage r, uint256 until) internal returns (uint256 amount) {
+        uint256 c = _covered(r);
+        if (until > c) until = c;
+        if (until > r.end) until = r.end;
+        if (until <= r.paidUntil) return 0;
+        amount = _acc(r, until) - _acc(r, r.paidUntil);
+        r.paidUntil = until;
+    }
+
+    function _pickIds(uint256 seed, uint256 maxLen) internal view returns (bytes32[] memory ids, uint256[] memory ix) {
+        uint256 n = 1 + seed % maxLen;
+        ids = new bytes32[](n);
+        ix = new uint256[](n);
+        for (uint256 i; i < n; ++i) {
+            ix[i] = _rand(seed, i) % refs.length;
+            ids[i] = refs[ix[i]].id;
+        }
+    }
+
+    function _stepHeartbeat(uint256 seed) internal {
+        (bytes32[] memory ids, uint256[] memory ix) = _pickIds(seed, 8);
+        uint256 skippedRef;
+        for (uint256 i; i < ix.length; ++i) {
+            Ref storage r = refs[ix[i]];
+            if (r.closed || now_ >= r.end || _faulted(r)) ++skippedRef;
+            else r.lastHb = now_;
+        }
+        vm.prank(p1);
+        uint256 skipped = settlement.heartbeat(ids);
+        assertEq(skipped, skippedRef, "heartbeat: skipped as the model");
+    }
+
+    function _stepClaim(uint256 seed) internal {
+        (bytes32[] memory ids, uint256[] memory ix) = _pickIds(seed, 12);
+        uint256 totalRef;
+        uint256 skippedRef;
+        for (uint256 i; i < ix.length; ++i) {
+            Ref storage r = refs[ix[i]];
+            if (r.closed || _faulted(r)) {
+                ++skippedRef;
+            } else {
+                totalRef += _refPay(r, now_);
+                if (now_ >= r.end) r.closed = true;
+            }
+        }
+        uint256 before = credit.balanceOf(p1);
+        vm.prank(p1);
+        (uint256 total, uint256 skipped) = settlement.claimRevenue(ids);
+        assertEq(total, totalRef, "claim: total = the model's accrual");
+        assertEq(skipped, skippedRef, "claim: skipped as the model");
+        assertEq(credit.balanceOf(p1) - before, totalRef, "claim: transfer = the model's accrual");
+        refPaid += totalRef;
+    }
+
+    function _stepClose(uint256 seed) internal {
+        Ref storage r = refs[seed % refs.length];
+        // the buyer, or (after the end) a third party
+        address who = (seed >> 8) % 3 == 0 ? address(0xBEEF) : r.buyer;
+        bool ok = !r.closed && (now_ >= r.end || who == r.buyer) && !_faulted(r);
+        uint256 owed;
+        if (ok) {
+            owed = _refPay(r, now_);
+            r.closed = true;
+        }
+        uint256 before = credit.balanceOf(p1);
+        vm.prank(who);
+        (bool success,) = address(settlement).call(abi.encodeCall(settlement.close, (r.id)));
+        assertEq(success ? 1 : 0, ok ? 1 : 0, "close: succeeds iff the model says so");
+        assertEq(credit.balanceOf(p1) - before, owed, "close: pays the model's accrual");
+        refPaid += owed;
+    }
+
+    function _stepFault(uint256 seed) internal {
+        Ref storage r = refs[seed % refs.length];
+        bool ok = !r.closed && _faulted(r);
+        uint256 owed;
+        if (ok) {
+            owed = _refPay(r, _covered(r));
+            r.closed = true;
+        }
+        uint256 before = credit.balanceOf(p1);
+        vm.prank(address(0xFA17));
+        (bool success,) = address(settlement).call(abi.encodeCall(settlement.reportFault, (r.id)));
+        assertEq(success ? 1 : 0, ok ? 1 : 0, "reportFault: succeeds iff the model says so");
+        assertEq(credit.balanceOf(p1) - before, owed, "reportFault: pays up to the covered second");
+        refPaid += owed;
+    }
+
+    /// @dev Every lease's stored state equals the model's; an open lease's paid-until never lies
+    /// after min(now, covered) (what the claim's unconditional write and subtraction rely on);
+    /// `leaseBalances` shows the model's claimable amount; escrow is conserved.
+    function _checkRefs(uint256 paidStart) internal view {
+        bytes32[] memory ids = new bytes32[](refs.length);
+        for (uint256 i; i < refs.length; ++i) {
+            Ref storage r = refs[i];
+            ids[i] = r.id;
+            UnderbidSettlement.Lease memory l = settlement.getLease(r.id);
+            uint256 paidUntil = l.paidUntil == 0 ? l.start : l.paidUntil;
+            uint256 lastHb = l.lastHeartbeat == 0 ? l.start : l.lastHeartbeat;
+            assertEq(paidUntil, r.paidUntil, "paid-until as the model");
+            assertEq(lastHb, r.lastHb, "last heartbeat as the model");
+            assertTrue(l.closed == r.closed, "closed as the model");
+            if (r.closed) continue;
+            uint256 cap = _covered(r) < now_ ? _covered(r) : now_;
+            assertLe(paidUntil, cap, "open lease: paid-until <= min(now, covered)");
+            (uint256 unpaid,,) = settlement.leaseBalances(r.id);
+            uint256 payable_ = _acc(r, cap < r.end ? cap : r.end);
+            assertEq(unpaid, payable_ - _acc(r, r.paidUntil), "leaseBalances: claimable as the model");
+        }
+        assertEq(credit.balanceOf(p1) - paidStart, refPaid, "provider paid exactly the model's sum");
+        _checkEscrow(ids);
+    }
+
+    /// @dev Fuzz: random sequences of warps (some of 0-2 s, to hit the fault and end boundaries),
+    /// heartbeats, claims (random lists: repeated ids, leases of three rounds with three different
+    /// interval/grace pairs and two markets each, interleaved buyers, ended, closed and faulted
+    /// leases mixed), buyer and third-party closes and fault reports. After every step each lease's
+    /// stored paid-until, last heartbeat and closed flag must equal a reference model written
+    /// from the documented rules (with the guarded "pay only if past paid-until"), every claim's
+    /// total and skip count and every close's and report's payment must equal the model's, and
+    /// escrow must be conserved. Finally every lease is ended and closed: the provider's whole
+    /// income is the model's.
+    /// forge-config: default.fuzz.runs = 200
+    function testFuzz_claimMatchesReferenceModel(uint256 seed) public {
+        now_ = START;
+        uint256 paidStart = credit.balanceOf(p1);
+        _openRefRound(seed, HEARTBEAT, GRACE);
+        for (uint256 step; step < 48; ++step) {
+            if (step == 16) {
+                _setTerms(90, 0); // grace 0: a fault is reportable one second after coverage ends
+                _openRefRound(_rand(seed, 7_000 + step), 90, 0);
+            } else if (step == 32) {
+                _setTerms(37, 11);
+                _openRefRound(_rand(seed, 7_000 + step), 37, 11);
+            }
+            uint256 r = _rand(seed, step);
+            uint256 kind = r % 10;
+            if (kind < 2) {
+                now_ += (r >> 16) % 100;
+                vm.warp(now_);
+            } else if (kind == 2) {
+                now_ += (r >> 16) % 3;
+                vm.warp(now_);
+            } else if (kind < 5) {
+                _stepHeartbeat(r >> 16);
+            } else if (kind < 8) {
+                _stepClaim(r >> 16);
+            } else if (kind == 8) {
+                _stepClose(r >> 16);
+            } else {
+                _stepFault(r >> 16);
+            }
+            _checkRefs(paidStart);
+        }
+        // the end: past every lease's end, claim everything, then close or report what is left
+        now_ += 4_000;
+        vm.warp(now_);
+        bytes32[] memory all = new bytes32[](refs.length);
+        for (uint256 i; i < refs.length; ++i) all[i] = refs[i].id;
+        _stepClaimAll(all);
+        for (uint256 i; i < refs.length; ++i) {
+            if (!refs[i].closed) _stepFault(i);
+        }
+        _checkRefs(paidStart);
+        (, uint256 xLocked) = _escrow(X);
+        (, uint256 yLocked) = _escrow(Y);
+        assertEq(xLocked + yLocked, 0, "nothing locked once every lease closed");
+    }
+
+    function _stepClaimAll(bytes32[] memory ids) internal {
+        uint256 totalRef;
+        uint256 skippedRef;
+        for (uint256 i; i < refs.length; ++i) {
+            Ref storage r = refs[i];
+            if (r.closed || _faulted(r)) {
+                ++skippedRef;
+            } else {
+                totalRef += _refPay(r, now_);
+                r.closed = true;
+            }
+        }
+        vm.prank(p1);
+        (uint256 total, uint256 skipped) = settlement.claimRevenue(ids);
+        assertEq(total, totalRef, "final claim: total = the model's accrual");
+        assertEq(skipped, skippedRef, "final claim: skipped as the model");
+        refPaid += totalRef;
+    }
+
+    // ------------------------------------------------------------------ deployment: the credit's predicted escrow
+
+    /// @dev Attacks on the credit's escrow fixed at construction (the settlement's predicted
+    /// address): (a) a transaction of the deployer's landing between the credit and the settlement
+    /// (the prediction then names that transaction's contract) makes the settlement's constructor
+    /// revert `InvalidParameter("credit")`, not deploy a core whose every credit transfer fails;
+    /// (b) the deployed credit's escrow is the settlement and its BME cannot be re-bound, by the
+    /// deployer or anyone else; (c) a UBC an attacker makes naming the real settlement as escrow
+    /// (with the attacker as its BME, minting at will) buys nothing: the settlement moves only its
+    /// own credit, so a deposit of the fake credits finds no real ones; (d) the real credit moves
+    /// only into or out of the settlement, and only by the settlement.
+    function test_deployPredictedEscrow() public {
+        uint256 n = vm.getNonce(address(this));
+        UnderbidCredit predicted = new UnderbidCredit(vm.computeCreateAddress(address(this), n + 1));
+        UnderbidCredit between = new UnderbidCredit(address(1)); // takes the predicted address
+        assertTrue(predicted.escrow() == address(between), "the prediction names the intervening contract");
+        vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.InvalidParameter.selector, "credit"));
+        new UnderbidSettlement(address(this), ubt, predicted, _limits(), _params());
+
+        assertTrue(credit.escrow() == address(settlement), "the deployed credit's escrow is the settlement");
+        assertTrue(address(settlement.credit()) == address(credit), "the settlement's credit");
+        vm.expectRevert(IUnderbidErrors.AlreadyBound.selector);
+        credit.bindProtocol(address(this));
+        address attacker = address(0xA77);
+        vm.prank(attacker);
+        vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.UnauthorizedCaller.selector, attacker));
+        credit.bindProtocol(attacker);
+        assertTrue(credit.bme() == address(bme), "the BME stays bound");
+
+        vm.startPrank(attacker);
+        UnderbidCredit fake = new UnderbidCredit(address(settlement));
+        fake.bindProtocol(attacker);
+        fake.mint(attacker, 1_000_000e6);
+        vm.stopPrank();
+        uint256 held = credit.balanceOf(address(settlement));
+        vm.prank(attacker);
+        (bool ok,) = address(settlement).call(abi.encodeCall(settlement.deposit, (1_000_000e6)));
+        assertFalse(ok, "fake credits deposit nothing");
+        assertEq(credit.balanceOf(address(settlement)), held, "the settlement's credits unchanged");
+        (uint256 free, uint256 locked) = _escrow(attacker);
+        assertEq(free + locked, 0, "no escrow for the attacker");
+
+        // X holds no credits (all deposited): withdraw a little, then try to move it elsewhere
+        vm.prank(X);
+        settlement.requestWithdrawal(5e6);
+        vm.warp(START + NOTICE); // not block.timestamp: via-ir may re-read it after a warp
+        vm.prank(X);
+        settlement.withdraw();
+        assertEq(credit.balanceOf(X), 5e6, "X withdrew");
+        vm.prank(X);
+        vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.CreditNonTransferable.selector, X, Y));
+        credit.transfer(Y, 1);
+        vm.prank(X);
+        vm.expectRevert(abi.encodeWithSelector(IUnderbidErrors.CreditNonTransferable.selector, X, address(bme)));
+        credit.transfer(address(bme), 1);
     }
 
     // ------------------------------------------------------------------ nonce word slot kept from verification
