@@ -714,6 +714,9 @@ contract SettleClaimAttackTest is Protocol {
     uint256 internal now_;
     /// @dev Credits the model says the provider has been paid.
     uint256 internal refPaid;
+    /// @dev Coverage (printed with -vv): leases a claim paid running, closed past their end (the
+    /// final claim's included), and skipped as faulted; closes and fault reports that succeeded.
+    uint256[5] internal seen;
 
     function _rand(uint256 seed, uint256 i) internal pure returns (uint256) {
         return uint256(keccak256(abi.encode(seed, i)));
@@ -792,6 +795,12 @@ contract SettleClaimAttackTest is Protocol {
 
     function _stepHeartbeat(uint256 seed) internal {
         (bytes32[] memory ids, uint256[] memory ix) = _pickIds(seed, 8);
+        if ((seed >> 128) % 2 == 0) {
+            // every lease, so that some run long and end healthy
+            ids = new bytes32[](refs.length);
+            ix = new uint256[](refs.length);
+            for (uint256 i; i < refs.length; ++i) (ids[i], ix[i]) = (refs[i].id, i);
+        }
         uint256 skippedRef;
         for (uint256 i; i < ix.length; ++i) {
             Ref storage r = refs[ix[i]];
@@ -811,9 +820,11 @@ contract SettleClaimAttackTest is Protocol {
             Ref storage r = refs[ix[i]];
             if (r.closed || _faulted(r)) {
                 ++skippedRef;
+                if (!r.closed) ++seen[2];
             } else {
                 totalRef += _refPay(r, now_);
-                if (now_ >= r.end) r.closed = true;
+                if (now_ >= r.end) (r.closed, seen[1]) = (true, seen[1] + 1);
+                else ++seen[0];
             }
         }
         uint256 before = credit.balanceOf(p1);
@@ -833,7 +844,7 @@ contract SettleClaimAttackTest is Protocol {
         uint256 owed;
         if (ok) {
             owed = _refPay(r, now_);
-            r.closed = true;
+            (r.closed, seen[3]) = (true, seen[3] + 1);
         }
         uint256 before = credit.balanceOf(p1);
         vm.prank(who);
@@ -844,12 +855,21 @@ contract SettleClaimAttackTest is Protocol {
     }
 
     function _stepFault(uint256 seed) internal {
-        Ref storage r = refs[seed % refs.length];
+        // mostly a lease the model says is reportable, if any
+        uint256 k = seed % refs.length;
+        for (uint256 j; j < refs.length && (seed >> 128) % 4 != 0; ++j) {
+            uint256 c = (seed + j) % refs.length;
+            if (!refs[c].closed && _faulted(refs[c])) {
+                k = c;
+                break;
+            }
+        }
+        Ref storage r = refs[k];
         bool ok = !r.closed && _faulted(r);
         uint256 owed;
         if (ok) {
             owed = _refPay(r, _covered(r));
-            r.closed = true;
+            (r.closed, seen[4]) = (true, seen[4] + 1);
         }
         uint256 before = credit.balanceOf(p1);
         vm.prank(address(0xFA17));
@@ -898,27 +918,30 @@ contract SettleClaimAttackTest is Protocol {
         now_ = START;
         uint256 paidStart = credit.balanceOf(p1);
         _openRefRound(seed, HEARTBEAT, GRACE);
-        for (uint256 step; step < 48; ++step) {
-            if (step == 16) {
-                _setTerms(90, 0); // grace 0: a fault is reportable one second after coverage ends
-                _openRefRound(_rand(seed, 7_000 + step), 90, 0);
-            } else if (step == 32) {
-                _setTerms(37, 11);
-                _openRefRound(_rand(seed, 7_000 + step), 37, 11);
+        for (uint256 step; step < 64; ++step) {
+            if (step == 20) {
+                _setTerms(400, 0); // grace 0: a fault is reportable one second after coverage ends
+                _openRefRound(_rand(seed, 7_000 + step), 400, 0);
+            } else if (step == 40) {
+                _setTerms(900, 11); // some leases covered to their end from the start
+                _openRefRound(_rand(seed, 7_000 + step), 900, 11);
             }
             uint256 r = _rand(seed, step);
-            uint256 kind = r % 10;
-            if (kind < 2) {
+            uint256 kind = r % 11;
+            if (kind == 0) {
                 now_ += (r >> 16) % 100;
+                vm.warp(now_);
+            } else if (kind == 1) {
+                now_ += (r >> 16) % 800; // leases (600-1,800 s) end during the sequence
                 vm.warp(now_);
             } else if (kind == 2) {
                 now_ += (r >> 16) % 3;
                 vm.warp(now_);
-            } else if (kind < 5) {
+            } else if (kind < 6) {
                 _stepHeartbeat(r >> 16);
-            } else if (kind < 8) {
+            } else if (kind < 9) {
                 _stepClaim(r >> 16);
-            } else if (kind == 8) {
+            } else if (kind == 9) {
                 _stepClose(r >> 16);
             } else {
                 _stepFault(r >> 16);
@@ -934,6 +957,11 @@ contract SettleClaimAttackTest is Protocol {
         for (uint256 i; i < refs.length; ++i) {
             if (!refs[i].closed) _stepFault(i);
         }
+        _log("claim paid running", seen[0]);
+        _log("claim closed past end", seen[1]);
+        _log("claim skipped faulted", seen[2]);
+        _log("closes", seen[3]);
+        _log("fault reports", seen[4]);
         _checkRefs(paidStart);
         (, uint256 xLocked) = _escrow(X);
         (, uint256 yLocked) = _escrow(Y);
@@ -949,7 +977,7 @@ contract SettleClaimAttackTest is Protocol {
                 ++skippedRef;
             } else {
                 totalRef += _refPay(r, now_);
-                r.closed = true;
+                (r.closed, seen[1]) = (true, seen[1] + 1);
             }
         }
         vm.prank(p1);
