@@ -7,6 +7,7 @@ plus whatever the session fixtures set up.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import itertools
 from dataclasses import dataclass
 
@@ -16,6 +17,34 @@ from ape.exceptions import UnknownSnapshotError
 from underbid.devnet.deploy import DeployParams, deploy_protocol
 from underbid.protocol.eip712 import Bid, Domain, Order
 from underbid.protocol.markets import market_id
+
+
+def _quiet_reverts() -> None:
+    """ape-foundry 0.8.12 prints the call tree of every revert it decodes (`trace.show()`, to stdout,
+    which pytest captures and shows only for a failed test): a debug trace from anvil, decoded and
+    enriched, about a second per revert, and the suite expects hundreds of reverts. This is its
+    `_handle_execution_reverted` without that print: the error it returns, and everything tests
+    check on it, is the same. Another ape-foundry version keeps its own."""
+    from ape.exceptions import ContractLogicError, TransactionError
+    from ape_foundry.provider import FoundryProvider
+
+    if importlib.metadata.version("ape-foundry") != "0.8.12":
+        return
+
+    def _handle_execution_reverted(self, exception, revert_message=None, **kwargs):
+        if revert_message == "0x":
+            revert_message = TransactionError.DEFAULT_MESSAGE
+        else:
+            revert_message = revert_message or TransactionError.DEFAULT_MESSAGE
+        if revert_message.startswith("revert: "):
+            revert_message = revert_message[8:]
+        sub_err = ContractLogicError(base_err=exception, revert_message=revert_message, **kwargs)
+        return self.compiler_manager.enrich_error(sub_err)
+
+    FoundryProvider._handle_execution_reverted = _handle_execution_reverted
+
+
+_quiet_reverts()
 
 UBT = 10**18
 UBC = 10**6
