@@ -41,8 +41,11 @@ if [ "$lint_status" -ne 0 ]; then
 fi
 # Two pytest-xdist workers, each with its own anvil (ape-config: host auto) and its own copy of
 # the session fixtures; a test file stays on one worker, so its module fixtures and order hold.
+# --no-loadscope-reorder: files are handed out in collection order, the slowest first
+# (tests/conftest.py: SLOWEST_FIRST), not by their number of tests (which put the long
+# single-test files last, where one worker ran them alone).
 set +e
-ape test -n 2 --dist loadfile --durations=25
+ape test -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 tests_status=$?
 wait "$assurance_pid"
 assurance_status=$?

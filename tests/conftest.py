@@ -282,15 +282,42 @@ def _funded_once(chain, market, buyers, providers, outsider, court, timelock):
         chain.restore(before)
 
 
+#: The slowest test files, slowest first (about 50-110 s each on the CI machine, Dec 2026): they
+#: run first, so that the two pytest-xdist workers of scripts/test.sh (--dist loadfile
+#: --no-loadscope-reorder: whole files, in this order) end together on the short files instead
+#: of one waiting while the other runs a long file that came last. Only the order depends on it.
+SLOWEST_FIRST = (
+    "tests/contracts/test_invariants.py",
+    "tests/matcher/test_schema.py",
+    "tests/matcher/test_api_errors.py",
+    "tests/cli/test_journeys.py",
+    "tests/matcher/test_crash.py",
+    "tests/test_clearing.py",
+    "tests/matcher/test_stalled_node.py",
+    "tests/cli/test_remote_chain.py",
+    "tests/matcher/test_faults.py",
+    "tests/matcher/test_failover.py",
+    "tests/cli/test_demo.py",
+    "tests/matcher/test_accountability.py",
+    "tests/contracts/test_challenge.py",
+)
+
+
 def pytest_collection_modifyitems(session, config, items):
-    # Within each file, the tests that use `funded` run after the others: from the first of them
-    # to the end of the file the chain holds the module's funding (see `_funded_once`), which the
-    # others must not see. (A stable sort: each file's tests stay together, in their own order
-    # otherwise.)
+    # The slowest files first (SLOWEST_FIRST), then the others in their usual order. Within each
+    # file, the tests that use `funded` run after the others: from the first of them to the end
+    # of the file the chain holds the module's funding (see `_funded_once`), which the others must
+    # not see. (A stable sort: each file's tests stay together, in their own order otherwise.)
+    rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
     first: dict[str, int] = {}
     for index, item in enumerate(items):
         first.setdefault(item.nodeid.split("::")[0], index)
-    items.sort(key=lambda item: (first[item.nodeid.split("::")[0]], "_funded_once" in item.fixturenames))
+
+    def key(item) -> tuple[int, int, bool]:
+        path = item.nodeid.split("::")[0]
+        return rank.get(path, len(SLOWEST_FIRST)), first[path], "_funded_once" in item.fixturenames
+
+    items.sort(key=key)
 
 
 @pytest.fixture
