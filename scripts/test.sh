@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up (if needed) and runs the whole test suite on a real anvil, with the gas report; with no
-# arguments it first runs scripts/lint.sh (ruff, mypy), then scripts/assurance.sh (forge invariant
-# and fuzz tests, Slither) beside the tests.
+# arguments it also runs scripts/lint.sh (ruff, mypy) beside the contracts' compile, before the
+# tests, and scripts/assurance.sh (forge invariant and fuzz tests, Slither) beside all of it.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$UNDERBID_ROOT/scripts/setup.sh"
