@@ -12,15 +12,18 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x node_modules/.bin/
   exit 0
 fi
 
+echo "setup: installing anvil, solc, OpenZeppelin Contracts and Chart.js from npm (in the background)..."
+# `npm ci` installs exactly what package-lock.json pins and never rewrites it, so a first run
+# leaves the tree clean. The lock lists every platform package of anvil and forge (optional; npm
+# fetches only this machine's). It runs beside pip: the two share nothing, and both mostly wait
+# on downloads.
+npm ci --no-audit --no-fund --loglevel=error &
+npm_pid=$!
+
 echo "setup: creating .venv and installing pinned Python packages (a few minutes the first time)..."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
-
-echo "setup: installing anvil, solc, OpenZeppelin Contracts and Chart.js from npm..."
-# `npm ci` installs exactly what package-lock.json pins and never rewrites it, so a first run
-# leaves the tree clean. The lock lists every platform package of anvil and forge (optional; npm
-# fetches only this machine's).
-npm ci --no-audit --no-fund --loglevel=error
+wait "$npm_pid"
 # The market explorer page serves Chart.js itself (no CDN): a copy inside the package, as package data.
 mkdir -p "$(dirname "$chart")"
 cp node_modules/chart.js/dist/chart.umd.min.js "$chart"

@@ -6,14 +6,45 @@ plus whatever the session fixtures set up.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import itertools
 from dataclasses import dataclass
 
 import pytest
+from ape.exceptions import UnknownSnapshotError
 
 from underbid.devnet.deploy import DeployParams, deploy_protocol
 from underbid.protocol.eip712 import Bid, Domain, Order
 from underbid.protocol.markets import market_id
+
+
+def _quiet_reverts() -> None:
+    """ape-foundry 0.8.12 prints the call tree of every revert it decodes (`trace.show()`, to stdout,
+    which pytest captures and shows only for a failed test): a debug trace from anvil, decoded and
+    enriched, about a second per revert, and the suite expects hundreds of reverts. This is its
+    `_handle_execution_reverted` without that print: the error it returns, and everything tests
+    check on it, is the same. Another ape-foundry version keeps its own."""
+    from ape.exceptions import ContractLogicError, TransactionError
+    from ape_foundry.provider import FoundryProvider
+
+    if importlib.metadata.version("ape-foundry") != "0.8.12":
+        return
+
+    def _handle_execution_reverted(self, exception, revert_message=None, **kwargs):
+        if revert_message == "0x":
+            revert_message = TransactionError.DEFAULT_MESSAGE
+        else:
+            revert_message = revert_message or TransactionError.DEFAULT_MESSAGE
+        if revert_message.startswith("revert: "):
+            revert_message = revert_message[8:]
+        sub_err = ContractLogicError(base_err=exception, revert_message=revert_message, **kwargs)
+        return self.compiler_manager.enrich_error(sub_err)
+
+    FoundryProvider._handle_execution_reverted = _handle_execution_reverted
+
+
+_quiet_reverts()
 
 UBT = 10**18
 UBC = 10**6
@@ -227,17 +258,71 @@ def market(chain, deployer, matcher, ubt, credit, bme, settlement, domain, param
     return Market(chain, deployer, matcher, ubt, credit, bme, settlement, domain, params)
 
 
-@pytest.fixture
-def funded(market, buyers, providers) -> Market:
-    """Every buyer holds 1,000 UBC of free escrow and every provider 8 units of stake.
+@pytest.fixture(scope="module")
+def _funded_once(chain, market, buyers, providers, outsider, court, timelock):
+    """The funding behind `funded`, done once per test module (~35 transactions, 1-2 s a test
+    when it was done for every test).
 
-    NOTE: function-scoped on purpose: ape does not roll back module-scoped fixture state when the
-    module ends, so a module-scoped version leaks stake into the next test files.
+    Every test still starts from exactly this state: ape snapshots the chain at the start of each
+    test, after the module's fixtures, and reverts to it at the end. The module's end reverts to
+    a snapshot taken before the funding, here, explicitly: ape's own module snapshot is not relied
+    on (a module-scoped funding once leaked stake into the next test files). `outsider`, `court`
+    and `timelock` (no state of their own) are here so that they exist before ape's module
+    snapshot: a session fixture first met after it makes ape revert and fund again ("rebase").
     """
+    before = chain.snapshot()
     for buyer in buyers:
         market.fund_buyer(buyer, 1_000 * UBC)
     for provider in providers:
         market.stake_provider(provider, 8)
+    yield
+    # UnknownSnapshotError: ape already reverted past it (a rebase, when a test brought in a new
+    # session fixture), which undid the funding too; ape then funded again through this fixture.
+    with contextlib.suppress(UnknownSnapshotError):
+        chain.restore(before)
+
+
+#: The slowest test files, slowest first (about 50-110 s each on the CI machine, Dec 2026): they
+#: run first, so that the two pytest-xdist workers of scripts/test.sh (--dist loadfile
+#: --no-loadscope-reorder: whole files, in this order) end together on the short files instead
+#: of one waiting while the other runs a long file that came last. Only the order depends on it.
+SLOWEST_FIRST = (
+    "tests/contracts/test_invariants.py",
+    "tests/matcher/test_schema.py",
+    "tests/matcher/test_api_errors.py",
+    "tests/cli/test_journeys.py",
+    "tests/matcher/test_crash.py",
+    "tests/test_clearing.py",
+    "tests/matcher/test_stalled_node.py",
+    "tests/cli/test_remote_chain.py",
+    "tests/matcher/test_faults.py",
+    "tests/matcher/test_failover.py",
+    "tests/cli/test_demo.py",
+    "tests/matcher/test_accountability.py",
+    "tests/contracts/test_challenge.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    # The slowest files first (SLOWEST_FIRST), then the others in their usual order. Within each
+    # file, the tests that use `funded` run after the others: from the first of them to the end
+    # of the file the chain holds the module's funding (see `_funded_once`), which the others must
+    # not see. (A stable sort: each file's tests stay together, in their own order otherwise.)
+    rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        first.setdefault(item.nodeid.split("::")[0], index)
+
+    def key(item) -> tuple[int, int, bool]:
+        path = item.nodeid.split("::")[0]
+        return rank.get(path, len(SLOWEST_FIRST)), first[path], "_funded_once" in item.fixturenames
+
+    items.sort(key=key)
+
+
+@pytest.fixture
+def funded(_funded_once, market) -> Market:
+    """Every buyer holds 1,000 UBC of free escrow and every provider 8 units of stake."""
     return market
 
 
