@@ -21,7 +21,7 @@ MAX_GAS_PER_MATCH = 60_000
 # The gas issue's goal for a batched heartbeat, per lease (the transaction's total over 10 leases).
 MAX_HEARTBEAT_PER_LEASE = 10_000
 # The gas issue's goal for a batched claim of 10 leases, per lease, in this scenario (the
-# provider's first credits, so a fresh balance slot); the design measures ~11,976.
+# provider's first credits, so a fresh balance slot); the design measures ~11,973.
 MAX_CLAIM_PER_LEASE = 12_000
 
 
