@@ -1280,19 +1280,34 @@ def _solve_ortools_batch(problems: Sequence[_Problem]) -> list[tuple[np.ndarray,
     c_start = np.cumsum(n_c) - n_c
     class_first = np.nonzero(starts)[0]
     cls_max_m = np.maximum.reduceat(om[by_class], class_first)
-    # Every class against every bid of its problem, row by row (bids in price order).
-    row_len = n_b[c_mk]
+    # Every class against the bids of its problem it can afford, row by row: bids are in price
+    # order, so those priced at most the class's best max price are a prefix of them (a dearer
+    # bid could only trade at a loss).  The prefix is found with one search over all problems'
+    # prices shifted apart (problem after problem); a problem with a class mask keeps whole rows.
+    last_price = bp[b_start + n_b - 1].tolist()
+    shift_list = [0]
+    for price in last_price[:-1]:
+        shift_list.append(shift_list[-1] + price + 1)
+    has_needed = np.fromiter((p.needed is not None for p in problems), bool, count)
+    if shift_list[-1] + last_price[-1] < _INT64_HEADROOM:
+        shift = np.array(shift_list, np.int64)
+        affordable = np.searchsorted(bp + np.repeat(shift, n_b), cls_max_m + shift[c_mk], side="right")
+        # (clipped: a class priced above every bid of its problem must not reach the next one's)
+        row_len = np.where(has_needed[c_mk], n_b[c_mk], np.minimum(affordable - b_start[c_mk], n_b[c_mk]))
+    else:
+        row_len = n_b[c_mk]
     row_end = np.cumsum(row_len)
     row_start = row_end - row_len
     n_pairs = int(row_end[-1])
     ci = np.repeat(np.arange(n_cls), row_len)
     bj = np.arange(n_pairs) - np.repeat(row_start - b_start[c_mk], row_len)
-    lasting = bd[bj] >= durs[ci]
-    reach = lasting & (bp[bj] <= cls_max_m[ci])
-    for m, p in enumerate(problems):
-        if p.needed is not None:  # arcs the pruning showed no optimum needs
-            first = int(row_start[c_start[m]])
-            reach[first:first + int(n_c[m] * n_b[m])] &= p.needed.T.ravel()
+    lasting = bd[bj] >= np.repeat(durs, row_len)
+    reach = lasting & (bp[bj] <= np.repeat(cls_max_m, row_len))
+    for m in np.nonzero(has_needed)[0].tolist():  # arcs the pruning showed no optimum needs
+        first = int(row_start[c_start[m]])
+        needed = problems[m].needed
+        assert needed is not None
+        reach[first:first + int(n_c[m] * n_b[m])] &= needed.T.ravel()
     class_units = np.add.reduceat(ou[by_class], class_first)
     totals = np.add.reduceat(ou, o_start)
     # Rule 2, where asked, on row-wise running sums of one cumulative sum over every row.  Each
@@ -1303,14 +1318,18 @@ def _solve_ortools_batch(problems: Sequence[_Problem]) -> list[tuple[np.ndarray,
     prune &= np.fromiter(((int(t) + 1) * (int(b) + 1) < _INT64_HEADROOM for t, b in zip(totals, n_b, strict=True)),
                          bool, count)
     if prune.any():
-        cap = np.where(lasting, np.minimum(bc[bj], totals[c_mk][ci]), 0)
+        cap = np.where(lasting, np.minimum(bc[bj], np.repeat(totals[c_mk], row_len)), 0)
         running = np.cumsum(cap)
-        before_row = running[row_start] - cap[row_start]
-        before = running - cap - before_row[ci]
+        nonempty = row_len > 0
+        before_row = np.zeros(n_cls, np.int64)
+        before_row[nonempty] = running[row_start[nonempty]] - cap[row_start[nonempty]]
         cum_units = np.cumsum(class_units)
         last_class = (c_start + n_c - 1)[c_mk]
         demand_from = cum_units[last_class] - cum_units + class_units
-        reach &= (before < demand_from[ci]) | ~prune[c_mk][ci]
+        # The capacity before each bid in its row (a difference: exact even if the sum wrapped).
+        before = running - cap - np.repeat(before_row, row_len)
+        ruled_in = before < np.repeat(demand_from, row_len)
+        reach &= ruled_in if prune.all() else ruled_in | ~np.repeat(prune[c_mk], row_len)
     ci, bj = ci[reach], bj[reach]
     # P_d: the first reachable bid of each class is its cheapest (rows are in price order).
     has_bid = np.zeros(n_cls, bool)
@@ -1424,6 +1443,8 @@ def _solve_ortools_batch(problems: Sequence[_Problem]) -> list[tuple[np.ndarray,
     _check_alloc_arrays(od, om, ou, bp, bd, bc, which_o, which_b, units)
     # Back to each problem's own indices, problem by problem.
     which_mk = o_mk[which_o]
+    if (b_mk[which_b] != which_mk).any():
+        raise RuntimeError("solver matched an order with a bid of another market")
     by_problem = np.argsort(which_mk, kind="stable")
     which_mk, which_o, which_b = which_mk[by_problem], which_o[by_problem], which_b[by_problem]
     units = units[by_problem]
