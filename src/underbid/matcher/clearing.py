@@ -500,7 +500,8 @@ def _clear_markets(tasks: list[_PricedTask]) -> list[MarketClearing | None]:
     (rule and figures in the module docstring and docs/PROTOCOL.md).  Every
     market's max-gain allocation is one batched solve, and every trial another.
     """
-    prepared = [_prepare(orders, bids, prune=True) for _, orders, bids, _ in tasks]
+    prepared = [_prepare(orders, bids, prune=True, fields=fields)
+                for (_, orders, bids, _), fields in zip(tasks, _batch_fields(tasks), strict=True)]
     firsts = _solve_prepared_many([(t[1], t[2], p, None) for t, p in zip(tasks, prepared, strict=True)])
     # Per market that needs a trial: (its index, lo, hi, candidate prices, ranked candidates).
     searches: list[tuple[int, int, int, list[int], list[int]]] = []
@@ -713,25 +714,62 @@ class _Arrays:
     capacities: np.ndarray
 
 
+# A market's fields as int64 arrays, orders then bids, in the market's order: durations, max
+# prices, units; prices, max durations, capacities.
+_Fields = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _batch_fields(tasks: Sequence[_PricedTask]) -> list[_Fields | None]:
+    """Every market's fields, from one ``np.fromiter`` per field over the whole batch (one per
+    field and market cost as much as the rest of a small market's preparation); all None when
+    some value is 2**63 or more (each market then builds its own, ``_arrays``)."""
+    orders = [o for task in tasks for o in task[1]]
+    bids = [b for task in tasks for b in task[2]]
+    try:
+        od = np.fromiter((o.duration for o in orders), np.int64, len(orders))
+        om = np.fromiter((o.max_price for o in orders), np.int64, len(orders))
+        ou = np.fromiter((o.units for o in orders), np.int64, len(orders))
+        bp = np.fromiter((b.price for b in bids), np.int64, len(bids))
+        bd = np.fromiter((b.max_duration for b in bids), np.int64, len(bids))
+        bc = np.fromiter((b.capacity for b in bids), np.int64, len(bids))
+    except OverflowError:
+        return [None] * len(tasks)
+    out: list[_Fields | None] = []
+    o_at = b_at = 0
+    for task in tasks:
+        o_end, b_end = o_at + len(task[1]), b_at + len(task[2])
+        out.append((od[o_at:o_end], om[o_at:o_end], ou[o_at:o_end], bp[b_at:b_end], bd[b_at:b_end], bc[b_at:b_end]))
+        o_at, b_at = o_end, b_end
+    return out
+
+
 def _arrays(orders: Sequence[OrderLot], bids: Sequence[BidLot], order_ids: list[int],
-            bid_ids: list[int]) -> _Arrays | None:
-    """The fields of the kept orders and bids as int64 arrays, or None when a gain term
-    (duration x max price), the units or a capacity could leave the range where
-    ``_solve_ortools`` works in int64 (such a market keeps the list path and its fallbacks)."""
+            bid_ids: list[int], fields: _Fields | None = None) -> _Arrays | None:
+    """The fields of the kept orders and bids as int64 arrays (taken from ``fields``, the
+    market's own, when given), or None when a gain term (duration x max price), the units or a
+    capacity could leave the range where ``_solve_ortools`` works in int64 (such a market keeps
+    the list path and its fallbacks)."""
     if not order_ids or not bid_ids:
         return None
-    kept_orders = [orders[i] for i in order_ids]
-    kept_bids = [bids[i] for i in bid_ids]
-    n_o, n_b = len(kept_orders), len(kept_bids)
-    try:  # one fromiter per field: far cheaper than an array of tuples on small markets
-        durations = np.fromiter((o.duration for o in kept_orders), np.int64, n_o)
-        max_prices = np.fromiter((o.max_price for o in kept_orders), np.int64, n_o)
-        units = np.fromiter((o.units for o in kept_orders), np.int64, n_o)
-        prices = np.fromiter((b.price for b in kept_bids), np.int64, n_b)
-        max_durations = np.fromiter((b.max_duration for b in kept_bids), np.int64, n_b)
-        capacities = np.fromiter((b.capacity for b in kept_bids), np.int64, n_b)
-    except OverflowError:  # a value of 2**63 or more
-        return None
+    n_o, n_b = len(order_ids), len(bid_ids)
+    if fields is not None:
+        od, om, ou, bp, bd, bc = fields
+        o_pick = slice(None) if n_o == od.size else np.array(order_ids, np.int64)
+        b_pick = slice(None) if n_b == bp.size else np.array(bid_ids, np.int64)
+        durations, max_prices, units = od[o_pick], om[o_pick], ou[o_pick]
+        prices, max_durations, capacities = bp[b_pick], bd[b_pick], bc[b_pick]
+    else:
+        kept_orders = [orders[i] for i in order_ids]
+        kept_bids = [bids[i] for i in bid_ids]
+        try:  # one fromiter per field: far cheaper than an array of tuples on small markets
+            durations = np.fromiter((o.duration for o in kept_orders), np.int64, n_o)
+            max_prices = np.fromiter((o.max_price for o in kept_orders), np.int64, n_o)
+            units = np.fromiter((o.units for o in kept_orders), np.int64, n_o)
+            prices = np.fromiter((b.price for b in kept_bids), np.int64, n_b)
+            max_durations = np.fromiter((b.max_duration for b in kept_bids), np.int64, n_b)
+            capacities = np.fromiter((b.capacity for b in kept_bids), np.int64, n_b)
+        except OverflowError:  # a value of 2**63 or more
+            return None
     max_m = int(max_prices.max())
     if (
         int(durations.max()) * max_m >= _INT64_HEADROOM
@@ -753,8 +791,10 @@ def _arrays(orders: Sequence[OrderLot], bids: Sequence[BidLot], order_ids: list[
     )
 
 
-def _prepare(orders: Sequence[OrderLot], bids: Sequence[BidLot], *, prune: bool) -> _Prepared:
-    """Leaves out the orders no bid can serve and, on big markets, the bids no optimum needs.
+def _prepare(orders: Sequence[OrderLot], bids: Sequence[BidLot], *, prune: bool,
+             fields: _Fields | None = None) -> _Prepared:
+    """Leaves out the orders no bid can serve and, on big markets, the bids no optimum needs
+    (``fields``: the market's fields as arrays, when the caller has them).
 
     Pruning pays for itself only on big markets: below ``_PRUNE_FROM_ARCS`` arcs
     the solver takes the whole graph faster than the pruning would take to
@@ -766,14 +806,14 @@ def _prepare(orders: Sequence[OrderLot], bids: Sequence[BidLot], *, prune: bool)
     if not prune or len({o.duration for o in orders}) * len(bids) < _PRUNE_FROM_ARCS:
         all_o, all_b = list(range(len(orders))), list(range(len(bids)))
         return _Prepared(all_o, all_b, sorted({o.duration for o in orders}), None,
-                         _arrays(orders, bids, all_o, all_b), prune_solves=prune)
+                         _arrays(orders, bids, all_o, all_b, fields), prune_solves=prune)
     servable = _servable_orders(orders, bids)
     if not servable:
         return _Prepared([], [], [], None)
     served_orders = [orders[i] for i in servable]
     keep, needed = _prune(served_orders, bids)
     return _Prepared(servable, keep, sorted({o.duration for o in served_orders}), needed,
-                     _arrays(orders, bids, servable, keep), prune_solves=True)
+                     _arrays(orders, bids, servable, keep, fields), prune_solves=True)
 
 
 def _solve_prepared(
