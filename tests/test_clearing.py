@@ -1094,21 +1094,25 @@ def prepared_markets(orders: list[OrderLot], bids: list[BidLot], force_prune: bo
 
 
 @MEDIUM
-@given(medium, st.booleans(), st.lists(st.integers(0, 10), max_size=4))
+@given(medium, st.booleans(), st.lists(st.integers(0, 10), max_size=4), st.sampled_from([0, 60, 2_000_000]))
 def test_batched_solve_equals_each_market_alone(
-    inst: tuple[list[OrderLot], list[BidLot]], force_prune: bool, trials: list[int]
+    inst: tuple[list[OrderLot], list[BidLot]], force_prune: bool, trials: list[int], max_pairs: int
 ) -> None:
     """One batch of every market, unrestricted and at trial prices (each (market, price) its
-    own problem in the batch): each answer is the allocation that market gets solved alone (the
-    same graph, so the same optimum even among ties), and exact (the value of the unpruned
-    Python solve and of the independent per-market OR-Tools graph of ``_solve_ortools``)."""
+    own problem in the batch; some solved on their own graph when ``_BATCH_MAX_PAIRS`` is
+    small): each answer is the allocation that market gets solved alone (the same graph, so the
+    same optimum even among ties), and exact (the value of the unpruned Python solve and of the
+    independent per-market OR-Tools graph of ``_solve_ortools``)."""
     orders, bids = inst
     markets = prepared_markets(orders, bids, force_prune)
     items = [(mo, mb, p, t) for mo, mb, p in markets for t in [None, *trials]]
-    batched = clearing._solve_prepared_many(items)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(clearing, "_BATCH_MAX_PAIRS", max_pairs)
+        batched = clearing._solve_prepared_many(items)
+        alone = [clearing._solve_prepared(mo, mb, p, "auto", t) for mo, mb, p, t in items]
     assert len(batched) == len(items)
-    for (mo, mb, p, trial), alloc in zip(items, batched, strict=True):
-        assert alloc == clearing._solve_prepared(mo, mb, p, "auto", trial)
+    for (mo, mb, _, trial), alloc, expected_alloc in zip(items, batched, alone, strict=True):
+        assert alloc == expected_alloc
         taking = [o for o in mo if trial is None or o.max_price >= trial]
         offered = [b for b in mb if trial is None or b.price <= trial]
         got = [Match(mo[oi].key, mb[bi].key, units) for oi, bi, units in alloc]

@@ -174,6 +174,10 @@ _PRUNE_FROM_ARCS = 20_000
 _PYTHON_EXACT_PAIRS = 2_000
 # Markets are cleared in batches of about this many orders and bids (see _batches).
 _BATCH_LOTS = 20_000
+# A problem with more orders x bids than this is solved on its own graph (_solve_ortools_batch): a
+# flood of 100,000 one-unit orders, each its own duration class, in one market took 40% longer
+# and more memory in the batch.
+_BATCH_MAX_PAIRS = 2_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -1293,6 +1297,16 @@ def _solve_ortools_batch(problems: Sequence[_Problem]) -> list[tuple[np.ndarray,
     count = len(problems)
     if not count:
         return []
+    big = [m for m, p in enumerate(problems) if p.od.size * p.bp.size > _BATCH_MAX_PAIRS]
+    if big:  # solved as before, on their own (row-wise broadcasting beats gathers there)
+        rest = [m for m in range(count) if m not in set(big)]
+        answers: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * count
+        for m, solved in zip(rest, _solve_ortools_batch([problems[m] for m in rest]), strict=True):
+            answers[m] = solved
+        for m in big:
+            p = problems[m]
+            answers[m] = _solve_ortools_arrays(p.od, p.om, p.ou, p.bp, p.bd, p.bc, p.needed, prune=p.prune)
+        return answers
     n_o = np.fromiter((p.od.size for p in problems), np.int64, count)
     n_b = np.fromiter((p.bp.size for p in problems), np.int64, count)
     o_start = np.cumsum(n_o) - n_o
@@ -1395,7 +1409,7 @@ def _solve_ortools_batch(problems: Sequence[_Problem]) -> list[tuple[np.ndarray,
     # OR-Tools' bound, in Python integers, per problem (with all of its classes and bids as
     # nodes: at least as many as its graph has, so the bound is never looser than OR-Tools').
     solving = np.zeros(count, bool)
-    answers: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [_EMPTY] * count
+    answers = [_EMPTY] * count
     for m, (gm, to, tb, k, has) in enumerate(zip(g.tolist(), top_o.tolist(), top_b.tolist(), weight.tolist(),
                                                  with_arcs.tolist(), strict=True)):
         if not has:
