@@ -724,11 +724,14 @@ _Fields = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.n
 
 
 def _batch_fields(tasks: Sequence[_PricedTask]) -> list[_Fields | None]:
-    """Every market's fields, from one ``np.fromiter`` per field over the whole batch (one per
-    field and market cost as much as the rest of a small market's preparation); all None when
-    some value is 2**63 or more (each market then builds its own, ``_arrays``)."""
-    orders = [o for task in tasks for o in task[1]]
-    bids = [b for task in tasks for b in task[2]]
+    """The fields of every market that will not be pruned (``_prepare``), from one
+    ``np.fromiter`` per field over all of them: one per field and market cost as much as the
+    rest of a small market's preparation.  None for a pruned market (its arrays are built from
+    the lots it keeps, a fraction of them) and, for all, when some value is 2**63 or more (each
+    market then builds its own, ``_arrays``)."""
+    small = [len({o.duration for o in task[1]}) * len(task[2]) < _PRUNE_FROM_ARCS for task in tasks]
+    orders = [o for task, is_small in zip(tasks, small, strict=True) if is_small for o in task[1]]
+    bids = [b for task, is_small in zip(tasks, small, strict=True) if is_small for b in task[2]]
     try:
         od = np.fromiter((o.duration for o in orders), np.int64, len(orders))
         om = np.fromiter((o.max_price for o in orders), np.int64, len(orders))
@@ -740,12 +743,14 @@ def _batch_fields(tasks: Sequence[_PricedTask]) -> list[_Fields | None]:
         return [None] * len(tasks)
     out: list[_Fields | None] = []
     o_at = b_at = 0
-    for task in tasks:
+    for task, is_small in zip(tasks, small, strict=True):
+        if not is_small:
+            out.append(None)
+            continue
         o_end, b_end = o_at + len(task[1]), b_at + len(task[2])
         out.append((od[o_at:o_end], om[o_at:o_end], ou[o_at:o_end], bp[b_at:b_end], bd[b_at:b_end], bc[b_at:b_end]))
         o_at, b_at = o_end, b_end
     return out
-
 
 def _arrays(orders: Sequence[OrderLot], bids: Sequence[BidLot], order_ids: list[int],
             bid_ids: list[int], fields: _Fields | None = None) -> _Arrays | None:
