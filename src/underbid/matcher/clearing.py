@@ -176,9 +176,9 @@ _PYTHON_EXACT_PAIRS = 2_000
 _BATCH_LOTS = 20_000
 # A problem with more orders x bids than this is solved on its own graph (_solve_ortools_batch):
 # the batch pays where per-market overhead dominates (1k x 10k: ~10 x 100 per market), while at
-# 10k x 100k (~100 x 400 after pruning) it was ~5% slower than row-wise broadcasting per market,
-# and a flood of 100,000 one-unit orders in one market 40% slower.
-_BATCH_MAX_PAIRS = 20_000
+# 10k x 100k (~100 x 400 after pruning) it was ~5% slower than row-wise broadcasting per market
+# (~3% for its trial prices alone), and a flood of 100,000 one-unit orders in one market 40% slower.
+_BATCH_MAX_PAIRS = 5_000
 
 
 @dataclass(frozen=True, slots=True)
