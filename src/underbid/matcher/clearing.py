@@ -24,7 +24,9 @@ Allocation
     OR-Tools call on exactly the graph it would get alone, so a market's
     clearing depends on its own orders and bids only, ties included (see
     ``_solve_ortools_batch``): the max-gain allocations of a batch are one
-    such pass, its trial prices another.
+    such pass, its trial prices another.  A market (or trial) of more than
+    ``_BATCH_MAX_PAIRS`` order x bid pairs keeps a graph built on its own,
+    where numpy's per-market overhead no longer matters.
 
 Gains first, then units
     A pair trades when ``order.duration <= bid.max_duration`` and
