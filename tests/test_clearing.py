@@ -1078,3 +1078,97 @@ def test_classes_match_numpy_unique(durations: list[int]) -> None:
     expected_distinct, expected_inverse = np.unique(arr, return_inverse=True)
     assert distinct.tolist() == expected_distinct.tolist()
     assert inverse.tolist() == expected_inverse.tolist()
+
+
+# --------------------------------------------------------------------------
+# Batched solves: every market's graph built at once, each solved on its own
+# --------------------------------------------------------------------------
+
+
+def prepared_markets(orders: list[OrderLot], bids: list[BidLot], force_prune: bool
+                     ) -> list[tuple[list[OrderLot], list[BidLot], clearing._Prepared]]:
+    with pytest.MonkeyPatch.context() as patch:
+        if force_prune:
+            patch.setattr(clearing, "_PRUNE_FROM_ARCS", 0)
+        return [(mo, mb, clearing._prepare(mo, mb, prune=True)) for _, mo, mb in clearing._market_tasks(orders, bids)]
+
+
+@MEDIUM
+@given(medium, st.booleans(), st.lists(st.integers(0, 10), max_size=4), st.sampled_from([0, 60, 2_000_000]))
+def test_batched_solve_equals_each_market_alone(
+    inst: tuple[list[OrderLot], list[BidLot]], force_prune: bool, trials: list[int], max_pairs: int
+) -> None:
+    """One batch of every market, unrestricted and at trial prices (each (market, price) its
+    own problem in the batch; some solved on their own graph when ``_BATCH_MAX_PAIRS`` is
+    small): each answer is the allocation that market gets solved alone (the same graph, so the
+    same optimum even among ties), and exact (the value of the unpruned Python solve and of the
+    independent per-market OR-Tools graph of ``_solve_ortools``)."""
+    orders, bids = inst
+    markets = prepared_markets(orders, bids, force_prune)
+    items = [(mo, mb, p, t) for mo, mb, p in markets for t in [None, *trials]]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(clearing, "_BATCH_MAX_PAIRS", max_pairs)
+        batched = clearing._solve_prepared_many(items)
+        alone = [clearing._solve_prepared(mo, mb, p, "auto", t) for mo, mb, p, t in items]
+    assert len(batched) == len(items)
+    for (mo, mb, _, trial), alloc, expected_alloc in zip(items, batched, alone, strict=True):
+        assert alloc == expected_alloc
+        taking = [o for o in mo if trial is None or o.max_price >= trial]
+        offered = [b for b in mb if trial is None or b.price <= trial]
+        got = [Match(mo[oi].key, mb[bi].key, units) for oi, bi, units in alloc]
+        check_feasible(got, taking, offered)
+        expected = value(max_gain_allocation(taking, offered, prune=False, solver="python"), orders, bids)
+        assert value(got, orders, bids) == expected
+        if taking and offered:
+            independent = clearing._solve_ortools(taking, sorted(offered, key=lambda b: (b.price, b.key)))
+            assert independent is not None
+            sorted_offered = sorted(offered, key=lambda b: (b.price, b.key))
+            assert value([Match(taking[oi].key, sorted_offered[bi].key, u) for oi, bi, u in independent],
+                         orders, bids) == expected
+
+
+@MEDIUM
+@given(medium)
+def test_a_market_clears_the_same_in_any_batch(inst: tuple[list[OrderLot], list[BidLot]]) -> None:
+    """A market's clearing depends only on its own orders and bids: in one batch with the
+    others, or cleared alone, or in batches of one market each."""
+    orders, bids = inst
+    together = clear(orders, bids)
+    for mc in together.markets:
+        alone = clear([o for o in orders if o.market == mc.market], [b for b in bids if b.market == mc.market])
+        assert alone.markets == (mc,)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(clearing, "_BATCH_LOTS", 1)
+        assert clear(orders, bids) == together
+
+
+def test_batch_with_markets_near_the_int64_bound() -> None:
+    """A market whose costs leave OR-Tools' range in the same batch as ordinary ones: it takes
+    the exact fallback, the others the batch, each as if cleared alone; with dust orders too."""
+    from underbid.bench import realistic_instance
+
+    orders, bids = realistic_instance(60, 600, seed=4, dust=True)
+    # Within int64 (so the market has arrays and joins the batch), beyond OR-Tools' bound once
+    # weighted by the units.
+    duration, magnitude = 2**31 - 1, 2**26 + 1
+    huge = "0x" + "ee" * 32
+    orders += [OrderLot("0xo1", huge, 300, duration, magnitude),
+               OrderLot("0xo2", huge, 200, duration // 2, magnitude - 7),
+               OrderLot("0xo3", huge, 1, 3600, magnitude // 3)]
+    bids += [BidLot("0xb1", huge, "0x01", 200, magnitude - 5, duration), BidLot("0xb2", huge, "0x02", 200, 3, duration),
+             BidLot("0xb3", huge, "0x03", 400, magnitude - 9, duration // 2), BidLot("0xb4", huge, "0x04", 1, 1, 3600)]
+    markets = prepared_markets(orders, bids, force_prune=False)
+    problems = [clearing._Problem(p.arrays.durations, p.arrays.max_prices, p.arrays.units, p.arrays.prices,
+                                  p.arrays.max_durations, p.arrays.capacities, None, True)
+                for _, _, p in markets if p.arrays is not None]
+    assert len(problems) == len(markets)
+    answers = clearing._solve_ortools_batch(problems)
+    assert sum(a is None for a in answers) == 1  # out of range: no answer, never a wrong one
+    assert sum(a is not None and a[0].size > 0 for a in answers) > 1
+    together = clear(orders, bids)
+    assert huge in together.prices
+    for mc in together.markets:
+        mo = [o for o in orders if o.market == mc.market]
+        mb = [b for b in bids if b.market == mc.market]
+        assert clear(mo, mb).markets == (mc,)
+        check_clearing(Clearing(markets=(mc,)), mo, mb)

@@ -19,6 +19,14 @@ Allocation
 
     Markets are independent, so each one is its own small flow problem; that
     is what makes clearing fast (see RESEARCH.md), not the choice of solver.
+    The graphs of a batch of markets (``_BATCH_LOTS`` orders and bids) are
+    built in one numpy pass over all of them, and each is solved by its own
+    OR-Tools call on exactly the graph it would get alone, so a market's
+    clearing depends on its own orders and bids only, ties included (see
+    ``_solve_ortools_batch``): the max-gain allocations of a batch are one
+    such pass, its trial prices another.  A market (or trial) of more than
+    ``_BATCH_MAX_PAIRS`` order x bid pairs keeps a graph built on its own,
+    where numpy's per-market overhead no longer matters.
 
 Gains first, then units
     A pair trades when ``order.duration <= bid.max_duration`` and
@@ -166,6 +174,13 @@ _PRUNE_FROM_ARCS = 20_000
 # Outside OR-Tools' range, markets with at most this many order x bid pairs go to the exact Python
 # solver (well under a second); bigger ones to OR-Tools without the unit weight (_solve_prepared).
 _PYTHON_EXACT_PAIRS = 2_000
+# Markets are cleared in batches of about this many orders and bids (see _batches).
+_BATCH_LOTS = 20_000
+# A problem with more orders x bids than this is solved on its own graph (_solve_ortools_batch):
+# the batch pays where per-market overhead dominates (1k x 10k: ~10 x 100 per market), while at
+# 10k x 100k (~100 x 400 after pruning) it was ~5% slower than row-wise broadcasting per market
+# (~3% for its trial prices alone), and a flood of 100,000 one-unit orders in one market 40% slower.
+_BATCH_MAX_PAIRS = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,18 +269,20 @@ def clear(
     so the result is identical with or without it.  ``price_search_solves``
     is how many candidate trial prices a market whose max-gain allocation
     admits no single price solves exactly (0: only lo; see
-    ``_best_uniform_trial``; the gains each setting keeps and what it costs
+    ``_trial_candidates``; the gains each setting keeps and what it costs
     are measured in docs/PROTOCOL.md and docs/PERFORMANCE.md).
     """
     if price_search_solves < 0:
         raise ValueError("price_search_solves must be >= 0")
     tasks = [(market, mo, mb, price_search_solves) for market, mo, mb in _market_tasks(orders, bids)]
+    # Markets are solved in batches (one OR-Tools call per stage for a batch).  The batches
+    # depend only on the markets, never on the executor, so that the result does not either:
+    # an optimum with ties may depend on the other markets of its batch.
+    batches = _batches(tasks)
     if executor is None:
-        results = [_clear_market_task(t) for t in tasks]
+        results = [r for batch in batches for r in _clear_markets(batch)]
     else:
-        # A few big chunks: per-task pickling overhead dominates small markets.
-        chunk = max(1, len(tasks) // 8)
-        results = list(executor.map(_clear_market_task, tasks, chunksize=chunk))
+        results = [r for batch in executor.map(_clear_markets, batches) for r in batch]
     return Clearing(markets=tuple(r for r in results if r is not None))
 
 
@@ -464,29 +481,71 @@ def _to_matches(orders: Sequence[OrderLot], bids: Sequence[BidLot], alloc: _Allo
     return ms
 
 
-def _clear_market_task(task: _PricedTask) -> MarketClearing | None:
-    """Allocation and uniform price for one market (module-level so it pickles).
+def _batches(tasks: list[_PricedTask]) -> list[list[_PricedTask]]:
+    """Consecutive markets in batches of about ``_BATCH_LOTS`` orders and bids (a market bigger
+    than that is a batch of its own)."""
+    batches: list[list[_PricedTask]] = []
+    lots = _BATCH_LOTS
+    for task in tasks:
+        size = len(task[1]) + len(task[2])
+        if lots + size > _BATCH_LOTS:
+            batches.append([])
+            lots = 0
+        batches[-1].append(task)
+        lots += size
+    return batches
+
+
+def _clear_markets(tasks: list[_PricedTask]) -> list[MarketClearing | None]:
+    """Allocation and uniform price for each market of a batch (module-level so it pickles).
 
     When the max-gain allocation admits one price (every winning bid at most
     every served max price) it is kept.  Otherwise the price comes first: at a
     trial price P only orders with ``max_price >= P`` and bids with
     ``price <= P`` take part, so the restricted optimum trades at P.  The
     trials between hi and lo are searched for the one with the most gains
-    (rule and figures in the module docstring and docs/PROTOCOL.md).
+    (rule and figures in the module docstring and docs/PROTOCOL.md).  Every
+    market's max-gain allocation is one batched solve, and every trial another.
     """
-    market, orders, bids, search_solves = task
-    prepared = _prepare(orders, bids, prune=True)
-    alloc = _solve_prepared(orders, bids, prepared, "auto")
-    if not alloc:
-        return None
+    prepared = [_prepare(orders, bids, prune=True, fields=fields)
+                for (_, orders, bids, _), fields in zip(tasks, _batch_fields(tasks), strict=True)]
+    firsts = _solve_prepared_many([(t[1], t[2], p, None) for t, p in zip(tasks, prepared, strict=True)])
+    # Per market that needs a trial: (its index, lo, hi, candidate prices, ranked candidates).
+    searches: list[tuple[int, int, int, list[int], list[int]]] = []
+    trial_items: list[tuple[Sequence[OrderLot], Sequence[BidLot], _Prepared, int | None]] = []
+    for n, ((_, orders, bids, search_solves), alloc) in enumerate(zip(tasks, firsts, strict=True)):
+        if not alloc:
+            continue
+        lo = max(bids[bi].price for _, bi, _ in alloc)
+        hi = min(orders[oi].max_price for oi, _, _ in alloc)
+        if lo > hi:
+            values, ranked = _trial_candidates(orders, bids, alloc, lo, hi, search_solves)
+            searches.append((n, lo, hi, values, ranked))
+            trial_items += [(orders, bids, prepared[n], values[index]) for index in ranked]
+    trial_allocs = iter(_solve_prepared_many(trial_items))
+    trials: dict[int, tuple[int, _Alloc]] = {}
+    for n, _lo, _hi, values, ranked in searches:
+        _, orders, bids, _ = tasks[n]
+        solved = [(index, next(trial_allocs)) for index in ranked]
+        trials[n] = _best_trial(orders, bids, values, solved)
+    return [
+        _price_market(task, alloc, trials.get(n)) if alloc else None
+        for n, (task, alloc) in enumerate(zip(tasks, firsts, strict=True))
+    ]
+
+
+def _price_market(task: _PricedTask, alloc: _Alloc, trial_solve: tuple[int, _Alloc] | None) -> MarketClearing:
+    """The market's clearing from its max-gain allocation and, when that admits no single
+    price, the trial price chosen and its allocation."""
+    market, orders, bids, _ = task
     lo = max(bids[bi].price for _, bi, _ in alloc)
     hi = min(orders[oi].max_price for oi, _, _ in alloc)
     floor = lo
     dropped: tuple[str, ...] = ()
     trial: int | None = None
-    if lo > hi:
+    if trial_solve is not None:
         served = {oi for oi, _, _ in alloc}
-        trial, alloc = _best_uniform_trial(orders, bids, prepared, alloc, lo, hi, search_solves)
+        trial, alloc = trial_solve
         # Orders below the trial price did not take part: the price stays above them.
         floor = max((o.max_price + 1 for o in orders if o.max_price < trial), default=0)
         dropped = tuple(sorted(orders[oi].key for oi in served if orders[oi].max_price < trial))
@@ -557,16 +616,10 @@ def _useful_bids(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> Iterator
             yield i
 
 
-def _best_uniform_trial(
-    orders: Sequence[OrderLot],
-    bids: Sequence[BidLot],
-    prepared: _Prepared,
-    first: _Alloc,
-    lo: int,
-    hi: int,
-    search_solves: int,
-) -> tuple[int, _Alloc]:
-    """A trial price in [hi, lo] and the exact optimum of the market restricted to it.
+def _trial_candidates(
+    orders: Sequence[OrderLot], bids: Sequence[BidLot], first: _Alloc, lo: int, hi: int, search_solves: int
+) -> tuple[list[int], list[int]]:
+    """The candidate trial prices in [hi, lo], ascending, and the indices of those to solve.
 
     Gains are piecewise constant in P between consecutive order max prices and bid prices, so
     only those values are candidates.  With ``search_solves == 0`` the trial is lo (every
@@ -574,10 +627,10 @@ def _best_uniform_trial(
     Otherwise the candidates are ranked, without a solve, by what ``first`` keeps at P: the
     gains, then units, of its pairs with ``bid price <= P <= order max`` (a feasible allocation
     of the market restricted to P, so a lower bound on its optimum), ties to the lower price;
-    the best ``search_solves`` are solved exactly and the one with the most gains, then units,
-    then the lower price, is kept.  The first-ranked one alone keeps at least what ``first``
-    keeps at any candidate, and at lo that includes the pair of the dearest winning bid, so it
-    trades.  (Measured against solving every candidate in docs/PROTOCOL.md.)
+    the best ``search_solves`` are solved exactly (``_best_trial`` keeps one).  The
+    first-ranked one alone keeps at least what ``first`` keeps at any candidate, and at lo that
+    includes the pair of the dearest winning bid, so it trades.  (Measured against solving
+    every candidate in docs/PROTOCOL.md.)
     """
     values = sorted(
         {o.max_price for o in orders if hi <= o.max_price <= lo}
@@ -585,10 +638,16 @@ def _best_uniform_trial(
         | {lo}
     )
     ranked = _rank_by_kept(orders, bids, first, values)[:search_solves] if search_solves else [len(values) - 1]
+    return values, ranked
+
+
+def _best_trial(orders: Sequence[OrderLot], bids: Sequence[BidLot], values: Sequence[int],
+                solved: Sequence[tuple[int, _Alloc]]) -> tuple[int, _Alloc]:
+    """Of the solved candidates (index into ``values``, exact allocation at that price), the
+    one with the most gains, then units, then the lower price."""
     best: tuple[tuple[int, int, int], int, _Alloc] | None = None
-    for index in ranked:
-        alloc = _solve_prepared(orders, bids, prepared, "auto", trial=values[index])
-        if len(ranked) == 1:  # nothing to compare with (the default): no need to value it
+    for index, alloc in solved:
+        if len(solved) == 1:  # nothing to compare with (the default): no need to value it
             best = ((0, 0, 0), index, alloc)
             break
         key = (_alloc_gains(orders, bids, alloc), sum(units for _, _, units in alloc), -index)
@@ -662,25 +721,67 @@ class _Arrays:
     capacities: np.ndarray
 
 
+# A market's fields as int64 arrays, orders then bids, in the market's order: durations, max
+# prices, units; prices, max durations, capacities.
+_Fields = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _batch_fields(tasks: Sequence[_PricedTask]) -> list[_Fields | None]:
+    """The fields of every market that will not be pruned (``_prepare``), from one
+    ``np.fromiter`` per field over all of them: one per field and market cost as much as the
+    rest of a small market's preparation.  None for a pruned market (its arrays are built from
+    the lots it keeps, a fraction of them) and, for all, when some value is 2**63 or more (each
+    market then builds its own, ``_arrays``)."""
+    small = [len({o.duration for o in task[1]}) * len(task[2]) < _PRUNE_FROM_ARCS for task in tasks]
+    orders = [o for task, is_small in zip(tasks, small, strict=True) if is_small for o in task[1]]
+    bids = [b for task, is_small in zip(tasks, small, strict=True) if is_small for b in task[2]]
+    try:
+        od = np.fromiter((o.duration for o in orders), np.int64, len(orders))
+        om = np.fromiter((o.max_price for o in orders), np.int64, len(orders))
+        ou = np.fromiter((o.units for o in orders), np.int64, len(orders))
+        bp = np.fromiter((b.price for b in bids), np.int64, len(bids))
+        bd = np.fromiter((b.max_duration for b in bids), np.int64, len(bids))
+        bc = np.fromiter((b.capacity for b in bids), np.int64, len(bids))
+    except OverflowError:
+        return [None] * len(tasks)
+    out: list[_Fields | None] = []
+    o_at = b_at = 0
+    for task, is_small in zip(tasks, small, strict=True):
+        if not is_small:
+            out.append(None)
+            continue
+        o_end, b_end = o_at + len(task[1]), b_at + len(task[2])
+        out.append((od[o_at:o_end], om[o_at:o_end], ou[o_at:o_end], bp[b_at:b_end], bd[b_at:b_end], bc[b_at:b_end]))
+        o_at, b_at = o_end, b_end
+    return out
+
 def _arrays(orders: Sequence[OrderLot], bids: Sequence[BidLot], order_ids: list[int],
-            bid_ids: list[int]) -> _Arrays | None:
-    """The fields of the kept orders and bids as int64 arrays, or None when a gain term
-    (duration x max price), the units or a capacity could leave the range where
-    ``_solve_ortools`` works in int64 (such a market keeps the list path and its fallbacks)."""
+            bid_ids: list[int], fields: _Fields | None = None) -> _Arrays | None:
+    """The fields of the kept orders and bids as int64 arrays (taken from ``fields``, the
+    market's own, when given), or None when a gain term (duration x max price), the units or a
+    capacity could leave the range where ``_solve_ortools`` works in int64 (such a market keeps
+    the list path and its fallbacks)."""
     if not order_ids or not bid_ids:
         return None
-    kept_orders = [orders[i] for i in order_ids]
-    kept_bids = [bids[i] for i in bid_ids]
-    n_o, n_b = len(kept_orders), len(kept_bids)
-    try:  # one fromiter per field: far cheaper than an array of tuples on small markets
-        durations = np.fromiter((o.duration for o in kept_orders), np.int64, n_o)
-        max_prices = np.fromiter((o.max_price for o in kept_orders), np.int64, n_o)
-        units = np.fromiter((o.units for o in kept_orders), np.int64, n_o)
-        prices = np.fromiter((b.price for b in kept_bids), np.int64, n_b)
-        max_durations = np.fromiter((b.max_duration for b in kept_bids), np.int64, n_b)
-        capacities = np.fromiter((b.capacity for b in kept_bids), np.int64, n_b)
-    except OverflowError:  # a value of 2**63 or more
-        return None
+    n_o, n_b = len(order_ids), len(bid_ids)
+    if fields is not None:
+        od, om, ou, bp, bd, bc = fields
+        o_pick = slice(None) if n_o == od.size else np.array(order_ids, np.int64)
+        b_pick = slice(None) if n_b == bp.size else np.array(bid_ids, np.int64)
+        durations, max_prices, units = od[o_pick], om[o_pick], ou[o_pick]
+        prices, max_durations, capacities = bp[b_pick], bd[b_pick], bc[b_pick]
+    else:
+        kept_orders = [orders[i] for i in order_ids]
+        kept_bids = [bids[i] for i in bid_ids]
+        try:  # one fromiter per field: far cheaper than an array of tuples on small markets
+            durations = np.fromiter((o.duration for o in kept_orders), np.int64, n_o)
+            max_prices = np.fromiter((o.max_price for o in kept_orders), np.int64, n_o)
+            units = np.fromiter((o.units for o in kept_orders), np.int64, n_o)
+            prices = np.fromiter((b.price for b in kept_bids), np.int64, n_b)
+            max_durations = np.fromiter((b.max_duration for b in kept_bids), np.int64, n_b)
+            capacities = np.fromiter((b.capacity for b in kept_bids), np.int64, n_b)
+        except OverflowError:  # a value of 2**63 or more
+            return None
     max_m = int(max_prices.max())
     if (
         int(durations.max()) * max_m >= _INT64_HEADROOM
@@ -702,8 +803,10 @@ def _arrays(orders: Sequence[OrderLot], bids: Sequence[BidLot], order_ids: list[
     )
 
 
-def _prepare(orders: Sequence[OrderLot], bids: Sequence[BidLot], *, prune: bool) -> _Prepared:
-    """Leaves out the orders no bid can serve and, on big markets, the bids no optimum needs.
+def _prepare(orders: Sequence[OrderLot], bids: Sequence[BidLot], *, prune: bool,
+             fields: _Fields | None = None) -> _Prepared:
+    """Leaves out the orders no bid can serve and, on big markets, the bids no optimum needs
+    (``fields``: the market's fields as arrays, when the caller has them).
 
     Pruning pays for itself only on big markets: below ``_PRUNE_FROM_ARCS`` arcs
     the solver takes the whole graph faster than the pruning would take to
@@ -715,14 +818,14 @@ def _prepare(orders: Sequence[OrderLot], bids: Sequence[BidLot], *, prune: bool)
     if not prune or len({o.duration for o in orders}) * len(bids) < _PRUNE_FROM_ARCS:
         all_o, all_b = list(range(len(orders))), list(range(len(bids)))
         return _Prepared(all_o, all_b, sorted({o.duration for o in orders}), None,
-                         _arrays(orders, bids, all_o, all_b), prune_solves=prune)
+                         _arrays(orders, bids, all_o, all_b, fields), prune_solves=prune)
     servable = _servable_orders(orders, bids)
     if not servable:
         return _Prepared([], [], [], None)
     served_orders = [orders[i] for i in servable]
     keep, needed = _prune(served_orders, bids)
     return _Prepared(servable, keep, sorted({o.duration for o in served_orders}), needed,
-                     _arrays(orders, bids, servable, keep), prune_solves=True)
+                     _arrays(orders, bids, servable, keep, fields), prune_solves=True)
 
 
 def _solve_prepared(
@@ -735,7 +838,7 @@ def _solve_prepared(
     """Exact max-gain allocation of a prepared market; with ``trial``, among the orders with
     ``max_price >= trial`` and the bids priced ``<= trial`` only."""
     if prepared.arrays is not None and solver in ("auto", "ortools"):
-        fast = _solve_prepared_arrays(prepared, prepared.arrays, trial)
+        fast = _solve_prepared_arrays([(prepared, trial)])[0]
         if fast is not None:
             return fast
     order_ids = [i for i in prepared.orders if trial is None or orders[i].max_price >= trial]
@@ -766,36 +869,56 @@ def _solve_prepared(
     return [(order_ids[oi], prepared.bids[bi], units) for oi, bi, units in alloc]
 
 
-def _solve_prepared_arrays(prepared: _Prepared, a: _Arrays, trial: int | None) -> _Alloc | None:
-    """``_solve_prepared`` on the market's arrays: no per-trial lists of lots.  None when
-    OR-Tools cannot take the (restricted) market exactly; the caller then takes the list path,
-    which has the fallbacks."""
-    if trial is None:
-        o_sel = np.arange(a.order_ids.size)
-        bid_count = a.bid_ids.size
-    else:
-        o_sel = np.nonzero(a.max_prices >= trial)[0]
-        bid_count = int(np.searchsorted(a.prices, trial, side="right"))  # kept bids: price order
-    if not o_sel.size or not bid_count:
-        return []
-    od = a.durations[o_sel]
-    needed = None
-    if prepared.needed is not None:
-        columns = np.searchsorted(prepared.durations, np.unique(od))
-        needed = prepared.needed[:bid_count][:, columns]
-    solved = _solve_ortools_arrays(
-        od, a.max_prices[o_sel], a.units[o_sel],
-        a.prices[:bid_count], a.max_durations[:bid_count], a.capacities[:bid_count], needed,
-        # The market-wide mask already holds rule 2 for the whole demand; a trial has less.
-        prune=prepared.prune_solves and (needed is None or trial is not None),
-    )
-    if solved is None:
-        return None
-    oi, bi, units = solved
-    _check_alloc_arrays(od, a.max_prices[o_sel], a.units[o_sel], a.prices[:bid_count],
-                        a.max_durations[:bid_count], a.capacities[:bid_count], oi, bi, units)
-    return list(zip(a.order_ids[o_sel][oi].tolist(), a.bid_ids[bi].tolist(), units.tolist(), strict=True))
+def _solve_prepared_arrays(items: Sequence[tuple[_Prepared, int | None]]) -> list[_Alloc | None]:
+    """``_solve_prepared`` of each (prepared market, trial) on the market's arrays, all in one
+    ``_solve_ortools_batch``: no per-trial lists of lots.  None for an item without arrays or
+    that OR-Tools cannot take exactly; the caller then takes the list path, which has the
+    fallbacks."""
+    out: list[_Alloc | None] = [None] * len(items)
+    problems: list[_Problem] = []
+    batched: list[tuple[int, np.ndarray, _Arrays]] = []
+    for n, (prepared, trial) in enumerate(items):
+        a = prepared.arrays
+        if a is None:
+            continue
+        if trial is None:
+            o_sel = np.arange(a.order_ids.size)
+            bid_count = a.bid_ids.size
+        else:
+            o_sel = np.nonzero(a.max_prices >= trial)[0]
+            bid_count = int(np.searchsorted(a.prices, trial, side="right"))  # kept bids: price order
+        if not o_sel.size or not bid_count:
+            out[n] = []
+            continue
+        od = a.durations[o_sel]
+        needed = None
+        if prepared.needed is not None:
+            columns = np.searchsorted(prepared.durations, np.unique(od))
+            needed = prepared.needed[:bid_count][:, columns]
+        problems.append(_Problem(
+            od, a.max_prices[o_sel], a.units[o_sel], a.prices[:bid_count], a.max_durations[:bid_count],
+            a.capacities[:bid_count], needed,
+            # The market-wide mask already holds rule 2 for the whole demand; a trial has less.
+            prepared.prune_solves and (needed is None or trial is not None),
+        ))
+        batched.append((n, o_sel, a))
+    for (n, o_sel, a), solved in zip(batched, _solve_ortools_batch(problems), strict=True):
+        if solved is not None:
+            oi, bi, units = solved
+            out[n] = list(zip(a.order_ids[o_sel][oi].tolist(), a.bid_ids[bi].tolist(), units.tolist(), strict=True))
+    return out
 
+def _solve_prepared_many(
+    items: Sequence[tuple[Sequence[OrderLot], Sequence[BidLot], _Prepared, int | None]],
+) -> list[_Alloc]:
+    """``_solve_prepared(orders, bids, prepared, "auto", trial)`` of every item, the ones with
+    arrays built and solved as one batch (``_solve_ortools_batch``); an item the batch cannot
+    take exactly goes through ``_solve_prepared`` alone, with its fallbacks."""
+    fast = _solve_prepared_arrays([(prepared, trial) for _, _, prepared, trial in items])
+    return [
+        alloc if alloc is not None else _solve_prepared(orders, bids, prepared, "auto", trial)
+        for alloc, (orders, bids, prepared, trial) in zip(fast, items, strict=True)
+    ]
 
 def _check_alloc_arrays(od: np.ndarray, om: np.ndarray, ou: np.ndarray, bp: np.ndarray, bd: np.ndarray,
                         bc: np.ndarray, oi: np.ndarray, bi: np.ndarray, units: np.ndarray) -> None:
@@ -1146,6 +1269,255 @@ def _solve_ortools_arrays(
     if n_c == n_o:  # one order per class (durations in seconds: the usual case)
         return _pair_single_orders(om, bp, cls, ci, bj, served, sold)
     return _pair_classes(om, bp, cls, ci, bj, served, sold)
+
+
+@dataclass(frozen=True, slots=True)
+class _Problem:
+    """One (restricted) market for ``_solve_ortools_batch``: the arguments of
+    ``_solve_ortools_arrays`` (orders' durations, max prices, units; bids in price order:
+    prices, max durations, capacities; the class mask; whether rule 2 prunes)."""
+
+    od: np.ndarray
+    om: np.ndarray
+    ou: np.ndarray
+    bp: np.ndarray
+    bd: np.ndarray
+    bc: np.ndarray
+    needed: np.ndarray | None
+    prune: bool
+
+
+def _solve_ortools_batch(problems: Sequence[_Problem]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+    """``_solve_ortools_arrays`` of every problem, every graph built in one numpy pass.
+
+    All problems' arrays are concatenated (node ids offset per problem), so the classes, the
+    reachable pairs, pruning rule 2, the cost shift, gcd and unit weight, the bound check, the
+    pairing of flows and the allocation check are each one numpy step for the whole batch: on
+    small markets the Python and numpy overhead of one graph per market cost as much as the
+    solve.  Each problem is then solved by its own OR-Tools call on exactly the graph it would
+    get alone (its own node numbers, arcs in the same order, its own costs), so that a market's
+    allocation never depends on which other markets share its batch, even among tied optima;
+    one call for the disjoint union of the graphs measured no faster (its cost scaling runs
+    more phases) and would make ties depend on the batch.  A problem outside OR-Tools' exact
+    range, or that OR-Tools does not solve to OPTIMAL, gets None (the caller's exact fallbacks
+    take it).  Every problem needs at least one order and one bid, and the caller's range
+    checks (``_arrays``)."""
+    count = len(problems)
+    if not count:
+        return []
+    big = [m for m, p in enumerate(problems) if p.od.size * p.bp.size > _BATCH_MAX_PAIRS]
+    if big:  # solved as before, on their own (row-wise broadcasting beats gathers there)
+        rest = [m for m in range(count) if m not in set(big)]
+        answers: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * count
+        for m, solved in zip(rest, _solve_ortools_batch([problems[m] for m in rest]), strict=True):
+            answers[m] = solved
+        for m in big:
+            p = problems[m]
+            answers[m] = _solve_ortools_arrays(p.od, p.om, p.ou, p.bp, p.bd, p.bc, p.needed, prune=p.prune)
+        return answers
+    n_o = np.fromiter((p.od.size for p in problems), np.int64, count)
+    n_b = np.fromiter((p.bp.size for p in problems), np.int64, count)
+    o_start = np.cumsum(n_o) - n_o
+    b_start = np.cumsum(n_b) - n_b
+    od = np.concatenate([p.od for p in problems])
+    om = np.concatenate([p.om for p in problems])
+    ou = np.concatenate([p.ou for p in problems])
+    bp = np.concatenate([p.bp for p in problems])
+    bd = np.concatenate([p.bd for p in problems])
+    bc = np.concatenate([p.bc for p in problems])
+    o_mk = np.repeat(np.arange(count), n_o)
+    # Classes: the distinct (problem, duration), in problem order then ascending duration, so
+    # a problem's classes are contiguous and in the order of its ``needed`` columns.
+    by_class = np.lexsort((od, o_mk))
+    sorted_mk, sorted_d = o_mk[by_class], od[by_class]
+    starts = np.empty(od.size, bool)
+    starts[:1] = True
+    np.not_equal(sorted_d[1:], sorted_d[:-1], out=starts[1:])
+    starts[1:] |= sorted_mk[1:] != sorted_mk[:-1]
+    cls = np.empty(od.size, np.int64)
+    cls[by_class] = np.cumsum(starts) - 1
+    durs, c_mk = sorted_d[starts], sorted_mk[starts]
+    n_cls = durs.size
+    n_c = np.bincount(c_mk, minlength=count)
+    c_start = np.cumsum(n_c) - n_c
+    class_first = np.nonzero(starts)[0]
+    cls_max_m = np.maximum.reduceat(om[by_class], class_first)
+    # Every class against the bids of its problem it can afford, row by row: bids are in price
+    # order, so those priced at most the class's best max price are a prefix of them (a dearer
+    # bid could only trade at a loss).  The prefix is found with one search over all problems'
+    # prices shifted apart (problem after problem); a problem with a class mask keeps whole rows.
+    last_price = bp[b_start + n_b - 1].tolist()
+    shift_list = [0]
+    for price in last_price[:-1]:
+        shift_list.append(shift_list[-1] + price + 1)
+    has_needed = np.fromiter((p.needed is not None for p in problems), bool, count)
+    if shift_list[-1] + last_price[-1] < _INT64_HEADROOM:
+        shift = np.array(shift_list, np.int64)
+        affordable = np.searchsorted(bp + np.repeat(shift, n_b), cls_max_m + shift[c_mk], side="right")
+        # (clipped: a class priced above every bid of its problem must not reach the next one's)
+        row_len = np.where(has_needed[c_mk], n_b[c_mk], np.minimum(affordable - b_start[c_mk], n_b[c_mk]))
+    else:
+        row_len = n_b[c_mk]
+    row_end = np.cumsum(row_len)
+    row_start = row_end - row_len
+    n_pairs = int(row_end[-1])
+    ci = np.repeat(np.arange(n_cls), row_len)
+    bj = np.arange(n_pairs) - np.repeat(row_start - b_start[c_mk], row_len)
+    lasting = bd[bj] >= np.repeat(durs, row_len)
+    reach = lasting & (bp[bj] <= np.repeat(cls_max_m, row_len))
+    for m in np.nonzero(has_needed)[0].tolist():  # arcs the pruning showed no optimum needs
+        first = int(row_start[c_start[m]])
+        needed = problems[m].needed
+        assert needed is not None
+        reach[first:first + int(n_c[m] * n_b[m])] &= needed.T.ravel()
+    class_units = np.add.reduceat(ou[by_class], class_first)
+    totals = np.add.reduceat(ou, o_start)
+    # Rule 2, where asked, on row-wise running sums of one cumulative sum over every row.  Each
+    # capacity is clipped to its problem's demand (the rule compares sums with demand only, so
+    # the answer is the same) and a problem whose rows could still pass int64 is not pruned
+    # (optional, so still exact); the global sum may wrap, but every difference taken is exact.
+    prune = np.fromiter((p.prune for p in problems), bool, count)
+    prune &= np.fromiter(((int(t) + 1) * (int(b) + 1) < _INT64_HEADROOM for t, b in zip(totals, n_b, strict=True)),
+                         bool, count)
+    if prune.any():
+        cap = np.where(lasting, np.minimum(bc[bj], np.repeat(totals[c_mk], row_len)), 0)
+        running = np.cumsum(cap)
+        nonempty = row_len > 0
+        before_row = np.zeros(n_cls, np.int64)
+        before_row[nonempty] = running[row_start[nonempty]] - cap[row_start[nonempty]]
+        cum_units = np.cumsum(class_units)
+        last_class = (c_start + n_c - 1)[c_mk]
+        demand_from = cum_units[last_class] - cum_units + class_units
+        # The capacity before each bid in its row (a difference: exact even if the sum wrapped).
+        before = running - cap - np.repeat(before_row, row_len)
+        ruled_in = before < np.repeat(demand_from, row_len)
+        reach &= ruled_in if prune.all() else ruled_in | ~np.repeat(prune[c_mk], row_len)
+    ci, bj = ci[reach], bj[reach]
+    # P_d: the first reachable bid of each class is its cheapest (rows are in price order).
+    has_bid = np.zeros(n_cls, bool)
+    has_bid[ci] = True
+    first_arc = np.searchsorted(ci, np.arange(n_cls))
+    ref = np.where(has_bid, bp[bj[np.minimum(first_arc, max(ci.size - 1, 0))]] if ci.size else 0, 0)
+    ref_o = ref[cls]
+    servable = has_bid[cls] & (om >= ref_o)
+    gain_o = np.where(servable, durs[cls] * (om - ref_o), 0)
+    gain_b = durs[ci] * (bp[bj] - ref[ci])
+    a_mk = c_mk[ci]
+    a_count = np.bincount(a_mk, minlength=count)
+    a_start = np.cumsum(a_count) - a_count
+    with_arcs = a_count > 0
+    g = np.gcd.reduceat(gain_o, o_start)
+    top_o = np.maximum.reduceat(gain_o, o_start)
+    top_b = np.zeros(count, np.int64)
+    if ci.size:
+        g[with_arcs] = np.gcd(g[with_arcs], np.gcd.reduceat(gain_b, a_start[with_arcs]))
+        top_b[with_arcs] = np.maximum.reduceat(gain_b, a_start[with_arcs])
+    g[g == 0] = 1
+    weight = np.add.reduceat(np.where(servable, ou, 0), o_start) + 1  # K per problem
+    # OR-Tools' bound, in Python integers, per problem (with all of its classes and bids as
+    # nodes: at least as many as its graph has, so the bound is never looser than OR-Tools').
+    solving = np.zeros(count, bool)
+    answers = [_EMPTY] * count
+    for m, (gm, to, tb, k, has) in enumerate(zip(g.tolist(), top_o.tolist(), top_b.tolist(), weight.tolist(),
+                                                 with_arcs.tolist(), strict=True)):
+        if not has:
+            continue  # no arc: nothing can trade (answers[m] stays empty)
+        top = max((to // gm) * k + 1, (tb // gm) * k)
+        if top <= _INT64_MAX // (2 * (int(n_c[m] + n_b[m]) + 3)):
+            solving[m] = True
+        else:
+            answers[m] = None
+    if not solving.any():
+        return answers
+    keep_arc = solving[a_mk]
+    ci, bj = ci[keep_arc], bj[keep_arc]
+    gain_b = gain_b[keep_arc]
+    servable &= solving[o_mk]
+    # Nodes, problem after problem: its source and sink, then only its classes and bids with an
+    # arc, so that an order no bid can serve (a dust order) changes no node number.
+    members = np.nonzero(solving)[0]
+    class_used = np.zeros(n_cls, bool)
+    class_used[ci] = True
+    bid_used = np.zeros(bp.size, bool)
+    bid_used[bj] = True
+    b_mk = np.repeat(np.arange(count), n_b)
+    used_c = np.bincount(c_mk[class_used], minlength=count)
+    used_b = np.bincount(b_mk[bid_used], minlength=count)
+    node_count = np.where(solving, 2 + used_c + used_b, 0)
+    node_base = np.cumsum(node_count) - node_count
+    class_rank = np.cumsum(class_used) - 1  # among the used classes, over all problems
+    class_node = node_base[c_mk] + 2 + class_rank - (np.cumsum(used_c) - used_c)[c_mk]
+    bid_rank = np.cumsum(bid_used) - 1
+    bid_node = node_base[b_mk] + 2 + used_c[b_mk] + bid_rank - (np.cumsum(used_b) - used_b)[b_mk]
+    served_idx = np.nonzero(servable)[0]
+    used_bids = np.nonzero(bid_used)[0]
+    o_mk_s = o_mk[served_idx]
+    demand = np.add.reduceat(np.where(servable, ou, 0), o_start)
+    n_s, n_a, n_u = served_idx.size, ci.size, used_bids.size
+    tails = np.empty(n_s + n_a + n_u + members.size, np.int64)
+    heads = np.empty(tails.size, np.int64)
+    caps = np.empty(tails.size, np.int64)
+    costs = np.zeros(tails.size, np.int64)
+    e, f, h = n_s, n_s + n_a, n_s + n_a + n_u
+    tails[:e] = node_base[o_mk_s]
+    heads[:e] = class_node[cls[served_idx]]
+    caps[:e] = ou[served_idx]
+    costs[:e] = -(gain_o[served_idx] // g[o_mk_s]) * weight[o_mk_s] - 1
+    tails[e:f] = class_node[ci]
+    heads[e:f] = bid_node[bj]
+    caps[e:f] = bc[bj]
+    arc_mk = c_mk[ci]
+    costs[e:f] = (gain_b // g[arc_mk]) * weight[arc_mk]
+    tails[f:h] = bid_node[used_bids]
+    heads[f:h] = node_base[b_mk[used_bids]] + 1
+    caps[f:h] = bc[used_bids]
+    tails[h:] = node_base[members]
+    heads[h:] = node_base[members] + 1
+    caps[h:] = demand[members]
+    # Each problem's arcs together (the stable sort keeps their order: orders, class -> bid,
+    # bid -> sink, bypass), one OR-Tools call each on its own node numbers.
+    arc_member = np.concatenate([o_mk_s, arc_mk, b_mk[used_bids], members])
+    by_member = np.argsort(arc_member, kind="stable")
+    tails, heads = (tails[by_member] - node_base[arc_member[by_member]]).astype(np.int32), \
+        (heads[by_member] - node_base[arc_member[by_member]]).astype(np.int32)
+    caps, costs = caps[by_member], costs[by_member]
+    arc_bounds = np.searchsorted(arc_member[by_member], np.arange(count + 1)).tolist()
+    flows_by_member = np.empty(by_member.size, np.int64)
+    supplies_at = np.array([0, 1], np.int32)
+    for m, d in zip(members.tolist(), demand[members].tolist(), strict=True):
+        lo, hi = arc_bounds[m], arc_bounds[m + 1]
+        smcf = min_cost_flow.SimpleMinCostFlow()
+        smcf.add_arcs_with_capacity_and_unit_cost(tails[lo:hi], heads[lo:hi], caps[lo:hi], costs[lo:hi])
+        smcf.set_nodes_supplies(supplies_at, np.array([d, -d], np.int64))
+        if smcf.solve() != smcf.OPTIMAL:  # e.g. BAD_COST_RANGE: the caller's exact fallbacks take it
+            answers[m] = None
+            solving[m] = False
+            flows_by_member[lo:hi] = 0
+            continue
+        flows_by_member[lo:hi] = smcf.flows(np.arange(hi - lo, dtype=np.int32))
+    flows = np.empty(by_member.size, np.int64)
+    flows[by_member] = flows_by_member
+    served = np.zeros(od.size, np.int64)
+    served[served_idx] = flows[:n_s]
+    sold = flows[n_s:f]
+    pair = _pair_single_orders if n_cls == od.size else _pair_classes
+    which_o, which_b, units = pair(om, bp, cls, ci, bj, served, sold)
+    _check_alloc_arrays(od, om, ou, bp, bd, bc, which_o, which_b, units)
+    # Back to each problem's own indices, problem by problem.
+    which_mk = o_mk[which_o]
+    if (b_mk[which_b] != which_mk).any():
+        raise RuntimeError("solver matched an order with a bid of another market")
+    by_problem = np.argsort(which_mk, kind="stable")
+    which_mk, which_o, which_b = which_mk[by_problem], which_o[by_problem], which_b[by_problem]
+    units = units[by_problem]
+    which_o -= o_start[which_mk]
+    which_b -= b_start[which_mk]
+    bounds = np.searchsorted(which_mk, np.arange(count + 1)).tolist()
+    for m in np.nonzero(solving)[0].tolist():
+        lo, hi = bounds[m], bounds[m + 1]
+        answers[m] = (which_o[lo:hi], which_b[lo:hi], units[lo:hi])
+    return answers
+
 
 
 def _classes(durations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
