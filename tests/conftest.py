@@ -6,13 +6,11 @@ plus whatever the session fixtures set up.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import itertools
 from dataclasses import dataclass
 
 import pytest
-from ape.exceptions import UnknownSnapshotError
 
 from underbid.devnet.deploy import DeployParams, deploy_protocol
 from underbid.protocol.eip712 import Bid, Domain, Order
@@ -258,30 +256,6 @@ def market(chain, deployer, matcher, ubt, credit, bme, settlement, domain, param
     return Market(chain, deployer, matcher, ubt, credit, bme, settlement, domain, params)
 
 
-@pytest.fixture(scope="module")
-def _funded_once(chain, market, buyers, providers, outsider, court, timelock):
-    """The funding behind `funded`, done once per test module (~35 transactions, 1-2 s a test
-    when it was done for every test).
-
-    Every test still starts from exactly this state: ape snapshots the chain at the start of each
-    test, after the module's fixtures, and reverts to it at the end. The module's end reverts to
-    a snapshot taken before the funding, here, explicitly: ape's own module snapshot is not relied
-    on (a module-scoped funding once leaked stake into the next test files). `outsider`, `court`
-    and `timelock` (no state of their own) are here so that they exist before ape's module
-    snapshot: a session fixture first met after it makes ape revert and fund again ("rebase").
-    """
-    before = chain.snapshot()
-    for buyer in buyers:
-        market.fund_buyer(buyer, 1_000 * UBC)
-    for provider in providers:
-        market.stake_provider(provider, 8)
-    yield
-    # UnknownSnapshotError: ape already reverted past it (a rebase, when a test brought in a new
-    # session fixture), which undid the funding too; ape then funded again through this fixture.
-    with contextlib.suppress(UnknownSnapshotError):
-        chain.restore(before)
-
-
 #: The slowest test files, slowest first (about 50-110 s each on the CI machine, Dec 2026): they
 #: run first, so that the two pytest-xdist workers of scripts/test.sh (--dist loadfile
 #: --no-loadscope-reorder: whole files, in this order) end together on the short files instead
@@ -304,25 +278,33 @@ SLOWEST_FIRST = (
 
 
 def pytest_collection_modifyitems(session, config, items):
-    # The slowest files first (SLOWEST_FIRST), then the others in their usual order. Within each
-    # file, the tests that use `funded` run after the others: from the first of them to the end
-    # of the file the chain holds the module's funding (see `_funded_once`), which the others must
-    # not see. (A stable sort: each file's tests stay together, in their own order otherwise.)
+    # The slowest files first (SLOWEST_FIRST), then the others in their usual order. (A stable
+    # sort: each file's tests stay together, in their own order.)
     rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
     first: dict[str, int] = {}
     for index, item in enumerate(items):
         first.setdefault(item.nodeid.split("::")[0], index)
 
-    def key(item) -> tuple[int, int, bool]:
+    def key(item) -> tuple[int, int]:
         path = item.nodeid.split("::")[0]
-        return rank.get(path, len(SLOWEST_FIRST)), first[path], "_funded_once" in item.fixturenames
+        return rank.get(path, len(SLOWEST_FIRST)), first[path]
 
     items.sort(key=key)
 
 
 @pytest.fixture
-def funded(_funded_once, market) -> Market:
-    """Every buyer holds 1,000 UBC of free escrow and every provider 8 units of stake."""
+def funded(market, buyers, providers) -> Market:
+    """Every buyer holds 1,000 UBC of free escrow and every provider 8 units of stake.
+
+    NOTE: function-scoped on purpose: ape does not roll back module-scoped fixture state when the
+    module ends, so a module-scoped version leaks stake into the next test files. (A module-scoped
+    funding with its own snapshot was tried: it saved ~2 minutes of test time but failed two
+    challenge-window tests by 2 s in a whole-suite run only, through ape's fixture "rebase".)
+    """
+    for buyer in buyers:
+        market.fund_buyer(buyer, 1_000 * UBC)
+    for provider in providers:
+        market.stake_provider(provider, 8)
     return market
 
 
