@@ -149,6 +149,7 @@ from typing import Literal
 import numpy as np
 from ortools.graph.python import min_cost_flow
 
+from underbid.matcher import netsimplex
 from underbid.protocol.pricing import PriceRule
 
 __all__ = [
@@ -1486,6 +1487,10 @@ def _solve_ortools_batch(problems: Sequence[_Problem]) -> list[tuple[np.ndarray,
     supplies_at = np.array([0, 1], np.int32)
     for m, d in zip(members.tolist(), demand[members].tolist(), strict=True):
         lo, hi = arc_bounds[m], arc_bounds[m + 1]
+        native = netsimplex.solve(int(node_count[m]), tails[lo:hi], heads[lo:hi], caps[lo:hi], costs[lo:hi], 0, 1, d)
+        if native is not None:
+            flows_by_member[lo:hi] = native
+            continue
         smcf = min_cost_flow.SimpleMinCostFlow()
         smcf.add_arcs_with_capacity_and_unit_cost(tails[lo:hi], heads[lo:hi], caps[lo:hi], costs[lo:hi])
         smcf.set_nodes_supplies(supplies_at, np.array([d, -d], np.int64))
