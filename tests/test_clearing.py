@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import cache
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from underbid.matcher import clearing
+from underbid.matcher import clearing, netsimplex
 from underbid.matcher.clearing import (
     BidLot,
     Clearing,
@@ -1140,6 +1141,30 @@ def test_a_market_clears_the_same_in_any_batch(inst: tuple[list[OrderLot], list[
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(clearing, "_BATCH_LOTS", 1)
         assert clear(orders, bids) == together
+
+
+@MEDIUM
+@given(medium)
+def test_trials_pivoting_on_from_the_max_gain_optimum_are_exact(inst: tuple[list[OrderLot], list[BidLot]]) -> None:
+    """Every market on the path of big ones (``_BATCH_MAX_PAIRS`` 0): its max-gain graph kept
+    in the network simplex and each trial price solved from that optimum, its excluded orders
+    and bids forbidden.  Every constraint holds, each trial's matches included (check_clearing
+    solves each restricted market exactly), and the kept graphs were really used."""
+    orders, bids = inst
+    forbidden_sets: list[int] = []
+    forbid = netsimplex.Graph.forbid
+
+    def counting_forbid(graph: netsimplex.Graph, forbidden: np.ndarray) -> None:
+        forbidden_sets.append(int(forbidden.sum()))
+        forbid(graph, forbidden)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(clearing, "_BATCH_MAX_PAIRS", 0)
+        patch.setattr(netsimplex.Graph, "forbid", counting_forbid)
+        result = clear(orders, bids)
+        check_clearing(result, orders, bids)  # (its max-gain solves on the same path)
+    assert len(forbidden_sets) == sum(mc.trial_price is not None for mc in result.markets)  # (clear's own)
+    assert all(count > 0 for count in forbidden_sets)  # a trial always leaves someone out
 
 
 def test_batch_with_markets_near_the_int64_bound() -> None:

@@ -218,3 +218,41 @@ def test_clearing_keeps_the_optimum_of_ortools(lots: tuple[list[OrderLot], list[
 @pytest.fixture(scope="module")
 def monkeypatch_module() -> pytest.MonkeyPatch:
     return pytest.MonkeyPatch()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs(bypass=True), st.data())
+def test_forbidding_arcs_equals_removing_them(graph: tuple[int, list[Arc], int], data: st.DataObject) -> None:
+    """A kept graph solved, then solved again from its optimum with arcs forbidden (twice: the
+    second set replaces the first): each time the optimum of the graph without those arcs, with
+    no flow on them.  The bypass is never forbidden, so a flow that avoids them exists."""
+    n_nodes, arcs, supply = graph
+    with netsimplex.Graph(n_nodes, *_arrays(arcs), 0, n_nodes - 1, supply) as kept:
+        status, flows = kept.solve()
+        assert status is Status.OPTIMAL and flows is not None
+        assert _check_flow(n_nodes, arcs, flows, 0, n_nodes - 1, supply) == _ortools(n_nodes, arcs, 0, n_nodes - 1,
+                                                                                   supply)
+        for _ in range(2):
+            mask = data.draw(st.lists(st.booleans(), min_size=len(arcs), max_size=len(arcs)))
+            mask[-1] = False
+            forbidden = np.array(mask, bool)
+            kept.forbid(forbidden)
+            status, flows = kept.solve()
+            assert status is Status.OPTIMAL and flows is not None
+            assert not flows[forbidden].any()
+            allowed = [arc for arc, off in zip(arcs, mask, strict=True) if not off]
+            expected = _ortools(n_nodes, allowed, 0, n_nodes - 1, supply)
+            assert _check_flow(n_nodes, arcs, flows, 0, n_nodes - 1, supply) == expected
+
+
+def test_kept_graph_errors_are_named() -> None:
+    tails, heads, caps, costs = _arrays([(0, 1, 1, 0)])
+    with pytest.raises(ValueError, match="bad graph"):
+        netsimplex.Graph(2, tails, np.array([5], np.int32), caps, costs, 0, 1, 1)
+    kept = netsimplex.Graph(2, tails, heads, caps, costs, 0, 1, 1)
+    with pytest.raises(ValueError, match="one flag per arc"):
+        kept.forbid(np.zeros(3, bool))
+    kept.close()
+    kept.close()  # twice is harmless
+    with pytest.raises(ValueError, match="closed"):
+        kept.solve()

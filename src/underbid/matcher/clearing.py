@@ -510,7 +510,17 @@ def _clear_markets(tasks: list[_PricedTask]) -> list[MarketClearing | None]:
     """
     prepared = [_prepare(orders, bids, prune=True, fields=fields)
                 for (_, orders, bids, _), fields in zip(tasks, _batch_fields(tasks), strict=True)]
-    firsts = _solve_prepared_many([(t[1], t[2], p, None) for t, p in zip(tasks, prepared, strict=True)])
+    warm = _WarmMarkets()
+    try:
+        return _clear_prepared(tasks, prepared, warm)
+    finally:
+        warm.close()
+
+
+def _clear_prepared(tasks: list[_PricedTask], prepared: list[_Prepared],
+                    warm: _WarmMarkets) -> list[MarketClearing | None]:
+    """``_clear_markets`` once the markets are prepared."""
+    firsts = _solve_prepared_many([(t[1], t[2], p, None) for t, p in zip(tasks, prepared, strict=True)], warm)
     # Per market that needs a trial: (its index, lo, hi, candidate prices, ranked candidates).
     searches: list[tuple[int, int, int, list[int], list[int]]] = []
     trial_items: list[tuple[Sequence[OrderLot], Sequence[BidLot], _Prepared, int | None]] = []
@@ -523,7 +533,7 @@ def _clear_markets(tasks: list[_PricedTask]) -> list[MarketClearing | None]:
             values, ranked = _trial_candidates(orders, bids, alloc, lo, hi, search_solves)
             searches.append((n, lo, hi, values, ranked))
             trial_items += [(orders, bids, prepared[n], values[index]) for index in ranked]
-    trial_allocs = iter(_solve_prepared_many(trial_items))
+    trial_allocs = iter(_solve_prepared_many(trial_items, warm))
     trials: dict[int, tuple[int, _Alloc]] = {}
     for n, _lo, _hi, values, ranked in searches:
         _, orders, bids, _ = tasks[n]
@@ -870,11 +880,13 @@ def _solve_prepared(
     return [(order_ids[oi], prepared.bids[bi], units) for oi, bi, units in alloc]
 
 
-def _solve_prepared_arrays(items: Sequence[tuple[_Prepared, int | None]]) -> list[_Alloc | None]:
+def _solve_prepared_arrays(items: Sequence[tuple[_Prepared, int | None]],
+                           warm: _WarmMarkets | None = None) -> list[_Alloc | None]:
     """``_solve_prepared`` of each (prepared market, trial) on the market's arrays, all in one
     ``_solve_ortools_batch``: no per-trial lists of lots.  None for an item without arrays or
     that OR-Tools cannot take exactly; the caller then takes the list path, which has the
-    fallbacks."""
+    fallbacks.  With ``warm``, a market of more than ``_BATCH_MAX_PAIRS`` order x bid pairs
+    is solved in the network simplex and kept there for its trial prices (``_WarmMarkets``)."""
     out: list[_Alloc | None] = [None] * len(items)
     problems: list[_Problem] = []
     batched: list[tuple[int, np.ndarray, _Arrays]] = []
@@ -891,6 +903,20 @@ def _solve_prepared_arrays(items: Sequence[tuple[_Prepared, int | None]]) -> lis
         if not o_sel.size or not bid_count:
             out[n] = []
             continue
+        if a.order_ids.size * a.bid_ids.size > _BATCH_MAX_PAIRS and netsimplex.available():
+            # The max-gain graph of a big market is solved there whether or not it is kept
+            # (``max_gain_allocation`` gets the allocation ``clear`` prices); a trial is solved
+            # there only from a kept graph.
+            keeper = warm if warm is not None else _WarmMarkets()
+            try:
+                out[n] = (keeper.first(id(prepared), a, prepared.needed,
+                                       prepared.prune_solves and prepared.needed is None)
+                          if trial is None else keeper.trial(id(prepared), a, trial))
+            finally:
+                if keeper is not warm:
+                    keeper.close()
+            if out[n] is not None:
+                continue
         od = a.durations[o_sel]
         needed = None
         if prepared.needed is not None:
@@ -911,11 +937,12 @@ def _solve_prepared_arrays(items: Sequence[tuple[_Prepared, int | None]]) -> lis
 
 def _solve_prepared_many(
     items: Sequence[tuple[Sequence[OrderLot], Sequence[BidLot], _Prepared, int | None]],
+    warm: _WarmMarkets | None = None,
 ) -> list[_Alloc]:
     """``_solve_prepared(orders, bids, prepared, "auto", trial)`` of every item, the ones with
-    arrays built and solved as one batch (``_solve_ortools_batch``); an item the batch cannot
-    take exactly goes through ``_solve_prepared`` alone, with its fallbacks."""
-    fast = _solve_prepared_arrays([(prepared, trial) for _, _, prepared, trial in items])
+    arrays built and solved as one batch (``_solve_ortools_batch``, or ``warm``); an item the
+    batch cannot take exactly goes through ``_solve_prepared`` alone, with its fallbacks."""
+    fast = _solve_prepared_arrays([(prepared, trial) for _, _, prepared, trial in items], warm)
     return [
         alloc if alloc is not None else _solve_prepared(orders, bids, prepared, "auto", trial)
         for alloc, (orders, bids, prepared, trial) in zip(fast, items, strict=True)
@@ -1200,6 +1227,56 @@ def _solve_ortools_arrays(
     ``prune``, the arcs pruning rule 2 rules out in exactly this market are left out too: on a
     small market that is the only pruning done (cheaper than the solve it shrinks), and at a
     trial price it uses the trial's smaller demand, which the market-wide ``needed`` cannot."""
+    graph = _flow_graph(od, om, ou, bp, bd, bc, needed, units_second=units_second, prune=prune)
+    if graph is None or graph.arc_bids.size == 0:
+        return None if graph is None else _EMPTY
+    smcf = min_cost_flow.SimpleMinCostFlow()
+    smcf.add_arcs_with_capacity_and_unit_cost(graph.tails, graph.heads, graph.caps, graph.costs)
+    smcf.set_nodes_supplies(
+        np.array([0, graph.n_nodes - 1], np.int32), np.array([graph.supply, -graph.supply], np.int64)
+    )
+    if smcf.solve() != smcf.OPTIMAL:
+        return None  # e.g. BAD_COST_RANGE from its potentials: the exact Python solver takes over
+    return graph.pair(np.asarray(smcf.flows(np.arange(graph.paired_arcs, dtype=np.int32))))
+
+
+@dataclass(frozen=True, slots=True)
+class _FlowGraph:
+    """One market's min-cost flow graph (``_flow_graph``): arcs source -> class of each order,
+    class -> bid, bid -> sink of each bid, then the bypass; node 0 is the source, the last the
+    sink."""
+
+    n_nodes: int
+    tails: np.ndarray  # int32
+    heads: np.ndarray  # int32
+    caps: np.ndarray
+    costs: np.ndarray
+    supply: int  # every order's servable units, the bypass's capacity
+    order_class: np.ndarray  # each order's class (its first arc)
+    max_prices: np.ndarray
+    prices: np.ndarray
+    arc_classes: np.ndarray  # class -> bid arcs: their class and bid
+    arc_bids: np.ndarray
+
+    @property
+    def paired_arcs(self) -> int:
+        """The arcs whose flows pair orders with bids: the orders' and the class -> bid arcs."""
+        return self.order_class.size + self.arc_bids.size
+
+    def pair(self, flows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The allocation (order index, bid index, units) of an optimal flow (at least its
+        first ``paired_arcs`` values)."""
+        n_o = self.order_class.size
+        served, sold = flows[:n_o], flows[n_o:self.paired_arcs]
+        pair = _pair_single_orders if int(self.order_class.max()) + 1 == n_o else _pair_classes
+        return pair(self.max_prices, self.prices, self.order_class, self.arc_classes, self.arc_bids, served, sold)
+
+
+def _flow_graph(
+    od: np.ndarray, om: np.ndarray, ou: np.ndarray, bp: np.ndarray, bd: np.ndarray, bc: np.ndarray,
+    needed: np.ndarray | None, *, units_second: bool, prune: bool,
+) -> _FlowGraph | None:
+    """The graph ``_solve_ortools_arrays`` solves, or None outside OR-Tools' exact range."""
     n_o, n_b = od.size, bp.size
     total = int(ou.sum())
     durs, cls = _classes(od)
@@ -1215,8 +1292,11 @@ def _solve_ortools_arrays(
     if prune:
         reach &= _rule_two(lasting, cls, ou, bc)
     ci, bj = np.nonzero(reach)
+    n_nodes = n_c + n_b + 2
     if ci.size == 0:
-        return _EMPTY
+        empty = np.zeros(0, np.int64)
+        return _FlowGraph(n_nodes, empty.astype(np.int32), empty.astype(np.int32), empty, empty, 0, cls, om, bp,
+                          empty, empty)
     # P_d: bids are sorted by price and np.nonzero walks rows in order, so the first reachable
     # bid of each class is its cheapest.
     has_bid = np.zeros(n_c, bool)
@@ -1230,7 +1310,6 @@ def _solve_ortools_arrays(
     gain_o = np.where(servable, durs[cls] * (om - ref_o), 0)
     gain_b = durs[ci] * (bp[bj] - ref[ci])
     g = int(np.gcd.reduce(np.concatenate([gain_o, gain_b]))) or 1
-    n_nodes = n_c + n_b + 2
     weight = int(ou[servable].sum()) + 1 if units_second else 1  # K
     bonus = 1 if units_second else 0
     limit = _INT64_MAX // (2 * (n_nodes + 1))
@@ -1257,19 +1336,68 @@ def _solve_ortools_arrays(
     caps[f:-1] = bc
     tails[-1] = src
     caps[-1] = total
-    smcf = min_cost_flow.SimpleMinCostFlow()
-    smcf.add_arcs_with_capacity_and_unit_cost(tails, heads, caps, costs)
-    smcf.set_nodes_supplies(
-        np.array([src, sink], np.int32), np.array([total, -total], np.int64)
-    )
-    if smcf.solve() != smcf.OPTIMAL:
-        return None  # e.g. BAD_COST_RANGE from its potentials: the exact Python solver takes over
-    flows = np.asarray(smcf.flows(np.arange(f, dtype=np.int32)))
-    served = flows[:n_o]
-    sold = flows[n_o:]
-    if n_c == n_o:  # one order per class (durations in seconds: the usual case)
-        return _pair_single_orders(om, bp, cls, ci, bj, served, sold)
-    return _pair_classes(om, bp, cls, ci, bj, served, sold)
+    return _FlowGraph(n_nodes, tails, heads, caps, costs, total, cls, om, bp, ci, bj)
+
+
+class _WarmMarkets:
+    """Big markets' max-gain graphs, kept in the network simplex for their trial prices.
+
+    A trial price P keeps the orders with ``max_price >= P`` and the bids priced ``<= P``.  Its
+    exact optimum is the max-gain graph's once the others' arcs are forbidden (the bypass keeps
+    a flow that avoids them feasible), so each trial pivots on from the max-gain optimum instead
+    of solving from scratch.  The gains and units are those of the trial's own graph: the costs
+    split each pair's gain the same way whatever the reference prices, the gcd only scales
+    them, and the unit weight (the market's servable units + 1) still exceeds the units any
+    trial can match.  The market-wide pruning stays valid for every trial (module docstring).
+    """
+
+    def __init__(self) -> None:
+        self._graphs: dict[int, tuple[_FlowGraph, netsimplex.Graph]] = {}
+
+    def first(self, key: int, a: _Arrays, needed: np.ndarray | None, prune: bool) -> _Alloc | None:
+        """The max-gain allocation of the market ``key`` (None: solve it otherwise)."""
+        graph = _flow_graph(a.durations, a.max_prices, a.units, a.prices, a.max_durations, a.capacities, needed,
+                            units_second=True, prune=prune)
+        if graph is None or graph.arc_bids.size == 0:
+            return None
+        solver = netsimplex.Graph(graph.n_nodes, graph.tails, graph.heads, graph.caps, graph.costs, 0,
+                                  graph.n_nodes - 1, graph.supply)
+        status, flows = solver.solve()
+        if flows is None:  # gave up (its pivot bound): OR-Tools takes the market
+            solver.close()
+            return None
+        self._graphs[key] = (graph, solver)
+        return self._alloc(a, graph, flows)
+
+    def trial(self, key: int, a: _Arrays, trial: int) -> _Alloc | None:
+        """The allocation of the market ``key`` at the trial price (None: solve it otherwise)."""
+        kept = self._graphs.get(key)
+        if kept is None:
+            return None
+        graph, solver = kept
+        n_o, f = graph.order_class.size, graph.paired_arcs
+        forbidden = np.zeros(graph.tails.size, bool)
+        forbidden[:n_o] = graph.max_prices < trial
+        forbidden[f:f + graph.prices.size] = graph.prices > trial  # each bid's arc to the sink
+        solver.forbid(forbidden)
+        status, flows = solver.solve()
+        if flows is None:
+            return None
+        if flows[forbidden].any():
+            raise RuntimeError("the trial's optimum uses an order or bid the trial price excludes")
+        return self._alloc(a, graph, flows)
+
+    @staticmethod
+    def _alloc(a: _Arrays, graph: _FlowGraph, flows: np.ndarray) -> _Alloc:
+        oi, bi, units = graph.pair(flows)
+        _check_alloc_arrays(a.durations, a.max_prices, a.units, a.prices, a.max_durations, a.capacities,
+                            oi, bi, units)
+        return list(zip(a.order_ids[oi].tolist(), a.bid_ids[bi].tolist(), units.tolist(), strict=True))
+
+    def close(self) -> None:
+        for _, solver in self._graphs.values():
+            solver.close()
+        self._graphs.clear()
 
 
 @dataclass(frozen=True, slots=True)

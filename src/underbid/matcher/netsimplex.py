@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Status", "available", "build", "solve"]
+__all__ = ["Graph", "Status", "available", "build", "solve", "solve_status"]
 
 _SOURCE = Path(__file__).with_name("netsimplex.c")
 _FLAGS = ("-O2", "-shared", "-fPIC", "-std=gnu11")
@@ -91,24 +91,109 @@ _I32 = np.ctypeslib.ndpointer(np.int32, flags="C_CONTIGUOUS")
 _I64 = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
 
 
+_U8 = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
+
+
 @functools.cache
-def _function() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]  # ctypes' private base class
+def _library() -> ctypes.CDLL | None:
     try:
         library = ctypes.CDLL(str(build()))
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as error:
         warnings.warn(f"the compiled network simplex is unavailable ({error}); clearing uses OR-Tools alone",
                       RuntimeWarning, stacklevel=3)
         return None
-    function = library.ns_min_cost_flow
-    function.argtypes = [ctypes.c_int32, ctypes.c_int32, _I32, _I32, _I64, _I64, ctypes.c_int32,
-                         ctypes.c_int32, ctypes.c_int64, ctypes.c_int64, _I64]
-    function.restype = ctypes.c_int
-    return function
+    graph_args: list[type] = [ctypes.c_int32, ctypes.c_int32, _I32, _I32, _I64, _I64, ctypes.c_int32,
+                              ctypes.c_int32, ctypes.c_int64]
+    library.ns_min_cost_flow.argtypes = [*graph_args, ctypes.c_int64, _I64]
+    library.ns_min_cost_flow.restype = ctypes.c_int
+    library.ns_new.argtypes = [*graph_args, ctypes.POINTER(ctypes.c_int)]
+    library.ns_new.restype = ctypes.c_void_p
+    library.ns_run.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    library.ns_run.restype = ctypes.c_int
+    library.ns_flows.argtypes = [ctypes.c_void_p, _I64]
+    library.ns_flows.restype = None
+    library.ns_reprice.argtypes = [ctypes.c_void_p, _U8]
+    library.ns_reprice.restype = ctypes.c_int
+    library.ns_free.argtypes = [ctypes.c_void_p]
+    library.ns_free.restype = None
+    return library
 
 
 def available() -> bool:
     """Whether the compiled solver is built and loaded (building it on first call)."""
-    return _function() is not None
+    return _library() is not None
+
+
+def _default_pivots(n_nodes: int, n_arcs: int) -> int:
+    return _PIVOTS_PER_ELEMENT * (n_nodes + n_arcs) + 1_000
+
+
+class Graph:
+    """One graph kept in the solver, to be solved again from its last optimum (a warm start)
+    after some arcs are forbidden (:meth:`forbid`): what a clearing's trial price is to its
+    max-gain graph.  Use as a context manager, or :meth:`close` it.
+
+    Raises ``RuntimeError`` when the solver is not available, ``ValueError`` for a graph the
+    solver refuses (an arc out of range, a loop, a negative capacity or supply).
+    """
+
+    def __init__(self, n_nodes: int, tails: np.ndarray, heads: np.ndarray, caps: np.ndarray,
+                 costs: np.ndarray, source: int, sink: int, supply: int) -> None:
+        library = _library()
+        if library is None:
+            raise RuntimeError("the compiled network simplex is not available")
+        self._library = library
+        self.n_arcs = int(tails.size)
+        self._max_pivots = _default_pivots(n_nodes, self.n_arcs)
+        status = ctypes.c_int(0)
+        handle = library.ns_new(n_nodes, self.n_arcs, np.ascontiguousarray(tails, np.int32),
+                                np.ascontiguousarray(heads, np.int32), np.ascontiguousarray(caps, np.int64),
+                                np.ascontiguousarray(costs, np.int64), source, sink, supply, ctypes.byref(status))
+        if not handle:
+            if Status(status.value) is Status.NO_MEMORY:
+                raise MemoryError("network simplex: out of memory")
+            raise ValueError("network simplex: bad graph (an arc out of range, a loop, or a negative "
+                             "capacity or supply)")
+        self._handle: int | None = handle
+
+    def solve(self, max_pivots: int | None = None) -> tuple[Status, np.ndarray | None]:
+        """Pivot to an optimum from where the graph is: the status, and the flow when OPTIMAL."""
+        handle = self._live()
+        status = Status(self._library.ns_run(handle, self._max_pivots if max_pivots is None else max_pivots))
+        if status is not Status.OPTIMAL:
+            return status, None
+        flows = np.empty(self.n_arcs, np.int64)
+        self._library.ns_flows(handle, flows)
+        return status, flows
+
+    def forbid(self, forbidden: np.ndarray) -> None:
+        """From now on the arcs where ``forbidden`` (bool, one per arc) is set cost more than any
+        gain (the caller's costs otherwise, whatever was forbidden before): an optimum carries
+        no flow on them when any feasible flow can avoid them."""
+        if forbidden.shape != (self.n_arcs,):
+            raise ValueError(f"forbid: one flag per arc ({self.n_arcs}), got shape {forbidden.shape}")
+        if Status(self._library.ns_reprice(self._live(), np.ascontiguousarray(forbidden, np.uint8))) \
+                is not Status.OPTIMAL:
+            raise MemoryError("network simplex: out of memory")
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._library.ns_free(self._handle)
+            self._handle = None
+
+    def _live(self) -> int:
+        if self._handle is None:
+            raise ValueError("network simplex: the graph is closed")
+        return self._handle
+
+    def __enter__(self) -> Graph:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def solve_status(
@@ -123,14 +208,14 @@ def solve_status(
     size, past which the status is GAVE_UP.  Raises ``RuntimeError`` when the solver is not
     available (see :func:`available`).
     """
-    function = _function()
-    if function is None:
+    library = _library()
+    if library is None:
         raise RuntimeError("the compiled network simplex is not available")
     n_arcs = int(tails.size)
     if max_pivots is None:
-        max_pivots = _PIVOTS_PER_ELEMENT * (n_nodes + n_arcs) + 1_000
+        max_pivots = _default_pivots(n_nodes, n_arcs)
     flows = np.empty(n_arcs, np.int64)
-    status = Status(function(n_nodes, n_arcs, np.ascontiguousarray(tails, np.int32),
+    status = Status(library.ns_min_cost_flow(n_nodes, n_arcs, np.ascontiguousarray(tails, np.int32),
                              np.ascontiguousarray(heads, np.int32), np.ascontiguousarray(caps, np.int64),
                              np.ascontiguousarray(costs, np.int64), source, sink, supply, max_pivots, flows))
     return status, flows if status is Status.OPTIMAL else None
@@ -142,6 +227,6 @@ def solve(
 ) -> np.ndarray | None:
     """A min-cost flow (see :func:`solve_status`), or None when the solver is not available or
     did not reach OPTIMAL (the caller then solves with OR-Tools)."""
-    if _function() is None:
+    if _library() is None:
         return None
     return solve_status(n_nodes, tails, heads, caps, costs, source, sink, supply)[1]
