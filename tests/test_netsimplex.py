@@ -256,3 +256,29 @@ def test_kept_graph_errors_are_named() -> None:
     kept.close()  # twice is harmless
     with pytest.raises(ValueError, match="closed"):
         kept.solve()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(graphs(), min_size=1, max_size=6))
+def test_many_graphs_in_one_call_solve_as_each_alone(many: list[tuple[int, list[Arc], int]]) -> None:
+    """The batch call (each graph's arcs one slice, its own node numbers): each graph's status
+    and optimum as when solved alone."""
+    starts = np.cumsum([0] + [len(arcs) for _, arcs, _ in many]).astype(np.int64)
+    # The same source and sink for all: node 0 and node 1 (each graph's own numbering).
+    renumbered = [[(_swap(t, n), _swap(h, n), c, k) for t, h, c, k in arcs] for n, arcs, _ in many]
+    all_arcs = [arc for arcs in renumbered for arc in arcs]
+    result = netsimplex.solve_many(np.array([n for n, _, _ in many], np.int32), starts, *_arrays(all_arcs), 0, 1,
+                                   np.array([s for _, _, s in many], np.int64))
+    assert result is not None
+    statuses, flows = result
+    for position, ((n_nodes, _, supply), arcs) in enumerate(zip(many, renumbered, strict=True)):
+        alone_status, _ = netsimplex.solve_status(n_nodes, *_arrays(arcs), 0, 1, supply)
+        assert statuses[position] is alone_status
+        if alone_status is Status.OPTIMAL:
+            own = flows[starts[position]:starts[position + 1]]
+            assert _check_flow(n_nodes, arcs, own, 0, 1, supply) == _ortools(n_nodes, arcs, 0, 1, supply)
+
+
+def _swap(node: int, n_nodes: int) -> int:
+    """Node numbers with the last node (the strategy's sink) and node 1 exchanged."""
+    return 1 if node == n_nodes - 1 else n_nodes - 1 if node == 1 else node

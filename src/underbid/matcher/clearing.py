@@ -1613,11 +1613,16 @@ def _solve_ortools_batch(problems: Sequence[_Problem]) -> list[tuple[np.ndarray,
     arc_bounds = np.searchsorted(arc_member[by_member], np.arange(count + 1)).tolist()
     flows_by_member = np.empty(by_member.size, np.int64)
     supplies_at = np.array([0, 1], np.int32)
-    for m, d in zip(members.tolist(), demand[members].tolist(), strict=True):
+    # Every graph in the network simplex in one call; OR-Tools for any it does not solve.
+    # (only the members have arcs, in member order, so their bounds are consecutive)
+    bounds_array = np.array(arc_bounds, np.int64)
+    member_starts = np.append(bounds_array[members], bounds_array[members[-1] + 1])
+    native = netsimplex.solve_many(node_count[members], member_starts, tails, heads, caps, costs, 0, 1,
+                                   demand[members])
+    for position, (m, d) in enumerate(zip(members.tolist(), demand[members].tolist(), strict=True)):
         lo, hi = arc_bounds[m], arc_bounds[m + 1]
-        native = netsimplex.solve(int(node_count[m]), tails[lo:hi], heads[lo:hi], caps[lo:hi], costs[lo:hi], 0, 1, d)
-        if native is not None:
-            flows_by_member[lo:hi] = native
+        if native is not None and native[0][position] is netsimplex.Status.OPTIMAL:
+            flows_by_member[lo:hi] = native[1][lo:hi]
             continue
         smcf = min_cost_flow.SimpleMinCostFlow()
         smcf.add_arcs_with_capacity_and_unit_cost(tails[lo:hi], heads[lo:hi], caps[lo:hi], costs[lo:hi])

@@ -395,3 +395,21 @@ int ns_min_cost_flow(int32_t n_nodes, int32_t n_arcs, const int32_t *tails, cons
     ns_free(g);
     return status;
 }
+
+/* ns_min_cost_flow for `count` graphs in one call (the clearing's batch of small markets):
+   graph m has node_counts[m] nodes and arcs arc_starts[m] .. arc_starts[m + 1] - 1 of the
+   arrays, numbered within the graph, the same source and sink, supplies[m] units and at most
+   pivots_per_element * (its nodes + arcs) + 1000 pivots; statuses[m] is its status. */
+void ns_min_cost_flow_many(int32_t count, const int32_t *node_counts, const int64_t *arc_starts,
+                           const int32_t *tails, const int32_t *heads, const int64_t *caps, const int64_t *costs,
+                           int32_t source, int32_t sink, const int64_t *supplies, int64_t pivots_per_element,
+                           int64_t *flows, int32_t *statuses) {
+    for (int32_t m = 0; m < count; m++) {
+        int64_t lo = arc_starts[m], hi = arc_starts[m + 1];
+        if (lo < 0 || hi < lo || hi - lo > INT32_MAX) { statuses[m] = NS_BAD_INPUT; continue; }
+        int32_t n_arcs = (int32_t)(hi - lo);
+        int64_t max_pivots = pivots_per_element * ((int64_t)node_counts[m] + n_arcs) + 1000;
+        statuses[m] = ns_min_cost_flow(node_counts[m], n_arcs, tails + lo, heads + lo, caps + lo, costs + lo, source,
+                                       sink, supplies[m], max_pivots, flows + lo);
+    }
+}

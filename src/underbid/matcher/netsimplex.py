@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Graph", "Status", "available", "build", "solve", "solve_status"]
+__all__ = ["Graph", "Status", "available", "build", "solve", "solve_many", "solve_status"]
 
 _SOURCE = Path(__file__).with_name("netsimplex.c")
 _FLAGS = ("-O2", "-shared", "-fPIC", "-std=gnu11")
@@ -106,6 +106,9 @@ def _library() -> ctypes.CDLL | None:
                               ctypes.c_int32, ctypes.c_int64]
     library.ns_min_cost_flow.argtypes = [*graph_args, ctypes.c_int64, _I64]
     library.ns_min_cost_flow.restype = ctypes.c_int
+    library.ns_min_cost_flow_many.argtypes = [ctypes.c_int32, _I32, _I64, _I32, _I32, _I64, _I64, ctypes.c_int32,
+                                              ctypes.c_int32, _I64, ctypes.c_int64, _I64, _I32]
+    library.ns_min_cost_flow_many.restype = None
     library.ns_new.argtypes = [*graph_args, ctypes.POINTER(ctypes.c_int)]
     library.ns_new.restype = ctypes.c_void_p
     library.ns_run.argtypes = [ctypes.c_void_p, ctypes.c_int64]
@@ -139,6 +142,7 @@ class Graph:
 
     def __init__(self, n_nodes: int, tails: np.ndarray, heads: np.ndarray, caps: np.ndarray,
                  costs: np.ndarray, source: int, sink: int, supply: int) -> None:
+        self._handle: int | None = None  # (set first: __del__ runs even when __init__ raises)
         library = _library()
         if library is None:
             raise RuntimeError("the compiled network simplex is not available")
@@ -154,7 +158,7 @@ class Graph:
                 raise MemoryError("network simplex: out of memory")
             raise ValueError("network simplex: bad graph (an arc out of range, a loop, or a negative "
                              "capacity or supply)")
-        self._handle: int | None = handle
+        self._handle = handle
 
     def solve(self, max_pivots: int | None = None) -> tuple[Status, np.ndarray | None]:
         """Pivot to an optimum from where the graph is: the status, and the flow when OPTIMAL."""
@@ -230,3 +234,29 @@ def solve(
     if _library() is None:
         return None
     return solve_status(n_nodes, tails, heads, caps, costs, source, sink, supply)[1]
+
+
+def solve_many(
+    node_counts: np.ndarray, arc_starts: np.ndarray, tails: np.ndarray, heads: np.ndarray, caps: np.ndarray,
+    costs: np.ndarray, source: int, sink: int, supplies: np.ndarray,
+) -> tuple[list[Status], np.ndarray] | None:
+    """:func:`solve_status` of several graphs in one call: graph m has ``node_counts[m]`` nodes
+    and the arcs ``arc_starts[m]:arc_starts[m + 1]`` of the arrays (node numbers its own), the
+    same source and sink, and ``supplies[m]`` units.  Returns each graph's status and the flows
+    of all arcs (meaningful for the OPTIMAL graphs), or None when the solver is not available.
+    One call for a batch of small graphs: per graph, ctypes' argument conversion cost as much
+    as the solve."""
+    library = _library()
+    if library is None:
+        return None
+    count = int(node_counts.size)
+    if arc_starts.shape != (count + 1,) or supplies.shape != (count,):
+        raise ValueError("solve_many: arc_starts needs one more entry than node_counts, supplies as many")
+    flows = np.zeros(int(tails.size), np.int64)
+    statuses = np.empty(count, np.int32)
+    library.ns_min_cost_flow_many(
+        count, np.ascontiguousarray(node_counts, np.int32), np.ascontiguousarray(arc_starts, np.int64),
+        np.ascontiguousarray(tails, np.int32), np.ascontiguousarray(heads, np.int32),
+        np.ascontiguousarray(caps, np.int64), np.ascontiguousarray(costs, np.int64), source, sink,
+        np.ascontiguousarray(supplies, np.int64), _PIVOTS_PER_ELEMENT, flows, statuses)
+    return [Status(int(code)) for code in statuses], flows
