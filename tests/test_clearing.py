@@ -1167,6 +1167,26 @@ def test_trials_pivoting_on_from_the_max_gain_optimum_are_exact(inst: tuple[list
     assert all(count > 0 for count in forbidden_sets)  # a trial always leaves someone out
 
 
+@MEDIUM
+@given(medium, st.sampled_from([0, 2_000_000]))
+def test_graphs_over_the_node_limit_go_to_ortools(inst: tuple[list[OrderLot], list[BidLot]], max_pairs: int) -> None:
+    """With ``_NATIVE_MAX_NODES`` 0 no graph reaches the network simplex (the guard against its
+    time growing with the nodes), on the batch and the big-market path alike, and the clearing
+    is still exact."""
+    orders, bids = inst
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(clearing, "_NATIVE_MAX_NODES", 0)
+        patch.setattr(clearing, "_BATCH_MAX_PAIRS", max_pairs)
+        patch.setattr(netsimplex, "solve_many", _refuse)
+        patch.setattr(netsimplex, "Graph", _refuse)
+        result = clear(orders, bids)
+        check_clearing(result, orders, bids)
+
+
+def _refuse(*args: object) -> None:
+    raise AssertionError("the network simplex was called over the node limit")
+
+
 def test_batch_with_markets_near_the_int64_bound() -> None:
     """A market whose costs leave OR-Tools' range in the same batch as ordinary ones: it takes
     the exact fallback, the others the batch, each as if cleared alone; with dust orders too."""

@@ -34,7 +34,7 @@ _SOURCE = Path(__file__).with_name("netsimplex.c")
 _FLAGS = ("-O2", "-shared", "-fPIC", "-std=gnu11")
 # Pivots per node and arc before the solver gives up and the caller solves otherwise (measured:
 # under one pivot per arc on every clearing graph of the benchmarks); a bound on the worst case.
-_PIVOTS_PER_ELEMENT = 50
+_PIVOTS_PER_ELEMENT = 5
 
 
 class Status(IntEnum):
