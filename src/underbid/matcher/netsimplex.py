@@ -32,8 +32,9 @@ __all__ = ["Graph", "Status", "available", "build", "solve", "solve_many", "solv
 
 _SOURCE = Path(__file__).with_name("netsimplex.c")
 _FLAGS = ("-O2", "-shared", "-fPIC", "-std=gnu11")
-# Pivots per node and arc before the solver gives up and the caller solves otherwise (measured:
-# under one pivot per arc on every clearing graph of the benchmarks); a bound on the worst case.
+# Pivots per node and arc before the solver gives up and the caller solves otherwise: a bound on
+# the worst case, 7x the most measured (0.70 per node and arc on the 1k x 10k round's graphs, 0.37
+# at 10k x 100k).
 _PIVOTS_PER_ELEMENT = 5
 
 
