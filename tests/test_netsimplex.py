@@ -154,6 +154,13 @@ def test_bad_input_is_refused(arcs: list[Arc], source: int, sink: int, supply: i
     assert status is Status.BAD_INPUT and flows is None
 
 
+def test_graphs_past_the_exactness_limits_are_refused() -> None:
+    """Over 2^24 nodes the 128-bit sums could in principle overflow: refused, not solved."""
+    empty32, empty64 = np.zeros(0, np.int32), np.zeros(0, np.int64)
+    status, _ = netsimplex.solve_status(2**24 + 1, empty32, empty32, empty64, empty64, 0, 1, 0)
+    assert status is Status.BAD_INPUT
+
+
 def test_gives_up_after_max_pivots() -> None:
     """A bounded pivot count: the caller falls back instead of spinning (solve() gives None)."""
     arcs = [(0, 1, 5, -3), (1, 3, 5, 1), (0, 2, 5, -1), (2, 3, 5, 1), (1, 2, 5, 0), (0, 3, 10, 0)]

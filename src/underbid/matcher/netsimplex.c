@@ -14,15 +14,20 @@
  * (P. Kovacs, "Minimum-cost flow algorithms: an experimental evaluation", 2015), written here
  * for a single source and sink.
  *
- * Exactness: costs are int64, potentials and reduced costs are __int128, so no sum of costs
- * along a path of the tree can overflow (|pi| <= nodes * art_cost < 2^127 for any int64
- * costs and fewer than 2^31 nodes).  Flows stay within [0, cap] by construction.
+ * Exactness: costs are int64, potentials and reduced costs are __int128.  With n < 2^24 nodes
+ * and |cost| < 2^63: a forbidden arc's penalty is < 2^88, the artificial cost < 2^113, a
+ * potential (one artificial arc and at most n real ones on its tree path from the root) < 2^114
+ * and a reduced cost < 2^116, so no sum overflows.  Flows stay within [0, cap] by construction.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 typedef __int128 i128;
+
+/* Size limits: with them every potential and reduced cost stays far inside __int128 (below). */
+#define NS_MAX_NODES (1 << 24)
+#define NS_MAX_ARCS (1 << 30)
 
 enum { NS_OPTIMAL = 0, NS_INFEASIBLE = 1, NS_BAD_INPUT = 2, NS_GAVE_UP = 3, NS_NO_MEMORY = 4 };
 enum { TREE = 0, LOWER = 1, UPPER = -1 };  /* an arc's state; LOWER/UPPER also sign its reduced cost */
@@ -172,7 +177,8 @@ void ns_free(ns_graph *g) {
 /*
  * A graph for a min-cost flow of `supply` units from `source` to `sink` over arcs
  * (tails[a] -> heads[a], capacity caps[a] >= 0, cost costs[a]); no other node has supply.
- * NULL with *status NS_BAD_INPUT for an arc out of range, a loop or a negative capacity, or
+ * NULL with *status NS_BAD_INPUT for an arc out of range, a loop, a negative capacity or more
+ * than NS_MAX_NODES nodes or NS_MAX_ARCS arcs, or
  * NS_NO_MEMORY.
  *
  * Start: when some arc source -> sink can carry the whole supply (the clearing's bypass), the
@@ -183,7 +189,7 @@ ns_graph *ns_new(int32_t n_nodes, int32_t n_arcs, const int32_t *tails, const in
                  const int64_t *caps, const int64_t *costs, int32_t source, int32_t sink, int64_t supply,
                  int *status) {
     *status = NS_BAD_INPUT;
-    if (n_nodes <= 0 || n_nodes >= INT32_MAX - 1 || n_arcs < 0 || n_arcs > INT32_MAX - n_nodes - 1 ||
+    if (n_nodes <= 0 || n_nodes > NS_MAX_NODES || n_arcs < 0 || n_arcs > NS_MAX_ARCS ||
         source < 0 || source >= n_nodes || sink < 0 || sink >= n_nodes || source == sink || supply < 0)
         return NULL;
     i128 max_cost = 0;

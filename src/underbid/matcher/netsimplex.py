@@ -157,8 +157,8 @@ class Graph:
         if not handle:
             if Status(status.value) is Status.NO_MEMORY:
                 raise MemoryError("network simplex: out of memory")
-            raise ValueError("network simplex: bad graph (an arc out of range, a loop, or a negative "
-                             "capacity or supply)")
+            raise ValueError("network simplex: bad graph (an arc out of range, a loop, a negative "
+                             "capacity or supply, or over 2^24 nodes or 2^30 arcs)")
         self._handle = handle
 
     def solve(self, max_pivots: int | None = None) -> tuple[Status, np.ndarray | None]:
