@@ -1,13 +1,14 @@
 """Clearing of one auction round: matches and one uniform price per market.
 
 This module is a pure function of the open orders and bids (no I/O, no
-logging, no global state), so a round can be recomputed bit for bit by anyone
-who holds the same signed messages.
+logging, no global state; ``netsimplex`` compiles its solver once, into a
+cache), so a round can be recomputed bit for bit by anyone who holds the same
+signed messages and the same solvers (see "Solvers").
 
 Allocation
     Per market, the allocation with the most gains from trade,
     ``sum(units * order.duration * (order.max_price - bid.price))``, is solved
-    exactly as a min-cost flow (OR-Tools ``SimpleMinCostFlow``).  The textbook
+    exactly as a min-cost flow (see "Solvers" below).  The textbook
     graph is ``source -> order (cap units) -> bid (cost -gain) -> sink (cap
     capacity)`` plus a zero-cost ``source -> sink`` bypass so that demand may
     stay unfilled.  Because the gain splits into ``-d*max_price`` (order side)
@@ -18,15 +19,28 @@ Allocation
     from ~1 s to ~0.07 s.
 
     Markets are independent, so each one is its own small flow problem; that
-    is what makes clearing fast (see RESEARCH.md), not the choice of solver.
-    The graphs of a batch of markets (``_BATCH_LOTS`` orders and bids) are
-    built in one numpy pass over all of them, and each is solved by its own
-    OR-Tools call on exactly the graph it would get alone, so a market's
-    clearing depends on its own orders and bids only, ties included (see
-    ``_solve_ortools_batch``): the max-gain allocations of a batch are one
-    such pass, its trial prices another.  A market (or trial) of more than
-    ``_BATCH_MAX_PAIRS`` order x bid pairs keeps a graph built on its own,
-    where numpy's per-market overhead no longer matters.
+    is what makes clearing fast (see RESEARCH.md).  The graphs of a batch of
+    markets (``_BATCH_LOTS`` orders and bids) are built in one numpy pass over
+    all of them, and each is solved on its own, on exactly the graph it would
+    get alone, so a market's clearing depends on its own orders and bids only,
+    ties included (see ``_solve_ortools_batch``): the max-gain allocations of
+    a batch are one such pass, its trial prices another.  A market (or trial)
+    of more than ``_BATCH_MAX_PAIRS`` order x bid pairs keeps a graph built on
+    its own, where numpy's per-market overhead no longer matters.
+
+Solvers
+    A graph of at most ``_NATIVE_MAX_NODES`` nodes is solved by a compiled
+    network simplex (``netsimplex``), a bigger one, or one it does not solve,
+    by OR-Tools.  OR-Tools' cost scaling spends most of a small graph's solve
+    in one refine phase per factor of the cost range (durations in seconds x
+    6-decimal prices x the unit weight: ~1e14), the simplex does not; but its
+    time grows faster with the nodes, hence the limit.  A big market's
+    max-gain graph stays in the simplex, and each of its trial prices is that
+    graph with the excluded orders' and bids' arcs forbidden, pivoted on from
+    the max-gain optimum (``_WarmMarkets``).  Both solvers are exact; among
+    tied optima they may pick different allocations, so a round recomputed
+    without a C compiler (OR-Tools alone) can match differently at the same
+    gains, units and prices.
 
 Gains first, then units
     A pair trades when ``order.duration <= bid.max_duration`` and
@@ -132,8 +146,9 @@ Accountability
     trial keeps every bid cheaper than a winner, so the argument holds there).
 
 Determinism
-    Orders are handled in key order and bids in (price, key) order, so the
-    same messages in any order give the same clearing.
+    Orders are handled in key order and bids in (price, key) order, and the
+    simplex prices arcs in a fixed pseudo-random order, so the same messages
+    in any order give the same clearing.
 """
 
 from __future__ import annotations
