@@ -158,7 +158,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from operator import attrgetter
+from itertools import compress
+from operator import attrgetter, eq
 from typing import Literal
 
 import numpy as np
@@ -466,13 +467,23 @@ _PRICE = attrgetter("price")
 
 
 def _by_price_then_key(bids: list[BidLot]) -> list[BidLot]:
-    """Bids in (price, key) order.  Sorting on the price alone, then once more on both only when
-    two prices tie, is half the time of the (price, key) sort when they do not (at 10k x 100k:
-    ~25 ms against ~54 ms): no tuple per bid."""
+    """Bids in (price, key) order: sorted on the price alone (no tuple per bid: half the time
+    of the (price, key) sort at 10k x 100k), then each run of equal prices by key."""
     ordered = sorted(bids, key=_PRICE)
-    if len(set(map(_PRICE, ordered))) != len(ordered):
-        ordered.sort(key=_BID_SORT_KEY)
+    prices = list(map(_PRICE, ordered))
+    # i such that bid i has the price of bid i - 1 (found in C: ties are few)
+    tied = compress(range(1, len(prices)), map(eq, prices[1:], prices[:-1]))
+    run_start = run_end = -1
+    for i in tied:
+        if i != run_end + 1:  # a new run of equal prices, from i - 1
+            ordered[run_start:run_end + 1] = sorted(ordered[run_start:run_end + 1], key=_KEY)
+            run_start = i - 1
+        run_end = i
+    ordered[run_start:run_end + 1] = sorted(ordered[run_start:run_end + 1], key=_KEY)
     return ordered
+
+
+_KEY = attrgetter("key")
 
 
 def _is_int(x: object) -> bool:
