@@ -1187,6 +1187,14 @@ def _refuse(*args: object) -> None:
     raise AssertionError("the network simplex was called over the node limit")
 
 
+@FAST
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 50)), max_size=40))
+def test_bids_are_ordered_by_price_then_key(prices_and_keys: list[tuple[int, int]]) -> None:
+    """The sort on the price alone plus one per run of equal prices is the (price, key) order."""
+    bids = [BidLot(f"0x{key:02d}{n:03d}", M, "0x01", 1, price, 1) for n, (price, key) in enumerate(prices_and_keys)]
+    assert clearing._by_price_then_key(list(bids)) == sorted(bids, key=lambda b: (b.price, b.key))
+
+
 def test_batch_with_markets_near_the_int64_bound() -> None:
     """A market whose costs leave OR-Tools' range in the same batch as ordinary ones: it takes
     the exact fallback, the others the batch, each as if cleared alone; with dust orders too."""
