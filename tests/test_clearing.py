@@ -1225,3 +1225,21 @@ def test_batch_with_markets_near_the_int64_bound() -> None:
         mb = [b for b in bids if b.market == mc.market]
         assert clear(mo, mb).markets == (mc,)
         check_clearing(Clearing(markets=(mc,)), mo, mb)
+
+
+def test_clearing_does_not_depend_on_the_compiler() -> None:
+    """Review (adversarial).  The module promises that anyone holding the same messages can
+    recompute a round bit for bit, but the network simplex and OR-Tools (its fallback, what a
+    machine without a C compiler or with a broken cache runs) break ties differently, and here
+    the tie decides the uniform price: o1 and o3 are alike (duration 2, max 4) and the one bid
+    fills 3 of their 5 units.  The simplex serves o1 alone, o3 is the best unserved order and
+    the price is 4; OR-Tools serves 1 of o1 and 2 of o3, o2 (max 3) is the best unserved order
+    and the price is 3."""
+    orders = [OrderLot("0xo0", "0xm", 1, 2, 1), OrderLot("0xo1", "0xm", 3, 2, 4),
+              OrderLot("0xo2", "0xm", 3, 1, 3), OrderLot("0xo3", "0xm", 2, 2, 4)]
+    bids = [BidLot("0xb0", "0xm", "0xp", 3, 1, 2)]
+    with_native = clear(orders, bids)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(netsimplex, "_library", lambda: None)
+        without = clear(orders, bids)
+    assert with_native == without

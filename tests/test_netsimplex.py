@@ -8,7 +8,9 @@ shortest paths on Python integers over acyclic graphs.
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import subprocess
 import sys
 
@@ -203,15 +205,19 @@ def market_lots(draw: st.DrawFn) -> tuple[list[OrderLot], list[BidLot]]:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(lots=market_lots())
-def test_clearing_keeps_the_optimum_of_ortools(lots: tuple[list[OrderLot], list[BidLot]],
+@given(lots=market_lots(), max_pairs=st.sampled_from([clearing._BATCH_MAX_PAIRS, 0]))
+def test_clearing_keeps_the_optimum_of_ortools(lots: tuple[list[OrderLot], list[BidLot]], max_pairs: int,
                                                monkeypatch_module: pytest.MonkeyPatch) -> None:
     """The clearing with the network simplex and with OR-Tools alone (the fallback): the same
-    gains and matched units in every market, with prices at the same trial prices' optima."""
+    gains and matched units in every market, on the batch path and (``_BATCH_MAX_PAIRS`` 0) the
+    big-market path.  The fallback is what a machine without a compiler gets: ``_library``
+    None (the clearing calls ``solve_many``, ``available`` and ``Graph``, never ``solve``)."""
     orders, bids = lots
-    with_native = clearing.max_gain_allocation(orders, bids)
-    monkeypatch_module.setattr(netsimplex, "solve", lambda *args: None)
+    monkeypatch_module.setattr(clearing, "_BATCH_MAX_PAIRS", max_pairs)
     try:
+        with_native = clearing.max_gain_allocation(orders, bids)
+        monkeypatch_module.setattr(netsimplex, "_library", lambda: None)
+        assert not netsimplex.available()
         with_ortools = clearing.max_gain_allocation(orders, bids)
     finally:
         monkeypatch_module.undo()
@@ -289,3 +295,73 @@ def test_many_graphs_in_one_call_solve_as_each_alone(many: list[tuple[int, list[
 def _swap(node: int, n_nodes: int) -> int:
     """Node numbers with the last node (the strategy's sink) and node 1 exchanged."""
     return 1 if node == n_nodes - 1 else n_nodes - 1 if node == 1 else node
+
+
+# --- Review (adversarial): the Python entry points must refuse what the C code would read or
+# write out of bounds, or silently solve as another graph (ctypes and numpy casts wrap).
+
+
+def test_arrays_of_different_lengths_are_refused() -> None:
+    """n_arcs is taken from ``tails``: shorter heads, capacities or costs were read past their
+    end by the C code (AddressSanitizer: heap-buffer-overflow)."""
+    tails, heads, caps, costs = _arrays([(0, 1, 1, 0), (0, 1, 1, 0), (0, 1, 1, 0), (0, 1, 1, 0)])
+    for short in ((tails, heads[:3], caps, costs), (tails, heads, caps[:1], costs), (tails, heads, caps, costs[:2])):
+        with pytest.raises(ValueError, match="same length"):
+            netsimplex.solve_status(2, *short, 0, 1, 1)
+        with pytest.raises(ValueError, match="same length"):
+            netsimplex.Graph(2, *short, 0, 1, 1)
+        with pytest.raises(ValueError, match="same length"):
+            netsimplex.solve_many(np.array([2], np.int32), np.array([0, 4], np.int64), *short, 0, 1,
+                                  np.array([1], np.int64))
+
+
+def test_solve_many_refuses_arc_slices_outside_the_arrays() -> None:
+    """``arc_starts`` past the arrays made the C code read the arcs and write the flows out of
+    bounds (AddressSanitizer: heap-buffer-overflow); a decreasing one is refused too."""
+    tails, heads, caps, costs = _arrays([(0, 1, 1, 0), (0, 1, 1, 0)])
+    for starts in ([0, 3], [0, 2, 1], [-1, 2]):
+        counts = np.full(len(starts) - 1, 2, np.int32)
+        with pytest.raises(ValueError, match="arc_starts"):
+            netsimplex.solve_many(counts, np.array(starts, np.int64), tails, heads, caps, costs, 0, 1,
+                                  np.ones(counts.size, np.int64))
+
+
+def test_numbers_out_of_range_are_refused_not_wrapped() -> None:
+    """A sink of 2^32 + 1, a supply of 2^64 + 3 or a tail of 2^32 were wrapped (ctypes, numpy's
+    cast) to 1, 3 and 0: an OPTIMAL answer for another graph."""
+    tails, heads, caps, costs = _arrays([(0, 1, 5, 1)])
+    for call in (lambda: netsimplex.solve_status(2, tails, heads, caps, costs, 0, 1 + 2**32, 3),
+                 lambda: netsimplex.solve_status(2, tails, heads, caps, costs, 0, 1, 2**64 + 3),
+                 lambda: netsimplex.solve_status(2 + 2**32, tails, heads, caps, costs, 0, 1, 3),
+                 lambda: netsimplex.solve_status(2, np.array([2**32], np.int64), heads, caps, costs, 0, 1, 3),
+                 lambda: netsimplex.solve_status(2, tails, heads, np.array([2**63], np.uint64), costs, 0, 1, 3),
+                 lambda: netsimplex.Graph(2, tails, heads, caps, costs, 0, 1, 2**64 + 3)):
+        with pytest.raises(ValueError):
+            call()
+
+
+def test_a_kept_graph_cannot_be_copied() -> None:
+    """``copy.copy`` of a Graph shared its C handle: closing one left the other pointing at freed
+    memory (AddressSanitizer: heap-use-after-free), and both freed it when collected."""
+    kept = netsimplex.Graph(2, *_arrays([(0, 1, 1, 0)]), 0, 1, 1)
+    try:
+        for duplicate in (copy.copy, copy.deepcopy, pickle.dumps):
+            with pytest.raises(TypeError, match="cannot be copied"):
+                duplicate(kept)
+    finally:
+        kept.close()
+
+
+def test_a_corrupt_cached_library_is_rebuilt(tmp_path: os.PathLike[str]) -> None:
+    """A cached library that does not load (truncated, overwritten) is rebuilt once, not kept
+    forever: otherwise every process on that machine silently clears on OR-Tools alone, whose
+    tie-breaking differs (test_clearing.py, test_clearing_does_not_depend_on_the_compiler)."""
+    script = ("from underbid.matcher import netsimplex\n"
+              "path = netsimplex._library_path()\npath.parent.mkdir(parents=True, exist_ok=True)\n"
+              "path.write_bytes(b'not a shared object')\n"
+              "print(netsimplex.available())\n")
+    env = {**os.environ, "UNDERBID_NATIVE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-W", "error", "-c", script], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"

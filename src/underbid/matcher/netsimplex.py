@@ -25,6 +25,7 @@ import tempfile
 import warnings
 from enum import IntEnum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,11 +95,51 @@ _I64 = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
 
 _U8 = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
 
+_INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _number(name: str, value: int, bounds: tuple[int, int]) -> int:
+    """``value`` as an int within ``bounds`` (ctypes would wrap it silently), else ValueError."""
+    number = int(value)
+    if not bounds[0] <= number <= bounds[1]:
+        raise ValueError(f"network simplex: {name} {number} is out of range")
+    return number
+
+
+def _array(name: str, values: np.ndarray, dtype: type) -> np.ndarray:
+    """``values`` as a contiguous 1-D array of ``dtype``, refusing what the cast would wrap."""
+    array = np.asarray(values)
+    if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+        raise ValueError(f"network simplex: {name} must be a 1-D integer array")
+    if array.dtype != dtype and array.size:
+        info: np.iinfo[Any] = np.iinfo(dtype)
+        if int(array.min()) < info.min or int(array.max()) > info.max:
+            raise ValueError(f"network simplex: {name} has values out of range")
+    return np.ascontiguousarray(array, dtype)
+
+
+def _arcs(tails: np.ndarray, heads: np.ndarray, caps: np.ndarray,
+          costs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The arc arrays as the C code takes them; ValueError unless all have the same length (the
+    C code reads ``tails.size`` entries of each)."""
+    arrays = (_array("tails", tails, np.int32), _array("heads", heads, np.int32),
+              _array("caps", caps, np.int64), _array("costs", costs, np.int64))
+    if len({a.size for a in arrays}) != 1:
+        raise ValueError("network simplex: tails, heads, caps and costs must have the same length")
+    return arrays
+
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     try:
-        library = ctypes.CDLL(str(build()))
+        try:
+            library = ctypes.CDLL(str(build()))
+        except OSError:
+            # A cached library that does not load (truncated, overwritten): built again once,
+            # or every process here would clear on the fallback for good.
+            _library_path().unlink(missing_ok=True)
+            library = ctypes.CDLL(str(build()))
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as error:
         warnings.warn(f"the compiled network simplex is unavailable ({error}); clearing uses OR-Tools alone",
                       RuntimeWarning, stacklevel=3)
@@ -148,12 +189,13 @@ class Graph:
         if library is None:
             raise RuntimeError("the compiled network simplex is not available")
         self._library = library
+        tails, heads, caps, costs = _arcs(tails, heads, caps, costs)
         self.n_arcs = int(tails.size)
         self._max_pivots = _default_pivots(n_nodes, self.n_arcs)
         status = ctypes.c_int(0)
-        handle = library.ns_new(n_nodes, self.n_arcs, np.ascontiguousarray(tails, np.int32),
-                                np.ascontiguousarray(heads, np.int32), np.ascontiguousarray(caps, np.int64),
-                                np.ascontiguousarray(costs, np.int64), source, sink, supply, ctypes.byref(status))
+        handle = library.ns_new(_number("n_nodes", n_nodes, _INT32), self.n_arcs, tails, heads, caps, costs,
+                                _number("source", source, _INT32), _number("sink", sink, _INT32),
+                                _number("supply", supply, _INT64), ctypes.byref(status))
         if not handle:
             if Status(status.value) is Status.NO_MEMORY:
                 raise MemoryError("network simplex: out of memory")
@@ -164,7 +206,8 @@ class Graph:
     def solve(self, max_pivots: int | None = None) -> tuple[Status, np.ndarray | None]:
         """Pivot to an optimum from where the graph is: the status, and the flow when OPTIMAL."""
         handle = self._live()
-        status = Status(self._library.ns_run(handle, self._max_pivots if max_pivots is None else max_pivots))
+        pivots = self._max_pivots if max_pivots is None else _number("max_pivots", max_pivots, _INT64)
+        status = Status(self._library.ns_run(handle, pivots))
         if status is not Status.OPTIMAL:
             return status, None
         flows = np.empty(self.n_arcs, np.int64)
@@ -191,6 +234,16 @@ class Graph:
             raise ValueError("network simplex: the graph is closed")
         return self._handle
 
+    def __copy__(self) -> Graph:
+        raise TypeError("a network simplex Graph cannot be copied (the copy would share, and free, its C graph)")
+
+    def __deepcopy__(self, memo: object) -> Graph:
+        return self.__copy__()
+
+    def __reduce__(self) -> tuple[object, ...]:
+        self.__copy__()
+        raise AssertionError  # (unreachable)
+
     def __enter__(self) -> Graph:
         return self
 
@@ -216,13 +269,15 @@ def solve_status(
     library = _library()
     if library is None:
         raise RuntimeError("the compiled network simplex is not available")
+    tails, heads, caps, costs = _arcs(tails, heads, caps, costs)
     n_arcs = int(tails.size)
     if max_pivots is None:
         max_pivots = _default_pivots(n_nodes, n_arcs)
     flows = np.empty(n_arcs, np.int64)
-    status = Status(library.ns_min_cost_flow(n_nodes, n_arcs, np.ascontiguousarray(tails, np.int32),
-                             np.ascontiguousarray(heads, np.int32), np.ascontiguousarray(caps, np.int64),
-                             np.ascontiguousarray(costs, np.int64), source, sink, supply, max_pivots, flows))
+    status = Status(library.ns_min_cost_flow(
+        _number("n_nodes", n_nodes, _INT32), _number("n_arcs", n_arcs, _INT32), tails, heads, caps, costs,
+        _number("source", source, _INT32), _number("sink", sink, _INT32), _number("supply", supply, _INT64),
+        _number("max_pivots", max_pivots, _INT64), flows))
     return status, flows if status is Status.OPTIMAL else None
 
 
@@ -253,11 +308,15 @@ def solve_many(
     count = int(node_counts.size)
     if arc_starts.shape != (count + 1,) or supplies.shape != (count,):
         raise ValueError("solve_many: arc_starts needs one more entry than node_counts, supplies as many")
+    tails, heads, caps, costs = _arcs(tails, heads, caps, costs)
+    starts = _array("arc_starts", arc_starts, np.int64)
+    # The C code reads and writes each graph's slice of the arrays: every slice within them.
+    if starts[0] < 0 or starts[-1] > tails.size or (np.diff(starts) < 0).any():
+        raise ValueError("solve_many: arc_starts must be nondecreasing, from 0 up to the number of arcs")
     flows = np.zeros(int(tails.size), np.int64)
     statuses = np.empty(count, np.int32)
     library.ns_min_cost_flow_many(
-        count, np.ascontiguousarray(node_counts, np.int32), np.ascontiguousarray(arc_starts, np.int64),
-        np.ascontiguousarray(tails, np.int32), np.ascontiguousarray(heads, np.int32),
-        np.ascontiguousarray(caps, np.int64), np.ascontiguousarray(costs, np.int64), source, sink,
-        np.ascontiguousarray(supplies, np.int64), _PIVOTS_PER_ELEMENT, flows, statuses)
+        _number("count", count, _INT32), _array("node_counts", node_counts, np.int32), starts, tails, heads, caps,
+        costs, _number("source", source, _INT32), _number("sink", sink, _INT32),
+        _array("supplies", supplies, np.int64), _PIVOTS_PER_ELEMENT, flows, statuses)
     return [Status(int(code)) for code in statuses], flows
