@@ -9,10 +9,14 @@ conflicts (few duration tiers, some bids too short).
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -511,6 +515,7 @@ def test_solver_failure_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(clearing.min_cost_flow, "SimpleMinCostFlow", Broken)
     assert clearing._solve_ortools(orders, sorted(bids, key=lambda b: (b.price, b.key))) is None
+    monkeypatch.setattr(clearing, "_NATIVE_MAX_NODES", 0)  # every graph to OR-Tools, which fails
     assert clear(orders, bids) == expected
 
 
@@ -1227,19 +1232,23 @@ def test_batch_with_markets_near_the_int64_bound() -> None:
         check_clearing(Clearing(markets=(mc,)), mo, mb)
 
 
-def test_clearing_does_not_depend_on_the_compiler() -> None:
-    """Review (adversarial).  The module promises that anyone holding the same messages can
-    recompute a round bit for bit, but the network simplex and OR-Tools (its fallback, what a
-    machine without a C compiler or with a broken cache runs) break ties differently, and here
-    the tie decides the uniform price: o1 and o3 are alike (duration 2, max 4) and the one bid
-    fills 3 of their 5 units.  The simplex serves o1 alone, o3 is the best unserved order and
-    the price is 4; OR-Tools serves 1 of o1 and 2 of o3, o2 (max 3) is the best unserved order
-    and the price is 3."""
+def test_a_machine_without_the_solver_refuses_to_clear(tmp_path: Path) -> None:
+    """Review (adversarial): the network simplex and OR-Tools break ties differently, and a tie
+    can decide the uniform price.  Here o1 and o3 are alike (duration 2, max 4) and the one bid
+    fills 3 of their 5 units: the simplex serves o1 alone, o3 is the best unserved order and the
+    price is 4; OR-Tools serves 1 of o1 and 2 of o3, o2 (max 3) is the best unserved order and the
+    price would be 3.  So a machine that cannot build the simplex (no compiler) must not clear on
+    OR-Tools alone: it refuses, saying why, instead of computing another round."""
     orders = [OrderLot("0xo0", "0xm", 1, 2, 1), OrderLot("0xo1", "0xm", 3, 2, 4),
               OrderLot("0xo2", "0xm", 3, 1, 3), OrderLot("0xo3", "0xm", 2, 2, 4)]
     bids = [BidLot("0xb0", "0xm", "0xp", 3, 1, 2)]
-    with_native = clear(orders, bids)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(netsimplex, "_library", lambda: None)
-        without = clear(orders, bids)
-    assert with_native == without
+    assert clear(orders, bids).prices == {"0xm": 4}
+    assert max_gain_allocation(orders, bids) != max_gain_allocation(orders, bids, solver="ortools")
+    script = ("from underbid.matcher.clearing import BidLot, OrderLot, clear\n"
+              "try:\n    clear([OrderLot('0xo1', '0xm', 3, 2, 4)], [BidLot('0xb0', '0xm', '0xp', 3, 1, 2)])\n"
+              "except RuntimeError as error:\n    print(error)\nelse:\n    print('cleared')\n")
+    env = {**os.environ, "UNDERBID_NATIVE_DIR": str(tmp_path), "CC": "false"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("the clearing needs its compiled network simplex, which is unavailable "
+                                    "(false failed on netsimplex.c"), result.stdout

@@ -206,31 +206,20 @@ def market_lots(draw: st.DrawFn) -> tuple[list[OrderLot], list[BidLot]]:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lots=market_lots(), max_pairs=st.sampled_from([clearing._BATCH_MAX_PAIRS, 0]))
-def test_clearing_keeps_the_optimum_of_ortools(lots: tuple[list[OrderLot], list[BidLot]], max_pairs: int,
-                                               monkeypatch_module: pytest.MonkeyPatch) -> None:
-    """The clearing with the network simplex and with OR-Tools alone (the fallback): the same
-    gains and matched units in every market, on the batch path and (``_BATCH_MAX_PAIRS`` 0) the
-    big-market path.  The fallback is what a machine without a compiler gets: ``_library``
-    None (the clearing calls ``solve_many``, ``available`` and ``Graph``, never ``solve``)."""
+def test_clearing_keeps_the_optimum_of_ortools(lots: tuple[list[OrderLot], list[BidLot]], max_pairs: int) -> None:
+    """The clearing's solve (the network simplex) and OR-Tools alone (``solver="ortools"``):
+    the same gains and matched units in every market, on the batch path and (``_BATCH_MAX_PAIRS``
+    0) the big-market path."""
     orders, bids = lots
-    monkeypatch_module.setattr(clearing, "_BATCH_MAX_PAIRS", max_pairs)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(clearing, "_BATCH_MAX_PAIRS", max_pairs)
         with_native = clearing.max_gain_allocation(orders, bids)
-        monkeypatch_module.setattr(netsimplex, "_library", lambda: None)
-        assert not netsimplex.available()
-        with_ortools = clearing.max_gain_allocation(orders, bids)
-    finally:
-        monkeypatch_module.undo()
+        with_ortools = clearing.max_gain_allocation(orders, bids, solver="ortools")
     by_order = {o.key: o for o in orders}
     by_bid = {b.key: b for b in bids}
     assert clearing.gains_from_trade(with_native, by_order, by_bid) == \
         clearing.gains_from_trade(with_ortools, by_order, by_bid)
     assert sum(m.units for m in with_native) == sum(m.units for m in with_ortools)
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module() -> pytest.MonkeyPatch:
-    return pytest.MonkeyPatch()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -354,8 +343,8 @@ def test_a_kept_graph_cannot_be_copied() -> None:
 
 def test_a_corrupt_cached_library_is_rebuilt(tmp_path: os.PathLike[str]) -> None:
     """A cached library that does not load (truncated, overwritten) is rebuilt once, not kept
-    forever: otherwise every process on that machine silently clears on OR-Tools alone, whose
-    tie-breaking differs (test_clearing.py, test_clearing_does_not_depend_on_the_compiler)."""
+    forever: otherwise no process on that machine could clear (the clearing requires it,
+    test_clearing.py::test_a_machine_without_the_solver_refuses_to_clear)."""
     script = ("from underbid.matcher import netsimplex\n"
               "path = netsimplex._library_path()\npath.parent.mkdir(parents=True, exist_ok=True)\n"
               "path.write_bytes(b'not a shared object')\n"

@@ -296,6 +296,9 @@ def clear(
     """
     if price_search_solves < 0:
         raise ValueError("price_search_solves must be >= 0")
+    # Without it the ties among optimal allocations, which can decide a price, would fall
+    # differently on this machine than on others (module docstring, "Solvers").
+    netsimplex.require()
     tasks = [(market, mo, mb, price_search_solves) for market, mo, mb in _market_tasks(orders, bids)]
     # Markets are solved in batches (one OR-Tools call per stage for a batch).  The batches
     # depend only on the markets, never on the executor, so that the result does not either:
@@ -318,10 +321,16 @@ def max_gain_allocation(
     """The max-gain allocation of every market, before any pricing step.
 
     Exposed so that tests can compare it with a brute force, the pruned solve
-    with the unpruned one, and OR-Tools with the pure-Python solver.
-    ``solver="ortools"`` raises ``ValueError`` when a market is outside the
-    range OR-Tools can solve exactly, instead of falling back.
+    with the unpruned one, and the solvers with each other.  ``"auto"`` is what
+    ``clear`` solves with (the network simplex, OR-Tools for big graphs,
+    fallbacks); ``"ortools"`` never uses the network simplex and raises
+    ``ValueError`` when a market is outside the range OR-Tools can solve
+    exactly, instead of falling back; ``"python"`` is the exact Python solver.
+    ``"auto"`` raises ``RuntimeError`` when the network simplex is unavailable
+    (``netsimplex.require``).
     """
+    if solver == "auto":
+        netsimplex.require()
     out: list[Match] = []
     for _market, mo, mb in _market_tasks(orders, bids):
         alloc = _max_gain_market(mo, mb, prune=prune, solver=solver)
@@ -891,7 +900,7 @@ def _solve_prepared(
     """Exact max-gain allocation of a prepared market; with ``trial``, among the orders with
     ``max_price >= trial`` and the bids priced ``<= trial`` only."""
     if prepared.arrays is not None and solver in ("auto", "ortools"):
-        fast = _solve_prepared_arrays([(prepared, trial)])[0]
+        fast = _solve_prepared_arrays([(prepared, trial)], native=solver == "auto")[0]
         if fast is not None:
             return fast
     order_ids = [i for i in prepared.orders if trial is None or orders[i].max_price >= trial]
@@ -923,12 +932,13 @@ def _solve_prepared(
 
 
 def _solve_prepared_arrays(items: Sequence[tuple[_Prepared, int | None]],
-                           warm: _WarmMarkets | None = None) -> list[_Alloc | None]:
+                           warm: _WarmMarkets | None = None, *, native: bool = True) -> list[_Alloc | None]:
     """``_solve_prepared`` of each (prepared market, trial) on the market's arrays, all in one
     ``_solve_ortools_batch``: no per-trial lists of lots.  None for an item without arrays or
     that OR-Tools cannot take exactly; the caller then takes the list path, which has the
     fallbacks.  With ``warm``, a market of more than ``_BATCH_MAX_PAIRS`` order x bid pairs
-    is solved in the network simplex and kept there for its trial prices (``_WarmMarkets``)."""
+    is solved in the network simplex and kept there for its trial prices (``_WarmMarkets``).
+    ``native=False``: OR-Tools alone (``max_gain_allocation(solver="ortools")``)."""
     out: list[_Alloc | None] = [None] * len(items)
     problems: list[_Problem] = []
     batched: list[tuple[int, np.ndarray, _Arrays]] = []
@@ -946,7 +956,7 @@ def _solve_prepared_arrays(items: Sequence[tuple[_Prepared, int | None]],
             out[n] = []
             continue
         if (a.order_ids.size * a.bid_ids.size > _BATCH_MAX_PAIRS
-                and len(prepared.durations) + a.bid_ids.size + 2 <= _NATIVE_MAX_NODES and netsimplex.available()):
+                and len(prepared.durations) + a.bid_ids.size + 2 <= _NATIVE_MAX_NODES and native):
             # The max-gain graph of a big market is solved there whether or not it is kept
             # (``max_gain_allocation`` gets the allocation ``clear`` prices); a trial is solved
             # there only from a kept graph.
@@ -972,7 +982,7 @@ def _solve_prepared_arrays(items: Sequence[tuple[_Prepared, int | None]],
             prepared.prune_solves and (needed is None or trial is not None),
         ))
         batched.append((n, o_sel, a))
-    for (n, o_sel, a), solved in zip(batched, _solve_ortools_batch(problems), strict=True):
+    for (n, o_sel, a), solved in zip(batched, _solve_ortools_batch(problems, native=native), strict=True):
         if solved is not None:
             oi, bi, units = solved
             out[n] = list(zip(a.order_ids[o_sel][oi].tolist(), a.bid_ids[bi].tolist(), units.tolist(), strict=True))
@@ -1459,7 +1469,8 @@ class _Problem:
     prune: bool
 
 
-def _solve_ortools_batch(problems: Sequence[_Problem]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+def _solve_ortools_batch(problems: Sequence[_Problem], *,
+                         native: bool = True) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
     """``_solve_ortools_arrays`` of every problem, every graph built in one numpy pass.
 
     All problems' arrays are concatenated (node ids offset per problem), so the classes, the
@@ -1481,7 +1492,7 @@ def _solve_ortools_batch(problems: Sequence[_Problem]) -> list[tuple[np.ndarray,
     if big:  # solved as before, on their own (row-wise broadcasting beats gathers there)
         rest = [m for m in range(count) if m not in set(big)]
         answers: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * count
-        for m, solved in zip(rest, _solve_ortools_batch([problems[m] for m in rest]), strict=True):
+        for m, solved in zip(rest, _solve_ortools_batch([problems[m] for m in rest], native=native), strict=True):
             answers[m] = solved
         for m in big:
             p = problems[m]
@@ -1659,7 +1670,7 @@ def _solve_ortools_batch(problems: Sequence[_Problem]) -> list[tuple[np.ndarray,
     # Every graph in the network simplex in one call; OR-Tools for any it does not solve.
     # Every graph small enough in the network simplex, in one call; OR-Tools for the others and
     # for any it does not solve.
-    native_ones = members[node_count[members] <= _NATIVE_MAX_NODES]
+    native_ones = members[node_count[members] <= _NATIVE_MAX_NODES] if native else members[:0]
     native_status: dict[int, netsimplex.Status] = {}
     native_flows = np.zeros(0, np.int64)
     if native_ones.size:

@@ -9,8 +9,10 @@ C compiler (``$CC``, else ``cc``) into a cache directory (``$UNDERBID_NATIVE_DIR
 source, so an edited source is rebuilt and concurrent first uses (test workers) each write
 their own temporary file and rename it into place.  ``scripts/setup.sh`` builds it.
 
-Without a compiler :func:`solve` returns None and the clearing uses OR-Tools for every graph:
-the same optimum, but among tied optima not always the same allocation.
+The clearing needs it (:func:`require`): OR-Tools, its solver for bigger graphs, breaks ties
+among optimal allocations differently, and a tie can decide the uniform price, so a machine
+that cleared on OR-Tools alone would not recompute the same round.  The matcher checks it at
+start.
 """
 
 from __future__ import annotations
@@ -22,14 +24,13 @@ import os
 import shutil
 import subprocess
 import tempfile
-import warnings
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Graph", "Status", "available", "build", "solve", "solve_many", "solve_status"]
+__all__ = ["Graph", "Status", "available", "build", "require", "solve", "solve_many", "solve_status"]
 
 _SOURCE = Path(__file__).with_name("netsimplex.c")
 _FLAGS = ("-O2", "-shared", "-fPIC", "-std=gnu11")
@@ -130,6 +131,9 @@ def _arcs(tails: np.ndarray, heads: np.ndarray, caps: np.ndarray,
     return arrays
 
 
+_unavailable: list[str] = []  # why the library could not be loaded, once tried
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     try:
@@ -137,12 +141,11 @@ def _library() -> ctypes.CDLL | None:
             library = ctypes.CDLL(str(build()))
         except OSError:
             # A cached library that does not load (truncated, overwritten): built again once,
-            # or every process here would clear on the fallback for good.
+            # or no process here could clear until someone deleted it.
             _library_path().unlink(missing_ok=True)
             library = ctypes.CDLL(str(build()))
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as error:
-        warnings.warn(f"the compiled network simplex is unavailable ({error}); clearing uses OR-Tools alone",
-                      RuntimeWarning, stacklevel=3)
+        _unavailable.append(str(error))
         return None
     graph_args: list[type] = [ctypes.c_int32, ctypes.c_int32, _I32, _I32, _I64, _I64, ctypes.c_int32,
                               ctypes.c_int32, ctypes.c_int64]
@@ -167,6 +170,14 @@ def _library() -> ctypes.CDLL | None:
 def available() -> bool:
     """Whether the compiled solver is built and loaded (building it on first call)."""
     return _library() is not None
+
+
+def require() -> None:
+    """Build and load the solver if need be; ``RuntimeError`` saying why when it cannot."""
+    if _library() is None:
+        reason = _unavailable[-1] if _unavailable else "it did not load"
+        raise RuntimeError(f"the clearing needs its compiled network simplex, which is unavailable ({reason}); "
+                           "run scripts/setup.sh, or set CC to a C compiler")
 
 
 def _default_pivots(n_nodes: int, n_arcs: int) -> int:
@@ -241,8 +252,7 @@ class Graph:
         return self.__copy__()
 
     def __reduce__(self) -> tuple[object, ...]:
-        self.__copy__()
-        raise AssertionError  # (unreachable)
+        raise TypeError("a network simplex Graph cannot be copied or pickled (it holds a C graph)")
 
     def __enter__(self) -> Graph:
         return self
