@@ -473,6 +473,11 @@ def _market_tasks(orders: Iterable[OrderLot], bids: Iterable[BidLot]) -> list[_T
 _ORDER_SORT_KEY = attrgetter("key")
 _BID_SORT_KEY = attrgetter("price", "key")
 _PRICE = attrgetter("price")
+_MAX_DURATION = attrgetter("max_duration")
+_DURATION = attrgetter("duration")
+_MAX_PRICE = attrgetter("max_price")
+_CAPACITY = attrgetter("capacity")
+_UNITS = attrgetter("units")
 
 
 def _by_price_then_key(bids: list[BidLot]) -> list[BidLot]:
@@ -529,8 +534,11 @@ def _check_bid(b: BidLot) -> None:
 
 def _to_matches(orders: Sequence[OrderLot], bids: Sequence[BidLot], alloc: _Alloc) -> list[Match]:
     ms = [Match(orders[oi].key, bids[bi].key, u) for oi, bi, u in alloc]
-    ms.sort(key=lambda m: (m.order_key, m.bid_key))
+    ms.sort(key=_MATCH_SORT_KEY)
     return ms
+
+
+_MATCH_SORT_KEY = attrgetter("order_key", "bid_key")
 
 
 def _batches(tasks: list[_PricedTask]) -> list[list[_PricedTask]]:
@@ -798,12 +806,12 @@ def _batch_fields(tasks: Sequence[_PricedTask]) -> list[_Fields | None]:
     orders = [o for task, is_small in zip(tasks, small, strict=True) if is_small for o in task[1]]
     bids = [b for task, is_small in zip(tasks, small, strict=True) if is_small for b in task[2]]
     try:
-        od = np.fromiter((o.duration for o in orders), np.int64, len(orders))
-        om = np.fromiter((o.max_price for o in orders), np.int64, len(orders))
-        ou = np.fromiter((o.units for o in orders), np.int64, len(orders))
-        bp = np.fromiter((b.price for b in bids), np.int64, len(bids))
-        bd = np.fromiter((b.max_duration for b in bids), np.int64, len(bids))
-        bc = np.fromiter((b.capacity for b in bids), np.int64, len(bids))
+        od = np.fromiter(map(_DURATION, orders), np.int64, len(orders))
+        om = np.fromiter(map(_MAX_PRICE, orders), np.int64, len(orders))
+        ou = np.fromiter(map(_UNITS, orders), np.int64, len(orders))
+        bp = np.fromiter(map(_PRICE, bids), np.int64, len(bids))
+        bd = np.fromiter(map(_MAX_DURATION, bids), np.int64, len(bids))
+        bc = np.fromiter(map(_CAPACITY, bids), np.int64, len(bids))
     except OverflowError:
         return [None] * len(tasks)
     out: list[_Fields | None] = []
@@ -836,12 +844,12 @@ def _arrays(orders: Sequence[OrderLot], bids: Sequence[BidLot], order_ids: list[
         kept_orders = [orders[i] for i in order_ids]
         kept_bids = [bids[i] for i in bid_ids]
         try:  # one fromiter per field: far cheaper than an array of tuples on small markets
-            durations = np.fromiter((o.duration for o in kept_orders), np.int64, n_o)
-            max_prices = np.fromiter((o.max_price for o in kept_orders), np.int64, n_o)
-            units = np.fromiter((o.units for o in kept_orders), np.int64, n_o)
-            prices = np.fromiter((b.price for b in kept_bids), np.int64, n_b)
-            max_durations = np.fromiter((b.max_duration for b in kept_bids), np.int64, n_b)
-            capacities = np.fromiter((b.capacity for b in kept_bids), np.int64, n_b)
+            durations = np.fromiter(map(_DURATION, kept_orders), np.int64, n_o)
+            max_prices = np.fromiter(map(_MAX_PRICE, kept_orders), np.int64, n_o)
+            units = np.fromiter(map(_UNITS, kept_orders), np.int64, n_o)
+            prices = np.fromiter(map(_PRICE, kept_bids), np.int64, n_b)
+            max_durations = np.fromiter(map(_MAX_DURATION, kept_bids), np.int64, n_b)
+            capacities = np.fromiter(map(_CAPACITY, kept_bids), np.int64, n_b)
         except OverflowError:  # a value of 2**63 or more
             return None
     max_m = int(max_prices.max())
@@ -1093,10 +1101,10 @@ def _servable_orders(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> list
     if not bids:
         return []
     try:
-        bd = np.array([b.max_duration for b in bids], np.int64)
-        bp = np.array([b.price for b in bids], np.int64)
-        od = np.array([o.duration for o in orders], np.int64)
-        om = np.array([o.max_price for o in orders], np.int64)
+        bd = np.fromiter(map(_MAX_DURATION, bids), np.int64, len(bids))
+        bp = np.fromiter(map(_PRICE, bids), np.int64, len(bids))
+        od = np.fromiter(map(_DURATION, orders), np.int64, len(orders))
+        om = np.fromiter(map(_MAX_PRICE, orders), np.int64, len(orders))
     except OverflowError:  # a value of 2**63 or more: the same on Python integers below
         pass
     else:
@@ -1142,18 +1150,15 @@ def _prune(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> tuple[list[int
         units_by_dur[bisect_left(durs, o.duration)] += o.units
     max_price = max(o.max_price for o in orders)
     # bids are sorted by price: the candidates are a prefix.
-    n = bisect_right([b.price for b in bids], max_price)
-    total_cap = sum(b.capacity for b in bids[:n])
+    n = bisect_right(list(map(_PRICE, bids)), max_price)
+    total_cap = sum(map(_CAPACITY, bids[:n]))
     if sum(units_by_dur) >= _INT64_HEADROOM or total_cap >= _INT64_HEADROOM or max(durs) >= _INT64_HEADROOM:
         # Outside int64: keep every candidate that lasts long enough (exact, only slower).
         return [i for i in range(n) if bids[i].max_duration >= durs[0]], None
     dem = np.cumsum(np.array(units_by_dur, np.int64))
-    tiers = np.searchsorted(
-        np.array(durs, np.int64),
-        np.fromiter((b.max_duration for b in bids[:n]), np.int64, n),
-        side="right",
-    ) - 1
-    caps = np.fromiter((b.capacity for b in bids[:n]), np.int64, n)
+    tiers = np.searchsorted(np.array(durs, np.int64), np.fromiter(map(_MAX_DURATION, bids[:n]), np.int64, n),
+                            side="right") - 1
+    caps = np.fromiter(map(_CAPACITY, bids[:n]), np.int64, n)
     # Chunks of 256 bids (fewer when classes are many, to bound memory): the last needed bid
     # of a market comes early (~400 of 1,000 at 10k x 100k), and a 1,024-bid chunk scanned all
     # of them; 256 measured as fast as 128 and faster than 1,024 or chunks growing from 128.
@@ -1256,12 +1261,12 @@ def _solve_ortools(
         return None
     # A bid dearer than every max price gets no arc: its price only needs to stay above them.
     solved = _solve_ortools_arrays(
-        np.fromiter((o.duration for o in orders), np.int64, n_o),
-        np.fromiter((o.max_price for o in orders), np.int64, n_o),
-        np.fromiter((o.units for o in orders), np.int64, n_o),
+        np.fromiter(map(_DURATION, orders), np.int64, n_o),
+        np.fromiter(map(_MAX_PRICE, orders), np.int64, n_o),
+        np.fromiter(map(_UNITS, orders), np.int64, n_o),
         np.fromiter((min(b.price, max_m + 1) for b in bids), np.int64, n_b),
-        np.fromiter((b.max_duration for b in bids), np.int64, n_b),
-        np.fromiter((b.capacity for b in bids), np.int64, n_b),
+        np.fromiter(map(_MAX_DURATION, bids), np.int64, n_b),
+        np.fromiter(map(_CAPACITY, bids), np.int64, n_b),
         needed, units_second=units_second,
     )
     if solved is None:
