@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Graph", "Status", "available", "build", "require", "solve", "solve_many", "solve_status"]
+__all__ = ["Graph", "Status", "available", "build", "require", "solve_many", "solve_status"]
 
 _SOURCE = Path(__file__).with_name("netsimplex.c")
 _FLAGS = ("-O2", "-shared", "-fPIC", "-std=gnu11")
@@ -289,17 +289,6 @@ def solve_status(
         _number("source", source, _INT32), _number("sink", sink, _INT32), _number("supply", supply, _INT64),
         _number("max_pivots", max_pivots, _INT64), flows))
     return status, flows if status is Status.OPTIMAL else None
-
-
-def solve(
-    n_nodes: int, tails: np.ndarray, heads: np.ndarray, caps: np.ndarray, costs: np.ndarray,
-    source: int, sink: int, supply: int,
-) -> np.ndarray | None:
-    """A min-cost flow (see :func:`solve_status`), or None when the solver is not available or
-    did not reach OPTIMAL (the caller then solves with OR-Tools)."""
-    if _library() is None:
-        return None
-    return solve_status(n_nodes, tails, heads, caps, costs, source, sink, supply)[1]
 
 
 def solve_many(
