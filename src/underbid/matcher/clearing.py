@@ -37,10 +37,10 @@ Solvers
     time grows faster with the nodes, hence the limit.  A big market's
     max-gain graph stays in the simplex, and each of its trial prices is that
     graph with the excluded orders' and bids' arcs forbidden, pivoted on from
-    the max-gain optimum (``_WarmMarkets``).  Both solvers are exact; among
-    tied optima they may pick different allocations, so a round recomputed
-    without a C compiler (OR-Tools alone) can match differently at the same
-    gains, units and prices.
+    the max-gain optimum (``_WarmMarkets``).  Both solvers are exact, but among
+    tied optima they may pick different allocations, and a tie can decide the
+    price, so ``clear`` refuses to run without the simplex
+    (``netsimplex.require``) rather than clear a round differently.
 
 Gains first, then units
     A pair trades when ``order.duration <= bid.max_duration`` and
