@@ -8,7 +8,18 @@ cd "$UNDERBID_ROOT"
 stamp=".venv/.underbid-setup"
 want="$(cat pyproject.toml constraints.txt package.json package-lock.json | sha256sum | cut -d' ' -f1)"
 chart="src/underbid/matcher/static/vendor/chart.umd.min.js"
+# The clearing's network simplex (src/underbid/matcher/netsimplex.c) is compiled with the system's
+# C compiler into a cache keyed by its source (a no-op when built); Debian's gcc when there is none.
+build_native() {
+  if ! command -v "${CC:-cc}" >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing gcc from Debian's packages (for the clearing's network simplex)..."
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev) >/dev/null
+  fi
+  .venv/bin/python -c "from underbid.matcher import netsimplex; print('setup: network simplex', netsimplex.build())"
+}
+
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x node_modules/.bin/anvil ] && [ -f "$chart" ]; then
+  build_native
   exit 0
 fi
 
@@ -28,6 +39,7 @@ wait "$npm_pid"
 mkdir -p "$(dirname "$chart")"
 cp node_modules/chart.js/dist/chart.umd.min.js "$chart"
 
+build_native
 node_modules/.bin/anvil --version | head -1
 tools/solc/solc-v0.8.28 --version | tail -1
 echo "$want" > "$stamp"

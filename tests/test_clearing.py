@@ -9,16 +9,21 @@ conflicts (few duration tiers, some bids too short).
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import cache
+from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from underbid.matcher import clearing
+from underbid.matcher import clearing, netsimplex
 from underbid.matcher.clearing import (
     BidLot,
     Clearing,
@@ -510,6 +515,7 @@ def test_solver_failure_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(clearing.min_cost_flow, "SimpleMinCostFlow", Broken)
     assert clearing._solve_ortools(orders, sorted(bids, key=lambda b: (b.price, b.key))) is None
+    monkeypatch.setattr(clearing, "_NATIVE_MAX_NODES", 0)  # every graph to OR-Tools, which fails
     assert clear(orders, bids) == expected
 
 
@@ -1142,6 +1148,58 @@ def test_a_market_clears_the_same_in_any_batch(inst: tuple[list[OrderLot], list[
         assert clear(orders, bids) == together
 
 
+@MEDIUM
+@given(medium)
+def test_trials_pivoting_on_from_the_max_gain_optimum_are_exact(inst: tuple[list[OrderLot], list[BidLot]]) -> None:
+    """Every market on the path of big ones (``_BATCH_MAX_PAIRS`` 0): its max-gain graph kept
+    in the network simplex and each trial price solved from that optimum, its excluded orders
+    and bids forbidden.  Every constraint holds, each trial's matches included (check_clearing
+    solves each restricted market exactly), and the kept graphs were really used."""
+    orders, bids = inst
+    forbidden_sets: list[int] = []
+    forbid = netsimplex.Graph.forbid
+
+    def counting_forbid(graph: netsimplex.Graph, forbidden: np.ndarray) -> None:
+        forbidden_sets.append(int(forbidden.sum()))
+        forbid(graph, forbidden)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(clearing, "_BATCH_MAX_PAIRS", 0)
+        patch.setattr(netsimplex.Graph, "forbid", counting_forbid)
+        result = clear(orders, bids)
+        check_clearing(result, orders, bids)  # (its max-gain solves on the same path)
+    assert len(forbidden_sets) == sum(mc.trial_price is not None for mc in result.markets)  # (clear's own)
+    assert all(count > 0 for count in forbidden_sets)  # a trial always leaves someone out
+
+
+@MEDIUM
+@given(medium, st.sampled_from([0, 2_000_000]))
+def test_graphs_over_the_node_limit_go_to_ortools(inst: tuple[list[OrderLot], list[BidLot]], max_pairs: int) -> None:
+    """With ``_NATIVE_MAX_NODES`` 0 no graph reaches the network simplex (the guard against its
+    time growing with the nodes), on the batch and the big-market path alike, and the clearing
+    is still exact."""
+    orders, bids = inst
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(clearing, "_NATIVE_MAX_NODES", 0)
+        patch.setattr(clearing, "_BATCH_MAX_PAIRS", max_pairs)
+        patch.setattr(netsimplex, "solve_many", _refuse)
+        patch.setattr(netsimplex, "Graph", _refuse)
+        result = clear(orders, bids)
+        check_clearing(result, orders, bids)
+
+
+def _refuse(*args: object) -> None:
+    raise AssertionError("the network simplex was called over the node limit")
+
+
+@FAST
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 50)), max_size=40))
+def test_bids_are_ordered_by_price_then_key(prices_and_keys: list[tuple[int, int]]) -> None:
+    """The sort on the price alone plus one per run of equal prices is the (price, key) order."""
+    bids = [BidLot(f"0x{key:02d}{n:03d}", M, "0x01", 1, price, 1) for n, (price, key) in enumerate(prices_and_keys)]
+    assert clearing._by_price_then_key(list(bids)) == sorted(bids, key=lambda b: (b.price, b.key))
+
+
 def test_batch_with_markets_near_the_int64_bound() -> None:
     """A market whose costs leave OR-Tools' range in the same batch as ordinary ones: it takes
     the exact fallback, the others the batch, each as if cleared alone; with dust orders too."""
@@ -1172,3 +1230,25 @@ def test_batch_with_markets_near_the_int64_bound() -> None:
         mb = [b for b in bids if b.market == mc.market]
         assert clear(mo, mb).markets == (mc,)
         check_clearing(Clearing(markets=(mc,)), mo, mb)
+
+
+def test_a_machine_without_the_solver_refuses_to_clear(tmp_path: Path) -> None:
+    """Review (adversarial): the network simplex and OR-Tools break ties differently, and a tie
+    can decide the uniform price.  Here o1 and o3 are alike (duration 2, max 4) and the one bid
+    fills 3 of their 5 units: the simplex serves o1 alone, o3 is the best unserved order and the
+    price is 4; OR-Tools serves 1 of o1 and 2 of o3, o2 (max 3) is the best unserved order and the
+    price would be 3.  So a machine that cannot build the simplex (no compiler) must not clear on
+    OR-Tools alone: it refuses, saying why, instead of computing another round."""
+    orders = [OrderLot("0xo0", "0xm", 1, 2, 1), OrderLot("0xo1", "0xm", 3, 2, 4),
+              OrderLot("0xo2", "0xm", 3, 1, 3), OrderLot("0xo3", "0xm", 2, 2, 4)]
+    bids = [BidLot("0xb0", "0xm", "0xp", 3, 1, 2)]
+    assert clear(orders, bids).prices == {"0xm": 4}
+    assert max_gain_allocation(orders, bids) != max_gain_allocation(orders, bids, solver="ortools")
+    script = ("from underbid.matcher.clearing import BidLot, OrderLot, clear\n"
+              "try:\n    clear([OrderLot('0xo1', '0xm', 3, 2, 4)], [BidLot('0xb0', '0xm', '0xp', 3, 1, 2)])\n"
+              "except RuntimeError as error:\n    print(error)\nelse:\n    print('cleared')\n")
+    env = {**os.environ, "UNDERBID_NATIVE_DIR": str(tmp_path), "CC": "false"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("the clearing needs its compiled network simplex, which is unavailable "
+                                    "(false failed on netsimplex.c"), result.stdout

@@ -100,6 +100,7 @@ def matcher_run(rpc, deployment, network, db, host, port, round_seconds, admin_t
                 key_env, dev) -> None:
     """Start the matcher: reconcile unfinished rounds, serve the API, close rounds on a timer."""
     from underbid.devnet.node import is_dev_address
+    from underbid.matcher import netsimplex
     from underbid.matcher.service import build_matcher, serve
     from underbid.matcher.store import StoreError
 
@@ -110,8 +111,9 @@ def matcher_run(rpc, deployment, network, db, host, port, round_seconds, admin_t
     devnet_only = ("--dev (the devnet's public matcher key)" if dev
                    else f"the public dev key {account.address}" if is_dev_address(account.address) else None)
     try:
+        netsimplex.require()  # the clearing's compiled solver: a missing compiler is said here, in one line
         service = build_matcher(env.rpc, env.deployment, db, account, devnet_only=devnet_only)
-    except (FileNotFoundError, ConnectionError, ValueError, StoreError) as exc:
+    except (FileNotFoundError, ConnectionError, ValueError, RuntimeError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"matcher {account.address} on {env.rpc}, API http://{host}:{port} (OpenAPI at /openapi.json)",
                err=True)

@@ -1,13 +1,14 @@
 """Clearing of one auction round: matches and one uniform price per market.
 
 This module is a pure function of the open orders and bids (no I/O, no
-logging, no global state), so a round can be recomputed bit for bit by anyone
-who holds the same signed messages.
+logging, no global state; ``netsimplex`` compiles its solver once, into a
+cache), so a round can be recomputed bit for bit by anyone who holds the same
+signed messages and the same solvers (see "Solvers").
 
 Allocation
     Per market, the allocation with the most gains from trade,
     ``sum(units * order.duration * (order.max_price - bid.price))``, is solved
-    exactly as a min-cost flow (OR-Tools ``SimpleMinCostFlow``).  The textbook
+    exactly as a min-cost flow (see "Solvers" below).  The textbook
     graph is ``source -> order (cap units) -> bid (cost -gain) -> sink (cap
     capacity)`` plus a zero-cost ``source -> sink`` bypass so that demand may
     stay unfilled.  Because the gain splits into ``-d*max_price`` (order side)
@@ -18,15 +19,28 @@ Allocation
     from ~1 s to ~0.07 s.
 
     Markets are independent, so each one is its own small flow problem; that
-    is what makes clearing fast (see RESEARCH.md), not the choice of solver.
-    The graphs of a batch of markets (``_BATCH_LOTS`` orders and bids) are
-    built in one numpy pass over all of them, and each is solved by its own
-    OR-Tools call on exactly the graph it would get alone, so a market's
-    clearing depends on its own orders and bids only, ties included (see
-    ``_solve_ortools_batch``): the max-gain allocations of a batch are one
-    such pass, its trial prices another.  A market (or trial) of more than
-    ``_BATCH_MAX_PAIRS`` order x bid pairs keeps a graph built on its own,
-    where numpy's per-market overhead no longer matters.
+    is what makes clearing fast (see RESEARCH.md).  The graphs of a batch of
+    markets (``_BATCH_LOTS`` orders and bids) are built in one numpy pass over
+    all of them, and each is solved on its own, on exactly the graph it would
+    get alone, so a market's clearing depends on its own orders and bids only,
+    ties included (see ``_solve_ortools_batch``): the max-gain allocations of
+    a batch are one such pass, its trial prices another.  A market (or trial)
+    of more than ``_BATCH_MAX_PAIRS`` order x bid pairs keeps a graph built on
+    its own, where numpy's per-market overhead no longer matters.
+
+Solvers
+    A graph of at most ``_NATIVE_MAX_NODES`` nodes is solved by a compiled
+    network simplex (``netsimplex``), a bigger one, or one it does not solve,
+    by OR-Tools.  OR-Tools' cost scaling spends most of a small graph's solve
+    in one refine phase per factor of the cost range (durations in seconds x
+    6-decimal prices x the unit weight: ~1e14), the simplex does not; but its
+    time grows faster with the nodes, hence the limit.  A big market's
+    max-gain graph stays in the simplex, and each of its trial prices is that
+    graph with the excluded orders' and bids' arcs forbidden, pivoted on from
+    the max-gain optimum (``_WarmMarkets``).  Both solvers are exact, but among
+    tied optima they may pick different allocations, and a tie can decide the
+    price, so ``clear`` refuses to run without the simplex
+    (``netsimplex.require``) rather than clear a round differently.
 
 Gains first, then units
     A pair trades when ``order.duration <= bid.max_duration`` and
@@ -132,8 +146,9 @@ Accountability
     trial keeps every bid cheaper than a winner, so the argument holds there).
 
 Determinism
-    Orders are handled in key order and bids in (price, key) order, so the
-    same messages in any order give the same clearing.
+    Orders are handled in key order and bids in (price, key) order, and the
+    simplex prices arcs in a fixed pseudo-random order, so the same messages
+    in any order give the same clearing.
 """
 
 from __future__ import annotations
@@ -143,12 +158,14 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from operator import attrgetter
+from itertools import compress
+from operator import attrgetter, eq
 from typing import Literal
 
 import numpy as np
 from ortools.graph.python import min_cost_flow
 
+from underbid.matcher import netsimplex
 from underbid.protocol.pricing import PriceRule
 
 __all__ = [
@@ -181,6 +198,11 @@ _BATCH_LOTS = 20_000
 # 10k x 100k (~100 x 400 after pruning) it was ~5% slower than row-wise broadcasting per market
 # (~3% for its trial prices alone), and a flood of 100,000 one-unit orders in one market 40% slower.
 _BATCH_MAX_PAIRS = 5_000
+# Graphs of at most this many nodes are solved by the network simplex (netsimplex.c), bigger ones
+# by OR-Tools: its time grows faster with the nodes than OR-Tools' (a market of 1,000 one-unit
+# orders, 1,100 nodes: 8 ms against 3 ms; 4,000 orders: 114 ms against 24 ms), while a 10k x 100k
+# market (~280 nodes, ~8,000 arcs) takes 2.5x less than in OR-Tools, and its trials far less.
+_NATIVE_MAX_NODES = 600
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +296,9 @@ def clear(
     """
     if price_search_solves < 0:
         raise ValueError("price_search_solves must be >= 0")
+    # Without it the ties among optimal allocations, which can decide a price, would fall
+    # differently on this machine than on others (module docstring, "Solvers").
+    netsimplex.require()
     tasks = [(market, mo, mb, price_search_solves) for market, mo, mb in _market_tasks(orders, bids)]
     # Markets are solved in batches (one OR-Tools call per stage for a batch).  The batches
     # depend only on the markets, never on the executor, so that the result does not either:
@@ -296,10 +321,16 @@ def max_gain_allocation(
     """The max-gain allocation of every market, before any pricing step.
 
     Exposed so that tests can compare it with a brute force, the pruned solve
-    with the unpruned one, and OR-Tools with the pure-Python solver.
-    ``solver="ortools"`` raises ``ValueError`` when a market is outside the
-    range OR-Tools can solve exactly, instead of falling back.
+    with the unpruned one, and the solvers with each other.  ``"auto"`` is what
+    ``clear`` solves with (the network simplex, OR-Tools for big graphs,
+    fallbacks); ``"ortools"`` never uses the network simplex and raises
+    ``ValueError`` when a market is outside the range OR-Tools can solve
+    exactly, instead of falling back; ``"python"`` is the exact Python solver.
+    ``"auto"`` raises ``RuntimeError`` when the network simplex is unavailable
+    (``netsimplex.require``).
     """
+    if solver == "auto":
+        netsimplex.require()
     out: list[Match] = []
     for _market, mo, mb in _market_tasks(orders, bids):
         alloc = _max_gain_market(mo, mb, prune=prune, solver=solver)
@@ -434,13 +465,39 @@ def _market_tasks(orders: Iterable[OrderLot], bids: Iterable[BidLot]) -> list[_T
     tasks: list[_Task] = []
     for market in sorted(by_market_o.keys() & by_market_b.keys()):
         mo = sorted(by_market_o[market], key=_ORDER_SORT_KEY)
-        mb = sorted(by_market_b[market], key=_BID_SORT_KEY)
+        mb = _by_price_then_key(by_market_b[market])
         tasks.append((market, mo, mb))
     return tasks
 
 
 _ORDER_SORT_KEY = attrgetter("key")
 _BID_SORT_KEY = attrgetter("price", "key")
+_PRICE = attrgetter("price")
+_MAX_DURATION = attrgetter("max_duration")
+_DURATION = attrgetter("duration")
+_MAX_PRICE = attrgetter("max_price")
+_CAPACITY = attrgetter("capacity")
+_UNITS = attrgetter("units")
+
+
+def _by_price_then_key(bids: list[BidLot]) -> list[BidLot]:
+    """Bids in (price, key) order: sorted on the price alone (no tuple per bid: half the time
+    of the (price, key) sort at 10k x 100k), then each run of equal prices by key."""
+    ordered = sorted(bids, key=_PRICE)
+    prices = list(map(_PRICE, ordered))
+    # i such that bid i has the price of bid i - 1 (found in C: ties are few)
+    tied = compress(range(1, len(prices)), map(eq, prices[1:], prices[:-1]))
+    run_start = run_end = -1
+    for i in tied:
+        if i != run_end + 1:  # a new run of equal prices, from i - 1
+            ordered[run_start:run_end + 1] = sorted(ordered[run_start:run_end + 1], key=_KEY)
+            run_start = i - 1
+        run_end = i
+    ordered[run_start:run_end + 1] = sorted(ordered[run_start:run_end + 1], key=_KEY)
+    return ordered
+
+
+_KEY = attrgetter("key")
 
 
 def _is_int(x: object) -> bool:
@@ -477,8 +534,11 @@ def _check_bid(b: BidLot) -> None:
 
 def _to_matches(orders: Sequence[OrderLot], bids: Sequence[BidLot], alloc: _Alloc) -> list[Match]:
     ms = [Match(orders[oi].key, bids[bi].key, u) for oi, bi, u in alloc]
-    ms.sort(key=lambda m: (m.order_key, m.bid_key))
+    ms.sort(key=_MATCH_SORT_KEY)
     return ms
+
+
+_MATCH_SORT_KEY = attrgetter("order_key", "bid_key")
 
 
 def _batches(tasks: list[_PricedTask]) -> list[list[_PricedTask]]:
@@ -509,7 +569,17 @@ def _clear_markets(tasks: list[_PricedTask]) -> list[MarketClearing | None]:
     """
     prepared = [_prepare(orders, bids, prune=True, fields=fields)
                 for (_, orders, bids, _), fields in zip(tasks, _batch_fields(tasks), strict=True)]
-    firsts = _solve_prepared_many([(t[1], t[2], p, None) for t, p in zip(tasks, prepared, strict=True)])
+    warm = _WarmMarkets()
+    try:
+        return _clear_prepared(tasks, prepared, warm)
+    finally:
+        warm.close()
+
+
+def _clear_prepared(tasks: list[_PricedTask], prepared: list[_Prepared],
+                    warm: _WarmMarkets) -> list[MarketClearing | None]:
+    """``_clear_markets`` once the markets are prepared."""
+    firsts = _solve_prepared_many([(t[1], t[2], p, None) for t, p in zip(tasks, prepared, strict=True)], warm)
     # Per market that needs a trial: (its index, lo, hi, candidate prices, ranked candidates).
     searches: list[tuple[int, int, int, list[int], list[int]]] = []
     trial_items: list[tuple[Sequence[OrderLot], Sequence[BidLot], _Prepared, int | None]] = []
@@ -522,7 +592,7 @@ def _clear_markets(tasks: list[_PricedTask]) -> list[MarketClearing | None]:
             values, ranked = _trial_candidates(orders, bids, alloc, lo, hi, search_solves)
             searches.append((n, lo, hi, values, ranked))
             trial_items += [(orders, bids, prepared[n], values[index]) for index in ranked]
-    trial_allocs = iter(_solve_prepared_many(trial_items))
+    trial_allocs = iter(_solve_prepared_many(trial_items, warm))
     trials: dict[int, tuple[int, _Alloc]] = {}
     for n, _lo, _hi, values, ranked in searches:
         _, orders, bids, _ = tasks[n]
@@ -736,12 +806,12 @@ def _batch_fields(tasks: Sequence[_PricedTask]) -> list[_Fields | None]:
     orders = [o for task, is_small in zip(tasks, small, strict=True) if is_small for o in task[1]]
     bids = [b for task, is_small in zip(tasks, small, strict=True) if is_small for b in task[2]]
     try:
-        od = np.fromiter((o.duration for o in orders), np.int64, len(orders))
-        om = np.fromiter((o.max_price for o in orders), np.int64, len(orders))
-        ou = np.fromiter((o.units for o in orders), np.int64, len(orders))
-        bp = np.fromiter((b.price for b in bids), np.int64, len(bids))
-        bd = np.fromiter((b.max_duration for b in bids), np.int64, len(bids))
-        bc = np.fromiter((b.capacity for b in bids), np.int64, len(bids))
+        od = np.fromiter(map(_DURATION, orders), np.int64, len(orders))
+        om = np.fromiter(map(_MAX_PRICE, orders), np.int64, len(orders))
+        ou = np.fromiter(map(_UNITS, orders), np.int64, len(orders))
+        bp = np.fromiter(map(_PRICE, bids), np.int64, len(bids))
+        bd = np.fromiter(map(_MAX_DURATION, bids), np.int64, len(bids))
+        bc = np.fromiter(map(_CAPACITY, bids), np.int64, len(bids))
     except OverflowError:
         return [None] * len(tasks)
     out: list[_Fields | None] = []
@@ -774,12 +844,12 @@ def _arrays(orders: Sequence[OrderLot], bids: Sequence[BidLot], order_ids: list[
         kept_orders = [orders[i] for i in order_ids]
         kept_bids = [bids[i] for i in bid_ids]
         try:  # one fromiter per field: far cheaper than an array of tuples on small markets
-            durations = np.fromiter((o.duration for o in kept_orders), np.int64, n_o)
-            max_prices = np.fromiter((o.max_price for o in kept_orders), np.int64, n_o)
-            units = np.fromiter((o.units for o in kept_orders), np.int64, n_o)
-            prices = np.fromiter((b.price for b in kept_bids), np.int64, n_b)
-            max_durations = np.fromiter((b.max_duration for b in kept_bids), np.int64, n_b)
-            capacities = np.fromiter((b.capacity for b in kept_bids), np.int64, n_b)
+            durations = np.fromiter(map(_DURATION, kept_orders), np.int64, n_o)
+            max_prices = np.fromiter(map(_MAX_PRICE, kept_orders), np.int64, n_o)
+            units = np.fromiter(map(_UNITS, kept_orders), np.int64, n_o)
+            prices = np.fromiter(map(_PRICE, kept_bids), np.int64, n_b)
+            max_durations = np.fromiter(map(_MAX_DURATION, kept_bids), np.int64, n_b)
+            capacities = np.fromiter(map(_CAPACITY, kept_bids), np.int64, n_b)
         except OverflowError:  # a value of 2**63 or more
             return None
     max_m = int(max_prices.max())
@@ -838,7 +908,7 @@ def _solve_prepared(
     """Exact max-gain allocation of a prepared market; with ``trial``, among the orders with
     ``max_price >= trial`` and the bids priced ``<= trial`` only."""
     if prepared.arrays is not None and solver in ("auto", "ortools"):
-        fast = _solve_prepared_arrays([(prepared, trial)])[0]
+        fast = _solve_prepared_arrays([(prepared, trial)], native=solver == "auto")[0]
         if fast is not None:
             return fast
     order_ids = [i for i in prepared.orders if trial is None or orders[i].max_price >= trial]
@@ -869,11 +939,14 @@ def _solve_prepared(
     return [(order_ids[oi], prepared.bids[bi], units) for oi, bi, units in alloc]
 
 
-def _solve_prepared_arrays(items: Sequence[tuple[_Prepared, int | None]]) -> list[_Alloc | None]:
+def _solve_prepared_arrays(items: Sequence[tuple[_Prepared, int | None]],
+                           warm: _WarmMarkets | None = None, *, native: bool = True) -> list[_Alloc | None]:
     """``_solve_prepared`` of each (prepared market, trial) on the market's arrays, all in one
     ``_solve_ortools_batch``: no per-trial lists of lots.  None for an item without arrays or
     that OR-Tools cannot take exactly; the caller then takes the list path, which has the
-    fallbacks."""
+    fallbacks.  With ``warm``, a market of more than ``_BATCH_MAX_PAIRS`` order x bid pairs
+    is solved in the network simplex and kept there for its trial prices (``_WarmMarkets``).
+    ``native=False``: OR-Tools alone (``max_gain_allocation(solver="ortools")``)."""
     out: list[_Alloc | None] = [None] * len(items)
     problems: list[_Problem] = []
     batched: list[tuple[int, np.ndarray, _Arrays]] = []
@@ -890,6 +963,21 @@ def _solve_prepared_arrays(items: Sequence[tuple[_Prepared, int | None]]) -> lis
         if not o_sel.size or not bid_count:
             out[n] = []
             continue
+        if (a.order_ids.size * a.bid_ids.size > _BATCH_MAX_PAIRS
+                and len(prepared.durations) + a.bid_ids.size + 2 <= _NATIVE_MAX_NODES and native):
+            # The max-gain graph of a big market is solved there whether or not it is kept
+            # (``max_gain_allocation`` gets the allocation ``clear`` prices); a trial is solved
+            # there only from a kept graph.
+            keeper = warm if warm is not None else _WarmMarkets()
+            try:
+                out[n] = (keeper.first(id(prepared), a, prepared.needed,
+                                       prepared.prune_solves and prepared.needed is None)
+                          if trial is None else keeper.trial(id(prepared), a, trial))
+            finally:
+                if keeper is not warm:
+                    keeper.close()
+            if out[n] is not None:
+                continue
         od = a.durations[o_sel]
         needed = None
         if prepared.needed is not None:
@@ -902,7 +990,7 @@ def _solve_prepared_arrays(items: Sequence[tuple[_Prepared, int | None]]) -> lis
             prepared.prune_solves and (needed is None or trial is not None),
         ))
         batched.append((n, o_sel, a))
-    for (n, o_sel, a), solved in zip(batched, _solve_ortools_batch(problems), strict=True):
+    for (n, o_sel, a), solved in zip(batched, _solve_ortools_batch(problems, native=native), strict=True):
         if solved is not None:
             oi, bi, units = solved
             out[n] = list(zip(a.order_ids[o_sel][oi].tolist(), a.bid_ids[bi].tolist(), units.tolist(), strict=True))
@@ -910,11 +998,12 @@ def _solve_prepared_arrays(items: Sequence[tuple[_Prepared, int | None]]) -> lis
 
 def _solve_prepared_many(
     items: Sequence[tuple[Sequence[OrderLot], Sequence[BidLot], _Prepared, int | None]],
+    warm: _WarmMarkets | None = None,
 ) -> list[_Alloc]:
     """``_solve_prepared(orders, bids, prepared, "auto", trial)`` of every item, the ones with
-    arrays built and solved as one batch (``_solve_ortools_batch``); an item the batch cannot
-    take exactly goes through ``_solve_prepared`` alone, with its fallbacks."""
-    fast = _solve_prepared_arrays([(prepared, trial) for _, _, prepared, trial in items])
+    arrays built and solved as one batch (``_solve_ortools_batch``, or ``warm``); an item the
+    batch cannot take exactly goes through ``_solve_prepared`` alone, with its fallbacks."""
+    fast = _solve_prepared_arrays([(prepared, trial) for _, _, prepared, trial in items], warm)
     return [
         alloc if alloc is not None else _solve_prepared(orders, bids, prepared, "auto", trial)
         for alloc, (orders, bids, prepared, trial) in zip(fast, items, strict=True)
@@ -1012,10 +1101,10 @@ def _servable_orders(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> list
     if not bids:
         return []
     try:
-        bd = np.array([b.max_duration for b in bids], np.int64)
-        bp = np.array([b.price for b in bids], np.int64)
-        od = np.array([o.duration for o in orders], np.int64)
-        om = np.array([o.max_price for o in orders], np.int64)
+        bd = np.fromiter(map(_MAX_DURATION, bids), np.int64, len(bids))
+        bp = np.fromiter(map(_PRICE, bids), np.int64, len(bids))
+        od = np.fromiter(map(_DURATION, orders), np.int64, len(orders))
+        om = np.fromiter(map(_MAX_PRICE, orders), np.int64, len(orders))
     except OverflowError:  # a value of 2**63 or more: the same on Python integers below
         pass
     else:
@@ -1061,18 +1150,15 @@ def _prune(orders: Sequence[OrderLot], bids: Sequence[BidLot]) -> tuple[list[int
         units_by_dur[bisect_left(durs, o.duration)] += o.units
     max_price = max(o.max_price for o in orders)
     # bids are sorted by price: the candidates are a prefix.
-    n = bisect_right([b.price for b in bids], max_price)
-    total_cap = sum(b.capacity for b in bids[:n])
+    n = bisect_right(list(map(_PRICE, bids)), max_price)
+    total_cap = sum(map(_CAPACITY, bids[:n]))
     if sum(units_by_dur) >= _INT64_HEADROOM or total_cap >= _INT64_HEADROOM or max(durs) >= _INT64_HEADROOM:
         # Outside int64: keep every candidate that lasts long enough (exact, only slower).
         return [i for i in range(n) if bids[i].max_duration >= durs[0]], None
     dem = np.cumsum(np.array(units_by_dur, np.int64))
-    tiers = np.searchsorted(
-        np.array(durs, np.int64),
-        np.fromiter((b.max_duration for b in bids[:n]), np.int64, n),
-        side="right",
-    ) - 1
-    caps = np.fromiter((b.capacity for b in bids[:n]), np.int64, n)
+    tiers = np.searchsorted(np.array(durs, np.int64), np.fromiter(map(_MAX_DURATION, bids[:n]), np.int64, n),
+                            side="right") - 1
+    caps = np.fromiter(map(_CAPACITY, bids[:n]), np.int64, n)
     # Chunks of 256 bids (fewer when classes are many, to bound memory): the last needed bid
     # of a market comes early (~400 of 1,000 at 10k x 100k), and a 1,024-bid chunk scanned all
     # of them; 256 measured as fast as 128 and faster than 1,024 or chunks growing from 128.
@@ -1175,12 +1261,12 @@ def _solve_ortools(
         return None
     # A bid dearer than every max price gets no arc: its price only needs to stay above them.
     solved = _solve_ortools_arrays(
-        np.fromiter((o.duration for o in orders), np.int64, n_o),
-        np.fromiter((o.max_price for o in orders), np.int64, n_o),
-        np.fromiter((o.units for o in orders), np.int64, n_o),
+        np.fromiter(map(_DURATION, orders), np.int64, n_o),
+        np.fromiter(map(_MAX_PRICE, orders), np.int64, n_o),
+        np.fromiter(map(_UNITS, orders), np.int64, n_o),
         np.fromiter((min(b.price, max_m + 1) for b in bids), np.int64, n_b),
-        np.fromiter((b.max_duration for b in bids), np.int64, n_b),
-        np.fromiter((b.capacity for b in bids), np.int64, n_b),
+        np.fromiter(map(_MAX_DURATION, bids), np.int64, n_b),
+        np.fromiter(map(_CAPACITY, bids), np.int64, n_b),
         needed, units_second=units_second,
     )
     if solved is None:
@@ -1199,6 +1285,56 @@ def _solve_ortools_arrays(
     ``prune``, the arcs pruning rule 2 rules out in exactly this market are left out too: on a
     small market that is the only pruning done (cheaper than the solve it shrinks), and at a
     trial price it uses the trial's smaller demand, which the market-wide ``needed`` cannot."""
+    graph = _flow_graph(od, om, ou, bp, bd, bc, needed, units_second=units_second, prune=prune)
+    if graph is None or graph.arc_bids.size == 0:
+        return None if graph is None else _EMPTY
+    smcf = min_cost_flow.SimpleMinCostFlow()
+    smcf.add_arcs_with_capacity_and_unit_cost(graph.tails, graph.heads, graph.caps, graph.costs)
+    smcf.set_nodes_supplies(
+        np.array([0, graph.n_nodes - 1], np.int32), np.array([graph.supply, -graph.supply], np.int64)
+    )
+    if smcf.solve() != smcf.OPTIMAL:
+        return None  # e.g. BAD_COST_RANGE from its potentials: the exact Python solver takes over
+    return graph.pair(np.asarray(smcf.flows(np.arange(graph.paired_arcs, dtype=np.int32))))
+
+
+@dataclass(frozen=True, slots=True)
+class _FlowGraph:
+    """One market's min-cost flow graph (``_flow_graph``): arcs source -> class of each order,
+    class -> bid, bid -> sink of each bid, then the bypass; node 0 is the source, the last the
+    sink."""
+
+    n_nodes: int
+    tails: np.ndarray  # int32
+    heads: np.ndarray  # int32
+    caps: np.ndarray
+    costs: np.ndarray
+    supply: int  # every order's servable units, the bypass's capacity
+    order_class: np.ndarray  # each order's class (its first arc)
+    max_prices: np.ndarray
+    prices: np.ndarray
+    arc_classes: np.ndarray  # class -> bid arcs: their class and bid
+    arc_bids: np.ndarray
+
+    @property
+    def paired_arcs(self) -> int:
+        """The arcs whose flows pair orders with bids: the orders' and the class -> bid arcs."""
+        return self.order_class.size + self.arc_bids.size
+
+    def pair(self, flows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The allocation (order index, bid index, units) of an optimal flow (at least its
+        first ``paired_arcs`` values)."""
+        n_o = self.order_class.size
+        served, sold = flows[:n_o], flows[n_o:self.paired_arcs]
+        pair = _pair_single_orders if int(self.order_class.max()) + 1 == n_o else _pair_classes
+        return pair(self.max_prices, self.prices, self.order_class, self.arc_classes, self.arc_bids, served, sold)
+
+
+def _flow_graph(
+    od: np.ndarray, om: np.ndarray, ou: np.ndarray, bp: np.ndarray, bd: np.ndarray, bc: np.ndarray,
+    needed: np.ndarray | None, *, units_second: bool, prune: bool,
+) -> _FlowGraph | None:
+    """The graph ``_solve_ortools_arrays`` solves, or None outside OR-Tools' exact range."""
     n_o, n_b = od.size, bp.size
     total = int(ou.sum())
     durs, cls = _classes(od)
@@ -1214,8 +1350,11 @@ def _solve_ortools_arrays(
     if prune:
         reach &= _rule_two(lasting, cls, ou, bc)
     ci, bj = np.nonzero(reach)
+    n_nodes = n_c + n_b + 2
     if ci.size == 0:
-        return _EMPTY
+        empty = np.zeros(0, np.int64)
+        return _FlowGraph(n_nodes, empty.astype(np.int32), empty.astype(np.int32), empty, empty, 0, cls, om, bp,
+                          empty, empty)
     # P_d: bids are sorted by price and np.nonzero walks rows in order, so the first reachable
     # bid of each class is its cheapest.
     has_bid = np.zeros(n_c, bool)
@@ -1229,7 +1368,6 @@ def _solve_ortools_arrays(
     gain_o = np.where(servable, durs[cls] * (om - ref_o), 0)
     gain_b = durs[ci] * (bp[bj] - ref[ci])
     g = int(np.gcd.reduce(np.concatenate([gain_o, gain_b]))) or 1
-    n_nodes = n_c + n_b + 2
     weight = int(ou[servable].sum()) + 1 if units_second else 1  # K
     bonus = 1 if units_second else 0
     limit = _INT64_MAX // (2 * (n_nodes + 1))
@@ -1256,19 +1394,68 @@ def _solve_ortools_arrays(
     caps[f:-1] = bc
     tails[-1] = src
     caps[-1] = total
-    smcf = min_cost_flow.SimpleMinCostFlow()
-    smcf.add_arcs_with_capacity_and_unit_cost(tails, heads, caps, costs)
-    smcf.set_nodes_supplies(
-        np.array([src, sink], np.int32), np.array([total, -total], np.int64)
-    )
-    if smcf.solve() != smcf.OPTIMAL:
-        return None  # e.g. BAD_COST_RANGE from its potentials: the exact Python solver takes over
-    flows = np.asarray(smcf.flows(np.arange(f, dtype=np.int32)))
-    served = flows[:n_o]
-    sold = flows[n_o:]
-    if n_c == n_o:  # one order per class (durations in seconds: the usual case)
-        return _pair_single_orders(om, bp, cls, ci, bj, served, sold)
-    return _pair_classes(om, bp, cls, ci, bj, served, sold)
+    return _FlowGraph(n_nodes, tails, heads, caps, costs, total, cls, om, bp, ci, bj)
+
+
+class _WarmMarkets:
+    """Big markets' max-gain graphs, kept in the network simplex for their trial prices.
+
+    A trial price P keeps the orders with ``max_price >= P`` and the bids priced ``<= P``.  Its
+    exact optimum is the max-gain graph's once the others' arcs are forbidden (the bypass keeps
+    a flow that avoids them feasible), so each trial pivots on from the max-gain optimum instead
+    of solving from scratch.  The gains and units are those of the trial's own graph: the costs
+    split each pair's gain the same way whatever the reference prices, the gcd only scales
+    them, and the unit weight (the market's servable units + 1) still exceeds the units any
+    trial can match.  The market-wide pruning stays valid for every trial (module docstring).
+    """
+
+    def __init__(self) -> None:
+        self._graphs: dict[int, tuple[_FlowGraph, netsimplex.Graph]] = {}
+
+    def first(self, key: int, a: _Arrays, needed: np.ndarray | None, prune: bool) -> _Alloc | None:
+        """The max-gain allocation of the market ``key`` (None: solve it otherwise)."""
+        graph = _flow_graph(a.durations, a.max_prices, a.units, a.prices, a.max_durations, a.capacities, needed,
+                            units_second=True, prune=prune)
+        if graph is None or graph.arc_bids.size == 0:
+            return None
+        solver = netsimplex.Graph(graph.n_nodes, graph.tails, graph.heads, graph.caps, graph.costs, 0,
+                                  graph.n_nodes - 1, graph.supply)
+        status, flows = solver.solve()
+        if flows is None:  # gave up (its pivot bound): OR-Tools takes the market
+            solver.close()
+            return None
+        self._graphs[key] = (graph, solver)
+        return self._alloc(a, graph, flows)
+
+    def trial(self, key: int, a: _Arrays, trial: int) -> _Alloc | None:
+        """The allocation of the market ``key`` at the trial price (None: solve it otherwise)."""
+        kept = self._graphs.get(key)
+        if kept is None:
+            return None
+        graph, solver = kept
+        n_o, f = graph.order_class.size, graph.paired_arcs
+        forbidden = np.zeros(graph.tails.size, bool)
+        forbidden[:n_o] = graph.max_prices < trial
+        forbidden[f:f + graph.prices.size] = graph.prices > trial  # each bid's arc to the sink
+        solver.forbid(forbidden)
+        status, flows = solver.solve()
+        if flows is None:
+            return None
+        if flows[forbidden].any():
+            raise RuntimeError("the trial's optimum uses an order or bid the trial price excludes")
+        return self._alloc(a, graph, flows)
+
+    @staticmethod
+    def _alloc(a: _Arrays, graph: _FlowGraph, flows: np.ndarray) -> _Alloc:
+        oi, bi, units = graph.pair(flows)
+        _check_alloc_arrays(a.durations, a.max_prices, a.units, a.prices, a.max_durations, a.capacities,
+                            oi, bi, units)
+        return list(zip(a.order_ids[oi].tolist(), a.bid_ids[bi].tolist(), units.tolist(), strict=True))
+
+    def close(self) -> None:
+        for _, solver in self._graphs.values():
+            solver.close()
+        self._graphs.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1287,7 +1474,8 @@ class _Problem:
     prune: bool
 
 
-def _solve_ortools_batch(problems: Sequence[_Problem]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+def _solve_ortools_batch(problems: Sequence[_Problem], *,
+                         native: bool = True) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
     """``_solve_ortools_arrays`` of every problem, every graph built in one numpy pass.
 
     All problems' arrays are concatenated (node ids offset per problem), so the classes, the
@@ -1309,7 +1497,7 @@ def _solve_ortools_batch(problems: Sequence[_Problem]) -> list[tuple[np.ndarray,
     if big:  # solved as before, on their own (row-wise broadcasting beats gathers there)
         rest = [m for m in range(count) if m not in set(big)]
         answers: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * count
-        for m, solved in zip(rest, _solve_ortools_batch([problems[m] for m in rest]), strict=True):
+        for m, solved in zip(rest, _solve_ortools_batch([problems[m] for m in rest], native=native), strict=True):
             answers[m] = solved
         for m in big:
             p = problems[m]
@@ -1484,8 +1672,30 @@ def _solve_ortools_batch(problems: Sequence[_Problem]) -> list[tuple[np.ndarray,
     arc_bounds = np.searchsorted(arc_member[by_member], np.arange(count + 1)).tolist()
     flows_by_member = np.empty(by_member.size, np.int64)
     supplies_at = np.array([0, 1], np.int32)
+    # Every graph in the network simplex in one call; OR-Tools for any it does not solve.
+    # Every graph small enough in the network simplex, in one call; OR-Tools for the others and
+    # for any it does not solve.
+    native_ones = members[node_count[members] <= _NATIVE_MAX_NODES] if native else members[:0]
+    native_status: dict[int, netsimplex.Status] = {}
+    native_flows = np.zeros(0, np.int64)
+    if native_ones.size:
+        bounds_array = np.array(arc_bounds, np.int64)
+        starts = bounds_array[native_ones]
+        lengths = bounds_array[native_ones + 1] - starts
+        packed_start = np.cumsum(lengths) - lengths  # each one's arcs, packed one after another
+        picked = np.repeat(starts - packed_start, lengths) + np.arange(int(lengths.sum()))
+        native_result = netsimplex.solve_many(node_count[native_ones], np.append(packed_start, lengths.sum()),
+                                              tails[picked], heads[picked], caps[picked], costs[picked], 0, 1,
+                                              demand[native_ones])
+        if native_result is not None:
+            native_status = dict(zip(native_ones.tolist(), native_result[0], strict=True))
+            native_flows = np.empty(by_member.size, np.int64)
+            native_flows[picked] = native_result[1]
     for m, d in zip(members.tolist(), demand[members].tolist(), strict=True):
         lo, hi = arc_bounds[m], arc_bounds[m + 1]
+        if native_status.get(m) is netsimplex.Status.OPTIMAL:
+            flows_by_member[lo:hi] = native_flows[lo:hi]
+            continue
         smcf = min_cost_flow.SimpleMinCostFlow()
         smcf.add_arcs_with_capacity_and_unit_cost(tails[lo:hi], heads[lo:hi], caps[lo:hi], costs[lo:hi])
         smcf.set_nodes_supplies(supplies_at, np.array([d, -d], np.int64))

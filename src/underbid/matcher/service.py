@@ -26,6 +26,7 @@ from eth_account.signers.local import LocalAccount
 from underbid.chain.deployment import AddressBook
 from underbid.chain.retry import wait_for
 from underbid.chain.view import RPC_TIMEOUT, ChainView, connect
+from underbid.matcher import netsimplex
 from underbid.matcher.api import create_app
 from underbid.matcher.leadership import NotLeader, PostgresLeadership, SoleLeader
 from underbid.matcher.rounds import Matcher, RoundTimer
@@ -94,6 +95,9 @@ def serve(matcher: Matcher, host: str, port: int, round_seconds: float, admin_to
     """Blocks until interrupted. The leader reconciles every unfinished round first: a sole
     process (SQLite), or over a shared Postgres store the process that wins the leader lock at
     start; a process elected later reconciles in the background while it serves."""
+    # At start, not at the first round close: a machine that cannot build the clearing's
+    # solver stops here, naming why (RuntimeError).
+    netsimplex.require()
     if isinstance(matcher.leadership, PostgresLeadership):
         takeovers: list[threading.Thread] = []
 
