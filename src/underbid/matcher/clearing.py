@@ -470,7 +470,8 @@ def _market_tasks(orders: Iterable[OrderLot], bids: Iterable[BidLot]) -> list[_T
     return tasks
 
 
-_ORDER_SORT_KEY = attrgetter("key")
+_KEY = attrgetter("key")
+_ORDER_SORT_KEY = _KEY
 _BID_SORT_KEY = attrgetter("price", "key")
 _PRICE = attrgetter("price")
 _MAX_DURATION = attrgetter("max_duration")
@@ -485,19 +486,17 @@ def _by_price_then_key(bids: list[BidLot]) -> list[BidLot]:
     of the (price, key) sort at 10k x 100k), then each run of equal prices by key."""
     ordered = sorted(bids, key=_PRICE)
     prices = list(map(_PRICE, ordered))
-    # i such that bid i has the price of bid i - 1 (found in C: ties are few)
-    tied = compress(range(1, len(prices)), map(eq, prices[1:], prices[:-1]))
-    run_start = run_end = -1
-    for i in tied:
-        if i != run_end + 1:  # a new run of equal prices, from i - 1
-            ordered[run_start:run_end + 1] = sorted(ordered[run_start:run_end + 1], key=_KEY)
-            run_start = i - 1
-        run_end = i
-    ordered[run_start:run_end + 1] = sorted(ordered[run_start:run_end + 1], key=_KEY)
+    # i such that bid i has the price of bid i - 1 (found in C: ties are few); each run of
+    # such i from `first` to `last` is a run of equal prices from first - 1 to last.
+    runs: list[list[int]] = []
+    for i in compress(range(1, len(prices)), map(eq, prices[1:], prices[:-1])):
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    for first, last in runs:
+        ordered[first - 1:last + 1] = sorted(ordered[first - 1:last + 1], key=_KEY)
     return ordered
-
-
-_KEY = attrgetter("key")
 
 
 def _is_int(x: object) -> bool:
@@ -968,14 +967,16 @@ def _solve_prepared_arrays(items: Sequence[tuple[_Prepared, int | None]],
             # The max-gain graph of a big market is solved there whether or not it is kept
             # (``max_gain_allocation`` gets the allocation ``clear`` prices); a trial is solved
             # there only from a kept graph.
-            keeper = warm if warm is not None else _WarmMarkets()
-            try:
-                out[n] = (keeper.first(id(prepared), a, prepared.needed,
-                                       prepared.prune_solves and prepared.needed is None)
-                          if trial is None else keeper.trial(id(prepared), a, trial))
-            finally:
-                if keeper is not warm:
-                    keeper.close()
+            if trial is None:
+                keeper = warm if warm is not None else _WarmMarkets()
+                try:
+                    out[n] = keeper.first(id(prepared), a, prepared.needed,
+                                          prepared.prune_solves and prepared.needed is None)
+                finally:
+                    if keeper is not warm:
+                        keeper.close()
+            elif warm is not None:
+                out[n] = warm.trial(id(prepared), a, trial)
             if out[n] is not None:
                 continue
         od = a.durations[o_sel]
@@ -1420,8 +1421,8 @@ class _WarmMarkets:
             return None
         solver = netsimplex.Graph(graph.n_nodes, graph.tails, graph.heads, graph.caps, graph.costs, 0,
                                   graph.n_nodes - 1, graph.supply)
-        status, flows = solver.solve()
-        if flows is None:  # gave up (its pivot bound): OR-Tools takes the market
+        flows = solver.solve()[1]
+        if flows is None:  # gave up (its pivot or work bound): OR-Tools takes the market
             solver.close()
             return None
         self._graphs[key] = (graph, solver)
@@ -1438,7 +1439,7 @@ class _WarmMarkets:
         forbidden[:n_o] = graph.max_prices < trial
         forbidden[f:f + graph.prices.size] = graph.prices > trial  # each bid's arc to the sink
         solver.forbid(forbidden)
-        status, flows = solver.solve()
+        flows = solver.solve()[1]
         if flows is None:
             return None
         if flows[forbidden].any():
@@ -1672,7 +1673,6 @@ def _solve_ortools_batch(problems: Sequence[_Problem], *,
     arc_bounds = np.searchsorted(arc_member[by_member], np.arange(count + 1)).tolist()
     flows_by_member = np.empty(by_member.size, np.int64)
     supplies_at = np.array([0, 1], np.int32)
-    # Every graph in the network simplex in one call; OR-Tools for any it does not solve.
     # Every graph small enough in the network simplex, in one call; OR-Tools for the others and
     # for any it does not solve.
     native_ones = members[node_count[members] <= _NATIVE_MAX_NODES] if native else members[:0]

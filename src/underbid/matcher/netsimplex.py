@@ -92,8 +92,6 @@ def build() -> Path:
 
 _I32 = np.ctypeslib.ndpointer(np.int32, flags="C_CONTIGUOUS")
 _I64 = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
-
-
 _U8 = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
 
 _INT32 = (-(2**31), 2**31 - 1)
@@ -131,11 +129,13 @@ def _arcs(tails: np.ndarray, heads: np.ndarray, caps: np.ndarray,
     return arrays
 
 
-_unavailable: list[str] = []  # why the library could not be loaded, once tried
+def _library() -> ctypes.CDLL | None:
+    return _load()[0]
 
 
 @functools.cache
-def _library() -> ctypes.CDLL | None:
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    """The loaded library, or None and why it could not be loaded (tried once per process)."""
     try:
         try:
             library = ctypes.CDLL(str(build()))
@@ -145,8 +145,7 @@ def _library() -> ctypes.CDLL | None:
             _library_path().unlink(missing_ok=True)
             library = ctypes.CDLL(str(build()))
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as error:
-        _unavailable.append(str(error))
-        return None
+        return None, str(error)
     graph_args: list[type] = [ctypes.c_int32, ctypes.c_int32, _I32, _I32, _I64, _I64, ctypes.c_int32,
                               ctypes.c_int32, ctypes.c_int64]
     library.ns_min_cost_flow.argtypes = [*graph_args, ctypes.c_int64, _I64]
@@ -164,7 +163,7 @@ def _library() -> ctypes.CDLL | None:
     library.ns_reprice.restype = ctypes.c_int
     library.ns_free.argtypes = [ctypes.c_void_p]
     library.ns_free.restype = None
-    return library
+    return library, ""
 
 
 def available() -> bool:
@@ -174,8 +173,8 @@ def available() -> bool:
 
 def require() -> None:
     """Build and load the solver if need be; ``RuntimeError`` saying why when it cannot."""
-    if _library() is None:
-        reason = _unavailable[-1] if _unavailable else "it did not load"
+    library, reason = _load()
+    if library is None:
         raise RuntimeError(f"the clearing needs its compiled network simplex, which is unavailable ({reason}); "
                            "run scripts/setup.sh, or set CC to a C compiler")
 
