@@ -3,6 +3,10 @@ traceback, and nothing changes on chain (no block is mined) or in the matcher.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import httpx
 import pytest
 
@@ -251,3 +255,20 @@ def test_json_amounts_are_exact_decimal_strings(bad_cli, alice, settlement, ubt)
     for argv in commands:
         out = bad_cli(*argv, env=PW)
         assert all(abs(i) < 2**53 for i in _ints(out)), (argv, [i for i in _ints(out) if abs(i) >= 2**53])
+
+
+def test_a_matcher_without_a_c_compiler_stops_in_one_line(tmp_path) -> None:
+    """`underbid matcher run` on a machine that cannot build the clearing's network simplex (no
+    cache, a compiler that fails): one `error:` line naming the cause and the fix, exit code 1,
+    before it touches the chain or the store."""
+    env = {**os.environ, "UNDERBID_NATIVE_DIR": str(tmp_path / "native"), "CC": "false"}
+    result = subprocess.run([sys.executable, "-m", "underbid.cli", "matcher", "run", "--dev",
+                             "--db", str(tmp_path / "matcher.db")],
+                            env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: the clearing needs its compiled network simplex, which is unavailable "
+                               "(false failed on netsimplex.c"), lines[0]
+    assert lines[0].endswith("run scripts/setup.sh, or set CC to a C compiler")
+    assert not (tmp_path / "matcher.db").exists()
